@@ -1,0 +1,26 @@
+"""The single entry point: `dagster dev`, `dg`, the webserver, the CLI and the tests load `defs` from here.
+
+Local and production differ only in the resources (chosen by PERSONALIZATION_ENV); the asset graph is
+identical. Settings are validated while this module loads, so a misconfiguration fails here with a
+message naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from personalization_assets.raw.assets import build_raw_assets
+from personalization_assets.raw.partitions import events_partitions
+from personalization_assets.resources import build_resources
+from personalization_assets.settings import Settings, load_settings
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or load_settings()
+    partitions = events_partitions(settings.events_start)
+    storage_kind = "s3" if settings.lake_url.startswith("s3://") else "local"
+    assets = [*build_raw_assets(partitions, storage_kind)]
+    return dg.Definitions(assets=assets, resources=build_resources(settings))
+
+
+defs = build_definitions()

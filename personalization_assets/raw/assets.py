@@ -1,0 +1,267 @@
+"""The raw lake: landing files -> validated, partitioned Parquet + quarantine (group `raw`)."""
+
+
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.raw import events_ingest, reference_ingest
+from personalization_assets.raw.partitions import landing_events_prefix, partition_dict, partition_start
+from personalization_assets.raw.tracking_plan import (
+    Quarantine,
+    RawContent,
+    RawCrmProfile,
+    RawEvent,
+    RawPrivacyRequest,
+)
+from personalization_assets.resources import PlatformConfig
+from personalization_assets.resources.storage import LakeStorage, LandingZone
+
+GROUP = "raw"
+OWNERS = ["team:data-platform"]
+EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
+
+SAMPLE_ROWS = 200_000
+# landing and lake may be S3: retry transient storage errors (2 s, then 4 s)
+STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+RAW_EVENTS = dg.AssetKey(["raw", "events"])
+RAW_EVENTS_QUARANTINE = dg.AssetKey(["raw", "events_quarantine"])
+
+
+def _spec(key: dg.AssetKey, description: str, model, storage_kind: str, partitions_def=None, extra_kinds=()) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key,
+        description=description,
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"parquet", storage_kind, *extra_kinds},
+        metadata={"dagster/column_schema": table_schema(model), "privacy/tier": "raw"},
+        tags={"privacy/sensitivity": "sensitive"},
+        partitions_def=partitions_def,
+    )
+
+
+def reconciliation_result(asset_key: dg.AssetKey, read: int, raw_rows: int, quarantined: int) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name="reconciliation",
+        passed=read == raw_rows + quarantined,
+        metadata={"records_read": read, "raw_rows": raw_rows, "quarantined_rows": quarantined, "unaccounted": read - raw_rows - quarantined},
+    )
+
+
+def _reasons(quarantine: pa.Table) -> dict[str, int]:
+    return dict(Counter(quarantine["reason"].to_pylist()).most_common())
+
+
+def _load(landing: LandingZone, files) -> list[tuple[events_ingest.LandedFile, str | None]]:
+    loaded = []
+    for f in files:
+        landed = events_ingest.load_file(f.path, landing.read_bytes(f.path))
+        local = landing.local_path(f.path)
+        # DuckDB may read the original file only if it is exactly what we indexed (plain, no BOM)
+        usable = local if (local and not f.path.endswith(".gz") and landed.data[:3] != events_ingest.BOM) else None
+        loaded.append((landed, usable))
+    return loaded
+
+
+def _unsupported(files) -> list:
+    return [f for f in files if not f.path.endswith(EVENT_SUFFIXES)]
+
+
+def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
+    """Concatenate per-partition tables up to ~limit rows (the check factory samples further)."""
+    out, n = [], 0
+    for t in tables:
+        out.append(t)
+        n += t.num_rows
+        if n >= limit:
+            break
+    return pa.concat_tables(out) if out else pa.table({})
+
+
+def ingest_events_partition(con, pk: str, landing: LandingZone, lake: LakeStorage, platform: PlatformConfig) -> dict:
+    """Ingest one landing hour into raw/events + raw/events_quarantine (replacing both partitions)."""
+    all_files = landing.list_files(landing_events_prefix(pk))
+    bad_files = _unsupported(all_files)
+    files = [f for f in all_files if f not in bad_files]
+    result = events_ingest.ingest_event_files(
+        con,
+        _load(landing, files),
+        window_start=partition_start(pk),
+        horizon_days=platform.horizon_days,
+        max_future_minutes=platform.max_future_minutes,
+        max_line_bytes=platform.max_line_bytes,
+    )
+    quarantine, records_read = result.quarantine, result.records_read
+    if bad_files:
+        extra = events_ingest.build_quarantine(
+            "events",
+            [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {EVENT_SUFFIXES}")) for f in bad_files],
+            originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
+        )
+        quarantine = pa.concat_tables([quarantine, extra])
+        records_read += len(bad_files)
+    part = partition_dict(pk)
+    raw_written = lake.write_table("raw", "events", result.raw, partition=part)
+    lake.write_table("raw", "events_quarantine", quarantine, partition=part)
+    return {
+        "partition": pk,
+        "files": len(all_files),
+        "records_read": records_read,
+        "raw_rows": result.raw.num_rows,
+        "quarantined": quarantine.num_rows,
+        "fast_path_files": result.fast_path_files,
+        "bytes": raw_written.bytes,
+        "reasons": _reasons(quarantine),
+        "source_files": [landing.uri(f.path) for f in all_files[:20]],
+        "raw": result.raw,
+        "quarantine": quarantine,
+    }
+
+
+def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
+    events_checks = [
+        dg.AssetCheckSpec("reconciliation", asset=RAW_EVENTS, blocking=True,
+                          description="Every landing line is in raw/events or raw/events_quarantine: read = raw + quarantined."),
+        model_check(RAW_EVENTS, RawEvent, blocking=True).spec,
+        model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).spec,
+    ]
+
+    @dg.multi_asset(
+        name="raw_events",
+        specs=[
+            _spec(RAW_EVENTS, "CDP spec messages of one landing hour that passed the tracking plan, deduplicated by messageId within the hour.", RawEvent, storage_kind, partitions_def),
+            _spec(RAW_EVENTS_QUARANTINE, "Every rejected landing line of the hour with file, line number, reason and original bytes.", Quarantine, storage_kind, partitions_def),
+        ],
+        check_specs=events_checks,
+        partitions_def=partitions_def,
+        # one run may cover a range of hours (backfills, `personalization materialize`): no per-partition start-up cost
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=STORAGE_RETRY,
+    )
+    def raw_events(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+        totals = Counter()
+        reasons: Counter = Counter()
+        per_partition, unreconciled, sources = [], [], []
+        raw_samples = []
+        quarantine_samples = []
+        with duckdb.get_connection() as con:
+            for pk in context.partition_keys:
+                stats = ingest_events_partition(con, pk, landing, lake, platform)
+                totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "files", "fast_path_files", "bytes")})
+                reasons.update(stats["reasons"])
+                per_partition.append({k: stats[k] for k in ("partition", "files", "records_read", "raw_rows", "quarantined")})
+                if stats["records_read"] != stats["raw_rows"] + stats["quarantined"]:
+                    unreconciled.append(pk)
+                sources.extend(stats["source_files"])
+                # keep a bounded sample for the schema checks (memory stays bounded by a partition)
+                if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS:
+                    raw_samples.append(stats["raw"])
+                if sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
+                    quarantine_samples.append(stats["quarantine"])
+                context.log.info(
+                    f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
+                )
+        window = context.partition_time_window
+        yield dg.MaterializeResult(
+            asset_key=RAW_EVENTS,
+            metadata={
+                "dagster/row_count": totals["raw_rows"],
+                "records_read": totals["records_read"],
+                "quarantined": totals["quarantined"],
+                "quarantine_by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
+                "partitions": len(context.partition_keys),
+                "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(),
+                "files_read": totals["files"],
+                "fast_path_files": totals["fast_path_files"],
+                "source_files": dg.MetadataValue.json(sources[:100]),
+                "per_partition": dg.MetadataValue.json(per_partition[:200]),
+                "bytes_written": totals["bytes"],
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=RAW_EVENTS_QUARANTINE,
+            metadata={"dagster/row_count": totals["quarantined"], "by_reason": dg.MetadataValue.json(dict(reasons.most_common()))},
+        )
+        check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"])
+        if unreconciled:
+            check = dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=False,
+                                        metadata={**check.metadata, "unreconciled_partitions": dg.MetadataValue.json(unreconciled)})
+        yield check
+        yield model_check(RAW_EVENTS, RawEvent, blocking=True).evaluate(_concat_sample(raw_samples))
+        yield model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).evaluate(_concat_sample(quarantine_samples))
+
+    reference = [
+        _reference_asset("crm_profiles", "crm", "crm", (".csv", ".csv.gz"), RawCrmProfile, storage_kind,
+                         "CRM profile rows (all exports); `is_current` marks the latest updated_at per user."),
+        _reference_asset("content_catalog", "catalog", "catalog", (".jsonl", ".jsonl.gz"), RawContent, storage_kind,
+                         "Content catalog entries from the CMS, deduplicated by content_id (first file wins, later duplicates quarantined)."),
+        _reference_asset("privacy_requests", "privacy_requests", "privacy_requests", (".jsonl", ".jsonl.gz"), RawPrivacyRequest, storage_kind,
+                         "Data-subject requests (erasure, opt-out/in of sale) as received."),
+    ]
+    return [raw_events, *reference]
+
+
+_DEDUP = {"content_catalog": "content_id", "privacy_requests": "request_id"}
+
+
+def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model, storage_kind: str, description: str):
+    key = dg.AssetKey(["raw", table])
+    qkey = dg.AssetKey(["raw", f"{table}_quarantine"])
+
+    @dg.multi_asset(
+        name=f"raw_{table}",
+        specs=[
+            _spec(key, description, model, storage_kind),
+            _spec(qkey, f"Rejected lines of landing/{landing_dir}/ with reason and original bytes.", Quarantine, storage_kind),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec("reconciliation", asset=key, blocking=True, description="read = raw + quarantined"),
+            model_check(key, model, blocking=True).spec,
+        ],
+        retry_policy=STORAGE_RETRY,
+    )
+    def _asset(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+        all_files = landing.list_files(landing_dir)
+        files = [f for f in all_files if f.path.endswith(suffixes)]
+        bad_files = [f for f in all_files if f not in files]
+        loaded = _load(landing, files)
+        with duckdb.get_connection() as con:
+            if source == "crm":
+                result = reference_ingest.ingest_crm(con, loaded, platform.max_line_bytes)
+            else:
+                result = reference_ingest.ingest_jsonl_source(con, source, loaded, model, platform.max_line_bytes, dedup_key=_DEDUP.get(table))
+        quarantine, read = result.quarantine, result.records_read
+        if bad_files:
+            extra = events_ingest.build_quarantine(
+                source,
+                [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {suffixes}")) for f in bad_files],
+                originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
+            )
+            quarantine = pa.concat_tables([quarantine, extra])
+            read += len(bad_files)
+        written = lake.write_table("raw", table, result.raw)
+        q_written = lake.write_table("raw", f"{table}_quarantine", quarantine)
+        reasons = _reasons(quarantine)
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                "dagster/row_count": result.raw.num_rows,
+                "records_read": read,
+                "quarantined": quarantine.num_rows,
+                "quarantine_by_reason": dg.MetadataValue.json(reasons),
+                "files_read": len(all_files),
+                "source_files": dg.MetadataValue.json([landing.uri(f.path) for f in all_files[:100]]),
+                "path": written.path,
+            },
+        )
+        yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantine.num_rows, "by_reason": dg.MetadataValue.json(reasons), "path": q_written.path})
+        yield reconciliation_result(key, read, result.raw.num_rows, quarantine.num_rows)
+        yield model_check(key, model, blocking=True).evaluate(result.raw)
+
+    return _asset

@@ -1,0 +1,466 @@
+"""Landing files of CDP spec messages -> validated raw rows + quarantine rows.
+
+Pure functions over bytes and DuckDB; no Dagster here (the asset in `raw/assets.py` wires them).
+
+Design (see docs/ARCHITECTURE.md, "Ingestion"):
+
+* Every file is read into memory (decompressed), and its line boundaries are indexed with numpy, so
+  the number of lines read is known independently of any parser.
+* Fast path: DuckDB's vectorized, multi-threaded ``read_json`` with the tracking plan's structure
+  (leaves typed ``JSON`` so a value's JSON type is preserved). It is taken only when the file is
+  clean at the syntax level: it parses, and it yields exactly one record per line.
+* Slow path, for files with any syntactic problem (blank, oversized, invalid UTF-8, malformed JSON,
+  non-object, wrong nesting): each line is classified on its own, bad lines are quarantined with a
+  reason and good lines go through the same structure with ``json_transform``. Both paths feed the
+  same typed projection, so a record's raw row does not depend on which path read it.
+* Semantic validation (missing ids, unknown types, type violations, timestamp horizon) runs the
+  pandera tracking plan on the typed rows of the whole partition; duplicates of a messageId are kept
+  once per partition (earliest receivedAt). Rejected rows are quarantined with their exact original
+  bytes, fetched through the line index.
+
+Invariant (tested, and enforced by an asset check): records read = raw rows + quarantined rows.
+"""
+
+from __future__ import annotations
+
+import codecs
+import copy
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.compute as pc
+
+from personalization_assets.raw import json_extract
+from personalization_assets.raw.tracking_plan import RawEvent
+
+BOM = b"\xef\xbb\xbf"
+MAX_QUARANTINE_BYTES = 1 << 20  # a whole unreadable file is kept up to 1 MiB; the landing file itself stays
+
+QUARANTINE_SCHEMA = pa_arrow.schema(
+    [
+        ("source", pa_arrow.string()),
+        ("source_file", pa_arrow.string()),
+        ("line_no", pa_arrow.int64()),
+        ("reason", pa_arrow.string()),
+        ("detail", pa_arrow.string()),
+        ("original_text", pa_arrow.string()),
+        ("original_bytes", pa_arrow.binary()),
+    ]
+)
+
+
+@dataclass
+class Reject:
+    line_no: int
+    reason: str
+    detail: str
+
+
+@dataclass
+class LandedFile:
+    """A landing file's decompressed content and the byte span of each line (newline excluded)."""
+
+    path: str
+    data: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+    file_error: Reject | None = None
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.starts.shape[0])
+
+    def line_bytes(self, line_no: int) -> bytes:
+        i = line_no - 1
+        return self.data[int(self.starts[i]) : int(self.ends[i])]
+
+
+def decompress(path: str, raw: bytes) -> tuple[bytes, Reject | None]:
+    """Gunzip `.gz` files (all members). A damaged stream keeps what decoded and reports the damage."""
+    if not path.endswith(".gz"):
+        return raw, None
+    out, pos = [], 0
+    while pos < len(raw):
+        d = zlib.decompressobj(wbits=31)
+        try:
+            out.append(d.decompress(raw[pos:]))
+            out.append(d.flush())
+        except zlib.error as exc:
+            return b"".join(out), Reject(0, "corrupt_gzip", f"gzip stream damaged after {sum(map(len, out))} bytes: {exc}")
+        if not d.eof:
+            return b"".join(out), Reject(0, "truncated_gzip", f"gzip stream ends early after {sum(map(len, out))} decompressed bytes")
+        consumed = len(raw) - pos - len(d.unused_data)
+        pos += consumed
+        if consumed == 0:
+            break
+        # tolerate zero padding after the last member, as gzip(1) does
+        if raw[pos:].strip(b"\x00") == b"":
+            break
+    return b"".join(out), None
+
+
+def index_lines(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start/end offsets of each line. A trailing newline does not start a new line; CR before LF is dropped."""
+    if not data:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(buf == 10).astype(np.int64)
+    starts = np.concatenate(([0], nl + 1))
+    ends = np.concatenate((nl, [len(data)]))
+    if data.endswith(b"\n"):
+        starts, ends = starts[:-1], ends[:-1]
+    # strip one CR before LF (Windows line endings)
+    nonempty = ends > starts
+    has_cr = np.zeros_like(nonempty)
+    idx = np.flatnonzero(nonempty)
+    has_cr[idx] = buf[ends[idx] - 1] == 13
+    ends = ends - has_cr.astype(np.int64)
+    return starts, ends
+
+
+def load_file(path: str, raw: bytes) -> LandedFile:
+    data, err = decompress(path, raw)
+    if data.startswith(BOM):
+        # A UTF-8 byte-order mark is an encoding artefact of some exporters, not part of the record.
+        data = data[len(BOM) :]
+    starts, ends = index_lines(data)
+    if err is not None and not data:
+        err.detail += "; nothing could be decoded"
+    return LandedFile(path=path, data=data, starts=starts, ends=ends, file_error=err)
+
+
+@dataclass
+class ParsedFile:
+    table: pa_arrow.Table  # typed columns + _type_errors + source_file + line_no
+    rejects: list[Reject] = field(default_factory=list)
+    fast_path: bool = True
+
+
+def _typed_sql(source: str, model) -> str:
+    select, type_errors = json_extract.typed_projection(model, root=None)
+    return f"select {', '.join(select)}, {type_errors} from {source}"
+
+
+def _fast_path(con: duckdb.DuckDBPyConnection, local_path: str, model) -> pa_arrow.Table:
+    cols = json_extract.read_json_columns(model)
+    src = (
+        f"read_json({json_extract._sql_str(local_path)}, format='newline_delimited', columns={cols}, "
+        "compression='none', maximum_object_size=1073741824)"
+    )
+    return con.sql(_typed_sql(src, model)).arrow().read_all()
+
+
+def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: int, model) -> tuple[pa_arrow.Table, list[Reject]]:
+    rejects: list[Reject] = []
+    lengths = f.ends - f.starts
+    good_nos: list[int] = []
+    good_lines: list[str] = []
+    for i in range(f.n_lines):
+        line_no = i + 1
+        n = int(lengths[i])
+        if n > max_line_bytes:
+            rejects.append(Reject(line_no, "line_too_large", f"{n} bytes > limit {max_line_bytes}"))
+            continue
+        chunk = f.data[int(f.starts[i]) : int(f.ends[i])]
+        if not chunk.strip():
+            rejects.append(Reject(line_no, "empty_line", "blank line"))
+            continue
+        try:
+            text, _ = codecs.utf_8_decode(chunk, "strict", True)
+        except UnicodeDecodeError as exc:
+            rejects.append(Reject(line_no, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
+            continue
+        good_nos.append(line_no)
+        good_lines.append(text)
+    lines = pa_arrow.table({"line_no": pa_arrow.array(good_nos, pa_arrow.int64()), "line": pa_arrow.array(good_lines, pa_arrow.string())})
+    con.register("_lines", lines)
+    try:
+        parent_checks = " or ".join(
+            f"coalesce(json_type(line, {json_extract._sql_str('$.' + '.'.join(json_extract._quote(p) for p in path))}) not in ('OBJECT', 'NULL'), false)"
+            for path in json_extract.struct_parent_paths(model)
+        ) or "false"
+        structure = json_extract.json_transform_structure(model)
+        classified = con.sql(
+            f"""
+            select line_no, line,
+                case when not json_valid(line) then 'malformed_json'
+                     when json_type(line) <> 'OBJECT' then 'not_an_object'
+                     when {parent_checks} then 'wrong_structure'
+                end as reason,
+                case when json_valid(line) then json_type(line) end as jtype
+            from _lines
+            """
+        )
+        con.register("_classified", classified.arrow().read_all())
+        bad = con.sql("select line_no, reason, jtype from _classified where reason is not null").fetchall()
+        for line_no, reason, jtype in bad:
+            detail = {
+                "malformed_json": "not valid JSON",
+                "not_an_object": f"a JSON {str(jtype).lower()}, not an object",
+                "wrong_structure": "a nested field (e.g. context, properties) is not an object",
+            }[reason]
+            rejects.append(Reject(int(line_no), reason, detail))
+        src = f"(select line_no, unnest(json_transform(line, {json_extract._sql_str(structure)})) from _classified where reason is null)"
+        select, type_errors = json_extract.typed_projection(model, root=None)
+        table = con.sql(f"select line_no, {', '.join(select)}, {type_errors} from {src} order by line_no").arrow().read_all()
+    finally:
+        con.unregister("_lines")
+        try:
+            con.unregister("_classified")
+        except Exception:
+            pass
+    return table, rejects
+
+
+def parse_file(
+    con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: int, local_path: str | None = None, model=RawEvent
+) -> ParsedFile:
+    """Parse one landed file. `local_path` may point at an identical uncompressed copy on disk."""
+    rejects: list[Reject] = []
+    if f.file_error is not None:
+        rejects.append(f.file_error)
+    if f.n_lines == 0:
+        return ParsedFile(table=_empty_typed(con, model).append_column("source_file", pa_arrow.array([], pa_arrow.string())), rejects=rejects)
+    lengths = f.ends - f.starts
+    clean = bool((lengths > 0).all() and (lengths <= max_line_bytes).all())
+    table = None
+    if clean:
+        tmp = None
+        try:
+            if local_path is None:
+                fd, tmp = tempfile.mkstemp(suffix=".jsonl", prefix="landing-")
+                with os.fdopen(fd, "wb") as out:
+                    out.write(f.data)
+                local_path = tmp
+            candidate = _fast_path(con, local_path, model)
+            if candidate.num_rows == f.n_lines:
+                table = candidate.add_column(0, "line_no", pa_arrow.array(np.arange(1, f.n_lines + 1, dtype=np.int64)))
+        except duckdb.Error:
+            table = None  # any syntax problem: classify line by line
+        finally:
+            if tmp is not None:
+                os.unlink(tmp)
+    fast = table is not None
+    if table is None:
+        table, line_rejects = _slow_path(con, f, max_line_bytes, model)
+        rejects.extend(line_rejects)
+    table = table.append_column("source_file", pa_arrow.array([f.path] * table.num_rows, pa_arrow.string()))
+    return ParsedFile(table=table, rejects=rejects, fast_path=fast)
+
+
+def _empty_typed(con, model=RawEvent) -> pa_arrow.Table:
+    select, type_errors = json_extract.typed_projection(model, root=None)
+    cols = json_extract.read_json_columns(model)
+    # an empty relation with the right types: a zero-row VALUES cast through the same projection
+    src = f"(select * from read_json('/dev/null', format='newline_delimited', columns={cols}) limit 0)"
+    t = con.sql(f"select {', '.join(select)}, {type_errors} from {src}").arrow().read_all()
+    return t.add_column(0, "line_no", pa_arrow.array([], pa_arrow.int64()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Partition-level semantic validation
+
+
+def event_schema(window_start: datetime, horizon_days: int, max_future_minutes: int) -> pa.DataFrameSchema:
+    """The tracking plan for one partition: the RawEvent model plus the time-horizon rules."""
+    start = pd.Timestamp(window_start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    earliest = start - pd.Timedelta(days=horizon_days)
+    future = pd.Timedelta(minutes=max_future_minutes)
+    checks = [
+        pa.Check(
+            lambda df: df["_type_errors"].map(len) == 0,
+            name="wrong_type",
+            error="a field's JSON type does not match the tracking plan",
+            ignore_na=False,
+        ),
+        pa.Check(
+            lambda df: df["timestamp"].isna() | (df["timestamp"] >= earliest),
+            name="timestamp_before_horizon",
+            error=f"event time is before the ingestion horizon ({horizon_days} days before the landing hour)",
+            ignore_na=False,
+        ),
+        pa.Check(
+            lambda df: df["timestamp"].isna() | df["received_at"].isna() | (df["timestamp"] <= df["received_at"] + future),
+            name="timestamp_in_future",
+            error=f"event time is more than {max_future_minutes} minutes after receivedAt",
+            ignore_na=False,
+        ),
+    ]
+    base = RawEvent.to_schema()
+    keep = [c for c in base.columns if c not in ("properties", "traits", "consent_preferences", "source_file")]
+    schema = base.select_columns(keep)
+    schema = schema.add_columns({"_type_errors": pa.Column(object, nullable=False)})
+    schema = copy.deepcopy(schema)
+    schema.checks = list(schema.checks) + checks
+    return schema
+
+
+def _reason_code(column: str, check: str) -> str:
+    if check == "not_nullable":
+        return f"missing_{column}"
+    if check.startswith("dtype("):
+        return f"wrong_type_{column}"
+    return f"invalid_{column}"
+
+
+def semantic_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[int, Reject]:
+    """Row position -> Reject whose reason is the first failed check's code and whose detail lists all.
+
+    Dataframe-level checks are named after their reason code (e.g. ``missing_identity``); pandera reports
+    them by their error text once per column, so they are mapped back to the name and de-duplicated.
+    """
+    try:
+        schema.validate(frame, lazy=True)
+        return {}
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    df_checks = {(c.error or c.name): c.name for c in schema.checks}
+    df_checks.update({c.name: c.name for c in schema.checks})
+    out: dict[int, dict[str, str]] = {}
+    for row in cases.itertuples(index=False):
+        idx = row.index
+        if idx is None or (isinstance(idx, float) and np.isnan(idx)):
+            # a schema-level failure (e.g. a column's dtype) has no row: never let it pass silently
+            raise ValueError(f"tracking plan failed at schema level: {row.column} {row.check} {row.failure_case}")
+        check = str(row.check)
+        if row.schema_context == "DataFrameSchema":
+            code = df_checks.get(check, check)
+            if code == "wrong_type":
+                detail = "; ".join(frame["_type_errors"].iloc[int(idx)])
+            else:
+                detail = check
+        else:
+            code = _reason_code(str(row.column), check)
+            detail = f"{row.column}: {check} (value: {str(row.failure_case)[:200]})"
+        out.setdefault(int(idx), {}).setdefault(code, detail)
+    return {i: Reject(-1, next(iter(v)), "; ".join(v.values())) for i, v in out.items()}
+
+
+@dataclass
+class PartitionResult:
+    raw: pa_arrow.Table
+    quarantine: pa_arrow.Table
+    records_read: int
+    files: list[str]
+    fast_path_files: int
+
+
+def _validation_frame(table: pa_arrow.Table, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    cols = [c for c in schema.columns]
+    sub = table.select(cols)
+    frame = sub.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype(), pa_arrow.float64(): pd.Float64Dtype(), pa_arrow.bool_(): pd.BooleanDtype()}.get)
+    for c in cols:
+        if pa_arrow.types.is_string(sub.schema.field(c).type) or pa_arrow.types.is_large_string(sub.schema.field(c).type):
+            frame[c] = frame[c].astype(object)
+    return frame
+
+
+def ingest_event_files(
+    con: duckdb.DuckDBPyConnection,
+    files: list[tuple[LandedFile, str | None]],
+    window_start: datetime,
+    horizon_days: int,
+    max_future_minutes: int,
+    max_line_bytes: int,
+) -> PartitionResult:
+    """Parse, validate and dedup all files of one partition."""
+    parsed_tables, quarantine_rows = [], []
+    by_path = {}
+    fast_files = 0
+    records_read = 0
+    for landed, local_path in files:
+        by_path[landed.path] = landed
+        records_read += landed.n_lines + (1 if landed.file_error is not None else 0)
+        parsed = parse_file(con, landed, max_line_bytes, local_path)
+        fast_files += int(parsed.fast_path)
+        parsed_tables.append(parsed.table)
+        for r in parsed.rejects:
+            quarantine_rows.append((landed.path, r))
+    schema = event_schema(window_start, horizon_days, max_future_minutes)
+    if parsed_tables and any(t.num_rows for t in parsed_tables):
+        table = pa_arrow.concat_tables(parsed_tables, promote_options="permissive")
+    else:
+        table = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
+    start_us = int(pd.Timestamp(window_start).value // 1000)
+    table = table.append_column(
+        "landing_hour", pa_arrow.array(np.full(table.num_rows, start_us, dtype=np.int64)).cast(pa_arrow.timestamp("us", tz="UTC"))
+    )
+    # --- semantic validation with the pandera tracking plan
+    failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
+    mask = np.ones(table.num_rows, dtype=bool)
+    if failures:
+        positions = np.fromiter(failures.keys(), dtype=np.int64)
+        mask[positions] = False
+        src = table.select(["source_file", "line_no"]).take(pa_arrow.array(positions)).to_pylist()
+        for pos, loc in zip(positions.tolist(), src):
+            r = failures[pos]
+            quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
+    valid = table.filter(pa_arrow.array(mask))
+    # --- exact duplicates of a messageId within the partition: keep the earliest receivedAt
+    keyed = valid.select(["message_id", "received_at", "source_file", "line_no"]).append_column(
+        "_pos", pa_arrow.array(np.arange(valid.num_rows, dtype=np.int64))
+    )
+    con.register("_valid", keyed)
+    try:
+        dups = con.sql(
+            """
+            select _pos, line_no, source_file, message_id, kept from (
+                select *,
+                    row_number() over w as rn,
+                    first_value(source_file || ':' || line_no) over w as kept
+                from _valid
+                window w as (partition by message_id order by received_at, source_file, line_no)
+            ) where rn > 1
+            """
+        ).arrow().read_all()
+    finally:
+        con.unregister("_valid")
+    if dups.num_rows:
+        for d in dups.to_pylist():
+            quarantine_rows.append(
+                (d["source_file"], Reject(int(d["line_no"]), "duplicate_message_id", f"messageId {d['message_id']} already kept from {d['kept']}"))
+            )
+        keep = np.ones(valid.num_rows, dtype=bool)
+        keep[dups["_pos"].to_numpy()] = False
+        valid = valid.filter(pa_arrow.array(keep))
+    raw = valid.drop_columns(["_type_errors"])
+    raw = _order_like_model(raw)
+    quarantine = build_quarantine("events", quarantine_rows, by_path)
+    return PartitionResult(raw=raw, quarantine=quarantine, records_read=records_read, files=sorted(by_path), fast_path_files=fast_files)
+
+
+def _order_like_model(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
+    order = [c for c in model.to_schema().columns if c in table.column_names]
+    return table.select(order)
+
+
+def build_quarantine(source: str, rows: list[tuple[str, Reject]], files: dict[str, LandedFile] | None = None, originals: dict | None = None) -> pa_arrow.Table:
+    """Quarantine rows with the exact original bytes of each rejected record."""
+    cols = {n: [] for n in QUARANTINE_SCHEMA.names}
+    for path, r in sorted(rows, key=lambda x: (x[0], x[1].line_no)):
+        original: bytes | None = None
+        if originals is not None and (path, r.line_no) in originals:
+            original = originals[(path, r.line_no)]
+        elif files is not None and path in files:
+            f = files[path]
+            if r.line_no >= 1:
+                original = f.line_bytes(r.line_no)
+            else:
+                original = f.data[:MAX_QUARANTINE_BYTES]
+        cols["source"].append(source)
+        cols["source_file"].append(path)
+        cols["line_no"].append(r.line_no)
+        cols["reason"].append(r.reason)
+        cols["detail"].append(r.detail)
+        cols["original_bytes"].append(original)
+        cols["original_text"].append(None if original is None else original.decode("utf-8", "backslashreplace"))
+    return pa_arrow.table(cols, schema=QUARANTINE_SCHEMA)

@@ -1,0 +1,204 @@
+"""Ingestion of the reference sources: CRM exports (CSV), content catalog and privacy requests (JSONL).
+
+Same contract as events: every line read ends up in the raw table or in quarantine with a reason and
+its original bytes; the pandera model of each table is the tracking plan that decides.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from personalization_assets.raw.events_ingest import (
+    LandedFile,
+    Reject,
+    _order_like_model,
+    _validation_frame,
+    build_quarantine,
+    parse_file,
+    semantic_failures,
+)
+from personalization_assets.raw.tracking_plan import RawCrmProfile
+
+CRM_COLUMNS = ["user_id", "email", "phone", "first_name", "last_name", "country", "birth_date", "signup_at", "plan", "updated_at"]
+_CRM_TYPES = {"birth_date": "date", "signup_at": "timestamptz", "updated_at": "timestamptz"}
+
+
+@dataclass
+class SourceResult:
+    raw: pa.Table
+    quarantine: pa.Table
+    records_read: int
+    files: list[str]
+
+
+def _validation_schema(model):
+    import pandera.pandas as pdr
+
+    base = model.to_schema()
+    keep = [c for c in base.columns if c not in ("tags", "source_file")]
+    schema = base.select_columns(keep).add_columns({"_type_errors": pdr.Column(object, nullable=False)})
+    import copy
+
+    schema = copy.deepcopy(schema)
+    schema.checks = list(schema.checks) + [
+        pdr.Check(lambda df: df["_type_errors"].map(len) == 0, name="wrong_type", error="a field's type does not match the tracking plan", ignore_na=False)
+    ]
+    return schema
+
+
+def _validate(table: pa.Table, model, quarantine_rows: list, dedup_key: str | None, con) -> pa.Table:
+    schema = _validation_schema(model)
+    failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
+    mask = np.ones(table.num_rows, dtype=bool)
+    if failures:
+        positions = np.fromiter(failures.keys(), dtype=np.int64)
+        mask[positions] = False
+        locs = table.select(["source_file", "line_no"]).take(pa.array(positions)).to_pylist()
+        for pos, loc in zip(positions.tolist(), locs):
+            r = failures[pos]
+            quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
+    valid = table.filter(pa.array(mask))
+    if dedup_key and valid.num_rows:
+        keyed = valid.select([dedup_key, "source_file", "line_no"]).append_column("_pos", pa.array(np.arange(valid.num_rows)))
+        con.register("_ref", keyed)
+        try:
+            dups = con.sql(
+                f"""select _pos, source_file, line_no, "{dedup_key}" as k, kept from (
+                    select *, row_number() over w as rn, first_value(source_file || ':' || line_no) over w as kept
+                    from _ref window w as (partition by "{dedup_key}" order by source_file, line_no)) where rn > 1"""
+            ).arrow().read_all()
+        finally:
+            con.unregister("_ref")
+        if dups.num_rows:
+            keep = np.ones(valid.num_rows, dtype=bool)
+            keep[dups["_pos"].to_numpy()] = False
+            for d in dups.to_pylist():
+                quarantine_rows.append((d["source_file"], Reject(int(d["line_no"]), f"duplicate_{dedup_key}", f"{dedup_key} {d['k']} already kept from {d['kept']}")))
+            valid = valid.filter(pa.array(keep))
+    return _order_like_model(valid.drop_columns(["_type_errors"]), model)
+
+
+def ingest_jsonl_source(
+    con: duckdb.DuckDBPyConnection, source: str, files: list[tuple[LandedFile, str | None]], model, max_line_bytes: int, dedup_key: str | None = None
+) -> SourceResult:
+    tables, quarantine_rows, by_path, read = [], [], {}, 0
+    for landed, local in files:
+        by_path[landed.path] = landed
+        read += landed.n_lines + (1 if landed.file_error else 0)
+        parsed = parse_file(con, landed, max_line_bytes, local, model=model)
+        tables.append(parsed.table)
+        quarantine_rows.extend((landed.path, r) for r in parsed.rejects)
+    if tables:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    else:
+        from personalization_assets.raw.events_ingest import _empty_typed
+
+        table = _empty_typed(con, model).append_column("source_file", pa.array([], pa.string()))
+    raw = _validate(table, model, quarantine_rows, dedup_key, con)
+    return SourceResult(raw=raw, quarantine=build_quarantine(source, quarantine_rows, by_path), records_read=read, files=sorted(by_path))
+
+
+def _parse_csv_file(f: LandedFile, max_line_bytes: int) -> tuple[list[dict], list[Reject]]:
+    rows, rejects = [], []
+    if f.file_error:
+        rejects.append(f.file_error)
+    if f.n_lines == 0:
+        return rows, rejects
+    header_bytes = f.line_bytes(1)
+    try:
+        header = next(csv.reader([header_bytes.decode("utf-8")]))
+    except (UnicodeDecodeError, StopIteration, csv.Error):
+        header = []
+    header = [h.strip().lower() for h in header]
+    if sorted(header) != sorted(CRM_COLUMNS):
+        detail = f"header {header!r} does not match the CRM contract {CRM_COLUMNS!r}"
+        rejects.append(Reject(1, "invalid_header", detail))
+        for n in range(2, f.n_lines + 1):
+            rejects.append(Reject(n, "invalid_header", "file header does not match the CRM contract"))
+        return rows, rejects
+    for n in range(2, f.n_lines + 1):
+        b = f.line_bytes(n)
+        if len(b) > max_line_bytes:
+            rejects.append(Reject(n, "line_too_large", f"{len(b)} bytes > limit {max_line_bytes}"))
+            continue
+        if not b.strip():
+            rejects.append(Reject(n, "empty_line", "blank line"))
+            continue
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            rejects.append(Reject(n, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}"))
+            continue
+        try:
+            values = next(csv.reader([text]))
+        except csv.Error as exc:
+            rejects.append(Reject(n, "malformed_csv", str(exc)))
+            continue
+        if len(values) != len(header):
+            rejects.append(Reject(n, "wrong_column_count", f"{len(values)} fields, expected {len(header)}"))
+            continue
+        row = {h: (v.strip() or None) for h, v in zip(header, values)}
+        row["source_file"] = f.path
+        row["line_no"] = n
+        rows.append(row)
+    return rows, rejects
+
+
+def ingest_crm(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str | None]], max_line_bytes: int) -> SourceResult:
+    """CRM CSV exports. The header line of each file counts as read and is not a record.
+
+    records_read counts data lines only (header excluded), so records_read = raw + quarantine.
+    Fields with embedded newlines are not supported (such a row is quarantined as wrong_column_count).
+    """
+    all_rows, quarantine_rows, by_path, read = [], [], {}, 0
+    for landed, _ in files:
+        by_path[landed.path] = landed
+        read += max(landed.n_lines - 1, 0) + (1 if landed.file_error else 0)
+        rows, rejects = _parse_csv_file(landed, max_line_bytes)
+        all_rows.extend(rows)
+        for r in rejects:
+            if r.reason == "invalid_header" and r.line_no == 1:
+                read += 1  # a bad header is itself quarantined, so it counts as read
+            quarantine_rows.append((landed.path, r))
+    cols = {c: pa.array([r.get(c) for r in all_rows], pa.string()) for c in CRM_COLUMNS}
+    cols["source_file"] = pa.array([r["source_file"] for r in all_rows], pa.string())
+    cols["line_no"] = pa.array([r["line_no"] for r in all_rows], pa.int64())
+    strings = pa.table(cols)
+    con.register("_crm", strings)
+    try:
+        select, errors = [], []
+        for c in CRM_COLUMNS:
+            if c in _CRM_TYPES:
+                t = _CRM_TYPES[c]
+                select.append(f"try_cast({c} as {t}) as {c}")
+                errors.append(f"case when {c} is not null and try_cast({c} as {t}) is null then '{c} is not a valid {t}' end")
+            else:
+                select.append(c)
+        typed = con.sql(
+            f"""select {', '.join(select)}, source_file, line_no,
+                   list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors
+                from _crm"""
+        ).arrow().read_all()
+    finally:
+        con.unregister("_crm")
+    # the latest updated_at wins per user: flag it (superseded rows are history, not errors)
+    typed = typed.append_column("is_current", pa.array(np.zeros(typed.num_rows, dtype=bool)))
+    valid = _validate(typed, RawCrmProfile, quarantine_rows, None, con)
+    if valid.num_rows:
+        con.register("_crm_valid", valid.append_column("_pos", pa.array(np.arange(valid.num_rows))))
+        try:
+            current = con.sql(
+                """select _pos from (select _pos, row_number() over (partition by user_id
+                   order by updated_at desc, source_file desc, line_no desc) as rn from _crm_valid) where rn = 1"""
+            ).arrow().read_all()
+        finally:
+            con.unregister("_crm_valid")
+        flags = np.zeros(valid.num_rows, dtype=bool)
+        flags[current["_pos"].to_numpy()] = True
+        valid = valid.set_column(valid.column_names.index("is_current"), "is_current", pa.array(flags))
+    return SourceResult(raw=valid, quarantine=build_quarantine("crm", quarantine_rows, by_path), records_read=read, files=sorted(by_path))

@@ -1,0 +1,83 @@
+"""Resources, chosen by environment. Asset code sees the same resource keys everywhere:
+
+| key | local | prod |
+|---|---|---|
+| `landing` | LandingZone on `$DATA_DIR/landing` | LandingZone on `s3://…` |
+| `lake` | LakeStorage on `$DATA_DIR/lake` | LakeStorage on `s3://…` |
+| `duckdb` | in-memory DuckDB engine (spills to `$DATA_DIR/tmp`) | same, in the run pod |
+| `platform` | PlatformConfig (limits from settings) | same |
+| `pseudonymizer` | dev key generated into `$DATA_DIR` | keys from `PERSONALIZATION_PSEUDONYM_KEYS` |
+| `warehouse` / `dbt` | DuckDB file `warehouse.duckdb` | Snowflake |
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from personalization_assets.resources.storage import LakeStorage, LandingZone
+from personalization_assets.settings import Settings
+
+
+class PlatformConfig(dg.ConfigurableResource):
+    """Non-secret limits and switches read from the settings, so tests can override them."""
+
+    env: str = "local"
+    data_dir: str = Field(description="Local scratch/data directory.")
+    max_line_bytes: int = 32 * 1024
+    horizon_days: int = 30
+    max_future_minutes: int = 24 * 60
+
+
+def _s3_credentials(settings: Settings) -> dict:
+    if settings.has_static_aws_credentials:
+        return {
+            "aws_access_key_id": dg.EnvVar("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+        }
+    return {}
+
+
+class DuckDBEngine(DuckDBResource):
+    """dagster-duckdb's resource with session defaults every transform relies on (UTC time zone)."""
+
+    @contextmanager
+    def get_connection(self):
+        with super().get_connection() as con:
+            # TimeZone needs the ICU extension, which is loaded only after connect
+            con.execute("SET TimeZone = 'UTC'")
+            yield con
+
+
+def duckdb_engine(settings: Settings) -> DuckDBEngine:
+    tmp = settings.data_dir / "tmp" / "duckdb"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return DuckDBEngine(
+        database=":memory:",
+        connection_config={
+            "memory_limit": settings.duckdb_memory_limit,
+            "temp_directory": str(tmp),
+            "preserve_insertion_order": True,
+        },
+    )
+
+
+def build_resources(settings: Settings) -> dict:
+    creds = _s3_credentials(settings)
+    common = {"s3_endpoint_url": settings.s3_endpoint_url, "aws_region": settings.aws_region, **creds}
+    resources = {
+        "landing": LandingZone(url=settings.landing_url, **common),
+        "lake": LakeStorage(url=settings.lake_url, **common),
+        "duckdb": duckdb_engine(settings),
+        "platform": PlatformConfig(
+            env=settings.env,
+            data_dir=str(settings.data_dir),
+            max_line_bytes=settings.max_line_bytes,
+            horizon_days=settings.horizon_days,
+            max_future_minutes=settings.max_future_minutes,
+        ),
+    }
+    return resources
