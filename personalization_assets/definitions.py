@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from personalization_assets.privacy.assets import build_privacy_assets
+from personalization_assets.privacy.policies import get_policy
 from personalization_assets.raw.assets import build_raw_assets
 from personalization_assets.raw.partitions import events_partitions
 from personalization_assets.resources import build_resources
@@ -19,7 +21,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     partitions = events_partitions(settings.events_start)
     storage_kind = "s3" if settings.lake_url.startswith("s3://") else "local"
-    assets = [*build_raw_assets(partitions, storage_kind)]
+    get_policy()  # validate privacy_policies/ at load time: a bad file fails here, naming file and key
+    assets = [*build_raw_assets(partitions, storage_kind), *build_privacy_assets(partitions, storage_kind)]
     return dg.Definitions(assets=assets, resources=build_resources(settings))
 
 

@@ -111,3 +111,30 @@ def evaluate_model(
         metadata=metadata,
         severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
     )
+
+
+def arrow_schema(model: type[pa.DataFrameModel], overrides: dict[str, pa_arrow.DataType] | None = None) -> pa_arrow.Schema:
+    """Arrow schema of a pandera model (for empty tables and casts); object columns need overrides."""
+    overrides = overrides or {}
+    fields = []
+    for name, col in model.to_schema().columns.items():
+        if name in overrides:
+            fields.append(pa_arrow.field(name, overrides[name]))
+            continue
+        d = str(col.dtype).lower()
+        if "datetime" in d:
+            t = pa_arrow.timestamp("us", tz="UTC")
+        elif d == "date":
+            t = pa_arrow.date32()
+        elif "float" in d:
+            t = pa_arrow.float64()
+        elif "int" in d:
+            t = pa_arrow.int64()
+        elif "bool" in d:
+            t = pa_arrow.bool_()
+        elif d in ("str", "string", "object"):
+            t = pa_arrow.string()
+        else:
+            raise ValueError(f"{model.__name__}.{name}: no Arrow type for {d}; pass an override")
+        fields.append(pa_arrow.field(name, t))
+    return pa_arrow.schema(fields)

@@ -167,10 +167,14 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                     f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
                 )
         window = context.partition_time_window
+        # In a range run Dagster records the same metadata on every partition (dagster-io/dagster#18123),
+        # so the row count is only set for single-partition runs; range runs report run totals.
+        single = len(context.partition_keys) == 1
         yield dg.MaterializeResult(
             asset_key=RAW_EVENTS,
             metadata={
-                "dagster/row_count": totals["raw_rows"],
+                **({"dagster/row_count": totals["raw_rows"]} if single else {"run_raw_rows": totals["raw_rows"]}),
+                "rows_written": totals["raw_rows"],
                 "records_read": totals["records_read"],
                 "quarantined": totals["quarantined"],
                 "quarantine_by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
@@ -186,7 +190,11 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         )
         yield dg.MaterializeResult(
             asset_key=RAW_EVENTS_QUARANTINE,
-            metadata={"dagster/row_count": totals["quarantined"], "by_reason": dg.MetadataValue.json(dict(reasons.most_common()))},
+            metadata={
+                **({"dagster/row_count": totals["quarantined"]} if single else {"run_quarantined_rows": totals["quarantined"]}),
+                "rows_written": totals["quarantined"],
+                "by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
+            },
         )
         check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"])
         if unreconciled:
@@ -252,6 +260,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
             asset_key=key,
             metadata={
                 "dagster/row_count": result.raw.num_rows,
+                "rows_written": result.raw.num_rows,
                 "records_read": read,
                 "quarantined": quarantine.num_rows,
                 "quarantine_by_reason": dg.MetadataValue.json(reasons),
@@ -260,7 +269,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 "path": written.path,
             },
         )
-        yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantine.num_rows, "by_reason": dg.MetadataValue.json(reasons), "path": q_written.path})
+        yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantine.num_rows, "rows_written": quarantine.num_rows, "by_reason": dg.MetadataValue.json(reasons), "path": q_written.path})
         yield reconciliation_result(key, read, result.raw.num_rows, quarantine.num_rows)
         yield model_check(key, model, blocking=True).evaluate(result.raw)
 

@@ -12,12 +12,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from contextlib import contextmanager
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from personalization_assets.privacy.keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.resources.storage import LakeStorage, LandingZone
 from personalization_assets.settings import Settings
 
@@ -80,4 +84,19 @@ def build_resources(settings: Settings) -> dict:
             max_future_minutes=settings.max_future_minutes,
         ),
     }
+    resources["pseudonymizer"] = pseudonymizer(settings)
     return resources
+
+
+def pseudonymizer(settings: Settings) -> Pseudonymizer:
+    if settings.pseudonym_keys_from_env:
+        return Pseudonymizer(
+            keys_json=dg.EnvVar("PERSONALIZATION_PSEUDONYM_KEYS"),
+            active_version=dg.EnvVar("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") if os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") else None,
+        )
+    # local only (prod requires the env var, see settings.load_settings)
+    _, created = ensure_dev_keys(settings.data_dir)
+    path = settings.data_dir / DEV_KEY_FILE
+    if created:
+        logging.getLogger("personalization").warning(DEV_KEY_WARNING.format(path=path))
+    return Pseudonymizer(keys_file=str(path))

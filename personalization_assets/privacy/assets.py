@@ -1,0 +1,405 @@
+"""The privacy layer (group `privacy`): identity links, consent ledger and state, suppression list,
+the consented tables and the access audit log."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
+from personalization_assets.privacy import consent as consent_lib
+from personalization_assets.privacy.audit import AccessAuditor, audit_log
+from personalization_assets.privacy.consented import SUPPRESSION_SCHEMA, consent_events
+from personalization_assets.privacy.hash_chain import HashChainedLog
+from personalization_assets.privacy.identity import IDENTITY_SCHEMA, build_identity_links, jurisdiction_case_sql, pseudonymize_column
+from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerRow, ConsentState
+from personalization_assets.privacy.policies import get_policy
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.privacy.transforms import apply_column_policies
+from personalization_assets.raw.partitions import partition_dict
+from personalization_assets.raw.tracking_plan import CONSENT_EVENT, RawCrmProfile, RawEvent, RawPrivacyRequest
+from personalization_assets.resources import PlatformConfig
+from personalization_assets.resources.storage import LakeStorage
+
+GROUP = "privacy"
+OWNERS = ["team:privacy-engineering"]
+
+IDENTITY_LINKS = dg.AssetKey(["privacy", "identity_links"])
+CONSENT_LEDGER = dg.AssetKey(["privacy", "consent_ledger"])
+CONSENT_STATE = dg.AssetKey(["privacy", "consent_state"])
+SUPPRESSION_LIST = dg.AssetKey(["privacy", "suppression_list"])
+ACCESS_AUDIT_LOG = dg.AssetKey(["privacy", "access_audit_log"])
+CONSENTED_EVENTS = dg.AssetKey(["consented", "events"])
+CONSENTED_CRM = dg.AssetKey(["consented", "crm_profiles"])
+CONSENTED_CATALOG = dg.AssetKey(["consented", "content_catalog"])
+
+RAW_EVENTS = dg.AssetKey(["raw", "events"])
+RAW_CRM = dg.AssetKey(["raw", "crm_profiles"])
+RAW_CATALOG = dg.AssetKey(["raw", "content_catalog"])
+RAW_REQUESTS = dg.AssetKey(["raw", "privacy_requests"])
+
+RAW_EVENT_SCHEMA = arrow_schema(RawEvent)
+RAW_CRM_SCHEMA = arrow_schema(RawCrmProfile)
+RAW_REQUEST_SCHEMA = arrow_schema(RawPrivacyRequest)
+
+
+def lock_dir(platform: PlatformConfig) -> str:
+    return str(Path(platform.data_dir) / "locks")
+
+
+def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
+    return HashChainedLog(lake=lake, name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform))
+
+
+def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader: dg.AssetKey) -> AccessAuditor:
+    return AccessAuditor(lake=lake, policy=get_policy(), reader=reader.to_user_string(), run_id=context.run_id, lock_dir=lock_dir(platform))
+
+
+def _spec(key, description, model=None, deps=(), partitions_def=None, kinds=("parquet",), sensitive=False, erasure=None, extra_md=None):
+    md = {"privacy/tier": key.path[0]}
+    if model is not None:
+        md["dagster/column_schema"] = table_schema(model)
+    if erasure is not None:
+        md["privacy/erasure"] = erasure
+    md.update(extra_md or {})
+    return dg.AssetSpec(
+        key, description=description, group_name=GROUP, owners=OWNERS, kinds=set(kinds), deps=list(deps),
+        metadata=md, tags={"privacy/sensitivity": "sensitive" if sensitive else "pseudonymized"}, partitions_def=partitions_def,
+    )
+
+
+def _register_raw_events(con, lake: LakeStorage, columns: list[str] | None = None):
+    lake.register(con, "raw_events_all", "raw", "events", empty_schema=RAW_EVENT_SCHEMA)
+    cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+    con.execute(f"create or replace temp view raw_events as select {cols} from raw_events_all")
+
+
+def _write_metadata(written, extra=None) -> dict:
+    return {"dagster/row_count": written.rows, "rows_written": written.rows, "path": written.path, **(extra or {})}
+
+
+IDENTITY_COLUMNS = ["user_id", "anonymous_id", "previous_id", "trait_email", "context_country", "context_region", "timestamp"]
+
+
+@dg.asset(
+    key=IDENTITY_LINKS,
+    description="Every identifier (pseudonymized user, anonymous and email ids) with the consent subject it resolves to: "
+    "the user it is linked to when linked to exactly one user, else itself; plus the subject's jurisdiction.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_EVENTS, RAW_CRM],
+    metadata={"privacy/tier": "privacy", "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "identity_links",
+                                                          "columns": ["identifier", "consent_subject"]}},
+    tags={"privacy/sensitivity": "sensitive"},
+)
+def identity_links(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    policy = get_policy()
+    auditor(context, lake, platform, IDENTITY_LINKS).record([("raw/events", "*", IDENTITY_COLUMNS), ("raw/crm_profiles", None, ["user_id", "email"])])
+    with duckdb.get_connection() as con:
+        _register_raw_events(con, lake, IDENTITY_COLUMNS)
+        lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
+        identity, links = build_identity_links(con, pseudonymizer, jurisdiction_case_sql(policy))
+        con.register("identity_t", identity)
+        con.register("links_t", links)
+        table = con.sql(
+            """select i.*, coalesce(l.users, []) as linked_user_pseudonyms
+               from identity_t i left join (select identifier, identifier_kind, list(user_pseudonym order by user_pseudonym) as users
+                                            from links_t group by 1, 2) l using (identifier, identifier_kind)
+               order by identifier_kind, identifier"""
+        ).arrow().read_all()
+        ambiguous = con.execute("select count(*) from identity_t where linked_users > 1").fetchall()[0][0]
+    written = lake.write_table("privacy", "identity_links", table)
+    return dg.MaterializeResult(metadata=_write_metadata(written, {
+        "identifiers": table.num_rows,
+        "ambiguous_identifiers_not_merged": int(ambiguous),
+        "key_version": pseudonymizer.chain().active,
+        "dev_key": pseudonymizer.is_dev_key,
+    }))
+
+
+CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "consent_preferences", "gpc", "type", "event", "context_country", "context_region"]
+
+
+@dg.asset(
+    key=CONSENT_LEDGER,
+    description="Append-only, hash-chained record of every consent decision (CMP events, GPC signals, opt-out/opt-in "
+    "requests). Each row: identifier pseudonym, purpose, granted/denied/withdrawn, effective time, source, policy version.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet"}, deps=[RAW_EVENTS, RAW_REQUESTS],
+    metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentLedgerRow)},
+    tags={"privacy/sensitivity": "sensitive", "privacy/log-writer": "consent_ledger"},
+    check_specs=[
+        dg.AssetCheckSpec("hash_chain_intact", asset=CONSENT_LEDGER, blocking=True,
+                          description="Recomputes the chain: fails on any edited, removed, inserted or reordered row."),
+        model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).spec,
+    ],
+)
+def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    policy = get_policy()
+    log = ledger_log(lake, platform)
+    before = log.verify()
+    if not before.ok:
+        # never append to a broken chain: that would bury the evidence
+        yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or ""})
+        yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=False, metadata={"problem": before.problem or "", "rows": before.rows})
+        yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_all())
+        return
+    auditor(context, lake, platform, CONSENT_LEDGER).record(
+        [("raw/events", "*", CONSENT_INPUT_COLUMNS), ("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"])]
+    )
+    jur = jurisdiction_case_sql(policy)
+    with duckdb.get_connection() as con:
+        _register_raw_events(con, lake, CONSENT_INPUT_COLUMNS)
+        lake.register(con, "raw_requests", "raw", "privacy_requests", empty_schema=RAW_REQUEST_SCHEMA)
+        con.execute(
+            f"""create or replace temp table __consent_raw as
+                select *, (type = 'track' and event = $ev) as is_consent_event,
+                       {jur.format(country='context_country', region='context_region')} as jurisdiction
+                from raw_events
+                where (type = 'track' and event = $ev and consent_preferences is not null) or coalesce(gpc, false)""",
+            {"ev": CONSENT_EVENT},
+        )
+        pseudonymize_column(con, pseudonymizer, "__consent_raw", "user_id", "id", "__cu")
+        pseudonymize_column(con, pseudonymizer, "__consent_raw", "anonymous_id", "id", "__ca")
+        con.execute(
+            """create or replace temp view consent_inputs as
+               select coalesce(u.pseudonym, a.pseudonym) as identifier_pseudonym,
+                      case when r.user_id is not null then 'user' else 'anonymous' end as identifier_kind,
+                      r.message_id, r.timestamp, r.consent_preferences, coalesce(r.gpc, false) as gpc, r.is_consent_event, r.jurisdiction
+               from __consent_raw r left join __cu u on u.value = r.user_id left join __ca a on a.value = r.anonymous_id"""
+        )
+        con.execute("create or replace temp table __req as select * from raw_requests where type in ('opt_out_sale', 'opt_in_sale')")
+        pseudonymize_column(con, pseudonymizer, "__req", "user_id", "id", "__ru")
+        pseudonymize_column(con, pseudonymizer, "__req", "email", "email", "__re")
+        known = ", ".join(f"'{j}'" for j in policy.jurisdictions)
+        con.execute(
+            f"""create or replace temp view request_inputs as
+                select coalesce(u.pseudonym, e.pseudonym) as identifier_pseudonym,
+                       case when u.pseudonym is not null then 'user' else 'email' end as identifier_kind,
+                       r.request_id, r.type, r.received_at,
+                       case when r.jurisdiction in ({known}) then r.jurisdiction else 'default' end as jurisdiction
+                from __req r left join __ru u on u.value = r.user_id left join __re e on e.value = r.email
+                where coalesce(u.pseudonym, e.pseudonym) is not null"""
+        )
+        candidates = consent_lib.candidate_decisions(con, policy, recorded_at=datetime.now(timezone.utc))
+    existing = log.read_all()
+    fresh = consent_lib.new_ledger_rows(existing, candidates)
+    appended, head = log.append(fresh)
+    after = log.verify()
+    by_decision: dict[str, int] = {}
+    for r in fresh:
+        by_decision[r["decision"]] = by_decision.get(r["decision"], 0) + 1
+    yield dg.MaterializeResult(metadata={
+        "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
+        "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
+        "candidates_seen": len(candidates), "policy_version": policy.version,
+    })
+    yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
+                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
+    yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_all())
+
+
+@dg.asset(
+    key=CONSENT_STATE,
+    description="Effective consent per subject and purpose as validity intervals [valid_from, valid_to), including the "
+    "jurisdiction's no-record default before the first decision (deny for personalization everywhere). Used for as-of joins.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS],
+    metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentState),
+              "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"]}},
+    check_specs=[
+        model_check(CONSENT_STATE, ConsentState, blocking=True).spec,
+        dg.AssetCheckSpec("intervals_do_not_overlap", asset=CONSENT_STATE, blocking=True,
+                          description="Per subject and purpose, intervals are contiguous and never overlap."),
+    ],
+)
+def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+    policy = get_policy()
+    auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None)])
+    ledger = ledger_log(lake, platform).read_all()
+    with duckdb.get_connection() as con:
+        con.register("ledger", ledger)
+        lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
+        state = consent_lib.build_consent_state(con, policy)
+        con.register("__state", state)
+        overlaps = con.execute(
+            """select count(*) from (
+                 select valid_from, lag(valid_to) over (partition by consent_subject, purpose order by valid_from) as prev_to
+                 from __state) where prev_to is null and valid_from > timestamptz '1970-01-01 00:00:00+00'
+                 or prev_to is not null and prev_to <> valid_from"""
+        ).fetchall()[0][0]
+        granted = con.sql("select purpose, count(distinct consent_subject) from __state where status = 'granted' and valid_to is null group by 1").fetchall()
+    written = lake.write_table("privacy", "consent_state", state)
+    yield dg.MaterializeResult(metadata=_write_metadata(written, {
+        "subjects": len(set(state["consent_subject"].to_pylist())),
+        "currently_granted_by_purpose": dg.MetadataValue.json(dict(granted)),
+    }))
+    yield model_check(CONSENT_STATE, ConsentState, blocking=True).evaluate(state)
+    yield dg.AssetCheckResult(check_name="intervals_do_not_overlap", passed=overlaps == 0, metadata={"violations": int(overlaps)})
+
+
+@dg.asset(
+    key=SUPPRESSION_LIST,
+    description="Pseudonyms of erased subjects: the user, every identifier ever linked to them and the email. "
+    "Ingestion drops them from then on; the erasure run removes them from every derived asset.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_REQUESTS, IDENTITY_LINKS],
+    metadata={"privacy/tier": "privacy"}, tags={"privacy/sensitivity": "sensitive"},
+)
+def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    auditor(context, lake, platform, SUPPRESSION_LIST).record(
+        [("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at"]), ("privacy/identity_links", None, None)]
+    )
+    with duckdb.get_connection() as con:
+        lake.register(con, "raw_requests", "raw", "privacy_requests", empty_schema=RAW_REQUEST_SCHEMA)
+        lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA.append(pa.field("linked_user_pseudonyms", pa.list_(pa.string()))))
+        con.execute("create or replace temp table __erase as select * from raw_requests where type = 'erasure'")
+        pseudonymize_column(con, pseudonymizer, "__erase", "user_id", "id", "__eu")
+        pseudonymize_column(con, pseudonymizer, "__erase", "email", "email", "__ee")
+        table = con.sql(
+            """
+            with req as (
+                select r.request_id, r.received_at, u.pseudonym as user_p, e.pseudonym as email_p
+                from __erase r left join __eu u on u.value = r.user_id left join __ee e on e.value = r.email
+            ),
+            users as (  -- the user named, and users linked to the email named
+                select request_id, received_at, user_p as user_pseudonym from req where user_p is not null
+                union
+                select r.request_id, r.received_at, unnest(i.linked_user_pseudonyms)
+                from req r join identity i on i.identifier = r.email_p and i.identifier_kind = 'email'
+            ),
+            ids as (
+                select request_id, received_at, user_pseudonym as identifier, 'user' as identifier_kind from users
+                union
+                select request_id, received_at, email_p, 'email' from req where email_p is not null
+                union  -- every identifier ever linked to an erased user (inclusive on purpose)
+                select u.request_id, u.received_at, i.identifier, i.identifier_kind
+                from users u join identity i on list_contains(i.linked_user_pseudonyms, u.user_pseudonym)
+            )
+            select request_id, identifier, identifier_kind, received_at as requested_at from ids order by request_id, identifier_kind, identifier
+            """
+        ).arrow().read_all().cast(SUPPRESSION_SCHEMA)
+    written = lake.write_table("privacy", "suppression_list", table)
+    return dg.MaterializeResult(metadata=_write_metadata(written, {"requests": len(set(table["request_id"].to_pylist()))}))
+
+
+def _register_privacy_views(con, lake: LakeStorage):
+    lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
+    lake.register(con, "consent_state", "privacy", "consent_state", empty_schema=consent_lib.STATE_SCHEMA)
+    lake.register(con, "suppression", "privacy", "suppression_list", empty_schema=SUPPRESSION_SCHEMA)
+
+
+def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
+    @dg.asset(
+        key=CONSENTED_EVENTS,
+        description="Events of one landing hour, pseudonymized per classification.yaml and kept only if their subject's "
+        "consent for at least one purpose was in force AT THE EVENT'S TIME (as-of join; fail-closed). `purposes` lists them.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet", storage_kind, "duckdb"},
+        deps=[RAW_EVENTS, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        metadata={"privacy/tier": "consented", "dagster/column_schema": table_schema(ConsentedEvent),
+                  "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "events", "partitioned": True,
+                                      "columns": ["user_pseudonym", "anonymous_pseudonym", "consent_subject", "email_pseudonym", "previous_pseudonym"]}},
+        check_specs=[
+            model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).spec,
+            dg.AssetCheckSpec("consented_le_raw", asset=CONSENTED_EVENTS, blocking=True,
+                              description="Per partition, consented rows <= raw rows."),
+        ],
+    )
+    def consented_events(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+        policy = get_policy()
+        audit = auditor(context, lake, platform, CONSENTED_EVENTS)
+        totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
+        violations, sample = [], []
+        with duckdb.get_connection() as con:
+            _register_privacy_views(con, lake)
+            for pk in context.partition_keys:
+                part = partition_dict(pk)
+                audit.record([("raw/events", pk, None)])
+                raw = lake.read_table("raw", "events", part) if lake.exists("raw", "events", part) else RAW_EVENT_SCHEMA.empty_table()
+                out, stats = consent_events(con, raw, policy, pseudonymizer)
+                lake.write_table("consented", "events", out, partition=part)
+                for k in totals:
+                    totals[k] += stats[k]
+                if out.num_rows > raw.num_rows:
+                    violations.append(pk)
+                if sum(t.num_rows for t in sample) < 200_000:
+                    sample.append(out)
+        single = len(context.partition_keys) == 1
+        yield dg.MaterializeResult(metadata={
+            **({"dagster/row_count": totals["kept"]} if single else {"run_rows": totals["kept"]}),
+            "rows_written": totals["kept"], "raw_rows_read": totals["raw_rows"],
+            "excluded_no_consent": totals["no_consent"], "excluded_suppressed": totals["suppressed"],
+            "partitions": len(context.partition_keys), "key_version": pseudonymizer.chain().active,
+        })
+        yield model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(pa.concat_tables(sample) if sample else pa.table({}))
+        yield dg.AssetCheckResult(check_name="consented_le_raw", passed=not violations,
+                                  metadata={"violating_partitions": dg.MetadataValue.json(violations)})
+
+    @dg.asset(
+        key=CONSENTED_CRM,
+        description="Current CRM profiles, pseudonymized per classification.yaml (names dropped, birth date -> age band), "
+        "only for users with consent for at least one purpose now; `purposes` lists them.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"},
+        deps=[RAW_CRM, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST],
+        metadata={"privacy/tier": "consented",
+                  "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "crm_profiles", "columns": ["user_pseudonym", "email_pseudonym"]}},
+    )
+    def consented_crm_profiles(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+        policy = get_policy()
+        auditor(context, lake, platform, CONSENTED_CRM).record([("raw/crm_profiles", None, None)])
+        with duckdb.get_connection() as con:
+            _register_privacy_views(con, lake)
+            lake.register(con, "crm_all", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
+            con.execute("create or replace temp table crm_current as select * from crm_all where is_current")
+            selects, joins = apply_column_policies(con, "crm_current", policy.columns["crm_profiles"], pseudonymizer)
+            con.execute(f"create or replace temp table __crm as select {', '.join(selects)} from crm_current r {' '.join(joins)}")
+            table = con.sql(
+                """select c.*, list(s.purpose order by s.purpose) as purposes
+                   from __crm c
+                   join consent_state s on s.consent_subject = c.user_pseudonym and s.status = 'granted'
+                        and s.valid_from <= now() and (s.valid_to is null or s.valid_to > now())
+                   where c.user_pseudonym not in (select identifier from suppression)
+                     and coalesce(c.email_pseudonym, '') not in (select identifier from suppression)
+                   group by all order by c.user_pseudonym"""
+            ).arrow().read_all()
+            total = con.execute("select count(*) from __crm").fetchall()[0][0]
+        written = lake.write_table("consented", "crm_profiles", table)
+        return dg.MaterializeResult(metadata=_write_metadata(written, {"current_profiles": int(total), "excluded_no_consent_or_suppressed": int(total - table.num_rows)}))
+
+    @dg.asset(
+        key=CONSENTED_CATALOG,
+        description="Content catalog (no personal data) as allowed by classification.yaml.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_CATALOG],
+        metadata={"privacy/tier": "consented"},
+    )
+    def consented_content_catalog(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+        policy = get_policy()
+        auditor(context, lake, platform, CONSENTED_CATALOG).record([("raw/content_catalog", None, None)])
+        from personalization_assets.raw.tracking_plan import RawContent
+
+        with duckdb.get_connection() as con:
+            lake.register(con, "catalog", "raw", "content_catalog", empty_schema=arrow_schema(RawContent))
+            selects, joins = apply_column_policies(con, "catalog", policy.columns["content_catalog"], pseudonymizer)
+            table = con.sql(f"select {', '.join(selects)} from catalog r {' '.join(joins)} order by r.content_id").arrow().read_all()
+        written = lake.write_table("consented", "content_catalog", table)
+        return dg.MaterializeResult(metadata=_write_metadata(written))
+
+    return [consented_events, consented_crm_profiles, consented_content_catalog]
+
+
+@dg.asset(
+    key=ACCESS_AUDIT_LOG,
+    description="Append-only, hash-chained log of every read of sensitive data (time, run, reader, asset, partition, "
+    "columns, declared purpose). Written by the reading assets; materializing it verifies the chain and reports it.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet"},
+    metadata={"privacy/tier": "privacy"}, tags={"privacy/sensitivity": "sensitive"},
+    check_specs=[dg.AssetCheckSpec("hash_chain_intact", asset=ACCESS_AUDIT_LOG, blocking=True,
+                                   description="Recomputes the audit chain: fails on any edited or removed row.")],
+)
+def access_audit_log(context: dg.AssetExecutionContext, lake: LakeStorage, platform: PlatformConfig):
+    status = audit_log(lake, lock_dir(platform)).verify()
+    yield dg.MaterializeResult(metadata={"rows": status.rows, "segments": status.segments, "head_hash": status.head_hash, "rows_written": 0})
+    yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=status.ok, metadata={"rows": status.rows, "problem": status.problem or ""})
+
+
+def build_privacy_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
+    return [identity_links, consent_ledger, consent_state, suppression_list, access_audit_log, *build_consented_assets(partitions_def, storage_kind)]

@@ -1,0 +1,104 @@
+"""raw -> consented: pseudonymize by policy, resolve the consent subject, keep what consent allows.
+
+Pure functions over a DuckDB connection. Expected views: `identity` (privacy/identity_links),
+`consent_state` (privacy/consent_state), `suppression` (privacy/suppression_list, column `identifier`).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from personalization_assets.checks.pandera_checks import arrow_schema
+from personalization_assets.privacy.consent import ASOF_PURPOSES_SQL
+from personalization_assets.privacy.models import ConsentedEvent
+from personalization_assets.privacy.policies import PrivacyPolicy
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.privacy.transforms import apply_column_policies, output_column
+
+CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent, {"purposes": pa.list_(pa.string())})
+SUPPRESSION_SCHEMA = pa.schema([("request_id", pa.string()), ("identifier", pa.string()), ("identifier_kind", pa.string()), ("requested_at", pa.timestamp("us", tz="UTC"))])
+
+
+class PolicyContractError(ValueError):
+    pass
+
+
+def _required_output(policy: PrivacyPolicy, source: str, column: str) -> str:
+    out = output_column(policy.columns[source], column)
+    if out is None or policy.columns[source][column].action != "pseudonymize":
+        raise PolicyContractError(
+            f"privacy_policies/classification.yaml: sources.{source}.{column} must be pseudonymized: "
+            "consent resolution and erasure need it."
+        )
+    return out
+
+
+def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer) -> tuple[pa.Table, dict]:
+    """One raw partition -> consented rows (ConsentedEvent) and counts for metadata."""
+    stats = {"raw_rows": raw.num_rows}
+    if raw.num_rows == 0:
+        return CONSENTED_EVENT_SCHEMA.empty_table(), {**stats, "kept": 0, "no_consent": 0, "suppressed": 0}
+    raw = raw.append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+    con.register("raw_part", raw)
+    try:
+        cols = policy.columns["events"]
+        selects, joins = apply_column_policies(con, "raw_part", cols, pz)
+        user_out = _required_output(policy, "events", "user_id")
+        anon_out = _required_output(policy, "events", "anonymous_id")
+        con.execute(f"create or replace temp table __cev as select r.__row, {', '.join(selects)} from raw_part r {' '.join(joins)}")
+        con.execute(
+            f"""
+            create or replace temp table __cev_subject as
+            select c.__row, c.timestamp,
+                   coalesce(c."{user_out}", i.consent_subject, c."{anon_out}") as consent_subject
+            from __cev c
+            left join identity i on i.identifier = c."{anon_out}" and i.identifier_kind = 'anonymous'
+            """
+        )
+        con.execute(f"create or replace temp table __purposes as {ASOF_PURPOSES_SQL.format(events='__cev_subject')}")
+        email_out = output_column(cols, "trait_email")
+        suppress_cols = [c for c in (user_out, anon_out, email_out) if c]
+        suppressed_expr = " or ".join(f'c."{c}" in (select identifier from suppression)' for c in suppress_cols)
+        produced = [c for c in con.sql("select * from __cev limit 0").columns if c != "__row"]
+        expected = set(CONSENTED_EVENT_SCHEMA.names) - {"consent_subject", "jurisdiction", "purposes"}
+        extra = sorted(set(produced) - expected)
+        missing = sorted(expected - set(produced))
+        if extra or missing:
+            raise PolicyContractError(
+                "classification.yaml (events) and the consented/events contract (privacy/models.py ConsentedEvent) disagree: "
+                + (f"policy keeps {extra} which the contract lacks; " if extra else "")
+                + (f"contract needs {missing} which the policy drops" if missing else "")
+            )
+        select_final = ", ".join(
+            f'c."{n}"' if n not in ("consent_subject", "jurisdiction", "purposes") else {
+                "consent_subject": "s.consent_subject",
+                "jurisdiction": "coalesce(j.jurisdiction, 'default') as jurisdiction",
+                "purposes": "coalesce(p.purposes, []) as purposes",
+            }[n]
+            for n in CONSENTED_EVENT_SCHEMA.names
+        )
+        con.execute(
+            f"""
+            create or replace temp table __cev_all as
+            select {select_final}, ({suppressed_expr} or s.consent_subject in (select identifier from suppression)) as __suppressed
+            from __cev c
+            join __cev_subject s using (__row)
+            left join __purposes p using (__row)
+            left join (select consent_subject, any_value(jurisdiction) as jurisdiction from identity group by 1) j
+                   on j.consent_subject = s.consent_subject
+            """
+        )
+        counts = con.execute(
+            "select count(*) filter (where __suppressed), count(*) filter (where not __suppressed and len(purposes) = 0), "
+            "count(*) filter (where not __suppressed and len(purposes) > 0) from __cev_all"
+        ).fetchall()[0]
+        out = con.sql(
+            f"select {', '.join(chr(34) + n + chr(34) for n in CONSENTED_EVENT_SCHEMA.names)} from __cev_all "
+            "where not __suppressed and len(purposes) > 0 order by timestamp, message_id"
+        ).arrow().read_all()
+    finally:
+        con.unregister("raw_part")
+    stats.update({"suppressed": int(counts[0]), "no_consent": int(counts[1]), "kept": int(counts[2])})
+    return out.cast(CONSENTED_EVENT_SCHEMA), stats

@@ -1,0 +1,147 @@
+"""Identity links for consent and erasure: which identifiers belong to which user.
+
+An anonymous (device) id or an email is resolved to a user only when it is linked to EXACTLY ONE user
+pseudonym. An identifier linked to several users (a shared or junk id, e.g. an SDK that sends a
+constant anonymousId) is never merged: consent given on it stays with it and does not spread to the
+users, which is the fail-closed choice. (The features layer stitches more permissively for analytics
+of sessions; consent never follows those looser links.)
+
+Erasure uses the links inclusively: erasing a user also erases every identifier ever linked to it.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
+
+IDENTITY_SCHEMA = pa.schema(
+    [
+        ("identifier", pa.string()),
+        ("identifier_kind", pa.string()),
+        ("consent_subject", pa.string()),
+        ("linked_users", pa.int64()),
+        ("jurisdiction", pa.string()),
+        ("last_seen_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+LINK_SCHEMA = pa.schema([("identifier", pa.string()), ("identifier_kind", pa.string()), ("user_pseudonym", pa.string())])
+
+
+def pseudonymize_column(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, view: str, column: str, kind: str, map_name: str) -> None:
+    """Create temp table `map_name(value, pseudonym)` for the distinct values of view.column."""
+    distinct = con.sql(f'select distinct "{column}" as v from "{view}" where "{column}" is not null').arrow().read_all()
+    mapping = pz.mapping_table(distinct["v"].combine_chunks() if distinct.num_rows else pa.array([], pa.string()), kind)
+    con.register(f"__{map_name}", mapping)
+    con.execute(f'create or replace temp table "{map_name}" as select * from "__{map_name}"')
+    con.unregister(f"__{map_name}")
+
+
+def build_identity_links(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, jurisdiction_sql: str) -> tuple[pa.Table, pa.Table]:
+    """From views `raw_events` and `raw_crm` build (identity table, link table).
+
+    `jurisdiction_sql` maps (country, region) columns to a jurisdiction name (generated from policy).
+    """
+    con.execute(
+        """
+        create or replace temp table __ids as
+        select user_id, anonymous_id, previous_id, trait_email, context_country, context_region, timestamp
+        from raw_events
+        where user_id is not null or anonymous_id is not null
+        """
+    )
+    pseudonymize_column(con, pz, "__ids", "user_id", "id", "__m_user")
+    pseudonymize_column(con, pz, "__ids", "anonymous_id", "id", "__m_anon")
+    pseudonymize_column(con, pz, "__ids", "previous_id", "id", "__m_prev")
+    pseudonymize_column(con, pz, "__ids", "trait_email", "email", "__m_temail")
+    pseudonymize_column(con, pz, "raw_crm", "user_id", "id", "__m_crm_user")
+    pseudonymize_column(con, pz, "raw_crm", "email", "email", "__m_crm_email")
+    links = con.sql(
+        """
+        with ev as (
+            select u.pseudonym as user_p, a.pseudonym as anon_p, p.pseudonym as prev_p, e.pseudonym as email_p
+            from __ids i
+            left join __m_user u on u.value = i.user_id
+            left join __m_anon a on a.value = i.anonymous_id
+            left join __m_prev p on p.value = i.previous_id
+            left join __m_temail e on e.value = i.trait_email
+            where i.user_id is not null
+        ),
+        pairs as (
+            select anon_p as identifier, 'anonymous' as identifier_kind, user_p as user_pseudonym from ev where anon_p is not null
+            union
+            select prev_p, 'anonymous', user_p from ev where prev_p is not null and prev_p <> user_p
+            union
+            select email_p, 'email', user_p from ev where email_p is not null
+            union
+            select e.pseudonym, 'email', u.pseudonym
+            from raw_crm c join __m_crm_user u on u.value = c.user_id join __m_crm_email e on e.value = c.email
+        )
+        select distinct identifier, identifier_kind, user_pseudonym from pairs
+        """
+    ).arrow().read_all()
+    con.register("__links", links)
+    identity = con.sql(
+        f"""
+        with located as (
+            select coalesce(u.pseudonym, a.pseudonym) as identifier,
+                   case when u.pseudonym is not null then 'user' else 'anonymous' end as identifier_kind,
+                   i.context_country, i.context_region, i.timestamp
+            from __ids i
+            left join __m_user u on u.value = i.user_id
+            left join __m_anon a on a.value = i.anonymous_id
+        ),
+        anon_extra as (  -- anonymous ids also seen together with a user id
+            select a.pseudonym as identifier, 'anonymous' as identifier_kind, i.context_country, i.context_region, i.timestamp
+            from __ids i join __m_anon a on a.value = i.anonymous_id where i.user_id is not null
+        ),
+        seen as (select * from located union all select * from anon_extra),
+        resolved as (
+            select l.identifier, l.identifier_kind, count(distinct l.user_pseudonym) as linked_users,
+                   case when count(distinct l.user_pseudonym) = 1 then min(l.user_pseudonym) end as only_user
+            from __links l group by 1, 2
+        ),
+        identifiers as (
+            select identifier, identifier_kind from seen group by 1, 2
+            union
+            select identifier, identifier_kind from __links
+            union
+            select user_pseudonym, 'user' from __links
+        ),
+        subjects as (
+            select i.identifier, i.identifier_kind,
+                   case when i.identifier_kind = 'user' then i.identifier
+                        else coalesce(r.only_user, i.identifier) end as consent_subject,
+                   coalesce(r.linked_users, 0) as linked_users
+            from identifiers i left join resolved r using (identifier, identifier_kind)
+        ),
+        subject_location as (  -- a subject's jurisdiction follows its most recent located event
+            select s.consent_subject, arg_max(se.context_country, se.timestamp) as country,
+                   arg_max(se.context_region, se.timestamp) as region, max(se.timestamp) as last_seen_at
+            from seen se join subjects s using (identifier, identifier_kind)
+            group by 1
+        )
+        select s.identifier, s.identifier_kind, s.consent_subject, s.linked_users,
+               {jurisdiction_sql.format(country="loc.country", region="loc.region")} as jurisdiction,
+               loc.last_seen_at
+        from subjects s left join subject_location loc using (consent_subject)
+        order by s.identifier_kind, s.identifier
+        """
+    ).arrow().read_all()
+    con.unregister("__links")
+    return identity.cast(IDENTITY_SCHEMA), links.cast(LINK_SCHEMA)
+
+
+def jurisdiction_case_sql(policy) -> str:
+    """SQL CASE mapping {country}/{region} placeholders to the policy's jurisdiction names."""
+    whens = []
+    for j in policy.jurisdictions.values():
+        if j.regions:
+            regions = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(j.regions))
+            whens.append(f"when upper({{region}}) in ({regions}) then '{j.name}'")
+    for j in policy.jurisdictions.values():
+        if j.countries:
+            countries = ", ".join("'" + c.replace("'", "''") + "'" for c in sorted(j.countries))
+            whens.append(f"when upper({{country}}) in ({countries}) then '{j.name}'")
+    return "case " + " ".join(whens) + " else 'default' end"

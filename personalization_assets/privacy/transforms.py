@@ -1,0 +1,91 @@
+"""Apply the column policies of classification.yaml when data leaves the raw tier.
+
+The list of columns, their fate and their output names come from the policy; this module only knows
+how to perform each action. Pseudonymization and IP truncation work on DISTINCT values (computed in
+Python, joined back in DuckDB); everything else is a SQL expression.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import duckdb
+import pyarrow as pa
+
+from personalization_assets.privacy.identity import pseudonymize_column
+from personalization_assets.privacy.policies import ColumnPolicy
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
+
+AGE_BANDS = ((0, 17, "<18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"), (45, 54, "45-54"), (55, 64, "55-64"), (65, 200, "65+"))
+
+
+def truncate_ip(value: str | None) -> str | None:
+    """IPv4 -> /24 network, IPv6 -> /48 network; unparseable -> None (never the raw value)."""
+    if not value:
+        return None
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def _ip_map(con: duckdb.DuckDBPyConnection, view: str, column: str, name: str) -> None:
+    distinct = con.sql(f'select distinct "{column}" as v from "{view}" where "{column}" is not null').arrow().read_all()
+    values = distinct["v"].to_pylist()
+    mapping = pa.table({"value": pa.array(values, pa.string()), "out": pa.array([truncate_ip(v) for v in values], pa.string())})
+    con.register(f"__{name}", mapping)
+    con.execute(f'create or replace temp table "{name}" as select * from "__{name}"')
+    con.unregister(f"__{name}")
+
+
+def age_band_sql(column: str, as_of_sql: str) -> str:
+    age = f"date_diff('year', {column}, cast({as_of_sql} as date)) - case when strftime(cast({as_of_sql} as date), '%m-%d') < strftime({column}, '%m-%d') then 1 else 0 end"
+    whens = " ".join(f"when ({age}) between {lo} and {hi} then '{label}'" for lo, hi, label in AGE_BANDS)
+    return f"case when {column} is null then null {whens} end"
+
+
+def apply_column_policies(
+    con: duckdb.DuckDBPyConnection,
+    view: str,
+    policies: dict[str, ColumnPolicy],
+    pz: Pseudonymizer,
+    as_of_sql: str = "now()",
+) -> tuple[list[str], list[str]]:
+    """Prepare lookups and return (select expressions, join clauses) turning raw `view` (alias r) into
+    policy-compliant columns. Columns with action `drop` are omitted."""
+    selects, joins = [], []
+    for i, (col, cp) in enumerate(policies.items()):
+        q = f'r."{col}"'
+        out = f'"{cp.output}"'
+        if cp.action == "drop":
+            continue
+        if cp.action == "keep":
+            selects.append(f"{q} as {out}")
+        elif cp.action == "pseudonymize":
+            m = f"__pz_{view}_{i}"
+            pseudonymize_column(con, pz, view, col, cp.normalize, m)
+            joins.append(f'left join "{m}" on "{m}".value = {q}')
+            selects.append(f'"{m}".pseudonym as {out}')
+        elif cp.action == "truncate_ip":
+            m = f"__ip_{view}_{i}"
+            _ip_map(con, view, col, m)
+            joins.append(f'left join "{m}" on "{m}".value = {q}')
+            selects.append(f'"{m}".out as {out}')
+        elif cp.action == "strip_url_query":
+            selects.append(f"nullif(regexp_replace({q}, '[?#].*$', ''), '') as {out}")
+        elif cp.action == "generalize_birth_date":
+            selects.append(f"{age_band_sql(q, as_of_sql)} as {out}")
+        else:  # pragma: no cover - the policy loader rejects unknown actions
+            raise ValueError(f"unknown action {cp.action}")
+    return selects, joins
+
+
+def output_column(policies: dict[str, ColumnPolicy], raw_column: str) -> str | None:
+    cp = policies.get(raw_column)
+    if cp is None or cp.action == "drop":
+        return None
+    return cp.output
