@@ -104,7 +104,8 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
 
         defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
-    selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
+    # a multi-asset (e.g. raw/events + its quarantine) is always materialized whole
+    selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors() if select else dg.AssetSelection.all()
     keys = selection.resolve(graph)
     if not keys:
         raise SystemExit(f"--select {select!r} matches no asset")

@@ -113,7 +113,7 @@ class _FileStore(dg.ConfigurableResource):
         return sorted(out, key=lambda f: f.path)
 
     def read_bytes(self, relative: str) -> bytes:
-        with self.filesystem().open_input_stream(self.full_path(relative)) as f:
+        with self.filesystem().open_input_stream(self.full_path(relative), compression=None) as f:
             return f.read()
 
     def local_path(self, relative: str) -> Optional[str]:
@@ -127,11 +127,11 @@ class _FileStore(dg.ConfigurableResource):
         if not self.is_s3:
             fs.create_dir(parent, recursive=True)
             tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}"
-            with fs.open_output_stream(tmp) as out:
+            with fs.open_output_stream(tmp, compression=None) as out:
                 out.write(data)
             os.replace(tmp, path)
         else:
-            with fs.open_output_stream(path) as out:
+            with fs.open_output_stream(path, compression=None) as out:
                 out.write(data)
 
     def delete(self, relative: str) -> None:
@@ -194,7 +194,7 @@ class LakeStorage(_FileStore):
             target = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}.parquet.inprogress"
         rows = 0
         try:
-            with fs.open_output_stream(target) as sink:
+            with fs.open_output_stream(target, compression=None) as sink:
                 with pq.ParquetWriter(sink, schema, compression="snappy", write_statistics=True) as writer:
                     for batch in batches:
                         if batch.num_rows:

@@ -1,0 +1,129 @@
+"""Pure tests of parsing and validation on a hostile corpus: every line lands in raw XOR quarantine."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from personalization_assets.raw import events_ingest as ei
+from tests.raw.hostile import CASES, hostile_bytes, line, msg
+
+WINDOW = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def con():
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")
+    yield c
+    c.close()
+
+
+def ingest(con, files):
+    return ei.ingest_event_files(con, files, WINDOW, horizon_days=30, max_future_minutes=1440, max_line_bytes=32768)
+
+
+def locations(table):
+    return {(r["source_file"], r["line_no"]) for r in table.select(["source_file", "line_no"]).to_pylist()}
+
+
+def test_each_hostile_line_lands_in_raw_xor_quarantine_with_expected_reason(con):
+    f = ei.load_file("h.jsonl", hostile_bytes())
+    result = ingest(con, [(f, None)])
+    raw, q = locations(result.raw), locations(result.quarantine)
+    every = {("h.jsonl", i) for i in range(1, len(CASES) + 1)}
+    assert raw | q == every, "a line was lost"
+    assert not raw & q, "a line is in both raw and quarantine"
+    assert result.records_read == result.raw.num_rows + result.quarantine.num_rows == len(CASES)
+    reasons = {r["line_no"]: r["reason"] for r in result.quarantine.to_pylist()}
+    for i, (name, _, expected) in enumerate(CASES, start=1):
+        if expected == "raw":
+            assert ("h.jsonl", i) in raw, name
+        else:
+            assert reasons.get(i) == expected, f"{name}: got {reasons.get(i)}"
+
+
+def test_quarantine_keeps_the_exact_original_bytes(con):
+    data = hostile_bytes()
+    result = ingest(con, [(ei.load_file("h.jsonl", data), None)])
+    original_lines = data.split(b"\n")
+    for r in result.quarantine.to_pylist():
+        assert r["original_bytes"] == original_lines[r["line_no"] - 1], r["reason"]
+        assert r["original_text"] is not None and r["detail"]
+
+
+def test_invalid_utf8_text_is_escaped_not_lost(con):
+    result = ingest(con, [(ei.load_file("h.jsonl", hostile_bytes()), None)])
+    bad = [r for r in result.quarantine.to_pylist() if r["reason"] == "invalid_utf8"][0]
+    assert b"\xff\xfe" in bad["original_bytes"] and "\\xff\\xfe" in bad["original_text"]
+
+
+def test_bom_and_crlf_are_tolerated(con):
+    clean = b"".join(line(msg(i)) for i in range(3))
+    f = ei.load_file("b.jsonl", b"\xef\xbb\xbf" + clean.replace(b"\n", b"\r\n"))
+    result = ingest(con, [(f, None)])
+    assert result.raw.num_rows == 3 and result.quarantine.num_rows == 0
+
+
+def test_truncated_gzip_member_keeps_what_decoded_and_quarantines_the_rest(con):
+    payload = b"".join(line(msg(i)) for i in range(50))
+    complete = gzip.compress(payload, mtime=0)
+    second = gzip.compress(b"".join(line(msg(100 + i)) for i in range(50)), mtime=0)
+    f = ei.load_file("t.jsonl.gz", complete + second[: len(second) // 2])
+    result = ingest(con, [(f, None)])
+    assert f.file_error is not None and f.file_error.reason == "truncated_gzip"
+    reasons = [r["reason"] for r in result.quarantine.to_pylist()]
+    assert "truncated_gzip" in reasons
+    assert result.raw.num_rows >= 50  # the complete first member is fully ingested
+    assert result.records_read == result.raw.num_rows + result.quarantine.num_rows
+
+
+def test_corrupt_gzip_is_one_quarantine_record(con):
+    f = ei.load_file("x.jsonl.gz", b"this is not gzip at all")
+    result = ingest(con, [(f, None)])
+    assert result.raw.num_rows == 0
+    assert [r["reason"] for r in result.quarantine.to_pylist()] == ["corrupt_gzip"]
+    assert result.records_read == 1
+
+
+def test_fast_and_slow_paths_produce_identical_rows(con):
+    """A clean file takes the vectorized read_json path; one bad line forces line-by-line parsing.
+    The good records must come out identical either way."""
+    good = b"".join(line(msg(i, userId=None if i % 3 else f"u{i}")) for i in range(40))
+    fast = ingest(con, [(ei.load_file("f.jsonl", good), None)])
+    slow = ingest(con, [(ei.load_file("f.jsonl", good + b"{broken\n"), None)])
+    assert fast.fast_path_files == 1 and slow.fast_path_files == 0
+    assert slow.quarantine.num_rows == 1
+    assert fast.raw.equals(slow.raw)
+
+
+def test_fast_path_reads_local_file_directly(con, tmp_path):
+    good = b"".join(line(msg(i)) for i in range(10))
+    p = tmp_path / "g.jsonl"
+    p.write_bytes(good)
+    result = ingest(con, [(ei.load_file("g.jsonl", good), str(p))])
+    assert result.fast_path_files == 1 and result.raw.num_rows == 10
+
+
+def test_duplicates_keep_earliest_received_at_across_files(con):
+    early = line(msg(1, receivedAt="2026-11-28T13:05:00.000Z"))
+    late = line(msg(1, receivedAt="2026-11-28T13:45:00.000Z", event="Content Shared"))
+    result = ingest(con, [(ei.load_file("a.jsonl", late), None), (ei.load_file("b.jsonl", early), None)])
+    assert result.raw.num_rows == 1
+    assert result.raw["source_file"][0].as_py() == "b.jsonl"
+    q = result.quarantine.to_pylist()
+    assert q[0]["reason"] == "duplicate_message_id" and q[0]["source_file"] == "a.jsonl"
+
+
+def test_numbers_as_strings_are_not_coerced(con):
+    result = ingest(con, [(ei.load_file("n.jsonl", line(msg(1, properties={"dwell_ms": "1200"}))), None)])
+    assert result.raw.num_rows == 0
+    assert "properties.dwell_ms must be integer" in result.quarantine["detail"][0].as_py()
+
+
+def test_index_lines_handles_missing_final_newline_and_crlf():
+    starts, ends = ei.index_lines(b"a\r\nbb\n\nccc")
+    assert list(starts) == [0, 3, 6, 7] and list(ends) == [1, 5, 6, 10]
