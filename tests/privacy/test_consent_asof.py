@@ -1,0 +1,130 @@
+"""The as-of consent join, property-tested: an event is kept for a purpose iff consent was in force
+at the event's time (latest decision at or before it; before any decision, the policy default)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from personalization_assets.privacy import consent as c
+from personalization_assets.privacy.identity import IDENTITY_SCHEMA
+from personalization_assets.privacy.policies import get_policy
+
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+SUBJECT = "v1:" + "a" * 64
+OTHER = "v1:" + "b" * 64
+
+
+def ledger_table(decisions):
+    rows = []
+    for seq, (minute, decision, source) in enumerate(decisions, start=1):
+        rows.append({"seq": seq, "decision_id": f"d{seq}", "identifier_pseudonym": SUBJECT, "identifier_kind": "user",
+                     "purpose": "personalization", "decision": decision, "effective_at": T0 + timedelta(minutes=minute),
+                     "recorded_at": T0, "source": source, "source_ref": f"m{seq}", "policy_version": "t",
+                     "jurisdiction": "EU", "prev_hash": "0" * 64, "row_hash": "0" * 64})
+    return pa.Table.from_pylist(rows, schema=c.LEDGER_SCHEMA)
+
+
+def identity_table(jurisdiction="EU"):
+    return pa.Table.from_pylist([{"identifier": SUBJECT, "identifier_kind": "user", "consent_subject": SUBJECT, "linked_users": 0,
+                                  "jurisdiction": jurisdiction, "last_seen_at": T0}], schema=IDENTITY_SCHEMA)
+
+
+def kept(decisions, event_minutes, jurisdiction="EU"):
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register("ledger", ledger_table(decisions))
+    con.register("identity", identity_table(jurisdiction))
+    state = c.build_consent_state(con, get_policy())
+    con.register("consent_state", state)
+    events = pa.table({"__row": list(range(len(event_minutes))), "consent_subject": [SUBJECT] * len(event_minutes),
+                       "timestamp": pa.array([T0 + timedelta(minutes=m) for m in event_minutes], pa.timestamp("us", tz="UTC"))})
+    con.register("ev", events)
+    rows = con.sql(c.ASOF_PURPOSES_SQL.format(events="ev")).fetchall()
+    result = {r: ("personalization" in (p or [])) for r, p in rows}
+    return [result[i] for i in range(len(event_minutes))], state
+
+
+def expected(decisions, minute):
+    latest = None
+    for seq, (m, decision, _) in sorted(enumerate(decisions), key=lambda x: (x[1][0], x[0])):
+        if m <= minute:
+            latest = decision
+    return latest == "granted"  # no decision yet: EU personalization is opt-in, no record = deny
+
+
+decision_st = st.tuples(st.integers(0, 500), st.sampled_from(["granted", "denied", "withdrawn"]), st.just("cmp_event"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(decision_st, max_size=8), st.lists(st.integers(-50, 600), min_size=1, max_size=30))
+def test_event_kept_iff_consent_in_force_at_event_time(decisions, event_minutes):
+    got, state = kept(decisions, event_minutes)
+    assert got == [expected(decisions, m) for m in event_minutes]
+    # the state covers all time without overlap: exactly one interval per instant
+    iv = sorted((r["valid_from"], r["valid_to"]) for r in state.to_pylist() if r["purpose"] == "personalization")
+    for (f1, t1), (f2, _) in zip(iv, iv[1:]):
+        assert t1 == f2
+
+
+def test_withdrawal_applies_from_its_time_and_earlier_events_stay():
+    got, _ = kept([(10, "granted", "cmp_event"), (100, "withdrawn", "cmp_event")], [5, 10, 50, 99, 100, 150])
+    assert got == [False, True, True, True, False, False]
+
+
+def test_no_record_is_denied_everywhere_for_personalization():
+    for jurisdiction in ("EU", "US-CA", "default"):
+        got, state = kept([], [0, 100], jurisdiction)
+        assert got == [False, False]
+        assert {r["basis"] for r in state.to_pylist()} == {"policy_default"}
+
+
+def test_opt_out_purpose_is_allowed_without_record_in_california():
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register("ledger", ledger_table([]))
+    con.register("identity", identity_table("US-CA"))
+    state = c.build_consent_state(con, get_policy()).to_pylist()
+    status = {r["purpose"]: r["status"] for r in state}
+    assert status == {"personalization": "denied", "analytics": "granted", "advertising": "granted", "sale_share": "granted"}
+
+
+def test_gpc_denial_is_sticky_for_sale_share():
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    rows = ledger_table([(10, "granted", "cmp_event"), (20, "denied", "gpc_signal"), (30, "granted", "cmp_event")]).to_pylist()
+    for r in rows:
+        r["purpose"] = "sale_share"
+    con.register("ledger", pa.Table.from_pylist(rows, schema=c.LEDGER_SCHEMA))
+    con.register("identity", identity_table("US-CA"))
+    state = [r for r in c.build_consent_state(con, get_policy()).to_pylist() if r["purpose"] == "sale_share"]
+    after_gpc = [r["status"] for r in state if r["valid_from"] >= T0 + timedelta(minutes=20)]
+    assert after_gpc == ["denied", "denied"]
+
+
+def test_preferences_map_categories_to_purposes():
+    policy = get_policy()
+    assert c.purposes_from_preferences('{"Personalization": true, "analytics": false}', policy) == {
+        "personalization": "granted", "analytics": "denied"}
+    assert c.purposes_from_preferences('{"advertising": false, "data_sharing": true}', policy) == {
+        "advertising": "denied", "sale_share": "granted"}
+    assert c.purposes_from_preferences("not json", policy) == {}
+    assert c.purposes_from_preferences('{"personalization": "yes"}', policy) == {}
+
+
+def test_denied_after_grant_is_recorded_as_withdrawn_and_duplicates_are_skipped():
+    base = {"identifier_pseudonym": SUBJECT, "identifier_kind": "user", "purpose": "personalization", "recorded_at": T0,
+            "source": "cmp_event", "policy_version": "t", "jurisdiction": "EU"}
+    cands = [
+        {**base, "decision": "granted", "effective_at": T0, "source_ref": "a", "decision_id": "1"},
+        {**base, "decision": "denied", "effective_at": T0 + timedelta(hours=1), "source_ref": "b", "decision_id": "2"},
+        {**base, "decision": "denied", "effective_at": T0 - timedelta(hours=1), "source_ref": "c", "decision_id": "3"},
+    ]
+    fresh = c.new_ledger_rows(c.LEDGER_SCHEMA.empty_table(), cands)
+    assert [(r["source_ref"], r["decision"]) for r in fresh] == [("c", "denied"), ("a", "granted"), ("b", "withdrawn")]
+    again = c.new_ledger_rows(pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA), cands)
+    assert again == []

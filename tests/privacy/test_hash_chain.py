@@ -1,0 +1,96 @@
+"""Tamper evidence of the hash-chained logs (consent ledger and access audit log)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pyarrow.parquet as pq
+import pytest
+
+from personalization_assets.privacy.audit import AUDIT_SCHEMA, AccessAuditor, UndeclaredPurposeError, audit_log
+from personalization_assets.privacy.consent import LEDGER_SCHEMA
+from personalization_assets.privacy.hash_chain import HashChainedLog
+from personalization_assets.privacy.policies import get_policy
+from personalization_assets.resources.storage import LakeStorage
+
+T = datetime(2026, 11, 28, tzinfo=timezone.utc)
+
+
+def row(i):
+    return {"decision_id": f"d{i}", "identifier_pseudonym": "v1:" + f"{i:064x}", "identifier_kind": "user", "purpose": "personalization",
+            "decision": "granted", "effective_at": T, "recorded_at": T, "source": "cmp_event", "source_ref": f"m{i}",
+            "policy_version": "t", "jurisdiction": "EU"}
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    log = HashChainedLog(lake=LakeStorage(url=str(tmp_path / "lake")), name="consent_ledger", schema=LEDGER_SCHEMA, lock_dir=str(tmp_path / "locks"))
+    log.append([row(1), row(2), row(3)])
+    log.append([row(4), row(5)])
+    assert log.verify().ok and log.verify().rows == 5
+    return log
+
+
+def _segment_file(log, index):
+    seg = log.segments()[index]
+    return log.lake.full_path(log.lake.data_file("privacy", log.name, {"segment": seg}))
+
+
+def _rewrite(path, mutate):
+    rows = pq.read_table(path).to_pylist()
+    rows = mutate(rows)
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), path)
+
+
+def test_edited_row_is_detected(ledger):
+    def edit(rows):
+        rows[1]["decision"] = "denied"
+        return rows
+
+    _rewrite(_segment_file(ledger, 0), edit)
+    status = ledger.verify()
+    assert not status.ok and status.first_bad_seq == 2 and "edited" in status.problem
+
+
+def test_removed_row_is_detected(ledger):
+    _rewrite(_segment_file(ledger, 0), lambda rows: [rows[0], rows[2]])
+    status = ledger.verify()
+    assert not status.ok and "missing seq" in status.problem
+
+
+def test_removed_last_segment_is_detected_against_the_recorded_head(ledger, tmp_path):
+    head = ledger.verify().head_hash
+    import os
+
+    os.unlink(_segment_file(ledger, 1))
+    assert ledger.verify().ok  # a truncated chain is internally consistent...
+    assert not ledger.verify(expected_head=head).ok  # ...but not against the head recorded at the last append
+
+
+def test_recomputed_edit_breaks_the_next_segment(ledger):
+    """Editing a row and fixing its own hash still breaks the link to the next row."""
+    from personalization_assets.privacy.hash_chain import row_hash
+
+    def edit(rows):
+        rows[2]["decision"] = "denied"
+        rows[2]["row_hash"] = row_hash(rows[2]["prev_hash"], rows[2])
+        return rows
+
+    _rewrite(_segment_file(ledger, 0), edit)
+    status = ledger.verify()
+    assert not status.ok and status.first_bad_seq == 4
+
+
+def test_audit_requires_a_declared_policy_purpose(tmp_path):
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+    ok = AccessAuditor(lake=lake, policy=get_policy(), reader="consented/events", run_id="r1")
+    assert ok.record([("raw/events", "2026-11-28-13:00", None), ("features/user_rfm", None, None)]) == 1  # only sensitive reads
+    rogue = AccessAuditor(lake=lake, policy=get_policy(), reader="features/user_rfm", run_id="r2")
+    with pytest.raises(UndeclaredPurposeError, match="asset_purposes.yaml"):
+        rogue.record([("raw/events", None, None)])
+    log = audit_log(lake, None)
+    rows = log.read_all().to_pylist()
+    assert [(r["reader"], r["asset"], r["purpose"]) for r in rows] == [("consented/events", "raw/events", "data_minimization")]
+    assert log.verify().ok
