@@ -18,7 +18,7 @@ from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerR
 from personalization_assets.privacy.policies import get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import apply_column_policies
-from personalization_assets.raw.partitions import partition_dict
+from personalization_assets.raw.partitions import partition_dict, partition_start
 from personalization_assets.raw.tracking_plan import CONSENT_EVENT, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage
@@ -280,6 +280,29 @@ def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckd
     return dg.MaterializeResult(metadata=_write_metadata(written, {"requests": len(set(table["request_id"].to_pylist()))}))
 
 
+CONSENT_BATCH_ROWS = 1_000_000
+
+
+def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):
+    """Group partitions into batches of at most ~max_rows raw rows (Parquet footers, no data read)."""
+    import pyarrow.parquet as pq
+
+    batch, rows = [], 0
+    for pk in partition_keys:
+        part = partition_dict(pk)
+        n = 0
+        if lake.exists("raw", "events", part):
+            with lake.filesystem().open_input_file(lake.full_path(lake.data_file("raw", "events", part))) as f:
+                n = pq.ParquetFile(f).metadata.num_rows
+        if batch and rows + n > max_rows:
+            yield batch
+            batch, rows = [], 0
+        batch.append(pk)
+        rows += n
+    if batch:
+        yield batch
+
+
 def _register_privacy_views(con, lake: LakeStorage):
     lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
     lake.register(con, "consent_state", "privacy", "consent_state", empty_schema=consent_lib.STATE_SCHEMA)
@@ -309,20 +332,25 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         audit = auditor(context, lake, platform, CONSENTED_EVENTS)
         totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
         violations, sample = [], []
+        columns = [c for c, cp in policy.columns["events"].items() if cp.action != "drop"]
         with duckdb.get_connection() as con:
             _register_privacy_views(con, lake)
-            for pk in context.partition_keys:
-                part = partition_dict(pk)
-                audit.record([("raw/events", pk, None)])
-                raw = lake.read_table("raw", "events", part) if lake.exists("raw", "events", part) else RAW_EVENT_SCHEMA.empty_table()
+            for batch in _row_batches(lake, context.partition_keys, CONSENT_BATCH_ROWS):
+                audit.record([("raw/events", pk, columns) for pk in batch])
+                parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) if lake.exists("raw", "events", partition_dict(pk))
+                         else RAW_EVENT_SCHEMA.empty_table().select(columns) for pk in batch]
+                raw = pa.concat_tables(parts)
                 out, stats = consent_events(con, raw, policy, pseudonymizer)
-                lake.write_table("consented", "events", out, partition=part)
                 for k in totals:
                     totals[k] += stats[k]
-                if out.num_rows > raw.num_rows:
-                    violations.append(pk)
-                if sum(t.num_rows for t in sample) < 200_000:
-                    sample.append(out)
+                for pk, part_raw in zip(batch, parts):
+                    hour = pa.scalar(partition_start(pk), pa.timestamp("us", tz="UTC"))
+                    part_out = out.filter(pa.compute.equal(out["landing_hour"], hour)) if len(batch) > 1 else out
+                    lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
+                    if part_out.num_rows > part_raw.num_rows:
+                        violations.append(pk)
+                    if sum(t.num_rows for t in sample) < 200_000:
+                        sample.append(part_out)
         single = len(context.partition_keys) == 1
         yield dg.MaterializeResult(metadata={
             **({"dagster/row_count": totals["kept"]} if single else {"run_rows": totals["kept"]}),

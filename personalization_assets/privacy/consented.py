@@ -60,7 +60,8 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         con.execute(f"create or replace temp table __purposes as {ASOF_PURPOSES_SQL.format(events='__cev_subject')}")
         email_out = output_column(cols, "trait_email")
         suppress_cols = [c for c in (user_out, anon_out, email_out) if c]
-        suppressed_expr = " or ".join(f'c."{c}" in (select identifier from suppression)' for c in suppress_cols)
+        # coalesce: `NULL in (...)` is NULL, and a NULL flag would silently drop the row from both branches
+        suppressed_expr = " or ".join(f'coalesce(c."{c}" in (select identifier from suppression), false)' for c in suppress_cols)
         produced = [c for c in con.sql("select * from __cev limit 0").columns if c != "__row"]
         expected = set(CONSENTED_EVENT_SCHEMA.names) - {"consent_subject", "jurisdiction", "purposes"}
         extra = sorted(set(produced) - expected)
@@ -82,7 +83,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         con.execute(
             f"""
             create or replace temp table __cev_all as
-            select {select_final}, ({suppressed_expr} or s.consent_subject in (select identifier from suppression)) as __suppressed
+            select {select_final}, ({suppressed_expr} or coalesce(s.consent_subject in (select identifier from suppression), false)) as __suppressed
             from __cev c
             join __cev_subject s using (__row)
             left join __purposes p using (__row)
@@ -101,4 +102,6 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
     finally:
         con.unregister("raw_part")
     stats.update({"suppressed": int(counts[0]), "no_consent": int(counts[1]), "kept": int(counts[2])})
+    if stats["suppressed"] + stats["no_consent"] + stats["kept"] != raw.num_rows:
+        raise AssertionError(f"consented/events lost rows: {stats} (every raw row must be kept, excluded for consent, or suppressed)")
     return out.cast(CONSENTED_EVENT_SCHEMA), stats

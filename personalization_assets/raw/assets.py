@@ -83,44 +83,69 @@ def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
     return pa.concat_tables(out) if out else pa.table({})
 
 
-def ingest_events_partition(con, pk: str, landing: LandingZone, lake: LakeStorage, platform: PlatformConfig) -> dict:
-    """Ingest one landing hour into raw/events + raw/events_quarantine (replacing both partitions)."""
-    all_files = landing.list_files(landing_events_prefix(pk))
-    bad_files = _unsupported(all_files)
-    files = [f for f in all_files if f not in bad_files]
-    result = events_ingest.ingest_event_files(
-        con,
-        _load(landing, files),
-        window_start=partition_start(pk),
-        horizon_days=platform.horizon_days,
-        max_future_minutes=platform.max_future_minutes,
-        max_line_bytes=platform.max_line_bytes,
+BATCH_BYTES = 256 << 20  # decompressed landing bytes validated together (bounds memory)
+BATCH_PARTITIONS = 48
+
+
+def _estimated_bytes(f) -> int:
+    return f.size * (6 if f.path.endswith(".gz") else 1)
+
+
+def plan_batches(landing: LandingZone, partition_keys) -> list[list[tuple[str, list]]]:
+    """Group partitions so each batch holds at most ~BATCH_BYTES of landing data (a big hour is its own batch)."""
+    batches, current, size = [], [], 0
+    for pk in partition_keys:
+        files = landing.list_files(landing_events_prefix(pk))
+        b = sum(_estimated_bytes(f) for f in files)
+        if current and (size + b > BATCH_BYTES or len(current) >= BATCH_PARTITIONS):
+            batches.append(current)
+            current, size = [], 0
+        current.append((pk, files))
+        size += b
+    if current:
+        batches.append(current)
+    return batches
+
+
+def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone, lake: LakeStorage, platform: PlatformConfig) -> list[dict]:
+    """Ingest landing hours into raw/events + raw/events_quarantine (replacing those partitions)."""
+    inputs, bad_by_pk = [], {}
+    for pk, all_files in batch:
+        bad = _unsupported(all_files)
+        bad_by_pk[pk] = bad
+        inputs.append((partition_start(pk), _load(landing, [f for f in all_files if f not in bad])))
+    results = events_ingest.ingest_event_batch(
+        con, inputs, horizon_days=platform.horizon_days, max_future_minutes=platform.max_future_minutes, max_line_bytes=platform.max_line_bytes
     )
-    quarantine, records_read = result.quarantine, result.records_read
-    if bad_files:
-        extra = events_ingest.build_quarantine(
-            "events",
-            [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {EVENT_SUFFIXES}")) for f in bad_files],
-            originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
-        )
-        quarantine = pa.concat_tables([quarantine, extra])
-        records_read += len(bad_files)
-    part = partition_dict(pk)
-    raw_written = lake.write_table("raw", "events", result.raw, partition=part)
-    lake.write_table("raw", "events_quarantine", quarantine, partition=part)
-    return {
-        "partition": pk,
-        "files": len(all_files),
-        "records_read": records_read,
-        "raw_rows": result.raw.num_rows,
-        "quarantined": quarantine.num_rows,
-        "fast_path_files": result.fast_path_files,
-        "bytes": raw_written.bytes,
-        "reasons": _reasons(quarantine),
-        "source_files": [landing.uri(f.path) for f in all_files[:20]],
-        "raw": result.raw,
-        "quarantine": quarantine,
-    }
+    out = []
+    for (pk, all_files), result in zip(batch, results):
+        quarantine, records_read = result.quarantine, result.records_read
+        bad_files = bad_by_pk[pk]
+        if bad_files:
+            extra = events_ingest.build_quarantine(
+                "events",
+                [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {EVENT_SUFFIXES}")) for f in bad_files],
+                originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
+            )
+            quarantine = pa.concat_tables([quarantine, extra])
+            records_read += len(bad_files)
+        part = partition_dict(pk)
+        raw_written = lake.write_table("raw", "events", result.raw, partition=part)
+        lake.write_table("raw", "events_quarantine", quarantine, partition=part)
+        out.append({
+            "partition": pk,
+            "files": len(all_files),
+            "records_read": records_read,
+            "raw_rows": result.raw.num_rows,
+            "quarantined": quarantine.num_rows,
+            "fast_path_files": result.fast_path_files,
+            "bytes": raw_written.bytes,
+            "reasons": _reasons(quarantine),
+            "source_files": [landing.uri(f.path) for f in all_files[:20]],
+            "raw": result.raw,
+            "quarantine": quarantine,
+        })
+    return out
 
 
 def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
@@ -150,22 +175,23 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         raw_samples = []
         quarantine_samples = []
         with duckdb.get_connection() as con:
-            for pk in context.partition_keys:
-                stats = ingest_events_partition(con, pk, landing, lake, platform)
-                totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "files", "fast_path_files", "bytes")})
-                reasons.update(stats["reasons"])
-                per_partition.append({k: stats[k] for k in ("partition", "files", "records_read", "raw_rows", "quarantined")})
-                if stats["records_read"] != stats["raw_rows"] + stats["quarantined"]:
-                    unreconciled.append(pk)
-                sources.extend(stats["source_files"])
-                # keep a bounded sample for the schema checks (memory stays bounded by a partition)
-                if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS:
-                    raw_samples.append(stats["raw"])
-                if sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
-                    quarantine_samples.append(stats["quarantine"])
-                context.log.info(
-                    f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
-                )
+            for batch in plan_batches(landing, context.partition_keys):
+                for stats in ingest_events_batch(con, batch, landing, lake, platform):
+                    pk = stats["partition"]
+                    totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "files", "fast_path_files", "bytes")})
+                    reasons.update(stats["reasons"])
+                    per_partition.append({k: stats[k] for k in ("partition", "files", "records_read", "raw_rows", "quarantined")})
+                    if stats["records_read"] != stats["raw_rows"] + stats["quarantined"]:
+                        unreconciled.append(pk)
+                    sources.extend(stats["source_files"])
+                    # keep a bounded sample for the schema checks (memory stays bounded by a partition)
+                    if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS:
+                        raw_samples.append(stats["raw"])
+                    if sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
+                        quarantine_samples.append(stats["quarantine"])
+                    context.log.info(
+                        f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
+                    )
         window = context.partition_time_window
         # In a range run Dagster records the same metadata on every partition (dagster-io/dagster#18123),
         # so the row count is only set for single-partition runs; range runs report run totals.

@@ -269,11 +269,9 @@ def _empty_typed(con, model=RawEvent) -> pa_arrow.Table:
 # Partition-level semantic validation
 
 
-def event_schema(window_start: datetime, horizon_days: int, max_future_minutes: int) -> pa.DataFrameSchema:
-    """The tracking plan for one partition: the RawEvent model plus the time-horizon rules."""
-    start = pd.Timestamp(window_start)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
-    earliest = start - pd.Timedelta(days=horizon_days)
+def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSchema:
+    """The tracking plan: the RawEvent model plus type and time-horizon rules (relative to each row's landing hour)."""
+    horizon = pd.Timedelta(days=horizon_days)
     future = pd.Timedelta(minutes=max_future_minutes)
     checks = [
         pa.Check(
@@ -283,7 +281,7 @@ def event_schema(window_start: datetime, horizon_days: int, max_future_minutes: 
             ignore_na=False,
         ),
         pa.Check(
-            lambda df: df["timestamp"].isna() | (df["timestamp"] >= earliest),
+            lambda df: df["timestamp"].isna() | (df["timestamp"] >= df["landing_hour"] - horizon),
             name="timestamp_before_horizon",
             error=f"event time is before the ingestion horizon ({horizon_days} days before the landing hour)",
             ignore_na=False,
@@ -373,27 +371,45 @@ def ingest_event_files(
     max_line_bytes: int,
 ) -> PartitionResult:
     """Parse, validate and dedup all files of one partition."""
+    return ingest_event_batch(con, [(window_start, files)], horizon_days, max_future_minutes, max_line_bytes)[0]
+
+
+def _hour_array(start: datetime, n: int) -> pa_arrow.Array:
+    start_us = int(pd.Timestamp(start).value // 1000)
+    return pa_arrow.array(np.full(n, start_us, dtype=np.int64)).cast(pa_arrow.timestamp("us", tz="UTC"))
+
+
+def ingest_event_batch(
+    con: duckdb.DuckDBPyConnection,
+    partitions: list[tuple[datetime, list[tuple[LandedFile, str | None]]]],
+    horizon_days: int,
+    max_future_minutes: int,
+    max_line_bytes: int,
+) -> list[PartitionResult]:
+    """Parse, validate and dedup several partitions at once (one validation pass amortizes fixed costs);
+    results are split back per partition, in the order given."""
     parsed_tables, quarantine_rows = [], []
-    by_path = {}
-    fast_files = 0
-    records_read = 0
-    for landed, local_path in files:
-        by_path[landed.path] = landed
-        records_read += landed.n_lines + (1 if landed.file_error is not None else 0)
-        parsed = parse_file(con, landed, max_line_bytes, local_path)
-        fast_files += int(parsed.fast_path)
-        parsed_tables.append(parsed.table)
-        for r in parsed.rejects:
-            quarantine_rows.append((landed.path, r))
-    schema = event_schema(window_start, horizon_days, max_future_minutes)
-    if parsed_tables and any(t.num_rows for t in parsed_tables):
+    by_path: dict[str, LandedFile] = {}
+    partition_of: dict[str, int] = {}
+    fast_files = [0] * len(partitions)
+    records_read = [0] * len(partitions)
+    for i, (start, files) in enumerate(partitions):
+        for landed, local_path in files:
+            by_path[landed.path] = landed
+            partition_of[landed.path] = i
+            records_read[i] += landed.n_lines + (1 if landed.file_error is not None else 0)
+            parsed = parse_file(con, landed, max_line_bytes, local_path)
+            fast_files[i] += int(parsed.fast_path)
+            if parsed.table.num_rows:
+                parsed_tables.append(parsed.table.append_column("landing_hour", _hour_array(start, parsed.table.num_rows)))
+            for r in parsed.rejects:
+                quarantine_rows.append((landed.path, r))
+    schema = event_schema(horizon_days, max_future_minutes)
+    if parsed_tables:
         table = pa_arrow.concat_tables(parsed_tables, promote_options="permissive")
     else:
-        table = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
-    start_us = int(pd.Timestamp(window_start).value // 1000)
-    table = table.append_column(
-        "landing_hour", pa_arrow.array(np.full(table.num_rows, start_us, dtype=np.int64)).cast(pa_arrow.timestamp("us", tz="UTC"))
-    )
+        empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
+        table = empty.append_column("landing_hour", _hour_array(partitions[0][0] if partitions else datetime.now(), 0))
     # --- semantic validation with the pandera tracking plan
     failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
     mask = np.ones(table.num_rows, dtype=bool)
@@ -405,8 +421,8 @@ def ingest_event_files(
             r = failures[pos]
             quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
     valid = table.filter(pa_arrow.array(mask))
-    # --- exact duplicates of a messageId within the partition: keep the earliest receivedAt
-    keyed = valid.select(["message_id", "received_at", "source_file", "line_no"]).append_column(
+    # --- exact duplicates of a messageId within a partition: keep the earliest receivedAt
+    keyed = valid.select(["message_id", "received_at", "source_file", "line_no", "landing_hour"]).append_column(
         "_pos", pa_arrow.array(np.arange(valid.num_rows, dtype=np.int64))
     )
     con.register("_valid", keyed)
@@ -418,7 +434,7 @@ def ingest_event_files(
                     row_number() over w as rn,
                     first_value(source_file || ':' || line_no) over w as kept
                 from _valid
-                window w as (partition by message_id order by received_at, source_file, line_no)
+                window w as (partition by landing_hour, message_id order by received_at, source_file, line_no)
             ) where rn > 1
             """
         ).arrow().read_all()
@@ -432,10 +448,16 @@ def ingest_event_files(
         keep = np.ones(valid.num_rows, dtype=bool)
         keep[dups["_pos"].to_numpy()] = False
         valid = valid.filter(pa_arrow.array(keep))
-    raw = valid.drop_columns(["_type_errors"])
-    raw = _order_like_model(raw)
-    quarantine = build_quarantine("events", quarantine_rows, by_path)
-    return PartitionResult(raw=raw, quarantine=quarantine, records_read=records_read, files=sorted(by_path), fast_path_files=fast_files)
+    raw_all = _order_like_model(valid.drop_columns(["_type_errors"]))
+    results = []
+    for i, (start, files) in enumerate(partitions):
+        hour = _hour_array(start, 1)[0]
+        raw = raw_all.filter(pc.equal(raw_all["landing_hour"], hour)) if len(partitions) > 1 else raw_all
+        paths = {f.path for f, _ in files}
+        q_rows = [(p, r) for p, r in quarantine_rows if p in paths]
+        quarantine = build_quarantine("events", q_rows, by_path)
+        results.append(PartitionResult(raw=raw, quarantine=quarantine, records_read=records_read[i], files=sorted(paths), fast_path_files=fast_files[i]))
+    return results
 
 
 def _order_like_model(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
