@@ -12,9 +12,18 @@ def defs_for_env() -> dg.Definitions:
     return build_definitions(load_settings())
 
 
+PIPELINE = "pipeline"  # every asset except the privacy operations (erasure, retention, rotation)
+
+
 def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str] | None = None, instance=None, raise_on_error=True):
+    from personalization_assets.jobs import OPERATIONS
+
     graph = defs.resolve_asset_graph()
-    keys = dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(graph)
+    if selection == PIPELINE:
+        sel = dg.AssetSelection.all() - OPERATIONS
+    else:
+        sel = dg.AssetSelection.from_string(selection).required_multi_asset_neighbors()
+    keys = sel.resolve(graph)
     tags = {}
     if partitions:
         tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[1]}
@@ -40,3 +49,21 @@ def materializations(result) -> dict[str, dict]:
             m = ev.event_specific_data.materialization
             out[m.asset_key.to_user_string()] = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
     return out
+
+
+def generate(landing_dir, users=300, events=20_000, seed=11, bad_fraction=0.01, days=2, end="2026-11-28") -> dict:
+    """Write a generated landing zone and return its manifest (planted cases)."""
+    import datetime as dt
+    import json
+
+    import pyarrow.fs as pafs
+
+    from personalization_assets.generator import generate_landing_zone
+
+    generate_landing_zone(pafs.LocalFileSystem(), str(landing_dir), users=users, events=events, seed=seed,
+                          bad_fraction=bad_fraction, end=dt.date.fromisoformat(end), days=days)
+    return json.loads((landing_dir / "_generator" / "manifest.json").read_text())
+
+
+def partition_range(manifest) -> tuple[str, str]:
+    return f"{manifest['start']}-00:00", f"{manifest['end']}-23:00"

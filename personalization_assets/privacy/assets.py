@@ -181,7 +181,10 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
                 where coalesce(u.pseudonym, e.pseudonym) is not null"""
         )
         candidates = consent_lib.candidate_decisions(con, policy, recorded_at=datetime.now(timezone.utc))
-    existing = log.read_all()
+    from personalization_assets.privacy.operations import rekey_table
+
+    chain = pseudonymizer.chain()
+    existing, _ = rekey_table(log.read_all(), chain, chain.active)  # compare under the current key version
     fresh = consent_lib.new_ledger_rows(existing, candidates)
     appended, head = log.append(fresh)
     after = log.verify()
@@ -211,10 +214,14 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
                           description="Per subject and purpose, intervals are contiguous and never overlap."),
     ],
 )
-def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    from personalization_assets.privacy.operations import rekey_table
+
     policy = get_policy()
     auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None)])
-    ledger = ledger_log(lake, platform).read_all()
+    # the ledger is immutable: rows written before a key rotation are re-keyed on read
+    chain = pseudonymizer.chain()
+    ledger, _ = rekey_table(ledger_log(lake, platform).read_all(), chain, chain.active)
     with duckdb.get_connection() as con:
         con.register("ledger", ledger)
         lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
@@ -239,7 +246,8 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
 @dg.asset(
     key=SUPPRESSION_LIST,
     description="Pseudonyms of erased subjects: the user, every identifier ever linked to them and the email. "
-    "Ingestion drops them from then on; the erasure run removes them from every derived asset.",
+    "Accumulates (never forgets an erasure when raw requests expire). Ingestion drops them from then on; the erasure "
+    "run removes them from every asset.",
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_REQUESTS, IDENTITY_LINKS],
     metadata={"privacy/tier": "privacy"}, tags={"privacy/sensitivity": "sensitive"},
 )
@@ -273,8 +281,17 @@ def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckd
                 select u.request_id, u.received_at, i.identifier, i.identifier_kind
                 from users u join identity i on list_contains(i.linked_user_pseudonyms, u.user_pseudonym)
             )
-            select request_id, identifier, identifier_kind, received_at as requested_at from ids order by request_id, identifier_kind, identifier
+            select request_id, identifier, identifier_kind, received_at as requested_at from ids
             """
+        ).arrow().read_all().cast(SUPPRESSION_SCHEMA)
+        # accumulate: raw requests expire with raw retention, an erasure must not
+        previous = lake.read_table("privacy", "suppression_list") if lake.exists("privacy", "suppression_list") else SUPPRESSION_SCHEMA.empty_table()
+        con.register("__new", table)
+        con.register("__old", previous.cast(SUPPRESSION_SCHEMA))
+        table = con.sql(
+            """select request_id, identifier, identifier_kind, min(requested_at) as requested_at
+               from (select * from __old union all select * from __new) group by 1, 2, 3
+               order by request_id, identifier_kind, identifier"""
         ).arrow().read_all().cast(SUPPRESSION_SCHEMA)
     written = lake.write_table("privacy", "suppression_list", table)
     return dg.MaterializeResult(metadata=_write_metadata(written, {"requests": len(set(table["request_id"].to_pylist()))}))

@@ -56,12 +56,15 @@ STATE_SCHEMA = pa.schema(
 )
 
 
-def decision_id(source: str, source_ref: str, purpose: str, identifier: str) -> str:
-    return hashlib.sha256(f"{source}|{source_ref}|{purpose}|{identifier}".encode()).hexdigest()
+def decision_id(source: str, source_ref: str, purpose: str, identifier_kind: str) -> str:
+    """Idempotency key. Independent of the pseudonym (and so of the key version): re-running after a key
+    rotation must not append the same decision again."""
+    return hashlib.sha256(f"{source}|{source_ref}|{purpose}|{identifier_kind}".encode()).hexdigest()
 
 
 def purposes_from_preferences(prefs_json: str | None, policy: PrivacyPolicy) -> dict[str, str]:
-    """{purpose: granted|denied} decided by one categoryPreferences object (absent categories decide nothing)."""
+    """{purpose: granted|denied} decided by one categoryPreferences object: granted iff every present category
+    of the purpose is true (one false denies); a purpose none of whose categories is present is not decided."""
     if not prefs_json:
         return {}
     try:
@@ -75,7 +78,7 @@ def purposes_from_preferences(prefs_json: str | None, policy: PrivacyPolicy) -> 
     for p in policy.purposes.values():
         present = [flags[c] for c in p.categories if c in flags]
         if present:
-            out[p.name] = "granted" if any(present) else "denied"
+            out[p.name] = "granted" if all(present) else "denied"
     return out
 
 
@@ -119,7 +122,7 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
                 rows.append({**base, "identifier_pseudonym": ident, "identifier_kind": kind, "purpose": purpose, "decision": decision,
                              "effective_at": received_at, "source": "privacy_request", "source_ref": request_id, "jurisdiction": jur})
     for r in rows:
-        r["decision_id"] = decision_id(r["source"], r["source_ref"], r["purpose"], r["identifier_pseudonym"])
+        r["decision_id"] = decision_id(r["source"], r["source_ref"], r["purpose"], r["identifier_kind"])
     return rows
 
 

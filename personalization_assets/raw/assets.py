@@ -17,6 +17,7 @@ from personalization_assets.raw.tracking_plan import (
     RawEvent,
     RawPrivacyRequest,
 )
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage, LandingZone
 
@@ -31,6 +32,17 @@ RAW_EVENTS = dg.AssetKey(["raw", "events"])
 RAW_EVENTS_QUARANTINE = dg.AssetKey(["raw", "events_quarantine"])
 
 
+def _erasure_handler(key: dg.AssetKey, partitioned: bool) -> dict:
+    """How the lineage-driven erasure removes a subject from this raw table (see privacy/erasure.py)."""
+    table = key.path[-1]
+    if table.endswith("_quarantine"):
+        return {"kind": "quarantine", "table": table, "partitioned": partitioned}
+    if table == "content_catalog":
+        return {"kind": "none", "reason": "the catalog holds no personal data"}
+    columns = {"events": events_ingest.SUBJECT_COLUMNS, "crm_profiles": {"user_id": "id", "email": "email", "phone": "phone"}}
+    return {"kind": "raw", "table": table, "partitioned": partitioned, "columns": columns.get(table, {})}
+
+
 def _spec(key: dg.AssetKey, description: str, model, storage_kind: str, partitions_def=None, extra_kinds=()) -> dg.AssetSpec:
     return dg.AssetSpec(
         key,
@@ -38,18 +50,21 @@ def _spec(key: dg.AssetKey, description: str, model, storage_kind: str, partitio
         group_name=GROUP,
         owners=OWNERS,
         kinds={"parquet", storage_kind, *extra_kinds},
-        metadata={"dagster/column_schema": table_schema(model), "privacy/tier": "raw"},
+        metadata={"dagster/column_schema": table_schema(model), "privacy/tier": "raw",
+                  "privacy/erasure": _erasure_handler(key, partitions_def is not None)},
         tags={"privacy/sensitivity": "sensitive"},
         partitions_def=partitions_def,
     )
 
 
-def reconciliation_result(asset_key: dg.AssetKey, read: int, raw_rows: int, quarantined: int) -> dg.AssetCheckResult:
+def reconciliation_result(asset_key: dg.AssetKey, read: int, raw_rows: int, quarantined: int, suppressed: int = 0) -> dg.AssetCheckResult:
+    """Nothing is silently dropped: read = raw + quarantined (+ suppressed: records of erased subjects)."""
+    unaccounted = read - raw_rows - quarantined - suppressed
     return dg.AssetCheckResult(
         asset_key=asset_key,
         check_name="reconciliation",
-        passed=read == raw_rows + quarantined,
-        metadata={"records_read": read, "raw_rows": raw_rows, "quarantined_rows": quarantined, "unaccounted": read - raw_rows - quarantined},
+        passed=unaccounted == 0,
+        metadata={"records_read": read, "raw_rows": raw_rows, "quarantined_rows": quarantined, "suppressed_rows": suppressed, "unaccounted": unaccounted},
     )
 
 
@@ -107,7 +122,16 @@ def plan_batches(landing: LandingZone, partition_keys) -> list[list[tuple[str, l
     return batches
 
 
-def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone, lake: LakeStorage, platform: PlatformConfig) -> list[dict]:
+def load_suppressed(lake: LakeStorage) -> set[str]:
+    """Pseudonyms of erased subjects. Read as a side input (not a declared dependency): the suppression
+    list is derived from raw data, so declaring it upstream of raw/events would create a cycle."""
+    if not lake.exists("privacy", "suppression_list"):
+        return set()
+    return set(lake.read_table("privacy", "suppression_list", columns=["identifier"])["identifier"].to_pylist())
+
+
+def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone, lake: LakeStorage, platform: PlatformConfig,
+                        suppressed: set[str] | None = None, pseudonymizer=None) -> list[dict]:
     """Ingest landing hours into raw/events + raw/events_quarantine (replacing those partitions)."""
     inputs, bad_by_pk = [], {}
     for pk, all_files in batch:
@@ -115,7 +139,8 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
         bad_by_pk[pk] = bad
         inputs.append((partition_start(pk), _load(landing, [f for f in all_files if f not in bad])))
     results = events_ingest.ingest_event_batch(
-        con, inputs, horizon_days=platform.horizon_days, max_future_minutes=platform.max_future_minutes, max_line_bytes=platform.max_line_bytes
+        con, inputs, horizon_days=platform.horizon_days, max_future_minutes=platform.max_future_minutes, max_line_bytes=platform.max_line_bytes,
+        suppressed=suppressed, pseudonymize=pseudonymizer.pseudonymize_values if pseudonymizer is not None else None,
     )
     out = []
     for (pk, all_files), result in zip(batch, results):
@@ -138,6 +163,7 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
             "records_read": records_read,
             "raw_rows": result.raw.num_rows,
             "quarantined": quarantine.num_rows,
+            "suppressed": result.suppressed,
             "fast_path_files": result.fast_path_files,
             "bytes": raw_written.bytes,
             "reasons": _reasons(quarantine),
@@ -151,7 +177,7 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
 def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
     events_checks = [
         dg.AssetCheckSpec("reconciliation", asset=RAW_EVENTS, blocking=True,
-                          description="Every landing line is in raw/events or raw/events_quarantine: read = raw + quarantined."),
+                          description="Every landing line is accounted for: read = raw + quarantined + suppressed (records of erased subjects, dropped at ingestion)."),
         model_check(RAW_EVENTS, RawEvent, blocking=True).spec,
         model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).spec,
     ]
@@ -168,20 +194,22 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=STORAGE_RETRY,
     )
-    def raw_events(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+    def raw_events(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
+                   pseudonymizer: Pseudonymizer):
         totals = Counter()
         reasons: Counter = Counter()
         per_partition, unreconciled, sources = [], [], []
         raw_samples = []
         quarantine_samples = []
         with duckdb.get_connection() as con:
+            suppressed = load_suppressed(lake)
             for batch in plan_batches(landing, context.partition_keys):
-                for stats in ingest_events_batch(con, batch, landing, lake, platform):
+                for stats in ingest_events_batch(con, batch, landing, lake, platform, suppressed, pseudonymizer):
                     pk = stats["partition"]
-                    totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "files", "fast_path_files", "bytes")})
+                    totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "suppressed", "files", "fast_path_files", "bytes")})
                     reasons.update(stats["reasons"])
                     per_partition.append({k: stats[k] for k in ("partition", "files", "records_read", "raw_rows", "quarantined")})
-                    if stats["records_read"] != stats["raw_rows"] + stats["quarantined"]:
+                    if stats["records_read"] != stats["raw_rows"] + stats["quarantined"] + stats["suppressed"]:
                         unreconciled.append(pk)
                     sources.extend(stats["source_files"])
                     # keep a bounded sample for the schema checks (memory stays bounded by a partition)
@@ -203,6 +231,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                 "rows_written": totals["raw_rows"],
                 "records_read": totals["records_read"],
                 "quarantined": totals["quarantined"],
+                "suppressed_erased_subjects": totals["suppressed"],
                 "quarantine_by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
                 "partitions": len(context.partition_keys),
                 "window_start": window.start.isoformat(),
@@ -222,7 +251,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                 "by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
             },
         )
-        check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"])
+        check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"], totals["suppressed"])
         if unreconciled:
             check = dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=False,
                                         metadata={**check.metadata, "unreconciled_partitions": dg.MetadataValue.json(unreconciled)})

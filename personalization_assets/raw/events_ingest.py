@@ -350,6 +350,22 @@ class PartitionResult:
     records_read: int
     files: list[str]
     fast_path_files: int
+    suppressed: int = 0
+
+
+# raw columns that identify a subject, and how each is normalized before pseudonymization
+SUBJECT_COLUMNS = {"user_id": "id", "anonymous_id": "id", "previous_id": "id", "trait_email": "email"}
+
+
+def suppressed_mask(table: pa_arrow.Table, suppressed: set[str], pseudonymize) -> pa_arrow.Array:
+    """Rows whose identifiers pseudonymize into the suppression list (`pseudonymize(values, kind)`)."""
+    mask = pa_arrow.array(np.zeros(table.num_rows, dtype=bool))
+    for col, kind in SUBJECT_COLUMNS.items():
+        distinct = pc.unique(table[col].combine_chunks().drop_null()).to_pylist()
+        hits = [v for v, p in zip(distinct, pseudonymize(distinct, kind)) if p in suppressed]
+        if hits:
+            mask = pc.or_(mask, pc.fill_null(pc.is_in(table[col], value_set=pa_arrow.array(hits, pa_arrow.string())), False))
+    return mask
 
 
 def _validation_frame(table: pa_arrow.Table, schema: pa.DataFrameSchema) -> pd.DataFrame:
@@ -385,6 +401,8 @@ def ingest_event_batch(
     horizon_days: int,
     max_future_minutes: int,
     max_line_bytes: int,
+    suppressed: set[str] | None = None,
+    pseudonymize=None,
 ) -> list[PartitionResult]:
     """Parse, validate and dedup several partitions at once (one validation pass amortizes fixed costs);
     results are split back per partition, in the order given."""
@@ -449,6 +467,13 @@ def ingest_event_batch(
         keep[dups["_pos"].to_numpy()] = False
         valid = valid.filter(pa_arrow.array(keep))
     raw_all = _order_like_model(valid.drop_columns(["_type_errors"]))
+    # --- erased subjects are dropped at ingestion (counted, never stored: storing them would defeat the erasure)
+    suppressed_rows = None
+    if suppressed and raw_all.num_rows:
+        mask = suppressed_mask(raw_all, suppressed, pseudonymize)
+        if pc.any(mask).as_py():
+            suppressed_rows = raw_all.filter(mask).select(["landing_hour"])
+            raw_all = raw_all.filter(pc.invert(mask))
     results = []
     for i, (start, files) in enumerate(partitions):
         hour = _hour_array(start, 1)[0]
@@ -456,7 +481,9 @@ def ingest_event_batch(
         paths = {f.path for f, _ in files}
         q_rows = [(p, r) for p, r in quarantine_rows if p in paths]
         quarantine = build_quarantine("events", q_rows, by_path)
-        results.append(PartitionResult(raw=raw, quarantine=quarantine, records_read=records_read[i], files=sorted(paths), fast_path_files=fast_files[i]))
+        n_suppressed = 0 if suppressed_rows is None else pc.sum(pc.cast(pc.equal(suppressed_rows["landing_hour"], hour), pa_arrow.int64())).as_py() or 0
+        results.append(PartitionResult(raw=raw, quarantine=quarantine, records_read=records_read[i], files=sorted(paths),
+                                       fast_path_files=fast_files[i], suppressed=n_suppressed))
     return results
 
 

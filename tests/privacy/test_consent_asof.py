@@ -110,8 +110,10 @@ def test_preferences_map_categories_to_purposes():
     policy = get_policy()
     assert c.purposes_from_preferences('{"Personalization": true, "analytics": false}', policy) == {
         "personalization": "granted", "analytics": "denied"}
+    # fail-closed: one false category of a purpose denies it
     assert c.purposes_from_preferences('{"advertising": false, "data_sharing": true}', policy) == {
-        "advertising": "denied", "sale_share": "granted"}
+        "advertising": "denied", "sale_share": "denied"}
+    assert c.purposes_from_preferences('{"functional": true, "personalization": false}', policy) == {"personalization": "denied"}
     assert c.purposes_from_preferences("not json", policy) == {}
     assert c.purposes_from_preferences('{"personalization": "yes"}', policy) == {}
 

@@ -1,0 +1,198 @@
+"""Erasure (GDPR Art. 17) driven by the asset lineage.
+
+The plan is derived from the asset graph, not from a hand-kept list: every asset downstream of a raw
+source holding personal data (and the raw sources with their quarantines) is a target. Each target
+declares in its metadata how to erase from it (`privacy/erasure`):
+
+* ``{"kind": "raw", "table": ..., "partitioned": bool, "columns": {"user_id": "id", "trait_email": "email"}}``
+  raw identifiers are pseudonymized on the fly and compared with the suppression list;
+* ``{"kind": "quarantine", "table": ..., "partitioned": bool}`` rows whose original text contains one of
+  the erased subjects' raw identifier values;
+* ``{"kind": "lake", "layer": ..., "table": ..., "partitioned": bool, "columns": [...]}`` rows where any
+  pseudonym column (or list column) holds a suppressed pseudonym;
+* ``{"kind": "warehouse", "relation": ..., "columns": [...]}`` rows deleted in the warehouse;
+* ``{"kind": "none", "reason": ...}`` the asset holds no subject-level data (e.g. aggregates).
+
+Assets listed under `erasure_exempt` in privacy_policies/asset_purposes.yaml are retained as legal
+evidence. A target with neither a handler nor an exemption stops the erasure: a new asset cannot
+silently escape it. After applying, every target is scanned again; the log records rows removed and
+the residual count (must be 0) per asset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.resources.storage import LakeStorage
+
+ERASURE_META = "privacy/erasure"
+PERSONAL_SOURCES = (dg.AssetKey(["raw", "events"]), dg.AssetKey(["raw", "crm_profiles"]), dg.AssetKey(["raw", "privacy_requests"]))
+
+ERASURE_LOG_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("request_ids", pa.string()),
+        ("asset", pa.string()),
+        ("action", pa.string()),
+        ("rows_removed", pa.int64()),
+        ("residual_rows", pa.int64()),
+        ("verified", pa.bool_()),
+        ("erased_at", pa.timestamp("us", tz="UTC")),
+        ("run_id", pa.string()),
+        ("prev_hash", pa.string()),
+        ("row_hash", pa.string()),
+    ]
+)
+
+
+class ErasurePlanError(RuntimeError):
+    pass
+
+
+@dataclass
+class Target:
+    asset: str
+    handler: dict
+
+
+def _meta_value(v):
+    return getattr(v, "value", getattr(v, "data", v))
+
+
+def plan_targets(asset_graph, exempt: tuple[str, ...]) -> tuple[list[Target], list[str]]:
+    """Every asset holding subject data, with its handler. Raises if one has no handler."""
+    keys = set()
+    for src in PERSONAL_SOURCES:
+        if asset_graph.has(src):
+            keys |= _descendants(asset_graph, src)
+            keys.add(src)
+    # quarantine siblings of the raw sources (same multi-asset) hold the rejected raw records
+    for key in list(asset_graph.get_all_asset_keys()):
+        if key.path[0] == "raw":
+            keys.add(key)
+    targets, retained, missing = [], [], []
+    for key in sorted(keys, key=lambda k: k.to_user_string()):
+        name = key.to_user_string()
+        if name in exempt:
+            retained.append(name)
+            continue
+        node = asset_graph.get(key)
+        handler = node.metadata.get(ERASURE_META) if node.metadata else None
+        if handler is None:
+            missing.append(name)
+            continue
+        targets.append(Target(name, dict(_meta_value(handler))))
+    if missing:
+        raise ErasurePlanError(
+            f"asset(s) {', '.join(missing)} are downstream of personal data but declare no `{ERASURE_META}` handler "
+            "and are not listed under erasure_exempt in privacy_policies/asset_purposes.yaml"
+        )
+    return targets, retained
+
+
+def _descendants(asset_graph, key) -> set:
+    seen, stack = set(), [key]
+    while stack:
+        k = stack.pop()
+        for child in asset_graph.get(k).child_keys:
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
+
+
+@dataclass
+class Subjects:
+    """What identifies the subjects being erased: pseudonyms, and raw values (held in memory only)."""
+
+    pseudonyms: set[str]
+    raw_values: set[str] = field(default_factory=set)
+
+
+def _partitions(lake: LakeStorage, layer: str, table: str, partitioned: bool):
+    if partitioned:
+        return lake.partitions(layer, table)
+    return [None] if lake.exists(layer, table) else []
+
+
+def _pz_match(con, pz: Pseudonymizer, table: pa.Table, columns: dict, pseudonyms: set[str]) -> tuple[pa.Array, set[str]]:
+    """Mask of rows whose raw identifier columns pseudonymize into `pseudonyms`, plus those raw values."""
+    mask = pa.array([False] * table.num_rows)
+    values: set[str] = set()
+    for col, kind in columns.items():
+        if col not in table.column_names:
+            continue
+        distinct = pc.unique(table[col].combine_chunks().drop_null()).to_pylist()
+        hits = {v for v, p in zip(distinct, pz.pseudonymize_values(distinct, kind)) if p in pseudonyms}
+        if hits:
+            values |= hits
+            mask = pc.or_(mask, pc.fill_null(pc.is_in(table[col], value_set=pa.array(sorted(hits), pa.string())), False))
+    return mask, values
+
+
+def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa.Array:
+    value_set = pa.array(sorted(pseudonyms), pa.string())
+    mask = pa.array([False] * table.num_rows)
+    for col in columns:
+        if col not in table.column_names:
+            continue
+        column = table[col]
+        if pa.types.is_list(column.type):
+            flat = pc.list_flatten(column)
+            parents = pc.list_parent_indices(column)
+            hit_parents = pc.filter(parents, pc.is_in(flat, value_set=value_set))
+            m = pc.is_in(pa.array(range(table.num_rows)), value_set=pc.unique(hit_parents))
+        else:
+            m = pc.fill_null(pc.is_in(column, value_set=value_set), False)
+        mask = pc.or_(mask, m)
+    return mask
+
+
+def _text_match(table: pa.Table, raw_values: set[str]) -> pa.Array:
+    mask = pa.array([False] * table.num_rows)
+    if "original_text" not in table.column_names:
+        return mask
+    text = pc.fill_null(table["original_text"], "")
+    for v in sorted(raw_values):
+        if v:
+            mask = pc.or_(mask, pc.match_substring(text, v))
+    return mask
+
+
+def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, subjects: Subjects, apply: bool) -> int:
+    """Remove (apply=True) or count (apply=False) matching rows in a lake target. Returns the row count."""
+    h = target.handler
+    kind = h["kind"]
+    layer = h.get("layer", "raw")
+    table_name = h["table"]
+    total = 0
+    for part in _partitions(lake, layer, table_name, bool(h.get("partitioned"))):
+        table = lake.read_table(layer, table_name, part or None)
+        if table.num_rows == 0:
+            continue
+        if kind == "raw":
+            mask, values = _pz_match(con, pz, table, h["columns"], subjects.pseudonyms)
+            subjects.raw_values |= values
+        elif kind == "quarantine":
+            mask = _text_match(table, subjects.raw_values)
+        elif kind == "lake":
+            mask = _lake_match(table, h["columns"], subjects.pseudonyms)
+        else:
+            raise ErasurePlanError(f"{target.asset}: handler kind {kind!r} is not a lake handler")
+        n = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+        if n and apply:
+            lake.write_table(layer, table_name, table.filter(pc.invert(mask)), partition=part or None)
+        total += n
+    return total
+
+
+def order_targets(targets: list[Target]) -> list[Target]:
+    """Raw tables first (they reveal the raw values quarantine matching needs), then the rest."""
+    rank = {"raw": 0, "quarantine": 1, "lake": 2, "warehouse": 3, "none": 4}
+    return sorted(targets, key=lambda t: (rank.get(t.handler["kind"], 9), t.asset))

@@ -1,0 +1,238 @@
+"""Privacy operations run as assets of their own jobs: erasure, retention and key rotation.
+
+Each writes an append-only, hash-chained log in the privacy tier recording what it did.
+"""
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster_duckdb import DuckDBResource
+
+from personalization_assets.privacy.assets import SUPPRESSION_LIST, auditor, lock_dir
+from personalization_assets.privacy.erasure import (
+    ERASURE_LOG_SCHEMA,
+    Subjects,
+    erase_from_lake_target,
+    order_targets,
+    plan_targets,
+)
+from personalization_assets.privacy.hash_chain import HashChainedLog
+from personalization_assets.privacy.policies import get_policy
+from personalization_assets.privacy.pseudonymize import PSEUDONYM_RE, Pseudonymizer
+from personalization_assets.raw.partitions import PARTITION_FMT
+from personalization_assets.resources import PlatformConfig
+from personalization_assets.resources.storage import LakeStorage
+
+GROUP = "privacy"
+OWNERS = ["team:privacy-engineering"]
+ERASURE_LOG = dg.AssetKey(["privacy", "erasure_log"])
+RETENTION_LOG = dg.AssetKey(["privacy", "retention_log"])
+KEY_ROTATION_LOG = dg.AssetKey(["privacy", "key_rotation_log"])
+
+RETENTION_SCHEMA = pa.schema(
+    [("seq", pa.int64()), ("tier", pa.string()), ("table", pa.string()), ("partition", pa.string()), ("rows_removed", pa.int64()),
+     ("retention_days", pa.int64()), ("cutoff", pa.timestamp("us", tz="UTC")), ("run_id", pa.string()), ("removed_at", pa.timestamp("us", tz="UTC")),
+     ("prev_hash", pa.string()), ("row_hash", pa.string())]
+)
+ROTATION_SCHEMA = pa.schema(
+    [("seq", pa.int64()), ("layer", pa.string()), ("table", pa.string()), ("partition", pa.string()), ("values_rekeyed", pa.int64()),
+     ("to_version", pa.string()), ("run_id", pa.string()), ("rotated_at", pa.timestamp("us", tz="UTC")), ("prev_hash", pa.string()), ("row_hash", pa.string())]
+)
+
+
+def _log(lake, platform, name, schema) -> HashChainedLog:
+    return HashChainedLog(lake=lake, name=name, schema=schema, lock_dir=lock_dir(platform))
+
+
+def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
+    """The erasure run. `asset_graph` is the graph of every other asset (the lineage that drives the plan)."""
+    policy = get_policy()
+    targets, retained = plan_targets(asset_graph, policy.erasure_exempt)
+    targets = order_targets(targets)
+    required = {"lake", "duckdb", "pseudonymizer", "platform"} | ({warehouse_eraser_key} if warehouse_eraser_key else set())
+
+    @dg.asset(
+        key=ERASURE_LOG,
+        description="Erasure run (GDPR Art. 17): removes every suppressed subject from every asset downstream of the raw "
+        "sources (plan derived from the lineage), verifies absence, and appends what it did to a hash-chained log.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet"}, deps=[SUPPRESSION_LIST],
+        metadata={"privacy/tier": "privacy", "erasure_plan": dg.MetadataValue.json([t.asset for t in targets]),
+                  "retained_as_evidence": dg.MetadataValue.json(retained)},
+        check_specs=[dg.AssetCheckSpec("subjects_absent_everywhere", asset=ERASURE_LOG, blocking=True,
+                                       description="After the run, no target holds a row of an erased subject.")],
+        required_resource_keys=required,
+    )
+    def erasure_log(context: dg.AssetExecutionContext):
+        lake: LakeStorage = context.resources.lake
+        platform: PlatformConfig = context.resources.platform
+        pz: Pseudonymizer = context.resources.pseudonymizer
+        log = _log(lake, platform, "erasure_log", ERASURE_LOG_SCHEMA)
+        if not lake.exists("privacy", "suppression_list"):
+            yield dg.MaterializeResult(metadata={"requests": 0, "rows_written": 0})
+            yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=True, metadata={"subjects": 0})
+            return
+        audit = auditor(context, lake, platform, ERASURE_LOG)
+        audit.record([("privacy/suppression_list", None, None), ("raw/privacy_requests", None, ["type", "user_id", "email"])]
+                     + [(t.asset, "*", None) for t in targets if t.handler["kind"] in ("raw", "quarantine")])
+        suppression = lake.read_table("privacy", "suppression_list")
+        requests = sorted(set(suppression["request_id"].to_pylist()))
+        subjects = Subjects(pseudonyms=set(suppression["identifier"].to_pylist()))
+        # raw values named in the requests themselves (held in memory only, never logged)
+        if lake.exists("raw", "privacy_requests"):
+            req = lake.read_table("raw", "privacy_requests", columns=["type", "user_id", "email"])
+            req = req.filter(pc.equal(req["type"], "erasure"))
+            subjects.raw_values |= {v for v in req["user_id"].to_pylist() + req["email"].to_pylist() if v}
+        removed, residual = {}, {}
+        now = datetime.now(timezone.utc)
+        with context.resources.duckdb.get_connection() as con:
+            for t in targets:
+                kind = t.handler["kind"]
+                if kind == "none":
+                    removed[t.asset] = 0
+                elif kind == "warehouse":
+                    eraser = getattr(context.resources, warehouse_eraser_key)
+                    removed[t.asset] = eraser.erase(t.handler, subjects.pseudonyms, apply=True)
+                else:
+                    removed[t.asset] = erase_from_lake_target(lake, con, pz, t, subjects, apply=True)
+            for t in targets:  # verify after everything was applied
+                kind = t.handler["kind"]
+                if kind == "none":
+                    residual[t.asset] = 0
+                elif kind == "warehouse":
+                    residual[t.asset] = getattr(context.resources, warehouse_eraser_key).erase(t.handler, subjects.pseudonyms, apply=False)
+                else:
+                    residual[t.asset] = erase_from_lake_target(lake, con, pz, t, subjects, apply=False)
+        ok = all(v == 0 for v in residual.values())
+        rows = [{"request_ids": ",".join(requests), "asset": t.asset, "action": t.handler["kind"], "rows_removed": int(removed[t.asset]),
+                 "residual_rows": int(residual[t.asset]), "verified": residual[t.asset] == 0, "erased_at": now, "run_id": context.run_id}
+                for t in targets]
+        rows += [{"request_ids": ",".join(requests), "asset": name, "action": "retained_as_evidence", "rows_removed": 0,
+                  "residual_rows": 0, "verified": True, "erased_at": now, "run_id": context.run_id} for name in retained]
+        appended, head = log.append(rows)
+        yield dg.MaterializeResult(metadata={
+            "requests": len(requests), "subject_identifiers": len(subjects.pseudonyms), "rows_written": appended,
+            "rows_removed_per_asset": dg.MetadataValue.json({k: v for k, v in removed.items() if v}),
+            "retained_as_evidence": dg.MetadataValue.json(retained), "head_hash": head,
+        })
+        yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=ok,
+                                  metadata={"residual_per_asset": dg.MetadataValue.json({k: v for k, v in residual.items() if v}),
+                                            "targets": len(targets)})
+
+    return erasure_log
+
+
+RETENTION_TABLES = {  # tier -> (layer, table, partitioned by hour) ; the landing zone belongs to the CDP
+    "raw": [("raw", "events", True)],
+    "quarantine": [("raw", "events_quarantine", True)],
+    "consented": [("consented", "events", True)],
+}
+
+
+@dg.asset(
+    key=RETENTION_LOG,
+    description="Daily retention: deletes time partitions older than privacy_policies/retention.yaml allows and "
+    "appends what it removed to a hash-chained log.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet"},
+    metadata={"privacy/tier": "privacy"},
+)
+def retention_log(context: dg.AssetExecutionContext, lake: LakeStorage, platform: PlatformConfig):
+    policy = get_policy()
+    log = _log(lake, platform, "retention_log", RETENTION_SCHEMA)
+    now = datetime.now(timezone.utc)
+    rows = []
+    for tier, tables in RETENTION_TABLES.items():
+        if tier not in policy.retention:
+            continue
+        days = policy.retention[tier].days
+        cutoff = now - timedelta(days=days)
+        for layer, table, _ in tables:
+            for part in lake.partitions(layer, table):
+                if "date" not in part:
+                    continue
+                start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
+                if start + timedelta(hours=1) <= cutoff:
+                    n = lake.read_table(layer, table, part, columns=[]).num_rows if lake.exists(layer, table, part) else 0
+                    lake.delete_partition(layer, table, part)
+                    rows.append({"tier": tier, "table": f"{layer}/{table}", "partition": f"{part['date']}-{part.get('hour', '00')}:00",
+                                 "rows_removed": n, "retention_days": days, "cutoff": cutoff, "run_id": context.run_id, "removed_at": now})
+    appended, head = log.append(rows)
+    return dg.MaterializeResult(metadata={"partitions_removed": appended, "rows_written": appended,
+                                          "rows_removed": sum(r["rows_removed"] for r in rows), "head_hash": head})
+
+
+ROTATION_LAYERS = ("consented", "features", "privacy")
+ROTATION_SKIP = {("privacy", "consent_ledger"), ("privacy", "access_audit_log"), ("privacy", "erasure_log"),
+                 ("privacy", "retention_log"), ("privacy", "key_rotation_log"), ("privacy", "dp_budget_ledger")}
+
+
+def rekey_table(table: pa.Table, chain, to_version: str) -> tuple[pa.Table, int]:
+    """Re-key every pseudonym (string or list-of-string columns) below `to_version`; other values untouched."""
+    changed = 0
+    for i, field in enumerate(table.schema):
+        col = table.column(i)
+        is_list = pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type)
+        if not (pa.types.is_string(field.type) or is_list):
+            continue
+        flat = pc.list_flatten(col) if is_list else col
+        distinct = [v for v in pc.unique(flat.combine_chunks() if hasattr(flat, "combine_chunks") else flat).to_pylist() if v]
+        mapping = {}
+        for v in distinct:
+            m = PSEUDONYM_RE.match(v)
+            if m and int(m.group(1)) < int(to_version):
+                mapping[v] = chain.rekey(v, to_version)
+        if not mapping:
+            continue
+        changed += len(mapping)
+        if is_list:
+            new = pa.array([[mapping.get(x, x) for x in xs] if xs is not None else None for xs in col.to_pylist()], field.type)
+        else:
+            keys = pa.array(list(mapping), pa.string())
+            idx = pc.index_in(col, value_set=keys)
+            vals = pa.array(list(mapping.values()), pa.string())
+            new = pc.if_else(pc.is_null(idx), col, pc.take(vals, pc.fill_null(idx, 0)))
+        table = table.set_column(i, field, new)
+    return table, changed
+
+
+@dg.asset(
+    key=KEY_ROTATION_LOG,
+    description="Key rotation: re-keys every pseudonym in the curated and privacy tiers to the active key version "
+    "(keys chain, so joins with new data are kept) and logs each table touched. The immutable logs keep their "
+    "original values; readers re-key them on the fly.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet"}, metadata={"privacy/tier": "privacy"},
+)
+def key_rotation_log(context: dg.AssetExecutionContext, lake: LakeStorage, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    chain = pseudonymizer.chain()
+    target = chain.active
+    now = datetime.now(timezone.utc)
+    rows = []
+    for layer in ROTATION_LAYERS:
+        tables = _tables(lake, layer)
+        for table in tables:
+            if (layer, table) in ROTATION_SKIP:
+                continue
+            parts = lake.partitions(layer, table)
+            for part in parts or [None]:
+                if not lake.exists(layer, table, part or None):
+                    continue
+                data = lake.read_table(layer, table, part or None)
+                new, n = rekey_table(data, chain, target)
+                if n:
+                    lake.write_table(layer, table, new, partition=part or None)
+                    rows.append({"layer": layer, "table": table, "partition": "/".join(f"{k}={v}" for k, v in (part or {}).items()),
+                                 "values_rekeyed": n, "to_version": target, "run_id": context.run_id, "rotated_at": now})
+    appended, head = _log(lake, platform, "key_rotation_log", ROTATION_SCHEMA).append(rows)
+    return dg.MaterializeResult(metadata={"to_version": target, "tables_rekeyed": appended, "rows_written": appended,
+                                          "values_rekeyed": sum(r["values_rekeyed"] for r in rows), "head_hash": head})
+
+
+def _tables(lake: LakeStorage, layer: str) -> list[str]:
+    names = set()
+    for f in lake.list_files(layer):
+        parts = f.path.split("/")
+        if len(parts) >= 3 and parts[-1] == "data.parquet":
+            names.add(parts[1])
+    return sorted(names)

@@ -1,0 +1,215 @@
+"""End to end on generated data with planted cases, each checked in every downstream asset:
+a never-consented user, a grant-then-withdraw user, an anonymous visitor who consents then logs in, a GPC
+user, an opt-out-of-sale user, erased users (by email and by id) and a junk anonymous id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from personalization_assets.cli import landing_partition_keys
+from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations
+
+
+def _ts(s: str) -> datetime:
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One generated landing zone, materialized once, shared by the assertions below."""
+    import os
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("e2e")
+    for k in list(os.environ):
+        if k.startswith("PERSONALIZATION_") or k.startswith("SNOWFLAKE_"):
+            mp.delenv(k, raising=False)
+    mp.setenv("PERSONALIZATION_DATA_DIR", str(root / "data"))
+    mp.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
+    manifest = generate(root / "data" / "landing")
+    defs = defs_for_env()
+    keys = landing_partition_keys(defs, None)
+    result = materialize(defs, PIPELINE, (keys[0], keys[-1]))
+    yield {"defs": defs, "manifest": manifest, "result": result, "range": (keys[0], keys[-1]), "root": root}
+    mp.undo()
+
+
+def _pz(world, value, kind="id"):
+    return world["defs"].resources["pseudonymizer"].pseudonymize_values([value], kind)[0]
+
+
+def _con(world):
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    lake = world["defs"].resources["lake"]
+    lake.register(con, "consented", "consented", "events")
+    lake.register(con, "identity", "privacy", "identity_links")
+    lake.register(con, "state", "privacy", "consent_state")
+    return con
+
+
+def _case(world, name):
+    return world["manifest"]["cases"][name]
+
+
+def _events(world, case):
+    user = _pz(world, case["user_id"])
+    con = _con(world)
+    return con.execute(
+        "select timestamp, purposes, user_pseudonym from consented where consent_subject = ? order by timestamp", [user]
+    ).fetchall()
+
+
+def test_pipeline_checks_all_pass(world):
+    checks = check_results(world["result"])
+    assert checks and all(checks.values()), {k: v for k, v in checks.items() if not v}
+
+
+def test_never_consented_user_is_never_processed(world):
+    assert _events(world, _case(world, "never_consented")) == []
+
+
+def test_withdrawal_applies_from_its_time_and_earlier_events_stay(world):
+    case = _case(world, "grant_then_withdraw")
+    withdrawn = _ts(case["withdrawn_at"])
+    rows = _events(world, case)
+    before = [r for r in rows if r[0] < withdrawn and "personalization" in r[1]]
+    after = [r for r in rows if r[0] >= withdrawn and "personalization" in r[1]]
+    assert before, "events while consent was in force are kept"
+    assert not after, "nothing after the withdrawal is kept for personalization"
+
+
+def test_anonymous_consent_carries_over_to_the_user_after_login(world):
+    case = _case(world, "anon_consent_then_login")
+    rows = _events(world, case)
+    identified = _ts(case["identified_at"])
+    pre_login = [r for r in rows if r[2] is None]  # anonymous events, resolved to the user's subject
+    assert pre_login and all("personalization" in r[1] for r in pre_login)
+    assert any(r[0] >= identified and "personalization" in r[1] for r in rows)
+
+
+def test_gpc_and_opt_out_exclude_sale_share_but_not_personalization(world):
+    gpc = _events(world, _case(world, "gpc_user"))
+    assert gpc and any("personalization" in r[1] for r in gpc)
+    gpc_first = min(r[0] for r in gpc)
+    assert not any("sale_share" in r[1] for r in gpc if r[0] >= gpc_first)
+    case = _case(world, "opt_out_sale_user")
+    opted = _ts(case["request_received_at"])
+    rows = _events(world, case)
+    assert any("personalization" in r[1] for r in rows)
+    assert not any("sale_share" in r[1] for r in rows if r[0] >= opted)
+
+
+def test_junk_anonymous_id_is_not_merged(world):
+    case = _case(world, "junk_anonymous_id")
+    junk = _pz(world, case["anonymous_ids"][0])
+    con = _con(world)
+    linked, subject = con.execute("select linked_users, consent_subject from identity where identifier = ?", [junk]).fetchall()[0]
+    assert linked >= 30 and subject == junk
+
+
+def test_no_raw_identifier_outside_the_raw_tier(world):
+    """Scan every output file outside raw/ for the input's identifier values."""
+    scan_for_identifiers(world["defs"].resources["lake"], world["root"] / "data" / "landing")
+
+
+def scan_for_identifiers(lake, landing_dir):
+    import csv
+    import gzip
+    import json
+
+    values = set()
+    for f in landing_dir.rglob("*.jsonl*"):
+        data = gzip.decompress(f.read_bytes()) if f.name.endswith(".gz") else f.read_bytes()
+        for line in data.splitlines():
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(m, dict):
+                continue
+            ctx = m.get("context") if isinstance(m.get("context"), dict) else {}
+            traits = m.get("traits") if isinstance(m.get("traits"), dict) else {}
+            for v in (m.get("userId"), m.get("anonymousId"), m.get("previousId"), ctx.get("ip"), ctx.get("userAgent"),
+                      traits.get("email"), traits.get("phone"), traits.get("name"), m.get("email"), m.get("user_id")):
+                if isinstance(v, str) and len(v) >= 6:
+                    values.add(v)
+    for f in landing_dir.rglob("*.csv"):
+        for row in csv.DictReader(f.read_text(errors="replace").splitlines()):
+            for k in ("user_id", "email", "phone", "first_name", "last_name"):
+                v = row.get(k)
+                if v and len(v) >= 6:
+                    values.add(v)
+    assert len(values) > 100
+    con = duckdb.connect()
+    con.register("needles", pa.table({"v": sorted(values)}))
+    scanned = 0
+    for layer in ("privacy", "consented", "features", "exports"):
+        for f in lake.list_files(layer):
+            if "/content_catalog/" in f.path:
+                continue  # CMS data about content (author names are public bylines), no subject data
+            table = lake.read_table(layer, f.path.split("/")[1], _partition(f.path))
+            for field in table.schema:
+                col = table[field.name]
+                if pa.types.is_list(field.type):
+                    col = pa.compute.list_flatten(col)
+                elif not pa.types.is_string(field.type):
+                    continue
+                con.register("hay", pa.table({"h": col}))
+                hit = con.execute("select h from hay join needles on h = v or contains(h, v) limit 1").fetchall()
+                assert not hit, f"{f.path}.{field.name} contains a raw identifier"
+                scanned += 1
+    assert scanned > 10
+
+
+def _partition(path: str):
+    parts = [p for p in path.split("/")[2:-1] if "=" in p]
+    return dict(p.split("=", 1) for p in parts) or None
+
+
+def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(world):
+    defs = world["defs"]
+    lake = defs.resources["lake"]
+    erased = [_case(world, "erased_user"), _case(world, "erased_by_id")]
+    users = [_pz(world, c["user_id"]) for c in erased]
+    anons = [_pz(world, a) for c in erased for a in c["anonymous_ids"]]
+    raw_ids = {c["user_id"] for c in erased} | {a for c in erased for a in c["anonymous_ids"]}
+    con = _con(world)
+    lake.register(con, "raw_events", "raw", "events")
+    in_raw = con.execute(f"select count(*) from raw_events where user_id in ({','.join('?' * len(raw_ids))}) "
+                         f"or anonymous_id in ({','.join('?' * len(raw_ids))})", list(raw_ids) * 2).fetchall()[0][0]
+    assert in_raw > 0, "the erased users' events were ingested before their requests were processed"
+    # the pipeline run already built the suppression list: the consented tier never received them
+    assert con.execute(f"select count(*) from consented where user_pseudonym in ({','.join('?' * len(users))}) "
+                       f"or anonymous_pseudonym in ({','.join('?' * len(anons))})", users + anons).fetchall()[0][0] == 0
+    result = materialize(defs, "key:privacy/erasure_log or key:privacy/suppression_list")
+    assert check_results(result)["privacy/erasure_log:subjects_absent_everywhere"] is True
+    md = materializations(result)["privacy/erasure_log"]
+    assert md["rows_removed_per_asset"]["raw/events"] > 0
+    con = _con(world)
+    for table in ("consented",):
+        n = con.execute(f"select count(*) from {table} where user_pseudonym in ({','.join('?' * len(users))}) "
+                        f"or anonymous_pseudonym in ({','.join('?' * len(anons))}) or consent_subject in ({','.join('?' * len(users))})",
+                        users + anons + users).fetchall()[0][0]
+        assert n == 0
+    lake.register(con, "raw_events", "raw", "events")
+    assert con.execute(f"select count(*) from raw_events where user_id in ({','.join('?' * len(raw_ids))}) "
+                       f"or anonymous_id in ({','.join('?' * len(raw_ids))})", list(raw_ids) * 2).fetchall()[0][0] == 0
+    lake.register(con, "raw_q", "raw", "events_quarantine")
+    for v in raw_ids:
+        assert con.execute("select count(*) from raw_q where contains(original_text, ?)", [v]).fetchall()[0][0] == 0
+    # re-ingesting the landing zone (which still holds their events) keeps them out, and says so
+    again = materialize(defs, "key:raw/events", world["range"])
+    md = materializations(again)["raw/events"]
+    assert md["suppressed_erased_subjects"] > 0
+    assert check_results(again)["raw/events:reconciliation"] is True
+    assert con.execute(f"select count(*) from raw_events where user_id in ({','.join('?' * len(raw_ids))})", list(raw_ids)).fetchall()[0][0] == 0
+    log = lake.read_table("privacy", "erasure_log").to_pylist() if lake.exists("privacy", "erasure_log") else None
+    rows = [r for seg in lake.partitions("privacy", "erasure_log") for r in lake.read_table("privacy", "erasure_log", seg).to_pylist()]
+    assert {r["asset"] for r in rows} >= {"raw/events", "consented/events", "privacy/identity_links"}
+    assert all(r["verified"] for r in rows)
+    assert log is None  # segments only: the log is append-only
