@@ -36,15 +36,17 @@ def parse_key_map(raw: str, active: str | None = None) -> tuple[dict[str, bytes]
             'PERSONALIZATION_PSEUDONYM_KEYS is not valid JSON. Fix: set it to {"1": "<64 hex chars>"}.'
         ) from None
     if not isinstance(data, dict) or not data:
-        raise KeyConfigError('PERSONALIZATION_PSEUDONYM_KEYS must be a non-empty JSON object {"<version>": "<hex key>"}.')
+        raise KeyConfigError('PERSONALIZATION_PSEUDONYM_KEYS must be a non-empty JSON object. Fix: set it to {"<version>": "<hex key>"}.')
     keys: dict[str, bytes] = {}
     for version, hexkey in data.items():
         if not str(version).isdigit():
-            raise KeyConfigError(f"PERSONALIZATION_PSEUDONYM_KEYS: version {version!r} must be a positive integer.")
+            raise KeyConfigError(f"PERSONALIZATION_PSEUDONYM_KEYS: version {version!r} must be a positive integer. Fix: use keys like \"1\", \"2\".")
         try:
             key = bytes.fromhex(str(hexkey))
         except ValueError:
-            raise KeyConfigError(f"PERSONALIZATION_PSEUDONYM_KEYS: the key of version {version} is not hex.") from None
+            raise KeyConfigError(
+                f"PERSONALIZATION_PSEUDONYM_KEYS: the key of version {version} is not hex. Fix: generate keys with `openssl rand -hex 32`."
+            ) from None
         if len(key) < MIN_KEY_BYTES:
             raise KeyConfigError(
                 f"PERSONALIZATION_PSEUDONYM_KEYS: the key of version {version} has {len(key)} bytes; "
@@ -57,7 +59,7 @@ def parse_key_map(raw: str, active: str | None = None) -> tuple[dict[str, bytes]
     if active not in keys:
         raise KeyConfigError(
             f"PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION={active} has no key in PERSONALIZATION_PSEUDONYM_KEYS "
-            f"(versions: {', '.join(sorted(keys, key=int))})."
+            f"(versions: {', '.join(sorted(keys, key=int))}). Fix: add the key or set the active version to an existing one."
         )
     return keys, active
 
