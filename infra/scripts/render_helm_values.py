@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Render the Helm values of one environment: infra/helm/values.yaml + Terraform outputs + image tag.
+
+Helm replaces lists instead of merging them, so environment-specific settings inside the
+user-deployment list (image, bucket URLs, Snowflake names) cannot be layered with a second `-f` file.
+This script fills every REPLACE_ME of values.yaml from `terraform output -json deployment_settings`
+and refuses to write a file that still contains a placeholder.
+
+    terraform -chdir=infra/terraform/environments/prod output -json deployment_settings > settings.json
+    python infra/scripts/render_helm_values.py --settings settings.json --image-tag "$GIT_SHA" -o values.env.yaml
+    helm upgrade --install dagster dagster/dagster --version 1.13.27 -n dagster -f values.env.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_VALUES = REPO_ROOT / "infra" / "helm" / "values.yaml"
+PLACEHOLDER = "REPLACE_ME"
+DEPLOYMENT_NAME = "personalization"
+
+REQUIRED_SETTINGS = (
+    "image_repository",
+    "aws_region",
+    "landing_url",
+    "lake_url",
+    "postgres_host",
+    "postgres_port",
+    "postgres_db_name",
+    "postgres_username",
+    "run_role_arn",
+    "run_service_account_name",
+    "snowflake_account",
+    "snowflake_role",
+    "snowflake_warehouse",
+    "snowflake_database",
+    "snowflake_schema",
+)
+# Immutable, traceable tags only (git sha, semver); never "latest".
+TAG_PATTERN = re.compile(r"^(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class RenderError(ValueError):
+    pass
+
+
+def placeholders(node: Any, path: str = "") -> list[str]:
+    """Paths of every value still equal to (or containing) the placeholder."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += placeholders(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += placeholders(value, f"{path}[{index}]")
+    elif isinstance(node, str) and PLACEHOLDER in node:
+        found.append(path)
+    return found
+
+
+def render(base: dict, settings: dict, image_tag: str) -> dict:
+    missing = [key for key in REQUIRED_SETTINGS if settings.get(key) in (None, "")]
+    if missing:
+        raise RenderError(
+            f"settings lack {', '.join(missing)} (terraform output -json deployment_settings)"
+        )
+    if not TAG_PATTERN.match(image_tag):
+        raise RenderError(
+            f"image tag {image_tag!r} is not an immutable tag (use the git sha or a version)"
+        )
+    for url_key in ("landing_url", "lake_url"):
+        if not str(settings[url_key]).startswith("s3://"):
+            raise RenderError(f"{url_key}={settings[url_key]!r} is not an s3:// URL")
+
+    values = json.loads(json.dumps(base))  # deep copy
+    image = {"repository": settings["image_repository"], "tag": image_tag}
+    values["dagsterWebserver"]["image"].update(image)
+    values["dagsterDaemon"]["image"].update(image)
+
+    pg = values["postgresql"]
+    pg["postgresqlHost"] = settings["postgres_host"]
+    pg["postgresqlUsername"] = settings["postgres_username"]
+    pg["postgresqlDatabase"] = settings["postgres_db_name"]
+    pg["service"]["port"] = int(settings["postgres_port"])
+
+    user = values["dagster-user-deployments"]
+    user["serviceAccount"]["name"] = settings["run_service_account_name"]
+    user["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"] = settings[
+        "run_role_arn"
+    ]
+    deployments = [d for d in user["deployments"] if d.get("name") == DEPLOYMENT_NAME]
+    if len(deployments) != 1:
+        raise RenderError(
+            f"values.yaml must define exactly one user deployment named {DEPLOYMENT_NAME!r}"
+        )
+    deployment = deployments[0]
+    deployment["image"].update(image)
+    deployment["env"].update(
+        {
+            "PERSONALIZATION_LANDING_URL": settings["landing_url"],
+            "PERSONALIZATION_LAKE_URL": settings["lake_url"],
+            "AWS_REGION": settings["aws_region"],
+            "SNOWFLAKE_ACCOUNT": settings["snowflake_account"],
+            "SNOWFLAKE_ROLE": settings["snowflake_role"],
+            "SNOWFLAKE_WAREHOUSE": settings["snowflake_warehouse"],
+            "SNOWFLAKE_DATABASE": settings["snowflake_database"],
+            "SNOWFLAKE_SCHEMA": settings["snowflake_schema"],
+        }
+    )
+
+    left = placeholders(values)
+    if left:
+        raise RenderError(f"placeholders left after rendering: {', '.join(left)}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--settings",
+        required=True,
+        type=Path,
+        help="JSON of `terraform output -json deployment_settings`",
+    )
+    parser.add_argument(
+        "--image-tag", required=True, help="tag of the user-code image pushed to ECR"
+    )
+    parser.add_argument(
+        "--values", type=Path, default=BASE_VALUES, help="base values file"
+    )
+    parser.add_argument("-o", "--output", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        base = yaml.safe_load(args.values.read_text(encoding="utf-8"))
+        settings = json.loads(args.settings.read_text(encoding="utf-8"))
+        rendered = render(base, settings, args.image_tag)
+    except (RenderError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.output.write_text(
+        "# Rendered by infra/scripts/render_helm_values.py; do not edit, re-render instead.\n"
+        + yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False),
+        encoding="utf-8",
+    )
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

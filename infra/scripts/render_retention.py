@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Generate the S3 lifecycle rules of infra/terraform/modules/storage from privacy_policies/retention.yaml.
+
+retention.yaml is the single source of truth for how long each lake tier is kept. This script turns
+it into `aws_s3_bucket_lifecycle_configuration` resources (one per bucket, one rule per tier) and
+writes them to `infra/terraform/modules/storage/lifecycle.generated.tf`. The generated file is
+checked in so that plans, reviews and checkov see concrete values; tests/infra/test_retention_lifecycle.py
+fails when it drifts from the policy.
+
+Usage:
+    python infra/scripts/render_retention.py           # rewrite the generated file
+    python infra/scripts/render_retention.py --check   # exit 1 if the file is stale
+
+S3 applies the SHORTEST expiration among all rules whose filter matches an object. A tier nested
+inside another tier of the same bucket (raw/events_quarantine/ inside raw/) therefore cannot be kept
+longer than its parent: the generator refuses such a policy instead of emitting rules that would
+silently delete data earlier than the policy says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POLICY_PATH = REPO_ROOT / "privacy_policies" / "retention.yaml"
+OUTPUT_PATH = (
+    REPO_ROOT / "infra" / "terraform" / "modules" / "storage" / "lifecycle.generated.tf"
+)
+
+# Buckets a tier may live in, and the Terraform variable holding each bucket's base prefix
+# (the `<prefix>` of PERSONALIZATION_LANDING_URL / PERSONALIZATION_LAKE_URL).
+BUCKET_PREFIX_VARS = {"landing": "landing_prefix", "lake": "lake_prefix"}
+
+# Old object versions (overwritten or deleted objects, including rows removed by an erasure request)
+# are purged this many days after they became noncurrent, unless a tier sets `noncurrent_days`.
+# 7 days leaves an undo window for operator mistakes and stays well inside the one-month deadline
+# for answering erasure requests (GDPR Art. 12(3)); it may never exceed MAX_NONCURRENT_DAYS.
+DEFAULT_NONCURRENT_DAYS = 7
+MAX_NONCURRENT_DAYS = 30
+# Parts of failed multipart uploads are invisible but billed (and may hold PII): drop them quickly
+# (one bucket-wide rule per bucket).
+ABORT_INCOMPLETE_MULTIPART_DAYS = 1
+
+
+class PolicyError(ValueError):
+    """retention.yaml is malformed or cannot be enforced with S3 lifecycle rules."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    bucket: str
+    prefix: str
+    days: int
+    noncurrent_days: int
+
+
+def load_tiers(policy_path: Path = POLICY_PATH) -> list[Tier]:
+    """Read and validate the retention policy. Raises PolicyError naming the tier and the problem."""
+    with open(policy_path, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh) or {}
+    return parse_tiers(doc, source=str(policy_path))
+
+
+def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
+    raw_tiers = doc.get("tiers")
+    if not isinstance(raw_tiers, dict) or not raw_tiers:
+        raise PolicyError(f"{source}: `tiers` must be a non-empty mapping")
+    tiers: list[Tier] = []
+    for name, spec in raw_tiers.items():
+        where = f"{source}: tiers.{name}"
+        if not isinstance(spec, dict):
+            raise PolicyError(f"{where} must be a mapping")
+        bucket = spec.get("bucket")
+        if bucket not in BUCKET_PREFIX_VARS:
+            raise PolicyError(
+                f"{where}.bucket={bucket!r}; expected one of {sorted(BUCKET_PREFIX_VARS)}"
+            )
+        prefix = spec.get("prefix", "")
+        if prefix is None:
+            prefix = ""
+        if (
+            not isinstance(prefix, str)
+            or prefix.startswith("/")
+            or (prefix and not prefix.endswith("/"))
+        ):
+            raise PolicyError(
+                f"{where}.prefix={prefix!r}; expected '' or a relative prefix ending with '/'"
+            )
+        days = spec.get("days")
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            raise PolicyError(
+                f"{where}.days={days!r}; expected a whole number of days >= 1"
+            )
+        noncurrent = spec.get("noncurrent_days", DEFAULT_NONCURRENT_DAYS)
+        if (
+            not isinstance(noncurrent, int)
+            or isinstance(noncurrent, bool)
+            or not 1 <= noncurrent <= MAX_NONCURRENT_DAYS
+        ):
+            raise PolicyError(
+                f"{where}.noncurrent_days={noncurrent!r}; expected 1..{MAX_NONCURRENT_DAYS}"
+            )
+        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent))
+
+    seen: dict[tuple[str, str], str] = {}
+    for tier in tiers:
+        key = (tier.bucket, tier.prefix)
+        if key in seen:
+            raise PolicyError(
+                f"{source}: tiers {seen[key]} and {tier.name} both cover {tier.bucket}:{tier.prefix!r}"
+            )
+        seen[key] = tier.name
+    for child in tiers:
+        for parent in tiers:
+            if parent is child or parent.bucket != child.bucket:
+                continue
+            if child.prefix.startswith(parent.prefix) and child.days > parent.days:
+                raise PolicyError(
+                    f"{source}: tier {child.name} ({child.bucket}:{child.prefix!r}, {child.days} days) is nested in "
+                    f"tier {parent.name} ({parent.prefix!r}, {parent.days} days). S3 applies the shortest matching "
+                    f"expiration, so {child.name} would be deleted after {parent.days} days. Move {child.name} out of "
+                    f"{parent.prefix!r} or shorten it."
+                )
+    return tiers
+
+
+def _hcl_prefix(tier: Tier) -> str:
+    """HCL expression of the rule's key prefix: the bucket's base prefix variable + the tier prefix."""
+    var = f"var.{BUCKET_PREFIX_VARS[tier.bucket]}"
+    return var if not tier.prefix else f'"${{{var}}}{tier.prefix}"'
+
+
+def render(tiers: list[Tier]) -> str:
+    """The Terraform text for the lifecycle configurations (canonical `terraform fmt` layout)."""
+    lines = [
+        "# GENERATED by infra/scripts/render_retention.py from privacy_policies/retention.yaml. DO NOT EDIT.",
+        "# Change the policy, then run `python infra/scripts/render_retention.py`;",
+        "# tests/infra/test_retention_lifecycle.py fails when this file and the policy disagree.",
+    ]
+    for bucket in BUCKET_PREFIX_VARS:
+        bucket_tiers = sorted(
+            (t for t in tiers if t.bucket == bucket), key=lambda t: (t.prefix, t.name)
+        )
+        if not bucket_tiers:
+            continue
+        lines += [
+            "",
+            f'resource "aws_s3_bucket_lifecycle_configuration" "{bucket}" {{',
+            f"  bucket = aws_s3_bucket.{bucket}.id",
+            "",
+            "  # Noncurrent-version rules only act once versioning is on.",
+            f'  depends_on = [aws_s3_bucket_versioning.data["{bucket}"]]',
+            "",
+            "  # Bucket-wide: parts of failed multipart uploads are invisible but billed and may hold PII.",
+            "  rule {",
+            '    id     = "abort-incomplete-multipart-uploads"',
+            '    status = "Enabled"',
+            "",
+            "    filter {}",
+            "",
+            "    abort_incomplete_multipart_upload {",
+            f"      days_after_initiation = {ABORT_INCOMPLETE_MULTIPART_DAYS}",
+            "    }",
+            "  }",
+        ]
+        for tier in bucket_tiers:
+            lines += [
+                "",
+                f"  # Tier {tier.name}: keep {tier.days} days; old versions {tier.noncurrent_days} days after replacement/deletion.",
+                "  rule {",
+                f'    id     = "retention-{tier.name}"',
+                '    status = "Enabled"',
+                "",
+                "    filter {",
+                f"      prefix = {_hcl_prefix(tier)}",
+                "    }",
+                "",
+                "    expiration {",
+                f"      days = {tier.days}",
+                "    }",
+                "",
+                "    noncurrent_version_expiration {",
+                f"      noncurrent_days = {tier.noncurrent_days}",
+                "    }",
+                "  }",
+            ]
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the generated file is stale"
+    )
+    args = parser.parse_args(argv)
+    try:
+        text = render(load_tiers())
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    current = OUTPUT_PATH.read_text(encoding="utf-8") if OUTPUT_PATH.exists() else None
+    if args.check:
+        if current != text:
+            print(
+                f"{OUTPUT_PATH} is stale: run python infra/scripts/render_retention.py",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{OUTPUT_PATH} is up to date")
+        return 0
+    if current != text:
+        OUTPUT_PATH.write_text(text, encoding="utf-8")
+        print(f"wrote {OUTPUT_PATH}")
+    else:
+        print(f"{OUTPUT_PATH} already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+# Secrets Manager secrets the Dagster runs need, encrypted with a dedicated customer-managed key.
+#
+# Terraform creates the secret containers only; the VALUES are put out of band (see docs/DEPLOYMENT.md,
+# "Secrets") so they never appear in Terraform state or plan output:
+#   <name>/pseudonym-keys : JSON map {"<version>": "<64 hex chars>"} -> env PERSONALIZATION_PSEUDONYM_KEYS
+#   <name>/snowflake      : JSON {"SNOWFLAKE_USER": "...", "SNOWFLAKE_PASSWORD": "<programmatic access token>"}
+# Decryption is granted through IAM (modules/iam: run role, kms:ViaService = Secrets Manager).
+# They reach the run pods as environment variables through External Secrets Operator
+# (infra/helm/external-secrets.yaml): one Kubernetes Secret per AWS secret, referenced by the Helm
+# values through envSecrets.
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+
+  secrets = {
+    pseudonym-keys = "HMAC keys for pseudonymization, JSON {\"<version>\": \"<hex key>\"} (PERSONALIZATION_PSEUDONYM_KEYS). Rotating = adding a version, never replacing one."
+    snowflake      = "Snowflake credentials of the pipeline service user, JSON {SNOWFLAKE_USER, SNOWFLAKE_PASSWORD (programmatic access token)}."
+  }
+}
+
+data "aws_iam_policy_document" "secrets_key" {
+  #checkov:skip=CKV_AWS_109:KMS key policy: Resource "*" denotes this key only; the root statement is AWS's default delegation to IAM.
+  #checkov:skip=CKV_AWS_111:KMS key policy: Resource "*" denotes this key only; usage is granted by IAM policies (modules/iam) restricted with kms:ViaService.
+  #checkov:skip=CKV_AWS_356:KMS key policy: Resource "*" is the only valid resource in a key policy.
+  statement {
+    sid       = "EnableIamPoliciesOfThisAccount"
+    actions   = ["kms:*"]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
+    }
+  }
+}
+
+resource "aws_kms_key" "secrets" {
+  description             = "${var.name}: encrypts the application secrets in Secrets Manager"
+  enable_key_rotation     = true
+  rotation_period_in_days = 365
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.secrets_key.json
+  tags                    = var.tags
+}
+
+resource "aws_kms_alias" "secrets" {
+  name          = "alias/${var.name}-secrets"
+  target_key_id = aws_kms_key.secrets.key_id
+}
+
+resource "aws_secretsmanager_secret" "app" {
+  for_each = local.secrets
+
+  #checkov:skip=CKV2_AWS_57:No Lambda rotation: an HMAC pseudonymization key is rotated by ADDING a version (old pseudonyms must stay verifiable) and the Snowflake token by a Snowflake-side rotation; both are runbook steps in docs/DEPLOYMENT.md, and the token's expiry enforces the cadence.
+  name                    = "${var.name}/${each.key}"
+  description             = each.value
+  kms_key_id              = aws_kms_key.secrets.arn
+  recovery_window_in_days = var.recovery_window_days
+  tags                    = merge(var.tags, { Name = "${var.name}/${each.key}" })
+}

@@ -1,0 +1,344 @@
+"""S3 lifecycle rules vs privacy_policies/retention.yaml: one source of truth for retention.
+
+The lifecycle rules are generated (infra/scripts/render_retention.py) into
+infra/terraform/modules/storage/lifecycle.generated.tf. These tests check, from the parsed Terraform
+and independently of the generator's own logic, that the EFFECTIVE expiry S3 will apply to every tier
+equals the policy (S3 applies the shortest expiration among all rules matching an object), that nothing
+else in the buckets expires, and that old versions and failed uploads are purged. Negative tests prove
+the comparison catches a mismatch.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from .conftest import REPO_ROOT, TERRAFORM, load_module, load_tf, resources
+
+POLICY = REPO_ROOT / "privacy_policies" / "retention.yaml"
+STORAGE = TERRAFORM / "modules" / "storage"
+GENERATED = STORAGE / "lifecycle.generated.tf"
+BASE_PREFIX_VAR = {"landing": "landing_prefix", "lake": "lake_prefix"}
+# Erasure requests must be answered within one month (GDPR Art. 12(3)): a deleted object's old
+# version may not outlive that.
+MAX_NONCURRENT_DAYS = 30
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location(
+        "render_retention", REPO_ROOT / "infra" / "scripts" / "render_retention.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = (
+        module  # dataclasses resolve annotations through sys.modules
+    )
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Rule:
+    bucket: str
+    rule_id: str
+    prefix: (
+        str  # relative to the bucket's base prefix; None-filter (whole bucket) is ""
+    )
+    whole_bucket: bool
+    expiration_days: int | None
+    noncurrent_days: int | None
+    abort_days: int | None
+
+
+def _single(blocks, what: str):
+    if blocks in (None, []):
+        return None
+    if isinstance(blocks, list):
+        assert len(blocks) == 1, f"{what}: expected one block, got {len(blocks)}"
+        return blocks[0]
+    return blocks
+
+
+def _bucket_of(body: dict) -> str:
+    match = re.fullmatch(
+        r"\$\{aws_s3_bucket\.(\w+)\.(id|bucket)\}", str(body.get("bucket", ""))
+    )
+    assert match, (
+        f"lifecycle configuration must target aws_s3_bucket.<name>.id, got {body.get('bucket')!r}"
+    )
+    return match.group(1)
+
+
+def _relative_prefix(bucket: str, raw: str) -> str:
+    var = BASE_PREFIX_VAR[bucket]
+    prefix_expr = f"${{var.{var}}}"
+    if raw == prefix_expr:
+        return ""
+    assert raw.startswith(prefix_expr), (
+        f"rule prefix {raw!r} of bucket {bucket} must start with var.{var} (the base prefix of the bucket URL)"
+    )
+    return raw[len(prefix_expr) :]
+
+
+def parse_rules(tf: dict) -> list[Rule]:
+    """Lifecycle rules of the landing and lake buckets from a parsed .tf document."""
+    rules: list[Rule] = []
+    for name, body in resources(tf, "aws_s3_bucket_lifecycle_configuration").items():
+        bucket = _bucket_of(body)
+        if bucket not in BASE_PREFIX_VAR:
+            continue
+        for rule in body.get("rule", []):
+            if rule.get("status") != "Enabled":
+                continue
+            rule_filter = _single(rule.get("filter"), f"{name}.filter")
+            whole = (
+                not rule_filter
+                or not rule_filter.get("prefix")
+                and len(rule_filter) <= 1
+            )
+            if rule_filter and set(rule_filter) - {"prefix"}:
+                pytest.fail(
+                    f"{name}: rule {rule.get('id')} filters on {sorted(rule_filter)}; only prefix filters are expected"
+                )
+            prefix = "" if whole else _relative_prefix(bucket, rule_filter["prefix"])
+            expiration = _single(rule.get("expiration"), "expiration")
+            noncurrent = _single(
+                rule.get("noncurrent_version_expiration"),
+                "noncurrent_version_expiration",
+            )
+            abort = _single(
+                rule.get("abort_incomplete_multipart_upload"),
+                "abort_incomplete_multipart_upload",
+            )
+            rules.append(
+                Rule(
+                    bucket=bucket,
+                    rule_id=rule.get("id", "?"),
+                    prefix=prefix,
+                    whole_bucket=whole and not (rule_filter or {}).get("prefix"),
+                    expiration_days=int(expiration["days"]) if expiration else None,
+                    noncurrent_days=int(noncurrent["noncurrent_days"])
+                    if noncurrent
+                    else None,
+                    abort_days=int(abort["days_after_initiation"]) if abort else None,
+                )
+            )
+    return rules
+
+
+def policy_tiers(policy: dict) -> dict[str, dict]:
+    return {
+        name: {
+            "bucket": spec["bucket"],
+            "prefix": spec.get("prefix") or "",
+            "days": spec["days"],
+        }
+        for name, spec in policy["tiers"].items()
+    }
+
+
+def compare(policy: dict, rules: list[Rule]) -> list[str]:
+    """Every way the lifecycle rules disagree with the policy (empty list = consistent)."""
+    problems: list[str] = []
+    tiers = policy_tiers(policy)
+    for name, tier in tiers.items():
+        own = [
+            r
+            for r in rules
+            if r.bucket == tier["bucket"]
+            and r.prefix == tier["prefix"]
+            and r.expiration_days is not None
+        ]
+        if not own:
+            problems.append(
+                f"tier {name}: no expiration rule for {tier['bucket']}:{tier['prefix']!r}"
+            )
+        # Objects of this tier are matched by every rule whose prefix is a prefix of the tier's.
+        matching = [
+            r.expiration_days
+            for r in rules
+            if r.bucket == tier["bucket"]
+            and r.expiration_days is not None
+            and tier["prefix"].startswith(r.prefix)
+        ]
+        if matching and min(matching) != tier["days"]:
+            problems.append(
+                f"tier {name}: objects under {tier['bucket']}:{tier['prefix']!r} expire after {min(matching)} days "
+                f"(shortest matching rule), policy says {tier['days']}"
+            )
+        noncurrent = [
+            r.noncurrent_days
+            for r in rules
+            if r.bucket == tier["bucket"]
+            and r.noncurrent_days is not None
+            and tier["prefix"].startswith(r.prefix)
+        ]
+        if not noncurrent:
+            problems.append(
+                f"tier {name}: old object versions never expire (no noncurrent_version_expiration)"
+            )
+        elif min(noncurrent) > MAX_NONCURRENT_DAYS:
+            problems.append(
+                f"tier {name}: old versions kept {min(noncurrent)} days > {MAX_NONCURRENT_DAYS} (erasure deadline)"
+            )
+    for rule in rules:
+        if rule.expiration_days is None:
+            continue
+        if not any(
+            t["bucket"] == rule.bucket and t["prefix"] == rule.prefix
+            for t in tiers.values()
+        ):
+            problems.append(
+                f"rule {rule.rule_id} expires {rule.bucket}:{rule.prefix!r} after {rule.expiration_days} days but no "
+                "retention tier declares that prefix"
+            )
+    for bucket in {t["bucket"] for t in tiers.values()}:
+        if not any(
+            r.bucket == bucket and r.whole_bucket and r.abort_days for r in rules
+        ):
+            problems.append(
+                f"bucket {bucket}: no bucket-wide abort_incomplete_multipart_upload rule"
+            )
+    return problems
+
+
+@pytest.fixture(scope="module")
+def policy() -> dict:
+    with open(POLICY, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="module")
+def storage_rules() -> list[Rule]:
+    return parse_rules(load_module(STORAGE))
+
+
+def test_lifecycle_rules_match_retention_policy(policy, storage_rules):
+    assert storage_rules, "no lifecycle rules found for the landing and lake buckets"
+    assert compare(policy, storage_rules) == []
+
+
+def test_every_policy_tier_has_its_own_rule(policy, storage_rules):
+    by_prefix = {
+        (r.bucket, r.prefix): r for r in storage_rules if r.expiration_days is not None
+    }
+    for name, tier in policy_tiers(policy).items():
+        rule = by_prefix.get((tier["bucket"], tier["prefix"]))
+        assert rule is not None, f"tier {name} has no rule"
+        assert rule.expiration_days == tier["days"], (
+            f"tier {name}: rule says {rule.expiration_days}, policy {tier['days']}"
+        )
+
+
+def test_only_the_generated_file_sets_expiry_on_data_buckets():
+    for path in sorted(STORAGE.glob("*.tf")):
+        if path == GENERATED:
+            continue
+        assert parse_rules(load_tf(path)) == [], (
+            f"{path.name} adds lifecycle rules to a data bucket; edit retention.yaml instead"
+        )
+
+
+def test_generated_file_is_up_to_date():
+    generator = _load_generator()
+    expected = generator.render(generator.load_tiers(POLICY))
+    assert GENERATED.read_text(encoding="utf-8") == expected, (
+        "lifecycle.generated.tf is stale: run `python infra/scripts/render_retention.py`"
+    )
+
+
+def test_lifecycle_targets_the_buckets_of_the_storage_module():
+    module = load_module(STORAGE)
+    buckets = resources(module, "aws_s3_bucket")
+    versioning = resources(module, "aws_s3_bucket_versioning")
+    assert {"landing", "lake"} <= set(buckets)
+    assert "data" in versioning, (
+        "data buckets must be versioned (noncurrent rules need versioning)"
+    )
+    for status in [
+        v["versioning_configuration"][0]["status"] for v in versioning.values()
+    ]:
+        assert status == "Enabled"
+
+
+# ----------------------------------------------------------------------------------------------
+# Negative tests: the comparison must detect each kind of drift.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_detects_changed_expiry(policy, storage_rules):
+    tampered = [
+        Rule(**{**r.__dict__, "expiration_days": r.expiration_days + 1})
+        if r.rule_id == "retention-consented"
+        else r
+        for r in storage_rules
+    ]
+    problems = compare(policy, tampered)
+    assert any("tier consented" in p and "396" in p for p in problems), problems
+
+
+def test_detects_policy_change_without_regeneration(policy, storage_rules):
+    changed = copy.deepcopy(policy)
+    changed["tiers"]["privacy"]["days"] = 3650
+    problems = compare(changed, storage_rules)
+    assert any("tier privacy" in p for p in problems), problems
+
+
+def test_detects_missing_tier_rule(policy, storage_rules):
+    without = [r for r in storage_rules if r.rule_id != "retention-features"]
+    assert any(
+        "tier features: no expiration rule" in p for p in compare(policy, without)
+    )
+
+
+def test_detects_extra_rule_deleting_undeclared_data(policy, storage_rules):
+    extra = storage_rules + [Rule("lake", "sneaky", "scratch/", False, 1, 1, None)]
+    assert any("rule sneaky" in p for p in compare(policy, extra))
+
+
+def test_detects_nested_tier_kept_longer_than_its_parent(policy, storage_rules):
+    changed = copy.deepcopy(policy)
+    changed["tiers"]["quarantine"]["days"] = (
+        90  # nested in raw/ (30 days): S3 would delete at 30
+    )
+    rules = [
+        Rule(**{**r.__dict__, "expiration_days": 90})
+        if r.rule_id == "retention-quarantine"
+        else r
+        for r in storage_rules
+    ]
+    problems = compare(changed, rules)
+    assert any("tier quarantine" in p and "expire after 30" in p for p in problems), (
+        problems
+    )
+
+
+def test_detects_missing_noncurrent_expiration(policy, storage_rules):
+    rules = [Rule(**{**r.__dict__, "noncurrent_days": None}) for r in storage_rules]
+    assert any("old object versions never expire" in p for p in compare(policy, rules))
+
+
+def test_generator_refuses_nested_tier_longer_than_parent(policy):
+    generator = _load_generator()
+    changed = copy.deepcopy(policy)
+    changed["tiers"]["quarantine"]["days"] = 90
+    with pytest.raises(generator.PolicyError, match="nested"):
+        generator.parse_tiers(changed)
+
+
+def test_generator_output_round_trips_through_the_comparison(policy, tmp_path):
+    """A policy change rendered by the generator is consistent; the old file is not."""
+    generator = _load_generator()
+    changed = copy.deepcopy(policy)
+    changed["tiers"]["consented"]["days"] = 200
+    changed["tiers"]["features"]["days"] = 200
+    path = tmp_path / "lifecycle.tf"
+    path.write_text(generator.render(generator.parse_tiers(changed)), encoding="utf-8")
+    assert compare(changed, parse_rules(load_tf(path))) == []
+    assert compare(changed, parse_rules(load_module(STORAGE))) != []
