@@ -6,9 +6,9 @@ carries ``seq`` (1, 2, 3 … without gaps), ``prev_hash`` and
 segment and never rewrites an old one. ``verify`` recomputes the chain: an edited, removed, inserted
 or reordered row breaks it, and the first broken position is reported.
 
-Writers are serialized: locally with an exclusive file lock, in production by the run queue's tag
-concurrency limit `privacy/log-writer: 1` (infra/helm/values.yaml); a concurrent append that slipped
-through would produce a duplicate seq, which `verify` reports.
+Concurrent writers (several run pods auditing reads at once) are safe: a segment is named by its first
+seq and created with an exclusive create (hard link locally, `If-None-Match: *` on S3), so two writers
+racing for the same position cannot overwrite each other; the loser re-reads the head and retries.
 """
 
 from __future__ import annotations
@@ -98,23 +98,31 @@ class HashChainedLog:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def append(self, rows: list[dict]) -> tuple[int, str]:
+    def append(self, rows: list[dict], attempts: int = 20) -> tuple[int, str]:
         """Append rows (dicts without chain fields) as one new segment. Returns (rows appended, head hash)."""
+        import io
+
+        import pyarrow.parquet as pq
+
         with self._lock():
-            seq, prev = self.head()
-            if not rows:
-                return 0, prev
-            out = []
-            for row in rows:
-                seq += 1
-                r = {**row, "seq": seq, "prev_hash": prev}
-                r["row_hash"] = row_hash(prev, r)
-                prev = r["row_hash"]
-                out.append(r)
-            first = out[0]["seq"]
-            table = pa.Table.from_pylist(out, schema=self.schema)
-            self.lake.write_table(self.layer, self.name, table, partition={"segment": f"{first:012d}"})
-            return len(out), prev
+            for _ in range(attempts):
+                seq, prev = self.head()
+                if not rows:
+                    return 0, prev
+                out = []
+                for row in rows:
+                    seq += 1
+                    r = {**row, "seq": seq, "prev_hash": prev}
+                    r["row_hash"] = row_hash(prev, r)
+                    prev = r["row_hash"]
+                    out.append(r)
+                first = out[0]["seq"]
+                buf = io.BytesIO()
+                pq.write_table(pa.Table.from_pylist(out, schema=self.schema), buf)
+                relative = self.lake.data_file(self.layer, self.name, {"segment": f"{first:012d}"})
+                if self.lake.create_exclusive(relative, buf.getvalue()):
+                    return len(out), prev
+            raise RuntimeError(f"could not append to {self.layer}/{self.name}: {attempts} concurrent writers won the race")
 
     def verify(self, expected_head: str | None = None) -> ChainStatus:
         segs = self.segments()

@@ -134,6 +134,50 @@ class _FileStore(dg.ConfigurableResource):
             with fs.open_output_stream(path, compression=None) as out:
                 out.write(data)
 
+    def create_exclusive(self, relative: str, data: bytes) -> bool:
+        """Write an object only if it does not exist yet (atomically). Returns False if it already existed.
+
+        Local: hard-link a fully written temp file into place (link fails if the name exists). S3: a PUT
+        with `If-None-Match: *` (S3 conditional writes), through boto3 because pyarrow cannot send it.
+        Append-only logs use this so two concurrent writers can never overwrite each other's segment.
+        """
+        path = self.full_path(relative)
+        if not self.is_s3:
+            parent = path.rsplit("/", 1)[0]
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        import boto3
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint_url,
+            region_name=self.aws_region,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+        )
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
+                "ResponseMetadata", {}
+            ).get("HTTPStatusCode") in (409, 412):
+                return False
+            raise
+
     def delete(self, relative: str) -> None:
         fs = self.filesystem()
         path = self.full_path(relative)
