@@ -1,15 +1,18 @@
 """The single entry point: `dagster dev`, `dg`, the webserver, the CLI and the tests load `defs` from here.
 
 Local and production differ only in the resources (chosen by PERSONALIZATION_ENV); the asset graph is
-identical. Settings are validated while this module loads, so a misconfiguration fails here with a
-message naming the setting and the fix.
+identical. Settings and privacy policies are validated while this module loads, so a misconfiguration
+fails here with a message naming the setting (or policy file and key) and the fix.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from personalization_assets.jobs import build_jobs
+from personalization_assets.automation import conditions, freshness
+from personalization_assets.automation.schedules import build_schedules
+from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
+from personalization_assets.jobs import OPERATIONS, build_jobs
 from personalization_assets.privacy.assets import build_privacy_assets
 from personalization_assets.privacy.operations import build_erasure_asset, key_rotation_log, retention_log
 from personalization_assets.privacy.policies import get_policy
@@ -19,17 +22,47 @@ from personalization_assets.resources import build_resources
 from personalization_assets.settings import Settings, load_settings
 
 
+def _automate(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Freshness policies and automation conditions, from the defaults in `automation/` (one place)."""
+    return spec.replace_attributes(
+        freshness_policy=freshness.policy_for(spec.key) or spec.freshness_policy,
+        automation_condition=conditions.condition_for(spec.key) or spec.automation_condition,
+    )
+
+
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
+    get_policy()  # validate privacy_policies/ at load time: a bad file fails here, naming file and key
     partitions = events_partitions(settings.events_start)
     storage_kind = "s3" if settings.lake_url.startswith("s3://") else "local"
-    get_policy()  # validate privacy_policies/ at load time: a bad file fails here, naming file and key
+    resources = build_resources(settings)
+    resources["alert_webhook"] = AlertWebhook(url=dg.EnvVar("PERSONALIZATION_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None)
+
     assets = [*build_raw_assets(partitions, storage_kind), *build_privacy_assets(partitions, storage_kind)]
     # the erasure plan is derived from the lineage of everything above
-    resources = build_resources(settings)
     lineage = dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()
     operations = [build_erasure_asset(lineage), retention_log, key_rotation_log]
-    return dg.Definitions(assets=[*assets, *operations], resources=resources, jobs=build_jobs())
+
+    automation_sensors = [
+        dg.AutomationConditionSensorDefinition(
+            f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15,
+            description=f"Evaluates the declarative automation conditions of the {name} layer (see automation/conditions.py).",
+        )
+        for name, selection in (
+            ("privacy", dg.AssetSelection.groups("privacy") - OPERATIONS),
+            ("features", dg.AssetSelection.groups("features")),
+            ("segments", dg.AssetSelection.groups("segments", "warehouse", "exports")),
+        )
+    ]
+    rebuild = dg.AssetSelection.groups("features", "segments", "warehouse")
+    defs = dg.Definitions(
+        assets=[*assets, *operations],
+        resources=resources,
+        jobs=build_jobs(),
+        schedules=build_schedules(partitions, rebuild),
+        sensors=[build_landing_sensor(partitions), run_failure_alert, *automation_sensors],
+    )
+    return defs.map_resolved_asset_specs(func=_automate)
 
 
 defs = build_definitions()

@@ -1,0 +1,63 @@
+"""Schedules (all defined here, running by default in local dev):
+
+| schedule | cron (UTC) | what |
+|---|---|---|
+| `landing_extraction_every_5_minutes` | `*/5 * * * *` | ingest the hours of the last 3 days (and reference sources) whose landing files changed and have no run yet — the backstop of the landing sensor |
+| `retention_daily` | `15 3 * * *` | delete partitions older than `privacy_policies/retention.yaml` |
+| `segments_nightly_rebuild` | `30 2 * * *` | full rebuild of the features and warehouse marts |
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from personalization_assets.automation.sensors import landing_state, run_requests_for
+from personalization_assets.raw.partitions import PARTITION_FMT
+from personalization_assets.resources.storage import LandingZone
+
+LATE_WINDOW = timedelta(days=3)
+
+
+def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection) -> list:
+    @dg.schedule(
+        name="landing_extraction_every_5_minutes",
+        cron_schedule="*/5 * * * *",
+        execution_timezone="UTC",
+        target=dg.AssetSelection.groups("raw"),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every 5 minutes: ingest the hours (last 3 days) and reference sources whose files changed and "
+        "have no successful or running ingestion yet. Stateless; de-duplicated with the sensor by a digest tag.",
+    )
+    def landing_extraction(context: dg.ScheduleEvaluationContext, landing: LandingZone):
+        now = context.scheduled_execution_time or datetime.now(timezone.utc)
+        oldest = (now - LATE_WINDOW).strftime(PARTITION_FMT)
+
+        def recent(pk: str) -> bool:
+            return pk >= oldest and partitions_def.has_partition_key(pk)
+
+        requests = run_requests_for(landing_state(landing, recent), {}, context.instance)
+        if not requests:
+            return dg.SkipReason("no changed landing files without an ingestion run")
+        return requests
+
+    retention = dg.ScheduleDefinition(
+        name="retention_daily",
+        cron_schedule="15 3 * * *",
+        execution_timezone="UTC",
+        job_name="retention",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Daily retention per privacy_policies/retention.yaml.",
+    )
+    rebuild = dg.define_asset_job("segments_rebuild", selection=rebuild_selection,
+                                  description="Full rebuild of features and warehouse segments.")
+    nightly = dg.ScheduleDefinition(
+        name="segments_nightly_rebuild",
+        cron_schedule="30 2 * * *",
+        execution_timezone="UTC",
+        job=rebuild,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Nightly full rebuild of the features and the warehouse marts.",
+    )
+    return [landing_extraction, retention, nightly]

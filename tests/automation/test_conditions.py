@@ -1,0 +1,114 @@
+"""Declarative automation, evaluated tick by tick with the cursor carried over: a stale asset with new
+upstream data is requested once; one whose run is in progress, or whose upstream failed a blocking
+check, is not. Uses the product's own conditions (automation/conditions.py) on a small graph, and checks
+that the real definitions carry them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+
+# No public helper sets an asset's freshness state; the FreshnessDaemon does it in a deployment. Dagster's own
+# tests report FreshnessStateChange events, and so do we, to put the asset in the FAIL/WARN state on demand.
+from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
+from dagster._time import get_current_timestamp
+
+from personalization_assets.automation.conditions import freshness_driven, partition_follows_raw
+
+CHECK_OK = {"value": True}
+
+
+@dg.asset(check_specs=[dg.AssetCheckSpec("valid", asset="up", blocking=True)])
+def up():
+    yield dg.MaterializeResult()
+    yield dg.AssetCheckResult(check_name="valid", passed=CHECK_OK["value"])
+
+
+@dg.asset(deps=[up], automation_condition=freshness_driven(),
+          freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=30), warn_window=timedelta(minutes=20)))
+def down():
+    return None
+
+
+DEFS = dg.Definitions(assets=[up, down])
+
+
+def _set_freshness(instance, state, previous=FreshnessState.UNKNOWN):
+    instance.report_runless_asset_event(
+        FreshnessStateChange(key=dg.AssetKey("down"), previous_state=previous, new_state=state, state_change_timestamp=get_current_timestamp())
+    )
+
+
+def _requested(result) -> bool:
+    return result.get_num_requested(dg.AssetKey("down")) > 0
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        CHECK_OK["value"] = True
+        yield inst
+
+
+def test_stale_asset_with_new_upstream_data_is_requested_once(instance):
+    dg.materialize([up, down], instance=instance)
+    _set_freshness(instance, FreshnessState.FAIL)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance)  # first tick only initializes the cursor
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert not _requested(r), "stale but no new upstream data: nothing to do"
+    dg.materialize([up], instance=instance)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert _requested(r), "stale and upstream has new data: requested"
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert not _requested(r), "requested once, not on every tick"
+
+
+def test_fresh_asset_waits_even_with_new_upstream_data(instance):
+    dg.materialize([up, down], instance=instance)
+    _set_freshness(instance, FreshnessState.PASS)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance)
+    dg.materialize([up], instance=instance)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert not _requested(r)
+    _set_freshness(instance, FreshnessState.WARN, FreshnessState.PASS)  # about to fail -> go
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert _requested(r)
+
+
+def test_in_progress_asset_is_not_requested(instance):
+    dg.materialize([up, down], instance=instance)
+    _set_freshness(instance, FreshnessState.FAIL)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance)
+    job = DEFS.resolve_implicit_global_asset_job_def()
+    # a queued, not yet finished run targeting `down` (as the run queue holds it while the daemon works)
+    instance.create_run_for_job(job_def=job, asset_selection=frozenset({dg.AssetKey("down")}), status=dg.DagsterRunStatus.STARTED)
+    dg.materialize([up], instance=instance)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert not _requested(r), "a run of the asset is in progress"
+
+
+def test_failed_blocking_check_upstream_stops_automation(instance):
+    dg.materialize([up, down], instance=instance)
+    _set_freshness(instance, FreshnessState.FAIL)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance)
+    CHECK_OK["value"] = False
+    dg.materialize([up], instance=instance, raise_on_error=False)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert not _requested(r), "never past a failed blocking check"
+    CHECK_OK["value"] = True
+    dg.materialize([up], instance=instance)
+    r = dg.evaluate_automation_conditions(defs=DEFS, instance=instance, cursor=r.cursor)
+    assert _requested(r)
+
+
+
+def test_definitions_wiring(data_dir):
+    from tests.helpers import defs_for_env
+
+    g = defs_for_env().resolve_asset_graph()
+    node = g.get(dg.AssetKey(["consented", "events"]))
+    assert node.automation_condition.get_label() == partition_follows_raw().get_label()
+    assert node.freshness_policy is not None
+    assert g.get(dg.AssetKey(["raw", "events"])).automation_condition is None  # the landing sensor drives raw
