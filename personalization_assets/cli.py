@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -59,7 +59,8 @@ def _cmd_generate(args) -> int:
         aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
     )
-    end = date.fromisoformat(args.end) if args.end else None
+    # default: up to yesterday (UTC), so no generated event lies in the future of the run
+    end = date.fromisoformat(args.end) if args.end else (datetime.now(timezone.utc) - timedelta(days=1)).date()
     summary = generate_landing_zone(
         landing.filesystem(),
         landing.root,
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--events", type=int, default=200_000)
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--bad-fraction", type=float, default=0.0)
-    g.add_argument("--end", help="last day of data (YYYY-MM-DD, default today UTC)")
+    g.add_argument("--end", help="last day of data (YYYY-MM-DD, default yesterday UTC)")
     g.add_argument("--days", type=int, default=7)
     g.add_argument("--no-gzip", action="store_true", help="write plain .jsonl instead of .jsonl.gz")
     g.set_defaults(func=_cmd_generate)

@@ -13,6 +13,7 @@ from personalization_assets.automation import conditions, freshness
 from personalization_assets.automation.schedules import build_schedules
 from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
 from personalization_assets.jobs import OPERATIONS, build_jobs
+from personalization_assets.monitoring.metrics import MetricsPusher, build_metrics_sensors
 from personalization_assets.privacy.assets import build_privacy_assets
 from personalization_assets.privacy.operations import build_erasure_asset, key_rotation_log, retention_log
 from personalization_assets.privacy.policies import get_policy
@@ -37,6 +38,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     storage_kind = "s3" if settings.lake_url.startswith("s3://") else "local"
     resources = build_resources(settings)
     resources["alert_webhook"] = AlertWebhook(url=dg.EnvVar("PERSONALIZATION_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None)
+    resources["metrics"] = MetricsPusher(pushgateway_url=settings.pushgateway_url)
 
     assets = [*build_raw_assets(partitions, storage_kind), *build_privacy_assets(partitions, storage_kind)]
     # the erasure plan is derived from the lineage of everything above
@@ -62,7 +64,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         schedules=build_schedules(partitions, rebuild),
         sensors=[build_landing_sensor(partitions), run_failure_alert, *automation_sensors],
     )
-    return defs.map_resolved_asset_specs(func=_automate)
+    defs = defs.map_resolved_asset_specs(func=_automate)
+    fresh = [k for k in defs.resolve_asset_graph().get_all_asset_keys() if freshness.policy_for(k) is not None]
+    return dg.Definitions.merge(defs, dg.Definitions(sensors=build_metrics_sensors(sorted(fresh, key=lambda k: k.to_user_string()))))
 
 
 defs = build_definitions()

@@ -425,6 +425,10 @@ def ingest_event_batch(
     schema = event_schema(horizon_days, max_future_minutes)
     if parsed_tables:
         table = pa_arrow.concat_tables(parsed_tables, promote_options="permissive")
+        # whatever the connection's TimeZone setting, timestamps leave ingestion as UTC
+        table = table.cast(pa_arrow.schema([
+            pa_arrow.field(f.name, pa_arrow.timestamp("us", tz="UTC")) if pa_arrow.types.is_timestamp(f.type) else f for f in table.schema
+        ]))
     else:
         empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
         table = empty.append_column("landing_hour", _hour_array(partitions[0][0] if partitions else datetime.now(), 0))
