@@ -92,7 +92,7 @@ def landing_partition_keys(defs, settings) -> list[str]:
     return sorted(keys)
 
 
-def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print):
+def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING"):
     """Materialize the selection in one in-process run; returns (success, summary_text, result)."""
     import dagster as dg
 
@@ -140,7 +140,8 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         ensure_dagster_home()
         instance = dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False)
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False, run_config=run_config)
     layers = summarize(result.all_events, group_lookup(defs))
     text = format_summary(layers)
     blocking_failed = _failed_blocking_checks(result, graph)
@@ -159,7 +160,7 @@ def _failed_blocking_checks(result, graph) -> list[str]:
 
 
 def _cmd_materialize(args) -> int:
-    ok, text, result = run_materialize(args.select, args.partitions)
+    ok, text, result = run_materialize(args.select, args.partitions, log_level="INFO" if args.verbose else "WARNING")
     print()
     print(text)
     print()
@@ -169,8 +170,29 @@ def _cmd_materialize(args) -> int:
             print(f"FAILED step {e.step_key}: {e.event_specific_data.error.message.strip()[:500]}", file=sys.stderr)
         print(f"Run {result.run_id} FAILED (see the UI: make dev)", file=sys.stderr)
         return 1
+    _print_segment_sizes(result)
     print(f"Run {result.run_id} succeeded. Browse the lineage: `make dev`, then open http://127.0.0.1:3000")
     return 0
+
+
+def _print_segment_sizes(result) -> None:
+    """After segments were built, show their (exact, internal) sizes."""
+    built = any(
+        ev.event_type_value == "ASSET_MATERIALIZATION" and ev.event_specific_data.materialization.asset_key.path == ["segments", "segment_sizes"]
+        for ev in result.all_events
+    )
+    if not built:
+        return
+    from personalization_assets.definitions import defs
+    from personalization_assets.settings import load_settings
+    from personalization_assets.warehouse.resources import read_segment_sizes
+
+    sizes = read_segment_sizes(load_settings(), defs.resources.get("snowflake"))
+    if sizes:
+        print("Segment sizes (segments.segment_sizes, exact, internal):")
+        for seg_type, name, members in sizes:
+            print(f"  {seg_type:<12}{name:<34}{members:>9,}")
+        print()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("materialize", help="materialize assets on the configured environment and print a summary")
     m.add_argument("--select", help="Dagster asset selection (default: all assets), e.g. 'group:raw' or 'key:raw/events+'")
     m.add_argument("--partitions", help="event partition range START..END (default: every hour present in the landing zone)")
+    m.add_argument("--verbose", action="store_true", help="stream the run's INFO logs (dbt output included)")
     m.set_defaults(func=_cmd_materialize)
     return p
 

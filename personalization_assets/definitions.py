@@ -12,6 +12,7 @@ import dagster as dg
 from personalization_assets.automation import conditions, freshness
 from personalization_assets.automation.schedules import build_schedules
 from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
+from personalization_assets.features import build_feature_assets
 from personalization_assets.jobs import OPERATIONS, build_jobs
 from personalization_assets.monitoring.metrics import MetricsPusher, build_metrics_sensors
 from personalization_assets.privacy.assets import build_privacy_assets
@@ -21,6 +22,7 @@ from personalization_assets.raw.assets import build_raw_assets
 from personalization_assets.raw.partitions import events_partitions
 from personalization_assets.resources import build_resources
 from personalization_assets.settings import Settings, load_settings
+from personalization_assets.warehouse import build_warehouse_defs
 
 
 def _automate(spec: dg.AssetSpec) -> dg.AssetSpec:
@@ -36,14 +38,20 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     get_policy()  # validate privacy_policies/ at load time: a bad file fails here, naming file and key
     partitions = events_partitions(settings.events_start)
     storage_kind = "s3" if settings.lake_url.startswith("s3://") else "local"
-    resources = build_resources(settings)
+    warehouse = build_warehouse_defs(settings)
+    resources = {**build_resources(settings), **warehouse.resources}
     resources["alert_webhook"] = AlertWebhook(url=dg.EnvVar("PERSONALIZATION_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None)
     resources["metrics"] = MetricsPusher(pushgateway_url=settings.pushgateway_url)
 
-    assets = [*build_raw_assets(partitions, storage_kind), *build_privacy_assets(partitions, storage_kind)]
+    assets = [
+        *build_raw_assets(partitions, storage_kind),
+        *build_privacy_assets(partitions, storage_kind),
+        *build_feature_assets(),
+        *warehouse.assets,
+    ]
     # the erasure plan is derived from the lineage of everything above
     lineage = dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()
-    operations = [build_erasure_asset(lineage), retention_log, key_rotation_log]
+    operations = [build_erasure_asset(lineage, warehouse_eraser_key="warehouse"), retention_log, key_rotation_log]
 
     automation_sensors = [
         dg.AutomationConditionSensorDefinition(

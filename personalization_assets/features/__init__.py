@@ -1,0 +1,5 @@
+"""The features layer: consented events -> person-level feature tables (see FEATURES.md)."""
+
+from personalization_assets.features.assets import FeatureConfig, build_feature_assets
+
+__all__ = ["FeatureConfig", "build_feature_assets"]

@@ -1,0 +1,292 @@
+"""The features layer (group `features`): consented events -> person-level feature tables in the lake.
+
+One multi-asset computes all seven tables in one DuckDB session (they share the deduplicated,
+consent-filtered event history, so splitting them would repeat the expensive part). The SQL lives in
+features/sql.py; this module only wires lake I/O, metadata and checks. Definitions: features/FEATURES.md.
+"""
+
+
+import time
+from contextlib import contextmanager
+
+import dagster as dg
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.features import checks as feature_checks
+from personalization_assets.features.inputs import arrow_schema, consent_state_schema, consented_events_schema
+from personalization_assets.features.models import FEATURE_MODELS, EventsClean
+from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of
+from personalization_assets.features.sql import (
+    DERIVED,
+    TABLES,
+    build_derived,
+    build_events_clean_sql,
+    build_identity,
+    drop_intermediates,
+    select_output_sql,
+    temp_table,
+)
+from personalization_assets.resources import DuckDBEngine
+from personalization_assets.resources.storage import LakeStorage, WriteResult
+
+GROUP = "features"
+OWNERS = ["team:personalization"]
+LAYER = "features"
+CONSENTED_EVENTS = dg.AssetKey(["consented", "events"])
+CONSENT_STATE = dg.AssetKey(["privacy", "consent_state"])
+FEATURE_KEYS = {table: dg.AssetKey([LAYER, table]) for table in TABLES}
+
+# tables that feed the warehouse: a failed schema check there stops downstream assets
+BLOCKING_SCHEMA = {"identity_map", "user_rfm", "content_affinity", "engagement", "purpose_eligibility"}
+SESSION_CHECK = "every_consented_event_in_one_session"
+IDENTIFIER_CHECK = "no_direct_identifier_columns"
+
+EVENTS_VIEW = "consented_events"
+CONSENT_VIEW = "consent_state"
+WRITTEN_VIEW = "features_{table}_written"
+BATCH_ROWS = 256_000
+STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+
+DESCRIPTIONS = {
+    "events_clean": "Consented events usable for personalization at as_of: one row per messageId (earliest received copy), "
+                    "late arrivals beyond late_bound_days dropped, with the stitched person_id.",
+    "identity_map": "Every anonymous/user pseudonym of events_clean with its person (connected component of the identity "
+                    "graph; identifiers linked to more than max_links of the other kind are not merged).",
+    "sessions": "Sessions per person: a gap of session_gap_minutes or more starts a new one; runs are cut every max_session_hours.",
+    "user_rfm": "Recency (days), frequency (sessions) and monetary value (conversions) per person in the last rfm_window_days.",
+    "content_affinity": "Time-decayed share of each person's content engagement per category (half-life half_life_days).",
+    "engagement": "Activity pattern per person: active days, sessions per week, mean session dwell, preferred hour and weekday.",
+    "purpose_eligibility": "Per person and purpose: every consent subject of the person has consent granted at as_of (fail closed).",
+}
+# pseudonym columns an erased subject can appear in (the next rebuild recomputes everything without them)
+ERASURE_COLUMNS = {
+    "identity_map": ["identifier", "person_id"],
+    "events_clean": ["person_id", "consent_subject"],
+    "sessions": ["person_id"],
+    "user_rfm": ["person_id"],
+    "content_affinity": ["person_id"],
+    "engagement": ["person_id"],
+    "purpose_eligibility": ["person_id"],
+}
+DEPENDENCIES = {
+    "identity_map": [CONSENTED_EVENTS, CONSENT_STATE],
+    "events_clean": [CONSENTED_EVENTS, CONSENT_STATE, FEATURE_KEYS["identity_map"]],
+    "sessions": [FEATURE_KEYS["events_clean"]],
+    "user_rfm": [FEATURE_KEYS["events_clean"], FEATURE_KEYS["sessions"], FEATURE_KEYS["identity_map"]],
+    "content_affinity": [FEATURE_KEYS["events_clean"]],
+    "engagement": [FEATURE_KEYS["events_clean"], FEATURE_KEYS["sessions"]],
+    "purpose_eligibility": [FEATURE_KEYS["events_clean"], CONSENT_STATE],
+}
+
+
+class FeatureConfig(dg.Config):
+    """Run config of the feature build (op `feature_tables`)."""
+
+    as_of: str | None = Field(
+        default=None,
+        description="Cutoff, ISO 8601 (no offset = UTC). Default: now (UTC) truncated to the second. "
+        "Events with timestamp or received_at after it are not used; consent is evaluated at it.",
+    )
+    late_bound_days: int = Field(default=3, description="Events with timestamp < landing_hour - this many days are rejected.")
+    max_links: int = Field(default=5, description="An identifier linked to more identifiers of the other kind than this is not merged.")
+    session_gap_minutes: int = Field(default=30, description="A gap of at least this many minutes starts a new session.")
+    max_session_hours: int = Field(default=24, description="A session is cut every this many hours from its start.")
+    rfm_window_days: int = Field(default=90, description="Window of frequency and monetary: (as_of - days, as_of].")
+    half_life_days: float = Field(default=14.0, description="Half-life of an engagement event's weight in content_affinity.")
+
+    def to_params(self) -> FeatureParams:
+        return FeatureParams(
+            as_of=parse_as_of(self.as_of),
+            late_bound_days=self.late_bound_days,
+            max_links=self.max_links,
+            session_gap_minutes=self.session_gap_minutes,
+            max_session_hours=self.max_session_hours,
+            rfm_window_days=self.rfm_window_days,
+            half_life_days=self.half_life_days,
+        )
+
+
+def _spec(table: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        FEATURE_KEYS[table],
+        description=DESCRIPTIONS[table],
+        deps=DEPENDENCIES[table],
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"duckdb", "parquet"},
+        metadata={
+            "dagster/column_schema": table_schema(FEATURE_MODELS[table]),
+            "lake_table": f"{LAYER}/{table}",
+            "privacy/tier": "features",
+            "privacy/purpose": PURPOSE,
+            # how the lineage-driven erasure (privacy/erasure.py) removes a subject before the next rebuild
+            "privacy/erasure": {"kind": "lake", "layer": LAYER, "table": table, "partitioned": False,
+                                "columns": ERASURE_COLUMNS[table]},
+        },
+        tags={"privacy/sensitivity": "pseudonymous"},
+    )
+
+
+def _check_specs() -> list[dg.AssetCheckSpec]:
+    specs = []
+    for table in TABLES:
+        key = FEATURE_KEYS[table]
+        specs.append(model_check(key, FEATURE_MODELS[table], blocking=table in BLOCKING_SCHEMA).spec)
+        specs.append(dg.AssetCheckSpec(
+            IDENTIFIER_CHECK, asset=key, blocking=True,
+            description="No column is a direct identifier that privacy_policies/classification.yaml does not pseudonymize "
+                        "(or its raw name), and every pseudonym column holds only ^v\\d+:[0-9a-f]{64}$ values.",
+        ))
+    specs.append(dg.AssetCheckSpec(
+        SESSION_CHECK, asset=FEATURE_KEYS["sessions"], blocking=True,
+        additional_deps=[FEATURE_KEYS["events_clean"]],
+        description="Every events_clean event (all are consented for personalization) lies in exactly one session of its "
+                    "person (ASOF join on person_id, session_start <= timestamp <= session_end; sessions do not overlap).",
+    ))
+    return specs
+
+
+def _write(con, lake: LakeStorage, table: str, source: str) -> WriteResult:
+    reader = con.sql(select_output_sql(table, source)).to_arrow_reader(BATCH_ROWS)
+    return lake.write_table(LAYER, table, reader)
+
+
+def _result(table: str, written: WriteResult, params: FeatureParams, extra: dict) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        asset_key=FEATURE_KEYS[table],
+        metadata={
+            "rows_written": written.rows,
+            "dagster/row_count": written.rows,
+            "as_of": params.as_of_iso,
+            "path": written.path,
+            "bytes_written": written.bytes,
+            "config": dg.MetadataValue.json(params.metadata()),
+            **extra,
+        },
+    )
+
+
+def _severity(blocking: bool) -> dg.AssetCheckSeverity:
+    return dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+
+
+def build_feature_assets() -> list:
+    @dg.multi_asset(
+        name="feature_tables",
+        specs=[_spec(table) for table in TABLES],
+        check_specs=_check_specs(),
+        retry_policy=STORAGE_RETRY,
+    )
+    def feature_tables(context: dg.AssetExecutionContext, config: FeatureConfig, lake: LakeStorage, duckdb: DuckDBEngine):
+        params = config.to_params()
+        context.log.info(f"building features as of {params.as_of_iso}")
+        policy = feature_checks.load_identifier_policy()
+        written: dict[str, WriteResult] = {}
+        timer = _StageTimer()
+        with duckdb.get_connection() as con:
+            lake.register(con, EVENTS_VIEW, "consented", "events", empty_schema=consented_events_schema())
+            lake.register(con, CONSENT_VIEW, "privacy", "consent_state", empty_schema=consent_state_schema())
+
+            with timer("identity"):
+                stats = build_identity(con, params, EVENTS_VIEW, CONSENT_VIEW)
+                written["identity_map"] = _write(con, lake, "identity_map", temp_table("identity_map"))
+            with timer("events_clean"):
+                # the only history-sized table: streamed from the query into the lake, never held in memory
+                written["events_clean"] = _write(con, lake, "events_clean", f"({build_events_clean_sql(params, EVENTS_VIEW)})")
+                drop_intermediates(con)
+
+            events_view = WRITTEN_VIEW.format(table="events_clean")
+            lake.register(con, events_view, LAYER, "events_clean", empty_schema=arrow_schema(EventsClean))
+            with timer("derived"):
+                stats.update(build_derived(con, params, events_view, CONSENT_VIEW))
+                for table in DERIVED:
+                    written[table] = _write(con, lake, table, temp_table(table))
+            context.log.info(f"feature build: {stats}")
+
+            # checks read what was written
+            with timer("checks"):
+                for table in TABLES:
+                    if table != "events_clean":
+                        lake.register(con, WRITTEN_VIEW.format(table=table), LAYER, table, empty_schema=arrow_schema(FEATURE_MODELS[table]))
+                coverage = feature_checks.session_coverage(con, events_view, WRITTEN_VIEW.format(table="sessions"))
+                findings = {
+                    table: feature_checks.direct_identifier_findings(
+                        con, WRITTEN_VIEW.format(table=table), _written_columns(lake, table), policy)
+                    for table in TABLES
+                }
+                for table in TABLES:
+                    con.execute(f'drop view if exists "{WRITTEN_VIEW.format(table=table)}"')
+                for table in DERIVED:
+                    con.execute(f"drop table if exists {temp_table(table)}")
+                con.execute(f"drop table if exists {temp_table('identity_map')}")
+            with timer("schema_checks"):
+                schema_results = [
+                    model_check(FEATURE_KEYS[table], FEATURE_MODELS[table], blocking=table in BLOCKING_SCHEMA).evaluate(
+                        feature_checks.read_sample(lake, LAYER, table))
+                    for table in TABLES
+                ]
+        context.log.info(f"feature build stage seconds: {timer.seconds}")
+
+        input_counts = {k: stats[k] for k in ("events_in_lake", "after_as_of", "without_personalization_purpose",
+                                               "subject_not_granted_at_as_of", "eligible_copies")}
+        extra = {
+            "events_clean": {"duplicates_dropped": stats["duplicates_dropped"], "late_rejected": stats["late_rejected"],
+                             "granted_subjects": stats["granted_subjects"], **input_counts},
+            "identity_map": {"junk_identifiers": stats["junk_identifiers"],
+                             "junk_identifiers_by_kind": dg.MetadataValue.json({"anonymous": stats["junk_anonymous"], "user": stats["junk_user"]}),
+                             "identity_links": stats["identity_links"],
+                             "identity_links_dropped_junk": stats["identity_links_dropped_junk"],
+                             "component_rounds": stats["component_rounds"], "persons": stats["persons"]},
+        }
+        extra["events_clean"]["stage_seconds"] = dg.MetadataValue.json(timer.seconds)
+        for table in TABLES:
+            yield _result(table, written[table], params, extra.get(table, {}))
+
+        yield from schema_results
+        for table in TABLES:
+            key = FEATURE_KEYS[table]
+            f = findings[table]
+            yield dg.AssetCheckResult(
+                asset_key=key,
+                check_name=IDENTIFIER_CHECK,
+                passed=f["violations"] == 0,
+                severity=_severity(True),
+                metadata={
+                    "violations": f["violations"],
+                    "forbidden_columns": dg.MetadataValue.json(f["forbidden_columns"]),
+                    "pseudonym_columns_checked": dg.MetadataValue.json(f["pseudonym_columns_checked"]),
+                    "non_pseudonym_values": dg.MetadataValue.json(f["non_pseudonym_values"]),
+                },
+            )
+        yield dg.AssetCheckResult(
+            asset_key=FEATURE_KEYS["sessions"],
+            check_name=SESSION_CHECK,
+            passed=coverage["violations"] == 0,
+            severity=_severity(True),
+            metadata=coverage,
+        )
+
+    return [feature_tables]
+
+
+class _StageTimer:
+    """Wall-clock seconds per stage of the build (recorded on events_clean's materialization)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.monotonic() - start, 2)
+
+
+def _written_columns(lake: LakeStorage, table: str) -> list[str]:
+    """Column names of the written Parquet file (its footer only)."""
+    with lake.filesystem().open_input_file(lake.full_path(lake.data_file(LAYER, table))) as f:
+        return pq.ParquetFile(f).schema_arrow.names

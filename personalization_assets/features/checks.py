@@ -1,0 +1,149 @@
+"""Checks of the written feature tables: sampled read-back, session coverage, direct identifiers.
+
+Pure functions over a LakeStorage and a DuckDB connection; features/assets.py turns their results into
+AssetCheckResults. Every check reads what was written to the lake, not the in-memory intermediates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from personalization_assets.privacy.models import PSEUDONYM
+from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.settings import PROJECT_ROOT
+
+CLASSIFICATION_FILE = PROJECT_ROOT / "privacy_policies" / "classification.yaml"
+SAMPLE_ROWS = 200_000
+SAMPLE_ROW_GROUPS = 4
+# columns of the feature layer that hold pseudonyms (besides the classification's pseudonymized outputs)
+FEATURE_PSEUDONYM_COLUMNS = frozenset({"person_id", "consent_subject", "identifier"})
+
+
+def read_sample(lake: LakeStorage, layer: str, table: str, max_rows: int = SAMPLE_ROWS,
+                row_groups: int = SAMPLE_ROW_GROUPS) -> pa.Table:
+    """Up to max_rows rows of a written table without reading all of it.
+
+    Small tables are read whole. Larger ones: `row_groups` row groups spread evenly over the file, each
+    read on its own and cut to its share, so at most one row group is in memory at a time on top of
+    the sample (works the same on local disk and S3).
+    """
+    path = lake.full_path(lake.data_file(layer, table))
+    with lake.filesystem().open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        n = pf.metadata.num_rows
+        if n <= max_rows or pf.num_row_groups <= 1:
+            t = pf.read()
+            return t.slice(0, max_rows) if t.num_rows > max_rows else t
+        k = min(row_groups, pf.num_row_groups)
+        picks = sorted({round(i * (pf.num_row_groups - 1) / max(k - 1, 1)) for i in range(k)})
+        share = max_rows // len(picks)
+        parts = [pf.read_row_group(i).slice(0, share) for i in picks]
+    return pa.concat_tables(parts)
+
+
+# --- sessions cover every event exactly once --------------------------------------------------------
+
+
+def session_coverage(con, events_view: str, sessions_view: str) -> dict[str, int]:
+    """Counts proving each event lies in exactly one session of its person.
+
+    An ASOF join finds, per event, the person's last session starting at or before it; the event is
+    covered when it is not after that session's end. With no two sessions of a person overlapping, a
+    covered event is in exactly one session. Also compares the sessions' event counts with the events.
+    """
+    row = con.sql(
+        f"""
+        with matched as (
+            select e.timestamp, s.session_start, s.session_end
+            from "{events_view}" as e
+            asof left join "{sessions_view}" as s
+              on e.person_id = s.person_id and e.timestamp >= s.session_start
+        ),
+        ordered as (
+            select session_start, lag(session_end) over (partition by person_id order by session_start) as previous_end
+            from "{sessions_view}"
+        )
+        select
+            (select count(*) from matched) as events,
+            (select count(*) from matched where session_start is null or timestamp > session_end) as events_outside_sessions,
+            (select count(*) from ordered where previous_end >= session_start) as overlapping_sessions,
+            (select coalesce(sum(events), 0) from "{sessions_view}") as events_counted_in_sessions
+        """
+    ).fetchall()[0]
+    events, outside, overlapping, counted = (int(v) for v in row)
+    return {
+        "events": events,
+        "events_outside_sessions": outside,
+        "overlapping_sessions": overlapping,
+        "events_counted_in_sessions": counted,
+        "violations": outside + overlapping + abs(events - counted),
+    }
+
+
+# --- no direct identifiers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentifierPolicy:
+    forbidden: frozenset[str]  # column names that would hold a direct identifier in clear
+    pseudonym_columns: frozenset[str]  # column names that must hold pseudonyms only
+    pattern: str = PSEUDONYM
+
+
+def load_identifier_policy(path: Path = CLASSIFICATION_FILE) -> IdentifierPolicy:
+    """Read privacy_policies/classification.yaml.
+
+    Forbidden in the features layer: every raw column classified `direct_identifier` whose action is not
+    `pseudonymize` (dropped identifiers such as names), and the raw name of every pseudonymized
+    identifier whose pseudonym goes by another name (`user_id` -> `user_pseudonym`): under its raw
+    name the column could only be the clear value. The pseudonymized outputs (and person_id,
+    consent_subject, identifier) must match the pseudonym pattern.
+    """
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    forbidden: set[str] = set()
+    pseudonyms: set[str] = set(FEATURE_PSEUDONYM_COLUMNS)
+    for columns in (doc.get("sources") or {}).values():
+        for column, spec in (columns or {}).items():
+            if spec.get("class") != "direct_identifier":
+                continue
+            if spec.get("action") == "pseudonymize":
+                output = spec.get("output", column)
+                pseudonyms.add(output)
+                if output != column:
+                    forbidden.add(column)
+            else:
+                forbidden.add(column)
+    return IdentifierPolicy(frozenset(forbidden), frozenset(pseudonyms - forbidden))
+
+
+def direct_identifier_findings(con, view: str, columns: list[str], policy: IdentifierPolicy) -> dict:
+    """Forbidden columns present, and values of pseudonym columns that are null or not pseudonyms."""
+    forbidden = sorted(set(columns) & policy.forbidden)
+    checked = sorted(set(columns) & policy.pseudonym_columns)
+    bad_values: dict[str, int] = {}
+    pattern = policy.pattern.replace("'", "''")
+    for c in checked:
+        # distinct values first: a pseudonym repeats on many rows, the regex then runs once per value
+        bad_values[c] = int(con.sql(
+            f"""
+            with v as (select "{c}" as value, count(*) as n from "{view}" group by "{c}")
+            select coalesce(sum(n) filter (where value is null or not regexp_full_match(value, '{pattern}')), 0) from v
+            """
+        ).fetchall()[0][0])
+    return {
+        "forbidden_columns": forbidden,
+        "pseudonym_columns_checked": checked,
+        "non_pseudonym_values": bad_values,
+        "violations": len(forbidden) + sum(bad_values.values()),
+    }
+
+
+def is_pseudonym(value: str | None) -> bool:
+    return value is not None and re.fullmatch(PSEUDONYM, value) is not None

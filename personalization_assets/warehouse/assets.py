@@ -1,0 +1,89 @@
+"""The dbt models as Dagster assets, run with `dbt build`.
+
+`dbt build` runs, in DAG order, each model's unit tests, the model, then its data tests, so a failing
+unit test stops the model before it is written. Data tests are reported as Dagster asset checks (blocking,
+severity error). dagster-dbt does not report unit tests, so their results are read back from
+run_results.json and recorded as asset observations on the tested model (`dbt/unit_test`).
+
+The manifest (dbt/target/manifest.json) must exist when `build_dbt_assets` is called: `make dbt-parse`
+(or `dagster-dbt project prepare-and-package --file personalization_assets/warehouse/project.py`).
+"""
+
+from collections.abc import Iterator, Mapping
+import os
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DbtCliInvocation, DbtCliResource, dbt_assets
+
+from personalization_assets.warehouse.project import dbt_project
+from personalization_assets.warehouse.translator import WarehouseDbtTranslator
+
+
+def unit_test_observations(
+    invocation: DbtCliInvocation, manifest: Mapping[str, Any], translator: WarehouseDbtTranslator
+) -> Iterator[dg.AssetObservation]:
+    """One observation per unit test that dbt ran, on the asset of the model it tests."""
+    try:
+        results = invocation.get_artifact("run_results.json")["results"]
+    except FileNotFoundError:
+        return
+    models_by_name = {
+        node["name"]: node for node in manifest["nodes"].values() if node["resource_type"] == "model"
+    }
+    for result in results:
+        unit_test = manifest.get("unit_tests", {}).get(result["unique_id"])
+        if unit_test is None or unit_test["model"] not in models_by_name:
+            continue
+        yield dg.AssetObservation(
+            asset_key=translator.get_asset_key(models_by_name[unit_test["model"]]),
+            metadata={
+                "dbt/unit_test": unit_test["name"],
+                "dbt/unit_test_status": result["status"],
+                "dbt/unit_test_passed": result["status"] == "pass",
+                "dbt/unit_test_message": result.get("message") or "",
+            },
+        )
+
+
+@contextmanager
+def scoped_environ(values: tuple[tuple[str, str], ...]):
+    """Set env vars for the dbt subprocess only while it runs (never leak them into the process)."""
+    saved = {k: os.environ.get(k) for k, _ in values}
+    os.environ.update(dict(values))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@cache
+def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = ()) -> dg.AssetsDefinition:
+    """The dbt project as one multi-asset. Same keys, deps and checks in every environment;
+    only kinds/storage kind follow the environment's warehouse. `dbt_env`: variables the dbt
+    subprocess needs (absolute data dir and lake URL locally)."""
+    translator = WarehouseDbtTranslator(env)
+
+    @dbt_assets(
+        manifest=dbt_project.manifest_path,
+        project=dbt_project,
+        dagster_dbt_translator=translator,
+        name="warehouse_dbt",
+    )
+    def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        with scoped_environ(dbt_env):
+            invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+            # row counts per materialization (dagster-dbt queries the relation after each model completes)
+            yield from invocation.stream().fetch_row_counts()
+        yield from unit_test_observations(invocation, invocation.manifest, translator)
+        error = invocation.get_error()
+        if error is not None:
+            raise error
+
+    return warehouse_dbt

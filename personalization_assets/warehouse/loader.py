@@ -1,0 +1,193 @@
+"""`warehouse/features_loaded`: makes the feature tables visible to the warehouse before dbt runs.
+
+The asset exists in both environments, so the graph is the same; only the `snowflake` resource differs:
+
+* prod: reads each feature table from the lake (S3, through LakeStorage/pyarrow) and replaces
+  `<SNOWFLAKE_DATABASE>.FEATURES.<TABLE>` with `write_pandas`, typed from FEATURE_TABLES below;
+* local: the dbt-duckdb target reads the lake Parquet in place (source `external_location`), so nothing
+  is copied: the asset checks that every table is there with the expected columns and reports row counts,
+  so a missing feature table fails here, by name, instead of deep inside dbt.
+
+The declared columns are the contract with the features layer: only these columns are loaded
+(anything else the features layer adds stays in the lake), and a missing one fails the load.
+"""
+
+from functools import cache
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.warehouse.resources import SnowflakeWarehouse
+
+FEATURES_LAYER = "features"
+FEATURES_LOADED = dg.AssetKey(["warehouse", "features_loaded"])
+GROUP = "warehouse"
+OWNERS = ["team:data-platform"]
+
+# (column, Snowflake type). Timestamps are UTC and stored as TIMESTAMP_NTZ (see dbt/macros/cross_db.sql).
+FEATURE_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "user_rfm": (
+        ("person_id", "varchar"),
+        ("recency_days", "double"),
+        ("frequency", "bigint"),
+        ("monetary", "double"),
+        ("orders", "bigint"),
+        ("first_seen_at", "timestamp_ntz"),
+        ("last_seen_at", "timestamp_ntz"),
+        ("is_known_user", "boolean"),
+        ("as_of", "timestamp_ntz"),
+    ),
+    "content_affinity": (
+        ("person_id", "varchar"),
+        ("category", "varchar"),
+        ("affinity", "double"),
+        ("events", "bigint"),
+        ("is_top", "boolean"),
+        ("top_category", "varchar"),
+        ("as_of", "timestamp_ntz"),
+    ),
+    "engagement": (
+        ("person_id", "varchar"),
+        ("active_days", "bigint"),
+        ("sessions_per_week", "double"),
+        ("avg_session_dwell_ms", "double"),
+        ("preferred_hour", "bigint"),
+        ("preferred_dow", "bigint"),
+        ("as_of", "timestamp_ntz"),
+    ),
+    "identity_map": (
+        ("identifier", "varchar"),
+        ("identifier_kind", "varchar"),
+        ("person_id", "varchar"),
+        ("component_size", "bigint"),
+        ("is_junk", "boolean"),
+        ("as_of", "timestamp_ntz"),
+    ),
+    "purpose_eligibility": (
+        ("person_id", "varchar"),
+        ("purpose", "varchar"),
+        ("eligible", "boolean"),
+        ("as_of", "timestamp_ntz"),
+    ),
+    "sessions": (
+        ("person_id", "varchar"),
+        ("session_id", "varchar"),
+        ("session_start", "timestamp_ntz"),
+        ("session_end", "timestamp_ntz"),
+        ("events", "bigint"),
+        ("pages", "bigint"),
+        ("dwell_ms", "bigint"),
+        ("landing_content_id", "varchar"),
+        ("converted", "boolean"),
+        ("as_of", "timestamp_ntz"),
+    ),
+}
+
+
+# pseudonym columns per table: what the erasure run deletes by (privacy/erasure handler below)
+PSEUDONYM_COLUMNS = {table: ["identifier", "person_id"] if table == "identity_map" else ["person_id"] for table in FEATURE_TABLES}
+ERASURE_HANDLER = {
+    "kind": "warehouse",
+    "relations": [
+        {"relation": f"features.{table}", "columns": PSEUDONYM_COLUMNS[table]} for table in FEATURE_TABLES
+    ],
+}
+
+
+def feature_asset_key(table: str) -> dg.AssetKey:
+    """The features layer's asset for a lake table (the dbt sources carry the same key in meta.dagster)."""
+    return dg.AssetKey([FEATURES_LAYER, table])
+
+
+def missing_columns(table: str, schema: pa.Schema) -> list[str]:
+    return [name for name, _ in FEATURE_TABLES[table] if name not in schema.names]
+
+
+def to_load_frame(table: str, data: pa.Table) -> pd.DataFrame:
+    """The declared columns as a DataFrame for write_pandas: timestamps as naive UTC, nullable ints/bools."""
+    columns = []
+    for name, _ in FEATURE_TABLES[table]:
+        column = data.column(name)
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            # wall-clock UTC, then drop the zone: the Snowflake column is TIMESTAMP_NTZ in UTC
+            column = pc.cast(column, pa.timestamp(column.type.unit, tz="UTC")).cast(pa.timestamp(column.type.unit))
+        columns.append(column)
+    selected = pa.table(columns, names=[name for name, _ in FEATURE_TABLES[table]])
+    nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+    return selected.to_pandas(types_mapper=nullable.get)
+
+
+def _parquet_rows(lake: LakeStorage, table: str) -> tuple[int, pa.Schema]:
+    path = lake.full_path(lake.data_file(FEATURES_LAYER, table))
+    meta = pq.ParquetFile(lake.filesystem().open_input_file(path)).metadata
+    return meta.num_rows, meta.schema.to_arrow_schema()
+
+
+@cache
+def build_features_loaded_asset(env: str) -> dg.AssetsDefinition:
+    kinds = {"snowflake"} if env == "prod" else {"parquet", "duckdb"}
+
+    @dg.asset(
+        key=FEATURES_LOADED,
+        deps=[feature_asset_key(t) for t in FEATURE_TABLES],
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds=kinds,
+        description=(
+            "Feature tables made visible to the warehouse before dbt runs: loaded into Snowflake "
+            "(FEATURES schema) with write_pandas in prod; checked in place (lake Parquet, read by dbt-duckdb) locally."
+        ),
+        # prod: the FEATURES copies; local: nothing is copied, the eraser finds no such tables
+        metadata={"privacy/tier": "warehouse", "privacy/erasure": ERASURE_HANDLER},
+        tags={"privacy/sensitivity": "pseudonymized"},
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def features_loaded(context: dg.AssetExecutionContext, lake: LakeStorage, snowflake: SnowflakeWarehouse) -> dg.MaterializeResult:
+        if not snowflake.enabled and lake.is_s3:
+            raise dg.Failure(
+                f"the local warehouse (dbt-duckdb) reads the lake in place and cannot read {lake.url} (no httpfs). "
+                "Fix: locally, leave PERSONALIZATION_LAKE_URL unset or point it at a local directory.",
+                allow_retries=False,
+            )
+        absent = [t for t in FEATURE_TABLES if not lake.exists(FEATURES_LAYER, t)]
+        if absent:
+            raise dg.Failure(
+                f"feature table(s) {', '.join(absent)} missing from {lake.uri(FEATURES_LAYER)}. "
+                "Fix: materialize the features layer first (group `features`).",
+                allow_retries=False,
+            )
+        metadata: dict = {}
+        total = 0
+        if not snowflake.enabled:
+            for table in FEATURE_TABLES:
+                rows, schema = _parquet_rows(lake, table)
+                missing = missing_columns(table, schema)
+                if missing:
+                    raise dg.Failure(f"features/{table} lacks column(s) {', '.join(missing)} (see FEATURE_TABLES in {__name__}).", allow_retries=False)
+                metadata[f"rows/{table}"] = rows
+                metadata[f"location/{table}"] = dg.MetadataValue.path(lake.uri(lake.data_file(FEATURES_LAYER, table)))
+                total += rows
+            metadata["mode"] = "local: dbt-duckdb reads the lake Parquet in place"
+            metadata["rows_written"] = 0  # nothing is copied locally
+        else:
+            with snowflake.get_connection() as conn:
+                for table, columns in FEATURE_TABLES.items():
+                    data = lake.read_table(FEATURES_LAYER, table)
+                    missing = missing_columns(table, data.schema)
+                    if missing:
+                        raise dg.Failure(f"features/{table} lacks column(s) {', '.join(missing)} (see FEATURE_TABLES in {__name__}).", allow_retries=False)
+                    loaded = snowflake.replace_table(conn, table, columns, to_load_frame(table, data))
+                    context.log.info(f"loaded {loaded.rows} rows into {loaded.table}")
+                    metadata[f"rows/{table}"] = loaded.rows
+                    metadata[f"location/{table}"] = loaded.table
+                    total += loaded.rows
+            metadata["mode"] = "prod: loaded into Snowflake with write_pandas"
+            metadata["rows_written"] = total
+        metadata["dagster/row_count"] = total  # feature rows visible to the warehouse
+        return dg.MaterializeResult(metadata=metadata)
+
+    return features_loaded
