@@ -1,4 +1,4 @@
-"""The features layer: consented events -> person-level feature tables (see FEATURES.md)."""
+"""The features layer: consented events -> person-level feature tables (definitions: docs/ARCHITECTURE.md, "Features")."""
 
 from personalization_assets.features.assets import FeatureConfig, build_feature_assets
 

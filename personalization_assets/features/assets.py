@@ -2,7 +2,7 @@
 
 One multi-asset computes all seven tables in one DuckDB session (they share the deduplicated,
 consent-filtered event history, so splitting them would repeat the expensive part). The SQL lives in
-features/sql.py; this module only wires lake I/O, metadata and checks. Definitions: features/FEATURES.md.
+features/sql.py; this module only wires lake I/O, metadata and checks. Definitions: docs/ARCHITECTURE.md, section "Features".
 """
 
 

@@ -14,7 +14,7 @@ No Dagster here (features/assets.py wires lake I/O). The build runs in three sta
 
 Everything is set-based SQL (DuckDB spills to its temp directory above its memory limit); nothing loads
 the event history into Python. Each `build_*_sql` returns a SELECT so tests and analysts can run one
-step on its own. The exact definitions are written up in features/FEATURES.md.
+step on its own. The exact definitions are written up in docs/ARCHITECTURE.md, section "Features".
 """
 
 from __future__ import annotations
