@@ -71,6 +71,7 @@ def _cmd_generate(args) -> int:
         end=end,
         days=args.days,
         gzip=not args.no_gzip,
+        all_consent=args.all_consent,
     )
     d = summary.to_dict()
     print(f"Landing zone written to {settings.landing_url}")
@@ -92,7 +93,8 @@ def landing_partition_keys(defs, settings) -> list[str]:
     return sorted(keys)
 
 
-def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING"):
+def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING",
+                    run_config: dict | None = None):
     """Materialize the selection in one in-process run; returns (success, summary_text, result)."""
     import dagster as dg
 
@@ -140,7 +142,7 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         ensure_dagster_home()
         instance = dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
     result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False, run_config=run_config)
     layers = summarize(result.all_events, group_lookup(defs))
     text = format_summary(layers)
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--end", help="last day of data (YYYY-MM-DD, default yesterday UTC)")
     g.add_argument("--days", type=int, default=7)
     g.add_argument("--no-gzip", action="store_true", help="write plain .jsonl instead of .jsonl.gz")
+    g.add_argument("--all-consent", action="store_true",
+                   help="benchmark scenario: everyone consents to everything, no planted cases or privacy requests")
     g.set_defaults(func=_cmd_generate)
 
     m = sub.add_parser("materialize", help="materialize assets on the configured environment and print a summary")

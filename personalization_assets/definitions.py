@@ -16,6 +16,7 @@ from personalization_assets.features import build_feature_assets
 from personalization_assets.jobs import OPERATIONS, build_jobs
 from personalization_assets.monitoring.metrics import MetricsPusher, build_metrics_sensors
 from personalization_assets.privacy.assets import build_privacy_assets
+from personalization_assets.privacy.exports import build_export_assets
 from personalization_assets.privacy.operations import build_erasure_asset, key_rotation_log, retention_log
 from personalization_assets.privacy.policies import get_policy
 from personalization_assets.raw.assets import build_raw_assets
@@ -48,6 +49,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         *build_privacy_assets(partitions, storage_kind),
         *build_feature_assets(),
         *warehouse.assets,
+        *build_export_assets(settings),
     ]
     # the erasure plan is derived from the lineage of everything above
     lineage = dg.Definitions(assets=assets, resources=resources).resolve_asset_graph()

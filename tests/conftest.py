@@ -69,3 +69,20 @@ def s3_env(moto_server, data_dir, monkeypatch):
     monkeypatch.setenv("PERSONALIZATION_LANDING_URL", f"s3://{bucket}/landing")
     monkeypatch.setenv("PERSONALIZATION_LAKE_URL", f"s3://{bucket}/lake")
     return {"bucket": bucket, "client": s3, "endpoint": moto_server}
+
+
+@pytest.fixture(autouse=True)
+def _reset_dagster_process_state():
+    """Dagster keeps the defs-state storage of the last instance it entered in a process-wide context
+    variable (dagster._core.storage.defs_state.base). A test whose temporary instance is gone would leave
+    the next test's `dg.materialize` pointing at a deleted sqlite file, so reset it between tests.
+    (Internal: there is no public reset; production processes use one instance.)"""
+    import gc
+
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    gc.collect()  # run pending instance finalizers now, not in the middle of the next test
+    _current_storage.set(None)
+    yield
+    gc.collect()
+    _current_storage.set(None)

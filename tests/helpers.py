@@ -28,9 +28,12 @@ def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str
     if partitions:
         tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[1]}
     job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance or dg.DagsterInstance.ephemeral(), asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error
-    )
+    if instance is not None:
+        return job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error)
+    # dispose the ephemeral instance now: a garbage-collected one would reset Dagster's process-wide
+    # defs-state context variable to a stale value at an arbitrary later moment
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        return job.execute_in_process(instance=ephemeral, asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error)
 
 
 def check_results(result) -> dict[str, bool]:

@@ -74,7 +74,10 @@ def default_files_per_hour(events: int, days: int) -> int:
 
 def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events: int, seed: int, bad_fraction: float = 0.0,
                           end: dt.date | None = None, days: int = 7, gzip: bool = True,
-                          files_per_hour: int | None = None) -> GenerationSummary:
+                          files_per_hour: int | None = None, all_consent: bool = False) -> GenerationSummary:
+    """`all_consent=True` is the benchmark scenario: every device grants every category at its first
+    event, nobody withdraws, no GPC, no privacy requests and no planted cases — so a privacy-aware
+    pipeline keeps every event and its results can be compared with privacy-unaware baselines."""
     if users < 1 or days < 1 or events < 0:
         raise ValueError("users and days must be >= 1 and events >= 0")
     if not 0.0 <= bad_fraction <= 1.0:
@@ -94,6 +97,9 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
     catalog = Catalog(_rng(seed, 1), int(np.clip(events // 2000, 200, 2000)), t1)
     pop = Population.build(_rng(seed, 2), users, planted.PERSONS, seed, t0, t1)
     plant = planted.build(pop, catalog, _rng(seed, 3), t0, t1)
+    if all_consent:
+        pop.grant_everything()
+        plant = planted.Planted(batch=plant.batch.take(np.zeros(0, np.int64)), cases={}, requests=[])
     n_planted = len(plant.batch)
     if events < n_planted:
         raise ValueError(f"events must be at least {n_planted} (the planted cases alone write that many messages)")
@@ -117,7 +123,7 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
             summary.bad_catalog_lines = 1
         writer.write_file(f"{root}/catalog/catalog_{date_text(t0 // 86_400_000)}.jsonl", b"\n".join(lines) + b"\n")
         summary.crm_rows, _, summary.bad_crm_rows = crm.write_crm(writer, root, pop, _rng(seed, 5), t0, t1, bad_fraction > 0)
-        requests = plant.requests + privacy.random_requests(pop, _rng(seed, 6), t0, t1)
+        requests = [] if all_consent else plant.requests + privacy.random_requests(pop, _rng(seed, 6), t0, t1)
         summary.privacy_requests = len(requests)
         privacy.write_requests(writer, root, requests)
 
@@ -130,7 +136,7 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
         summary.duplicates = counts[bad_lines.DUPLICATE]
         summary.good_events = summary.events_written - sum(counts.values())
         manifest = {"seed": seed, "end": end.isoformat(), "days": days, "start": summary.start, "users": users, "events": events,
-                    "bad_fraction": bad_fraction, "cases": plant.cases, "bad_lines": counts, "bad_crm_rows": summary.bad_crm_rows,
+                    "bad_fraction": bad_fraction, "all_consent": all_consent, "cases": plant.cases, "bad_lines": counts, "bad_crm_rows": summary.bad_crm_rows,
                     "bad_catalog_lines": summary.bad_catalog_lines}
         writer.write_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
     finally:

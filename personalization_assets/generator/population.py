@@ -64,6 +64,14 @@ class Population:
         self.logged = np.zeros(self.n, np.uint8)  # bit d: device d is logged in
         self.withdrawn = np.zeros(self.n, bool)
 
+    def grant_everything(self) -> None:
+        """Benchmark scenario: every person consents to every category, never withdraws, sends no GPC."""
+        self.all_consent = True
+        self.consenter[:] = True
+        self.grant[:] = (1 << 7) - 1
+        self.gpc[:] = False
+        self.withdraw_at[:] = NEVER
+
     @classmethod
     def build(cls, rng: np.random.Generator, n_regular: int, planted: list[PlantedPerson], salt: int,
               t0: int, t1: int, min_registered: int = 40) -> Population:

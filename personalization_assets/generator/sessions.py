@@ -100,6 +100,8 @@ def simulate(pop: Population, catalog: Catalog, rng: np.random.Generator, a: int
     sa = ra - net
     ts = sa - queued
     late = app & (rng.random(n_s) < P_LATE)
+    if getattr(pop, "all_consent", False):  # benchmark scenario: nothing may predate a device's consent
+        late[:] = False
     delay = np.where(rng.random(n_s) < P_VERY_LATE, rng.integers(4 * DAY, 10 * DAY, n_s), rng.integers(HOUR, 2 * DAY, n_s))
     flush = a + (rng.random(n_s) * np.maximum(width - lengths * LATE_STEP_MS, 1)).astype(np.int64)
     le = late[sid]
@@ -148,6 +150,14 @@ def simulate(pop: Population, catalog: Catalog, rng: np.random.Generator, a: int
     ref = np.where(pos == 0, np.searchsorted(REF_CDF, rng.random(m), side="right").clip(0, len(REF_CDF) - 1), 2).astype(np.int8)
     mid_hi = rng.integers(0, np.iinfo(np.uint64).max, m, dtype=np.uint64, endpoint=True)
     mid_lo = rng.integers(0, np.iinfo(np.uint64).max, m, dtype=np.uint64, endpoint=True)
+
+    if getattr(pop, "all_consent", False):
+        # benchmark scenario: the consent event precedes every other event of its session
+        session_min = np.full(n_s, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(session_min, sid, ts)
+        idx = first[at0]
+        ts = ts.copy()
+        ts[idx] = np.minimum(ts[idx], session_min[at0] - 1)
 
     # --- carry the state to the next window
     np.bitwise_or.at(pop.seen, u, bits)

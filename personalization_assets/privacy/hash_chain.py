@@ -14,6 +14,8 @@ racing for the same position cannot overwrite each other; the loser re-reads the
 from __future__ import annotations
 
 import fcntl
+import random
+import time
 import hashlib
 import json
 import os
@@ -98,7 +100,7 @@ class HashChainedLog:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def append(self, rows: list[dict], attempts: int = 20) -> tuple[int, str]:
+    def append(self, rows: list[dict], attempts: int = 200) -> tuple[int, str]:
         """Append rows (dicts without chain fields) as one new segment. Returns (rows appended, head hash)."""
         import io
 
@@ -122,6 +124,7 @@ class HashChainedLog:
                 relative = self.lake.data_file(self.layer, self.name, {"segment": f"{first:012d}"})
                 if self.lake.create_exclusive(relative, buf.getvalue()):
                     return len(out), prev
+                time.sleep(random.uniform(0.001, 0.05))  # lost the race: back off, re-read the head
             raise RuntimeError(f"could not append to {self.layer}/{self.name}: {attempts} concurrent writers won the race")
 
     def verify(self, expected_head: str | None = None) -> ChainStatus:

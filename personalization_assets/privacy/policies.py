@@ -80,6 +80,7 @@ class DpRelease:
     name: str
     epsilon: float
     max_contributions: int
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,10 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
             raise PolicyError(f"{label}: releases.{name}.epsilon: must be in (0, total_epsilon={total}], got {eps}.")
         if k < 1:
             raise PolicyError(f"{label}: releases.{name}.max_contributions: must be >= 1.")
-        releases[name] = DpRelease(name, eps, k)
+        keys = spec.get("keys", []) or []
+        if not isinstance(keys, list) or not all(isinstance(x, str) for x in keys):
+            raise PolicyError(f"{label}: releases.{name}.keys: must be a list of public group names.")
+        releases[name] = DpRelease(name, eps, k, tuple(keys))
 
     label, data = r.load("asset_purposes.yaml")
     compliance = tuple(_need(label, "", data, "compliance_purposes", list))

@@ -35,7 +35,10 @@ def build_warehouse_defs(settings: Settings) -> dg.Definitions:
         # the dbt invocation, so nothing leaks into the process environment.
         dbt_env = (("PERSONALIZATION_DATA_DIR", str(settings.data_dir)), ("PERSONALIZATION_LAKE_URL", settings.lake_url))
     return dg.Definitions(
-        assets=[build_features_loaded_asset(settings.env), build_dbt_assets(settings.env, dbt_env)],
+        assets=[
+            build_features_loaded_asset(settings.env),
+            build_dbt_assets(settings.env, dbt_env, str(settings.warehouse_path) if settings.is_local else None),
+        ],
         resources={"dbt": dbt_resource(settings), **warehouse_resources(settings)},
     )
 

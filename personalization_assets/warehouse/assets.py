@@ -63,8 +63,34 @@ def scoped_environ(values: tuple[tuple[str, str], ...]):
                 os.environ[k] = v
 
 
+def duckdb_row_counts(path: str) -> dict[tuple[str, str], int]:
+    """(schema, relation) -> rows of every table/view in the local warehouse file, read through a read-only
+    ATTACH in a throwaway in-memory database (never keeps the file open in this process)."""
+    import duckdb
+
+    if not path or not os.path.exists(path):
+        return {}
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"attach '{path.replace(chr(39), chr(39) * 2)}' as wh (read_only)")
+        rels = con.execute("select table_schema, table_name from information_schema.tables where table_catalog = 'wh'").fetchall()
+        return {(schema, name): con.execute(f'select count(*) from wh."{schema}"."{name}"').fetchall()[0][0] for schema, name in rels}
+    finally:
+        con.close()
+
+
+def _with_row_count(event, counts: dict[str, int]):
+    key = getattr(event, "asset_key", None)
+    if key is None and isinstance(event, dg.Output):
+        key = None
+    name = key.path[-1] if key is not None else (event.output_name.rsplit("__", 1)[-1] if isinstance(event, dg.Output) else None)
+    if name in counts and isinstance(event, (dg.Output, dg.AssetMaterialization)):
+        return event.with_metadata({**(event.metadata or {}), "dagster/row_count": counts[name], "rows_written": counts[name]})
+    return event
+
+
 @cache
-def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = ()) -> dg.AssetsDefinition:
+def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb_path: str | None = None) -> dg.AssetsDefinition:
     """The dbt project as one multi-asset. Same keys, deps and checks in every environment;
     only kinds/storage kind follow the environment's warehouse. `dbt_env`: variables the dbt
     subprocess needs (absolute data dir and lake URL locally)."""
@@ -79,8 +105,16 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = ()) -> dg.
     def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource):
         with scoped_environ(dbt_env):
             invocation = dbt.cli(["build"], context=context, raise_on_error=False)
-            # row counts per materialization (dagster-dbt queries the relation after each model completes)
-            yield from invocation.stream().fetch_row_counts()
+            if duckdb_path is None:
+                # Snowflake: dagster-dbt queries each relation as its model completes
+                yield from invocation.stream().fetch_row_counts()
+            else:
+                # DuckDB: the dbt subprocess holds the file's write lock while it runs, and dagster-dbt's own
+                # row counting would keep the file open in this process afterwards (blocking the eraser and
+                # readers). Count after dbt exits, through a read-only ATTACH, and attach the counts.
+                events = list(invocation.stream())
+                counts = {name: n for (_, name), n in duckdb_row_counts(duckdb_path).items()}
+                yield from (_with_row_count(ev, counts) for ev in events)
         yield from unit_test_observations(invocation, invocation.manifest, translator)
         error = invocation.get_error()
         if error is not None:

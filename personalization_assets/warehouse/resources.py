@@ -257,6 +257,11 @@ SEGMENT_SIZES_SQL = "select segment_type, segment_name, members from segments.se
 
 def read_segment_sizes(settings: Settings, snowflake: "SnowflakeWarehouse | None" = None) -> list[tuple[str, str, int]]:
     """Exact segment sizes from the warehouse (internal: exports go through the DP release)."""
+    return query_warehouse(settings, snowflake, SEGMENT_SIZES_SQL)
+
+
+def query_warehouse(settings: Settings, snowflake: "SnowflakeWarehouse | None", sql: str) -> list[tuple]:
+    """Run a read-only query against the warehouse: `segments.<table>` names resolve in both targets."""
     if settings.is_local:
         import duckdb
 
@@ -268,7 +273,7 @@ def read_segment_sizes(settings: Settings, snowflake: "SnowflakeWarehouse | None
         try:
             path = str(settings.warehouse_path).replace("'", "''")
             con.execute(f"attach '{path}' as wh (read_only)")
-            return [tuple(r) for r in con.execute(SEGMENT_SIZES_SQL.replace("from segments.", "from wh.segments.")).fetchall()]
+            return [tuple(r) for r in con.execute(sql.replace("from segments.", "from wh.segments.")).fetchall()]
         except duckdb.CatalogException:
             return []
         finally:
@@ -277,5 +282,5 @@ def read_segment_sizes(settings: Settings, snowflake: "SnowflakeWarehouse | None
         return []
     with snowflake.get_connection() as conn:
         cur = conn.cursor()
-        cur.execute(SEGMENT_SIZES_SQL.upper().replace("ORDER BY", "order by"))
+        cur.execute(sql)
         return [tuple(r) for r in cur.fetchall()]

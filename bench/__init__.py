@@ -1,0 +1,1 @@
+"""Benchmarks: the platform side by side with a bare floor and a straightforward peer (see docs/BENCHMARKS.md)."""

@@ -1,0 +1,51 @@
+"""Shared definitions of the benchmark: the cutoff and the feature rules all three paths implement."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+# the same parameters as the platform's FeatureConfig defaults
+SESSION_GAP_MINUTES = 30
+MAX_SESSION_HOURS = 24
+LATE_BOUND_DAYS = 3
+RFM_WINDOW_DAYS = 90
+CONVERSIONS = ("Order Completed", "Subscription Started")
+ENGAGEMENT_EVENTS = ("Content Viewed", "Content Shared", "Product Added", "Order Completed", "Subscription Started")
+
+
+def as_of_for(end: str) -> datetime:
+    """The cutoff: the end of the last generated day."""
+    return datetime.combine(date.fromisoformat(end) + timedelta(days=1), datetime.min.time(), tzinfo=timezone.utc)
+
+
+@dataclass
+class Timer:
+    stages: dict = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - t, 3)
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process and (separately) of its largest child, in MB; the larger of the two."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024, 1)
+
+
+def emit(result: dict) -> None:
+    """Print the path's result as the last line of stdout (the harness parses it)."""
+    result["peak_rss_mb"] = peak_rss_mb()
+    sys.stdout.write("\nBENCH_RESULT " + json.dumps(result, default=str) + "\n")
+    sys.stdout.flush()

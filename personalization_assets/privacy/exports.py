@@ -1,0 +1,99 @@
+"""Exported aggregates (group `exports`): released through OpenDP, never exact.
+
+* `exports/segment_sizes_dp` — people per RFM segment (a person is in one segment: 1 contribution).
+* `exports/content_popularity_dp` — people per content category, each person counted for their top-K
+  categories by affinity (K = max_contributions; the bound is applied per person before the release).
+
+Group keys are public sets (segment names from the policy, categories from the public catalog).
+Each release spends its ε from the monthly budget (privacy/dp.py); the internal, exact
+`segments/segment_sizes` never leaves the platform.
+"""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from personalization_assets.privacy.assets import lock_dir
+from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, dp_counts, period_of
+from personalization_assets.privacy.policies import get_policy
+from personalization_assets.resources import PlatformConfig
+from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.settings import Settings
+from personalization_assets.warehouse.resources import SnowflakeWarehouse, query_warehouse
+
+GROUP = "exports"
+OWNERS = ["team:privacy-engineering"]
+SEGMENT_SIZES_DP = dg.AssetKey(["exports", "segment_sizes_dp"])
+CONTENT_POPULARITY_DP = dg.AssetKey(["exports", "content_popularity_dp"])
+NO_SUBJECT_DATA = {"kind": "none", "reason": "differentially private aggregates: no subject-level rows"}
+
+
+def _release(context, lake: LakeStorage, platform: PlatformConfig, release_name: str, keys: list[str], public_keys: list[str], key_name: str):
+    policy = get_policy()
+    release = policy.dp_releases[release_name]
+    public = set(public_keys)
+    values = [k for k in keys if k in public]  # groups outside the public set are never released
+    ledger = BudgetLedger.open(lake, policy, lock_dir(platform))
+    now = datetime.now(timezone.utc)
+    try:
+        remaining = ledger.charge(release, context.run_id, now)
+    except DpBudgetExceeded as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    released, scale, accuracy = dp_counts(values, release, key_name)
+    n = released.height
+    table = pa.table({
+        key_name: pa.array(released[key_name].to_list(), pa.string()),
+        "dp_count": pa.array([int(c) for c in released["count"].to_list()], pa.int64()),
+        "epsilon": pa.array([release.epsilon] * n, pa.float64()),
+        "max_contributions": pa.array([release.max_contributions] * n, pa.int64()),
+        "noise_scale": pa.array([scale] * n, pa.float64()),
+        "accuracy_95": pa.array([accuracy] * n, pa.float64()),
+        "released_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    })
+    written = lake.write_table("exports", release_name + "_dp", table)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": n, "rows_written": n, "epsilon_spent": release.epsilon, "noise_scale": scale,
+        "accuracy_95": accuracy, "budget_remaining": remaining, "budget_period": period_of(policy, now),
+        "rows_dropped_outside_public_keys": len(keys) - len(values), "path": written.path,
+    })
+
+
+def build_export_assets(settings: Settings) -> list:
+    """The warehouse is read through the same resource keys everywhere (DuckDB file locally, Snowflake in prod)."""
+
+    @dg.asset(
+        key=SEGMENT_SIZES_DP,
+        description="People per RFM segment, released with OpenDP (Laplace, ε from differential_privacy.yaml). Safe to share.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet", "opendp"}, deps=[dg.AssetKey(["segments", "user_segments"])],
+        metadata={"privacy/tier": "exports", "privacy/erasure": NO_SUBJECT_DATA},
+        tags={"privacy/sensitivity": "public-dp"},
+    )
+    def segment_sizes_dp(context: dg.AssetExecutionContext, lake: LakeStorage, platform: PlatformConfig, snowflake: SnowflakeWarehouse):
+        rows = query_warehouse(settings, snowflake, "select rfm_segment from segments.user_segments")
+        return _release(context, lake, platform, "segment_sizes", [r[0] for r in rows],
+                        list(get_policy().dp_releases["segment_sizes"].keys), "segment_name")
+
+    @dg.asset(
+        key=CONTENT_POPULARITY_DP,
+        description="People per content category (each person counted for at most K of their top categories), released with OpenDP.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet", "opendp", "duckdb"},
+        deps=[dg.AssetKey(["features", "content_affinity"]), dg.AssetKey(["consented", "content_catalog"])],
+        metadata={"privacy/tier": "exports", "privacy/erasure": NO_SUBJECT_DATA},
+        tags={"privacy/sensitivity": "public-dp"},
+    )
+    def content_popularity_dp(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+        k = get_policy().dp_releases["content_popularity"].max_contributions
+        with duckdb.get_connection() as con:
+            lake.register(con, "affinity", "features", "content_affinity", empty_schema=pa.schema([("person_id", pa.string()), ("category", pa.string()), ("affinity", pa.float64())]))
+            lake.register(con, "catalog", "consented", "content_catalog", empty_schema=pa.schema([("category", pa.string())]))
+            bounded = con.execute(
+                f"""select category from (
+                        select category, row_number() over (partition by person_id order by affinity desc, category) as r
+                        from affinity) where r <= {int(k)}"""
+            ).fetchall()
+            public = [r[0] for r in con.execute("select distinct category from catalog where category is not null").fetchall()]
+        return _release(context, lake, platform, "content_popularity", [r[0] for r in bounded], public, "category")
+
+    return [segment_sizes_dp, content_popularity_dp]
