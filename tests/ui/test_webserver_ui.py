@@ -146,10 +146,22 @@ def test_lineage_page_renders_in_headless_chromium(webserver):
             "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"])
         try:
             page = browser.new_page(viewport={"width": 1800, "height": 1100})
+            # the global lineage page: with this many assets Dagster draws one node per group (= layer)
             page.goto(webserver["url"] + "/asset-groups", wait_until="domcontentloaded", timeout=60_000)
-            for name in ("events", "consent_state", "user_rfm", "user_segments"):
-                page.locator("svg foreignObject").filter(has_text=name).first.wait_for(state="visible", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "lineage.png"), full_page=True)
+            try:
+                for group in ("raw", "privacy", "features", "warehouse", "segments", "exports"):
+                    page.locator("svg foreignObject").filter(has_text=group).first.wait_for(state="visible", timeout=60_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "lineage.png"), full_page=True)
+            # the upstream lineage of a mart: every layer's assets, by name, from landing to the segment
+            page.goto(webserver["url"] + "/assets/segments/user_segments?view=lineage&lineageScope=upstream&lineageDepth=12",
+                      wait_until="domcontentloaded", timeout=60_000)
+            try:
+                for name in ("user_segments", "user_rfm", "consent_state", "events"):
+                    page.locator("svg foreignObject").filter(has_text=name).first.wait_for(state="visible", timeout=60_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "lineage_user_segments.png"), full_page=True)
         finally:
             browser.close()
     assert (ARTIFACTS / "lineage.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "lineage_user_segments.png").stat().st_size > 10_000
