@@ -1,0 +1,153 @@
+"""Freshness latency: with the daemon running (sensors and automation on), drop one new landing file and
+measure the time until the segments reflect it, split into Dagster overhead and work.
+
+    python -m bench.freshness_latency [--events-per-file 20000] [--workdir bench/work/latency]
+
+1. A landing zone is generated and fully materialized once (the steady state).
+2. `dagster dev` (webserver + daemon) starts on the same Dagster home with
+   PERSONALIZATION_FRESHNESS_SCALE small, so a settled pipeline is "stale" and reacts to new data at once.
+3. One new file (~20k events, the current hour) lands; the landing sensor, the declarative automation and
+   the freshness policies take it from there, with nobody clicking.
+4. Done when `segments/user_segments` is materialized by a run started after the drop and
+   `features/events_clean` contains the new file's messages.
+
+Overhead = latency − the summed duration of the steps that did the work (sensor intervals, run queue,
+run launch and process start-up are overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(data: Path, home: Path, scale: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_"))}
+    env.update(PERSONALIZATION_DATA_DIR=str(data), DAGSTER_HOME=str(home), PERSONALIZATION_FRESHNESS_SCALE=scale,
+               PERSONALIZATION_EVENTS_START=(datetime.now(timezone.utc) - timedelta(days=10)).date().isoformat())
+    return env
+
+
+def _cli(env, *args):
+    subprocess.run([sys.executable, "-m", "personalization_assets.cli", *args], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    data, home, spare = workdir / "data", workdir / "home", workdir / "spare"
+    home.mkdir(parents=True)
+    env = _env(data, home, "0.02")
+    today = datetime.now(timezone.utc).date().isoformat()
+    # the steady state: one day of data, fully materialized
+    _cli(env, "generate", "--users", "2000", "--events", "200000", "--seed", "5", "--days", "2", "--all-consent")
+    _cli(env, "materialize")
+    # the file that will land: a generated hour whose events are in the past (so as_of = now includes them)
+    spare_env = {**env, "PERSONALIZATION_DATA_DIR": str(spare)}
+    _cli(spare_env, "generate", "--users", "2000", "--events", str(events_per_file * 24), "--seed", "6", "--days", "1",
+         "--end", today, "--all-consent")
+    now = datetime.now(timezone.utc)
+    hour = now - timedelta(hours=1)
+    src_dir = spare / "landing" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+    candidates = sorted(src_dir.glob("*.jsonl.gz"))
+    if not candidates:
+        raise SystemExit(f"no generated file for {hour:%Y-%m-%d %H}:00")
+    # one file of about events_per_file events: merge the hour's files into one
+    payload = b"".join(gzip.decompress(f.read_bytes()) for f in candidates)
+    new_ids = {json.loads(line)["messageId"] for line in payload.splitlines()[:50]}
+    dest = data / "landing" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}" / f"late-batch-{int(time.time())}.jsonl.gz"
+
+    port = 3311
+    log = open(workdir / "dagster_dev.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"] = str(home)
+        instance = dg.DagsterInstance.get()
+        _wait_for_daemon(instance, 180)
+        time.sleep(75)  # let the freshness windows (scaled) lapse: the settled pipeline is now stale
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        dest.write_bytes(gzip.compress(payload))
+        key = dg.AssetKey(["segments", "user_segments"])
+        done_at, runs = None, []
+        while time.time() - t0 < timeout_s:
+            event = instance.get_latest_materialization_event(key)
+            if event is not None and event.timestamp > t0 and _reflects(data, new_ids):
+                done_at = event.timestamp
+                break
+            time.sleep(2)
+        if done_at is None:
+            raise SystemExit(f"segments did not reflect the new file within {timeout_s} s (see {workdir}/dagster_dev.log)")
+        latency = done_at - t0
+        work, stages = 0.0, []
+        for record in instance.get_run_records(dg.RunsFilter(created_after=datetime.fromtimestamp(t0, timezone.utc))):
+            run = record.dagster_run
+            stats = instance.get_run_stats(run.run_id)
+            step_time = sum((s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id) if s.end_time)
+            stages.append({"run": run.run_id[:8], "job": run.job_name, "assets": sorted(k.to_user_string() for k in (run.asset_selection or [])),
+                           "created": round(record.create_timestamp.timestamp() - t0, 1), "start": round((stats.start_time or t0) - t0, 1),
+                           "end": round((stats.end_time or t0) - t0, 1), "step_seconds": round(step_time, 1)})
+            if stats.end_time and stats.end_time <= done_at + 1:
+                work += step_time
+        return {"latency_seconds": round(latency, 1), "work_seconds": round(work, 1), "dagster_overhead_seconds": round(latency - work, 1),
+                "events_in_file": len(payload.splitlines()), "runs": sorted(stages, key=lambda s: s["created"])}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_for_daemon(instance, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if instance.get_daemon_heartbeats():
+                return
+        except Exception:
+            pass
+        time.sleep(2)
+    raise SystemExit("the Dagster daemon did not start")
+
+
+def _reflects(data: Path, ids: set[str]) -> bool:
+    import duckdb
+
+    path = data / "lake" / "features" / "events_clean" / "data.parquet"
+    if not path.exists():
+        return False
+    con = duckdb.connect()
+    quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+    return con.execute(f"select count(*) from read_parquet('{path}') where message_id in ({quoted})").fetchall()[0][0] > 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events-per-file", type=int, default=20_000)
+    p.add_argument("--workdir", default=str(ROOT / "bench" / "work" / "latency"))
+    a = p.parse_args(argv)
+    result = run(Path(a.workdir), a.events_per_file)
+    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%dT%H%M%SZ}-freshness-latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
