@@ -42,7 +42,7 @@ def run(data_dir: str, end: str) -> dict:
         step_group.setdefault(node.assets_def.node_def.name, node.group_name)
     import dagster as dg
 
-    starts, layers = {}, defaultdict(float)
+    starts, layers, steps = {}, defaultdict(float), {}
     for entry in dg.DagsterInstance.get().all_logs(result.run_id):
         ev = entry.dagster_event
         if ev is None:
@@ -50,7 +50,9 @@ def run(data_dir: str, end: str) -> dict:
         if ev.event_type_value == "STEP_START":
             starts[ev.step_key] = entry.timestamp
         elif ev.event_type_value == "STEP_SUCCESS":
-            layers[step_group.get(ev.step_key, ev.step_key)] += entry.timestamp - starts.get(ev.step_key, entry.timestamp)
+            d = entry.timestamp - starts.get(ev.step_key, entry.timestamp)
+            layers[step_group.get(ev.step_key, ev.step_key)] += d
+            steps[ev.step_key] = round(d, 2)
     stages = {**timer.stages, **{f"layer_{k}": round(v, 3) for k, v in layers.items()}, "run_wall": round(wall, 3),
               "dagster_overhead": round(wall - sum(layers.values()), 3)}
     lake = defs.resources["lake"]
@@ -62,7 +64,7 @@ def run(data_dir: str, end: str) -> dict:
         "clean_events": lake.read_table("features", "events_clean", columns=["message_id"]).num_rows,
     }
     raw_events = sum(lake.read_table("raw", "events", p, columns=["message_id"]).num_rows for p in lake.partitions("raw", "events"))
-    return {"path": "platform", "events": raw_events, "stages": stages, "totals": totals}
+    return {"path": "platform", "events": raw_events, "stages": stages, "steps": steps, "totals": totals}
 
 
 if __name__ == "__main__":

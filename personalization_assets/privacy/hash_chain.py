@@ -17,7 +17,6 @@ import fcntl
 import random
 import time
 import hashlib
-import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,18 +31,37 @@ GENESIS = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "row_hash")
 
 
-def _canon(value):
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+def canonical_payloads(table: pa.Table) -> list[str]:
+    """The bytes each row's hash covers, computed column-wise (no per-row Python serialization).
+
+    Fields in name order, excluding the chain hashes; each value rendered as text (timestamps as integer
+    microseconds since the epoch, null as the empty marker) and length-prefixed, so no value can shift
+    into its neighbour: ``<name>=<len>:<value>;...``."""
+    import pyarrow.compute as pc
+
+    names = sorted(n for n in table.column_names if n not in ("prev_hash", "row_hash"))
+    parts = []
+    for name in names:
+        col = table[name]
+        if pa.types.is_timestamp(col.type):
+            col = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
+        text = pc.cast(col, pa.string())
+        length = pc.cast(pc.utf8_length(text), pa.string())
+        rendered = pc.binary_join_element_wise(f"{name}=", length, ":", text, ";", "")
+        parts.append(pc.fill_null(rendered, f"{name}=-;"))
+    if not parts:
+        return [""] * table.num_rows
+    joined = pc.binary_join_element_wise(*parts, "") if len(parts) > 1 else parts[0]
+    return joined.to_pylist()
 
 
-def row_hash(prev_hash: str, row: dict) -> str:
-    payload = {k: _canon(v) for k, v in sorted(row.items()) if k not in ("prev_hash", "row_hash")}
-    data = prev_hash + "|" + json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+def _hash(prev_hash: str, payload: str) -> str:
+    return hashlib.sha256((prev_hash + "|" + payload).encode("utf-8")).hexdigest()
+
+
+def row_hash(prev_hash: str, row: dict, schema: pa.Schema) -> str:
+    """The hash of one row (a dict with the log's fields), as appended or verified."""
+    return _hash(prev_hash, canonical_payloads(pa.Table.from_pylist([row], schema=schema))[0])
 
 
 @dataclass(frozen=True)
@@ -111,16 +129,18 @@ class HashChainedLog:
                 seq, prev = self.head()
                 if not rows:
                     return 0, prev
-                out = []
-                for row in rows:
-                    seq += 1
-                    r = {**row, "seq": seq, "prev_hash": prev}
-                    r["row_hash"] = row_hash(prev, r)
-                    prev = r["row_hash"]
-                    out.append(r)
-                first = out[0]["seq"]
+                first = seq + 1
+                out = [{**row, "seq": first + i, "prev_hash": "", "row_hash": ""} for i, row in enumerate(rows)]
+                table = pa.Table.from_pylist(out, schema=self.schema)
+                prevs, hashes = [], []
+                for payload in canonical_payloads(table):
+                    prevs.append(prev)
+                    prev = _hash(prev, payload)
+                    hashes.append(prev)
+                table = table.set_column(table.schema.get_field_index("prev_hash"), "prev_hash", pa.array(prevs, pa.string()))
+                table = table.set_column(table.schema.get_field_index("row_hash"), "row_hash", pa.array(hashes, pa.string()))
                 buf = io.BytesIO()
-                pq.write_table(pa.Table.from_pylist(out, schema=self.schema), buf)
+                pq.write_table(table, buf)
                 relative = self.lake.data_file(self.layer, self.name, {"segment": f"{first:012d}"})
                 if self.lake.create_exclusive(relative, buf.getvalue()):
                     return len(out), prev
@@ -130,18 +150,24 @@ class HashChainedLog:
     def verify(self, expected_head: str | None = None) -> ChainStatus:
         segs = self.segments()
         table = self.read_all()
-        rows = table.to_pylist()
-        rows.sort(key=lambda r: r["seq"])
+        if table.num_rows:
+            table = table.sort_by([("seq", "ascending")])
+        seqs = table["seq"].to_pylist()
+        prev_hashes = table["prev_hash"].to_pylist()
+        row_hashes = table["row_hash"].to_pylist()
+        payloads = canonical_payloads(table)
+        n = len(seqs)
         prev = GENESIS
-        for i, r in enumerate(rows, start=1):
-            if r["seq"] != i:
-                kind = "duplicate" if r["seq"] < i else "missing"
-                return ChainStatus(False, len(rows), len(segs), prev, f"{kind} seq at position {i} (found {r['seq']})", i)
-            if r["prev_hash"] != prev:
-                return ChainStatus(False, len(rows), len(segs), prev, f"seq {i}: prev_hash does not match the previous row (row removed or reordered)", i)
-            if row_hash(prev, r) != r["row_hash"]:
-                return ChainStatus(False, len(rows), len(segs), prev, f"seq {i}: row_hash does not match its contents (row edited)", i)
-            prev = r["row_hash"]
-        if expected_head is not None and rows and expected_head != prev:
-            return ChainStatus(False, len(rows), len(segs), prev, "head hash differs from the one recorded at the last append (chain rewritten)")
-        return ChainStatus(True, len(rows), len(segs), prev)
+        for i in range(1, n + 1):
+            seq = seqs[i - 1]
+            if seq != i:
+                kind = "duplicate" if seq < i else "missing"
+                return ChainStatus(False, n, len(segs), prev, f"{kind} seq at position {i} (found {seq})", i)
+            if prev_hashes[i - 1] != prev:
+                return ChainStatus(False, n, len(segs), prev, f"seq {i}: prev_hash does not match the previous row (row removed or reordered)", i)
+            if _hash(prev, payloads[i - 1]) != row_hashes[i - 1]:
+                return ChainStatus(False, n, len(segs), prev, f"seq {i}: row_hash does not match its contents (row edited)", i)
+            prev = row_hashes[i - 1]
+        if expected_head is not None and n and expected_head != prev:
+            return ChainStatus(False, n, len(segs), prev, "head hash differs from the one recorded at the last append (chain rewritten)")
+        return ChainStatus(True, n, len(segs), prev)

@@ -75,7 +75,7 @@ def test_recomputed_edit_breaks_the_next_segment(ledger):
 
     def edit(rows):
         rows[2]["decision"] = "denied"
-        rows[2]["row_hash"] = row_hash(rows[2]["prev_hash"], rows[2])
+        rows[2]["row_hash"] = row_hash(rows[2]["prev_hash"], rows[2], LEDGER_SCHEMA)
         return rows
 
     _rewrite(_segment_file(ledger, 0), edit)
