@@ -97,7 +97,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         ).fetchall()[0]
         out = con.sql(
             f"select {', '.join(chr(34) + n + chr(34) for n in CONSENTED_EVENT_SCHEMA.names)} from __cev_all "
-            "where not __suppressed and len(purposes) > 0 order by timestamp, message_id"
+            "where not __suppressed and len(purposes) > 0"
         ).arrow().read_all()
     finally:
         con.unregister("raw_part")
