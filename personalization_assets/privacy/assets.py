@@ -297,7 +297,7 @@ def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckd
     return dg.MaterializeResult(metadata=_write_metadata(written, {"requests": len(set(table["request_id"].to_pylist()))}))
 
 
-CONSENT_BATCH_ROWS = 1_000_000
+CONSENT_BATCH_ROWS = 400_000
 
 
 def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):

@@ -98,7 +98,7 @@ def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
     return pa.concat_tables(out) if out else pa.table({})
 
 
-BATCH_BYTES = 256 << 20  # decompressed landing bytes validated together (bounds memory)
+BATCH_BYTES = 128 << 20  # decompressed landing bytes validated together (bounds memory)
 BATCH_PARTITIONS = 48
 
 

@@ -464,6 +464,21 @@ def ingest_event_files(
     return ingest_event_batch(con, [(window_start, files)], horizon_days, max_future_minutes, max_line_bytes)[0]
 
 
+def validate_rows(table: pa_arrow.Table, schema: pa.DataFrameSchema, quarantine_rows: list) -> pa_arrow.Table:
+    """Rows that pass the pandera schema; each failing row goes to `quarantine_rows` with its reason."""
+    failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
+    if not failures:
+        return table
+    mask = np.ones(table.num_rows, dtype=bool)
+    positions = np.fromiter(failures.keys(), dtype=np.int64)
+    mask[positions] = False
+    locations = table.select(["source_file", "line_no"]).take(pa_arrow.array(positions)).to_pylist()
+    for pos, loc in zip(positions.tolist(), locations):
+        r = failures[pos]
+        quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
+    return table.filter(pa_arrow.array(mask))
+
+
 def _hour_array(start: datetime, n: int) -> pa_arrow.Array:
     start_us = int(pd.Timestamp(start).value // 1000)
     return pa_arrow.array(np.full(n, start_us, dtype=np.int64)).cast(pa_arrow.timestamp("us", tz="UTC"))
@@ -519,16 +534,7 @@ def ingest_event_batch(
         empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
         table = empty.append_column("landing_hour", _hour_array(partitions[0][0] if partitions else datetime.now(), 0))
     # --- semantic validation with the pandera tracking plan
-    failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
-    mask = np.ones(table.num_rows, dtype=bool)
-    if failures:
-        positions = np.fromiter(failures.keys(), dtype=np.int64)
-        mask[positions] = False
-        src = table.select(["source_file", "line_no"]).take(pa_arrow.array(positions)).to_pylist()
-        for pos, loc in zip(positions.tolist(), src):
-            r = failures[pos]
-            quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
-    valid = table.filter(pa_arrow.array(mask))
+    valid = validate_rows(table, schema, quarantine_rows)
     # --- exact duplicates of a messageId within a partition: keep the earliest receivedAt
     keyed = valid.select(["message_id", "received_at", "source_file", "line_no", "landing_hour"]).append_column(
         "_pos", pa_arrow.array(np.arange(valid.num_rows, dtype=np.int64))

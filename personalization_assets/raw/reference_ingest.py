@@ -17,10 +17,9 @@ from personalization_assets.raw.events_ingest import (
     LandedFile,
     Reject,
     _order_like_model,
-    _validation_frame,
     build_quarantine,
     parse_file,
-    semantic_failures,
+    validate_rows,
 )
 from personalization_assets.raw.tracking_plan import RawCrmProfile
 
@@ -52,17 +51,7 @@ def _validation_schema(model):
 
 
 def _validate(table: pa.Table, model, quarantine_rows: list, dedup_key: str | None, con) -> pa.Table:
-    schema = _validation_schema(model)
-    failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
-    mask = np.ones(table.num_rows, dtype=bool)
-    if failures:
-        positions = np.fromiter(failures.keys(), dtype=np.int64)
-        mask[positions] = False
-        locs = table.select(["source_file", "line_no"]).take(pa.array(positions)).to_pylist()
-        for pos, loc in zip(positions.tolist(), locs):
-            r = failures[pos]
-            quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
-    valid = table.filter(pa.array(mask))
+    valid = validate_rows(table, _validation_schema(model), quarantine_rows)
     if dedup_key and valid.num_rows:
         keyed = valid.select([dedup_key, "source_file", "line_no"]).append_column("_pos", pa.array(np.arange(valid.num_rows)))
         con.register("_ref", keyed)

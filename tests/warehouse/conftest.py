@@ -51,23 +51,7 @@ def dbt_manifest() -> Path:
     return dbt_project.manifest_path
 
 
-def check_results(result) -> dict[str, bool]:
-    """{"<asset>:<check>": passed} of every asset check evaluated in the run."""
-    out = {}
-    for ev in result.all_events:
-        if ev.event_type_value == "ASSET_CHECK_EVALUATION":
-            d = ev.event_specific_data
-            out[d.asset_check_key.to_user_string()] = d.passed
-    return out
-
-
-def materializations(result) -> dict[str, dict]:
-    out = {}
-    for ev in result.all_events:
-        if ev.event_type_value == "ASSET_MATERIALIZATION":
-            m = ev.event_specific_data.materialization
-            out[m.asset_key.to_user_string()] = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
-    return out
+from tests.helpers import check_results, materializations  # noqa: E402,F401  (shared with the other suites)
 
 
 def isolated_env(mp: pytest.MonkeyPatch, data_dir: Path, dbt_target: Path) -> None:
