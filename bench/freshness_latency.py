@@ -83,7 +83,7 @@ def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
         t0 = time.time()
         dest.write_bytes(gzip.compress(payload))
         key = dg.AssetKey(["segments", "user_segments"])
-        done_at, runs = None, []
+        done_at = None
         while time.time() - t0 < timeout_s:
             event = instance.get_latest_materialization_event(key)
             if event is not None and event.timestamp > t0 and _reflects(data, new_ids):

@@ -22,7 +22,6 @@ def run(data_dir: str, end: str) -> dict:
     with timer.stage("load_definitions"):
         from personalization_assets.cli import ensure_dagster_home, run_materialize
         from personalization_assets.definitions import build_definitions
-        from personalization_assets.jobs import OPERATIONS
         from personalization_assets.settings import load_settings
 
         ensure_dagster_home()

@@ -7,7 +7,7 @@ this module only aggregates what the assets reported.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import dagster as dg

@@ -19,7 +19,6 @@ import duckdb
 import pyarrow as pa
 
 from personalization_assets.privacy.policies import PrivacyPolicy
-from personalization_assets.raw.tracking_plan import CONSENT_EVENT
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -20,7 +20,6 @@ import hashlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa

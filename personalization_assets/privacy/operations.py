@@ -4,12 +4,10 @@ Each writes an append-only, hash-chained log in the privacy tier recording what 
 """
 
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-from dagster_duckdb import DuckDBResource
 
 from personalization_assets.privacy.assets import SUPPRESSION_LIST, auditor, lock_dir
 from personalization_assets.privacy.erasure import (

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 
-from personalization_assets.privacy.audit import AUDIT_SCHEMA, AccessAuditor, UndeclaredPurposeError, audit_log
+from personalization_assets.privacy.audit import AccessAuditor, UndeclaredPurposeError, audit_log
 from personalization_assets.privacy.consent import LEDGER_SCHEMA
 from personalization_assets.privacy.hash_chain import HashChainedLog
 from personalization_assets.privacy.policies import get_policy

@@ -6,7 +6,6 @@ import json
 import secrets
 from datetime import datetime, timedelta, timezone
 
-import pyarrow.compute as pc
 
 from personalization_assets.cli import landing_partition_keys
 from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-import pytest
 
 from tests.helpers import check_results, defs_for_env, materialize, materializations
 from tests.raw.hostile import CASES, PARTITION, write_hostile_landing
