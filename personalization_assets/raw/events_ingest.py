@@ -198,7 +198,7 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
             local.append(path)
         try:
             table = _fast_path_many(con, local, model, max_line_bytes)
-        except duckdb.Error:
+        except (duckdb.Error, OSError, pa_arrow.ArrowException):  # errors may surface while streaming the result
             return {}, files  # some file is not clean after all: per file, then line by line
     finally:
         import shutil
@@ -313,7 +313,7 @@ def parse_file(
             candidate = _fast_path(con, local_path, model, max_line_bytes)
             if candidate.num_rows == f.n_lines:
                 table = candidate.add_column(0, "line_no", pa_arrow.array(np.arange(1, f.n_lines + 1, dtype=np.int64)))
-        except duckdb.Error:
+        except (duckdb.Error, OSError, pa_arrow.ArrowException):  # errors may surface while streaming the result
             table = None  # any syntax problem: classify line by line
         finally:
             if tmp is not None:

@@ -127,3 +127,17 @@ def test_numbers_as_strings_are_not_coerced(con):
 def test_index_lines_handles_missing_final_newline_and_crlf():
     starts, ends = ei.index_lines(b"a\r\nbb\n\nccc")
     assert list(starts) == [0, 3, 6, 7] and list(ends) == [1, 5, 6, 10]
+
+
+def test_batch_with_clean_and_dirty_files_parses_each_correctly(con):
+    """Files that look clean by their line index but fail to parse (invalid UTF-8, an array on a line)
+    must not break the batch's vectorized read: each falls back on its own, nothing is lost."""
+    good = b"".join(line(msg(i)) for i in range(5))
+    bad_utf8 = b"".join(line(msg(100 + i)) for i in range(3)) + line(msg(200)).replace(b"Content Viewed", b"Con\xfftent")
+    array_line = line(msg(300)) + b"[" + line(msg(301)).rstrip(b"\n") + b"]\n"
+    files = [(ei.load_file(name, data), None) for name, data in (("a.jsonl", good), ("b.jsonl", bad_utf8), ("c.jsonl", array_line))]
+    result = ingest(con, files)
+    assert result.raw.num_rows == 5 + 3 + 1
+    reasons = sorted(r["reason"] for r in result.quarantine.to_pylist())
+    assert reasons == ["invalid_utf8", "not_an_object"]
+    assert result.records_read == result.raw.num_rows + result.quarantine.num_rows
