@@ -124,6 +124,8 @@ def markdown(report: dict) -> str:
         stages = ", ".join(f"{k} {v}" for k, v in r["stages"].items())
         rows.append(f"| {name} | {r['wall_seconds']} | {r['events_per_second']:,} | {r['peak_rss_mb']} | {stages} |")
     ratios = report.get("ratios") or {}
+    steps = report["paths"].get("platform", {}).get("steps") or {}
+    step_line = ("Platform steps (s): " + ", ".join(f"`{k}` {v}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v >= 0.1)) if steps else ""
     lines = [
         f"**{report['events']:,} events**, {report['users']:,} users, {report['days']} days "
         f"({report['landing_bytes'] / 1e6:,.0f} MB of NDJSON) — {report['date']}, {report['machine']['cpus']} CPUs, "
@@ -134,6 +136,7 @@ def markdown(report: dict) -> str:
         "",
         f"platform/floor = **{ratios.get('platform_over_floor')}×**, peer/platform = **{ratios.get('peer_over_platform')}×**; "
         f"equal work: **{report['equal_work']}** (sessions, RFM totals, affinity rows identical across paths).",
+        *(["", step_line] if step_line else []),
     ]
     return "\n".join(lines)
 

@@ -1,0 +1,50 @@
+"""The asset graph as a whole: one connected lineage from landing to segments, and a reviewed snapshot
+of every asset (key, group, dependencies, kinds, partitioning, checks) so an accidental change of a key,
+a group or an edge shows up in review (`pytest --snapshot-update` after an intended change)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from tests.helpers import defs_for_env
+
+
+def _upstream(graph, key) -> set:
+    seen, stack = set(), [key]
+    while stack:
+        for parent in graph.get(stack.pop()).parent_keys:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def test_every_mart_and_export_reaches_the_raw_landing_assets(data_dir):
+    graph = defs_for_env().resolve_asset_graph()
+    marts = [k for k in graph.get_all_asset_keys() if k.path[0] in ("segments", "exports")]
+    assert {k.path[-1] for k in marts} >= {"user_segments", "segment_membership", "advertising_audience", "segment_sizes"}
+    for mart in marts:
+        up = _upstream(graph, mart)
+        assert dg.AssetKey(["raw", "events"]) in up, mart
+        assert dg.AssetKey(["privacy", "consent_state"]) in up, mart
+        if mart.path[0] == "segments":
+            assert dg.AssetKey(["features", "user_rfm"]) in up, mart
+
+
+def test_asset_graph_snapshot(data_dir, snapshot):
+    defs = defs_for_env()
+    graph = defs.resolve_asset_graph()
+    rows = []
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        rows.append({
+            "key": key.to_user_string(),
+            "group": node.group_name,
+            "deps": sorted(p.to_user_string() for p in node.parent_keys),
+            "kinds": sorted(node.kinds),
+            "partitioned": node.partitions_def is not None,
+            "checks": sorted(c.name for c in node.check_keys),
+            "automation": node.automation_condition.get_label() if node.automation_condition else None,
+            "freshness": node.freshness_policy is not None,
+        })
+    assert rows == snapshot
