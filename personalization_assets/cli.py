@@ -222,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    import dagster as dg
+
+    # Dagster's notices about beta/preview APIs we use on purpose (backfill policies, spec mapping) are
+    # for developers, not for the operator reading the CLI's summary.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     ensure_dagster_home()
     args = build_parser().parse_args(argv)
     from personalization_assets.settings import ConfigError
