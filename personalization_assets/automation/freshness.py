@@ -52,6 +52,7 @@ def policy_for(key: dg.AssetKey) -> dg.FreshnessPolicy | None:
     if w is None:
         return None
     scale = _scale()
-    fail = max(timedelta(minutes=w[0] * scale), timedelta(minutes=1))  # Dagster's minimum fail window
-    warn = min(timedelta(minutes=w[1] * scale), fail - timedelta(seconds=1))
+    # Dagster's minimums: both windows >= 1 minute, warn < fail
+    fail = max(timedelta(minutes=w[0] * scale), timedelta(minutes=2))
+    warn = max(min(timedelta(minutes=w[1] * scale), fail - timedelta(minutes=1)), timedelta(minutes=1))
     return dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn)

@@ -112,3 +112,13 @@ def test_definitions_wiring(data_dir):
     assert node.automation_condition.get_label() == partition_follows_raw().get_label()
     assert node.freshness_policy is not None
     assert g.get(dg.AssetKey(["raw", "events"])).automation_condition is None  # the landing sensor drives raw
+
+
+@pytest.mark.parametrize("scale", ["0.0001", "0.02", "1", "25"])
+def test_freshness_policies_respect_dagster_minimums_at_any_scale(scale, monkeypatch):
+    from personalization_assets.automation import freshness
+
+    monkeypatch.setenv("PERSONALIZATION_FRESHNESS_SCALE", scale)
+    for layer in freshness.LAYER_DEFAULTS:
+        policy = freshness.policy_for(dg.AssetKey([layer, "x"]))
+        assert policy.fail_window.to_timedelta() > policy.warn_window.to_timedelta() >= timedelta(minutes=1)
