@@ -37,12 +37,18 @@ def landing_state(landing: LandingZone, valid_partitions=None) -> dict[str, dict
         pk = partition_key_for_path(f.path)
         if pk and (valid_partitions is None or valid_partitions(pk)):
             by_pk[pk].append(f)
-    sources = {}
+    sources, newest_sources = {}, {}
     for directory in REFERENCE_SOURCES:
         files = landing.list_files(directory)
         if files:
             sources[directory] = files_digest(files)
-    return {"events": {pk: files_digest(fs) for pk, fs in sorted(by_pk.items())}, "sources": sources}
+            newest_sources[directory] = max(f.mtime_ns for f in files)
+    return {
+        "events": {pk: files_digest(fs) for pk, fs in sorted(by_pk.items())},
+        "sources": sources,
+        "newest_ns": {pk: max(f.mtime_ns for f in fs) for pk, fs in by_pk.items()},
+        "newest_sources_ns": newest_sources,
+    }
 
 
 def _already_requested(instance, digest_tag: str) -> bool:
@@ -51,14 +57,26 @@ def _already_requested(instance, digest_tag: str) -> bool:
     return any(r.dagster_run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for r in records)
 
 
+def _materialized_after_files(instance, pk: str | None, newest_file_ns: int, key: dg.AssetKey = RAW_EVENTS) -> bool:
+    """The asset (partition) was materialized after its newest landing file was written (e.g. by the CLI
+    or a backfill before the sensor ever ran): nothing new to ingest."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[pk] if pk else None), limit=1
+    ).records
+    return bool(records) and records[0].timestamp * 1e9 > newest_file_ns
+
+
 def run_requests_for(state: dict, previous: dict, instance=None) -> list[dg.RunRequest]:
     requests = []
+    newest = state.get("newest_ns", {})
     for pk, digest in state["events"].items():
         if previous.get("events", {}).get(pk) == digest:
             continue
         tag = f"events:{pk}:{digest}"
         if instance is not None and _already_requested(instance, tag):
             continue
+        if instance is not None and pk not in previous.get("events", {}) and _materialized_after_files(instance, pk, newest.get(pk, 0)):
+            continue  # first sight of this hour, but it was already ingested after its files landed
         requests.append(
             dg.RunRequest(
                 run_key=tag,
@@ -74,6 +92,9 @@ def run_requests_for(state: dict, previous: dict, instance=None) -> list[dg.RunR
         if instance is not None and _already_requested(instance, tag):
             continue
         table = REFERENCE_SOURCES[directory]
+        if (instance is not None and directory not in previous.get("sources", {})
+                and _materialized_after_files(instance, None, state.get("newest_sources_ns", {}).get(directory, 0), dg.AssetKey(["raw", table]))):
+            continue
         requests.append(
             dg.RunRequest(
                 run_key=tag,
@@ -103,10 +124,11 @@ def build_landing_sensor(partitions_def: dg.PartitionsDefinition) -> dg.SensorDe
 
         state = landing_state(landing, valid)
         requests = run_requests_for(state, previous, context.instance)
+        cursor = json.dumps({"events": state["events"], "sources": state["sources"]})
         if not requests:
-            return dg.SensorResult(skip_reason=dg.SkipReason("no new landing files"), cursor=json.dumps(state))
+            return dg.SensorResult(skip_reason=dg.SkipReason("no new landing files"), cursor=cursor)
         context.log.info(f"requesting {len(requests)} ingestion run(s): {[r.partition_key or r.run_key for r in requests][:10]}")
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(state))
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return landing_arrival
 

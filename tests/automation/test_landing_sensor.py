@@ -86,3 +86,22 @@ def test_schedule_backstop_skips_files_that_already_have_a_run(landing):
         instance.create_run_for_job(job_def=job, tags=req.tags, asset_selection=frozenset(req.asset_selection))
         data2 = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources, repository_def=defs.get_repository_def()))
         assert not data2.run_requests
+
+
+def test_hours_ingested_before_the_sensor_first_ran_are_not_requested_again(landing):
+    """`make demo` then `make dev`: the sensor's first tick must not re-ingest what the CLI just ingested,
+    but must still pick up a file that lands afterwards."""
+    from tests.helpers import materialize
+
+    _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
+    defs = defs_for_env()
+    with dg.instance_for_test() as instance:
+        materialize(defs, "key:raw/events", ("2026-11-28-13:00", "2026-11-28-13:00"), instance=instance)
+        first, cursor = _tick(defs, instance)
+        assert first == []
+        import time
+
+        time.sleep(0.01)
+        _write(landing, "2026-11-28", "13", "b.jsonl.gz", 3, 50)
+        later, _ = _tick(defs, instance, cursor)
+        assert [r.partition_key for r in later] == ["2026-11-28-13:00"]
