@@ -55,7 +55,9 @@ def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
     _cli(env, "materialize")
     # the file that will land: a generated hour whose events are in the past (so as_of = now includes them)
     spare_env = {**env, "PERSONALIZATION_DATA_DIR": str(spare)}
-    _cli(spare_env, "generate", "--users", "2000", "--events", str(events_per_file * 24), "--seed", "6", "--days", "1",
+    # the same population (seed, users), one day further: its people and devices already consented in the
+    # steady state, so the new file's events pass the consent filter (new devices consent in the file itself)
+    _cli(spare_env, "generate", "--users", "2000", "--events", str(events_per_file * 72), "--seed", "5", "--days", "3",
          "--end", today, "--all-consent")
     now = datetime.now(timezone.utc)
     hour = now - timedelta(hours=1)
@@ -65,7 +67,7 @@ def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
         raise SystemExit(f"no generated file for {hour:%Y-%m-%d %H}:00")
     # one file of about events_per_file events: merge the hour's files into one
     payload = b"".join(gzip.decompress(f.read_bytes()) for f in candidates)
-    new_ids = {json.loads(line)["messageId"] for line in payload.splitlines()[:50]}
+    new_ids = {json.loads(line)["messageId"] for line in payload.splitlines()}
     dest = data / "landing" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}" / f"late-batch-{int(time.time())}.jsonl.gz"
 
     port = 3311
