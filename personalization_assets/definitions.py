@@ -57,7 +57,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
     automation_sensors = [
         dg.AutomationConditionSensorDefinition(
-            f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15,
+            f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5,
             description=f"Evaluates the declarative automation conditions of the {name} layer (see automation/conditions.py).",
         )
         for name, selection in (

@@ -34,7 +34,10 @@ def partition_follows_raw() -> dg.AutomationCondition:
 
 def freshness_driven() -> dg.AutomationCondition:
     stale = (AC.freshness_failed() | AC.freshness_warned() | AC.missing()).with_label("stale_or_about_to_be")
-    return (stale & _NEW_UPSTREAM & _SAFE).with_label("freshness_driven")
+    # an upstream requested in the same tick counts as new data: features, warehouse and segments then go
+    # in ONE run instead of one run (and one launch) per layer
+    new_data = (_NEW_UPSTREAM | AC.any_deps_match(AC.will_be_requested())).with_label("upstream_has_or_gets_new_data")
+    return (stale & new_data & _SAFE).with_label("freshness_driven")
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition | None:

@@ -35,9 +35,11 @@ def test_new_files_request_exactly_the_affected_partitions(landing):
     with dg.instance_for_test() as instance:
         requests, cursor = _tick(defs, instance)
         got = sorted(((r.partition_key or ""), tuple(k.to_user_string() for k in r.asset_selection)) for r in requests)
+        # steady streaming (<= 2 new hours): each ingestion run brings the consent state and the consented hour along
+        followers = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events")
         assert got == sorted([
-            ("2026-11-28-13:00", ("raw/events", "raw/events_quarantine")),
-            ("2026-11-28-14:00", ("raw/events", "raw/events_quarantine")),
+            ("2026-11-28-13:00", ("raw/events", "raw/events_quarantine", *followers)),
+            ("2026-11-28-14:00", ("raw/events", "raw/events_quarantine", *followers)),
             ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine")),
         ])
         # same files, next tick: nothing
@@ -105,3 +107,13 @@ def test_hours_ingested_before_the_sensor_first_ran_are_not_requested_again(land
         _write(landing, "2026-11-28", "13", "b.jsonl.gz", 3, 50)
         later, _ = _tick(defs, instance, cursor)
         assert [r.partition_key for r in later] == ["2026-11-28-13:00"]
+
+
+def test_a_bulk_arrival_leaves_the_followers_to_automation(landing):
+    for h in range(5):
+        _write(landing, "2026-11-27", f"{h:02d}", "a.jsonl.gz", 2, h * 10)
+    defs = defs_for_env()
+    with dg.instance_for_test() as instance:
+        requests, _ = _tick(defs, instance)
+        assert len(requests) == 5
+        assert all([k.to_user_string() for k in r.asset_selection] == ["raw/events", "raw/events_quarantine"] for r in requests)
