@@ -37,7 +37,7 @@ def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: 
         def recent(pk: str) -> bool:
             return pk >= oldest and partitions_def.has_partition_key(pk)
 
-        requests = run_requests_for(landing_state(landing, recent), {}, context.instance)
+        requests = run_requests_for(landing_state(landing, recent), {}, context.instance, with_followers=True)
         if not requests:
             return dg.SkipReason("no changed landing files without an ingestion run")
         return requests
