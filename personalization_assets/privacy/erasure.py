@@ -27,7 +27,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.privacy.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
 from personalization_assets.resources.storage import LakeStorage
 
 ERASURE_META = "privacy/erasure"
@@ -120,21 +120,6 @@ def _partitions(lake: LakeStorage, layer: str, table: str, partitioned: bool):
     return [None] if lake.exists(layer, table) else []
 
 
-def _pz_match(con, pz: Pseudonymizer, table: pa.Table, columns: dict, pseudonyms: set[str]) -> tuple[pa.Array, set[str]]:
-    """Mask of rows whose raw identifier columns pseudonymize into `pseudonyms`, plus those raw values."""
-    mask = pa.array([False] * table.num_rows)
-    values: set[str] = set()
-    for col, kind in columns.items():
-        if col not in table.column_names:
-            continue
-        distinct = pc.unique(table[col].combine_chunks().drop_null()).to_pylist()
-        hits = {v for v, p in zip(distinct, pz.pseudonymize_values(distinct, kind)) if p in pseudonyms}
-        if hits:
-            values |= hits
-            mask = pc.or_(mask, pc.fill_null(pc.is_in(table[col], value_set=pa.array(sorted(hits), pa.string())), False))
-    return mask, values
-
-
 def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa.Array:
     value_set = pa.array(sorted(pseudonyms), pa.string())
     mask = pa.array([False] * table.num_rows)
@@ -176,7 +161,7 @@ def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Ta
         if table.num_rows == 0:
             continue
         if kind == "raw":
-            mask, values = _pz_match(con, pz, table, h["columns"], subjects.pseudonyms)
+            mask, values = rows_matching_pseudonyms(table, h["columns"], subjects.pseudonyms, pz.pseudonymize_values)
             subjects.raw_values |= values
         elif kind == "quarantine":
             mask = _text_match(table, subjects.raw_values)

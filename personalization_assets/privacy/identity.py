@@ -29,13 +29,20 @@ IDENTITY_SCHEMA = pa.schema(
 LINK_SCHEMA = pa.schema([("identifier", pa.string()), ("identifier_kind", pa.string()), ("user_pseudonym", pa.string())])
 
 
-def pseudonymize_column(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, view: str, column: str, kind: str, map_name: str) -> None:
-    """Create temp table `map_name(value, pseudonym)` for the distinct values of view.column."""
+def map_distinct(con: duckdb.DuckDBPyConnection, view: str, column: str, map_name: str, fn, out_column: str) -> None:
+    """Create temp table `map_name(value, <out_column>)` with fn(value) for the DISTINCT values of
+    view.column (Python work proportional to distinct values, not rows; join it back in SQL)."""
     distinct = con.sql(f'select distinct "{column}" as v from "{view}" where "{column}" is not null').arrow().read_all()
-    mapping = pz.mapping_table(distinct["v"].combine_chunks() if distinct.num_rows else pa.array([], pa.string()), kind)
+    values = distinct["v"].to_pylist()
+    mapping = pa.table({"value": pa.array(values, pa.string()), out_column: pa.array(fn(values), pa.string())})
     con.register(f"__{map_name}", mapping)
     con.execute(f'create or replace temp table "{map_name}" as select * from "__{map_name}"')
     con.unregister(f"__{map_name}")
+
+
+def pseudonymize_column(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, view: str, column: str, kind: str, map_name: str) -> None:
+    """Create temp table `map_name(value, pseudonym)` for the distinct values of view.column."""
+    map_distinct(con, view, column, map_name, lambda values: pz.pseudonymize_values(values, kind), "pseudonym")
 
 
 def build_identity_links(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, jurisdiction_sql: str) -> tuple[pa.Table, pa.Table]:

@@ -123,7 +123,24 @@ class Pseudonymizer(dg.ConfigurableResource):
             out.append(cache[v])
         return out
 
-    def mapping_table(self, distinct_values: pa.Array, kind: str) -> pa.Table:
-        """(value, pseudonym) for DISTINCT input values — join it back in DuckDB."""
-        values = distinct_values.to_pylist()
-        return pa.table({"value": pa.array(values, pa.string()), "pseudonym": pa.array(self.pseudonymize_values(values, kind), pa.string())})
+
+
+def rows_matching_pseudonyms(table: pa.Table, columns: dict[str, str], targets: set[str], pseudonymize) -> tuple[pa.Array, set[str]]:
+    """Mask of rows whose raw identifier columns ({column: normalize kind}) pseudonymize into `targets`,
+    and the raw values that matched. Only distinct values are hashed. Used by ingestion (suppression)
+    and by the erasure run (raw tables); `pseudonymize(values, kind)` is a Pseudonymizer's method."""
+    import pyarrow.compute as pc
+
+    mask = pa.array([False] * table.num_rows, pa.bool_())
+    matched: set[str] = set()
+    if not targets:
+        return mask, matched
+    for col, kind in columns.items():
+        if col not in table.column_names:
+            continue
+        distinct = pc.unique(table[col].combine_chunks().drop_null()).to_pylist()
+        hits = {v for v, p in zip(distinct, pseudonymize(distinct, kind)) if p in targets}
+        if hits:
+            matched |= hits
+            mask = pc.or_(mask, pc.fill_null(pc.is_in(table[col], value_set=pa.array(sorted(hits), pa.string())), False))
+    return mask, matched

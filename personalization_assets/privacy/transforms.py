@@ -10,9 +10,8 @@ from __future__ import annotations
 import ipaddress
 
 import duckdb
-import pyarrow as pa
 
-from personalization_assets.privacy.identity import pseudonymize_column
+from personalization_assets.privacy.identity import map_distinct, pseudonymize_column
 from personalization_assets.privacy.policies import ColumnPolicy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 
@@ -31,15 +30,6 @@ def truncate_ip(value: str | None) -> str | None:
         ip = ip.ipv4_mapped
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
-def _ip_map(con: duckdb.DuckDBPyConnection, view: str, column: str, name: str) -> None:
-    distinct = con.sql(f'select distinct "{column}" as v from "{view}" where "{column}" is not null').arrow().read_all()
-    values = distinct["v"].to_pylist()
-    mapping = pa.table({"value": pa.array(values, pa.string()), "out": pa.array([truncate_ip(v) for v in values], pa.string())})
-    con.register(f"__{name}", mapping)
-    con.execute(f'create or replace temp table "{name}" as select * from "__{name}"')
-    con.unregister(f"__{name}")
 
 
 def age_band_sql(column: str, as_of_sql: str) -> str:
@@ -72,7 +62,7 @@ def apply_column_policies(
             selects.append(f'"{m}".pseudonym as {out}')
         elif cp.action == "truncate_ip":
             m = f"__ip_{view}_{i}"
-            _ip_map(con, view, col, m)
+            map_distinct(con, view, col, m, lambda values: [truncate_ip(v) for v in values], "out")
             joins.append(f'left join "{m}" on "{m}".value = {q}')
             selects.append(f'"{m}".out as {out}')
         elif cp.action == "strip_url_query":

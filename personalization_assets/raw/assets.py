@@ -83,6 +83,19 @@ def _load(landing: LandingZone, files) -> list[tuple[events_ingest.LandedFile, s
     return loaded
 
 
+def _with_unsupported(landing: LandingZone, source: str, suffixes, bad_files, quarantine: pa.Table, read: int) -> tuple[pa.Table, int]:
+    """Files that are not batches of the source (wrong name) are records too: one quarantine row each,
+    with the file's first bytes; they count as read."""
+    if not bad_files:
+        return quarantine, read
+    extra = events_ingest.build_quarantine(
+        source,
+        [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {suffixes}")) for f in bad_files],
+        originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
+    )
+    return pa.concat_tables([quarantine, extra]), read + len(bad_files)
+
+
 def _unsupported(files) -> list:
     return [f for f in files if not f.path.endswith(EVENT_SUFFIXES)]
 
@@ -144,16 +157,7 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
     )
     out = []
     for (pk, all_files), result in zip(batch, results):
-        quarantine, records_read = result.quarantine, result.records_read
-        bad_files = bad_by_pk[pk]
-        if bad_files:
-            extra = events_ingest.build_quarantine(
-                "events",
-                [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {EVENT_SUFFIXES}")) for f in bad_files],
-                originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
-            )
-            quarantine = pa.concat_tables([quarantine, extra])
-            records_read += len(bad_files)
+        quarantine, records_read = _with_unsupported(landing, "events", EVENT_SUFFIXES, bad_by_pk[pk], result.quarantine, result.records_read)
         part = partition_dict(pk)
         raw_written = lake.write_table("raw", "events", result.raw, partition=part)
         lake.write_table("raw", "events_quarantine", quarantine, partition=part)
@@ -299,15 +303,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 result = reference_ingest.ingest_crm(con, loaded, platform.max_line_bytes)
             else:
                 result = reference_ingest.ingest_jsonl_source(con, source, loaded, model, platform.max_line_bytes, dedup_key=_DEDUP.get(table))
-        quarantine, read = result.quarantine, result.records_read
-        if bad_files:
-            extra = events_ingest.build_quarantine(
-                source,
-                [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {suffixes}")) for f in bad_files],
-                originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
-            )
-            quarantine = pa.concat_tables([quarantine, extra])
-            read += len(bad_files)
+        quarantine, read = _with_unsupported(landing, source, suffixes, bad_files, result.quarantine, result.records_read)
         written = lake.write_table("raw", table, result.raw)
         q_written = lake.write_table("raw", f"{table}_quarantine", quarantine)
         reasons = _reasons(quarantine)

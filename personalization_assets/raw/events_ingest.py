@@ -433,13 +433,9 @@ SUBJECT_COLUMNS = {"user_id": "id", "anonymous_id": "id", "previous_id": "id", "
 
 def suppressed_mask(table: pa_arrow.Table, suppressed: set[str], pseudonymize) -> pa_arrow.Array:
     """Rows whose identifiers pseudonymize into the suppression list (`pseudonymize(values, kind)`)."""
-    mask = pa_arrow.array(np.zeros(table.num_rows, dtype=bool))
-    for col, kind in SUBJECT_COLUMNS.items():
-        distinct = pc.unique(table[col].combine_chunks().drop_null()).to_pylist()
-        hits = [v for v, p in zip(distinct, pseudonymize(distinct, kind)) if p in suppressed]
-        if hits:
-            mask = pc.or_(mask, pc.fill_null(pc.is_in(table[col], value_set=pa_arrow.array(hits, pa_arrow.string())), False))
-    return mask
+    from personalization_assets.privacy.pseudonymize import rows_matching_pseudonyms
+
+    return rows_matching_pseudonyms(table, SUBJECT_COLUMNS, suppressed, pseudonymize)[0]
 
 
 def _validation_frame(table: pa_arrow.Table, schema: pa.DataFrameSchema) -> pd.DataFrame:
