@@ -27,6 +27,12 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 2
+    # the streaming ingestion runs also rebuild the (unpartitioned) consent state: one at a time
+    tag_concurrency_limits:
+      - key: personalization/streaming
+        limit: 1
+    # freshness latency: pick a queued run up within a second (the default is 5 s)
+    dequeue_interval_seconds: 1
 run_monitoring:
   enabled: true
 run_retries:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from personalization_assets.settings import SETTINGS_DOC, ConfigError, load_settings
@@ -86,3 +87,16 @@ def test_readme_documents_every_setting():
     for doc in SETTINGS_DOC:
         first = doc.name.split(" ")[0]
         assert first in readme, f"README configuration table misses {first}"
+
+
+def test_the_local_dagster_home_is_a_valid_instance_that_serializes_streaming_runs(tmp_path, monkeypatch):
+    from personalization_assets.automation.sensors import STREAMING_TAG
+    from personalization_assets.cli import ensure_dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    home = ensure_dagster_home()
+    assert (home / "dagster.yaml").exists()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        queue = instance.run_coordinator.get_run_queue_config()
+        assert {"key": STREAMING_TAG, "limit": 1} in queue.tag_concurrency_limits
+        assert instance.run_coordinator.dequeue_interval_seconds <= 2

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from personalization_assets.automation.sensors import landing_state, run_requests_for
+from personalization_assets.automation.sensors import LANDING_TARGET, landing_state, run_requests_for
 from personalization_assets.raw.partitions import PARTITION_FMT
 from personalization_assets.resources.storage import LandingZone
 
@@ -25,7 +25,7 @@ def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: 
         name="landing_extraction_every_5_minutes",
         cron_schedule="*/5 * * * *",
         execution_timezone="UTC",
-        target=dg.AssetSelection.groups("raw"),
+        target=LANDING_TARGET,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every 5 minutes: ingest the hours (last 3 days) and reference sources whose files changed and "
         "have no successful or running ingestion yet. Stateless; de-duplicated with the sensor by a digest tag.",

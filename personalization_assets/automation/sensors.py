@@ -28,6 +28,9 @@ FOLLOWERS = (
 STREAMING_MAX_HOURS = 2  # beyond this many changed hours at once (a backfill), leave the followers to automation
 REFERENCE_SOURCES = {"crm": "crm_profiles", "catalog": "content_catalog", "privacy_requests": "privacy_requests"}
 DIGEST_TAG = "personalization/landing-digest"
+STREAMING_TAG = "personalization/streaming"
+# what the landing sensor and its schedule backstop may request (a run request outside its target cannot launch)
+LANDING_TARGET = dg.AssetSelection.groups("raw") | dg.AssetSelection.assets(*FOLLOWERS)
 
 
 def files_digest(files: list[FileInfo]) -> str:
@@ -95,7 +98,9 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
     hourly = [r for r in requests if r.partition_key]
     if with_followers and 0 < len(hourly) <= STREAMING_MAX_HOURS:
         # steady streaming: one run ingests the hour and brings the consent state and the consented hour along
-        requests = [r.with_replaced_attrs(asset_selection=[RAW_EVENTS, RAW_EVENTS_QUARANTINE, *FOLLOWERS])
+        # (tagged: the run queue runs one such run at a time, as they all rebuild the unpartitioned consent state)
+        requests = [r.with_replaced_attrs(asset_selection=[RAW_EVENTS, RAW_EVENTS_QUARANTINE, *FOLLOWERS],
+                                          tags={**r.tags, STREAMING_TAG: "1"})
                     if r.partition_key else r for r in requests]
     for directory, digest in state["sources"].items():
         if previous.get("sources", {}).get(directory) == digest:
@@ -126,7 +131,7 @@ def build_landing_sensor(partitions_def: dg.PartitionsDefinition) -> dg.SensorDe
         "the run requests, so a crash between two ticks loses nothing.",
         minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        target=dg.AssetSelection.groups("raw") | dg.AssetSelection.assets(*FOLLOWERS),
+        target=LANDING_TARGET,
     )
     def landing_arrival(context: dg.SensorEvaluationContext, landing: LandingZone):
         previous = json.loads(context.cursor) if context.cursor else {}

@@ -8,6 +8,7 @@ import json
 
 import dagster as dg
 
+from personalization_assets.automation.sensors import STREAMING_TAG
 from tests.helpers import defs_for_env
 from tests.raw.hostile import line, msg
 
@@ -117,3 +118,24 @@ def test_a_bulk_arrival_leaves_the_followers_to_automation(landing):
         requests, _ = _tick(defs, instance)
         assert len(requests) == 5
         assert all([k.to_user_string() for k in r.asset_selection] == ["raw/events", "raw/events_quarantine"] for r in requests)
+
+
+def test_every_request_of_the_sensor_and_the_schedule_is_launchable_by_its_job(landing):
+    """A run request naming an asset outside the sensor's or schedule's target job cannot launch in the daemon."""
+    from datetime import datetime, timezone
+
+    _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
+    defs = defs_for_env()
+    sensor = defs.resolve_sensor_def("landing_arrival")
+    schedule = defs.resolve_schedule_def("landing_extraction_every_5_minutes")
+    with dg.instance_for_test() as instance:
+        sensor_requests, _ = _tick(defs, instance)
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 28, 14, 5, tzinfo=timezone.utc),
+                                        resources=defs.resources, repository_def=defs.get_repository_def())
+        schedule_requests = schedule.evaluate_tick(ctx).run_requests
+        for job_name, requests in ((sensor.job_name, sensor_requests), (schedule.job_name, schedule_requests)):
+            job_keys = defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
+            assert requests and any(len(r.asset_selection) > 2 for r in requests)  # the streaming followers are requested
+            for r in requests:
+                assert set(r.asset_selection) <= job_keys, (job_name, set(r.asset_selection) - job_keys)
+                assert r.tags.get(STREAMING_TAG) == "1"
