@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,46 @@ def peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round(max(own, kids) / 1024, 1)
+
+
+class RssSampler:
+    """Samples this process's resident set (Linux /proc) every `interval` seconds in a thread, so a peak can be
+    attributed to the step running at the time (ru_maxrss only gives the peak of the whole process)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def current_mb() -> float | None:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            mb = self.current_mb()
+            if mb is not None:
+                self.samples.append((time.time(), mb))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def peak_between(self, start: float, end: float) -> float | None:
+        inside = [mb for t, mb in self.samples if start <= t <= end]
+        return round(max(inside), 1) if inside else None
 
 
 def emit(result: dict) -> None:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import defaultdict
 
-from bench.common import Timer, as_of_for, emit
+from bench.common import RssSampler, Timer, as_of_for, emit
 
 
 def run(data_dir: str, end: str) -> dict:
@@ -30,8 +30,9 @@ def run(data_dir: str, end: str) -> dict:
     as_of = as_of_for(end).isoformat()
     everything_but_operations = "not (key:privacy/erasure_log or key:privacy/retention_log or key:privacy/key_rotation_log or group:exports)"
     t0 = time.perf_counter()
-    ok, text, result = run_materialize(everything_but_operations, defs=defs, echo=lambda *_: None,
-                                       run_config={"ops": {"feature_tables": {"config": {"as_of": as_of}}}})
+    with RssSampler() as rss:
+        ok, text, result = run_materialize(everything_but_operations, defs=defs, echo=lambda *_: None,
+                                           run_config={"ops": {"feature_tables": {"config": {"as_of": as_of}}}})
     wall = time.perf_counter() - t0
     if not ok:
         raise SystemExit("platform run failed:\n" + text)
@@ -41,7 +42,7 @@ def run(data_dir: str, end: str) -> dict:
         step_group.setdefault(node.assets_def.node_def.name, node.group_name)
     import dagster as dg
 
-    starts, layers, steps = {}, defaultdict(float), {}
+    starts, layers, steps, step_rss = {}, defaultdict(float), {}, {}
     for entry in dg.DagsterInstance.get().all_logs(result.run_id):
         ev = entry.dagster_event
         if ev is None:
@@ -52,6 +53,7 @@ def run(data_dir: str, end: str) -> dict:
             d = entry.timestamp - starts.get(ev.step_key, entry.timestamp)
             layers[step_group.get(ev.step_key, ev.step_key)] += d
             steps[ev.step_key] = round(d, 2)
+            step_rss[ev.step_key] = rss.peak_between(starts.get(ev.step_key, entry.timestamp), entry.timestamp)
     stages = {**timer.stages, **{f"layer_{k}": round(v, 3) for k, v in layers.items()}, "run_wall": round(wall, 3),
               "dagster_overhead": round(wall - sum(layers.values()), 3)}
     lake = defs.resources["lake"]
@@ -63,7 +65,7 @@ def run(data_dir: str, end: str) -> dict:
         "clean_events": lake.read_table("features", "events_clean", columns=["message_id"]).num_rows,
     }
     raw_events = sum(lake.read_table("raw", "events", p, columns=["message_id"]).num_rows for p in lake.partitions("raw", "events"))
-    return {"path": "platform", "events": raw_events, "stages": stages, "steps": steps, "totals": totals}
+    return {"path": "platform", "events": raw_events, "stages": stages, "steps": steps, "step_peak_rss_mb": step_rss, "totals": totals}
 
 
 if __name__ == "__main__":

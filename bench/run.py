@@ -125,7 +125,13 @@ def markdown(report: dict) -> str:
         rows.append(f"| {name} | {r['wall_seconds']} | {r['events_per_second']:,} | {r['peak_rss_mb']} | {stages} |")
     ratios = report.get("ratios") or {}
     steps = report["paths"].get("platform", {}).get("steps") or {}
-    step_line = ("Platform steps (s): " + ", ".join(f"`{k}` {v}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v >= 0.1)) if steps else ""
+    step_rss = report["paths"].get("platform", {}).get("step_peak_rss_mb") or {}
+
+    def step(k, v):
+        return f"`{k}` {v}" + (f" ({step_rss[k]:,.0f} MB)" if step_rss.get(k) else "")
+
+    step_line = ("Platform steps (s, peak RSS of the run process during the step): "
+                 + ", ".join(step(k, v) for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v >= 0.1)) if steps else ""
     lines = [
         f"**{report['events']:,} events**, {report['users']:,} users, {report['days']} days "
         f"({report['landing_bytes'] / 1e6:,.0f} MB of NDJSON) — {report['date']}, {report['machine']['cpus']} CPUs, "
