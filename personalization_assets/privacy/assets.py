@@ -321,9 +321,12 @@ def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):
 
 
 def _register_privacy_views(con, lake: LakeStorage):
-    lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
-    lake.register(con, "consent_state", "privacy", "consent_state", empty_schema=consent_lib.STATE_SCHEMA)
-    lake.register(con, "suppression", "privacy", "suppression_list", empty_schema=SUPPRESSION_SCHEMA)
+    """Load identity links, consent state and suppression list into DuckDB temp tables once per run: every
+    batch joins them, and re-scanning the lake files (over the network on S3) per batch costs more than holding them."""
+    for name, table, schema in (("identity", "identity_links", IDENTITY_SCHEMA), ("consent_state", "consent_state", consent_lib.STATE_SCHEMA),
+                                ("suppression", "suppression_list", SUPPRESSION_SCHEMA)):
+        lake.register(con, f"__lake_{name}", "privacy", table, empty_schema=schema)
+        con.execute(f'create or replace temp table "{name}" as select * from "__lake_{name}"')
 
 
 def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:

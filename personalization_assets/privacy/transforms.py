@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from personalization_assets.privacy.identity import map_distinct, pseudonymize_column
 from personalization_assets.privacy.policies import ColumnPolicy
@@ -30,6 +32,21 @@ def truncate_ip(value: str | None) -> str | None:
         ip = ip.ipv4_mapped
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+CANONICAL_IPV4 = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
+
+
+def truncate_ips(values: list[str | None]) -> list[str | None]:
+    """`truncate_ip` over many values: canonical dotted-quad IPv4 (nearly all traffic) is truncated by a
+    vectorized regex; anything else (IPv6, mapped, padded, garbage) goes through `truncate_ip`."""
+    arr = pa.array(values, pa.string())
+    fast = pc.fill_null(pc.match_substring_regex(arr, CANONICAL_IPV4), False)
+    out = pc.if_else(fast, pc.replace_substring_regex(arr, r"\.[0-9]+$", ".0/24"), pa.scalar(None, pa.string())).to_pylist()
+    for i in pc.indices_nonzero(pc.invert(fast)).to_pylist():
+        out[i] = truncate_ip(values[i])
+    return out
 
 
 def age_band_sql(column: str, as_of_sql: str) -> str:
@@ -62,7 +79,7 @@ def apply_column_policies(
             selects.append(f'"{m}".pseudonym as {out}')
         elif cp.action == "truncate_ip":
             m = f"__ip_{view}_{i}"
-            map_distinct(con, view, col, m, lambda values: [truncate_ip(v) for v in values], "out")
+            map_distinct(con, view, col, m, truncate_ips, "out")
             joins.append(f'left join "{m}" on "{m}".value = {q}')
             selects.append(f'"{m}".out as {out}')
         elif cp.action == "strip_url_query":

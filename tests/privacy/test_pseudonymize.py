@@ -10,7 +10,10 @@ import pytest
 
 from personalization_assets.privacy.keys import KeyConfigError, parse_key_map
 from personalization_assets.privacy.pseudonymize import KeyChain, Pseudonymizer, normalize
-from personalization_assets.privacy.transforms import truncate_ip
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from personalization_assets.privacy.transforms import truncate_ip, truncate_ips
 
 K1, K2 = "11" * 32, "22" * 32
 
@@ -54,6 +57,24 @@ def test_ip_truncation():
     assert truncate_ip("2001:db8:abcd:12::1") == "2001:db8:abcd::/48"
     assert truncate_ip("::ffff:198.51.100.9") == "198.51.100.0/24"
     assert truncate_ip("not an ip") is None and truncate_ip(None) is None
+
+
+_octets = st.one_of(st.integers(0, 255).map(str), st.sampled_from(["00", "01", "256", "999", "-1", "", " 7", "1e2"]))
+_ips = st.one_of(
+    st.none(),
+    st.tuples(_octets, _octets, _octets, _octets).map(".".join),
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+    st.ip_addresses(v=4).map(lambda ip: f"::ffff:{ip}"), st.ip_addresses(v=4).map(lambda ip: f" {ip} "),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ips, max_size=30))
+def test_vectorized_ip_truncation_agrees_with_the_scalar_one(values):
+    """The regex fast path for canonical IPv4 must never disagree with ipaddress (leading zeros, octets
+    over 255, padding, IPv6, mapped IPv4, garbage)."""
+    assert truncate_ips(values) == [truncate_ip(v) for v in values]
 
 
 def test_keychain_refuses_downgrade():
