@@ -99,7 +99,7 @@ def run(events: int, users: int, days: int, workdir: Path, paths: list[str], see
     mismatches = {k: v for k, v in mismatches.items() if v}
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "events": events, "users": users, "days": days, "landing_bytes": landing_bytes, "generate_seconds": generate_s,
+        "events": events, "users": users, "days": days, "landing_bytes": landing_bytes, "gzip": gzip, "generate_seconds": generate_s,
         "machine": machine(), "versions": versions(), "paths": results, "equal_work": not mismatches, "mismatches": mismatches,
     }
     if "platform" in results:
@@ -134,7 +134,7 @@ def markdown(report: dict) -> str:
                  + ", ".join(step(k, v) for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v >= 0.1)) if steps else ""
     lines = [
         f"**{report['events']:,} events**, {report['users']:,} users, {report['days']} days "
-        f"({report['landing_bytes'] / 1e6:,.0f} MB of NDJSON) — {report['date']}, {report['machine']['cpus']} CPUs, "
+        f"({report['landing_bytes'] / 1e6:,.0f} MB of {'gzipped ' if report.get('gzip') else ''}NDJSON) — {report['date']}, {report['machine']['cpus']} CPUs, "
         f"{report['machine']['memory_gb']} GB, {report['machine']['cpu']}; dagster {report['versions']['dagster']}, "
         f"duckdb {report['versions']['duckdb']}",
         "",
@@ -164,10 +164,12 @@ def main(argv=None) -> int:
     p.add_argument("--days", type=int, default=int(os.environ.get("BENCH_DAYS", 7)))
     p.add_argument("--paths", default=os.environ.get("BENCH_PATHS", "floor,peer,platform"))
     p.add_argument("--workdir", default=str(ROOT / "bench" / "work"))
+    p.add_argument("--gzip", action="store_true", default=os.environ.get("BENCH_GZIP") == "1",
+                   help="land .jsonl.gz (as CDP S3 destinations do) instead of plain .jsonl; needed for 100M on a 250 GB disk")
     p.add_argument("--no-docs", action="store_true")
     a = p.parse_args(argv)
     users = a.users or max(200, a.events // 30)
-    report = run(a.events, users, a.days, Path(a.workdir), a.paths.split(","))
+    report = run(a.events, users, a.days, Path(a.workdir), a.paths.split(","), gzip=a.gzip)
     path = write_result(report)
     if not a.no_docs:
         update_docs(report)

@@ -181,20 +181,20 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
                 where coalesce(u.pseudonym, e.pseudonym) is not null"""
         )
         candidates = consent_lib.candidate_decisions(con, policy, recorded_at=datetime.now(timezone.utc))
-    from personalization_assets.privacy.operations import rekey_table
+        from personalization_assets.privacy.operations import rekey_table
 
-    chain = pseudonymizer.chain()
-    existing, _ = rekey_table(log.read_all(), chain, chain.active)  # compare under the current key version
-    fresh = consent_lib.new_ledger_rows(existing, candidates)
+        chain = pseudonymizer.chain()
+        # compare under the current key version
+        existing, _ = rekey_table(log.read_all(["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"]), chain, chain.active)
+        fresh = consent_lib.new_ledger_rows(con, existing, "__candidates")
+        del existing
     appended, head = log.append(fresh)
     after = log.verify()
-    by_decision: dict[str, int] = {}
-    for r in fresh:
-        by_decision[r["decision"]] = by_decision.get(r["decision"], 0) + 1
+    by_decision = {d["values"]: d["counts"] for d in pa.compute.value_counts(fresh["decision"]).to_pylist()} if fresh.num_rows else {}
     yield dg.MaterializeResult(metadata={
         "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
         "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
-        "candidates_seen": len(candidates), "policy_version": policy.version,
+        "candidates_seen": candidates, "policy_version": policy.version,
     })
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
                               metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
@@ -221,7 +221,8 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
     auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None)])
     # the ledger is immutable: rows written before a key rotation are re-keyed on read
     chain = pseudonymizer.chain()
-    ledger, _ = rekey_table(ledger_log(lake, platform).read_all(), chain, chain.active)
+    ledger, _ = rekey_table(ledger_log(lake, platform).read_all(["seq", "identifier_pseudonym", "purpose", "decision", "effective_at", "source"]),
+                            chain, chain.active)
     with duckdb.get_connection() as con:
         con.register("ledger", ledger)
         lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
@@ -236,7 +237,7 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
         granted = con.sql("select purpose, count(distinct consent_subject) from __state where status = 'granted' and valid_to is null group by 1").fetchall()
     written = lake.write_table("privacy", "consent_state", state)
     yield dg.MaterializeResult(metadata=_write_metadata(written, {
-        "subjects": len(set(state["consent_subject"].to_pylist())),
+        "subjects": pa.compute.count_distinct(state["consent_subject"]).as_py(),
         "currently_granted_by_purpose": dg.MetadataValue.json(dict(granted)),
     }))
     yield model_check(CONSENT_STATE, ConsentState, blocking=True).evaluate(state)

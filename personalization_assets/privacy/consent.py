@@ -81,73 +81,122 @@ def purposes_from_preferences(prefs_json: str | None, policy: PrivacyPolicy) -> 
     return out
 
 
-def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, recorded_at: datetime) -> list[dict]:
-    """Decisions implied by the views `consent_inputs` (events) and `request_inputs` (privacy requests).
+CANDIDATE_SCHEMA = pa.schema([f for f in LEDGER_SCHEMA if f.name not in ("seq", "prev_hash", "row_hash")])
+_CANDIDATE_COLUMNS = ", ".join(CANDIDATE_SCHEMA.names)
+
+
+def _policy_tables(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -> None:
+    """The policy as small DuckDB tables: which category decides which purpose, which purposes a GPC signal
+    denies, and what each privacy request type decides."""
+    cats = [(p.name, c) for p in policy.purposes.values() for c in p.categories]
+    tables = {
+        "__policy_categories": pa.table({"purpose": [p for p, _ in cats], "category": [c for _, c in cats]}, schema=pa.schema([("purpose", pa.string()), ("category", pa.string())])),
+        "__policy_gpc": pa.table({"purpose": pa.array([p.name for p in policy.purposes.values() if p.gpc_denies], pa.string())}),
+        "__policy_requests": pa.Table.from_pylist(
+            [{"type": t, "purpose": p.name, "decision": d} for p in policy.purposes.values() for t, d in p.privacy_request_types.items()],
+            schema=pa.schema([("type", pa.string()), ("purpose", pa.string()), ("decision", pa.string())])),
+    }
+    for name, table in tables.items():
+        con.register(f"__arrow{name}", table)
+        con.execute(f'create or replace temp table "{name}" as select * from "__arrow{name}"')
+        con.unregister(f"__arrow{name}")
+
+
+def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, recorded_at: datetime) -> int:
+    """Decisions implied by the views `consent_inputs` (events) and `request_inputs` (privacy requests), into
+    temp table `__candidates` (CANDIDATE_SCHEMA plus an ordering column). Returns their number.
 
     `consent_inputs`: identifier_pseudonym, identifier_kind, message_id, timestamp, consent_preferences,
-    gpc, jurisdiction — one row per consent event or GPC-flagged event.
+    gpc, is_consent_event, jurisdiction — one row per consent event or GPC-flagged event.
     `request_inputs`: identifier_pseudonym, identifier_kind, request_id, type, received_at, jurisdiction.
+
+    All in DuckDB (it spills): the number of decisions grows with the consent history. A CMP event decides
+    a purpose iff one of the purpose's categories is present as a boolean (keys compared lower-cased): granted
+    iff every present one is true (`purposes_from_preferences` states the same rule for one object).
     """
-    rows: list[dict] = []
-    base = {"recorded_at": recorded_at, "policy_version": policy.version}
-    cmp_events = con.sql(
-        "select * from consent_inputs where consent_preferences is not null and is_consent_event order by timestamp, message_id"
-    ).fetchall()
-    cols = [d[0] for d in con.sql("select * from consent_inputs limit 0").description]
-    for rec in cmp_events:
-        r = dict(zip(cols, rec))
-        for purpose, decision in purposes_from_preferences(r["consent_preferences"], policy).items():
-            rows.append({**base, "identifier_pseudonym": r["identifier_pseudonym"], "identifier_kind": r["identifier_kind"],
-                         "purpose": purpose, "decision": decision, "effective_at": r["timestamp"], "source": "cmp_event",
-                         "source_ref": r["message_id"], "jurisdiction": r["jurisdiction"]})
-    gpc_purposes = [p.name for p in policy.purposes.values() if p.gpc_denies]
-    if gpc_purposes:
-        # the first GPC signal of each identifier is the opt-out (it is sticky, see module doc)
-        first_gpc = con.sql(
-            """select identifier_pseudonym, identifier_kind, arg_min(message_id, (timestamp, message_id)) as message_id,
-                      min(timestamp) as timestamp, arg_min(jurisdiction, (timestamp, message_id)) as jurisdiction
-               from consent_inputs where gpc group by 1, 2 order by 1, 2"""
-        ).fetchall()
-        for ident, kind, mid, ts, jur in first_gpc:
-            for purpose in gpc_purposes:
-                rows.append({**base, "identifier_pseudonym": ident, "identifier_kind": kind, "purpose": purpose,
-                             "decision": "denied", "effective_at": ts, "source": "gpc_signal", "source_ref": mid, "jurisdiction": jur})
-    request_map = {(t, p.name): d for p in policy.purposes.values() for t, d in p.privacy_request_types.items()}
-    for ident, kind, request_id, rtype, received_at, jur in con.sql(
-        "select identifier_pseudonym, identifier_kind, request_id, type, received_at, jurisdiction from request_inputs order by received_at, request_id"
-    ).fetchall():
-        for (t, purpose), decision in request_map.items():
-            if t == rtype:
-                rows.append({**base, "identifier_pseudonym": ident, "identifier_kind": kind, "purpose": purpose, "decision": decision,
-                             "effective_at": received_at, "source": "privacy_request", "source_ref": request_id, "jurisdiction": jur})
-    for r in rows:
-        r["decision_id"] = decision_id(r["source"], r["source_ref"], r["purpose"], r["identifier_kind"])
-    return rows
+    _policy_tables(con, policy)
+    con.execute(
+        f"""
+        create or replace temp table __candidates as
+        with cmp_src as (
+            select identifier_pseudonym, identifier_kind, message_id, timestamp, jurisdiction, consent_preferences,
+                   row_number() over () as __r
+            from consent_inputs
+            where consent_preferences is not null and is_consent_event
+        ),
+        flags as (
+            select c.__r, lower(j.key) as category, j.value::varchar = 'true' as flag
+            from cmp_src c,
+                 json_each(case when json_valid(c.consent_preferences) and json_type(c.consent_preferences) = 'OBJECT'
+                                then c.consent_preferences end) j
+            where j.type = 'BOOLEAN'
+        ),
+        cmp as (
+            select s.identifier_pseudonym, s.identifier_kind, pc.purpose,
+                   case when bool_and(f.flag) then 'granted' else 'denied' end as decision,
+                   s.timestamp as effective_at, 'cmp_event' as source, s.message_id as source_ref, s.jurisdiction, s.__r as __ord
+            from flags f
+            join __policy_categories pc on pc.category = f.category
+            join cmp_src s on s.__r = f.__r
+            group by s.__r, s.identifier_pseudonym, s.identifier_kind, pc.purpose, s.timestamp, s.message_id, s.jurisdiction
+        ),
+        first_gpc as (  -- the first GPC signal of each identifier is the opt-out (it is sticky, see module doc)
+            select identifier_pseudonym, identifier_kind, arg_min(message_id, (timestamp, message_id)) as message_id,
+                   min(timestamp) as timestamp, arg_min(jurisdiction, (timestamp, message_id)) as jurisdiction
+            from consent_inputs where gpc group by 1, 2
+        ),
+        gpc as (
+            select g.identifier_pseudonym, g.identifier_kind, p.purpose, 'denied' as decision, g.timestamp as effective_at,
+                   'gpc_signal' as source, g.message_id as source_ref, g.jurisdiction, 0 as __ord
+            from first_gpc g cross join __policy_gpc p
+        ),
+        req as (
+            select r.identifier_pseudonym, r.identifier_kind, m.purpose, m.decision, r.received_at as effective_at,
+                   'privacy_request' as source, r.request_id as source_ref, r.jurisdiction, 0 as __ord
+            from request_inputs r join __policy_requests m on m.type = r.type
+        ),
+        decided as (select * from cmp union all select * from gpc union all select * from req)
+        select identifier_pseudonym, identifier_kind, purpose, decision, effective_at,
+               $recorded_at::timestamptz as recorded_at, source, source_ref, $policy_version as policy_version, jurisdiction,
+               sha256(source || '|' || coalesce(source_ref, 'None') || '|' || purpose || '|' || identifier_kind) as decision_id,
+               __ord
+        from decided
+        """,
+        {"recorded_at": recorded_at, "policy_version": policy.version},
+    )
+    return con.execute("select count(*) from __candidates").fetchall()[0][0]
 
 
-def new_ledger_rows(existing: pa.Table, candidates: list[dict]) -> list[dict]:
-    """Candidates not yet in the ledger, with `denied` after an earlier grant labelled `withdrawn`."""
-    seen = set(existing["decision_id"].to_pylist()) if existing.num_rows else set()
-    fresh = []
-    for c in candidates:
-        if c["decision_id"] in seen:
-            continue
-        seen.add(c["decision_id"])
-        fresh.append(c)
-    if not fresh:
-        return []
-    grants: dict[tuple, list[datetime]] = {}
-    for r in existing.select(["identifier_pseudonym", "purpose", "decision", "effective_at"]).to_pylist() if existing.num_rows else []:
-        if r["decision"] == "granted":
-            grants.setdefault((r["identifier_pseudonym"], r["purpose"]), []).append(r["effective_at"])
-    for r in fresh:
-        if r["decision"] == "granted":
-            grants.setdefault((r["identifier_pseudonym"], r["purpose"]), []).append(r["effective_at"])
-    for r in fresh:
-        if r["decision"] == "denied" and any(t < r["effective_at"] for t in grants.get((r["identifier_pseudonym"], r["purpose"]), [])):
-            r["decision"] = "withdrawn"
-    fresh.sort(key=lambda r: (r["effective_at"], r["source"], r["source_ref"], r["purpose"]))
-    return fresh
+def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates") -> pa.Table:
+    """Candidates (a DuckDB table, see `candidate_decisions`) not yet in the ledger (`existing`, compared by
+    decision_id; a repeated candidate counts once), with `denied` after an earlier grant of the same
+    identifier and purpose labelled `withdrawn`; in ledger order (effective time, source, reference, purpose)."""
+    con.register("__existing", existing.select(["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"]))
+    try:
+        return con.sql(
+            f"""
+            with cand as (
+                select *, row_number() over (partition by decision_id order by effective_at, source_ref, __ord) as __rn
+                from "{candidates}"
+            ),
+            fresh as (
+                select c.* from cand c
+                where c.__rn = 1 and not exists (select 1 from __existing e where e.decision_id = c.decision_id)
+            ),
+            first_grant as (
+                select identifier_pseudonym, purpose, min(effective_at) as granted_at
+                from (select identifier_pseudonym, purpose, effective_at from __existing where decision = 'granted'
+                      union all
+                      select identifier_pseudonym, purpose, effective_at from fresh where decision = 'granted')
+                group by 1, 2
+            )
+            select {", ".join(f"case when f.decision = 'denied' and g.granted_at < f.effective_at then 'withdrawn' else f.decision end as decision" if n == "decision" else f"f.{n}" for n in CANDIDATE_SCHEMA.names)}
+            from fresh f left join first_grant g using (identifier_pseudonym, purpose)
+            order by f.effective_at, f.source, f.source_ref, f.purpose
+            """
+        ).to_arrow_table().cast(CANDIDATE_SCHEMA)
+    finally:
+        con.unregister("__existing")
 
 
 def policy_defaults_table(policy: PrivacyPolicy) -> pa.Table:

@@ -88,11 +88,12 @@ class HashChainedLog:
         parts = [p.get("segment") for p in self.lake.partitions(self.layer, self.name)]
         return sorted(p for p in parts if p)
 
-    def read_all(self) -> pa.Table:
-        tables = [self.lake.read_table(self.layer, self.name, {"segment": s}) for s in self.segments()]
+    def read_all(self, columns: list[str] | None = None) -> pa.Table:
+        schema = pa.schema([self.schema.field(c) for c in columns]) if columns else self.schema
+        tables = [self.lake.read_table(self.layer, self.name, {"segment": s}, columns=schema.names) for s in self.segments()]
         if not tables:
-            return self.schema.empty_table()
-        return pa.concat_tables([t.select(self.schema.names).cast(self.schema) for t in tables])
+            return schema.empty_table()
+        return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
     def head(self) -> tuple[int, str]:
         segs = self.segments()
@@ -117,8 +118,8 @@ class HashChainedLog:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def append(self, rows: list[dict], attempts: int = 200) -> tuple[int, str]:
-        """Append rows (dicts without chain fields) as one new segment. Returns (rows appended, head hash)."""
+    def append(self, rows: list[dict] | pa.Table, attempts: int = 200) -> tuple[int, str]:
+        """Append rows (dicts or a table, without the chain fields) as one new segment. Returns (rows appended, head hash)."""
         import io
 
         import pyarrow.parquet as pq
@@ -126,47 +127,81 @@ class HashChainedLog:
         with self._lock():
             for _ in range(attempts):
                 seq, prev = self.head()
-                if not rows:
+                n = rows.num_rows if isinstance(rows, pa.Table) else len(rows)
+                if not n:
                     return 0, prev
                 first = seq + 1
-                out = [{**row, "seq": first + i, "prev_hash": "", "row_hash": ""} for i, row in enumerate(rows)]
-                table = pa.Table.from_pylist(out, schema=self.schema)
+                table = self._with_chain_columns(rows, first)
                 prevs, hashes = [], []
-                for payload in canonical_payloads(table):
-                    prevs.append(prev)
-                    prev = _hash(prev, payload)
-                    hashes.append(prev)
+                for off in range(0, table.num_rows, 65_536):  # payloads a slice at a time: memory bounded by the slice
+                    for payload in canonical_payloads(table.slice(off, 65_536)):
+                        prevs.append(prev)
+                        prev = _hash(prev, payload)
+                        hashes.append(prev)
                 table = table.set_column(table.schema.get_field_index("prev_hash"), "prev_hash", pa.array(prevs, pa.string()))
                 table = table.set_column(table.schema.get_field_index("row_hash"), "row_hash", pa.array(hashes, pa.string()))
                 buf = io.BytesIO()
                 pq.write_table(table, buf)
                 relative = self.lake.data_file(self.layer, self.name, {"segment": f"{first:012d}"})
                 if self.lake.create_exclusive(relative, buf.getvalue()):
-                    return len(out), prev
+                    return n, prev
                 time.sleep(random.uniform(0.001, 0.05))  # lost the race: back off, re-read the head
             raise RuntimeError(f"could not append to {self.layer}/{self.name}: {attempts} concurrent writers won the race")
 
-    def verify(self, expected_head: str | None = None) -> ChainStatus:
+    def _with_chain_columns(self, rows: list[dict] | pa.Table, first_seq: int) -> pa.Table:
+        n = rows.num_rows if isinstance(rows, pa.Table) else len(rows)
+        blank = pa.array([""] * n, pa.string())
+        columns = {"seq": pa.array(range(first_seq, first_seq + n), pa.int64()), "prev_hash": blank, "row_hash": blank}
+        base = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=pa.schema([f for f in self.schema if f.name not in columns]))
+        missing = [f.name for f in self.schema if f.name not in columns and f.name not in base.column_names]
+        if missing:
+            raise ValueError(f"{self.name}: rows lack columns {missing}")
+        return pa.table({f.name: columns[f.name] if f.name in columns else base[f.name] for f in self.schema}).cast(self.schema)
+
+    def _stored_rows(self, segments: list[str]) -> int:
+        import pyarrow.parquet as pq
+
+        total = 0
+        for segment in segments:
+            path = self.lake.full_path(self.lake.data_file(self.layer, self.name, {"segment": segment}))
+            with self.lake.filesystem().open_input_file(path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+
+    def _segment_batches(self, segment: str, batch_rows: int):
+        import pyarrow.parquet as pq
+
+        path = self.lake.full_path(self.lake.data_file(self.layer, self.name, {"segment": segment}))
+        with self.lake.filesystem().open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=self.schema.names):
+                yield pa.Table.from_batches([batch]).cast(self.schema)
+
+    def verify(self, expected_head: str | None = None, batch_rows: int = 65_536) -> ChainStatus:
+        """Recompute the chain in storage order, streaming (memory bounded by one batch, not the log): seq
+        must run 1, 2, 3 … and every prev_hash/row_hash must match. Any edited, removed, inserted or reordered
+        row fails, naming the first bad seq."""
         segs = self.segments()
-        table = self.read_all()
-        if table.num_rows:
-            table = table.sort_by([("seq", "ascending")])
-        seqs = table["seq"].to_pylist()
-        prev_hashes = table["prev_hash"].to_pylist()
-        row_hashes = table["row_hash"].to_pylist()
-        payloads = canonical_payloads(table)
-        n = len(seqs)
-        prev = GENESIS
-        for i in range(1, n + 1):
-            seq = seqs[i - 1]
-            if seq != i:
-                kind = "duplicate" if seq < i else "missing"
-                return ChainStatus(False, n, len(segs), prev, f"{kind} seq at position {i} (found {seq})", i)
-            if prev_hashes[i - 1] != prev:
-                return ChainStatus(False, n, len(segs), prev, f"seq {i}: prev_hash does not match the previous row (row removed or reordered)", i)
-            if _hash(prev, payloads[i - 1]) != row_hashes[i - 1]:
-                return ChainStatus(False, n, len(segs), prev, f"seq {i}: row_hash does not match its contents (row edited)", i)
-            prev = row_hashes[i - 1]
-        if expected_head is not None and n and expected_head != prev:
-            return ChainStatus(False, n, len(segs), prev, "head hash differs from the one recorded at the last append (chain rewritten)")
-        return ChainStatus(True, n, len(segs), prev)
+        prev, i, failure = GENESIS, 0, None
+        for seg in segs:
+            for chunk in self._segment_batches(seg, batch_rows):
+                seqs, prev_hashes, row_hashes = (chunk[c].to_pylist() for c in ("seq", "prev_hash", "row_hash"))
+                for seq, prev_hash, row_hash_, payload in zip(seqs, prev_hashes, row_hashes, canonical_payloads(chunk)):
+                    i += 1
+                    if seq != i:
+                        kind = "duplicate" if seq < i else "missing"
+                        failure = (f"{kind} seq at position {i} (found {seq})", i)
+                    elif prev_hash != prev:
+                        failure = (f"seq {i}: prev_hash does not match the previous row (row removed or reordered)", i)
+                    elif _hash(prev, payload) != row_hash_:
+                        failure = (f"seq {i}: row_hash does not match its contents (row edited)", i)
+                    if failure:
+                        break
+                    prev = row_hash_
+                if failure:
+                    break
+            if failure:
+                return ChainStatus(False, self._stored_rows(segs), len(segs), prev, failure[0], failure[1])
+        if expected_head is not None and i and expected_head != prev:
+            return ChainStatus(False, i, len(segs), prev, "head hash differs from the one recorded at the last append (chain rewritten)")
+        return ChainStatus(True, i, len(segs), prev)

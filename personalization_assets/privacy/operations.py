@@ -175,7 +175,11 @@ def rekey_table(table: pa.Table, chain, to_version: str) -> tuple[pa.Table, int]
         if not (pa.types.is_string(field.type) or is_list):
             continue
         flat = pc.list_flatten(col) if is_list else col
-        distinct = [v for v in pc.unique(flat.combine_chunks() if hasattr(flat, "combine_chunks") else flat).to_pylist() if v]
+        unique = pc.unique(flat.combine_chunks() if hasattr(flat, "combine_chunks") else flat)
+        # only pseudonyms of another key version go through Python (none in the steady state)
+        other_version = pc.and_(pc.match_substring_regex(unique, r"^v[0-9]+:[0-9a-f]{64}$"),
+                                pc.invert(pc.starts_with(unique, f"v{to_version}:")))
+        distinct = [v for v in pc.filter(unique, pc.fill_null(other_version, False)).to_pylist() if v]
         mapping = {}
         for v in distinct:
             m = PSEUDONYM_RE.match(v)

@@ -3,6 +3,7 @@ at the event's time (latest decision at or before it; before any decision, the p
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import duckdb
@@ -126,7 +127,72 @@ def test_denied_after_grant_is_recorded_as_withdrawn_and_duplicates_are_skipped(
         {**base, "decision": "denied", "effective_at": T0 + timedelta(hours=1), "source_ref": "b", "decision_id": "2"},
         {**base, "decision": "denied", "effective_at": T0 - timedelta(hours=1), "source_ref": "c", "decision_id": "3"},
     ]
-    fresh = c.new_ledger_rows(c.LEDGER_SCHEMA.empty_table(), cands)
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    # the same decision twice (e.g. a message duplicated across two landing hours) is one candidate
+    con.register("__cands", pa.Table.from_pylist(cands + [cands[1]], schema=c.CANDIDATE_SCHEMA))
+    con.execute("create temp table cands as select *, 0 as __ord from __cands")
+    fresh = c.new_ledger_rows(con, c.LEDGER_SCHEMA.empty_table(), "cands").to_pylist()
     assert [(r["source_ref"], r["decision"]) for r in fresh] == [("c", "denied"), ("a", "granted"), ("b", "withdrawn")]
-    again = c.new_ledger_rows(pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA), cands)
-    assert again == []
+    again = c.new_ledger_rows(con, pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA), "cands")
+    assert again.num_rows == 0
+    # a denial after a grant that is already in the ledger is a withdrawal too
+    later = {**base, "decision": "denied", "effective_at": T0 + timedelta(hours=2), "source_ref": "d", "decision_id": "4"}
+    con.register("__later", pa.Table.from_pylist([later], schema=c.CANDIDATE_SCHEMA))
+    con.execute("create temp table later as select *, 0 as __ord from __later")
+    ledger = pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA)
+    assert [r["decision"] for r in c.new_ledger_rows(con, ledger, "later").to_pylist()] == ["withdrawn"]
+
+
+_CATEGORIES = sorted({cat for p in get_policy().purposes.values() for cat in p.categories} | {"functional", "other"})
+_prefs_objects = st.dictionaries(
+    st.sampled_from(_CATEGORIES), st.one_of(st.booleans(), st.integers(0, 1), st.sampled_from(["yes", "true"]), st.none()), max_size=6,
+).flatmap(lambda d: st.tuples(st.just(d), st.lists(st.booleans(), min_size=len(d), max_size=len(d))).map(
+    # random key case: the CMP's category names are matched case-insensitively
+    lambda t: json.dumps({(k.upper() if up else k): v for (k, v), up in zip(t[0].items(), t[1])})))
+_prefs = st.one_of(_prefs_objects, st.sampled_from(["not json", "[1, 2]", "", "{", "null", '"x"']), st.none())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_prefs, st.booleans(), st.booleans()), max_size=12))
+def test_decisions_in_duckdb_follow_the_preference_rule(events):
+    """candidate_decisions (SQL, spills) agrees with purposes_from_preferences (the rule stated for one
+    object) and the decision_id idempotency key, for CMP events, GPC signals and privacy requests."""
+    policy = get_policy()
+    rows = [{"identifier_pseudonym": f"v1:{i % 3:064d}", "identifier_kind": "user" if i % 2 else "anonymous", "message_id": f"m{i}",
+             "timestamp": T0 + timedelta(minutes=i), "consent_preferences": prefs, "gpc": gpc, "is_consent_event": is_cmp, "jurisdiction": "EU"}
+            for i, (prefs, gpc, is_cmp) in enumerate(events)]
+    schema = pa.schema([("identifier_pseudonym", pa.string()), ("identifier_kind", pa.string()), ("message_id", pa.string()),
+                        ("timestamp", pa.timestamp("us", tz="UTC")), ("consent_preferences", pa.string()), ("gpc", pa.bool_()),
+                        ("is_consent_event", pa.bool_()), ("jurisdiction", pa.string())])
+    requests = pa.Table.from_pylist([
+        {"identifier_pseudonym": SUBJECT, "identifier_kind": "email", "request_id": "r1", "type": "opt_out_sale", "received_at": T0, "jurisdiction": "US-CA"},
+        {"identifier_pseudonym": OTHER, "identifier_kind": "user", "request_id": "r2", "type": "erasure", "received_at": T0, "jurisdiction": "EU"},
+    ])
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register("consent_inputs", pa.Table.from_pylist(rows, schema=schema))
+    con.register("request_inputs", requests)
+    n = c.candidate_decisions(con, policy, recorded_at=T0)
+    got = {(r["source"], r["source_ref"], r["identifier_pseudonym"], r["purpose"], r["decision"], r["decision_id"])
+           for r in con.sql("select * from __candidates").to_arrow_table().to_pylist()}
+    expected = set()
+    for r in rows:
+        if r["is_consent_event"] and r["consent_preferences"] is not None:
+            for purpose, decision in c.purposes_from_preferences(r["consent_preferences"], policy).items():
+                expected.add(("cmp_event", r["message_id"], r["identifier_pseudonym"], purpose, decision,
+                              c.decision_id("cmp_event", r["message_id"], purpose, r["identifier_kind"])))
+    first_gpc = {}
+    for r in rows:
+        if r["gpc"]:
+            first_gpc.setdefault((r["identifier_pseudonym"], r["identifier_kind"]), r)
+    for (ident, kind), r in first_gpc.items():
+        for p in policy.purposes.values():
+            if p.gpc_denies:
+                expected.add(("gpc_signal", r["message_id"], ident, p.name, "denied", c.decision_id("gpc_signal", r["message_id"], p.name, kind)))
+    for req in requests.to_pylist():
+        for p in policy.purposes.values():
+            if req["type"] in p.privacy_request_types:
+                expected.add(("privacy_request", req["request_id"], req["identifier_pseudonym"], p.name, p.privacy_request_types[req["type"]],
+                              c.decision_id("privacy_request", req["request_id"], p.name, req["identifier_kind"])))
+    assert got == expected and n == len(expected)

@@ -125,3 +125,17 @@ def test_exclusive_create_on_s3(moto_server, monkeypatch):
     assert lake.create_exclusive("privacy/x/segment=1/data.parquet", b"one") is True
     assert lake.create_exclusive("privacy/x/segment=1/data.parquet", b"two") is False
     assert lake.read_bytes("privacy/x/segment=1/data.parquet") == b"one"
+
+
+def test_streaming_verification_does_not_depend_on_the_batch_size(ledger):
+    """verify() streams the log in batches; a tamper at any batch boundary is found at the same row."""
+    intact = ledger.verify()
+    assert all(ledger.verify(batch_rows=b) == intact for b in (1, 2, 3))
+
+    def edit(rows):
+        rows[2]["decision"] = "denied"
+        return rows
+
+    _rewrite(_segment_file(ledger, 0), edit)
+    statuses = {ledger.verify(batch_rows=b) for b in (1, 2, 3, 65_536)}
+    assert len(statuses) == 1 and not statuses.pop().ok
