@@ -46,6 +46,11 @@ def versions() -> dict:
     from importlib.metadata import version
 
     out = {"python": pyplatform.python_version()}
+    try:  # which code was measured
+        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+        out["dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    except OSError:
+        pass
     for pkg in ("dagster", "duckdb", "pyarrow", "pandas", "pandera", "dbt-core", "dbt-duckdb"):
         try:
             out[pkg] = version(pkg)

@@ -167,14 +167,16 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
     return con.execute("select count(*) from __candidates").fetchall()[0][0]
 
 
-def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates") -> pa.Table:
+def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates", into: str = "__fresh") -> int:
     """Candidates (a DuckDB table, see `candidate_decisions`) not yet in the ledger (`existing`, compared by
     decision_id; a repeated candidate counts once), with `denied` after an earlier grant of the same
-    identifier and purpose labelled `withdrawn`; in ledger order (effective time, source, reference, purpose)."""
+    identifier and purpose labelled `withdrawn`, into temp table `into` (CANDIDATE_SCHEMA). Returns their
+    number; read them in ledger order with `LEDGER_ORDER_SQL`."""
     con.register("__existing", existing.select(["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"]))
     try:
-        return con.sql(
+        con.execute(
             f"""
+            create or replace temp table "{into}" as
             with cand as (
                 select *, row_number() over (partition by decision_id order by effective_at, source_ref, __ord) as __rn
                 from "{candidates}"
@@ -192,11 +194,14 @@ def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidat
             )
             select {", ".join(f"case when f.decision = 'denied' and g.granted_at < f.effective_at then 'withdrawn' else f.decision end as decision" if n == "decision" else f"f.{n}" for n in CANDIDATE_SCHEMA.names)}
             from fresh f left join first_grant g using (identifier_pseudonym, purpose)
-            order by f.effective_at, f.source, f.source_ref, f.purpose
             """
-        ).to_arrow_table().cast(CANDIDATE_SCHEMA)
+        )
     finally:
         con.unregister("__existing")
+    return con.execute(f'select count(*) from "{into}"').fetchall()[0][0]
+
+
+LEDGER_ORDER_SQL = f"select {_CANDIDATE_COLUMNS} from \"{{table}}\" order by effective_at, source, source_ref, purpose"
 
 
 def policy_defaults_table(policy: PrivacyPolicy) -> pa.Table:

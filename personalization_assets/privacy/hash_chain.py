@@ -95,6 +95,16 @@ class HashChainedLog:
             return schema.empty_table()
         return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
+    def read_recent(self, min_rows: int) -> pa.Table:
+        """The newest segments, at least `min_rows` rows of them (all if fewer): what a schema check samples."""
+        tables, n = [], 0
+        for segment in reversed(self.segments()):
+            tables.append(self.lake.read_table(self.layer, self.name, {"segment": segment}).select(self.schema.names).cast(self.schema))
+            n += tables[-1].num_rows
+            if n >= min_rows:
+                break
+        return pa.concat_tables(tables[::-1]) if tables else self.schema.empty_table()
+
     def head(self) -> tuple[int, str]:
         segs = self.segments()
         if not segs:

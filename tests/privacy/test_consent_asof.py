@@ -132,16 +132,20 @@ def test_denied_after_grant_is_recorded_as_withdrawn_and_duplicates_are_skipped(
     # the same decision twice (e.g. a message duplicated across two landing hours) is one candidate
     con.register("__cands", pa.Table.from_pylist(cands + [cands[1]], schema=c.CANDIDATE_SCHEMA))
     con.execute("create temp table cands as select *, 0 as __ord from __cands")
-    fresh = c.new_ledger_rows(con, c.LEDGER_SCHEMA.empty_table(), "cands").to_pylist()
+    def new_rows(existing, candidates):
+        c.new_ledger_rows(con, existing, candidates, "fresh")
+        return con.sql(c.LEDGER_ORDER_SQL.format(table="fresh")).to_arrow_table().to_pylist()
+
+    fresh = new_rows(c.LEDGER_SCHEMA.empty_table(), "cands")
     assert [(r["source_ref"], r["decision"]) for r in fresh] == [("c", "denied"), ("a", "granted"), ("b", "withdrawn")]
-    again = c.new_ledger_rows(con, pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA), "cands")
-    assert again.num_rows == 0
+    again = new_rows(pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA), "cands")
+    assert again == []
     # a denial after a grant that is already in the ledger is a withdrawal too
     later = {**base, "decision": "denied", "effective_at": T0 + timedelta(hours=2), "source_ref": "d", "decision_id": "4"}
     con.register("__later", pa.Table.from_pylist([later], schema=c.CANDIDATE_SCHEMA))
     con.execute("create temp table later as select *, 0 as __ord from __later")
     ledger = pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA)
-    assert [r["decision"] for r in c.new_ledger_rows(con, ledger, "later").to_pylist()] == ["withdrawn"]
+    assert [r["decision"] for r in new_rows(ledger, "later")] == ["withdrawn"]
 
 
 _CATEGORIES = sorted({cat for p in get_policy().purposes.values() for cat in p.categories} | {"functional", "other"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import pyarrow.parquet as pq
@@ -62,7 +63,6 @@ def test_removed_row_is_detected(ledger):
 
 def test_removed_last_segment_is_detected_against_the_recorded_head(ledger, tmp_path):
     head = ledger.verify().head_hash
-    import os
 
     os.unlink(_segment_file(ledger, 1))
     assert ledger.verify().ok  # a truncated chain is internally consistent...
@@ -139,3 +139,31 @@ def test_streaming_verification_does_not_depend_on_the_batch_size(ledger):
     _rewrite(_segment_file(ledger, 0), edit)
     statuses = {ledger.verify(batch_rows=b) for b in (1, 2, 3, 65_536)}
     assert len(statuses) == 1 and not statuses.pop().ok
+
+
+def test_a_large_ledger_append_is_split_into_chained_segments(tmp_path, monkeypatch):
+    """The consent ledger appends one segment per LEDGER_SEGMENT_ROWS decisions (memory bounded by a segment):
+    the segments chain into one log that verifies, holds every decision once, and a rerun appends nothing."""
+    from personalization_assets.cli import landing_partition_keys
+    from personalization_assets.privacy import assets as privacy_assets
+    from tests.helpers import defs_for_env, generate, materialize, materializations
+
+    for k in list(os.environ):
+        if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_")):
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
+    monkeypatch.setattr(privacy_assets, "LEDGER_SEGMENT_ROWS", 40)
+    generate(tmp_path / "data" / "landing", users=60, events=3_000, bad_fraction=0.0)
+    defs = defs_for_env()
+    keys = landing_partition_keys(defs, None)
+    selection = "key:raw/events or key:raw/events_quarantine or key:raw/privacy_requests or key:raw/privacy_requests_quarantine or key:privacy/consent_ledger"
+    first = materializations(materialize(defs, selection, (keys[0], keys[-1])))["privacy/consent_ledger"]
+    log = privacy_assets.ledger_log(defs.resources["lake"], defs.resources["platform"])
+    status = log.verify()
+    assert first["appended"] > 80 and status.ok and status.rows == first["appended"]
+    assert status.segments == -(-first["appended"] // 40)  # ceil: full segments of 40 and the remainder
+    ids = log.read_all(["decision_id"])["decision_id"]
+    assert len(set(ids.to_pylist())) == len(ids)
+    again = materializations(materialize(defs, "key:privacy/consent_ledger"))["privacy/consent_ledger"]
+    assert again["appended"] == 0 and log.verify().rows == status.rows
