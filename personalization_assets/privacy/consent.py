@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
+from personalization_assets.privacy.identity import temp_table_from_arrow
 from personalization_assets.privacy.policies import PrivacyPolicy
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -57,13 +58,16 @@ STATE_SCHEMA = pa.schema(
 
 def decision_id(source: str, source_ref: str, purpose: str, identifier_kind: str) -> str:
     """Idempotency key. Independent of the pseudonym (and so of the key version): re-running after a key
-    rotation must not append the same decision again."""
+    rotation must not append the same decision again. (The ledger computes it in SQL, `candidate_decisions`;
+    this statement of it is what the tests check the SQL against.)"""
     return hashlib.sha256(f"{source}|{source_ref}|{purpose}|{identifier_kind}".encode()).hexdigest()
 
 
 def purposes_from_preferences(prefs_json: str | None, policy: PrivacyPolicy) -> dict[str, str]:
     """{purpose: granted|denied} decided by one categoryPreferences object: granted iff every present category
-    of the purpose is true (one false denies); a purpose none of whose categories is present is not decided."""
+    of the purpose is true (one false denies); a purpose none of whose categories is present is not decided.
+    (The ledger applies this rule in SQL, `candidate_decisions`; this statement of it is what the tests check
+    the SQL against.)"""
     if not prefs_json:
         return {}
     try:
@@ -97,9 +101,7 @@ def _policy_tables(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -> Non
             schema=pa.schema([("type", pa.string()), ("purpose", pa.string()), ("decision", pa.string())])),
     }
     for name, table in tables.items():
-        con.register(f"__arrow{name}", table)
-        con.execute(f'create or replace temp table "{name}" as select * from "__arrow{name}"')
-        con.unregister(f"__arrow{name}")
+        temp_table_from_arrow(con, name, table)
 
 
 def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, recorded_at: datetime) -> int:

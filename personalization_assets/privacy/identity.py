@@ -29,15 +29,21 @@ IDENTITY_SCHEMA = pa.schema(
 LINK_SCHEMA = pa.schema([("identifier", pa.string()), ("identifier_kind", pa.string()), ("user_pseudonym", pa.string())])
 
 
+def temp_table_from_arrow(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Copy an Arrow table into DuckDB temp table `name` (owned by DuckDB: it may spill, and outlives the Arrow object)."""
+    con.register(f"__arrow_{name}", table)
+    try:
+        con.execute(f'create or replace temp table "{name}" as select * from "__arrow_{name}"')
+    finally:
+        con.unregister(f"__arrow_{name}")
+
+
 def map_distinct(con: duckdb.DuckDBPyConnection, view: str, column: str, map_name: str, fn, out_column: str) -> None:
     """Create temp table `map_name(value, <out_column>)` with fn(value) for the DISTINCT values of
     view.column (Python work proportional to distinct values, not rows; join it back in SQL)."""
     distinct = con.sql(f'select distinct "{column}" as v from "{view}" where "{column}" is not null').arrow().read_all()
     values = distinct["v"].to_pylist()
-    mapping = pa.table({"value": pa.array(values, pa.string()), out_column: pa.array(fn(values), pa.string())})
-    con.register(f"__{map_name}", mapping)
-    con.execute(f'create or replace temp table "{map_name}" as select * from "__{map_name}"')
-    con.unregister(f"__{map_name}")
+    temp_table_from_arrow(con, map_name, pa.table({"value": pa.array(values, pa.string()), out_column: pa.array(fn(values), pa.string())}))
 
 
 def pseudonymize_column(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, view: str, column: str, kind: str, map_name: str) -> None:
