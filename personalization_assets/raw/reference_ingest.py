@@ -7,6 +7,7 @@ its original bytes; the pandera model of each table is the tracking plan that de
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import duckdb
@@ -51,7 +52,10 @@ def _validation_schema(model):
 
 
 def _validate(table: pa.Table, model, quarantine_rows: list, dedup_key: str | None, con) -> pa.Table:
-    valid = validate_rows(table, _validation_schema(model), quarantine_rows)
+    schema = _validation_schema(model)
+    # validated a chunk at a time: pandera works on pandas, which holds every string as a Python object
+    parts = [validate_rows(table.slice(off, CHUNK_ROWS), schema, quarantine_rows) for off in range(0, table.num_rows, CHUNK_ROWS)]
+    valid = pa.concat_tables(parts) if parts else table
     if dedup_key and valid.num_rows:
         keyed = valid.select([dedup_key, "source_file", "line_no"]).append_column("_pos", pa.array(np.arange(valid.num_rows)))
         con.register("_ref", keyed)
@@ -92,12 +96,15 @@ def ingest_jsonl_source(
     return SourceResult(raw=raw, quarantine=build_quarantine(source, quarantine_rows, by_path), records_read=read, files=sorted(by_path))
 
 
-def _parse_csv_file(f: LandedFile, max_line_bytes: int) -> tuple[list[dict], list[Reject]]:
-    rows, rejects = [], []
+CHUNK_ROWS = 250_000  # rows held as Python objects (parsing) or pandas (validation) at once
+
+
+def _parse_csv_file(f: LandedFile, max_line_bytes: int, rejects: list[Reject]) -> Iterator[dict]:
+    """The file's valid-looking data rows, one dict each; every rejected line goes to `rejects`."""
     if f.file_error:
         rejects.append(f.file_error)
     if f.n_lines == 0:
-        return rows, rejects
+        return
     header_bytes = f.line_bytes(1)
     try:
         header = next(csv.reader([header_bytes.decode("utf-8")]))
@@ -109,7 +116,7 @@ def _parse_csv_file(f: LandedFile, max_line_bytes: int) -> tuple[list[dict], lis
         rejects.append(Reject(1, "invalid_header", detail))
         for n in range(2, f.n_lines + 1):
             rejects.append(Reject(n, "invalid_header", "file header does not match the CRM contract"))
-        return rows, rejects
+        return
     for n in range(2, f.n_lines + 1):
         b = f.line_bytes(n)
         if len(b) > max_line_bytes:
@@ -134,8 +141,14 @@ def _parse_csv_file(f: LandedFile, max_line_bytes: int) -> tuple[list[dict], lis
         row = {h: (v.strip() or None) for h, v in zip(header, values)}
         row["source_file"] = f.path
         row["line_no"] = n
-        rows.append(row)
-    return rows, rejects
+        yield row
+
+
+def _crm_strings(rows: list[dict]) -> pa.Table:
+    cols = {c: pa.array([r.get(c) for r in rows], pa.string()) for c in CRM_COLUMNS}
+    cols["source_file"] = pa.array([r["source_file"] for r in rows], pa.string())
+    cols["line_no"] = pa.array([r["line_no"] for r in rows], pa.int64())
+    return pa.table(cols)
 
 
 def ingest_crm(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str | None]], max_line_bytes: int) -> SourceResult:
@@ -144,20 +157,23 @@ def ingest_crm(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str
     records_read counts data lines only (header excluded), so records_read = raw + quarantine.
     Fields with embedded newlines are not supported (such a row is quarantined as wrong_column_count).
     """
-    all_rows, quarantine_rows, by_path, read = [], [], {}, 0
+    chunks, pending, quarantine_rows, by_path, read = [], [], [], {}, 0
     for landed, _ in files:
         by_path[landed.path] = landed
         read += max(landed.n_lines - 1, 0) + (1 if landed.file_error else 0)
-        rows, rejects = _parse_csv_file(landed, max_line_bytes)
-        all_rows.extend(rows)
+        rejects: list[Reject] = []
+        for row in _parse_csv_file(landed, max_line_bytes, rejects):
+            pending.append(row)
+            if len(pending) >= CHUNK_ROWS:  # Arrow is compact; a list of dicts is not
+                chunks.append(_crm_strings(pending))
+                pending = []
         for r in rejects:
             if r.reason == "invalid_header" and r.line_no == 1:
                 read += 1  # a bad header is itself quarantined, so it counts as read
             quarantine_rows.append((landed.path, r))
-    cols = {c: pa.array([r.get(c) for r in all_rows], pa.string()) for c in CRM_COLUMNS}
-    cols["source_file"] = pa.array([r["source_file"] for r in all_rows], pa.string())
-    cols["line_no"] = pa.array([r["line_no"] for r in all_rows], pa.int64())
-    strings = pa.table(cols)
+    chunks.append(_crm_strings(pending))
+    strings = pa.concat_tables(chunks)
+    del chunks, pending
     con.register("_crm", strings)
     try:
         select, errors = [], []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import pytest
+
 from tests.helpers import check_results, defs_for_env, materialize, materializations
 from tests.raw.hostile import CASES, PARTITION, write_hostile_landing
 
@@ -61,7 +63,13 @@ def test_raw_layer_on_s3(s3_env, data_dir, tmp_path):
     assert raw2.equals(raw1) and q2.equals(q1)
 
 
-def test_reference_sources_reconcile(landing):
+@pytest.mark.parametrize("chunk_rows", [1, 2, None], ids=["chunks-of-1", "chunks-of-2", "default-chunks"])
+def test_reference_sources_reconcile(landing, chunk_rows, monkeypatch):
+    """The same outcome whatever the parse/validation chunk size (a big CRM export is handled in chunks)."""
+    from personalization_assets.raw import reference_ingest
+
+    if chunk_rows:
+        monkeypatch.setattr(reference_ingest, "CHUNK_ROWS", chunk_rows)
     (landing / "crm").mkdir()
     (landing / "crm" / "export-1.csv").write_text(
         "user_id,email,phone,first_name,last_name,country,birth_date,signup_at,plan,updated_at\n"
