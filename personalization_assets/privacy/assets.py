@@ -309,15 +309,10 @@ CONSENT_BATCH_ROWS = 400_000
 
 def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):
     """Group partitions into batches of at most ~max_rows raw rows (Parquet footers, no data read)."""
-    import pyarrow.parquet as pq
-
     batch, rows = [], 0
     for pk in partition_keys:
         part = partition_dict(pk)
-        n = 0
-        if lake.exists("raw", "events", part):
-            with lake.filesystem().open_input_file(lake.full_path(lake.data_file("raw", "events", part))) as f:
-                n = pq.ParquetFile(f).metadata.num_rows
+        n = lake.parquet_metadata("raw", "events", part).num_rows if lake.exists("raw", "events", part) else 0
         if batch and rows + n > max_rows:
             yield batch
             batch, rows = [], 0

@@ -88,18 +88,19 @@ class HashChainedLog:
         parts = [p.get("segment") for p in self.lake.partitions(self.layer, self.name)]
         return sorted(p for p in parts if p)
 
+    def _read_segment(self, segment: str, schema: pa.Schema) -> pa.Table:
+        return self.lake.read_table(self.layer, self.name, {"segment": segment}, columns=schema.names).select(schema.names).cast(schema)
+
     def read_all(self, columns: list[str] | None = None) -> pa.Table:
         schema = pa.schema([self.schema.field(c) for c in columns]) if columns else self.schema
-        tables = [self.lake.read_table(self.layer, self.name, {"segment": s}, columns=schema.names) for s in self.segments()]
-        if not tables:
-            return schema.empty_table()
-        return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
+        tables = [self._read_segment(s, schema) for s in self.segments()]
+        return pa.concat_tables(tables) if tables else schema.empty_table()
 
     def read_recent(self, min_rows: int) -> pa.Table:
         """The newest segments, at least `min_rows` rows of them (all if fewer): what a schema check samples."""
         tables, n = [], 0
         for segment in reversed(self.segments()):
-            tables.append(self.lake.read_table(self.layer, self.name, {"segment": segment}).select(self.schema.names).cast(self.schema))
+            tables.append(self._read_segment(segment, self.schema))
             n += tables[-1].num_rows
             if n >= min_rows:
                 break
@@ -168,50 +169,31 @@ class HashChainedLog:
             raise ValueError(f"{self.name}: rows lack columns {missing}")
         return pa.table({f.name: columns[f.name] if f.name in columns else base[f.name] for f in self.schema}).cast(self.schema)
 
-    def _stored_rows(self, segments: list[str]) -> int:
-        import pyarrow.parquet as pq
-
-        total = 0
+    def _rows_in_storage_order(self, segments: list[str], batch_rows: int):
+        """(seq, prev_hash, row_hash, payload) of every stored row, segment by segment, a batch at a time."""
         for segment in segments:
-            path = self.lake.full_path(self.lake.data_file(self.layer, self.name, {"segment": segment}))
-            with self.lake.filesystem().open_input_file(path) as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-        return total
-
-    def _segment_batches(self, segment: str, batch_rows: int):
-        import pyarrow.parquet as pq
-
-        path = self.lake.full_path(self.lake.data_file(self.layer, self.name, {"segment": segment}))
-        with self.lake.filesystem().open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=self.schema.names):
-                yield pa.Table.from_batches([batch]).cast(self.schema)
+            for batch in self.lake.iter_batches(self.layer, self.name, {"segment": segment}, batch_rows, columns=self.schema.names):
+                chunk = pa.Table.from_batches([batch]).cast(self.schema)
+                yield from zip(chunk["seq"].to_pylist(), chunk["prev_hash"].to_pylist(), chunk["row_hash"].to_pylist(), canonical_payloads(chunk))
 
     def verify(self, expected_head: str | None = None, batch_rows: int = 65_536) -> ChainStatus:
         """Recompute the chain in storage order, streaming (memory bounded by one batch, not the log): seq
         must run 1, 2, 3 … and every prev_hash/row_hash must match. Any edited, removed, inserted or reordered
         row fails, naming the first bad seq."""
         segs = self.segments()
-        prev, i, failure = GENESIS, 0, None
-        for seg in segs:
-            for chunk in self._segment_batches(seg, batch_rows):
-                seqs, prev_hashes, row_hashes = (chunk[c].to_pylist() for c in ("seq", "prev_hash", "row_hash"))
-                for seq, prev_hash, row_hash_, payload in zip(seqs, prev_hashes, row_hashes, canonical_payloads(chunk)):
-                    i += 1
-                    if seq != i:
-                        kind = "duplicate" if seq < i else "missing"
-                        failure = (f"{kind} seq at position {i} (found {seq})", i)
-                    elif prev_hash != prev:
-                        failure = (f"seq {i}: prev_hash does not match the previous row (row removed or reordered)", i)
-                    elif _hash(prev, payload) != row_hash_:
-                        failure = (f"seq {i}: row_hash does not match its contents (row edited)", i)
-                    if failure:
-                        break
-                    prev = row_hash_
-                if failure:
-                    break
-            if failure:
-                return ChainStatus(False, self._stored_rows(segs), len(segs), prev, failure[0], failure[1])
-        if expected_head is not None and i and expected_head != prev:
-            return ChainStatus(False, i, len(segs), prev, "head hash differs from the one recorded at the last append (chain rewritten)")
-        return ChainStatus(True, i, len(segs), prev)
+        prev, n = GENESIS, 0
+        for i, (seq, prev_hash, stored_hash, payload) in enumerate(self._rows_in_storage_order(segs, batch_rows), start=1):
+            if seq != i:
+                problem = f"{'duplicate' if seq < i else 'missing'} seq at position {i} (found {seq})"
+            elif prev_hash != prev:
+                problem = f"seq {i}: prev_hash does not match the previous row (row removed or reordered)"
+            elif _hash(prev, payload) != stored_hash:
+                problem = f"seq {i}: row_hash does not match its contents (row edited)"
+            else:
+                prev, n = stored_hash, i
+                continue
+            stored = sum(self.lake.parquet_metadata(self.layer, self.name, {"segment": s}).num_rows for s in segs)
+            return ChainStatus(False, stored, len(segs), prev, problem, i)
+        if expected_head is not None and n and expected_head != prev:
+            return ChainStatus(False, n, len(segs), prev, "head hash differs from the one recorded at the last append (chain rewritten)")
+        return ChainStatus(True, n, len(segs), prev)

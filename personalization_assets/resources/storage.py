@@ -271,6 +271,17 @@ class LakeStorage(_FileStore):
         path = self.full_path(self.data_file(layer, table, partition))
         return pq.read_table(path, filesystem=self.filesystem(), columns=columns)
 
+    def parquet_metadata(self, layer: str, table: str, partition: Mapping[str, str] | None = None) -> pq.FileMetaData:
+        """The Parquet footer of one partition (row count, schema) without reading its data."""
+        with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
+            return pq.ParquetFile(f).metadata
+
+    def iter_batches(self, layer: str, table: str, partition: Mapping[str, str] | None = None, batch_rows: int = 65_536,
+                     columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """One partition in record batches of at most batch_rows rows, in storage order (memory bounded by a batch)."""
+        with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+
     def partition_files(self, layer: str, table: str) -> list[FileInfo]:
         return [f for f in self.list_files(self.table_dir(layer, table)) if f.path.endswith("/" + DATA_FILE)]
 

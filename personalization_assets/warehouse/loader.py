@@ -18,7 +18,6 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from personalization_assets.resources.storage import LakeStorage
 from personalization_assets.warehouse.resources import SnowflakeWarehouse
@@ -122,8 +121,7 @@ def to_load_frame(table: str, data: pa.Table) -> pd.DataFrame:
 
 
 def _parquet_rows(lake: LakeStorage, table: str) -> tuple[int, pa.Schema]:
-    path = lake.full_path(lake.data_file(FEATURES_LAYER, table))
-    meta = pq.ParquetFile(lake.filesystem().open_input_file(path)).metadata
+    meta = lake.parquet_metadata(FEATURES_LAYER, table)
     return meta.num_rows, meta.schema.to_arrow_schema()
 
 
