@@ -40,6 +40,10 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_DATA_DIR", "./.data", "Local data directory holding `landing/`, `lake/`, `warehouse.duckdb` and the dev pseudonymization key.", "unused (scratch space only)"),
     SettingDoc("PERSONALIZATION_LANDING_URL", "$DATA_DIR/landing", "Where CDP batches land (local path or `s3://bucket/prefix`).", "required, `s3://…`"),
     SettingDoc("PERSONALIZATION_LAKE_URL", "$DATA_DIR/lake", "Root of the Parquet lake (local path or `s3://bucket/prefix`).", "required, `s3://…`"),
+    SettingDoc("PERSONALIZATION_LEDGER_URL", "the lake", "Where the append-only logs (consent ledger, access audit, erasure, retention, key rotation, DP budget) live: `s3://bucket/prefix` of a bucket with S3 Object Lock, or the lake.", "required, the Object Lock bucket from infra/terraform (`ledger_url` output)"),
+    SettingDoc("PERSONALIZATION_LEDGER_OBJECT_LOCK", "none locally", "Object Lock mode of each log segment: `COMPLIANCE`, `GOVERNANCE` or `none` (needs an `s3://` ledger in a bucket created with Object Lock).", "`COMPLIANCE` (default; `none` is refused)"),
+    SettingDoc("PERSONALIZATION_LEDGER_RETENTION_DAYS", "retention.yaml `privacy_logs`", "Days each log segment stays locked; at least the policy tier's days.", "same as the policy (2190)"),
+    SettingDoc("PERSONALIZATION_SECRETS_ARNS", "(unset)", "Comma-separated AWS Secrets Manager ARNs read at load through dagster-aws: `ENV_NAME=arn` sets that variable to the secret string; a bare `arn` must hold a JSON object of variables (e.g. the Snowflake secret). Alternative to External Secrets Operator.", "optional (unset when ESO injects the env)"),
     SettingDoc("PERSONALIZATION_S3_ENDPOINT_URL", "(unset)", "Endpoint of an S3-compatible store (MinIO, moto, …).", "optional"),
     SettingDoc("AWS_REGION", "us-east-1", "Region of the landing and lake buckets.", "required"),
     SettingDoc("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY", "(unset)", "S3 credentials, read through `dg.EnvVar`; unset = the default AWS chain (IRSA role on EKS).", "optional (prefer IRSA)"),
@@ -85,6 +89,10 @@ class Settings:
     pushgateway_url: str | None
     has_static_aws_credentials: bool
     pseudonym_keys_from_env: bool
+    ledger_url: str | None = None  # None = the logs live in the lake
+    ledger_object_lock: str | None = None  # COMPLIANCE | GOVERNANCE | None
+    ledger_retention_days: int = 0
+    secrets_from_aws: tuple[str, ...] = ()  # names of the variables loaded from Secrets Manager (never values)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -139,9 +147,55 @@ def _normalize_local(url: str) -> str:
     return str(Path(url).expanduser().resolve())
 
 
+def _ledger_settings(environ: Mapping[str, str], env: str, ledger_url: str) -> tuple[str | None, int]:
+    """Object Lock mode and retention of the log segments, validated against the retention policy."""
+    from personalization_assets.privacy.policies import get_policy
+
+    raw = environ.get("PERSONALIZATION_LEDGER_OBJECT_LOCK", "").strip().upper()
+    mode = raw or ("COMPLIANCE" if env == "prod" else "NONE")
+    if mode not in ("COMPLIANCE", "GOVERNANCE", "NONE"):
+        raise ConfigError(
+            f"PERSONALIZATION_LEDGER_OBJECT_LOCK={raw!r} is unknown. Fix: set it to COMPLIANCE, GOVERNANCE or none."
+        )
+    if mode == "NONE":
+        if env == "prod":
+            raise ConfigError(
+                "PERSONALIZATION_LEDGER_OBJECT_LOCK=none is refused in prod: the consent ledger and audit log must be "
+                "immutable. Fix: unset it (COMPLIANCE) and point PERSONALIZATION_LEDGER_URL at the Object Lock bucket."
+            )
+        return None, 0
+    if not ledger_url.startswith("s3://"):
+        raise ConfigError(
+            f"PERSONALIZATION_LEDGER_OBJECT_LOCK={mode} needs an S3 ledger, but the logs go to {ledger_url!r}. Fix: set "
+            "PERSONALIZATION_LEDGER_URL=s3://<ledger-bucket>/<prefix> (a bucket created with Object Lock), or set "
+            "PERSONALIZATION_LEDGER_OBJECT_LOCK=none locally."
+        )
+    tier = get_policy().ledger_tier
+    policy_days = tier.days if tier else 0
+    days = _int_setting(environ, "PERSONALIZATION_LEDGER_RETENTION_DAYS", policy_days or 1)
+    if days < policy_days:
+        raise ConfigError(
+            f"PERSONALIZATION_LEDGER_RETENTION_DAYS={days} is shorter than the policy: privacy_policies/retention.yaml "
+            f"tier {tier.name} keeps the logs {policy_days} days. Fix: unset it (the policy's days are the default) or "
+            f"set it >= {policy_days}."
+        )
+    from personalization_assets.resources.storage import MAX_OBJECT_LOCK_DAYS
+
+    if days > MAX_OBJECT_LOCK_DAYS:
+        raise ConfigError(
+            f"PERSONALIZATION_LEDGER_RETENTION_DAYS={days} exceeds S3's maximum retention. Fix: set it <= {MAX_OBJECT_LOCK_DAYS}."
+        )
+    return mode, days
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate all settings. Raises ConfigError naming the bad setting and the fix."""
     environ = os.environ if environ is None else environ
+    secrets_loaded: tuple[str, ...] = ()
+    if (environ.get("PERSONALIZATION_SECRETS_ARNS") or "").strip():
+        from personalization_assets.resources.secrets import load_secrets
+
+        environ, secrets_loaded = load_secrets(environ)
     env = environ.get("PERSONALIZATION_ENV", "local").strip().lower() or "local"
     if env not in ENVIRONMENTS:
         raise ConfigError(
@@ -152,8 +206,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     landing_url = environ.get("PERSONALIZATION_LANDING_URL", "").strip()
     lake_url = environ.get("PERSONALIZATION_LAKE_URL", "").strip()
 
+    ledger_url = environ.get("PERSONALIZATION_LEDGER_URL", "").strip()
     if env == "prod":
-        for name, value in (("PERSONALIZATION_LANDING_URL", landing_url), ("PERSONALIZATION_LAKE_URL", lake_url)):
+        for name, value in (("PERSONALIZATION_LANDING_URL", landing_url), ("PERSONALIZATION_LAKE_URL", lake_url),
+                            ("PERSONALIZATION_LEDGER_URL", ledger_url)):
             if not value:
                 raise ConfigError(
                     f"{name} is not set. Fix: in prod set {name}=s3://<bucket>/<prefix> "
@@ -163,13 +219,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         missing = [n for n in SNOWFLAKE_REQUIRED if not environ.get(n)]
         if missing:
             raise ConfigError(
-                f"Snowflake setting(s) {', '.join(missing)} not set. Fix: export them (in production they are injected "
-                "from AWS Secrets Manager, see docs/DEPLOYMENT.md)."
+                f"Snowflake setting(s) {', '.join(missing)} not set. Fix: export them (in production they come from AWS "
+                "Secrets Manager: injected by External Secrets, or read via PERSONALIZATION_SECRETS_ARNS; see docs/DEPLOYMENT.md)."
             )
         if not environ.get("PERSONALIZATION_PSEUDONYM_KEYS"):
             raise ConfigError(
                 "PERSONALIZATION_PSEUDONYM_KEYS is not set. Fix: in prod inject the HMAC key map "
-                '{"<version>": "<64 hex chars>"} from AWS Secrets Manager; local mode generates a dev key instead.'
+                '{"<version>": "<64 hex chars>"} from AWS Secrets Manager (External Secrets, or '
+                "PERSONALIZATION_SECRETS_ARNS=PERSONALIZATION_PSEUDONYM_KEYS=<arn>); local mode generates a dev key instead."
             )
     else:
         _check_local_dir("PERSONALIZATION_DATA_DIR", data_dir)
@@ -186,6 +243,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         landing_url = _normalize_local(landing_url)
     if not lake_url.startswith("s3://"):
         lake_url = _normalize_local(lake_url)
+    if ledger_url:
+        if ledger_url.startswith("s3://"):
+            _check_s3_url("PERSONALIZATION_LEDGER_URL", ledger_url)
+        else:
+            ledger_url = _normalize_local(ledger_url)
+            _check_local_dir("PERSONALIZATION_LEDGER_URL", Path(ledger_url))
+        if ledger_url.rstrip("/") == lake_url.rstrip("/"):
+            ledger_url = ""
+    ledger_object_lock, ledger_retention_days = _ledger_settings(environ, env, ledger_url or lake_url)
 
     has_key = bool(environ.get("AWS_ACCESS_KEY_ID"))
     has_secret = bool(environ.get("AWS_SECRET_ACCESS_KEY"))
@@ -228,4 +294,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pushgateway_url=environ.get("PROMETHEUS_PUSHGATEWAY_URL") or None,
         has_static_aws_credentials=has_key and has_secret,
         pseudonym_keys_from_env=bool(keys_raw),
+        ledger_url=ledger_url or None,
+        ledger_object_lock=ledger_object_lock,
+        ledger_retention_days=ledger_retention_days,
+        secrets_from_aws=secrets_loaded,
     )

@@ -50,7 +50,7 @@ def lock_dir(platform: PlatformConfig) -> str:
 
 
 def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
-    return HashChainedLog(lake=lake, name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform))
+    return HashChainedLog(lake=lake.log_store(), name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform))
 
 
 def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader: dg.AssetKey) -> AccessAuditor:

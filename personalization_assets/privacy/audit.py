@@ -37,7 +37,7 @@ class UndeclaredPurposeError(PermissionError):
 
 
 def audit_log(lake: LakeStorage, lock_dir: str | None) -> HashChainedLog:
-    return HashChainedLog(lake=lake, name="access_audit_log", schema=AUDIT_SCHEMA, lock_dir=lock_dir)
+    return HashChainedLog(lake=lake.log_store(), name="access_audit_log", schema=AUDIT_SCHEMA, lock_dir=lock_dir)
 
 
 @dataclass

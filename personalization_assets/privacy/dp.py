@@ -53,7 +53,7 @@ class BudgetLedger:
 
     @classmethod
     def open(cls, lake: LakeStorage, policy: PrivacyPolicy, lock_dir: str | None) -> "BudgetLedger":
-        return cls(HashChainedLog(lake=lake, name="dp_budget_ledger", schema=BUDGET_SCHEMA, lock_dir=lock_dir), policy)
+        return cls(HashChainedLog(lake=lake.log_store(), name="dp_budget_ledger", schema=BUDGET_SCHEMA, lock_dir=lock_dir), policy)
 
     def spent(self, period: str) -> float:
         table = self.log.read_all()

@@ -42,7 +42,7 @@ ROTATION_SCHEMA = pa.schema(
 
 
 def _log(lake, platform, name, schema) -> HashChainedLog:
-    return HashChainedLog(lake=lake, name=name, schema=schema, lock_dir=lock_dir(platform))
+    return HashChainedLog(lake=lake.log_store(), name=name, schema=schema, lock_dir=lock_dir(platform))
 
 
 def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):

@@ -24,6 +24,7 @@ ACTIONS = ("drop", "pseudonymize", "truncate_ip", "generalize_birth_date", "stri
 NORMALIZERS = ("id", "email", "phone")
 BASES = ("opt_in", "opt_out")
 NO_RECORD = ("deny", "allow")
+OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 DECISIONS = ("granted", "denied")
 
 
@@ -73,6 +74,7 @@ class RetentionTier:
     prefix: str
     bucket: str
     days: int
+    object_lock: str | None = None  # S3 Object Lock mode (COMPLIANCE | GOVERNANCE) of a ledger-bucket tier
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,11 @@ class PrivacyPolicy:
     erasure_exempt: tuple[str, ...]
     sensitive_assets: tuple[str, ...]
     directory: str
+
+    @property
+    def ledger_tier(self) -> RetentionTier | None:
+        """The retention tier of the append-only logs (bucket `ledger`, Object Lock), if the policy declares one."""
+        return next((t for t in self.retention.values() if t.bucket == "ledger"), None)
 
     def is_sensitive(self, asset: str) -> bool:
         import fnmatch
@@ -254,8 +261,20 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
         days = _need(label, f"tiers.{name}", spec, "days", int)
         if days < 1:
             raise PolicyError(f"{label}: tiers.{name}.days: must be >= 1, got {days}.")
-        bucket = _one_of(label, f"tiers.{name}.bucket", spec.get("bucket"), ("landing", "lake"))
-        retention[name] = RetentionTier(name, str(spec.get("prefix", "")), bucket, days)
+        bucket = _one_of(label, f"tiers.{name}.bucket", spec.get("bucket"), ("landing", "lake", "ledger"))
+        lock = spec.get("object_lock")
+        if lock is not None:
+            lock = _one_of(label, f"tiers.{name}.object_lock", lock, OBJECT_LOCK_MODES)
+        if (lock is not None) != (bucket == "ledger"):
+            raise PolicyError(
+                f"{label}: tiers.{name}.object_lock: "
+                + ("only a tier of the `ledger` bucket (the Object Lock bucket) can be locked."
+                   if lock else "a tier of the `ledger` bucket must set object_lock (COMPLIANCE or GOVERNANCE).")
+            )
+        retention[name] = RetentionTier(name, str(spec.get("prefix", "")), bucket, days, lock)
+    if sum(t.bucket == "ledger" for t in retention.values()) > 1:
+        raise PolicyError(f"{label}: tiers: at most one tier may live in the `ledger` bucket (its Object Lock default "
+                          "retention is bucket-wide).")
     for tier in ("raw", "consented", "features"):
         if tier not in retention:
             raise PolicyError(f"{label}: tiers.{tier}: missing.")

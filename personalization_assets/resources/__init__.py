@@ -4,6 +4,7 @@
 |---|---|---|
 | `landing` | LandingZone on `$DATA_DIR/landing` | LandingZone on `s3://…` |
 | `lake` | LakeStorage on `$DATA_DIR/lake` | LakeStorage on `s3://…` |
+| `lake.log_store()` | the lake (append-only logs under `privacy/`) | the ledger bucket (`PERSONALIZATION_LEDGER_URL`), S3 Object Lock |
 | `duckdb` | in-memory DuckDB engine (spills to `$DATA_DIR/tmp`) | same, in the run pod |
 | `platform` | PlatformConfig (limits from settings) | same |
 | `pseudonymizer` | dev key generated into `$DATA_DIR` | keys from `PERSONALIZATION_PSEUDONYM_KEYS` |
@@ -74,7 +75,13 @@ def build_resources(settings: Settings) -> dict:
     common = {"s3_endpoint_url": settings.s3_endpoint_url, "aws_region": settings.aws_region, **creds}
     resources = {
         "landing": LandingZone(url=settings.landing_url, **common),
-        "lake": LakeStorage(url=settings.lake_url, **common),
+        "lake": LakeStorage(
+            url=settings.lake_url,
+            logs_url=settings.ledger_url,
+            logs_object_lock_mode=settings.ledger_object_lock,
+            logs_object_lock_days=settings.ledger_retention_days,
+            **common,
+        ),
         "duckdb": duckdb_engine(settings),
         "platform": PlatformConfig(
             env=settings.env,

@@ -11,6 +11,11 @@ object, which makes writes atomic and idempotent:
 * S3: the object is uploaded with one (multipart) PUT, which becomes visible only when complete.
 
 Re-materializing a partition therefore replaces it; a reader never sees a half-written partition.
+
+The append-only logs (consent ledger, audit log, …) live in the lake's *log store* (``LakeStorage.log_store()``):
+the lake itself, or — in production — a separate bucket with S3 Object Lock. A store with an Object Lock mode
+writes each log segment once, with a per-object retention (`If-None-Match: *` + `ObjectLockMode` +
+`ObjectLockRetainUntilDate`), and refuses every replace or delete in code (``ImmutableStoreError``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Iterator, Mapping, Optional
 
 import dagster as dg
@@ -29,6 +35,14 @@ from pydantic import Field, PrivateAttr
 
 DATA_FILE = "data.parquet"
 _TMP_PREFIX = "_tmp-"  # ignored by pyarrow dataset discovery (leading underscore)
+
+
+OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+MAX_OBJECT_LOCK_DAYS = 36_500  # S3 accepts retention periods of up to 100 years
+
+
+class ImmutableStoreError(RuntimeError):
+    """A replace or delete was attempted on a write-once (Object Lock) store."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +67,51 @@ class _FileStore(dg.ConfigurableResource):
     aws_region: str = Field(default="us-east-1")
     aws_access_key_id: Optional[str] = Field(default=None, description="From dg.EnvVar; unset = default AWS chain.")
     aws_secret_access_key: Optional[str] = Field(default=None, description="From dg.EnvVar.")
+    object_lock_mode: Optional[str] = Field(
+        default=None,
+        description="S3 Object Lock mode (COMPLIANCE | GOVERNANCE) of every object created with create_exclusive; "
+        "set = the store is write-once (replace and delete are refused). Unset = an ordinary store.",
+    )
+    object_lock_days: int = Field(default=0, description="Retention of each locked object, in days from its creation.")
 
     _fs: Optional[pafs.FileSystem] = PrivateAttr(default=None)
+    _s3: object = PrivateAttr(default=None)
+
+    @property
+    def is_write_once(self) -> bool:
+        return self.object_lock_mode is not None
+
+    def _check_lock_config(self) -> None:
+        if self.object_lock_mode is None:
+            return
+        if self.object_lock_mode not in OBJECT_LOCK_MODES:
+            raise ValueError(f"object_lock_mode={self.object_lock_mode!r}: expected one of {', '.join(OBJECT_LOCK_MODES)}")
+        if not self.is_s3:
+            raise ValueError(f"object_lock_mode={self.object_lock_mode} needs an s3:// store (Object Lock is an S3 feature); "
+                             f"{self.url!r} is a local path")
+        if not 1 <= self.object_lock_days <= MAX_OBJECT_LOCK_DAYS:
+            raise ValueError(f"object_lock_days={self.object_lock_days}: expected 1..{MAX_OBJECT_LOCK_DAYS}")
+
+    def _refuse_if_write_once(self, what: str, relative: str) -> None:
+        if self.is_write_once:
+            raise ImmutableStoreError(
+                f"refusing to {what} {self.uri(relative)}: this store is write-once (S3 Object Lock, "
+                f"{self.object_lock_mode} mode, {self.object_lock_days} days); log segments are only ever created"
+            )
+
+    def s3_client(self):
+        """The boto3 S3 client of this store, from dagster-aws's S3Resource (same endpoint, region and credentials
+        as the pyarrow filesystem). Used for what pyarrow cannot send: conditional writes and Object Lock."""
+        if self._s3 is None:
+            from dagster_aws.s3 import S3Resource
+
+            self._s3 = S3Resource(
+                region_name=self.aws_region,
+                endpoint_url=self.s3_endpoint_url,
+                aws_access_key_id=self.aws_access_key_id,
+                aws_secret_access_key=self.aws_secret_access_key,
+            ).get_client()
+        return self._s3
 
     @property
     def is_s3(self) -> bool:
@@ -121,6 +178,7 @@ class _FileStore(dg.ConfigurableResource):
         return None if self.is_s3 else self.full_path(relative)
 
     def write_bytes(self, relative: str, data: bytes) -> None:
+        self._refuse_if_write_once("overwrite", relative)
         fs = self.filesystem()
         path = self.full_path(relative)
         parent = path.rsplit("/", 1)[0]
@@ -138,9 +196,13 @@ class _FileStore(dg.ConfigurableResource):
         """Write an object only if it does not exist yet (atomically). Returns False if it already existed.
 
         Local: hard-link a fully written temp file into place (link fails if the name exists). S3: a PUT
-        with `If-None-Match: *` (S3 conditional writes), through boto3 because pyarrow cannot send it.
+        with `If-None-Match: *` (S3 conditional writes) through the client of dagster-aws's S3Resource,
+        because pyarrow cannot send it. On a write-once store the same PUT also locks the object
+        (`ObjectLockMode`, `ObjectLockRetainUntilDate` = now + object_lock_days, with the SHA-256 checksum
+        S3 requires for Object Lock uploads).
         Append-only logs use this so two concurrent writers can never overwrite each other's segment.
         """
+        self._check_lock_config()
         path = self.full_path(relative)
         if not self.is_s3:
             parent = path.rsplit("/", 1)[0]
@@ -157,28 +219,32 @@ class _FileStore(dg.ConfigurableResource):
                 return False
             finally:
                 os.unlink(tmp)
-        import boto3
         from botocore.exceptions import ClientError
 
         bucket, _, key = path.partition("/")
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint_url,
-            region_name=self.aws_region,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-        )
+        put = {"Bucket": bucket, "Key": key, "Body": data, "IfNoneMatch": "*", "ChecksumAlgorithm": "SHA256"}
+        if self.object_lock_mode:
+            put.update(ObjectLockMode=self.object_lock_mode,
+                       ObjectLockRetainUntilDate=datetime.now(timezone.utc) + timedelta(days=self.object_lock_days))
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            self.s3_client().put_object(**put)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
+            error = exc.response.get("Error", {})
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
                 "ResponseMetadata", {}
             ).get("HTTPStatusCode") in (409, 412):
                 return False
+            if self.object_lock_mode and error.get("Code") == "InvalidRequest" and "lock" in str(error.get("Message", "")).lower():
+                raise ImmutableStoreError(
+                    f"bucket {bucket!r} refused an Object Lock write ({error.get('Message')}). Fix: point "
+                    "PERSONALIZATION_LEDGER_URL at the ledger bucket created by infra/terraform (object_lock_enabled), "
+                    "or create the bucket with Object Lock enabled."
+                ) from exc
             raise
 
     def delete(self, relative: str) -> None:
+        self._refuse_if_write_once("delete", relative)
         fs = self.filesystem()
         path = self.full_path(relative)
         info = fs.get_file_info(path)
@@ -201,6 +267,29 @@ def partition_path(partition: Mapping[str, str] | None) -> str:
 class LakeStorage(_FileStore):
     """The Parquet lake: one object per partition, atomic and idempotent writes."""
 
+    logs_url: Optional[str] = Field(
+        default=None,
+        description="Where the append-only logs live (PERSONALIZATION_LEDGER_URL); unset = in the lake itself.",
+    )
+    logs_object_lock_mode: Optional[str] = Field(default=None, description="Object Lock mode of the log store (COMPLIANCE | GOVERNANCE).")
+    logs_object_lock_days: int = Field(default=0, description="Object Lock retention of each log segment, in days.")
+
+    _logs: Optional["LakeStorage"] = PrivateAttr(default=None)
+
+    def log_store(self) -> "LakeStorage":
+        """The store of the append-only, hash-chained logs: the lake itself, or the ledger bucket (write-once)."""
+        if self.logs_url is None and self.logs_object_lock_mode is None:
+            return self
+        if self._logs is None:
+            store = LakeStorage(
+                url=self.logs_url or self.url, s3_endpoint_url=self.s3_endpoint_url, aws_region=self.aws_region,
+                aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
+                object_lock_mode=self.logs_object_lock_mode, object_lock_days=self.logs_object_lock_days,
+            )
+            store._check_lock_config()
+            self._logs = store
+        return self._logs
+
     def table_dir(self, layer: str, table: str) -> str:
         return f"{layer}/{table}"
 
@@ -219,6 +308,7 @@ class LakeStorage(_FileStore):
         """Write (replace) one partition atomically. Accepts a table or a stream of batches."""
         fs = self.filesystem()
         relative = self.data_file(layer, table, partition)
+        self._refuse_if_write_once("replace", relative)
         final = self.full_path(relative)
         parent = final.rsplit("/", 1)[0]
         if isinstance(data, pa.Table):
@@ -297,6 +387,7 @@ class LakeStorage(_FileStore):
 
     def delete_partition(self, layer: str, table: str, partition: Mapping[str, str] | None = None) -> bool:
         """Delete one partition's data file. Returns whether it existed."""
+        self._refuse_if_write_once("delete", self.data_file(layer, table, partition))
         fs = self.filesystem()
         path = self.full_path(self.data_file(layer, table, partition))
         if fs.get_file_info(path).type != pafs.FileType.File:
