@@ -32,6 +32,7 @@ REQUIRED_SETTINGS = (
     "aws_region",
     "landing_url",
     "lake_url",
+    "ledger_url",
     "postgres_host",
     "postgres_port",
     "postgres_db_name",
@@ -76,7 +77,7 @@ def render(base: dict, settings: dict, image_tag: str) -> dict:
         raise RenderError(
             f"image tag {image_tag!r} is not an immutable tag (use the git sha or a version)"
         )
-    for url_key in ("landing_url", "lake_url"):
+    for url_key in ("landing_url", "lake_url", "ledger_url"):
         if not str(settings[url_key]).startswith("s3://"):
             raise RenderError(f"{url_key}={settings[url_key]!r} is not an s3:// URL")
 
@@ -107,6 +108,7 @@ def render(base: dict, settings: dict, image_tag: str) -> dict:
         {
             "PERSONALIZATION_LANDING_URL": settings["landing_url"],
             "PERSONALIZATION_LAKE_URL": settings["lake_url"],
+            "PERSONALIZATION_LEDGER_URL": settings["ledger_url"],
             "AWS_REGION": settings["aws_region"],
             "SNOWFLAKE_ACCOUNT": settings["snowflake_account"],
             "SNOWFLAKE_ROLE": settings["snowflake_role"],

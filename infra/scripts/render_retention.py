@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Generate the S3 lifecycle rules of infra/terraform/modules/storage from privacy_policies/retention.yaml.
+"""Generate the S3 lifecycle rules and Object Lock retention of infra/terraform/modules/storage from
+privacy_policies/retention.yaml.
 
 retention.yaml is the single source of truth for how long each lake tier is kept. This script turns
-it into `aws_s3_bucket_lifecycle_configuration` resources (one per bucket, one rule per tier) and
-writes them to `infra/terraform/modules/storage/lifecycle.generated.tf`. The generated file is
+it into `aws_s3_bucket_lifecycle_configuration` resources (one per bucket, one rule per tier), and the
+tier of the ledger bucket (`object_lock: COMPLIANCE`) into the bucket's Object Lock default retention
+(`aws_s3_bucket_object_lock_configuration`, same mode and days), and writes them to
+`infra/terraform/modules/storage/lifecycle.generated.tf`. The generated file is
 checked in so that plans, reviews and checkov see concrete values; tests/infra/test_retention_lifecycle.py
 fails when it drifts from the policy.
 
@@ -34,7 +37,11 @@ OUTPUT_PATH = (
 
 # Buckets a tier may live in, and the Terraform variable holding each bucket's base prefix
 # (the `<prefix>` of PERSONALIZATION_LANDING_URL / PERSONALIZATION_LAKE_URL).
-BUCKET_PREFIX_VARS = {"landing": "landing_prefix", "lake": "lake_prefix"}
+BUCKET_PREFIX_VARS = {"landing": "landing_prefix", "lake": "lake_prefix", "ledger": "ledger_prefix"}
+# The only bucket created with Object Lock (aws_s3_bucket.ledger, object_lock_enabled = true): a tier in it
+# must declare its lock mode, and no other bucket can have one.
+OBJECT_LOCK_BUCKET = "ledger"
+OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 
 # Old object versions (overwritten or deleted objects, including rows removed by an erasure request)
 # are purged this many days after they became noncurrent, unless a tier sets `noncurrent_days`.
@@ -58,6 +65,7 @@ class Tier:
     prefix: str
     days: int
     noncurrent_days: int
+    object_lock: str | None = None
 
 
 def load_tiers(policy_path: Path = POLICY_PATH) -> list[Tier]:
@@ -106,7 +114,21 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
             raise PolicyError(
                 f"{where}.noncurrent_days={noncurrent!r}; expected 1..{MAX_NONCURRENT_DAYS}"
             )
-        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent))
+        lock = spec.get("object_lock")
+        if lock is not None and lock not in OBJECT_LOCK_MODES:
+            raise PolicyError(f"{where}.object_lock={lock!r}; expected one of {list(OBJECT_LOCK_MODES)}")
+        if (lock is not None) != (bucket == OBJECT_LOCK_BUCKET):
+            raise PolicyError(
+                f"{where}.object_lock: only the {OBJECT_LOCK_BUCKET} bucket is created with Object Lock, and each of "
+                f"its tiers must set object_lock ({' or '.join(OBJECT_LOCK_MODES)})"
+            )
+        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent, lock))
+    locked = [t for t in tiers if t.object_lock]
+    if len(locked) > 1:
+        raise PolicyError(
+            f"{source}: tiers {', '.join(t.name for t in locked)} are all in the {OBJECT_LOCK_BUCKET} bucket; its Object "
+            "Lock default retention is bucket-wide, so it holds exactly one tier"
+        )
 
     seen: dict[tuple[str, str], str] = {}
     for tier in tiers:
@@ -191,6 +213,22 @@ def render(tiers: list[Tier]) -> str:
                 "  }",
             ]
         lines.append("}")
+    for tier in (t for t in tiers if t.object_lock):
+        lines += [
+            "",
+            f"# Tier {tier.name}: every object is write-once for {tier.days} days ({tier.object_lock} mode: nobody, not even",
+            "# the account root, can delete or overwrite a version before then; the retention cannot be shortened).",
+            f'resource "aws_s3_bucket_object_lock_configuration" "{tier.bucket}" {{',
+            f"  bucket = aws_s3_bucket.{tier.bucket}.id",
+            "",
+            "  rule {",
+            "    default_retention {",
+            f'      mode = "{tier.object_lock}"',
+            f"      days = {tier.days}",
+            "    }",
+            "  }",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ SETTINGS = {
     "aws_region": "eu-west-1",
     "landing_url": "s3://personalization-prod-landing-123456789012/",
     "lake_url": "s3://personalization-prod-lake-123456789012/",
+    "ledger_url": "s3://personalization-prod-ledger-123456789012/",
     "postgres_host": "personalization-prod-dagster.abc.eu-west-1.rds.amazonaws.com",
     "postgres_port": 5432,
     "postgres_db_name": "dagster",
@@ -288,6 +289,7 @@ def test_render_fills_every_placeholder(values, renderer, tmp_path):
         "pullPolicy": "IfNotPresent",
     }
     assert deployment["env"]["PERSONALIZATION_LAKE_URL"] == SETTINGS["lake_url"]
+    assert deployment["env"]["PERSONALIZATION_LEDGER_URL"] == SETTINGS["ledger_url"]
     assert (
         deployment["dagsterApiGrpcArgs"] == _deployment(values)["dagsterApiGrpcArgs"]
     ), "list entries must be kept"
@@ -309,6 +311,7 @@ def test_render_fills_every_placeholder(values, renderer, tmp_path):
     "change, message",
     [
         ({"lake_url": "/local/path"}, "not an s3:// URL"),
+        ({"ledger_url": "/local/path"}, "not an s3:// URL"),
         ({"run_role_arn": ""}, "run_role_arn"),
     ],
 )

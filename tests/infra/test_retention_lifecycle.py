@@ -1,4 +1,4 @@
-"""S3 lifecycle rules vs privacy_policies/retention.yaml: one source of truth for retention.
+"""S3 lifecycle rules and Object Lock retention vs privacy_policies/retention.yaml: one source of truth for retention.
 
 The lifecycle rules are generated (infra/scripts/render_retention.py) into
 infra/terraform/modules/storage/lifecycle.generated.tf. These tests check, from the parsed Terraform
@@ -24,7 +24,7 @@ from .conftest import REPO_ROOT, TERRAFORM, load_module, load_tf, resources
 POLICY = REPO_ROOT / "privacy_policies" / "retention.yaml"
 STORAGE = TERRAFORM / "modules" / "storage"
 GENERATED = STORAGE / "lifecycle.generated.tf"
-BASE_PREFIX_VAR = {"landing": "landing_prefix", "lake": "lake_prefix"}
+BASE_PREFIX_VAR = {"landing": "landing_prefix", "lake": "lake_prefix", "ledger": "ledger_prefix"}
 # Erasure requests must be answered within one month (GDPR Art. 12(3)): a deleted object's old
 # version may not outlive that.
 MAX_NONCURRENT_DAYS = 30
@@ -342,3 +342,94 @@ def test_generator_output_round_trips_through_the_comparison(policy, tmp_path):
     path.write_text(generator.render(generator.parse_tiers(changed)), encoding="utf-8")
     assert compare(changed, parse_rules(load_tf(path))) == []
     assert compare(changed, parse_rules(load_module(STORAGE))) != []
+
+
+# ----------------------------------------------------------------------------------------------
+# Object Lock: the ledger bucket's default retention comes from the policy too.
+# ----------------------------------------------------------------------------------------------
+
+
+def object_lock_settings(tf: dict) -> dict[str, tuple[str, int]]:
+    """{bucket: (mode, days)} of every aws_s3_bucket_object_lock_configuration in a parsed module."""
+    out = {}
+    for name, body in resources(tf, "aws_s3_bucket_object_lock_configuration").items():
+        bucket = _bucket_of(body)
+        retention = _single(_single(body.get("rule"), f"{name}.rule").get("default_retention"), f"{name}.default_retention")
+        out[bucket] = (retention["mode"], int(retention["days"]))
+    return out
+
+
+def compare_object_lock(policy: dict, tf: dict) -> list[str]:
+    """Every way the buckets' Object Lock disagrees with the policy's `object_lock` tiers (empty = consistent)."""
+    problems = []
+    locks = object_lock_settings(tf)
+    enabled = {name for name, body in resources(tf, "aws_s3_bucket").items() if body.get("object_lock_enabled") is True}
+    wanted = {spec["bucket"]: (spec["object_lock"], spec["days"], name) for name, spec in policy["tiers"].items()
+              if spec.get("object_lock")}
+    for bucket, (mode, days, tier) in wanted.items():
+        if bucket not in enabled:
+            problems.append(f"tier {tier}: bucket {bucket} is not created with object_lock_enabled = true")
+        if bucket not in locks:
+            problems.append(f"tier {tier}: bucket {bucket} has no Object Lock default retention")
+        elif locks[bucket] != (mode, days):
+            problems.append(f"tier {tier}: bucket {bucket} locks objects {locks[bucket][0]} for {locks[bucket][1]} days, "
+                            f"policy says {mode} for {days}")
+    for bucket in set(locks) - set(wanted):
+        problems.append(f"bucket {bucket} has an Object Lock retention that no retention tier declares")
+    return problems
+
+
+def test_ledger_bucket_object_lock_matches_retention_policy(policy):
+    tier = next(spec for spec in policy["tiers"].values() if spec.get("bucket") == "ledger")
+    assert tier["object_lock"] == "COMPLIANCE" and tier["days"] == policy["tiers"]["privacy"]["days"]
+    module = load_module(STORAGE)
+    assert object_lock_settings(module) == {"ledger": ("COMPLIANCE", tier["days"])}
+    assert compare_object_lock(policy, module) == []
+    # and the lifecycle of the ledger bucket expires the logs when their lock ends, not before
+    ledger_rules = [r for r in parse_rules(module) if r.bucket == "ledger" and r.expiration_days]
+    assert [r.expiration_days for r in ledger_rules] == [tier["days"]]
+
+
+def test_only_the_generated_file_sets_object_lock_retention():
+    for path in sorted(STORAGE.glob("*.tf")):
+        if path != GENERATED:
+            assert object_lock_settings(load_tf(path)) == {}, f"{path.name} sets Object Lock retention; edit retention.yaml"
+
+
+def test_detects_object_lock_drift(policy):
+    module = load_module(STORAGE)
+    longer = copy.deepcopy(policy)
+    longer["tiers"]["privacy_logs"]["days"] = 3650
+    assert any("policy says COMPLIANCE for 3650" in p for p in compare_object_lock(longer, module))
+    governance = copy.deepcopy(policy)
+    governance["tiers"]["privacy_logs"]["object_lock"] = "GOVERNANCE"
+    assert any("policy says GOVERNANCE" in p for p in compare_object_lock(governance, module))
+    unlocked = copy.deepcopy(module)
+    for block in unlocked["resource"]:
+        block.pop("aws_s3_bucket_object_lock_configuration", None)
+    assert any("no Object Lock default retention" in p for p in compare_object_lock(policy, unlocked))
+
+
+def test_generator_refuses_object_lock_outside_the_ledger_bucket(policy):
+    generator = _load_generator()
+    on_lake = copy.deepcopy(policy)
+    on_lake["tiers"]["privacy"]["object_lock"] = "COMPLIANCE"
+    with pytest.raises(generator.PolicyError, match="only the ledger bucket"):
+        generator.parse_tiers(on_lake)
+    unlocked = copy.deepcopy(policy)
+    del unlocked["tiers"]["privacy_logs"]["object_lock"]
+    with pytest.raises(generator.PolicyError, match="must set object_lock"):
+        generator.parse_tiers(unlocked)
+    bad_mode = copy.deepcopy(policy)
+    bad_mode["tiers"]["privacy_logs"]["object_lock"] = "FOREVER"
+    with pytest.raises(generator.PolicyError, match="object_lock='FOREVER'"):
+        generator.parse_tiers(bad_mode)
+
+
+def test_generator_renders_the_policy_lock(policy, tmp_path):
+    generator = _load_generator()
+    changed = copy.deepcopy(policy)
+    changed["tiers"]["privacy_logs"]["days"] = 3650
+    path = tmp_path / "lifecycle.tf"
+    path.write_text(generator.render(generator.parse_tiers(changed)), encoding="utf-8")
+    assert object_lock_settings(load_tf(path)) == {"ledger": ("COMPLIANCE", 3650)}

@@ -157,6 +157,46 @@ def test_pii_fence_in_lake_bucket_policy():
     assert "consented" not in lake_pii and "features" not in lake_pii
 
 
+def _dynamic_statements(doc: dict) -> dict[str, dict]:
+    """{sid: content} of the `dynamic "statement"` blocks of a policy document."""
+    out = {}
+    for block in doc.get("dynamic", []):
+        for body in (block.get("statement"),) if "statement" in block else ():
+            content = body["content"][0] if isinstance(body["content"], list) else body["content"]
+            out[content["sid"]] = {**content, "for_each": body["for_each"]}
+    return out
+
+
+def test_ledger_bucket_is_write_once():
+    """The append-only logs: own bucket with Object Lock, encrypted, versioned, fenced, no delete, no overwrite."""
+    storage = load_module(MODULES / "storage")
+    ledger = resources(storage, "aws_s3_bucket")["ledger"]
+    assert ledger["object_lock_enabled"] is True and ledger["force_destroy"] is False
+    assert "ledger" in _locals(storage)["data_bucket_ids"]  # SSE-KMS, versioning, public access block, logging
+    assert "ledger" in _locals(storage)["pii_object_arns"]
+    assert not any(b.get("object_lock_enabled") for n, b in resources(storage, "aws_s3_bucket").items() if n != "ledger")
+    statements = _dynamic_statements(data_sources(storage, "aws_iam_policy_document")["data_bucket"])
+    deletes, overwrites = statements["DenyLedgerDeletes"], statements["DenyLedgerOverwrites"]
+    for statement in (deletes, overwrites):
+        assert statement["effect"] == "Deny" and 'each.key == "ledger"' in statement["for_each"]
+        principals = statement["principals"][0] if isinstance(statement["principals"], list) else statement["principals"]
+        assert principals["identifiers"] == ["*"]  # everyone, the pipeline included
+    assert {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention"} <= set(deletes["actions"])
+    condition = overwrites["condition"][0]
+    assert overwrites["actions"] == ["s3:PutObject"]
+    assert (condition["test"], condition["variable"], condition["values"]) == ("Null", "s3:if-none-match", ["true"])
+
+
+def test_run_role_appends_to_the_ledger_without_delete():
+    iam, docs = _iam_docs()
+    by_sid = {s["sid"]: s for s in _statements(docs["run"])}
+    assert set(by_sid["AppendToLedger"]["actions"]) == {"s3:GetObject", "s3:PutObject", "s3:PutObjectRetention"}
+    assert by_sid["AppendToLedger"]["resources"] == "${local.ledger_log_objects}"
+    assert "${var.ledger_bucket_arn}" in by_sid["ListDataBuckets"]["resources"]
+    deny = {s["sid"]: s for s in _statements(docs["analyst"])}["DenyPersonalDataTiers"]
+    assert "ledger_bucket_arn" in str(deny["resources"])
+
+
 # ------------------------------------------------------------------------------------------------
 # iam
 # ------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ module "storage" {
   name                          = local.name
   landing_prefix                = var.landing_prefix
   lake_prefix                   = var.lake_prefix
+  ledger_prefix                 = var.ledger_prefix
   pii_principal_arns            = concat([local.run_role_arn], var.break_glass_role_arns)
   landing_writer_principal_arns = var.cdp_writer_principal_arns
 }
@@ -132,6 +133,8 @@ module "iam" {
   landing_prefix                        = var.landing_prefix
   lake_bucket_arn                       = module.storage.lake_bucket_arn
   lake_prefix                           = var.lake_prefix
+  ledger_bucket_arn                     = module.storage.ledger_bucket_arn
+  ledger_prefix                         = var.ledger_prefix
   data_kms_key_arn                      = module.storage.data_kms_key_arn
   secret_arns                           = module.secrets.secret_arns
   secrets_kms_key_arn                   = module.secrets.secrets_kms_key_arn

@@ -3,6 +3,11 @@ output "landing_url" {
   value       = module.storage.landing_url
 }
 
+output "ledger_url" {
+  description = "PERSONALIZATION_LEDGER_URL: the append-only logs, in the S3 Object Lock bucket."
+  value       = module.storage.ledger_url
+}
+
 output "lake_url" {
   description = "PERSONALIZATION_LAKE_URL."
   value       = module.storage.lake_url
@@ -74,6 +79,7 @@ output "deployment_settings" {
     aws_region               = var.aws_region
     landing_url              = module.storage.landing_url
     lake_url                 = module.storage.lake_url
+    ledger_url               = module.storage.ledger_url
     postgres_host            = module.eks.postgres_host
     postgres_port            = module.eks.postgres_port
     postgres_db_name         = module.eks.postgres_db_name

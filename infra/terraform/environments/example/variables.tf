@@ -38,6 +38,12 @@ variable "lake_prefix" {
   default     = ""
 }
 
+variable "ledger_prefix" {
+  description = "Prefix of the append-only logs inside the ledger bucket (S3 Object Lock) ('' or ending with '/')."
+  type        = string
+  default     = ""
+}
+
 variable "cdp_writer_principal_arns" {
   description = "IAM principals of the CDP S3 destination that writes into the landing bucket."
   type        = list(string)

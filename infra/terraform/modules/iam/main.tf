@@ -3,10 +3,11 @@
 # run role (IRSA)       : the Dagster code server and every run pod (service account
 #                         <namespace>/<run_service_account_name>). Reads landing, reads/writes the four
 #                         lake tiers, uses the data key through S3 only, reads exactly the two
-#                         application secrets. It cannot delete old object versions (history is purged
-#                         by lifecycle rules only), touch other buckets, or read any other secret.
+#                         application secrets; appends to the ledger bucket (create + Object Lock
+#                         retention, never delete). It cannot delete old object versions (history is
+#                         purged by lifecycle rules only), touch other buckets, or read any other secret.
 # analyst role          : read-only on the curated tiers consented/ and features/; explicitly denied
-#                         raw/, privacy/ and the landing bucket, whatever else is attached to it.
+#                         raw/, privacy/, the ledger and the landing bucket, whatever else is attached to it.
 # db secret reader      : lets External Secrets copy the Postgres password into Kubernetes.
 
 data "aws_partition" "current" {}
@@ -23,6 +24,8 @@ locals {
   curated_objects    = [for t in local.curated_tiers : "${var.lake_bucket_arn}/${var.lake_prefix}${t}/*"]
   pii_objects        = [for t in local.pii_tiers : "${var.lake_bucket_arn}/${var.lake_prefix}${t}/*"]
   curated_list_scope = flatten([for t in local.curated_tiers : ["${var.lake_prefix}${t}/", "${var.lake_prefix}${t}/*"]])
+  # the append-only logs: <ledger_prefix>privacy/<log>/segment=<seq>/data.parquet
+  ledger_log_objects = ["${var.ledger_bucket_arn}/${var.ledger_prefix}privacy/*"]
 }
 
 ################################################################################
@@ -64,7 +67,7 @@ data "aws_iam_policy_document" "run" {
   statement {
     sid       = "ListDataBuckets"
     actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [var.landing_bucket_arn, var.lake_bucket_arn]
+    resources = [var.landing_bucket_arn, var.lake_bucket_arn, var.ledger_bucket_arn]
   }
 
   statement {
@@ -83,6 +86,14 @@ data "aws_iam_policy_document" "run" {
       "s3:ListMultipartUploadParts",
     ]
     resources = local.lake_tier_objects
+  }
+
+  # Append-only: create a segment (If-None-Match, enforced by the bucket policy) with its Object Lock
+  # retention, read segments back. No delete, no retention change after the fact.
+  statement {
+    sid       = "AppendToLedger"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:PutObjectRetention"]
+    resources = local.ledger_log_objects
   }
 
   statement {
@@ -118,7 +129,7 @@ data "aws_iam_policy_document" "run" {
 
 resource "aws_iam_policy" "run" {
   name        = "${var.run_role_name}-data-access"
-  description = "Landing read, lake tiers read/write, data key via S3, the two application secrets"
+  description = "Landing read, lake tiers read/write, ledger append, data key via S3, the two application secrets"
   policy      = data.aws_iam_policy_document.run.json
   tags        = var.tags
 }
@@ -188,7 +199,7 @@ data "aws_iam_policy_document" "analyst" {
     sid       = "DenyPersonalDataTiers"
     effect    = "Deny"
     actions   = ["s3:*"]
-    resources = concat(local.pii_objects, [var.landing_bucket_arn, "${var.landing_bucket_arn}/*"])
+    resources = concat(local.pii_objects, [var.landing_bucket_arn, "${var.landing_bucket_arn}/*", var.ledger_bucket_arn, "${var.ledger_bucket_arn}/*"])
   }
 
   statement {
@@ -207,7 +218,7 @@ data "aws_iam_policy_document" "analyst" {
 
 resource "aws_iam_policy" "analyst" {
   name        = "${var.analyst_role_name}-curated-read"
-  description = "Read-only on lake consented/ and features/; raw/, privacy/ and landing denied"
+  description = "Read-only on lake consented/ and features/; raw/, privacy/, ledger and landing denied"
   policy      = data.aws_iam_policy_document.analyst.json
   tags        = var.tags
 }

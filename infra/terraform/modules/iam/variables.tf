@@ -73,8 +73,19 @@ variable "lake_prefix" {
   default     = ""
 }
 
+variable "ledger_bucket_arn" {
+  description = "ARN of the ledger bucket (S3 Object Lock) holding the append-only logs."
+  type        = string
+}
+
+variable "ledger_prefix" {
+  description = "Key prefix of the logs in the ledger bucket ('' or ending with '/')."
+  type        = string
+  default     = ""
+}
+
 variable "data_kms_key_arn" {
-  description = "ARN of the KMS key encrypting the landing and lake buckets."
+  description = "ARN of the KMS key encrypting the landing, lake and ledger buckets."
   type        = string
 }
 

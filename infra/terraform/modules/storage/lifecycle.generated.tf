@@ -147,3 +147,53 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 }
+
+resource "aws_s3_bucket_lifecycle_configuration" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+
+  # Noncurrent-version rules only act once versioning is on.
+  depends_on = [aws_s3_bucket_versioning.data["ledger"]]
+
+  # Bucket-wide: parts of failed multipart uploads are invisible but billed and may hold PII.
+  rule {
+    id     = "abort-incomplete-multipart-uploads"
+    status = "Enabled"
+
+    filter {}
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+
+  # Tier privacy_logs: keep 2190 days; old versions 7 days after replacement/deletion.
+  rule {
+    id     = "retention-privacy_logs"
+    status = "Enabled"
+
+    filter {
+      prefix = "${var.ledger_prefix}privacy/"
+    }
+
+    expiration {
+      days = 2190
+    }
+
+    noncurrent_version_expiration {
+      noncurrent_days = 7
+    }
+  }
+}
+
+# Tier privacy_logs: every object is write-once for 2190 days (COMPLIANCE mode: nobody, not even
+# the account root, can delete or overwrite a version before then; the retention cannot be shortened).
+resource "aws_s3_bucket_object_lock_configuration" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+
+  rule {
+    default_retention {
+      mode = "COMPLIANCE"
+      days = 2190
+    }
+  }
+}

@@ -1,6 +1,12 @@
-# Landing and lake buckets, the access-log bucket and the customer-managed key that encrypts the data.
+# Landing, lake and ledger buckets, the access-log bucket and the customer-managed key that encrypts the data.
 #
-# * Both data buckets: SSE-KMS with a customer-managed key (yearly rotation) and S3 Bucket Keys,
+# * The ledger bucket holds the append-only, hash-chained logs (consent ledger, access audit, erasure,
+#   retention, key rotation, DP budget: PERSONALIZATION_LEDGER_URL). It is created with S3 Object Lock;
+#   its default retention (COMPLIANCE, days) is generated from privacy_policies/retention.yaml
+#   (tier privacy_logs) into lifecycle.generated.tf, and the writer locks each segment explicitly too.
+#   Its bucket policy denies every delete and every PUT without `If-None-Match` (no overwrite, no new
+#   version on top of a segment) to everyone, the pipeline included.
+# * All data buckets: SSE-KMS with a customer-managed key (yearly rotation) and S3 Bucket Keys,
 #   versioning, all public access blocked, ACLs disabled, TLS-only bucket policy, server access
 #   logging to the log bucket, EventBridge notifications.
 # * Lifecycle rules (expiry per tier prefix, noncurrent versions, incomplete uploads) are generated
@@ -28,6 +34,11 @@ locals {
       base_prefix = var.lake_prefix
       description = "Parquet lake: raw/ and privacy/ (personal data), consented/ and features/ (curated)"
     }
+    ledger = {
+      name        = "${var.name}-ledger-${local.account_id}"
+      base_prefix = var.ledger_prefix
+      description = "Append-only hash-chained logs (consent ledger, audit log): write-once, S3 Object Lock"
+    }
   }
   log_bucket_name = "${var.name}-access-logs-${local.account_id}"
 
@@ -38,6 +49,7 @@ locals {
       "arn:${local.partition}:s3:::${local.data_buckets.lake.name}/${var.lake_prefix}raw/*",
       "arn:${local.partition}:s3:::${local.data_buckets.lake.name}/${var.lake_prefix}privacy/*",
     ]
+    ledger = ["arn:${local.partition}:s3:::${local.data_buckets.ledger.name}/${var.ledger_prefix}*"]
   }
 }
 
@@ -84,7 +96,7 @@ data "aws_iam_policy_document" "data_key" {
 }
 
 resource "aws_kms_key" "data" {
-  description             = "${var.name}: encrypts the landing and lake buckets"
+  description             = "${var.name}: encrypts the landing, lake and ledger buckets"
   enable_key_rotation     = true
   rotation_period_in_days = 365
   deletion_window_in_days = var.kms_deletion_window_days
@@ -125,11 +137,28 @@ resource "aws_s3_bucket" "lake" {
   })
 }
 
+resource "aws_s3_bucket" "ledger" {
+  #checkov:skip=CKV_AWS_144:No cross-Region replica of personal data (pseudonymized consent decisions and audit rows): a replica would double the surface that retention must cover and may break data-residency commitments; durability comes from S3 (11 nines), versioning and Object Lock.
+  bucket        = local.data_buckets.ledger.name
+  force_destroy = false
+
+  # Object Lock can only be enabled when the bucket is created. The default retention (mode and days)
+  # is generated from retention.yaml: aws_s3_bucket_object_lock_configuration.ledger.
+  object_lock_enabled = true
+
+  tags = merge(var.tags, {
+    Name               = local.data_buckets.ledger.name
+    DataClassification = "personal-data"
+    Purpose            = local.data_buckets.ledger.description
+  })
+}
+
 locals {
-  # Per-bucket settings below are applied to both data buckets through this map.
+  # Per-bucket settings below are applied to every data bucket through this map.
   data_bucket_ids = {
     landing = aws_s3_bucket.landing.id
     lake    = aws_s3_bucket.lake.id
+    ledger  = aws_s3_bucket.ledger.id
   }
 }
 
@@ -292,6 +321,46 @@ data "aws_iam_policy_document" "data_bucket" {
         test     = "ArnNotLike"
         variable = "aws:PrincipalArn"
         values   = concat(var.pii_principal_arns, each.key == "landing" ? var.landing_writer_principal_arns : [])
+      }
+    }
+  }
+
+  # Write-once ledger: nobody (the pipeline included) may delete a log object or a version of it, or put
+  # an object without `If-None-Match: *` (which would stack a new version on top of a locked segment).
+  # Object Lock already refuses deleting or replacing a locked version; these statements also refuse
+  # delete markers and new versions, so a segment's current version is always the original.
+  dynamic "statement" {
+    for_each = each.key == "ledger" ? [1] : []
+    content {
+      sid       = "DenyLedgerDeletes"
+      effect    = "Deny"
+      actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention"]
+      resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = each.key == "ledger" ? [1] : []
+    content {
+      sid       = "DenyLedgerOverwrites"
+      effect    = "Deny"
+      actions   = ["s3:PutObject"]
+      resources = ["arn:${local.partition}:s3:::${each.value.name}/*"]
+
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+
+      condition {
+        test     = "Null"
+        variable = "s3:if-none-match"
+        values   = ["true"]
       }
     }
   }

@@ -18,6 +18,26 @@ output "lake_bucket_arn" {
   value       = aws_s3_bucket.lake.arn
 }
 
+output "ledger_bucket_name" {
+  description = "Ledger bucket (S3 Object Lock): PERSONALIZATION_LEDGER_URL=s3://<this>/<ledger_prefix>."
+  value       = aws_s3_bucket.ledger.id
+}
+
+output "ledger_bucket_arn" {
+  description = "ARN of the ledger bucket."
+  value       = aws_s3_bucket.ledger.arn
+}
+
+output "ledger_url" {
+  description = "Value of PERSONALIZATION_LEDGER_URL."
+  value       = "s3://${aws_s3_bucket.ledger.id}/${var.ledger_prefix}"
+}
+
+output "ledger_prefix" {
+  description = "Key prefix of the logs inside the ledger bucket."
+  value       = var.ledger_prefix
+}
+
 output "landing_url" {
   description = "Value of PERSONALIZATION_LANDING_URL."
   value       = "s3://${aws_s3_bucket.landing.id}/${var.landing_prefix}"
@@ -39,7 +59,7 @@ output "lake_prefix" {
 }
 
 output "data_kms_key_arn" {
-  description = "ARN of the customer-managed key encrypting both data buckets."
+  description = "ARN of the customer-managed key encrypting the data buckets (landing, lake, ledger)."
   value       = aws_kms_key.data.arn
 }
 

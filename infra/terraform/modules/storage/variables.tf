@@ -30,8 +30,19 @@ variable "lake_prefix" {
   }
 }
 
+variable "ledger_prefix" {
+  description = "Key prefix of the append-only logs inside the ledger bucket: the <prefix> of PERSONALIZATION_LEDGER_URL=s3://<bucket>/<prefix>. Empty or ending with '/'. The logs live under <prefix>privacy/."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.ledger_prefix == "" || can(regex("^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$", var.ledger_prefix))
+    error_message = "ledger_prefix must be empty or a relative key prefix ending with '/' (no leading '/')."
+  }
+}
+
 variable "pii_principal_arns" {
-  description = "IAM principal ARNs allowed to read or write the PII tiers of the lake (raw/ and privacy/) and the landing objects: the Dagster run role and, if any, a break-glass role. Everyone else is denied by the bucket policy even if an IAM policy would allow it. Empty disables the guard (not recommended)."
+  description = "IAM principal ARNs allowed to read or write the PII tiers of the lake (raw/ and privacy/), the ledger and the landing objects: the Dagster run role and, if any, a break-glass role. Everyone else is denied by the bucket policy even if an IAM policy would allow it. Empty disables the guard (not recommended)."
   type        = list(string)
   default     = []
 }
