@@ -7,7 +7,8 @@
 # Decryption is granted through IAM (modules/iam: run role, kms:ViaService = Secrets Manager).
 # They reach the run pods as environment variables through External Secrets Operator
 # (infra/helm/external-secrets.yaml): one Kubernetes Secret per AWS secret, referenced by the Helm
-# values through envSecrets.
+# values through envSecrets. Alternatively the code reads them itself with dagster-aws's Secrets Manager
+# client when PERSONALIZATION_SECRETS_ARNS lists their ARNs (output secret_arns; docs/DEPLOYMENT.md).
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
