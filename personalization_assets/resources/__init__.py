@@ -20,7 +20,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from personalization_assets.privacy import audit as _audit  # noqa: F401  (registers the lake's audit sink)
 from personalization_assets.privacy.keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
+from personalization_assets.privacy.policies import get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.resources.storage import LakeStorage, LandingZone
 from personalization_assets.settings import Settings
@@ -74,7 +76,8 @@ def build_resources(settings: Settings) -> dict:
     common = {"s3_endpoint_url": settings.s3_endpoint_url, "aws_region": settings.aws_region, **creds}
     resources = {
         "landing": LandingZone(url=settings.landing_url, **common),
-        "lake": LakeStorage(url=settings.lake_url, **common),
+        "lake": LakeStorage(url=settings.lake_url, sensitive_tables=list(get_policy().sensitive_assets),
+                            lock_dir=str(settings.data_dir / "locks"), **common),
         "duckdb": duckdb_engine(settings),
         "platform": PlatformConfig(
             env=settings.env,
