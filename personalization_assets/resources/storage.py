@@ -263,6 +263,19 @@ class LakeStorage(_FileStore):
             raise UnauditedReadError(f"read of sensitive table {asset} during a run, but no audit sink is registered")
         _AUDIT_SINK(self, asset, partition, columns)
 
+    def _audit_path(self, relative: str) -> None:
+        parts = relative.strip("/").split("/")
+        if len(parts) >= 2:
+            self._audit_read(parts[0], parts[1], "/".join(p for p in parts[2:-1] if "=" in p) or None, None)
+
+    def read_bytes(self, relative: str) -> bytes:
+        self._audit_path(relative)
+        return super().read_bytes(relative)
+
+    def local_path(self, relative: str) -> Optional[str]:
+        self._audit_path(relative)  # a local path hands the data to whoever opens it
+        return super().local_path(relative)
+
     def table_dir(self, layer: str, table: str) -> str:
         return f"{layer}/{table}"
 

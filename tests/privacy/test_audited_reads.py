@@ -51,9 +51,11 @@ def test_side_reads_of_the_privacy_tables_are_audited(landing):
 
 @dg.asset(key=["features", "sneaky"])
 def sneaky(lake: LakeStorage):
-    """Reads raw events without recording the read."""
+    """Reads raw events without recording the reads: as a table, then as the file's bytes."""
     part = lake.partitions("raw", "events")[0]
-    return dg.MaterializeResult(metadata={"rows": lake.read_table("raw", "events", part, columns=["message_id"]).num_rows})
+    rows = lake.read_table("raw", "events", part, columns=["message_id"]).num_rows
+    size = len(lake.read_bytes(lake.data_file("raw", "events", part)))
+    return dg.MaterializeResult(metadata={"rows": rows, "bytes": size})
 
 
 def test_a_read_nobody_recorded_is_audited_by_the_lake(landing, tmp_path, monkeypatch):
@@ -80,8 +82,9 @@ def test_a_read_nobody_recorded_is_audited_by_the_lake(landing, tmp_path, monkey
     result = dg.materialize([sneaky], resources={"lake": lake})
     assert result.success
     new = _audit_rows(lake)[before:]
-    assert [(r["reader"], r["asset"], r["purpose"], r["columns"]) for r in new] == [("features/sneaky", "raw/events", "analytics", "message_id")]
-    assert new[0]["partition"].startswith("date=")
+    assert [(r["reader"], r["asset"], r["purpose"], r["columns"]) for r in new] == [
+        ("features/sneaky", "raw/events", "analytics", "message_id"), ("features/sneaky", "raw/events", "analytics", "*")]
+    assert all(r["partition"].startswith("date=") for r in new)
 
 
 # --- static: every lake read goes through LakeStorage ------------------------------------------------
