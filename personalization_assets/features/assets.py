@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
@@ -288,5 +287,4 @@ class _StageTimer:
 
 def _written_columns(lake: LakeStorage, table: str) -> list[str]:
     """Column names of the written Parquet file (its footer only)."""
-    with lake.filesystem().open_input_file(lake.full_path(lake.data_file(LAYER, table))) as f:
-        return pq.ParquetFile(f).schema_arrow.names
+    return lake.schema(LAYER, table).names

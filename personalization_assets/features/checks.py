@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from personalization_assets.privacy.models import PSEUDONYM
@@ -27,24 +26,8 @@ FEATURE_PSEUDONYM_COLUMNS = frozenset({"person_id", "consent_subject", "identifi
 
 def read_sample(lake: LakeStorage, layer: str, table: str, max_rows: int = SAMPLE_ROWS,
                 row_groups: int = SAMPLE_ROW_GROUPS) -> pa.Table:
-    """Up to max_rows rows of a written table without reading all of it.
-
-    Small tables are read whole. Larger ones: `row_groups` row groups spread evenly over the file, each
-    read on its own and cut to its share, so at most one row group is in memory at a time on top of
-    the sample (works the same on local disk and S3).
-    """
-    path = lake.full_path(lake.data_file(layer, table))
-    with lake.filesystem().open_input_file(path) as f:
-        pf = pq.ParquetFile(f)
-        n = pf.metadata.num_rows
-        if n <= max_rows or pf.num_row_groups <= 1:
-            t = pf.read()
-            return t.slice(0, max_rows) if t.num_rows > max_rows else t
-        k = min(row_groups, pf.num_row_groups)
-        picks = sorted({round(i * (pf.num_row_groups - 1) / max(k - 1, 1)) for i in range(k)})
-        share = max_rows // len(picks)
-        parts = [pf.read_row_group(i).slice(0, share) for i in picks]
-    return pa.concat_tables(parts)
+    """Up to max_rows rows of a written table without reading all of it (row groups spread over the file)."""
+    return lake.read_sample(layer, table, max_rows, row_groups)
 
 
 # --- sessions cover every event exactly once --------------------------------------------------------

@@ -74,7 +74,7 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
             return
         audit = auditor(context, lake, platform, ERASURE_LOG)
         audit.record([("privacy/suppression_list", None, None), ("raw/privacy_requests", None, ["type", "user_id", "email"])]
-                     + [(t.asset, "*", None) for t in targets if t.handler["kind"] in ("raw", "quarantine")])
+                     + [(t.asset, "*", None) for t in targets if t.handler["kind"] in ("raw", "quarantine", "lake")])
         suppression = lake.read_table("privacy", "suppression_list")
         requests = sorted(set(suppression["request_id"].to_pylist()))
         subjects = Subjects(pseudonyms=set(suppression["identifier"].to_pylist()))
@@ -152,7 +152,7 @@ def retention_log(context: dg.AssetExecutionContext, lake: LakeStorage, platform
                     continue
                 start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
                 if start + timedelta(hours=1) <= cutoff:
-                    n = lake.read_table(layer, table, part, columns=[]).num_rows if lake.exists(layer, table, part) else 0
+                    n = lake.parquet_metadata(layer, table, part).num_rows if lake.exists(layer, table, part) else 0  # footer only
                     lake.delete_partition(layer, table, part)
                     rows.append({"tier": tier, "table": f"{layer}/{table}", "partition": f"{part['date']}-{part.get('hour', '00')}:00",
                                  "rows_removed": n, "retention_days": days, "cutoff": cutoff, "run_id": context.run_id, "removed_at": now})
@@ -211,6 +211,9 @@ def key_rotation_log(context: dg.AssetExecutionContext, lake: LakeStorage, pseud
     target = chain.active
     now = datetime.now(timezone.utc)
     rows = []
+    # one audit append for every sensitive table this run re-keys (the lake would otherwise record each read)
+    auditor(context, lake, platform, KEY_ROTATION_LOG).record(
+        [(f"{layer}/{table}", "*", None) for layer in ROTATION_LAYERS for table in _tables(lake, layer) if (layer, table) not in ROTATION_SKIP])
     for layer in ROTATION_LAYERS:
         tables = _tables(lake, layer)
         for table in tables:

@@ -21,7 +21,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from personalization_assets.privacy import audit as _audit  # noqa: F401  (registers the lake's audit sink)
 from personalization_assets.privacy.keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
+from personalization_assets.privacy.policies import get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.resources.storage import LakeStorage, LandingZone
 from personalization_assets.settings import Settings
@@ -80,6 +82,8 @@ def build_resources(settings: Settings) -> dict:
             logs_url=settings.ledger_url,
             logs_object_lock_mode=settings.ledger_object_lock,
             logs_object_lock_days=settings.ledger_retention_days,
+            sensitive_tables=list(get_policy().sensitive_assets),
+            lock_dir=str(settings.data_dir / "locks"),
             **common,
         ),
         "duckdb": duckdb_engine(settings),

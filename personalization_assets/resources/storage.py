@@ -20,6 +20,7 @@ writes each log segment once, with a per-object retention (`If-None-Match: *` + 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import uuid
 from dataclasses import dataclass
@@ -264,8 +265,82 @@ def partition_path(partition: Mapping[str, str] | None) -> str:
     return "/".join(f"{k}={v}" for k, v in partition.items())
 
 
+# --- audited reads -------------------------------------------------------------------------------------
+# Reads of sensitive lake tables (privacy_policies/asset_purposes.yaml `sensitive_assets`) made while a Dagster
+# step runs are audited by the lake itself. A step that declared its reads (the privacy layer's AccessAuditor
+# appends the audit rows, then calls `declare_audited_reads`) reads them without further cost; any other
+# sensitive read is recorded on the spot through the registered audit sink before a byte is read, and without
+# a sink it fails. No code path reads a sensitive table during a run without leaving an audit record.
+_DECLARED_READS: dict[tuple[str, str], set[str]] = {}  # (run id, step) -> sensitive assets audited by that step
+_AUDIT_SINK = None  # callable(lake, asset, partition, columns) -> None, registered by privacy.audit
+
+
+class UnauditedReadError(PermissionError):
+    pass
+
+
+def register_audit_sink(sink) -> None:
+    global _AUDIT_SINK
+    _AUDIT_SINK = sink
+
+
+def current_step():
+    """(run id, step handle) of the Dagster step running in this thread, or None outside a run."""
+    import dagster as dg
+
+    try:
+        ctx = dg.OpExecutionContext.get()
+    except dg.DagsterInvariantViolationError:
+        return None
+    return ctx.run_id, str(ctx.op_handle)
+
+
+def declare_audited_reads(assets) -> None:
+    """The current step has appended audit rows for reads of `assets`: its reads of them are covered."""
+    step = current_step()
+    if step is not None:
+        _DECLARED_READS.setdefault(step, set()).update(assets)
+
+
 class LakeStorage(_FileStore):
     """The Parquet lake: one object per partition, atomic and idempotent writes."""
+
+    sensitive_tables: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of sensitive tables ('raw/*'); reads of them during a run are audited (set from the policy).",
+    )
+
+    lock_dir: Optional[str] = Field(default=None, description="Local directory for inter-process locks of the append-only logs.")
+
+    def is_sensitive(self, layer: str, table: str) -> bool:
+        name = f"{layer}/{table}"
+        return any(fnmatch.fnmatchcase(name, pat) for pat in self.sensitive_tables)
+
+    def _audit_read(self, layer: str, table: str, partition: str | None = None, columns: list[str] | None = None) -> None:
+        """Every data read goes through here before touching storage (metadata such as Parquet footers and
+        listings does not). `partition`: 'k=v/...', '*' for the whole table, None for an unpartitioned one."""
+        if not self.is_sensitive(layer, table):
+            return
+        step = current_step()
+        asset = f"{layer}/{table}"
+        if step is None or asset in _DECLARED_READS.get(step, ()):
+            return
+        if _AUDIT_SINK is None:
+            raise UnauditedReadError(f"read of sensitive table {asset} during a run, but no audit sink is registered")
+        _AUDIT_SINK(self, asset, partition, columns)
+
+    def _audit_path(self, relative: str) -> None:
+        parts = relative.strip("/").split("/")
+        if len(parts) >= 2:
+            self._audit_read(parts[0], parts[1], "/".join(p for p in parts[2:-1] if "=" in p) or None, None)
+
+    def read_bytes(self, relative: str) -> bytes:
+        self._audit_path(relative)
+        return super().read_bytes(relative)
+
+    def local_path(self, relative: str) -> Optional[str]:
+        self._audit_path(relative)  # a local path hands the data to whoever opens it
+        return super().local_path(relative)
 
     logs_url: Optional[str] = Field(
         default=None,
@@ -285,6 +360,7 @@ class LakeStorage(_FileStore):
                 url=self.logs_url or self.url, s3_endpoint_url=self.s3_endpoint_url, aws_region=self.aws_region,
                 aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
                 object_lock_mode=self.logs_object_lock_mode, object_lock_days=self.logs_object_lock_days,
+                sensitive_tables=self.sensitive_tables, lock_dir=self.lock_dir,  # reads of the consent ledger are audited too
             )
             store._check_lock_config()
             self._logs = store
@@ -358,6 +434,7 @@ class LakeStorage(_FileStore):
         columns: list[str] | None = None,
     ) -> pa.Table:
         """Read one partition (or the single file of an unpartitioned table)."""
+        self._audit_read(layer, table, partition_path(partition) or None, columns)
         path = self.full_path(self.data_file(layer, table, partition))
         return pq.read_table(path, filesystem=self.filesystem(), columns=columns)
 
@@ -366,9 +443,34 @@ class LakeStorage(_FileStore):
         with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
             return pq.ParquetFile(f).metadata
 
+    def schema(self, layer: str, table: str, partition: Mapping[str, str] | None = None) -> pa.Schema:
+        """The Arrow schema of one partition, from its Parquet footer (no data read)."""
+        with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
+            return pq.ParquetFile(f).schema_arrow
+
+    def read_sample(self, layer: str, table: str, max_rows: int, row_groups: int) -> pa.Table:
+        """Up to max_rows rows of an unpartitioned table without reading all of it.
+
+        Small tables are read whole. Larger ones: `row_groups` row groups spread evenly over the file, each
+        read on its own and cut to its share, so at most one row group is in memory at a time on top of
+        the sample (works the same on local disk and S3)."""
+        self._audit_read(layer, table, None, None)
+        with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table))) as f:
+            pf = pq.ParquetFile(f)
+            n = pf.metadata.num_rows
+            if n <= max_rows or pf.num_row_groups <= 1:
+                t = pf.read()
+                return t.slice(0, max_rows) if t.num_rows > max_rows else t
+            k = min(row_groups, pf.num_row_groups)
+            picks = sorted({round(i * (pf.num_row_groups - 1) / max(k - 1, 1)) for i in range(k)})
+            share = max_rows // len(picks)
+            parts = [pf.read_row_group(i).slice(0, share) for i in picks]
+        return pa.concat_tables(parts)
+
     def iter_batches(self, layer: str, table: str, partition: Mapping[str, str] | None = None, batch_rows: int = 65_536,
                      columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """One partition in record batches of at most batch_rows rows, in storage order (memory bounded by a batch)."""
+        self._audit_read(layer, table, partition_path(partition) or None, columns)
         with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
@@ -396,6 +498,10 @@ class LakeStorage(_FileStore):
         return True
 
     def dataset(self, layer: str, table: str) -> Optional[ds.Dataset]:
+        self._audit_read(layer, table, "*")
+        return self._dataset(layer, table)
+
+    def _dataset(self, layer: str, table: str) -> Optional[ds.Dataset]:
         files = self.partition_files(layer, table)
         if not files:
             return None
@@ -411,6 +517,7 @@ class LakeStorage(_FileStore):
         Local tables are scanned natively by DuckDB (parallel, with filter pushdown); S3 tables go
         through a lazily-scanned Arrow dataset.
         """
+        self._audit_read(layer, table, "*")
         if not self.is_s3:
             files = self.partition_files(layer, table)
             if files:
@@ -421,7 +528,7 @@ class LakeStorage(_FileStore):
                 )
                 return True
         else:
-            dataset = self.dataset(layer, table)
+            dataset = self._dataset(layer, table)
             if dataset is not None:
                 con.register(f"__ds_{name}", dataset)
                 con.execute(f'create or replace temp view "{name}" as select * from "__ds_{name}"')

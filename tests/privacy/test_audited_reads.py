@@ -1,0 +1,147 @@
+"""Audited reads by construction: during a run, the lake itself audits every read of a sensitive table.
+
+* reads the old code made without an audit record (the consented tier's side reads of identity links and
+  the suppression list, raw ingestion's read of the suppression list) now leave one;
+* an asset that reads a sensitive table without recording it is audited by the lake anyway, and fails when
+  it declares no purpose;
+* no module reads lake files around the lake's API (a static scan, shown to catch a planted bypass).
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from personalization_assets.privacy.audit import UndeclaredPurposeError, audit_log
+from personalization_assets.resources.storage import LakeStorage
+from tests.conftest import ROOT
+from tests.helpers import defs_for_env, generate, materialize, partition_range
+
+
+def _audit_rows(lake: LakeStorage) -> list[dict]:
+    return audit_log(lake, None).read_all().to_pylist()
+
+
+def _pairs(rows) -> set[tuple[str, str]]:
+    return {(r["reader"], r["asset"]) for r in rows}
+
+
+def test_side_reads_of_the_privacy_tables_are_audited(landing):
+    manifest = generate(landing, users=120, events=4_000, days=1)
+    defs = defs_for_env()
+    parts = partition_range(manifest)
+    materialize(defs, "group:raw or group:privacy", parts)
+    # second ingestion: the suppression list exists now, and raw/events reads it
+    materialize(defs, "key:raw/events", parts)
+    lake = defs.resources["lake"]
+    rows = _audit_rows(lake)
+    pairs = _pairs(rows)
+    assert ("consented/events", "privacy/identity_links") in pairs
+    assert ("consented/events", "privacy/suppression_list") in pairs
+    assert ("raw/events", "privacy/suppression_list") in pairs
+    for r in rows:
+        assert r["purpose"], r
+    # the audit log stays a valid chain
+    assert audit_log(lake, None).verify().ok
+
+
+@dg.asset(key=["features", "sneaky"])
+def sneaky(lake: LakeStorage):
+    """Reads raw events without recording the reads: as a table, then as the file's bytes."""
+    part = lake.partitions("raw", "events")[0]
+    rows = lake.read_table("raw", "events", part, columns=["message_id"]).num_rows
+    size = len(lake.read_bytes(lake.data_file("raw", "events", part)))
+    return dg.MaterializeResult(metadata={"rows": rows, "bytes": size})
+
+
+def test_a_read_nobody_recorded_is_audited_by_the_lake(landing, tmp_path, monkeypatch):
+    manifest = generate(landing, users=60, events=1_500, days=1)
+    defs = defs_for_env()
+    materialize(defs, "key:raw/events", partition_range(manifest))
+    lake = defs.resources["lake"]
+    before = len(_audit_rows(lake))
+
+    # undeclared purpose: the read fails before any data is touched
+    with pytest.raises(UndeclaredPurposeError):
+        dg.materialize([sneaky], resources={"lake": lake})
+    assert len(_audit_rows(lake)) == before
+
+    # with a declared purpose the read goes through, and the lake wrote the audit row itself
+    policy_dir = tmp_path / "policies"
+    shutil.copytree(ROOT / "privacy_policies", policy_dir)
+    purposes = policy_dir / "asset_purposes.yaml"
+    purposes.write_text(purposes.read_text().replace("\nassets:\n", "\nassets:\n  features/sneaky: analytics\n", 1))
+    monkeypatch.setenv("PERSONALIZATION_POLICY_DIR", str(policy_dir))
+    from personalization_assets.privacy.policies import get_policy
+
+    assert get_policy().asset_purposes["features/sneaky"] == "analytics"
+    result = dg.materialize([sneaky], resources={"lake": lake})
+    assert result.success
+    new = _audit_rows(lake)[before:]
+    assert [(r["reader"], r["asset"], r["purpose"], r["columns"]) for r in new] == [
+        ("features/sneaky", "raw/events", "analytics", "message_id"), ("features/sneaky", "raw/events", "analytics", "*")]
+    assert all(r["partition"].startswith("date=") for r in new)
+
+
+# --- static: every lake read goes through LakeStorage ------------------------------------------------
+
+# Ways to read Parquet/lake files without LakeStorage. `filesystem()`/`full_path()` hand out the raw store.
+_BYPASS_CALLS = {"read_table", "ParquetFile", "ParquetDataset", "dataset", "read_parquet", "parquet_scan", "open_input_file",
+                 "open_input_stream", "filesystem", "full_path"}
+_BYPASS_SQL = ("read_parquet(", "parquet_scan(")
+# modules allowed to touch stores directly, and why
+_ALLOWED = {
+    "resources/storage.py": "the lake API itself",
+    "generator": "writes the demo landing zone (no lake access)",
+    "cli.py": "hands the landing zone's filesystem to the generator",
+}
+
+
+def bypasses(path: Path) -> list[str]:
+    """Calls in one module that read storage around the lake API (module-qualified pyarrow calls, raw store
+    handles, SQL that scans Parquet files)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else None
+            if name in ("read_table", "dataset") and owner not in ("pq", "ds", "pyarrow", "parquet"):
+                continue  # lake.read_table / lake.dataset are the API
+            if name in _BYPASS_CALLS:
+                found.append(f"{path.name}:{node.lineno} {owner + '.' if owner else ''}{name}()")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and any(s in node.value.lower() for s in _BYPASS_SQL):
+            found.append(f"{path.name}:{node.lineno} SQL scans Parquet files directly")
+    return found
+
+
+def test_no_module_reads_lake_files_around_the_lake_api():
+    pkg = ROOT / "personalization_assets"
+    offenders = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).as_posix()
+        if any(rel == a or rel.startswith(a + "/") for a in _ALLOWED):
+            continue
+        offenders += bypasses(path)
+    assert not offenders, "read lake data through LakeStorage (it audits sensitive reads): " + "; ".join(offenders)
+
+
+def test_the_scan_catches_a_planted_bypass(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "import pyarrow.parquet as pq\n"
+        "def leak(lake):\n"
+        "    a = pq.read_table(lake.full_path('raw/events/data.parquet'), filesystem=lake.filesystem())\n"
+        "    b = con.sql(\"select * from READ_PARQUET('/lake/raw/events/*/*.parquet')\")\n"
+        "    return lake.read_table('raw', 'events')\n"
+    )
+    found = bypasses(planted)
+    assert any("pq.read_table" in f for f in found)
+    assert any("full_path" in f for f in found) and any("filesystem" in f for f in found)
+    assert any("SQL" in f for f in found)
+    assert not any(f.endswith(" read_table()") and "pq." not in f for f in found)  # the API call itself is fine
