@@ -185,7 +185,7 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
         pseudonymize_column(con, pseudonymizer, "__consent_raw", "user_id", "id", "__cu")
         pseudonymize_column(con, pseudonymizer, "__consent_raw", "anonymous_id", "id", "__ca")
         con.execute(
-            """create or replace temp view consent_inputs as
+            f"""create or replace temp view consent_inputs as
                select coalesce(u.pseudonym, a.pseudonym) as identifier_pseudonym,
                       case when r.user_id is not null then 'user' else 'anonymous' end as identifier_kind,
                       r.message_id, r.timestamp, r.consent_preferences, coalesce(r.gpc, false) as gpc, r.is_consent_event,
