@@ -271,6 +271,12 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
     with duckdb.get_connection() as con:
         con.register("ledger", ledger)
         lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
+        if "jurisdiction_source" not in {r[0] for r in con.execute("describe identity").fetchall()}:
+            # written by a version that fell back to `default` without a location: its jurisdictions are not trusted
+            raise dg.Failure(
+                "privacy/identity_links was written before jurisdiction_source existed (its jurisdictions may be a "
+                "`default` fallback, not fail-closed): materialize privacy/identity_links, then privacy/consent_state."
+            )
         state = consent_lib.build_consent_state(con, policy)
         con.register("__state", state)
         overlaps = con.execute(

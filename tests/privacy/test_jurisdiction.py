@@ -285,3 +285,16 @@ def test_ledger_segments_written_before_the_column_existed_still_verify_and_read
     old = pq.read_table(path)
     pq.write_table(old.set_column(old.schema.get_field_index("jurisdiction"), "jurisdiction", pa.array(["US-CA"])), path)
     assert not log.verify().ok
+
+
+def test_consent_state_refuses_identity_links_written_before_the_source_existed(landing):
+    """After an upgrade, identity_links from the old code (jurisdiction `default` for subjects with no location)
+    must not feed consent_state: the run fails with what to do, instead of carrying the old fallback over."""
+    defs = _run(landing)
+    lake = defs.resources["lake"]
+    old = lake.read_table("privacy", "identity_links")
+    lake.write_table("privacy", "identity_links", old.drop_columns(["jurisdiction_source"]))
+    result = materialize(defs, "key:privacy/consent_state", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "materialize privacy/identity_links, then privacy/consent_state" in str(failure.event_specific_data.error)
