@@ -13,9 +13,15 @@ from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.privacy.audit import AccessAuditor, audit_log
 from personalization_assets.privacy.consented import SUPPRESSION_SCHEMA, consent_events
 from personalization_assets.privacy.hash_chain import HashChainedLog
-from personalization_assets.privacy.identity import IDENTITY_SCHEMA, build_identity_links, jurisdiction_case_sql, pseudonymize_column
+from personalization_assets.privacy.identity import (
+    IDENTITY_SCHEMA,
+    build_identity_links,
+    crm_country_jurisdiction_sql,
+    jurisdiction_case_sql,
+    pseudonymize_column,
+)
 from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerRow, ConsentState
-from personalization_assets.privacy.policies import get_policy
+from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import apply_column_policies
 from personalization_assets.raw.partitions import partition_dict, partition_start
@@ -81,12 +87,14 @@ def _write_metadata(written, extra=None) -> dict:
 
 
 IDENTITY_COLUMNS = ["user_id", "anonymous_id", "previous_id", "trait_email", "context_country", "context_region", "timestamp"]
+CRM_IDENTITY_COLUMNS = ["user_id", "email", "country", "is_current", "updated_at"]
 
 
 @dg.asset(
     key=IDENTITY_LINKS,
     description="Every identifier (pseudonymized user, anonymous and email ids) with the consent subject it resolves to: "
-    "the user it is linked to when linked to exactly one user, else itself; plus the subject's jurisdiction.",
+    "the user it is linked to when linked to exactly one user, else itself; plus the subject's jurisdiction and what "
+    "decided it (jurisdiction_source: most recent event location, else current CRM country, else unknown).",
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_EVENTS, RAW_CRM],
     metadata={"privacy/tier": "privacy", "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "identity_links",
                                                           "columns": ["identifier", "consent_subject"]}},
@@ -94,7 +102,7 @@ IDENTITY_COLUMNS = ["user_id", "anonymous_id", "previous_id", "trait_email", "co
 )
 def identity_links(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
     policy = get_policy()
-    auditor(context, lake, platform, IDENTITY_LINKS).record([("raw/events", "*", IDENTITY_COLUMNS), ("raw/crm_profiles", None, ["user_id", "email"])])
+    auditor(context, lake, platform, IDENTITY_LINKS).record([("raw/events", "*", IDENTITY_COLUMNS), ("raw/crm_profiles", None, CRM_IDENTITY_COLUMNS)])
     with duckdb.get_connection() as con:
         _register_raw_events(con, lake, IDENTITY_COLUMNS)
         lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
@@ -124,8 +132,10 @@ CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "
 @dg.asset(
     key=CONSENT_LEDGER,
     description="Append-only, hash-chained record of every consent decision (CMP events, GPC signals, opt-out/opt-in "
-    "requests). Each row: identifier pseudonym, purpose, granted/denied/withdrawn, effective time, source, policy version.",
-    group_name=GROUP, owners=OWNERS, kinds={"parquet"}, deps=[RAW_EVENTS, RAW_REQUESTS],
+    "requests). Each row: identifier pseudonym, purpose, granted/denied/withdrawn, effective time, source, policy version, "
+    "jurisdiction and what decided it (the event's location, else the user's current CRM country; a request's own "
+    "jurisdiction field; else unknown).",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet"}, deps=[RAW_EVENTS, RAW_REQUESTS, RAW_CRM],
     metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentLedgerRow)},
     tags={"privacy/sensitivity": "sensitive", "privacy/log-writer": "consent_ledger"},
     check_specs=[
@@ -145,40 +155,67 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
         yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_all())
         return
     auditor(context, lake, platform, CONSENT_LEDGER).record(
-        [("raw/events", "*", CONSENT_INPUT_COLUMNS), ("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"])]
+        [("raw/events", "*", CONSENT_INPUT_COLUMNS), ("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"]),
+         ("raw/crm_profiles", None, ["user_id", "country", "is_current", "updated_at"])]
     )
     jur = jurisdiction_case_sql(policy)
+    unknown = UNKNOWN_JURISDICTION
     with duckdb.get_connection() as con:
         _register_raw_events(con, lake, CONSENT_INPUT_COLUMNS)
         lake.register(con, "raw_requests", "raw", "privacy_requests", empty_schema=RAW_REQUEST_SCHEMA)
+        lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
         con.execute(
             f"""create or replace temp table __consent_raw as
                 select *, (type = 'track' and event = $ev) as is_consent_event,
-                       {jur.format(country='context_country', region='context_region')} as jurisdiction
+                       {jur.format(country='context_country', region='context_region')} as __jur_location
                 from raw_events
                 where (type = 'track' and event = $ev and consent_preferences is not null) or coalesce(gpc, false)""",
             {"ev": CONSENT_EVENT},
         )
+        con.execute("create or replace temp table __req as select * from raw_requests where type in ('opt_out_sale', 'opt_in_sale')")
+        # a decision's jurisdiction: the event's location, else the user's current CRM country, else unknown
+        crm_jur = crm_country_jurisdiction_sql(jur, "arg_max(nullif(trim(country), ''), updated_at)")
+        con.execute(
+            f"""create or replace temp table __crm_jur as
+                select user_id, {crm_jur} as jurisdiction
+                from raw_crm
+                where is_current and user_id in (select user_id from __consent_raw union all select user_id from __req)
+                group by 1"""
+        )
         pseudonymize_column(con, pseudonymizer, "__consent_raw", "user_id", "id", "__cu")
         pseudonymize_column(con, pseudonymizer, "__consent_raw", "anonymous_id", "id", "__ca")
         con.execute(
-            """create or replace temp view consent_inputs as
+            f"""create or replace temp view consent_inputs as
                select coalesce(u.pseudonym, a.pseudonym) as identifier_pseudonym,
                       case when r.user_id is not null then 'user' else 'anonymous' end as identifier_kind,
-                      r.message_id, r.timestamp, r.consent_preferences, coalesce(r.gpc, false) as gpc, r.is_consent_event, r.jurisdiction
-               from __consent_raw r left join __cu u on u.value = r.user_id left join __ca a on a.value = r.anonymous_id"""
+                      r.message_id, r.timestamp, r.consent_preferences, coalesce(r.gpc, false) as gpc, r.is_consent_event,
+                      coalesce(r.__jur_location, c.jurisdiction, '{unknown}') as jurisdiction,
+                      case when r.__jur_location is not null then 'event_location'
+                           when c.jurisdiction is not null then 'crm_country' else 'unknown' end as jurisdiction_source
+               from __consent_raw r left join __cu u on u.value = r.user_id left join __ca a on a.value = r.anonymous_id
+               left join __crm_jur c on c.user_id = r.user_id"""
         )
-        con.execute("create or replace temp table __req as select * from raw_requests where type in ('opt_out_sale', 'opt_in_sale')")
         pseudonymize_column(con, pseudonymizer, "__req", "user_id", "id", "__ru")
         pseudonymize_column(con, pseudonymizer, "__req", "email", "email", "__re")
-        known = ", ".join(f"'{j}'" for j in policy.jurisdictions)
+        # a request's jurisdiction field names a policy jurisdiction (any case) or a country/subdivision code
+        # (`DE`, `US-NY`: matched like a CRM country, `default` if listed nowhere); missing -> CRM country -> unknown
+        by_name = " ".join(f"when '{j.upper()}' then '{j}'" for j in policy.jurisdictions)
         con.execute(
             f"""create or replace temp view request_inputs as
+                with r as (
+                    select r.*, nullif(trim(r.jurisdiction), '') as __j,
+                           case upper(trim(r.jurisdiction)) {by_name} end as __named
+                    from __req r
+                )
                 select coalesce(u.pseudonym, e.pseudonym) as identifier_pseudonym,
                        case when u.pseudonym is not null then 'user' else 'email' end as identifier_kind,
                        r.request_id, r.type, r.received_at,
-                       case when r.jurisdiction in ({known}) then r.jurisdiction else 'default' end as jurisdiction
-                from __req r left join __ru u on u.value = r.user_id left join __re e on e.value = r.email
+                       case when r.__j is not null then coalesce(r.__named, {crm_country_jurisdiction_sql(jur, 'r.__j')})
+                            else coalesce(c.jurisdiction, '{unknown}') end as jurisdiction,
+                       case when r.__j is not null then 'request' when c.jurisdiction is not null then 'crm_country'
+                            else 'unknown' end as jurisdiction_source
+                from r left join __ru u on u.value = r.user_id left join __re e on e.value = r.email
+                left join __crm_jur c on c.user_id = r.user_id
                 where coalesce(u.pseudonym, e.pseudonym) is not null"""
         )
         candidates = consent_lib.candidate_decisions(con, policy, recorded_at=datetime.now(timezone.utc))
@@ -210,7 +247,9 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
 @dg.asset(
     key=CONSENT_STATE,
     description="Effective consent per subject and purpose as validity intervals [valid_from, valid_to), including the "
-    "jurisdiction's no-record default before the first decision (deny for personalization everywhere). Used for as-of joins.",
+    "jurisdiction's no-record default before the first decision (deny for personalization everywhere; deny for every "
+    "purpose in the `unknown` jurisdiction: no event location and no CRM country). Each row records the subject's "
+    "jurisdiction and its source. Used for as-of joins.",
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS],
     metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentState),
               "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"]}},
@@ -232,6 +271,12 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
     with duckdb.get_connection() as con:
         con.register("ledger", ledger)
         lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
+        if "jurisdiction_source" not in {r[0] for r in con.execute("describe identity").fetchall()}:
+            # written by a version that fell back to `default` without a location: its jurisdictions are not trusted
+            raise dg.Failure(
+                "privacy/identity_links was written before jurisdiction_source existed (its jurisdictions may be a "
+                "`default` fallback, not fail-closed): materialize privacy/identity_links, then privacy/consent_state."
+            )
         state = consent_lib.build_consent_state(con, policy)
         con.register("__state", state)
         overlaps = con.execute(

@@ -4,6 +4,9 @@
   purposes.yaml), GPC signals (deny the purposes with `gpc_denies`) and opt-out/opt-in privacy requests.
 * State: per subject and purpose, validity intervals ordered by effective time. Before a subject's
   first decision the jurisdiction's no-record default applies (deny for personalization, everywhere).
+  The subject's jurisdiction comes from privacy/identity_links (event location, else CRM country, else
+  `unknown`); a subject known only from the ledger (no identity row) is `unknown`. Every ledger and state
+  row records which source decided its jurisdiction (`jurisdiction_source`).
   A GPC denial is sticky: a later grant does not re-enable a `gpc_denies` purpose.
 * Events are kept for a purpose iff the interval containing the event's time is `granted`
   (an as-of join, not "current consent"); a subject with no state at all gets nothing (fail-closed).
@@ -19,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from personalization_assets.privacy.identity import temp_table_from_arrow
-from personalization_assets.privacy.policies import PrivacyPolicy
+from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -37,6 +40,7 @@ LEDGER_SCHEMA = pa.schema(
         ("source_ref", pa.string()),
         ("policy_version", pa.string()),
         ("jurisdiction", pa.string()),
+        ("jurisdiction_source", pa.string()),
         ("prev_hash", pa.string()),
         ("row_hash", pa.string()),
     ]
@@ -51,6 +55,7 @@ STATE_SCHEMA = pa.schema(
         ("valid_to", pa.timestamp("us", tz="UTC")),
         ("basis", pa.string()),
         ("jurisdiction", pa.string()),
+        ("jurisdiction_source", pa.string()),
         ("source", pa.string()),
     ]
 )
@@ -109,8 +114,9 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
     temp table `__candidates` (CANDIDATE_SCHEMA plus an ordering column). Returns their number.
 
     `consent_inputs`: identifier_pseudonym, identifier_kind, message_id, timestamp, consent_preferences,
-    gpc, is_consent_event, jurisdiction — one row per consent event or GPC-flagged event.
-    `request_inputs`: identifier_pseudonym, identifier_kind, request_id, type, received_at, jurisdiction.
+    gpc, is_consent_event, jurisdiction, jurisdiction_source — one row per consent event or GPC-flagged event.
+    `request_inputs`: identifier_pseudonym, identifier_kind, request_id, type, received_at, jurisdiction,
+    jurisdiction_source.
 
     All in DuckDB (it spills): the number of decisions grows with the consent history. A CMP event decides
     a purpose iff one of the purpose's categories is present as a boolean (keys compared lower-cased): granted
@@ -121,7 +127,7 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
         f"""
         create or replace temp table __candidates as
         with cmp_src as (
-            select identifier_pseudonym, identifier_kind, message_id, timestamp, jurisdiction, consent_preferences,
+            select identifier_pseudonym, identifier_kind, message_id, timestamp, jurisdiction, jurisdiction_source, consent_preferences,
                    row_number() over () as __r
             from consent_inputs
             where consent_preferences is not null and is_consent_event
@@ -136,30 +142,34 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
         cmp as (
             select s.identifier_pseudonym, s.identifier_kind, pc.purpose,
                    case when bool_and(f.flag) then 'granted' else 'denied' end as decision,
-                   s.timestamp as effective_at, 'cmp_event' as source, s.message_id as source_ref, s.jurisdiction, s.__r as __ord
+                   s.timestamp as effective_at, 'cmp_event' as source, s.message_id as source_ref, s.jurisdiction,
+                   s.jurisdiction_source, s.__r as __ord
             from flags f
             join __policy_categories pc on pc.category = f.category
             join cmp_src s on s.__r = f.__r
-            group by s.__r, s.identifier_pseudonym, s.identifier_kind, pc.purpose, s.timestamp, s.message_id, s.jurisdiction
+            group by s.__r, s.identifier_pseudonym, s.identifier_kind, pc.purpose, s.timestamp, s.message_id, s.jurisdiction,
+                     s.jurisdiction_source
         ),
         first_gpc as (  -- the first GPC signal of each identifier is the opt-out (it is sticky, see module doc)
             select identifier_pseudonym, identifier_kind, arg_min(message_id, (timestamp, message_id)) as message_id,
-                   min(timestamp) as timestamp, arg_min(jurisdiction, (timestamp, message_id)) as jurisdiction
+                   min(timestamp) as timestamp, arg_min(jurisdiction, (timestamp, message_id)) as jurisdiction,
+                   arg_min(jurisdiction_source, (timestamp, message_id)) as jurisdiction_source
             from consent_inputs where gpc group by 1, 2
         ),
         gpc as (
             select g.identifier_pseudonym, g.identifier_kind, p.purpose, 'denied' as decision, g.timestamp as effective_at,
-                   'gpc_signal' as source, g.message_id as source_ref, g.jurisdiction, 0 as __ord
+                   'gpc_signal' as source, g.message_id as source_ref, g.jurisdiction, g.jurisdiction_source, 0 as __ord
             from first_gpc g cross join __policy_gpc p
         ),
         req as (
             select r.identifier_pseudonym, r.identifier_kind, m.purpose, m.decision, r.received_at as effective_at,
-                   'privacy_request' as source, r.request_id as source_ref, r.jurisdiction, 0 as __ord
+                   'privacy_request' as source, r.request_id as source_ref, r.jurisdiction, r.jurisdiction_source, 0 as __ord
             from request_inputs r join __policy_requests m on m.type = r.type
         ),
         decided as (select * from cmp union all select * from gpc union all select * from req)
         select identifier_pseudonym, identifier_kind, purpose, decision, effective_at,
                $recorded_at::timestamptz as recorded_at, source, source_ref, $policy_version as policy_version, jurisdiction,
+               jurisdiction_source,
                sha256(source || '|' || coalesce(source_ref, 'None') || '|' || purpose || '|' || identifier_kind) as decision_id,
                __ord
         from decided
@@ -217,13 +227,18 @@ def policy_defaults_table(policy: PrivacyPolicy) -> pa.Table:
 
 
 def build_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -> pa.Table:
-    """From views `ledger` and `identity` build the interval table (STATE_SCHEMA)."""
+    """From views `ledger` and `identity` build the interval table (STATE_SCHEMA).
+
+    A subject's jurisdiction and its source come from `identity`; a subject with no identity row (known only
+    from the ledger), or whose jurisdiction the policy no longer lists, gets the `unknown` jurisdiction."""
     con.register("__defaults", policy_defaults_table(policy))
     try:
         state = con.sql(
-            """
+            f"""
             with subjects as (
-                select consent_subject, any_value(jurisdiction) as jurisdiction from identity group by 1
+                select consent_subject,
+                       any_value({{'j': jurisdiction, 's': jurisdiction_source}}) as js
+                from identity group by 1
             ),
             decisions as (
                 select coalesce(i.consent_subject, l.identifier_pseudonym) as consent_subject, l.purpose,
@@ -233,9 +248,13 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -
                 left join identity i on i.identifier = l.identifier_pseudonym
             ),
             all_subjects as (
-                select s.consent_subject, coalesce(s.jurisdiction, 'default') as jurisdiction from subjects s
+                select s.consent_subject,
+                       case when s.js.j in (select jurisdiction from __defaults) then s.js.j else '{UNKNOWN_JURISDICTION}' end as jurisdiction,
+                       case when s.js.j in (select jurisdiction from __defaults) then coalesce(s.js.s, 'unknown') else 'unknown' end
+                           as jurisdiction_source
+                from subjects s
                 union
-                select d.consent_subject, 'default' from decisions d
+                select d.consent_subject, '{UNKNOWN_JURISDICTION}', 'unknown' from decisions d
                 where d.consent_subject not in (select consent_subject from subjects)
             ),
             sticky as (  -- first GPC denial per subject/purpose for purposes where GPC is sticky
@@ -261,15 +280,15 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -
             defaults as (
                 select a.consent_subject, df.purpose, df.default_status as status,
                        timestamptz '1970-01-01 00:00:00+00' as valid_from, f.first_at as valid_to,
-                       'policy_default' as basis, cast(null as varchar) as source, a.jurisdiction
+                       'policy_default' as basis, cast(null as varchar) as source, a.jurisdiction, a.jurisdiction_source
                 from all_subjects a
                 join __defaults df on df.jurisdiction = a.jurisdiction
                 left join firsts f on f.consent_subject = a.consent_subject and f.purpose = df.purpose
                 where f.first_at is null or f.first_at > timestamptz '1970-01-01 00:00:00+00'
             )
-            select consent_subject, purpose, status, valid_from, valid_to, basis, jurisdiction, source from defaults
+            select consent_subject, purpose, status, valid_from, valid_to, basis, jurisdiction, jurisdiction_source, source from defaults
             union all
-            select d.consent_subject, d.purpose, d.status, d.valid_from, d.valid_to, d.basis, a.jurisdiction, d.source
+            select d.consent_subject, d.purpose, d.status, d.valid_from, d.valid_to, d.basis, a.jurisdiction, a.jurisdiction_source, d.source
             from decided d join all_subjects a using (consent_subject)
             order by consent_subject, purpose, valid_from
             """

@@ -13,7 +13,7 @@ import pyarrow as pa
 from personalization_assets.checks.pandera_checks import arrow_schema
 from personalization_assets.privacy.consent import ASOF_PURPOSES_SQL
 from personalization_assets.privacy.models import ConsentedEvent
-from personalization_assets.privacy.policies import PrivacyPolicy
+from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import apply_column_policies, output_column
 
@@ -75,7 +75,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         select_final = ", ".join(
             f'c."{n}"' if n not in ("consent_subject", "jurisdiction", "purposes") else {
                 "consent_subject": "s.consent_subject",
-                "jurisdiction": "coalesce(j.jurisdiction, 'default') as jurisdiction",
+                "jurisdiction": f"coalesce(j.jurisdiction, '{UNKNOWN_JURISDICTION}') as jurisdiction",
                 "purposes": "coalesce(p.purposes, []) as purposes",
             }[n]
             for n in CONSENTED_EVENT_SCHEMA.names

@@ -89,7 +89,18 @@ class HashChainedLog:
         return sorted(p for p in parts if p)
 
     def _read_segment(self, segment: str, schema: pa.Schema) -> pa.Table:
-        return self.lake.read_table(self.layer, self.name, {"segment": segment}, columns=schema.names).select(schema.names).cast(schema)
+        part = {"segment": segment}
+        try:
+            return self.lake.read_table(self.layer, self.name, part, columns=schema.names).select(schema.names).cast(schema)
+        except pa.ArrowInvalid:
+            # a segment written before a column was added to the log (immutable: it keeps its columns); the
+            # missing column reads as null, and `verify` hashes the segment's own columns
+            stored = set(self.lake.parquet_metadata(self.layer, self.name, part).schema.names)
+            if not any(n in stored for n in schema.names):
+                raise
+            t = self.lake.read_table(self.layer, self.name, part, columns=[n for n in schema.names if n in stored])
+            cols = [t[f.name].cast(f.type) if f.name in stored else pa.nulls(t.num_rows, f.type) for f in schema]
+            return pa.table(cols, schema=schema)
 
     def read_all(self, columns: list[str] | None = None) -> pa.Table:
         schema = pa.schema([self.schema.field(c) for c in columns]) if columns else self.schema
@@ -173,7 +184,8 @@ class HashChainedLog:
         """(seq, prev_hash, row_hash, payload) of every stored row, segment by segment, a batch at a time."""
         for segment in segments:
             for batch in self.lake.iter_batches(self.layer, self.name, {"segment": segment}, batch_rows, columns=self.schema.names):
-                chunk = pa.Table.from_batches([batch]).cast(self.schema)
+                chunk = pa.Table.from_batches([batch])  # a segment's own columns: older segments may lack newer ones
+                chunk = chunk.cast(pa.schema([self.schema.field(n) for n in chunk.column_names]))
                 yield from zip(chunk["seq"].to_pylist(), chunk["prev_hash"].to_pylist(), chunk["row_hash"].to_pylist(), canonical_payloads(chunk))
 
     def verify(self, expected_head: str | None = None, batch_rows: int = 65_536) -> ChainStatus:

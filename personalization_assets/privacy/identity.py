@@ -7,6 +7,13 @@ users, which is the fail-closed choice. (The features layer stitches more permis
 of sessions; consent never follows those looser links.)
 
 Erasure uses the links inclusively: erasing a user also erases every identifier ever linked to it.
+
+A subject's jurisdiction (`jurisdiction_source` says which rule decided it):
+1. `event_location`: the location of the subject's most recent event (over all its identifiers) that carries
+   one — country or region; ties on the timestamp go to the larger (country, region) so reruns agree;
+2. `crm_country`: else the `country` of the subject's current CRM row (when the subject is a user);
+3. `unknown`: else the policy's `unknown` jurisdiction (fail-closed in the shipped policy).
+A location or country that is known but matches no listed jurisdiction gives `default`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from personalization_assets.privacy.policies import DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 
 IDENTITY_SCHEMA = pa.schema(
@@ -23,6 +31,7 @@ IDENTITY_SCHEMA = pa.schema(
         ("consent_subject", pa.string()),
         ("linked_users", pa.int64()),
         ("jurisdiction", pa.string()),
+        ("jurisdiction_source", pa.string()),
         ("last_seen_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -54,7 +63,8 @@ def pseudonymize_column(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, view:
 def build_identity_links(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, jurisdiction_sql: str) -> tuple[pa.Table, pa.Table]:
     """From views `raw_events` and `raw_crm` build (identity table, link table).
 
-    `jurisdiction_sql` maps (country, region) columns to a jurisdiction name (generated from policy).
+    `jurisdiction_sql` maps (country, region) columns to a jurisdiction name, NULL when both are absent
+    (`jurisdiction_case_sql`); see the module doc for the order event location, CRM country, unknown.
     """
     con.execute(
         """
@@ -129,32 +139,65 @@ def build_identity_links(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, juri
                    coalesce(r.linked_users, 0) as linked_users
             from identifiers i left join resolved r using (identifier, identifier_kind)
         ),
-        subject_location as (  -- a subject's jurisdiction follows its most recent located event
-            select s.consent_subject, arg_max(se.context_country, se.timestamp) as country,
-                   arg_max(se.context_region, se.timestamp) as region, max(se.timestamp) as last_seen_at
-            from seen se join subjects s using (identifier, identifier_kind)
+        seen_loc as (
+            select identifier, identifier_kind, timestamp,
+                   nullif(trim(context_country), '') as country, nullif(trim(context_region), '') as region
+            from seen
+        ),
+        subject_location as (  -- country and region of ONE event: the most recent that carries a location
+            select s.consent_subject,
+                   arg_max({{'country': se.country, 'region': se.region}}, (se.timestamp, se.country, se.region))
+                       filter (where se.country is not null or se.region is not null) as loc,
+                   max(se.timestamp) as last_seen_at
+            from seen_loc se join subjects s using (identifier, identifier_kind)
             group by 1
+        ),
+        crm_country as (  -- the user's current CRM row: `DE` is a country, `US-CA` a subdivision of US
+            select u.pseudonym as consent_subject,
+                   arg_max(upper(nullif(trim(c.country), '')), c.updated_at) as crm
+            from raw_crm c join __m_crm_user u on u.value = c.user_id
+            where c.is_current
+            group by 1
+        ),
+        decided as (
+            select s.identifier, s.identifier_kind, s.consent_subject, s.linked_users, loc.last_seen_at,
+                   {jurisdiction_sql.format(country="loc.loc.country", region="loc.loc.region")} as from_location,
+                   {crm_country_jurisdiction_sql(jurisdiction_sql, "cc.crm")} as from_crm
+            from subjects s
+            left join subject_location loc using (consent_subject)
+            left join crm_country cc using (consent_subject)
         )
-        select s.identifier, s.identifier_kind, s.consent_subject, s.linked_users,
-               {jurisdiction_sql.format(country="loc.country", region="loc.region")} as jurisdiction,
-               loc.last_seen_at
-        from subjects s left join subject_location loc using (consent_subject)
-        order by s.identifier_kind, s.identifier
+        select identifier, identifier_kind, consent_subject, linked_users,
+               coalesce(from_location, from_crm, '{UNKNOWN_JURISDICTION}') as jurisdiction,
+               case when from_location is not null then 'event_location'
+                    when from_crm is not null then 'crm_country' else 'unknown' end as jurisdiction_source,
+               last_seen_at
+        from decided
+        order by identifier_kind, identifier
         """
     ).arrow().read_all()
     con.unregister("__links")
     return identity.cast(IDENTITY_SCHEMA), links.cast(LINK_SCHEMA)
 
 
+def crm_country_jurisdiction_sql(jurisdiction_sql: str, column: str) -> str:
+    """`jurisdiction_sql` applied to a CRM-style country column: `DE` is a country, `US-CA` a subdivision
+    (region) of country US. NULL when the column is NULL or blank."""
+    code = f"upper(trim({column}))"
+    return jurisdiction_sql.format(country=f"split_part({code}, '-', 1)", region=f"case when contains({code}, '-') then {code} end")
+
+
 def jurisdiction_case_sql(policy) -> str:
-    """SQL CASE mapping {country}/{region} placeholders to the policy's jurisdiction names."""
-    whens = []
+    """SQL CASE mapping {country}/{region} placeholders to the policy's jurisdiction names: region match first,
+    then country, else `default`; NULL when both are absent or blank (the caller falls back to the next source
+    and finally to `unknown`). `PrivacyPolicy.jurisdiction_for` states the same rule."""
+    whens = ["when nullif(trim({country}), '') is null and nullif(trim({region}), '') is null then null"]
     for j in policy.jurisdictions.values():
         if j.regions:
             regions = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(j.regions))
-            whens.append(f"when upper({{region}}) in ({regions}) then '{j.name}'")
+            whens.append(f"when upper(trim({{region}})) in ({regions}) then '{j.name}'")
     for j in policy.jurisdictions.values():
         if j.countries:
             countries = ", ".join("'" + c.replace("'", "''") + "'" for c in sorted(j.countries))
-            whens.append(f"when upper({{country}}) in ({countries}) then '{j.name}'")
-    return "case " + " ".join(whens) + " else 'default' end"
+            whens.append(f"when upper(trim({{country}})) in ({countries}) then '{j.name}'")
+    return "case " + " ".join(whens) + f" else '{DEFAULT_JURISDICTION}' end"

@@ -12,6 +12,10 @@ UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 PSEUDONYM = r"^v\d+:[0-9a-f]{64}$"
 DECISIONS = ["granted", "denied", "withdrawn"]
 LEDGER_SOURCES = ["cmp_event", "gpc_signal", "privacy_request"]
+# which input decided the jurisdiction (privacy_policies/jurisdictions.yaml): a subject's comes from its events'
+# location, else its CRM country, else `unknown`; a privacy request's from the request itself
+SUBJECT_JURISDICTION_SOURCES = ["event_location", "crm_country", "unknown"]
+DECISION_JURISDICTION_SOURCES = [*SUBJECT_JURISDICTION_SOURCES, "request"]
 
 
 def _pseudonym(description: str, nullable: bool = True):
@@ -35,7 +39,7 @@ class ConsentedEvent(pa.DataFrameModel):
     context_locale: Series[str] = pa.Field(nullable=True, description="Client locale.")
     context_country: Series[str] = pa.Field(nullable=True, description="Country (ISO 3166-1).")
     context_region: Series[str] = pa.Field(nullable=True, description="Subdivision (ISO 3166-2).")
-    jurisdiction: Series[str] = pa.Field(description="Jurisdiction whose policy applied (EU, US-CA, default).")
+    jurisdiction: Series[str] = pa.Field(description="Jurisdiction whose policy applied (EU, US-CA, default, unknown).")
     page_url: Series[str] = pa.Field(nullable=True, description="Page URL without query string and fragment.")
     page_referrer: Series[str] = pa.Field(nullable=True, description="Referrer URL without query string and fragment.")
     content_id: Series[str] = pa.Field(nullable=True, description="Content id.")
@@ -69,7 +73,12 @@ class ConsentLedgerRow(pa.DataFrameModel):
     source: Series[str] = pa.Field(isin=LEDGER_SOURCES, description="cmp_event, gpc_signal or privacy_request.")
     source_ref: Series[str] = pa.Field(description="messageId or request_id of the source record.")
     policy_version: Series[str] = pa.Field(description="Version of privacy_policies/ in force.")
-    jurisdiction: Series[str] = pa.Field(description="Jurisdiction of the decision.")
+    jurisdiction: Series[str] = pa.Field(description="Jurisdiction of the decision (unknown when nothing tells).")
+    jurisdiction_source: Series[str] = pa.Field(
+        isin=DECISION_JURISDICTION_SOURCES, nullable=True,
+        description="What decided the jurisdiction: event_location (the consent event's location), crm_country (the user's "
+        "current CRM country), request (the privacy request's jurisdiction field) or unknown. Null only on rows appended "
+        "before the column existed (policy versions before 2026-12-05; the ledger is immutable).")
     prev_hash: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$", description="row_hash of the previous row (zeros for the first).")
     row_hash: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$", description="SHA-256 over prev_hash and this row's fields.")
 
@@ -86,7 +95,11 @@ class ConsentState(pa.DataFrameModel):
     valid_from: Series[UtcTimestamp] = pa.Field(description="Start (inclusive); 1970-01-01 for the policy default before any decision.")
     valid_to: Series[UtcTimestamp] = pa.Field(nullable=True, description="End (exclusive); null = still in force.")
     basis: Series[str] = pa.Field(isin=["decision", "policy_default"], description="Explicit decision or the jurisdiction's no-record default.")
-    jurisdiction: Series[str] = pa.Field(description="Jurisdiction whose policy applied.")
+    jurisdiction: Series[str] = pa.Field(description="Jurisdiction whose policy applied (the subject's).")
+    jurisdiction_source: Series[str] = pa.Field(
+        isin=SUBJECT_JURISDICTION_SOURCES,
+        description="What decided the subject's jurisdiction: event_location (most recent located event), crm_country "
+        "(current CRM row) or unknown (neither; also a subject known only from the ledger).")
     source: Series[str] = pa.Field(nullable=True, description="Source of the decision (cmp_event, gpc_signal, privacy_request).")
 
     class Config:

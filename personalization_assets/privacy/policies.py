@@ -26,6 +26,12 @@ BASES = ("opt_in", "opt_out")
 NO_RECORD = ("deny", "allow")
 OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 DECISIONS = ("granted", "denied")
+# A subject whose location is known but matches no listed jurisdiction falls under DEFAULT_JURISDICTION; a subject
+# with no event location and no CRM country falls under UNKNOWN_JURISDICTION (fail-closed in the shipped policy).
+DEFAULT_JURISDICTION = "default"
+UNKNOWN_JURISDICTION = "unknown"
+# Which input decided a subject's (or a decision's) jurisdiction.
+JURISDICTION_SOURCES = ("event_location", "crm_country", "request", "unknown")
 
 
 class PolicyError(ValueError):
@@ -112,14 +118,19 @@ class PrivacyPolicy:
         return any(fnmatch.fnmatchcase(asset, pat) for pat in self.sensitive_assets)
 
     def jurisdiction_for(self, country: str | None, region: str | None) -> str:
-        """Region match first (e.g. US-CA), then country, else `default`."""
+        """Region match first (e.g. US-CA), then country, else `default`; `unknown` when neither is given.
+        (The assets apply this rule in SQL, `identity.jurisdiction_case_sql`; this statement of it is what the
+        tests check the SQL against.)"""
+        country, region = (country or "").strip() or None, (region or "").strip() or None
+        if country is None and region is None:
+            return UNKNOWN_JURISDICTION
         for j in self.jurisdictions.values():
             if region and region.upper() in j.regions:
                 return j.name
         for j in self.jurisdictions.values():
             if country and country.upper() in j.countries:
                 return j.name
-        return "default"
+        return DEFAULT_JURISDICTION
 
     def allowed_read_purposes(self) -> set[str]:
         return set(self.purposes) | set(self.compliance_purposes)
@@ -222,8 +233,20 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
             regions=frozenset(str(c).upper() for c in match.get("regions", []) or []),
             rules=rules,
         )
-    if "default" not in jurisdictions:
+    if DEFAULT_JURISDICTION not in jurisdictions:
         raise PolicyError(f"{label}: jurisdictions.default: missing (it applies when no other jurisdiction matches).")
+    if UNKNOWN_JURISDICTION not in jurisdictions:
+        raise PolicyError(
+            f"{label}: jurisdictions.{UNKNOWN_JURISDICTION}: missing (it applies to a subject with no event location and "
+            f"no CRM country). Add `{UNKNOWN_JURISDICTION}:` with `match: {{}}` and `no_record: deny` for every purpose "
+            "(fail-closed); loosen a purpose there only explicitly."
+        )
+    for name in (DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION):
+        if jurisdictions[name].countries or jurisdictions[name].regions:
+            raise PolicyError(
+                f"{label}: jurisdictions.{name}.match: must be empty ({name} applies when no listed jurisdiction "
+                f"{'matches' if name == DEFAULT_JURISDICTION else 'can be determined'}; list countries/regions under a named jurisdiction)."
+            )
 
     label, data = r.load("classification.yaml")
     columns: dict[str, dict[str, ColumnPolicy]] = {}

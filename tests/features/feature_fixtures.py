@@ -108,6 +108,7 @@ def consent(subject: str, purpose: str, status: str, start: str | datetime | Non
         "valid_to": e,
         "basis": "policy_default" if start is None else "decision",
         "jurisdiction": "US-CA",
+        "jurisdiction_source": "event_location",
         "source": None if start is None else "cmp_event",
     }
 

@@ -26,13 +26,13 @@ def ledger_table(decisions):
         rows.append({"seq": seq, "decision_id": f"d{seq}", "identifier_pseudonym": SUBJECT, "identifier_kind": "user",
                      "purpose": "personalization", "decision": decision, "effective_at": T0 + timedelta(minutes=minute),
                      "recorded_at": T0, "source": source, "source_ref": f"m{seq}", "policy_version": "t",
-                     "jurisdiction": "EU", "prev_hash": "0" * 64, "row_hash": "0" * 64})
+                     "jurisdiction": "EU", "jurisdiction_source": "event_location", "prev_hash": "0" * 64, "row_hash": "0" * 64})
     return pa.Table.from_pylist(rows, schema=c.LEDGER_SCHEMA)
 
 
-def identity_table(jurisdiction="EU"):
+def identity_table(jurisdiction="EU", source="event_location"):
     return pa.Table.from_pylist([{"identifier": SUBJECT, "identifier_kind": "user", "consent_subject": SUBJECT, "linked_users": 0,
-                                  "jurisdiction": jurisdiction, "last_seen_at": T0}], schema=IDENTITY_SCHEMA)
+                                  "jurisdiction": jurisdiction, "jurisdiction_source": source, "last_seen_at": T0}], schema=IDENTITY_SCHEMA)
 
 
 def kept(decisions, event_minutes, jurisdiction="EU"):
@@ -78,7 +78,7 @@ def test_withdrawal_applies_from_its_time_and_earlier_events_stay():
 
 
 def test_no_record_is_denied_everywhere_for_personalization():
-    for jurisdiction in ("EU", "US-CA", "default"):
+    for jurisdiction in ("EU", "US-CA", "default", "unknown"):
         got, state = kept([], [0, 100], jurisdiction)
         assert got == [False, False]
         assert {r["basis"] for r in state.to_pylist()} == {"policy_default"}
@@ -164,14 +164,17 @@ def test_decisions_in_duckdb_follow_the_preference_rule(events):
     object) and the decision_id idempotency key, for CMP events, GPC signals and privacy requests."""
     policy = get_policy()
     rows = [{"identifier_pseudonym": f"v1:{i % 3:064d}", "identifier_kind": "user" if i % 2 else "anonymous", "message_id": f"m{i}",
-             "timestamp": T0 + timedelta(minutes=i), "consent_preferences": prefs, "gpc": gpc, "is_consent_event": is_cmp, "jurisdiction": "EU"}
+             "timestamp": T0 + timedelta(minutes=i), "consent_preferences": prefs, "gpc": gpc, "is_consent_event": is_cmp, "jurisdiction": "EU",
+             "jurisdiction_source": "event_location"}
             for i, (prefs, gpc, is_cmp) in enumerate(events)]
     schema = pa.schema([("identifier_pseudonym", pa.string()), ("identifier_kind", pa.string()), ("message_id", pa.string()),
                         ("timestamp", pa.timestamp("us", tz="UTC")), ("consent_preferences", pa.string()), ("gpc", pa.bool_()),
-                        ("is_consent_event", pa.bool_()), ("jurisdiction", pa.string())])
+                        ("is_consent_event", pa.bool_()), ("jurisdiction", pa.string()), ("jurisdiction_source", pa.string())])
     requests = pa.Table.from_pylist([
-        {"identifier_pseudonym": SUBJECT, "identifier_kind": "email", "request_id": "r1", "type": "opt_out_sale", "received_at": T0, "jurisdiction": "US-CA"},
-        {"identifier_pseudonym": OTHER, "identifier_kind": "user", "request_id": "r2", "type": "erasure", "received_at": T0, "jurisdiction": "EU"},
+        {"identifier_pseudonym": SUBJECT, "identifier_kind": "email", "request_id": "r1", "type": "opt_out_sale", "received_at": T0, "jurisdiction": "US-CA",
+         "jurisdiction_source": "request"},
+        {"identifier_pseudonym": OTHER, "identifier_kind": "user", "request_id": "r2", "type": "erasure", "received_at": T0, "jurisdiction": "EU",
+         "jurisdiction_source": "request"},
     ])
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
@@ -180,6 +183,9 @@ def test_decisions_in_duckdb_follow_the_preference_rule(events):
     n = c.candidate_decisions(con, policy, recorded_at=T0)
     got = {(r["source"], r["source_ref"], r["identifier_pseudonym"], r["purpose"], r["decision"], r["decision_id"])
            for r in con.sql("select * from __candidates").to_arrow_table().to_pylist()}
+    # each decision carries the jurisdiction and its source from its input row
+    for r in con.sql("select source, jurisdiction, jurisdiction_source from __candidates").fetchall():
+        assert r == ("privacy_request", "US-CA", "request") if r[0] == "privacy_request" else r[1:] == ("EU", "event_location"), r
     expected = set()
     for r in rows:
         if r["is_consent_event"] and r["consent_preferences"] is not None:

@@ -20,7 +20,7 @@ T = datetime(2026, 11, 28, tzinfo=timezone.utc)
 def row(i):
     return {"decision_id": f"d{i}", "identifier_pseudonym": "v1:" + f"{i:064x}", "identifier_kind": "user", "purpose": "personalization",
             "decision": "granted", "effective_at": T, "recorded_at": T, "source": "cmp_event", "source_ref": f"m{i}",
-            "policy_version": "t", "jurisdiction": "EU"}
+            "policy_version": "t", "jurisdiction": "EU", "jurisdiction_source": "event_location"}
 
 
 @pytest.fixture
