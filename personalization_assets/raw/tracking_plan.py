@@ -25,6 +25,14 @@ UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 
 ID_LENGTH = {"min_value": 1, "max_value": 256}
 
+# Shortest identifier a data-subject request may name (after trimming). A request erases, or opts out of
+# sale, whoever holds the identifier, so it must name one person unambiguously: 1-2 character ids are
+# form-filling errors or test values (all of them together are ~3,800 values of [A-Za-z0-9]), and the
+# shortest possible email, "a@b", has 3 characters. A shorter (or blank) identifier quarantines the
+# request with its own reason for a human to check; it is never executed.
+MIN_SUBJECT_IDENTIFIER_CHARS = 3
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+
 
 def _json(path: str, **extra) -> dict:
     return {"json": path, **extra}
@@ -135,6 +143,15 @@ class RawContent(pa.DataFrameModel):
         strict = False
 
 
+def _all_ok(df: pd.DataFrame, ok, columns=("user_id", "email")) -> pd.Series:
+    """True where each named column is null or, trimmed, satisfies `ok` (a vectorized predicate)."""
+    result = pd.Series(True, index=df.index)
+    for c in columns:
+        v = df[c].astype("string").str.strip()
+        result &= (df[c].isna() | ok(v)).fillna(False).astype(bool)
+    return result
+
+
 class RawPrivacyRequest(pa.DataFrameModel):
     """A data-subject request (`landing/privacy_requests/*.jsonl`)."""
 
@@ -150,6 +167,18 @@ class RawPrivacyRequest(pa.DataFrameModel):
     @pa.dataframe_check(ignore_na=False, error="request names neither user_id nor email")
     def missing_subject(cls, df: pd.DataFrame) -> Series[bool]:
         return df["user_id"].notna() | df["email"].notna()
+
+    @pa.dataframe_check(ignore_na=False, error="user_id or email is empty or only white space")
+    def blank_identifier(cls, df: pd.DataFrame) -> Series[bool]:
+        return _all_ok(df, lambda v: v.str.len() > 0)
+
+    @pa.dataframe_check(ignore_na=False, error=f"user_id or email shorter than {MIN_SUBJECT_IDENTIFIER_CHARS} characters")
+    def identifier_too_short(cls, df: pd.DataFrame) -> Series[bool]:
+        return _all_ok(df, lambda v: (v.str.len() == 0) | (v.str.len() >= MIN_SUBJECT_IDENTIFIER_CHARS))
+
+    @pa.dataframe_check(ignore_na=False, error="email is not an email address")
+    def invalid_email(cls, df: pd.DataFrame) -> Series[bool]:
+        return _all_ok(df, lambda v: (v.str.len() < MIN_SUBJECT_IDENTIFIER_CHARS) | v.str.match(EMAIL_PATTERN), columns=("email",))
 
     class Config:
         strict = False
