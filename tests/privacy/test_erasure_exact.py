@@ -13,6 +13,7 @@ privacy requests, with quarantined lines of the subjects and of bystanders):
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+import pyarrow as pa
 
 from tests.helpers import check_results, defs_for_env, materialize, materializations
 from tests.raw.hostile import FOLDER, PARTITION, line, msg
@@ -97,37 +98,53 @@ def _erasure_log_rows(lake) -> list[dict]:
     return [r for seg in lake.partitions("privacy", "erasure_log") for r in lake.read_table("privacy", "erasure_log", seg).to_pylist()]
 
 
-def test_short_and_blank_identifier_requests_are_quarantined_and_erase_nothing(landing):
-    _write_landing(landing, [
-        {"request_id": "r-a", "type": "erasure", "user_id": "a"},
-        {"request_id": "r-blank", "type": "erasure", "email": "   "},
-        {"request_id": "r-blank-id", "type": "erasure", "user_id": " ", "email": None},
-    ])
+BAD_REQUESTS = [
+    {"request_id": "r-a", "type": "erasure", "user_id": "a"},
+    {"request_id": "r-blank", "type": "erasure", "email": "   "},
+    {"request_id": "r-blank-id", "type": "erasure", "user_id": " ", "email": None},
+]
+
+
+def test_short_and_blank_identifier_requests_are_quarantined_with_their_reason(landing):
+    _write_landing(landing, BAD_REQUESTS)
     defs = defs_for_env()
     lake = defs.resources["lake"]
     _ingest(defs)
-    reasons = {r["original_text"] and json.loads(r["original_text"])["request_id"]: r["reason"]
-               for r in _quarantine(lake, "privacy_requests_quarantine")}
+    reasons = {json.loads(r["original_text"])["request_id"]: r["reason"] for r in _quarantine(lake, "privacy_requests_quarantine")}
     assert reasons == {"r-a": "identifier_too_short", "r-blank": "blank_identifier", "r-blank-id": "blank_identifier",
                        "r-bad": "invalid_type"}
     assert lake.read_table("raw", "privacy_requests").num_rows == 0
+    assert lake.read_table("privacy", "suppression_list").num_rows == 0, "a quarantined request adds no suppression entry"
+
+
+def test_erasure_of_short_or_blank_identifiers_deletes_nobody_else(landing):
+    """Even if such requests sit in raw/privacy_requests (written before the tracking plan refused them),
+    the erasure deletes no quarantined line, raw row or anything else of another person."""
+    _write_landing(landing, BAD_REQUESTS)
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    _ingest(defs)
+    schema = lake.read_table("raw", "privacy_requests").schema
+    received = dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
+    legacy = [{**r, "received_at": received, "jurisdiction": "EU", "source_file": "privacy_requests/old.jsonl", "line_no": i + 1}
+              for i, r in enumerate(BAD_REQUESTS)]
+    lake.write_table("raw", "privacy_requests", pa.Table.from_pylist(legacy, schema=schema))
     before = _snapshot(lake)
-    assert sum(len(v) for v in before.values()) >= 12
+    assert sum(len(v) for v in before.values()) >= 10
     raw_before = lake.read_table("raw", "events", {"date": "2026-11-28", "hour": "13"}).num_rows
     crm_before = lake.read_table("raw", "crm_profiles").num_rows
 
     result = materialize(defs, ERASE)
-    assert lake.read_table("privacy", "suppression_list").num_rows == 0, "a quarantined request adds no suppression entry"
-    assert check_results(result)["privacy/erasure_log:subjects_absent_everywhere"] is True
     assert _snapshot(lake) == before, "no quarantined line of anybody was deleted"
     assert lake.read_table("raw", "events", {"date": "2026-11-28", "hour": "13"}).num_rows == raw_before
     assert lake.read_table("raw", "crm_profiles").num_rows == crm_before
+    assert lake.read_table("privacy", "suppression_list").num_rows == 0, "no suppression entry for a blank or 1-char id"
+    assert check_results(result)["privacy/erasure_log:subjects_absent_everywhere"] is True
 
 
 def test_quarantine_lines_match_exact_tokens_never_substrings(tmp_path):
     """The matcher alone, with the suppression pseudonyms of "a", "   " and the subject."""
     import duckdb
-    import pyarrow as pa
 
     from personalization_assets.privacy.pseudonymize import Pseudonymizer
     from personalization_assets.privacy.quarantine_match import quarantine_match_mask
@@ -157,40 +174,60 @@ def test_quarantine_lines_match_exact_tokens_never_substrings(tmp_path):
     assert match(("+49 170 1234567", "phone")) == [11], "phones compared in E.164 form"
 
 
-def test_erased_subject_leaves_no_quarantined_line_and_none_comes_back(landing):
+def _subject_lines(lake, table) -> list[str]:
+    texts = [(r["original_text"] or "") for r in _quarantine(lake, table)]
+    return [x for x in texts if "alice@example.com" in x.lower() or '"anon-alice-01"' in x or x.startswith("user-alice-01,")]
+
+
+def _bystanders(lake) -> dict:
+    """Quarantine rows of everybody but the subject (look-alike ids such as xuser-alice-012 included)."""
+    mine = {t: set(_subject_lines(lake, t)) for t in QUARANTINES}
+    return {t: [(r["source_file"], r["line_no"]) for r in _quarantine(lake, t) if (r["original_text"] or "") not in mine[t]] for t in QUARANTINES}
+
+
+def test_upper_case_email_in_a_quarantined_line_is_erased_and_bystanders_stay(landing):
     _write_landing(landing, [{"request_id": "r-alice", "type": "erasure", "email": "  Alice@EXAMPLE.com "}])
     defs = defs_for_env()
     lake = defs.resources["lake"]
     _ingest(defs)
-    q = {r["line_no"]: r["reason"] for r in _quarantine(lake, "events_quarantine")}
-    assert q[3] == "missing_message_id" and q[4] == "malformed_json", "the subject's lines were quarantined"
-    bystanders = {t: [(r["source_file"], r["line_no"]) for r in _quarantine(lake, t) if "alice" not in (r["original_text"] or "").lower()
-                      or "xuser-alice-012" in r["original_text"]] for t in QUARANTINES}
+    q = {r["line_no"]: r for r in _quarantine(lake, "events_quarantine")}
+    assert q[3]["reason"] == "missing_message_id" and "ALICE@EXAMPLE.COM" in q[3]["original_text"]
+    assert len(_subject_lines(lake, "events_quarantine")) == 2 and len(_subject_lines(lake, "crm_profiles_quarantine")) == 1
+    bystanders = _bystanders(lake)
+    assert sum(len(v) for v in bystanders.values()) == 7
 
     result = materialize(defs, ERASE)
     assert check_results(result)["privacy/erasure_log:subjects_absent_everywhere"] is True
+    for t in QUARANTINES:
+        assert _subject_lines(lake, t) == [], t
+        assert [(r["source_file"], r["line_no"]) for r in _quarantine(lake, t)] == bystanders[t], f"{t}: bystanders kept"
     removed = materializations(result)["privacy/erasure_log"]["rows_removed_per_asset"]
     assert removed["raw/events_quarantine"] == 2 and removed["raw/crm_profiles_quarantine"] == 1
-
-    def assert_subject_gone():
-        for t in QUARANTINES:
-            rows = _quarantine(lake, t)
-            texts = [(r["original_text"] or "") for r in rows]
-            assert not [x for x in texts if "alice@example.com" in x.lower() or '"anon-alice-01"' in x], t
-            assert [(r["source_file"], r["line_no"]) for r in rows] == bystanders[t], f"{t}: bystanders kept"
-
-    assert_subject_gone()
     assert lake.read_table("raw", "events", {"date": "2026-11-28", "hour": "13"})["user_id"].to_pylist() == ["user-bob-05"]
     assert lake.read_table("raw", "crm_profiles")["user_id"].to_pylist() == ["user-bob-05"]
+
+
+def test_anonymous_id_only_quarantined_line_of_an_erased_subject_does_not_come_back(landing):
+    _write_landing(landing, [{"request_id": "r-alice", "type": "erasure", "user_id": ALICE["user_id"]}])
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    _ingest(defs)
+    anon_only = [r for r in _quarantine(lake, "events_quarantine") if r["line_no"] == 4]
+    assert anon_only and anon_only[0]["reason"] == "malformed_json" and '"anon-alice-01"' in anon_only[0]["original_text"]
+    bystanders = _bystanders(lake)
+    materialize(defs, ERASE)
 
     # the landing zone still holds her lines: ingesting it again keeps them out, counted as suppressed
     again = _ingest(defs)
     md = materializations(again)
+    assert [r["line_no"] for r in _quarantine(lake, "events_quarantine") if r["line_no"] == 4] == [], "the line came back"
+    for t in QUARANTINES:
+        assert _subject_lines(lake, t) == [], t
+        assert [(r["source_file"], r["line_no"]) for r in _quarantine(lake, t)] == bystanders[t], f"{t}: bystanders kept"
     assert md["raw/events"]["suppressed_erased_subjects"] == 4  # 2 raw events + 2 quarantined lines
     assert md["raw/crm_profiles"]["suppressed_erased_subjects"] == 2  # her raw row + her quarantined row
-    assert_subject_gone()
     assert lake.read_table("raw", "crm_profiles")["user_id"].to_pylist() == ["user-bob-05"]
-    # and a second erasure run finds nothing left and says so
+    # and the next erasure run finds nothing left and says so
     second = materialize(defs, ERASE)
     assert check_results(second)["privacy/erasure_log:subjects_absent_everywhere"] is True
     assert not materializations(second)["privacy/erasure_log"]["rows_removed_per_asset"]
