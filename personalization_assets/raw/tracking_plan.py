@@ -26,11 +26,13 @@ UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 ID_LENGTH = {"min_value": 1, "max_value": 256}
 
 # Shortest identifier a data-subject request may name (after trimming). A request erases, or opts out of
-# sale, whoever holds the identifier, so it must name one person unambiguously: 1-2 character ids are
-# form-filling errors or test values (all of them together are ~3,800 values of [A-Za-z0-9]), and the
-# shortest possible email, "a@b", has 3 characters. A shorter (or blank) identifier quarantines the
-# request with its own reason for a human to check; it is never executed.
-MIN_SUBJECT_IDENTIFIER_CHARS = 3
+# sale, whoever holds the identifier, so it must name a real one: a 1-character id is never an account id
+# (it is a form-filling error or a test value — and under substring matching it used to erase nearly every
+# quarantined line). 2-character ids are accepted because legacy CRMs do have short numeric ids ("42")
+# and every lookup is exact, so such a request erases only the holder of exactly that id. Emails must in
+# addition look like one (`invalid_email`; the shortest, "a@b", has 3 characters). A blank or shorter
+# identifier quarantines the request with its own reason for a human to check; it is never executed.
+MIN_SUBJECT_IDENTIFIER_CHARS = 2
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
 
 

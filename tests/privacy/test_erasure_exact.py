@@ -102,6 +102,7 @@ BAD_REQUESTS = [
     {"request_id": "r-a", "type": "erasure", "user_id": "a"},
     {"request_id": "r-blank", "type": "erasure", "email": "   "},
     {"request_id": "r-blank-id", "type": "erasure", "user_id": " ", "email": None},
+    {"request_id": "r-not-an-email", "type": "erasure", "email": "alice at example"},
 ]
 
 
@@ -112,7 +113,7 @@ def test_short_and_blank_identifier_requests_are_quarantined_with_their_reason(l
     _ingest(defs)
     reasons = {json.loads(r["original_text"])["request_id"]: r["reason"] for r in _quarantine(lake, "privacy_requests_quarantine")}
     assert reasons == {"r-a": "identifier_too_short", "r-blank": "blank_identifier", "r-blank-id": "blank_identifier",
-                       "r-bad": "invalid_type"}
+                       "r-not-an-email": "invalid_email", "r-bad": "invalid_type"}
     assert lake.read_table("raw", "privacy_requests").num_rows == 0
     assert lake.read_table("privacy", "suppression_list").num_rows == 0, "a quarantined request adds no suppression entry"
 
