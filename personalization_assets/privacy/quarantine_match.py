@@ -8,12 +8,10 @@ on the suppression list. Never a substring: `"a"` must not match every line cont
 How (vectorized in DuckDB, Python only over DISTINCT candidate tokens):
 
 1. Every record is cut into candidate tokens, best effort:
-   * valid JSON: every string or integer value, at any depth, whose key names an identifier
-     (``userId``, ``anonymousId``, ``previousId``, ``user_id``, ``email``, ``phone``... — so
-     ``traits.email`` and ``context.traits.email`` alike; ``json_tree``, escapes decoded);
-   * broken JSON (truncated, invalid UTF-8...): the same keys' quoted values, found by a pattern (an
-     unterminated last value included);
-   * text that is not JSON at all (CSV rows, stray files): its comma/semicolon/tab-separated fields;
+   * the string or integer value of every identifier key (``userId``, ``anonymousId``, ``previousId``,
+     ``user_id``, ``email``, ``phone``... at any depth, so ``traits.email`` and ``context.traits.email``
+     alike), in valid and broken JSON (a value cut off by truncation included); JSON escapes decoded;
+   * text that is not JSON (CSV rows, stray files): its comma/semicolon/tab-separated fields;
    * any record: every email-shaped token, wherever it appears.
    Tokens are trimmed of blanks and quotes; tokens longer than MAX_TOKEN_CHARS are not identifiers.
    Values of other keys and words of free text are NOT tokens: a category or a note that happens to
@@ -39,36 +37,40 @@ import pyarrow.compute as pc
 MAX_TOKEN_CHARS = 320  # emails are at most 254 characters, ids 256 (tracking plan); longer tokens are payload
 _PHONE_SHAPE = re.compile(r"^\+?[0-9][0-9 ()./-]{5,}$")
 
-# JSON keys that hold a subject identifier, compared lower-cased without '_' and '-'
-IDENTIFIER_KEYS = ("userid", "anonymousid", "previousid", "email", "emailaddress", "phone", "phonenumber", "mobile", "mobilephone")
-_KEY_ALTERNATION = "userId|anonymousId|previousId|user_id|anonymous_id|previous_id|email|email_address|phone|phone_number|mobile"
+# JSON keys that hold a subject identifier, at any depth (matched case-insensitively)
+IDENTIFIER_KEYS = ("userId", "anonymousId", "previousId", "user_id", "anonymous_id", "previous_id", "email", "email_address",
+                   "emailAddress", "phone", "phone_number", "phoneNumber", "mobile")
 
-# {view}, {keys}, {key_list} and {max_chars} are filled in by _tokens_sql; doubled braces are literal
+# {view}, {keys} and {max_chars} are filled in by _tokens_sql; doubled braces are literal braces.
+# Patterns rather than a JSON parser: they read valid and broken JSON alike, at any depth, and are several
+# times faster than DuckDB's json_tree or recursive JSONPath ($..key) on quarantine-sized tables.
 _TOKENS_SQL = r"""
-with q as (select pos, text, json_valid(text) as is_json from "{view}" where text is not null),
+with q as (select pos, text from "{view}" where text is not null),
 toks as (
     select pos, unnest(
-        regexp_extract_all(text, '[^\s"''<>()\[\]{{}},;:\\]+@[^\s"''<>()\[\]{{}},;:\\]+')
-        || case when is_json then []::varchar[]
-                else regexp_extract_all(text, '"(?i:{keys})"\s*:\s*"((?:[^"\\]|\\.)*)', 1) end
-        || case when is_json or regexp_matches(text, '^\s*[\[{{]') then []::varchar[]
-                else string_split_regex(text, '[,;\t\r\n]') end
+        -- "key": "value" (also a value cut off at the end of a truncated line); escapes decoded below
+        regexp_extract_all(text, '"(?i:{keys})"\s*:\s*"((?:[^"\\]|\\.)*)', 1)
+        -- "key": 12345 (numeric ids are quarantined as wrong_type, and still identify their holder)
+        || regexp_extract_all(text, '"(?i:{keys})"\s*:\s*(-?[0-9]+)', 1)
+        -- email-shaped tokens anywhere (free text, CSV, values of other keys)
+        || regexp_extract_all(text, '[^\s"''<>()\[\]{{}},;:\\]+@[^\s"''<>()\[\]{{}},;:\\]+')
+        -- text that is not JSON (CSV rows, stray files): its fields
+        || case when regexp_matches(text, '^\s*[\[{{]') then []::varchar[] else string_split_regex(text, '[,;\t\r\n]') end
     ) as tok
     from q
-    union all
-    select v.pos, json_extract_string(j.value, '$')
-    from (select pos, text from q where is_json) v, json_tree(v.text) j
-    where j.type in ('VARCHAR', 'UBIGINT', 'BIGINT')
-      and lower(replace(replace(j.key, '_', ''), '-', '')) in ({key_list})
+),
+decoded as (  -- JSON string escapes (\u0040, \") decoded where the literal is valid JSON
+    select pos, case when contains(tok, '\') and json_valid('"' || tok || '"') then json_extract_string('"' || tok || '"', '$')
+                     else tok end as tok
+    from toks
 )
-select distinct pos, trim(tok, ' "''') as tok from toks
+select distinct pos, trim(tok, ' "''') as tok from decoded
 where length(trim(tok, ' "''')) between 1 and {max_chars}
 """
 
 
 def _tokens_sql(view: str) -> str:
-    return _TOKENS_SQL.format(view=view, keys=_KEY_ALTERNATION, key_list=", ".join(f"'{k}'" for k in IDENTIFIER_KEYS),
-                              max_chars=MAX_TOKEN_CHARS)
+    return _TOKENS_SQL.format(view=view, keys="|".join(IDENTIFIER_KEYS), max_chars=MAX_TOKEN_CHARS)
 
 
 def candidate_kinds(token: str) -> list[str]:
