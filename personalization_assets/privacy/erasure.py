@@ -7,7 +7,7 @@ declares in its metadata how to erase from it (`privacy/erasure`):
 * ``{"kind": "raw", "table": ..., "partitioned": bool, "columns": {"user_id": "id", "trait_email": "email"}}``
   raw identifiers are pseudonymized on the fly and compared with the suppression list;
 * ``{"kind": "quarantine", "table": ..., "partitioned": bool}`` rows whose original text still holds an
-  identifier (parsed JSON leaf, quoted string, word or CSV field) that, normalized, pseudonymizes into the
+  identifier (value of an identifier key, email-shaped token or CSV field) that, normalized, pseudonymizes into the
   suppression list — exact tokens, never substrings (privacy/quarantine_match.py);
 * ``{"kind": "lake", "layer": ..., "table": ..., "partitioned": bool, "columns": [...]}`` rows where any
   pseudonym column (or list column) holds a suppressed pseudonym;
