@@ -25,7 +25,7 @@ from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, get_po
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import apply_column_policies
 from personalization_assets.raw.partitions import partition_dict, partition_start
-from personalization_assets.raw.tracking_plan import CONSENT_EVENT, RawCrmProfile, RawEvent, RawPrivacyRequest
+from personalization_assets.raw.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage
 
@@ -310,7 +310,15 @@ def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckd
     with duckdb.get_connection() as con:
         lake.register(con, "raw_requests", "raw", "privacy_requests", empty_schema=RAW_REQUEST_SCHEMA)
         lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA.append(pa.field("linked_user_pseudonyms", pa.list_(pa.string()))))
-        con.execute("create or replace temp table __erase as select * from raw_requests where type = 'erasure'")
+        # the tracking plan quarantines requests with blank, too-short or malformed identifiers; a raw table
+        # written before that rule existed may still hold some: they never reach the suppression list
+        n = MIN_SUBJECT_IDENTIFIER_CHARS
+        con.execute(
+            f"""create or replace temp table __erase as select * from raw_requests where type = 'erasure'
+                and (user_id is null or length(trim(user_id)) >= {n})
+                and (email is null or (length(trim(email)) >= {n} and regexp_full_match(trim(email), ?)))""",
+            [EMAIL_PATTERN],
+        )
         pseudonymize_column(con, pseudonymizer, "__erase", "user_id", "id", "__eu")
         pseudonymize_column(con, pseudonymizer, "__erase", "email", "email", "__ee")
         table = con.sql(

@@ -6,8 +6,9 @@ declares in its metadata how to erase from it (`privacy/erasure`):
 
 * ``{"kind": "raw", "table": ..., "partitioned": bool, "columns": {"user_id": "id", "trait_email": "email"}}``
   raw identifiers are pseudonymized on the fly and compared with the suppression list;
-* ``{"kind": "quarantine", "table": ..., "partitioned": bool}`` rows whose original text contains one of
-  the erased subjects' raw identifier values;
+* ``{"kind": "quarantine", "table": ..., "partitioned": bool}`` rows whose original text still holds an
+  identifier (value of an identifier key, email-shaped token or CSV field) that, normalized, pseudonymizes into the
+  suppression list — exact tokens, never substrings (privacy/quarantine_match.py);
 * ``{"kind": "lake", "layer": ..., "table": ..., "partitioned": bool, "columns": [...]}`` rows where any
   pseudonym column (or list column) holds a suppressed pseudonym;
 * ``{"kind": "warehouse", "relation": ..., "columns": [...]}`` rows deleted in the warehouse;
@@ -15,19 +16,22 @@ declares in its metadata how to erase from it (`privacy/erasure`):
 
 Assets listed under `erasure_exempt` in privacy_policies/asset_purposes.yaml are retained as legal
 evidence. A target with neither a handler nor an exemption stops the erasure: a new asset cannot
-silently escape it. After applying, every target is scanned again; the log records rows removed and
-the residual count (must be 0) per asset.
+silently escape it. Temporary files of interrupted writes (``_tmp-*``) cannot be searched (a partial
+Parquet file has no footer): the run deletes those of dead writers and counts any left as residue. After
+applying, every target is scanned again; the log records rows removed and the residual count per asset,
+and says `verified` only when the residual scan of every target (quarantine and temp files included) is 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.privacy.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
+from personalization_assets.privacy.quarantine_match import quarantine_match_mask
 from personalization_assets.resources.storage import LakeStorage
 
 ERASURE_META = "privacy/erasure"
@@ -108,10 +112,10 @@ def _descendants(asset_graph, key) -> set:
 
 @dataclass
 class Subjects:
-    """What identifies the subjects being erased: pseudonyms, and raw values (held in memory only)."""
+    """What identifies the subjects being erased: their pseudonyms (the suppression list). Raw values are
+    never needed: every lookup pseudonymizes the normalized candidates and compares exactly."""
 
     pseudonyms: set[str]
-    raw_values: set[str] = field(default_factory=set)
 
 
 def _partitions(lake: LakeStorage, layer: str, table: str, partitioned: bool):
@@ -138,17 +142,6 @@ def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa
     return mask
 
 
-def _text_match(table: pa.Table, raw_values: set[str]) -> pa.Array:
-    mask = pa.array([False] * table.num_rows)
-    if "original_text" not in table.column_names:
-        return mask
-    text = pc.fill_null(table["original_text"], "")
-    for v in sorted(raw_values):
-        if v:
-            mask = pc.or_(mask, pc.match_substring(text, v))
-    return mask
-
-
 def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, subjects: Subjects, apply: bool) -> int:
     """Remove (apply=True) or count (apply=False) matching rows in a lake target. Returns the row count."""
     h = target.handler
@@ -161,10 +154,9 @@ def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Ta
         if table.num_rows == 0:
             continue
         if kind == "raw":
-            mask, values = rows_matching_pseudonyms(table, h["columns"], subjects.pseudonyms, pz.pseudonymize_values)
-            subjects.raw_values |= values
+            mask, _ = rows_matching_pseudonyms(table, h["columns"], subjects.pseudonyms, pz.pseudonymize_values)
         elif kind == "quarantine":
-            mask = _text_match(table, subjects.raw_values)
+            mask = quarantine_match_mask(con, table, subjects.pseudonyms, pz.pseudonymize_values)
         elif kind == "lake":
             mask = _lake_match(table, h["columns"], subjects.pseudonyms)
         else:
@@ -177,6 +169,6 @@ def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Ta
 
 
 def order_targets(targets: list[Target]) -> list[Target]:
-    """Raw tables first (they reveal the raw values quarantine matching needs), then the rest."""
+    """Raw tables and quarantines first (the sources everything else is rebuilt from), then the rest."""
     rank = {"raw": 0, "quarantine": 1, "lake": 2, "warehouse": 3, "none": 4}
     return sorted(targets, key=lambda t: (rank.get(t.handler["kind"], 9), t.asset))

@@ -29,6 +29,7 @@ OWNERS = ["team:privacy-engineering"]
 ERASURE_LOG = dg.AssetKey(["privacy", "erasure_log"])
 RETENTION_LOG = dg.AssetKey(["privacy", "retention_log"])
 KEY_ROTATION_LOG = dg.AssetKey(["privacy", "key_rotation_log"])
+TEMP_FILES = "lake/_tmp (interrupted writes)"  # erasure log row for temporary files of killed writes
 
 RETENTION_SCHEMA = pa.schema(
     [("seq", pa.int64()), ("tier", pa.string()), ("table", pa.string()), ("partition", pa.string()), ("rows_removed", pa.int64()),
@@ -73,18 +74,16 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
             yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=True, metadata={"subjects": 0})
             return
         audit = auditor(context, lake, platform, ERASURE_LOG)
-        audit.record([("privacy/suppression_list", None, None), ("raw/privacy_requests", None, ["type", "user_id", "email"])]
+        audit.record([("privacy/suppression_list", None, None)]
                      + [(t.asset, "*", None) for t in targets if t.handler["kind"] in ("raw", "quarantine", "lake")])
         suppression = lake.read_table("privacy", "suppression_list")
         requests = sorted(set(suppression["request_id"].to_pylist()))
+        # every lookup is by pseudonym of an exact, normalized identifier: no raw value is needed or held
         subjects = Subjects(pseudonyms=set(suppression["identifier"].to_pylist()))
-        # raw values named in the requests themselves (held in memory only, never logged)
-        if lake.exists("raw", "privacy_requests"):
-            req = lake.read_table("raw", "privacy_requests", columns=["type", "user_id", "email"])
-            req = req.filter(pc.equal(req["type"], "erasure"))
-            subjects.raw_values |= {v for v in req["user_id"].to_pylist() + req["email"].to_pylist() if v}
         removed, residual = {}, {}
         now = datetime.now(timezone.utc)
+        # temp files of killed writes may hold any table's rows and cannot be searched: delete the dead ones
+        removed[TEMP_FILES] = len(lake.sweep_temp_files())
         with context.resources.duckdb.get_connection() as con:
             for t in targets:
                 kind = t.handler["kind"]
@@ -103,12 +102,15 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
                     residual[t.asset] = getattr(context.resources, warehouse_eraser_key).erase(t.handler, subjects.pseudonyms, apply=False)
                 else:
                     residual[t.asset] = erase_from_lake_target(lake, con, pz, t, subjects, apply=False)
+        # a temp file still there belongs to a live writer (a concurrent run): its content is unknown
+        residual[TEMP_FILES] = len(lake.temp_files())
         ok = all(v == 0 for v in residual.values())
-        rows = [{"request_ids": ",".join(requests), "asset": t.asset, "action": t.handler["kind"], "rows_removed": int(removed[t.asset]),
-                 "residual_rows": int(residual[t.asset]), "verified": residual[t.asset] == 0, "erased_at": now, "run_id": context.run_id}
-                for t in targets]
+        # `verified` means the whole residual scan (every target, quarantines and temp files included) is 0
+        rows = [{"request_ids": ",".join(requests), "asset": name, "action": action, "rows_removed": int(removed[name]),
+                 "residual_rows": int(residual[name]), "verified": ok, "erased_at": now, "run_id": context.run_id}
+                for name, action in [(t.asset, t.handler["kind"]) for t in targets] + [(TEMP_FILES, "temp_files")]]
         rows += [{"request_ids": ",".join(requests), "asset": name, "action": "retained_as_evidence", "rows_removed": 0,
-                  "residual_rows": 0, "verified": True, "erased_at": now, "run_id": context.run_id} for name in retained]
+                  "residual_rows": 0, "verified": ok, "erased_at": now, "run_id": context.run_id} for name in retained]
         appended, head = log.append(rows)
         yield dg.MaterializeResult(metadata={
             "requests": len(requests), "subject_identifiers": len(subjects.pseudonyms), "rows_written": appended,

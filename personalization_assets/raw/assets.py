@@ -5,6 +5,7 @@ from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster_duckdb import DuckDBResource
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
@@ -17,7 +18,8 @@ from personalization_assets.raw.tracking_plan import (
     RawEvent,
     RawPrivacyRequest,
 )
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.privacy.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
+from personalization_assets.privacy.quarantine_match import quarantine_match_mask
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage, LandingZone
 
@@ -143,6 +145,17 @@ def load_suppressed(lake: LakeStorage) -> set[str]:
     return set(lake.read_table("privacy", "suppression_list", columns=["identifier"])["identifier"].to_pylist())
 
 
+def suppress_quarantine(con, quarantine: pa.Table, suppressed: set[str] | None, pseudonymizer) -> tuple[pa.Table, int]:
+    """Drop the quarantine rows of erased subjects (exact identifiers the rejected record still holds, see
+    privacy/quarantine_match.py); they are counted as suppressed, so read = raw + quarantined + suppressed
+    still holds. Without this an erased subject's rejected line would come back on every run."""
+    if not suppressed or pseudonymizer is None or quarantine.num_rows == 0:
+        return quarantine, 0
+    mask = quarantine_match_mask(con, quarantine, suppressed, pseudonymizer.pseudonymize_values)
+    n = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+    return (quarantine.filter(pc.invert(mask)) if n else quarantine), n
+
+
 def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone, lake: LakeStorage, platform: PlatformConfig,
                         suppressed: set[str] | None = None, pseudonymizer=None) -> list[dict]:
     """Ingest landing hours into raw/events + raw/events_quarantine (replacing those partitions)."""
@@ -158,6 +171,7 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
     out = []
     for (pk, all_files), result in zip(batch, results):
         quarantine, records_read = _with_unsupported(landing, "events", EVENT_SUFFIXES, bad_by_pk[pk], result.quarantine, result.records_read)
+        quarantine, quarantine_suppressed = suppress_quarantine(con, quarantine, suppressed, pseudonymizer)
         part = partition_dict(pk)
         raw_written = lake.write_table("raw", "events", result.raw, partition=part)
         lake.write_table("raw", "events_quarantine", quarantine, partition=part)
@@ -167,7 +181,7 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
             "records_read": records_read,
             "raw_rows": result.raw.num_rows,
             "quarantined": quarantine.num_rows,
-            "suppressed": result.suppressed,
+            "suppressed": result.suppressed + quarantine_suppressed,
             "fast_path_files": result.fast_path_files,
             "bytes": raw_written.bytes,
             "reasons": _reasons(quarantine),
@@ -275,6 +289,9 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
 
 
 _DEDUP = {"content_catalog": "content_id", "privacy_requests": "request_id"}
+# raw reference rows of erased subjects are dropped at ingestion like events (privacy requests are kept:
+# they are the record of the erasure, retained as evidence)
+_SUPPRESS_RAW = {"crm_profiles": {"user_id": "id", "email": "email", "phone": "phone"}}
 
 
 def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model, storage_kind: str, description: str):
@@ -288,12 +305,14 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
             _spec(qkey, f"Rejected lines of landing/{landing_dir}/ with reason and original bytes.", Quarantine, storage_kind),
         ],
         check_specs=[
-            dg.AssetCheckSpec("reconciliation", asset=key, blocking=True, description="read = raw + quarantined"),
+            dg.AssetCheckSpec("reconciliation", asset=key, blocking=True,
+                              description="read = raw + quarantined + suppressed (records of erased subjects, dropped at ingestion)"),
             model_check(key, model, blocking=True).spec,
         ],
         retry_policy=STORAGE_RETRY,
     )
-    def _asset(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig):
+    def _asset(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
+               pseudonymizer: Pseudonymizer):
         all_files = landing.list_files(landing_dir)
         files = [f for f in all_files if f.path.endswith(suffixes)]
         bad_files = [f for f in all_files if f not in files]
@@ -303,17 +322,26 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 result = reference_ingest.ingest_crm(con, loaded, platform.max_line_bytes)
             else:
                 result = reference_ingest.ingest_jsonl_source(con, source, loaded, model, platform.max_line_bytes, dedup_key=_DEDUP.get(table))
-        quarantine, read = _with_unsupported(landing, source, suffixes, bad_files, result.quarantine, result.records_read)
-        written = lake.write_table("raw", table, result.raw)
+            quarantine, read = _with_unsupported(landing, source, suffixes, bad_files, result.quarantine, result.records_read)
+            suppressed = load_suppressed(lake)
+            raw, n_suppressed = result.raw, 0
+            if suppressed and table in _SUPPRESS_RAW and raw.num_rows:
+                mask, _ = rows_matching_pseudonyms(raw, _SUPPRESS_RAW[table], suppressed, pseudonymizer.pseudonymize_values)
+                n_suppressed = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+                raw = raw.filter(pc.invert(mask)) if n_suppressed else raw
+            quarantine, q_suppressed = suppress_quarantine(con, quarantine, suppressed, pseudonymizer)
+            n_suppressed += q_suppressed
+        written = lake.write_table("raw", table, raw)
         q_written = lake.write_table("raw", f"{table}_quarantine", quarantine)
         reasons = _reasons(quarantine)
         yield dg.MaterializeResult(
             asset_key=key,
             metadata={
-                "dagster/row_count": result.raw.num_rows,
-                "rows_written": result.raw.num_rows,
+                "dagster/row_count": raw.num_rows,
+                "rows_written": raw.num_rows,
                 "records_read": read,
                 "quarantined": quarantine.num_rows,
+                "suppressed_erased_subjects": n_suppressed,
                 "quarantine_by_reason": dg.MetadataValue.json(reasons),
                 "files_read": len(all_files),
                 "source_files": dg.MetadataValue.json([landing.uri(f.path) for f in all_files[:100]]),
@@ -321,7 +349,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
             },
         )
         yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantine.num_rows, "rows_written": quarantine.num_rows, "by_reason": dg.MetadataValue.json(reasons), "path": q_written.path})
-        yield reconciliation_result(key, read, result.raw.num_rows, quarantine.num_rows)
-        yield model_check(key, model, blocking=True).evaluate(result.raw)
+        yield reconciliation_result(key, read, raw.num_rows, quarantine.num_rows, n_suppressed)
+        yield model_check(key, model, blocking=True).evaluate(raw)
 
     return _asset

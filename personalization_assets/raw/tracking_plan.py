@@ -25,6 +25,16 @@ UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 
 ID_LENGTH = {"min_value": 1, "max_value": 256}
 
+# Shortest identifier a data-subject request may name (after trimming). A request erases, or opts out of
+# sale, whoever holds the identifier, so it must name a real one: a 1-character id is never an account id
+# (it is a form-filling error or a test value — and under substring matching it used to erase nearly every
+# quarantined line). 2-character ids are accepted because legacy CRMs do have short numeric ids ("42")
+# and every lookup is exact, so such a request erases only the holder of exactly that id. Emails must in
+# addition look like one (`invalid_email`; the shortest, "a@b", has 3 characters). A blank or shorter
+# identifier quarantines the request with its own reason for a human to check; it is never executed.
+MIN_SUBJECT_IDENTIFIER_CHARS = 2
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+
 
 def _json(path: str, **extra) -> dict:
     return {"json": path, **extra}
@@ -135,6 +145,15 @@ class RawContent(pa.DataFrameModel):
         strict = False
 
 
+def _all_ok(df: pd.DataFrame, ok, columns=("user_id", "email")) -> pd.Series:
+    """True where each named column is null or, trimmed, satisfies `ok` (a vectorized predicate)."""
+    result = pd.Series(True, index=df.index)
+    for c in columns:
+        v = df[c].astype("string").str.strip()
+        result &= (df[c].isna() | ok(v)).fillna(False).astype(bool)
+    return result
+
+
 class RawPrivacyRequest(pa.DataFrameModel):
     """A data-subject request (`landing/privacy_requests/*.jsonl`)."""
 
@@ -150,6 +169,18 @@ class RawPrivacyRequest(pa.DataFrameModel):
     @pa.dataframe_check(ignore_na=False, error="request names neither user_id nor email")
     def missing_subject(cls, df: pd.DataFrame) -> Series[bool]:
         return df["user_id"].notna() | df["email"].notna()
+
+    @pa.dataframe_check(ignore_na=False, error="user_id or email is empty or only white space")
+    def blank_identifier(cls, df: pd.DataFrame) -> Series[bool]:
+        return _all_ok(df, lambda v: v.str.len() > 0)
+
+    @pa.dataframe_check(ignore_na=False, error=f"user_id or email shorter than {MIN_SUBJECT_IDENTIFIER_CHARS} characters")
+    def identifier_too_short(cls, df: pd.DataFrame) -> Series[bool]:
+        return _all_ok(df, lambda v: (v.str.len() == 0) | (v.str.len() >= MIN_SUBJECT_IDENTIFIER_CHARS))
+
+    @pa.dataframe_check(ignore_na=False, error="email is not an email address")
+    def invalid_email(cls, df: pd.DataFrame) -> Series[bool]:
+        return _all_ok(df, lambda v: (v.str.len() < MIN_SUBJECT_IDENTIFIER_CHARS) | v.str.match(EMAIL_PATTERN), columns=("email",))
 
     class Config:
         strict = False

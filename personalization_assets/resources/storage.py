@@ -16,12 +16,24 @@ The append-only logs (consent ledger, audit log, …) live in the lake's *log st
 the lake itself, or — in production — a separate bucket with S3 Object Lock. A store with an Object Lock mode
 writes each log segment once, with a per-object retention (`If-None-Match: *` + `ObjectLockMode` +
 `ObjectLockRetainUntilDate`), and refuses every replace or delete in code (``ImmutableStoreError``).
+
+Temporary files (``_tmp-*``, local only) hold the data being written — raw events included — so a
+writer killed mid-write (SIGKILL, OOM, a lost pod) must not leave them behind for ever. Each writer
+holds an exclusive ``flock`` on its temp file while it exists; the kernel drops the lock when the process
+dies, whatever the cause. ``LakeStorage.sweep_temp_files`` deletes every temp file whose lock can be taken
+(its writer is gone); a concurrent run's in-progress file stays locked and is never touched. The
+sweep runs when a run starts (resource setup) and in every erasure run, which also counts what is left.
+On S3 there are no temp objects (a partition is one multipart PUT); parts of an interrupted upload are
+aborted by the bucket's lifecycle rule (infra/terraform/modules/storage/lifecycle.generated.tf).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import contextlib
+import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -36,6 +48,75 @@ from pydantic import Field, PrivateAttr
 
 DATA_FILE = "data.parquet"
 _TMP_PREFIX = "_tmp-"  # ignored by pyarrow dataset discovery (leading underscore)
+# Without POSIX locks (not the case on Linux) a temp file is only swept once it is this old.
+UNLOCKED_SWEEP_AGE_SECONDS = 6 * 3600
+
+log = logging.getLogger(__name__)
+
+try:  # POSIX advisory locks; the platform runs on Linux (local and EKS pods)
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None
+
+
+@contextlib.contextmanager
+def locked_temp_path(parent: str, suffix: str = "") -> Iterator[str]:
+    """A fresh temp file name in `parent`, created and exclusively flock-ed for as long as the block runs.
+
+    The lock tells the sweep the writer is alive; the kernel drops it when the process dies (even on
+    SIGKILL). A sweep may take the lock in the instant between creating the file and locking it and
+    delete the file: the writer notices (the name no longer points at its file) and starts over with a
+    new name. The file is removed on exit unless the block renamed it into place."""
+    while True:
+        path = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}{suffix}"
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        if fcntl is None:
+            break
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # swept before we locked it: try another name
+    try:
+        try:
+            yield path
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # still there when the block did not rename it into place
+    finally:
+        os.close(fd)
+
+
+def _delete_if_writer_gone(path: str, mtime_ns: int) -> bool:
+    """Delete a temp file when no live process holds its lock (i.e. its writer died). Returns whether deleted."""
+    if fcntl is None:
+        if time.time_ns() - mtime_ns < UNLOCKED_SWEEP_AGE_SECONDS * 1e9:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            return True
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer
+        try:
+            os.unlink(path)  # while holding the lock: a writer that just created it re-checks and retries
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
 
 
 OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
@@ -185,10 +266,10 @@ class _FileStore(dg.ConfigurableResource):
         parent = path.rsplit("/", 1)[0]
         if not self.is_s3:
             fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}"
-            with fs.open_output_stream(tmp, compression=None) as out:
-                out.write(data)
-            os.replace(tmp, path)
+            with locked_temp_path(parent) as tmp:
+                with fs.open_output_stream(tmp, compression=None) as out:
+                    out.write(data)
+                os.replace(tmp, path)
         else:
             with fs.open_output_stream(path, compression=None) as out:
                 out.write(data)
@@ -208,18 +289,16 @@ class _FileStore(dg.ConfigurableResource):
         if not self.is_s3:
             parent = path.rsplit("/", 1)[0]
             os.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp)
+            with locked_temp_path(parent) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)
+                    return True
+                except FileExistsError:
+                    return False
         from botocore.exceptions import ClientError
 
         bucket, _, key = path.partition("/")
@@ -366,6 +445,38 @@ class LakeStorage(_FileStore):
             self._logs = store
         return self._logs
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # a run starts: remove what writers killed in earlier runs left behind (never a live writer's file)
+        try:
+            removed = self.sweep_temp_files()
+        except OSError as exc:  # a sweep problem must not stop the run; erasure verification still counts them
+            log.warning("could not sweep temporary files of interrupted writes under %s: %s", self.uri(""), exc)
+            return
+        if removed:
+            log.warning("removed %d temporary file(s) left by interrupted writes under %s", len(removed), self.uri(""))
+
+    def temp_files(self, relative: str = "") -> list[FileInfo]:
+        """Temporary files (``_tmp-*``) under the lake: in-progress writes, or leftovers of killed ones."""
+        if self.is_s3:
+            return []
+        base = self.full_path(relative)
+        out, prefix_len = [], len(self.root) + 1
+        for dirpath, _dirs, names in os.walk(base):
+            for name in names:
+                if name.startswith(_TMP_PREFIX):
+                    p = os.path.join(dirpath, name)
+                    try:
+                        st = os.stat(p)
+                    except FileNotFoundError:
+                        continue
+                    out.append(FileInfo(path=p[prefix_len:].replace(os.sep, "/"), size=st.st_size, mtime_ns=st.st_mtime_ns))
+        return sorted(out, key=lambda f: f.path)
+
+    def sweep_temp_files(self, relative: str = "") -> list[FileInfo]:
+        """Delete the temp files whose writer is gone (their lock is free). Returns those deleted. A
+        concurrent run's in-progress file is locked and stays."""
+        return [f for f in self.temp_files(relative) if _delete_if_writer_gone(self.full_path(f.path), f.mtime_ns)]
+
     def table_dir(self, layer: str, table: str) -> str:
         return f"{layer}/{table}"
 
@@ -398,12 +509,12 @@ class LakeStorage(_FileStore):
                 raise ValueError("write_table: pass schema= with an iterable of batches")
             batches = data
         if self.is_s3:
-            target = final
+            temp = contextlib.nullcontext(final)
         else:
             fs.create_dir(parent, recursive=True)
-            target = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}.parquet.inprogress"
+            temp = locked_temp_path(parent, ".parquet.inprogress")
         rows = 0
-        try:
+        with temp as target:
             with fs.open_output_stream(target, compression=None) as sink:
                 with pq.ParquetWriter(sink, schema, compression="snappy", write_statistics=True) as writer:
                     for batch in batches:
@@ -412,13 +523,6 @@ class LakeStorage(_FileStore):
                             rows += batch.num_rows
             if not self.is_s3:
                 os.replace(target, final)
-        except BaseException:
-            if not self.is_s3:
-                try:
-                    os.unlink(target)
-                except FileNotFoundError:
-                    pass
-            raise
         size = fs.get_file_info(final).size or 0
         return WriteResult(path=self.uri(relative), rows=rows, bytes=size)
 
