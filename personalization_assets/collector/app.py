@@ -49,7 +49,7 @@ def create_app(config: CollectorConfig) -> Starlette:
     metrics_ = CollectorMetrics()
     store = PreferenceStore(config.state_dir / "preferences.sqlite", policy)
     index = DedupIndex(config.state_dir / "dedup.sqlite", config.dedup_hours)
-    writer = LandingWriter(landing, index, metrics_, kill_after_writes=config.faults.kill_after_writes, on_written=store.observe)
+    writer = LandingWriter(landing, index, metrics_, faults=config.faults, on_written=store.observe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -17,7 +17,8 @@ WRITE_KEYS_ENV = "PERSONALIZATION_COLLECTOR_WRITE_KEYS"
 STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
 DEDUP_HOURS_ENV = "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"
 CORS_ORIGINS_ENV = "PERSONALIZATION_COLLECTOR_CORS_ORIGINS"
-# Fault injection for the crash tests only (undocumented on purpose): "kill_after_writes=N,clock_offset_s=S".
+# Fault injection for the crash tests only (not a user setting):
+# "kill_before_writes=N,kill_after_writes=N,clock_offset_s=S".
 FAULTS_ENV = "_PERSONALIZATION_COLLECTOR_FAULTS"
 
 # The CDPs' documented limits (Segment HTTP Tracking API; RudderStack uses the same figures).
@@ -27,6 +28,7 @@ MAX_BATCH_BYTES = 500 * 1024
 
 @dataclass(frozen=True)
 class Faults:
+    kill_before_writes: int = 0  # SIGKILL itself before the N-th object write (its intent already in the index)
     kill_after_writes: int = 0  # SIGKILL itself right after the N-th durable write, before answering
     clock_offset_s: float = 0.0  # pretend the clock is this far ahead (receivedAt and the hour folder)
 
@@ -43,7 +45,8 @@ class CollectorConfig:
 
 def _parse_faults(raw: str) -> Faults:
     values = dict(part.split("=", 1) for part in raw.split(",") if "=" in part)
-    return Faults(kill_after_writes=int(values.get("kill_after_writes", 0)), clock_offset_s=float(values.get("clock_offset_s", 0)))
+    return Faults(kill_before_writes=int(values.get("kill_before_writes", 0)), kill_after_writes=int(values.get("kill_after_writes", 0)),
+                  clock_offset_s=float(values.get("clock_offset_s", 0)))
 
 
 def load_collector_config(environ: Mapping[str, str] | None = None) -> CollectorConfig:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from personalization_assets.collector.config import Faults
 from personalization_assets.collector.dedup import DedupIndex
 from personalization_assets.collector.metrics import CollectorMetrics
 from personalization_assets.resources.storage import LandingZone
@@ -53,12 +54,12 @@ class _Pending:
 
 
 class LandingWriter:
-    def __init__(self, landing: LandingZone, index: DedupIndex, metrics: CollectorMetrics, kill_after_writes: int = 0,
+    def __init__(self, landing: LandingZone, index: DedupIndex, metrics: CollectorMetrics, faults: Faults = Faults(),
                  on_written: Callable[[list[dict]], None] | None = None):
         self.landing = landing
         self.index = index
         self.metrics = metrics
-        self.kill_after_writes = kill_after_writes
+        self.faults = faults
         self.on_written = on_written
         self._writes = 0
         self._pending: list[_Pending] = []
@@ -152,11 +153,13 @@ class LandingWriter:
         if planned:
             self.index.record_intent([(mid, name, m["receivedAt"]) for name, messages, ids in planned for mid, m in zip(ids, messages)])
         for name, messages, ids in planned:
+            self._writes += 1
+            if self.faults.kill_before_writes and self._writes >= self.faults.kill_before_writes:
+                os.kill(os.getpid(), signal.SIGKILL)  # crash test: intent recorded, object never written
             self.landing.write_durable(name, encode(messages))
             self.metrics.objects.inc()
-            self._writes += 1
-            if self.kill_after_writes and self._writes >= self.kill_after_writes:
-                os.kill(os.getpid(), signal.SIGKILL)  # crash test: durable but not yet acknowledged nor marked
+            if self.faults.kill_after_writes and self._writes >= self.faults.kill_after_writes:
+                os.kill(os.getpid(), signal.SIGKILL)  # crash test: durable but neither acknowledged nor marked
             for gi in {owner[mid] for mid in ids}:
                 results[gi].objects.append(name)
             for mid in ids:
