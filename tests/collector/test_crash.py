@@ -5,7 +5,7 @@ The two deterministic cases kill it at the worst moments (fault injection in the
 SIGKILL): right after the landing object is durable but before the 200 — the SDK re-sends a batch that is
 already stored — and after the intent was recorded but before the object exists. The restarted collector
 runs an hour ahead, so a retry written under the retry's own hour would be a second raw row that
-ingestion's per-hour dedup cannot see.
+ingestion's per-hour dedup cannot see; these two check the landing zone holds exactly one copy.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def test_a_batch_stored_but_not_acknowledged_before_sigkill_is_not_stored_again_
     sent, metrics = _crash_and_retry(tmp_path, "kill_after_writes=1")
     assert metrics['collector_messages_total{outcome="duplicate"}'] == len(sent)
     assert metrics.get('collector_messages_total{outcome="written"}', 0) == 0
+    # one copy in the landing zone (stronger than ingestion's per-hour dedup needs): raw gets each message once
     [only] = landing_objects(landing)
     assert sorted(m["messageId"] for m in landing_messages(landing)) == sorted(sent)
-    _assert_exactly_once_in_raw(sent)
 
 
 def test_a_batch_killed_before_its_write_is_stored_under_its_first_receipt(data_dir, landing, tmp_path):
@@ -122,4 +122,3 @@ def test_a_batch_killed_before_its_write_is_stored_under_its_first_receipt(data_
     [stamp] = received
     assert f"date={stamp[:10]}/hour={stamp[11:13]}/" in only.as_posix()
     assert datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= datetime.now(timezone.utc)
-    _assert_exactly_once_in_raw(sent)

@@ -15,7 +15,7 @@ from segment.analytics.client import Client as SegmentClient
 
 from personalization_assets.raw.tracking_plan import CONSENT_EVENT
 from tests.collector.conftest import WRITE_KEY, landing_messages
-from tests.helpers import PIPELINE, check_results, defs_for_env, materialize
+from tests.helpers import check_results, defs_for_env, materialize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -105,7 +105,9 @@ def test_withdrawal_and_gpc_from_the_preference_center_take_effect_through_the_p
 
     defs = defs_for_env()
     keys = landing_partition_keys(defs, None)
-    result = materialize(defs, PIPELINE, (keys[0], keys[-1]))
+    # everything the consented tier, the segments and the audience depend on (not the DP exports, catalog, …)
+    result = materialize(defs, 'key:"consented/events" or +key:"segments/advertising_audience" or +key:"segments/segment_membership"',
+                         (keys[0], keys[-1]))
     checks = check_results(result)
     assert checks and all(checks.values()), {k: v for k, v in checks.items() if not v}
 

@@ -73,34 +73,38 @@ def test_segment_and_rudderstack_sdks_land_every_message_once_in_raw_with_the_co
     assert raw_rows(defs, "select count(*) from raw where message_id like 'rud-%' and type = 'identify' and context_country = 'DE'")[0][0] == 40
 
 
-def test_single_call_endpoints_stamp_like_the_cdps(collector, landing):
+def test_single_call_endpoints_stamp_like_the_cdps(shared_collector):
+    collector, landing = shared_collector
     auth = (WRITE_KEY, "")
+    u1, a1 = f"u-{uuid.uuid4()}", f"a-{uuid.uuid4()}"
     for endpoint, body in [
-        ("track", {"event": "Signed Up", "userId": "u1"}),
-        ("page", {"name": "Home", "anonymousId": "a1"}),
-        ("screen", {"name": "Feed", "anonymousId": "a1"}),
-        ("identify", {"userId": "u1", "traits": {"plan": "pro"}}),
-        ("alias", {"previousId": "a1", "userId": "u1"}),
-        ("group", {"userId": "u1", "groupId": "g1"}),
+        ("track", {"event": "Signed Up", "userId": u1}),
+        ("page", {"name": "Home", "anonymousId": a1}),
+        ("screen", {"name": "Feed", "anonymousId": a1}),
+        ("identify", {"userId": u1, "traits": {"plan": "pro"}}),
+        ("alias", {"previousId": a1, "userId": u1}),
+        ("group", {"userId": u1, "groupId": "g1"}),
     ]:
         r = requests.post(f"{collector.url}/v1/{endpoint}", json={**body, "sentAt": "2026-01-01T00:00:00Z"}, auth=auth, timeout=10)
         assert r.status_code == 200, (endpoint, r.text)
-    messages = {m["type"]: m for m in landing_messages(landing)}
+    messages = {m["type"]: m for m in landing_messages(landing) if u1 in (m.get("userId"), m.get("anonymousId")) or m.get("anonymousId") == a1}
     assert set(messages) == {"track", "page", "screen", "identify", "alias", "group"}
     for m in messages.values():
         assert m["receivedAt"].endswith("Z") and m["timestamp"] == m["receivedAt"]  # no client time: received time
         assert m["context"]["ip"] == "127.0.0.1" and m["messageId"] and m["sentAt"] == "2026-01-01T00:00:00Z"
 
 
-def test_browser_sdks_get_cors_and_may_send_the_key_in_the_body(collector, landing):
+def test_browser_sdks_get_cors_and_may_send_the_key_in_the_body(shared_collector):
+    collector, landing = shared_collector
+    b1 = f"b-{uuid.uuid4()}"
     pre = requests.options(collector.url + "/v1/batch", headers={
         "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type,authorization"}, timeout=5)
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] in ("*", "https://shop.example")
     # analytics.js: text/plain body with the writeKey inside (no preflight); the key never lands in the lake
-    r = requests.post(collector.url + "/v1/t", data='{"event":"Clicked","anonymousId":"b1","writeKey":"%s"}' % WRITE_KEY,
+    r = requests.post(collector.url + "/v1/t", data='{"event":"Clicked","anonymousId":"%s","writeKey":"%s"}' % (b1, WRITE_KEY),
                       headers={"Content-Type": "text/plain", "Origin": "https://shop.example"}, timeout=5)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] in ("*", "https://shop.example")
-    [m] = landing_messages(landing)
+    [m] = [m for m in landing_messages(landing) if m.get("anonymousId") == b1]
     assert m["type"] == "track" and "writeKey" not in m
     assert WRITE_KEY not in "".join(p.read_text(errors="replace") for p in landing.rglob("*") if p.is_file())
