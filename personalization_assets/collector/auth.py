@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class AuthError(Exception):

@@ -7,9 +7,9 @@ every repr, and never logged (requests are logged by key *index*, not by key).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from personalization_assets.settings import ConfigError, Settings, load_settings
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 _CHUNK = 500  # SQLite's bound-parameter limit is far above this; keeps statements small
 

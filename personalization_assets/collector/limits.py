@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from personalization_assets.collector.config import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES
 

@@ -19,7 +19,11 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from personalization_assets.collector.limits import Rejected, read_body
 from personalization_assets.collector.messages import stamp
-from personalization_assets.collector.preferences import categories_for, consent_event, purpose_views
+from personalization_assets.collector.preferences import (
+    categories_for,
+    consent_event,
+    purpose_views,
+)
 from personalization_assets.collector.tracking_api import now_utc
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -118,7 +122,6 @@ async def preferences_post(request: Request):
     if unknown:
         state.metrics.rejects.labels("unknown_purpose").inc()
         return JSONResponse({"code": "unknown_purpose", "message": f"unknown purpose(s): {sorted(unknown)}"}, status_code=400)
-    _, gpc_recorded = state.store.current(user, anon)
     categories = categories_for({p: True for p in granted}, state.policy)
     gpc = _gpc(request)
     await _record(request, _consent_message(request, user, anon, categories, gpc))

@@ -15,8 +15,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from personalization_assets.collector.auth import AuthError, authenticate
-from personalization_assets.collector.limits import Rejected, check_content_type, check_message_sizes, parse_json, read_body
-from personalization_assets.collector.messages import ENDPOINT_TYPES, extract_messages, stamp
+from personalization_assets.collector.limits import (
+    Rejected,
+    check_content_type,
+    check_message_sizes,
+    parse_json,
+    read_body,
+)
+from personalization_assets.collector.messages import (
+    ENDPOINT_TYPES,
+    extract_messages,
+    stamp,
+)
 
 log = logging.getLogger("personalization.collector")
 ENDPOINTS = frozenset(ENDPOINT_TYPES) | {"batch"}

@@ -12,14 +12,16 @@ whose first copy was never stored goes to the hour of its first receipt (see `de
 from __future__ import annotations
 
 import asyncio
+import glob
 import gzip
 import hashlib
 import json
+import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from personalization_assets.collector.config import Faults
 from personalization_assets.collector.dedup import DedupIndex
@@ -27,6 +29,23 @@ from personalization_assets.collector.metrics import CollectorMetrics
 from personalization_assets.resources.storage import LandingZone
 
 MAX_FLUSH_MESSAGES = 20_000
+log = logging.getLogger("personalization.collector")
+
+
+def remove_stale_temp_files(landing: LandingZone, older_than_s: float = 60.0) -> int:
+    """Temp files of writes a crash interrupted (local landing only; S3 has none). Listers already skip them
+    (leading `_`); this only reclaims the space. Young ones may belong to another live writer: kept."""
+    if landing.is_s3:
+        return 0
+    removed = 0
+    for path in glob.glob(os.path.join(landing.full_path("events"), "date=*", "hour=*", "_tmp-*")):
+        try:
+            if time.time() - os.path.getmtime(path) > older_than_s:
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def object_name(received_at: str, message_ids: list[str], flush_ms: int) -> str:
@@ -54,12 +73,12 @@ class _Pending:
 
 
 class LandingWriter:
-    def __init__(self, landing: LandingZone, index: DedupIndex, metrics: CollectorMetrics, faults: Faults = Faults(),
+    def __init__(self, landing: LandingZone, index: DedupIndex, metrics: CollectorMetrics, faults: Faults | None = None,
                  on_written: Callable[[list[dict]], None] | None = None):
         self.landing = landing
         self.index = index
         self.metrics = metrics
-        self.faults = faults
+        self.faults = faults or Faults()
         self.on_written = on_written
         self._writes = 0
         self._pending: list[_Pending] = []
@@ -68,6 +87,9 @@ class LandingWriter:
 
     # -- async side ------------------------------------------------------------------------------------
     def start(self) -> None:
+        removed = remove_stale_temp_files(self.landing)
+        if removed:
+            log.info("removed %d temp file(s) left by an interrupted write", removed)
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -10,7 +10,11 @@ import uuid
 import pytest
 import requests
 
-from tests.collector.conftest import WRITE_KEY, landing_messages, landing_objects, start_collector
+from tests.collector.conftest import (
+    WRITE_KEY,
+    landing_messages,
+    landing_objects,
+)
 
 
 def _msg(i: int, size: int = 0) -> dict:

@@ -17,7 +17,14 @@ from datetime import datetime, timezone
 
 from segment.analytics.client import Client as SegmentClient
 
-from tests.collector.conftest import WRITE_KEY, landing_messages, landing_objects, materialize_raw, raw_rows, start_collector
+from tests.collector.conftest import (
+    WRITE_KEY,
+    landing_messages,
+    landing_objects,
+    materialize_raw,
+    raw_rows,
+    start_collector,
+)
 from tests.conftest import free_port
 
 
@@ -106,7 +113,7 @@ def test_a_batch_stored_but_not_acknowledged_before_sigkill_is_not_stored_again_
     assert metrics['collector_messages_total{outcome="duplicate"}'] == len(sent)
     assert metrics.get('collector_messages_total{outcome="written"}', 0) == 0
     # one copy in the landing zone (stronger than ingestion's per-hour dedup needs): raw gets each message once
-    [only] = landing_objects(landing)
+    assert len(landing_objects(landing)) == 1
     assert sorted(m["messageId"] for m in landing_messages(landing)) == sorted(sent)
 
 
@@ -122,3 +129,21 @@ def test_a_batch_killed_before_its_write_is_stored_under_its_first_receipt(data_
     [stamp] = received
     assert f"date={stamp[:10]}/hour={stamp[11:13]}/" in only.as_posix()
     assert datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= datetime.now(timezone.utc)
+
+
+def test_temp_files_of_an_interrupted_write_are_invisible_and_reclaimed(data_dir, landing, tmp_path):
+    import os
+
+    from personalization_assets.collector.writer import remove_stale_temp_files
+    from personalization_assets.resources.storage import LandingZone
+
+    hour = landing / "events" / "date=2026-12-01" / "hour=10"
+    hour.mkdir(parents=True)
+    stale, fresh = hour / "_tmp-stale", hour / "_tmp-fresh"
+    stale.write_bytes(b'{"type": "track"')  # a half-written object, as a SIGKILL mid-write leaves it
+    fresh.write_bytes(b"{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    zone = LandingZone(url=str(landing))
+    assert zone.list_files("events") == []  # ingestion never sees a partial object
+    assert remove_stale_temp_files(zone) == 1
+    assert not stale.exists() and fresh.exists()  # a young one may be another writer's, in progress

@@ -6,7 +6,11 @@ import dataclasses
 import itertools
 import json
 
-from personalization_assets.collector.preferences import categories_for, effective, purpose_views
+from personalization_assets.collector.preferences import (
+    categories_for,
+    effective,
+    purpose_views,
+)
 from personalization_assets.privacy.consent import purposes_from_preferences
 from personalization_assets.privacy.policies import Purpose, get_policy
 

@@ -10,7 +10,13 @@ import requests
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
 
-from tests.collector.conftest import OTHER_KEY, WRITE_KEY, landing_messages, materialize_raw, raw_rows
+from tests.collector.conftest import (
+    OTHER_KEY,
+    WRITE_KEY,
+    landing_messages,
+    materialize_raw,
+    raw_rows,
+)
 
 KINDS = ("track", "page", "screen", "identify", "alias")
 
@@ -108,3 +114,28 @@ def test_browser_sdks_get_cors_and_may_send_the_key_in_the_body(shared_collector
     [m] = [m for m in landing_messages(landing) if m.get("anonymousId") == b1]
     assert m["type"] == "track" and "writeKey" not in m
     assert WRITE_KEY not in "".join(p.read_text(errors="replace") for p in landing.rglob("*") if p.is_file())
+
+
+def test_the_collector_writes_the_landing_zone_on_s3_and_raw_reads_it_once(s3_env, tmp_path):
+    """Landing on a real S3 API (moto on loopback): one PUT per object, listed in the hive layout, ingested once."""
+    from tests.collector.conftest import start_collector
+
+    collector = start_collector(tmp_path / "collector.log")
+    try:
+        client = SegmentClient(write_key=WRITE_KEY, host=collector.url, upload_size=25, upload_interval=0.05, max_retries=3)
+        sent = _send(client, "s3", 60, datetime.now(timezone.utc) - timedelta(minutes=5))
+        client.flush()
+        client.shutdown()
+        # the SDK's retry of an acknowledged batch is acknowledged and not written again
+        again = [{"type": "track", "event": "Article Viewed", "userId": "s3-user-0", "messageId": sent[0]}]
+        assert requests.post(collector.url + "/v1/batch", json={"batch": again}, auth=(WRITE_KEY, ""), timeout=10).status_code == 200
+        metrics = collector.metrics()
+    finally:
+        collector.stop()
+    assert metrics['collector_messages_total{outcome="written"}'] == 60 and metrics['collector_messages_total{outcome="duplicate"}'] == 1
+    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"], Prefix="landing/events/")["Contents"]]
+    assert keys and all(k.rsplit("/", 1)[-1].startswith("collector-") and k.endswith(".jsonl.gz") for k in keys)
+    assert all("/date=" in k and "/hour=" in k for k in keys)
+    defs = materialize_raw()
+    rows = raw_rows(defs, "select message_id, count(*) from raw group by 1")
+    assert sorted(r[0] for r in rows) == sorted(sent) and {r[1] for r in rows} == {1}
