@@ -25,8 +25,8 @@ from personalization_assets.resources.storage import LandingZone
 def landing_zone(config: CollectorConfig) -> LandingZone:
     import os
 
-    s = config.settings
-    return LandingZone(url=s.landing_url, s3_endpoint_url=s.s3_endpoint_url, aws_region=s.aws_region,
+    t = config.landing
+    return LandingZone(url=t.url, s3_endpoint_url=t.s3_endpoint_url, aws_region=t.aws_region,
                        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
                        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
 

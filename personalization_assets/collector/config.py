@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalization_assets.settings import ConfigError, Settings, load_settings
+from personalization_assets.settings import ConfigError, _check_s3_url, load_settings
 
 WRITE_KEYS_ENV = "PERSONALIZATION_COLLECTOR_WRITE_KEYS"
 STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
@@ -34,8 +34,18 @@ class Faults:
 
 
 @dataclass(frozen=True)
+class LandingTarget:
+    """Where the collector writes: the landing zone settings, and nothing else of the platform's."""
+
+    url: str
+    s3_endpoint_url: str | None
+    aws_region: str
+    data_dir: Path
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
-    settings: Settings
+    landing: LandingTarget
     state_dir: Path
     dedup_hours: int
     cors_origins: tuple[str, ...]
@@ -49,10 +59,27 @@ def _parse_faults(raw: str) -> Faults:
                   clock_offset_s=float(values.get("clock_offset_s", 0)))
 
 
+def _landing_target(environ: Mapping[str, str]) -> LandingTarget:
+    """Locally the platform's own settings; in prod only the landing zone's (a collector pod needs no
+    Snowflake or pseudonymization secrets, so it is not asked for them)."""
+    env = environ.get("PERSONALIZATION_ENV", "local").strip().lower() or "local"
+    if env != "prod":
+        s = load_settings(environ)
+        return LandingTarget(s.landing_url, s.s3_endpoint_url, s.aws_region, s.data_dir)
+    url = environ.get("PERSONALIZATION_LANDING_URL", "").strip()
+    if not url:
+        raise ConfigError("PERSONALIZATION_LANDING_URL is not set. Fix: in prod set it to s3://<bucket>/<prefix>, the landing "
+                          "bucket ingestion reads (infra/terraform outputs).")
+    _check_s3_url("PERSONALIZATION_LANDING_URL", url)
+    data_dir = Path(environ.get("PERSONALIZATION_DATA_DIR", "") or "./.data").expanduser().resolve()
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return LandingTarget(url, environ.get("PERSONALIZATION_S3_ENDPOINT_URL") or None, region, data_dir)
+
+
 def load_collector_config(environ: Mapping[str, str] | None = None) -> CollectorConfig:
     """Validate the collector's settings; a ConfigError names the setting and the fix."""
     environ = os.environ if environ is None else environ
-    settings = load_settings(environ)
+    landing = _landing_target(environ)
     keys = tuple(k.strip() for k in environ.get(WRITE_KEYS_ENV, "").split(",") if k.strip())
     if not keys:
         raise ConfigError(
@@ -65,7 +92,7 @@ def load_collector_config(environ: Mapping[str, str] | None = None) -> Collector
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)."
         )
     state_raw = environ.get(STATE_DIR_ENV, "").strip()
-    state_dir = Path(state_raw).expanduser().resolve() if state_raw else settings.data_dir / "collector"
+    state_dir = Path(state_raw).expanduser().resolve() if state_raw else landing.data_dir / "collector"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -84,5 +111,5 @@ def load_collector_config(environ: Mapping[str, str] | None = None) -> Collector
         faults = _parse_faults(environ.get(FAULTS_ENV, ""))
     except ValueError:
         raise ConfigError(f"{FAULTS_ENV} is malformed. Fix: unset it (it is for the crash tests only).") from None
-    return CollectorConfig(settings=settings, state_dir=state_dir, dedup_hours=dedup_hours, cors_origins=origins,
+    return CollectorConfig(landing=landing, state_dir=state_dir, dedup_hours=dedup_hours, cors_origins=origins,
                            write_keys=keys, faults=faults)

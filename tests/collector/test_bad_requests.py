@@ -89,3 +89,25 @@ def test_the_collector_refuses_to_start_without_write_keys(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert "PERSONALIZATION_COLLECTOR_WRITE_KEYS" in proc.stderr and "Fix" in proc.stderr
+
+
+def test_config_errors_name_the_setting_and_a_prod_collector_needs_only_the_landing_zone(tmp_path):
+    import pytest as _pytest
+
+    from personalization_assets.collector.config import load_collector_config
+    from personalization_assets.settings import ConfigError
+
+    base = {"PERSONALIZATION_DATA_DIR": str(tmp_path), "PERSONALIZATION_COLLECTOR_WRITE_KEYS": "a-long-key-1,another-key-2"}
+    assert load_collector_config(base).write_keys == ("a-long-key-1", "another-key-2")
+    assert "a-long-key-1" not in repr(load_collector_config(base))
+    for change, setting in [({"PERSONALIZATION_COLLECTOR_WRITE_KEYS": " , "}, "PERSONALIZATION_COLLECTOR_WRITE_KEYS"),
+                            ({"PERSONALIZATION_COLLECTOR_WRITE_KEYS": "short"}, "PERSONALIZATION_COLLECTOR_WRITE_KEYS"),
+                            ({"PERSONALIZATION_COLLECTOR_DEDUP_HOURS": "0"}, "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"),
+                            ({"PERSONALIZATION_ENV": "prod"}, "PERSONALIZATION_LANDING_URL"),
+                            ({"PERSONALIZATION_ENV": "prod", "PERSONALIZATION_LANDING_URL": "/tmp/x"}, "PERSONALIZATION_LANDING_URL")]:
+        with _pytest.raises(ConfigError) as exc:
+            load_collector_config({**base, **change})
+        assert setting in str(exc.value) and "Fix" in str(exc.value)
+    # no Snowflake, no pseudonymization keys: the collector pod is not given those secrets
+    prod = load_collector_config({**base, "PERSONALIZATION_ENV": "prod", "PERSONALIZATION_LANDING_URL": "s3://landing/cdp"})
+    assert prod.landing.url == "s3://landing/cdp"
