@@ -14,7 +14,7 @@ DEMO_EVENTS ?= 200000
 DEMO_SEED ?= 42
 DEMO_BAD_FRACTION ?= 0.01
 
-.PHONY: help install demo dev collector test test-fast dbt-parse system-deps tools bench clean
+.PHONY: help install demo dev collector test test-fast dbt-parse system-deps tools bench bench-collector clean
 
 help:
 	@echo "make demo   - set up, generate a demo landing zone, materialize everything, print a summary"
@@ -65,6 +65,9 @@ test-fast: $(STAMP) dbt-parse
 
 bench: $(STAMP) dbt-parse
 	$(BIN)/python -m bench.run
+
+bench-collector: $(STAMP)
+	$(BIN)/python -m bench.collector
 
 clean:
 	rm -rf .data .dagster_home dbt/target dbt/logs bench/work
