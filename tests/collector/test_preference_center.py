@@ -6,6 +6,7 @@ advertising audience excludes them — while a control visitor with the same his
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import datetime, timedelta, timezone
 
@@ -136,3 +137,57 @@ def test_withdrawal_and_gpc_from_the_preference_center_take_effect_through_the_p
         wh.close()
     assert control in segments and control in members and control in audience
     assert subject not in segments and subject not in members and subject not in audience
+
+
+def _consent_events_of(landing, anon: str) -> list[dict]:
+    return [m for m in landing_messages(landing) if m.get("event") == CONSENT_EVENT and m.get("anonymousId") == anon]
+
+
+def test_without_javascript_the_form_post_records_the_choices_and_shows_them(shared_collector):
+    import uuid
+
+    import requests
+
+    collector, landing = shared_collector
+    anon = f"form-{uuid.uuid4()}"
+    r = requests.post(collector.url + "/privacy/preferences", data={"anonymousId": anon, "purpose": ["analytics", "sale_share"]},
+                      allow_redirects=False, timeout=10)
+    assert r.status_code == 303 and anon in r.headers["location"]
+    [event] = _consent_events_of(landing, anon)
+    prefs = event["context"]["consent"]["categoryPreferences"]
+    assert prefs["analytics"] is True and prefs["personalization"] is False and prefs["data_sharing"] is True
+    assert "gpc" not in event["context"]
+    page = requests.get(collector.url + r.headers["location"], timeout=10).text
+    boxes = {m.group(1): " checked" in m.group(0).replace("\n", " ")
+             for m in re.finditer(r'<input type="checkbox" id="purpose-(\w+)"[^>]*>', page)}
+    assert boxes == {"personalization": False, "analytics": True, "advertising": False, "sale_share": True}
+
+
+def test_the_preference_center_refuses_other_origins_and_unknown_purposes(shared_collector):
+    import uuid
+
+    import requests
+
+    collector, landing = shared_collector
+    anon = f"xo-{uuid.uuid4()}"
+    r = requests.post(collector.url + "/privacy/preferences", json={"granted": [], "anonymousId": anon},
+                      headers={"Origin": "https://evil.example"}, timeout=10)
+    assert r.status_code == 403 and r.json()["code"] == "cross_origin"
+    r = requests.post(collector.url + "/privacy/preferences", json={"granted": ["mind_reading"], "anonymousId": anon}, timeout=10)
+    assert r.status_code == 400 and r.json()["code"] == "unknown_purpose"
+    assert _consent_events_of(landing, anon) == []
+
+
+def test_a_new_visitor_gets_an_anonymous_id_cookie_and_gpc_is_recorded_once(shared_collector):
+    import json
+
+    import requests
+
+    collector, landing = shared_collector
+    session = requests.Session()
+    first = session.get(collector.url + "/privacy/preferences", headers={"Sec-GPC": "1"}, timeout=10)
+    anon = json.loads(session.cookies["ajs_anonymous_id"])
+    assert anon and "Global Privacy Control" in first.text
+    session.get(collector.url + "/privacy/preferences", headers={"Sec-GPC": "1"}, timeout=10)
+    [event] = _consent_events_of(landing, anon)  # the signal is recorded once per subject, not on every view
+    assert event["context"]["gpc"] is True and "consent" not in event["context"]
