@@ -49,7 +49,8 @@ def create_app(config: CollectorConfig) -> Starlette:
     metrics_ = CollectorMetrics()
     store = PreferenceStore(config.state_dir / "preferences.sqlite", policy)
     index = DedupIndex(config.state_dir / "dedup.sqlite", config.dedup_hours)
-    writer = LandingWriter(landing, index, metrics_, faults=config.faults, on_written=store.observe)
+    writer = LandingWriter(landing, index, metrics_, faults=config.faults, on_written=store.observe,
+                           linger_ms=config.linger_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -17,6 +17,7 @@ WRITE_KEYS_ENV = "PERSONALIZATION_COLLECTOR_WRITE_KEYS"
 STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
 DEDUP_HOURS_ENV = "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"
 CORS_ORIGINS_ENV = "PERSONALIZATION_COLLECTOR_CORS_ORIGINS"
+LINGER_MS_ENV = "PERSONALIZATION_COLLECTOR_LINGER_MS"
 # Fault injection for the crash tests only (not a user setting):
 # "kill_before_writes=N,kill_after_writes=N,clock_offset_s=S".
 FAULTS_ENV = "_PERSONALIZATION_COLLECTOR_FAULTS"
@@ -49,6 +50,7 @@ class CollectorConfig:
     state_dir: Path
     dedup_hours: int
     cors_origins: tuple[str, ...]
+    linger_ms: int
     write_keys: tuple[str, ...] = field(repr=False)
     faults: Faults = Faults()
 
@@ -106,10 +108,18 @@ def load_collector_config(environ: Mapping[str, str] | None = None) -> Collector
     except ValueError:
         raise ConfigError(f"{DEDUP_HOURS_ENV}={dedup_raw!r} is not a whole number >= 1. Fix: set it to how many hours "
                           "SDK retries may arrive after the first attempt (default 48).") from None
+    linger_raw = environ.get(LINGER_MS_ENV, "").strip() or "0"
+    try:
+        linger_ms = int(linger_raw)
+        if not 0 <= linger_ms <= 5000:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{LINGER_MS_ENV}={linger_raw!r} is not a whole number of milliseconds in 0..5000. Fix: set it to how "
+                          "long a write may wait for more requests to share its object (default 0).") from None
     origins = tuple(o.strip() for o in (environ.get(CORS_ORIGINS_ENV, "").strip() or "*").split(",") if o.strip())
     try:
         faults = _parse_faults(environ.get(FAULTS_ENV, ""))
     except ValueError:
         raise ConfigError(f"{FAULTS_ENV} is malformed. Fix: unset it (it is for the crash tests only).") from None
     return CollectorConfig(landing=landing, state_dir=state_dir, dedup_hours=dedup_hours, cors_origins=origins,
-                           write_keys=keys, faults=faults)
+                           linger_ms=linger_ms, write_keys=keys, faults=faults)

@@ -74,11 +74,12 @@ class _Pending:
 
 class LandingWriter:
     def __init__(self, landing: LandingZone, index: DedupIndex, metrics: CollectorMetrics, faults: Faults | None = None,
-                 on_written: Callable[[list[dict]], None] | None = None):
+                 on_written: Callable[[list[dict]], None] | None = None, linger_ms: int = 0):
         self.landing = landing
         self.index = index
         self.metrics = metrics
         self.faults = faults or Faults()
+        self.linger_s = linger_ms / 1000
         self.on_written = on_written
         self._writes = 0
         self._pending: list[_Pending] = []
@@ -118,6 +119,8 @@ class LandingWriter:
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
+            if self.linger_s:  # trade latency for fewer, larger objects under light but steady traffic
+                await asyncio.sleep(self.linger_s)
             self._wakeup.clear()
             while self._pending:
                 taken, count = [], 0
