@@ -195,5 +195,8 @@ class LandingWriter:
         self.metrics.write_seconds.observe(time.perf_counter() - started)
         written = [m for _, messages, _ in planned for m in messages]
         if self.on_written and written:
-            self.on_written(written)
+            try:
+                self.on_written(written)
+            except Exception:  # the messages are durable: a failing observer must not turn their 200 into a 503
+                log.exception("post-write hook failed")
         return results
