@@ -7,7 +7,8 @@ SQLite's `synchronous=FULL`), and marked committed once the object is durable. S
 * uncommitted row, object exists  -> the write finished before the crash: mark committed, do not rewrite;
 * uncommitted row, no object      -> nothing was stored: write it again, with the *first* receipt's `receivedAt`,
   into the first receipt's hour folder. Any copy of a messageId therefore sits in one hour partition,
-  where ingestion's per-hour `messageId` dedup would catch it even if the index were lost mid-way.
+  where ingestion's per-hour `messageId` dedup would also catch a second copy (an S3 PUT that completed
+  after the process died and after the retry looked for it).
 
 Rows older than the retention (`PERSONALIZATION_COLLECTOR_DEDUP_HOURS`) are pruned.
 """
