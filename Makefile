@@ -14,11 +14,12 @@ DEMO_EVENTS ?= 200000
 DEMO_SEED ?= 42
 DEMO_BAD_FRACTION ?= 0.01
 
-.PHONY: help install demo dev test test-fast dbt-parse system-deps tools bench clean
+.PHONY: help install demo dev collector test test-fast dbt-parse system-deps tools bench bench-collector clean
 
 help:
 	@echo "make demo   - set up, generate a demo landing zone, materialize everything, print a summary"
 	@echo "make dev    - Dagster UI + daemon on http://127.0.0.1:3000"
+	@echo "make collector - event collector + preference center on http://127.0.0.1:8088 (needs PERSONALIZATION_COLLECTOR_WRITE_KEYS)"
 	@echo "make test   - the whole test suite (installs everything it needs)"
 	@echo "make bench  - benchmarks (BENCH_EVENTS=1000000 by default)"
 
@@ -45,6 +46,11 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml dbt-parse
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml dbt-parse
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+COLLECTOR_HOST ?= 127.0.0.1
+COLLECTOR_PORT ?= 8088
+collector: $(STAMP)
+	$(BIN)/personalization collect --host $(COLLECTOR_HOST) --port $(COLLECTOR_PORT)
+
 system-deps:
 	@bash infra/scripts/install-system-deps.sh
 
@@ -59,6 +65,9 @@ test-fast: $(STAMP) dbt-parse
 
 bench: $(STAMP) dbt-parse
 	$(BIN)/python -m bench.run
+
+bench-collector: $(STAMP)
+	$(BIN)/python -m bench.collector
 
 clean:
 	rm -rf .data .dagster_home dbt/target dbt/logs bench/work

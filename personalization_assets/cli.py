@@ -2,6 +2,7 @@
 
     personalization generate --users N --events M --seed S [--bad-fraction F]
     personalization materialize [--select SELECTION] [--partitions START..END]
+    personalization collect [--host 127.0.0.1] [--port 8088]
 
 Runs go through the Dagster instance in $DAGSTER_HOME (default ./.dagster_home), so everything the CLI
 does shows up in the UI (`make dev`).
@@ -224,7 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--partitions", help="event partition range START..END (default: every hour present in the landing zone)")
     m.add_argument("--verbose", action="store_true", help="stream the run's INFO logs (dbt output included)")
     m.set_defaults(func=_cmd_materialize)
+
+    c = sub.add_parser("collect", help="run the event collector (Segment/RudderStack HTTP API) and the preference center")
+    c.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=8088, help="port (default 8088)")
+    c.set_defaults(func=_cmd_collect)
     return p
+
+
+def _cmd_collect(args) -> int:
+    from personalization_assets.collector.server import serve
+
+    serve(args.host, args.port)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,11 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_POLICY_DIR", "./privacy_policies", "Directory of the privacy policy YAML files (validated at load).", "baked into the image"),
     SettingDoc("PERSONALIZATION_ALERT_WEBHOOK_URL", "(unset)", "Run-failure alerts are POSTed here as JSON.", "recommended"),
     SettingDoc("PROMETHEUS_PUSHGATEWAY_URL", "(unset)", "Push run metrics to this Pushgateway.", "recommended"),
+    SettingDoc("PERSONALIZATION_COLLECTOR_WRITE_KEYS", "(unset)", "Collector: comma-separated write keys accepted as HTTP Basic user name (secret; `personalization collect` refuses to start without one).", "required for the collector (Secrets Manager)"),
+    SettingDoc("PERSONALIZATION_COLLECTOR_STATE_DIR", "$DATA_DIR/collector", "Collector: directory of its durable messageId index and preference store (must survive restarts).", "a persistent volume"),
+    SettingDoc("PERSONALIZATION_COLLECTOR_DEDUP_HOURS", "48", "Collector: how long a messageId is remembered, so an SDK retry within this time is never stored twice.", "same"),
+    SettingDoc("PERSONALIZATION_COLLECTOR_LINGER_MS", "0", "Collector: how long a write waits for more requests to share its landing object (fewer, larger objects; adds latency).", "e.g. 200 under steady light traffic"),
+    SettingDoc("PERSONALIZATION_COLLECTOR_CORS_ORIGINS", "*", "Collector: origins allowed to post to `/v1/*` from a browser (comma-separated).", "your sites' origins"),
     SettingDoc("DAGSTER_HOME", "./.dagster_home", "Dagster instance directory (sqlite storage locally).", "set by the Helm chart (Postgres storage)"),
 )
 

@@ -335,7 +335,49 @@ class _FileStore(dg.ConfigurableResource):
 
 
 class LandingZone(_FileStore):
-    """Where CDP batches, CRM exports, the catalog and privacy requests land (read-only for us)."""
+    """Where CDP batches, CRM exports, the catalog and privacy requests land (read-only for ingestion;
+    the collector, `personalization collect`, writes event batches here)."""
+
+    def write_durable(self, relative: str, data: bytes) -> None:
+        """Write one object so that it is complete and durable when this returns, and never seen partial.
+
+        Local: a temp file (leading ``_``: listers skip it) written and fsynced, renamed into place, then the
+        directory fsynced so the rename itself survives a power loss. S3: one PUT, which is visible only
+        once complete and durable when S3 answers.
+        """
+        if self.is_s3:
+            self.write_bytes(relative, data)
+            return
+        path = self.full_path(relative)
+        parent = path.rsplit("/", 1)[0]
+        new_dirs = []  # directories created now: their entries in their parents must be synced too
+        d = parent
+        while not os.path.isdir(d):
+            new_dirs.append(d)
+            d = os.path.dirname(d)
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/{_TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        for directory in [parent] + [os.path.dirname(n) for n in new_dirs]:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def exists(self, relative: str) -> bool:
+        return self.filesystem().get_file_info(self.full_path(relative)).type == pafs.FileType.File
 
 
 def partition_path(partition: Mapping[str, str] | None) -> str:

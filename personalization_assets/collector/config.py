@@ -1,0 +1,125 @@
+"""The collector's settings, read from the environment and validated at start-up.
+
+The write keys are a secret: they are read from `PERSONALIZATION_COLLECTOR_WRITE_KEYS` once, kept out of
+every repr, and never logged (requests are logged by key *index*, not by key).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from personalization_assets.settings import ConfigError, _check_s3_url, load_settings
+
+WRITE_KEYS_ENV = "PERSONALIZATION_COLLECTOR_WRITE_KEYS"
+STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
+DEDUP_HOURS_ENV = "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"
+CORS_ORIGINS_ENV = "PERSONALIZATION_COLLECTOR_CORS_ORIGINS"
+LINGER_MS_ENV = "PERSONALIZATION_COLLECTOR_LINGER_MS"
+# Fault injection for the crash tests only (not a user setting):
+# "kill_before_writes=N,kill_after_writes=N,clock_offset_s=S".
+FAULTS_ENV = "_PERSONALIZATION_COLLECTOR_FAULTS"
+
+# The CDPs' documented limits (Segment HTTP Tracking API; RudderStack uses the same figures).
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+
+
+@dataclass(frozen=True)
+class Faults:
+    kill_before_writes: int = 0  # SIGKILL itself before the N-th object write (its intent already in the index)
+    kill_after_writes: int = 0  # SIGKILL itself right after the N-th durable write, before answering
+    clock_offset_s: float = 0.0  # pretend the clock is this far ahead (receivedAt and the hour folder)
+
+
+@dataclass(frozen=True)
+class LandingTarget:
+    """Where the collector writes: the landing zone settings, and nothing else of the platform's."""
+
+    url: str
+    s3_endpoint_url: str | None
+    aws_region: str
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    landing: LandingTarget
+    state_dir: Path
+    dedup_hours: int
+    cors_origins: tuple[str, ...]
+    linger_ms: int
+    write_keys: tuple[str, ...] = field(repr=False)
+    faults: Faults = Faults()
+
+
+def _parse_faults(raw: str) -> Faults:
+    values = dict(part.split("=", 1) for part in raw.split(",") if "=" in part)
+    return Faults(kill_before_writes=int(values.get("kill_before_writes", 0)), kill_after_writes=int(values.get("kill_after_writes", 0)),
+                  clock_offset_s=float(values.get("clock_offset_s", 0)))
+
+
+def _landing_target(environ: Mapping[str, str]) -> LandingTarget:
+    """Locally the platform's own settings; in prod only the landing zone's (a collector pod needs no
+    Snowflake or pseudonymization secrets, so it is not asked for them)."""
+    env = environ.get("PERSONALIZATION_ENV", "local").strip().lower() or "local"
+    if env != "prod":
+        s = load_settings(environ)
+        return LandingTarget(s.landing_url, s.s3_endpoint_url, s.aws_region, s.data_dir)
+    url = environ.get("PERSONALIZATION_LANDING_URL", "").strip()
+    if not url:
+        raise ConfigError("PERSONALIZATION_LANDING_URL is not set. Fix: in prod set it to s3://<bucket>/<prefix>, the landing "
+                          "bucket ingestion reads (infra/terraform outputs).")
+    _check_s3_url("PERSONALIZATION_LANDING_URL", url)
+    data_dir = Path(environ.get("PERSONALIZATION_DATA_DIR", "") or "./.data").expanduser().resolve()
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return LandingTarget(url, environ.get("PERSONALIZATION_S3_ENDPOINT_URL") or None, region, data_dir)
+
+
+def load_collector_config(environ: Mapping[str, str] | None = None) -> CollectorConfig:
+    """Validate the collector's settings; a ConfigError names the setting and the fix."""
+    environ = os.environ if environ is None else environ
+    landing = _landing_target(environ)
+    keys = tuple(k.strip() for k in environ.get(WRITE_KEYS_ENV, "").split(",") if k.strip())
+    if not keys:
+        raise ConfigError(
+            f"{WRITE_KEYS_ENV} is not set. Fix: set it to a comma-separated list of write keys (one per source; "
+            "in production inject it from AWS Secrets Manager). SDKs send the key as the Basic-auth user name."
+        )
+    if any(len(k) < 8 or ":" in k for k in keys):
+        raise ConfigError(
+            f"{WRITE_KEYS_ENV} holds a key shorter than 8 characters or containing ':'. Fix: use long random keys "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)."
+        )
+    state_raw = environ.get(STATE_DIR_ENV, "").strip()
+    state_dir = Path(state_raw).expanduser().resolve() if state_raw else landing.data_dir / "collector"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{STATE_DIR_ENV}={state_dir} cannot be created ({exc.strerror}). Fix: point it at a writable, "
+                          "persistent directory (a volume that survives restarts).") from None
+    dedup_raw = environ.get(DEDUP_HOURS_ENV, "").strip() or "48"
+    try:
+        dedup_hours = int(dedup_raw)
+        if dedup_hours < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{DEDUP_HOURS_ENV}={dedup_raw!r} is not a whole number >= 1. Fix: set it to how many hours "
+                          "SDK retries may arrive after the first attempt (default 48).") from None
+    linger_raw = environ.get(LINGER_MS_ENV, "").strip() or "0"
+    try:
+        linger_ms = int(linger_raw)
+        if not 0 <= linger_ms <= 5000:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{LINGER_MS_ENV}={linger_raw!r} is not a whole number of milliseconds in 0..5000. Fix: set it to how "
+                          "long a write may wait for more requests to share its object (default 0).") from None
+    origins = tuple(o.strip() for o in (environ.get(CORS_ORIGINS_ENV, "").strip() or "*").split(",") if o.strip())
+    try:
+        faults = _parse_faults(environ.get(FAULTS_ENV, ""))
+    except ValueError:
+        raise ConfigError(f"{FAULTS_ENV} is malformed. Fix: unset it (it is for the crash tests only).") from None
+    return CollectorConfig(landing=landing, state_dir=state_dir, dedup_hours=dedup_hours, cors_origins=origins,
+                           linger_ms=linger_ms, write_keys=keys, faults=faults)

@@ -1,0 +1,140 @@
+"""A real collector on loopback (`personalization collect` in a subprocess), and reading what reached raw."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pytest
+import requests
+
+from tests.conftest import ROOT, free_port
+
+WRITE_KEY = "test-write-key-0001"
+OTHER_KEY = "test-write-key-0002"
+
+
+@dataclass
+class Collector:
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of the Prometheus exposition: {'name{labels}': value}."""
+        out = {}
+        for line in requests.get(self.url + "/metrics", timeout=5).text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to flush or clean up."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def collector_process_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PERSONALIZATION_COLLECTOR_WRITE_KEYS": f"{WRITE_KEY},{OTHER_KEY}"}
+    env.update(extra or {})
+    return env
+
+
+def start_collector(log: Path, port: int | None = None, extra_env: dict[str, str] | None = None, wait: bool = True) -> Collector:
+    port = port or free_port()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "personalization_assets.cli", "collect", "--host", "127.0.0.1", "--port", str(port)],
+            env=collector_process_env(extra_env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    c = Collector(url=f"http://127.0.0.1:{port}", port=port, proc=proc, log=log)
+    if wait:
+        wait_healthy(c)
+    return c
+
+
+def wait_healthy(c: Collector, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.proc.poll() is not None:
+            raise AssertionError(f"collector exited with {c.proc.returncode}:\n{c.log.read_text()[-3000:]}")
+        try:
+            if requests.get(c.url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"collector not healthy after {timeout}s:\n{c.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def shared_collector(tmp_path_factory):
+    """One collector for the tests that only look at what it answers and writes (not at raw): (collector, landing)."""
+    root = tmp_path_factory.mktemp("shared_collector")
+    env = {"PERSONALIZATION_DATA_DIR": str(root / "data"), "PERSONALIZATION_LANDING_URL": str(root / "data" / "landing"),
+           "PERSONALIZATION_LAKE_URL": str(root / "data" / "lake"), "DAGSTER_HOME": str(root)}
+    c = start_collector(root / "collector.log", extra_env=env)
+    yield c, root / "data" / "landing"
+    c.stop()
+
+
+@pytest.fixture
+def collector(data_dir, tmp_path):
+    c = start_collector(tmp_path / "collector.log")
+    yield c
+    c.stop()
+
+
+def landing_messages(landing: Path) -> list[dict]:
+    """Every message the collector wrote, from the landing objects themselves."""
+    out = []
+    for f in sorted((landing / "events").rglob("*.jsonl.gz")):
+        out += [json.loads(line) for line in gzip.decompress(f.read_bytes()).decode().splitlines()]
+    return out
+
+
+def landing_objects(landing: Path) -> list[Path]:
+    return sorted(p for p in (landing / "events").rglob("*") if p.is_file()) if (landing / "events").exists() else []
+
+
+def materialize_raw():
+    """`raw/events` (+ its quarantine) over every landing hour present, as `personalization materialize` does."""
+    from personalization_assets.cli import landing_partition_keys
+    from tests.helpers import defs_for_env, materialize
+
+    defs = defs_for_env()
+    keys = landing_partition_keys(defs, None)
+    assert keys, "nothing landed"
+    materialize(defs, "key:raw/events", (keys[0], keys[-1]))
+    return defs
+
+
+def raw_rows(defs, sql: str) -> list[tuple]:
+    """Query the lake's raw/events (view `raw`) and raw/events_quarantine (view `quarantine`)."""
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    con.execute("set TimeZone='UTC'")
+    lake = defs.resources["lake"]
+    lake.register(con, "raw", "raw", "events")
+    lake.register(con, "quarantine", "raw", "events_quarantine", empty_schema=pa.schema([("reason", pa.string()), ("original_text", pa.string())]))
+    return con.execute(sql).fetchall()
