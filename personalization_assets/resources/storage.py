@@ -55,6 +55,7 @@ class _FileStore(dg.ConfigurableResource):
     aws_secret_access_key: Optional[str] = Field(default=None, description="From dg.EnvVar.")
 
     _fs: Optional[pafs.FileSystem] = PrivateAttr(default=None)
+    _s3_client: object = PrivateAttr(default=None)
 
     @property
     def is_s3(self) -> bool:
@@ -157,24 +158,68 @@ class _FileStore(dg.ConfigurableResource):
                 return False
             finally:
                 os.unlink(tmp)
-        import boto3
+        return self.put_conditional(relative, data, if_none_match=True) is not None
+
+    # --- S3 conditional requests (compare-and-swap on one object); used by the log writer leases ---
+
+    def _s3(self):
+        if self._s3_client is None:
+            import boto3
+
+            self._s3_client = boto3.client(
+                "s3",
+                endpoint_url=self.s3_endpoint_url,
+                region_name=self.aws_region,
+                aws_access_key_id=self.aws_access_key_id,
+                aws_secret_access_key=self.aws_secret_access_key,
+            )
+        return self._s3_client
+
+    @staticmethod
+    def _precondition_failed(exc) -> bool:
+        code = exc.response.get("Error", {}).get("Code")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404") or status in (404, 409, 412)
+
+    def put_conditional(self, relative: str, data: bytes, if_match: str | None = None, if_none_match: bool = False) -> str | None:
+        """S3 only: PUT with `If-None-Match: *` (create) or `If-Match: <etag>` (replace exactly that version).
+        Returns the new ETag, or None when the condition failed (someone else created or replaced it)."""
         from botocore.exceptions import ClientError
 
-        bucket, _, key = path.partition("/")
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint_url,
-            region_name=self.aws_region,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-        )
+        if not self.is_s3:
+            raise ValueError("put_conditional is for S3 stores")
+        bucket, _, key = self.full_path(relative).partition("/")
+        kwargs = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return self._s3().put_object(Bucket=bucket, Key=key, Body=data, **kwargs)["ETag"]
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return None
+            raise
+
+    def read_with_etag(self, relative: str) -> tuple[bytes, str] | None:
+        """S3 only: the object's bytes and ETag, or None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = self.full_path(relative).partition("/")
+        try:
+            obj = self._s3().get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return obj["Body"].read(), obj["ETag"]
+
+    def delete_if_match(self, relative: str, etag: str) -> bool:
+        """S3 only: delete the object only if it is still the version `etag` (`If-Match` on DeleteObject)."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = self.full_path(relative).partition("/")
+        try:
+            self._s3().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
             return True
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
-                "ResponseMetadata", {}
-            ).get("HTTPStatusCode") in (409, 412):
+            if self._precondition_failed(exc):
                 return False
             raise
 
