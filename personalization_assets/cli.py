@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -41,15 +42,105 @@ run_retries:
 """
 
 
+INIT_LOCK = ".personalization-init.lock"
+CLI_HOST_TAG = "personalization/cli_host"
+CLI_PID_TAG = "personalization/cli_pid"
+CLI_PROCESS_START_TAG = "personalization/cli_process_start"  # tells a reused pid from the original process
+
+
 def ensure_dagster_home() -> Path:
-    """Default DAGSTER_HOME to ./.dagster_home and give it a dagster.yaml (Dagster warns without one)."""
+    """Default DAGSTER_HOME to ./.dagster_home and give it a dagster.yaml (Dagster warns without one).
+    The file is created atomically (a reader never sees half of it, two CLIs never both write it)."""
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
-        cfg.write_text(DAGSTER_YAML)
+        tmp = home / f".dagster.yaml.{os.getpid()}.tmp"
+        tmp.write_text(DAGSTER_YAML)
+        try:
+            os.link(tmp, cfg)  # fails if another process created it first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+@contextmanager
+def _home_lock(home: Path):
+    import fcntl
+
+    with open(home / INIT_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_instance():
+    """The instance in $DAGSTER_HOME, its storage created under an inter-process lock: two CLIs started
+    together on a fresh home would otherwise both create the sqlite tables (`table runs already exists`,
+    duplicate alembic stamps). Once initialised, opening is a no-op migration-wise. Runs of earlier CLI
+    processes that died (SIGKILL, OOM) are marked failed (`fail_dead_cli_runs`)."""
+    import dagster as dg
+
+    home = ensure_dagster_home()
+    with _home_lock(home):
+        instance = dg.DagsterInstance.get()
+        # touch every storage now, while holding the lock (sqlite creates tables on first use)
+        instance.get_runs(limit=1)
+        instance.get_asset_keys(limit=1)
+        instance.all_instigator_state()
+        fail_dead_cli_runs(instance)
+    return instance
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (Linux /proc), None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def cli_run_tags() -> dict[str, str]:
+    """Tags naming the process that executes a run in-process, so a later CLI can tell it died."""
+    import socket
+
+    return {CLI_HOST_TAG: socket.gethostname(), CLI_PID_TAG: str(os.getpid()), CLI_PROCESS_START_TAG: _process_start(os.getpid()) or ""}
+
+
+def fail_dead_cli_runs(instance) -> list[str]:
+    """Mark FAILURE every unfinished run executed in-process by a CLI on this host whose process is gone.
+
+    Dagster's run monitoring (the daemon, `run_monitoring` in dagster.yaml) watches runs started by a run
+    launcher; a run executed in-process by the CLI has no launcher whose worker could be checked, and a
+    SIGKILLed CLI leaves it STARTED forever. Each CLI run carries its host, pid and process start time as
+    tags; a run whose process no longer exists (or whose pid now belongs to another process) is reported
+    failed through the instance. Runs of other hosts are left alone (their process cannot be checked here)."""
+    import socket
+
+    import dagster as dg
+
+    host = socket.gethostname()
+    unfinished = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    failed = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={CLI_HOST_TAG: host})):
+        try:
+            pid = int(run.tags.get(CLI_PID_TAG, ""))
+        except ValueError:
+            continue
+        started = run.tags.get(CLI_PROCESS_START_TAG) or None
+        current = _process_start(pid)
+        if current is not None and (started is None or current == started):
+            continue  # still running
+        instance.report_run_failed(run, message=f"The CLI process executing this run (pid {pid} on {host}) died without finishing it "
+                                                "(killed or out of memory); marked failed by the next `personalization` start.")
+        failed.append(run.run_id)
+    return failed
 
 
 def _cmd_generate(args) -> int:
@@ -145,10 +236,10 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     else:
         echo(f"Materializing {len(keys)} assets")
     if instance is None:
-        ensure_dagster_home()
-        instance = dg.DagsterInstance.get()
+        instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+    tags = {**tags, **cli_run_tags()}
     result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False, run_config=run_config)
     layers = summarize(result.all_events, group_lookup(defs))
     text = format_summary(layers)
