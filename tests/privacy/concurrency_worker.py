@@ -1,12 +1,13 @@
 """A separate process for the concurrency tests (tests/privacy/test_concurrency.py, test_dp.py).
 
-    python -m tests.privacy.concurrency_worker ledger START_AT
-    python -m tests.privacy.concurrency_worker dp START_AT INTERVAL TRIALS EPSILON
-    python -m tests.privacy.concurrency_worker init START_AT
+    python -m tests.privacy.concurrency_worker ledger   (rounds: one per `go` line, see `ledger`)
+    python -m tests.privacy.concurrency_worker dp INTERVAL TRIALS EPSILON
+    python -m tests.privacy.concurrency_worker init
 
-Each waits until the wall-clock time START_AT (so that the test's processes collide on purpose), does
-its part with the product code on the environment given by the PERSONALIZATION_* variables, and prints
-one JSON line with what happened.
+Each prepares (imports, definitions), prints READY and waits for the test to send a wall-clock instant
+on stdin: the test sends the same instant to all its workers once all are ready, so they collide on
+purpose however long their start-up took. Then it does its part with the product code on the environment
+given by the PERSONALIZATION_* variables and prints one JSON line with what happened.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ def _wait(start_at: float) -> None:
         time.sleep(0.0005)
 
 
-def ledger(start_at: float) -> dict:
+def _ready() -> float:
+    print("READY", flush=True)
+    return float(sys.stdin.readline())
+
+
+def ledger() -> None:
+    """Materialize privacy/consent_ledger once as a warm-up (imports, DuckDB, keys), then once per `go`
+    line on stdin (printing one RESULT line each), until `stop`."""
     import dagster as dg
 
     from tests.helpers import check_results, defs_for_env, materializations
@@ -30,11 +38,20 @@ def ledger(start_at: float) -> dict:
     defs = defs_for_env()
     job = defs.resolve_implicit_global_asset_job_def()
     keys = dg.AssetSelection.from_string("key:privacy/consent_ledger").resolve(defs.resolve_asset_graph())
-    with dg.DagsterInstance.ephemeral() as instance:
-        _wait(start_at)
-        result = job.execute_in_process(instance=instance, asset_selection=list(keys), raise_on_error=False)
-    md = materializations(result).get("privacy/consent_ledger", {})
-    return {"success": result.success, "checks": check_results(result), "appended": md.get("appended")}
+
+    def run() -> dict:
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(instance=instance, asset_selection=list(keys), raise_on_error=False)
+        md = materializations(result).get("privacy/consent_ledger", {})
+        return {"success": result.success, "checks": check_results(result), "appended": md.get("appended")}
+
+    run()
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            return
+        _wait(float(line))
+        print("RESULT " + json.dumps(run(), default=str), flush=True)
 
 
 def env_lake():
@@ -49,12 +66,13 @@ def env_lake():
                        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
 
 
-def dp(start_at: float, interval: float, trials: int, epsilon: float) -> dict:
+def dp(interval: float, trials: int, epsilon: float) -> dict:
     from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded
     from personalization_assets.privacy.policies import DpRelease, get_policy
     lake = env_lake()
     policy = get_policy()
     outcomes = []
+    start_at = _ready()
     for i in range(trials):
         ledger = BudgetLedger.open(lake, policy, None)
         _wait(start_at + i * interval)
@@ -66,10 +84,12 @@ def dp(start_at: float, interval: float, trials: int, epsilon: float) -> dict:
     return {"outcomes": outcomes}
 
 
-def init(start_at: float) -> dict:
+def init() -> dict:
+    import dagster  # noqa: F401 - imported before the barrier, like a CLI that is about to open its instance
+
     from personalization_assets.cli import open_instance
 
-    _wait(start_at)
+    _wait(_ready())
     try:
         instance = open_instance()
         return {"ok": True, "runs": len(instance.get_runs(limit=1))}
@@ -80,11 +100,12 @@ def init(start_at: float) -> dict:
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "ledger":
-        out = ledger(float(args[0]))
-    elif mode == "dp":
-        out = dp(float(args[0]), float(args[1]), int(args[2]), float(args[3]))
+        ledger()
+        raise SystemExit(0)
+    if mode == "dp":
+        out = dp(float(args[0]), int(args[1]), float(args[2]))
     elif mode == "init":
-        out = init(float(args[0]))
+        out = init()
     else:
         raise SystemExit(f"unknown mode {mode}")
     print("RESULT " + json.dumps(out, default=str), flush=True)

@@ -33,11 +33,23 @@ def row(i, decision="granted"):
             "policy_version": "t", "jurisdiction": "EU"}
 
 
-def start_workers(args_per_worker: list[list[str]], env: dict | None = None) -> list[subprocess.Popen]:
-    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    return [subprocess.Popen([sys.executable, "-m", "tests.privacy.concurrency_worker", *args], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-            for args in args_per_worker]
+def start_workers(args_per_worker: list[list[str]], envs: list[dict] | None = None, lead: float = 0.5) -> list[subprocess.Popen]:
+    """Start the workers, wait until every one is ready, then release them all at the same instant."""
+    envs = envs or [{}] * len(args_per_worker)
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.privacy.concurrency_worker", *args], cwd=ROOT,
+                              env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for args, env in zip(args_per_worker, envs)]
+    for p in procs:
+        line = p.stdout.readline()
+        if line.strip() != "READY":
+            p.wait(timeout=30)
+            raise AssertionError(f"worker did not start: {line}{p.stderr.read()[-3000:]}")
+    go = time.time() + lead
+    for p in procs:
+        p.stdin.write(f"{go}\n")
+        p.stdin.flush()
+    return procs
 
 
 def collect(procs: list[subprocess.Popen], timeout: float = 90) -> list[dict]:
@@ -69,38 +81,66 @@ def _generate_landing(s3: dict | None, landing_dir):
         generate_landing_zone(fs, f"{s3['bucket']}/landing", **kwargs)
 
 
-def _two_ledger_runs_at_once():
+def _two_ledger_runs_at_once(tmp_path, rounds: int = 3):
+    """Two processes materialize the consent ledger at the same instant, `rounds` times on an emptied
+    ledger (each worker warmed up first, so the runs really overlap)."""
     from personalization_assets.cli import landing_partition_keys
 
     defs = defs_for_env()
     keys = landing_partition_keys(defs, None)
     materialize(defs, "group:raw", (keys[0], keys[-1]))
     lake = env_lake()
-    procs = start_workers([["ledger", str(time.time() + 12)] for _ in range(2)])
-    results = collect(procs)
     log = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, unique_key="decision_id")
-    ids = log.read_all(["decision_id"])["decision_id"]
-    status = log.verify()
-    assert all(r["success"] for r in results), results
-    assert all(r["checks"]["privacy/consent_ledger:hash_chain_intact"] for r in results), results
-    appended = sorted(r["appended"] for r in results)
-    # one run recorded every decision, the other found them recorded: the ledger equals one run's
-    assert appended[0] == 0 and appended[1] > 0, appended
-    assert len(ids) == appended[1] == len(set(ids.to_pylist())), "duplicate decision ids in the ledger"
-    assert status.ok and status.rows == appended[1], status
-    # and a third, sequential run appends nothing
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    errs = [open(tmp_path / f"worker{i}.err", "w") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.privacy.concurrency_worker", "ledger"], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=errs[i], text=True, start_new_session=True) for i in range(2)]
+    try:
+        for i, p in enumerate(procs):
+            assert p.stdout.readline().strip() == "READY", (tmp_path / f"worker{i}.err").read_text()[-3000:]
+        for r in range(rounds):
+            lake.delete(lake.table_dir("privacy", "consent_ledger"))
+            go = time.time() + 0.5
+            for p in procs:
+                p.stdin.write(f"{go}\n")
+                p.stdin.flush()
+            results = []
+            for i, p in enumerate(procs):
+                line = p.stdout.readline()
+                assert line.startswith("RESULT "), (tmp_path / f"worker{i}.err").read_text()[-3000:]
+                results.append(json.loads(line[len("RESULT "):]))
+            ids = log.read_all(["decision_id"])["decision_id"].to_pylist()
+            status = log.verify()
+            assert all(x["success"] for x in results), results
+            assert all(x["checks"]["privacy/consent_ledger:hash_chain_intact"] for x in results), results
+            appended = sorted(x["appended"] for x in results)
+            # one run recorded every decision, the other found them recorded: the ledger equals one run's
+            assert len(ids) == len(set(ids)), f"round {r}: {len(ids) - len(set(ids))} duplicate decision ids in the ledger"
+            assert appended[0] == 0 and appended[1] == len(ids) > 0, (r, appended)
+            assert status.ok and status.rows == len(ids), status
+        for p in procs:
+            p.stdin.write("stop\n")
+            p.stdin.flush()
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for f in errs:
+            f.close()
+    # and a later, sequential run appends nothing
     again = materialize(defs, "key:privacy/consent_ledger")
-    assert again.success and log.verify().rows == appended[1]
+    assert again.success and log.verify().rows == len(ids)
 
 
 def test_two_consent_ledger_materializations_at_once_record_each_decision_once(landing):
     _generate_landing(None, landing)
-    _two_ledger_runs_at_once()
+    _two_ledger_runs_at_once(landing.parent)
 
 
 def test_two_consent_ledger_materializations_at_once_on_s3(s3_env, tmp_path):
     _generate_landing(s3_env, None)
-    _two_ledger_runs_at_once()
+    _two_ledger_runs_at_once(tmp_path)
     # the writer lease is gone once both runs ended
     listed = s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"], Prefix="lake/privacy/consent_ledger/")["Contents"]
     assert not [o["Key"] for o in listed if o["Key"].endswith("_writer.lease")]
@@ -116,7 +156,7 @@ def _budget_race(lake: LakeStorage):
     ledger = BudgetLedger.open(lake, policy, None)
     for i in range(trials):
         ledger.charge(DpRelease("setup", policy.dp_total_epsilon - eps, 1), "setup", datetime(2030 + i // 12, i % 12 + 1, 1, tzinfo=timezone.utc))
-    procs = start_workers([["dp", str(time.time() + 6), "0.6", str(trials), str(eps)] for _ in range(2)])
+    procs = start_workers([["dp", "0.6", str(trials), str(eps)] for _ in range(2)])
     results = collect(procs)
     for i in range(trials):
         period = f"{2030 + i // 12}-{i % 12 + 1:02d}"
@@ -233,12 +273,8 @@ def test_s3_lease_blocks_while_live_and_is_taken_over_once_expired(moto_server):
 def test_processes_opening_a_fresh_dagster_home_at_once_all_succeed(tmp_path):
     """Four processes per fresh home, three homes: the original CLI failed in most homes (`table runs
     already exists`, duplicate alembic stamps)."""
-    procs = []
-    for h in range(3):
-        home = tmp_path / f"home{h}"
-        start = str(time.time() + 20)
-        procs += start_workers([["init", start] for _ in range(4)], env={"DAGSTER_HOME": str(home)})
-    results = collect(procs)
+    homes = [tmp_path / f"home{h}" for h in range(3)]
+    results = collect(start_workers([["init"]] * 12, envs=[{"DAGSTER_HOME": str(homes[i % 3])} for i in range(12)]))
     assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
     for h in range(3):
         assert (tmp_path / f"home{h}" / "dagster.yaml").read_text().startswith("# Local Dagster instance")
