@@ -124,7 +124,19 @@ class HashChainedLog:
         return sorted(p for p in parts if p)
 
     def _read_segment(self, segment: str, schema: pa.Schema) -> pa.Table:
-        return self.lake.read_table(self.layer, self.name, {"segment": segment}, columns=schema.names).select(schema.names).cast(schema)
+        """One segment's columns; a column added to the log after the segment was written reads as null
+        (its rows were hashed without it, see `_rows_in_storage_order`)."""
+        try:
+            table = self.lake.read_table(self.layer, self.name, {"segment": segment}, columns=schema.names)
+        except (pa.ArrowInvalid, KeyError, ValueError):
+            present = set(self.lake.parquet_metadata(self.layer, self.name, {"segment": segment}).schema.to_arrow_schema().names)
+            missing = [f for f in schema if f.name not in present]
+            if not missing or any(f.name in CHAIN_FIELDS or not f.nullable for f in missing):
+                raise
+            table = self.lake.read_table(self.layer, self.name, {"segment": segment}, columns=[n for n in schema.names if n in present])
+            for f in missing:
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+        return table.select(schema.names).cast(schema)
 
     def read_all(self, columns: list[str] | None = None) -> pa.Table:
         schema = pa.schema([self.schema.field(c) for c in columns]) if columns else self.schema
@@ -261,7 +273,7 @@ class HashChainedLog:
             last = firsts[i + 1] - 1 if i + 1 < len(firsts) else None
             if last is not None and last <= checked_through:
                 continue
-            stored = self.lake.read_table(self.layer, self.name, {"segment": seg}, columns=[self.unique_key])[self.unique_key]
+            stored = self._read_segment(seg, pa.schema([self.schema.field(self.unique_key)]))[self.unique_key].drop_null()
             hit = pc.is_in(ids, value_set=pc.unique(stored))
             if pc.any(hit).as_py():
                 found.extend(ids.filter(hit).to_pylist())
@@ -335,8 +347,9 @@ class HashChainedLog:
     def _rows_in_storage_order(self, segments: list[str], batch_rows: int):
         """(seq, prev_hash, row_hash, payload) of every stored row, segment by segment, a batch at a time."""
         for segment in segments:
-            for batch in self.lake.iter_batches(self.layer, self.name, {"segment": segment}, batch_rows, columns=self.schema.names):
-                chunk = pa.Table.from_batches([batch]).cast(self.schema)
+            for batch in self.lake.iter_batches(self.layer, self.name, {"segment": segment}, batch_rows, columns=self.schema.names, missing_ok=True):
+                # a segment written before a column was added is hashed over the columns it has
+                chunk = pa.Table.from_batches([batch]).cast(pa.schema([self.schema.field(n) for n in batch.schema.names]))
                 yield from zip(chunk["seq"].to_pylist(), chunk["prev_hash"].to_pylist(), chunk["row_hash"].to_pylist(), canonical_payloads(chunk))
 
     def verify(self, expected_head: str | None = None, batch_rows: int = 65_536) -> ChainStatus:
@@ -377,10 +390,11 @@ class HashChainedLog:
 
         def batches():
             for segment in segments:
-                for batch in self.lake.iter_batches(self.layer, self.name, {"segment": segment}, batch_rows, columns=cols):
-                    yield pa.Table.from_batches([batch]).select(cols).cast(schema).to_batches()[0] if batch.num_rows else None
+                for batch in self.lake.iter_batches(self.layer, self.name, {"segment": segment}, batch_rows, columns=cols, missing_ok=True):
+                    if batch.num_rows and self.unique_key in batch.schema.names:  # older segments may predate the id
+                        yield pa.Table.from_batches([batch]).select(cols).cast(schema).combine_chunks().to_batches()[0]
 
-        reader = pa.RecordBatchReader.from_batches(schema, (b for b in batches() if b is not None))
+        reader = pa.RecordBatchReader.from_batches(schema, batches())
         con = duckdb.connect()
         try:
             con.register("ids", reader)

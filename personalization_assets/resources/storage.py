@@ -322,10 +322,15 @@ class LakeStorage(_FileStore):
             return pq.ParquetFile(f).metadata
 
     def iter_batches(self, layer: str, table: str, partition: Mapping[str, str] | None = None, batch_rows: int = 65_536,
-                     columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """One partition in record batches of at most batch_rows rows, in storage order (memory bounded by a batch)."""
+                     columns: list[str] | None = None, missing_ok: bool = False) -> Iterator[pa.RecordBatch]:
+        """One partition in record batches of at most batch_rows rows, in storage order (memory bounded by a batch).
+        `missing_ok`: columns the file does not have (written before they were added) are left out."""
         with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+            pf = pq.ParquetFile(f)
+            if columns is not None and missing_ok:
+                present = set(pf.schema_arrow.names)
+                columns = [c for c in columns if c in present]
+            yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
     def partition_files(self, layer: str, table: str) -> list[FileInfo]:
         return [f for f in self.list_files(self.table_dir(layer, table)) if f.path.endswith("/" + DATA_FILE)]

@@ -146,3 +146,19 @@ def test_two_clis_on_a_fresh_dagster_home_both_succeed_and_release_once(data_dir
     ledger = _ledger(data_dir)
     assert ledger.spent(_this_month()) == pytest.approx(get_policy().dp_releases["content_popularity"].epsilon)
     assert ledger.log.verify().ok
+
+
+def test_a_budget_ledger_written_before_release_ids_still_verifies_and_counts(tmp_path):
+    """Segments written by the earlier schema (no release_id/release_payload) keep their hashes and spend."""
+    from personalization_assets.privacy.dp import BUDGET_SCHEMA
+    from personalization_assets.privacy.hash_chain import HashChainedLog
+
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+    old_schema = pa.schema([f for f in BUDGET_SCHEMA if f.name not in ("release_id", "release_payload")])
+    when = datetime(2026, 11, 29, tzinfo=timezone.utc)
+    HashChainedLog(lake=lake, name="dp_budget_ledger", schema=old_schema).append(
+        [{"period": "2026-11", "release": "segment_sizes", "epsilon": 0.4, "released_at": when, "run_id": "old"}])
+    ledger = BudgetLedger.open(lake, get_policy(), None)
+    assert ledger.log.verify().ok and ledger.spent("2026-11") == pytest.approx(0.4)
+    ledger.charge(DpRelease("segment_sizes", 0.4, 1), "new", when)
+    assert ledger.log.verify().ok and ledger.spent("2026-11") == pytest.approx(0.8)
