@@ -34,6 +34,8 @@ run_coordinator:
         limit: 1
     # freshness latency: pick a queued run up within a second (the default is 5 s)
     dequeue_interval_seconds: 1
+# run monitoring watches runs started through a run launcher (the daemon's queue); runs the CLI executes
+# in-process are checked by the CLI itself: each start marks failed the runs whose CLI process died
 run_monitoring:
   enabled: true
 run_retries:

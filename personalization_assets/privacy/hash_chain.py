@@ -10,7 +10,7 @@ Concurrent writers (several run pods, two CLIs, a retry racing the original) are
 
 1. One writer at a time: ``with log.exclusive():`` holds the log's writer lock, so a caller can read the
    log, decide what to add and append as one step (read-decide-append). Locally the lock is an ``fcntl``
-   lock on a file (released by the kernel when the process dies); on S3 it is a lease object
+   lock on ``privacy/<log>/_writer.lock`` next to the log (released by the kernel when the process dies); on S3 it is a lease object
    ``privacy/<log>/_writer.lease`` created with ``If-None-Match: *``, holding its owner and expiry,
    renewed in the background (``If-Match`` on its ETag) and removed on release. An expired lease (its
    holder died) is taken over with ``If-Match`` on the expired version, so two waiters cannot both win.
@@ -38,7 +38,6 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -109,7 +108,7 @@ class HashChainedLog:
     lake: LakeStorage
     name: str  # table name under the `privacy` layer
     schema: pa.Schema  # full schema including seq/prev_hash/row_hash
-    lock_dir: str | None = None  # local lock files here (default: next to the log in the lake)
+    lock_dir: str | None = None  # unused (kept for callers): the local writer lock lives next to the log
     unique_key: str | None = None  # column whose values may be stored only once (e.g. "decision_id")
     lease_seconds: float = 60.0  # S3 writer lease lifetime (renewed every third of it while held)
     lock_timeout: float = 900.0  # how long `exclusive` waits for another writer
@@ -188,12 +187,10 @@ class HashChainedLog:
 
     @contextmanager
     def _file_lock(self):
-        if self.lock_dir is not None:
-            Path(self.lock_dir).mkdir(parents=True, exist_ok=True)
-            path = os.path.join(self.lock_dir, f"{self.name}.lock")
-        else:
-            path = self.lake.full_path(f"{self.lake.table_dir(self.layer, self.name)}/{LOCK_FILE}")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+        # next to the log it protects: every process writing this lake meets on the same file, whatever
+        # its own data dir (`lock_dir` is no longer used for the writer lock)
+        path = self.lake.full_path(f"{self.lake.table_dir(self.layer, self.name)}/{LOCK_FILE}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as fh:
             deadline = time.monotonic() + self.lock_timeout
             while True:

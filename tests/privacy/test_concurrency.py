@@ -12,12 +12,15 @@ import sys
 import time
 from datetime import datetime, timezone
 
-import pyarrow as pa
 import pytest
 
 from personalization_assets.privacy.consent import LEDGER_SCHEMA
 from personalization_assets.privacy.dp import BudgetLedger
-from personalization_assets.privacy.hash_chain import DuplicateRecordError, HashChainedLog, LogLockTimeout
+from personalization_assets.privacy.hash_chain import (
+    DuplicateRecordError,
+    HashChainedLog,
+    LogLockTimeout,
+)
 from personalization_assets.privacy.policies import DpRelease, get_policy
 from personalization_assets.resources.storage import LakeStorage
 from tests.conftest import ROOT
