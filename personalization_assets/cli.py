@@ -45,9 +45,6 @@ run_retries:
 
 
 INIT_LOCK = ".personalization-init.lock"
-CLI_HOST_TAG = "personalization/cli_host"
-CLI_PID_TAG = "personalization/cli_pid"
-CLI_PROCESS_START_TAG = "personalization/cli_process_start"  # tells a reused pid from the original process
 
 
 def ensure_dagster_home() -> Path:
@@ -88,6 +85,8 @@ def open_instance():
     processes that died (SIGKILL, OOM) are marked failed (`fail_dead_cli_runs`)."""
     import dagster as dg
 
+    from personalization_assets.monitoring.cli_runs import fail_dead_cli_runs
+
     home = ensure_dagster_home()
     with _home_lock(home):
         instance = dg.DagsterInstance.get()
@@ -97,52 +96,6 @@ def open_instance():
         instance.all_instigator_state()
         fail_dead_cli_runs(instance)
     return instance
-
-
-def _process_start(pid: int) -> str | None:
-    """Start time of a process in clock ticks since boot (Linux /proc), None if it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-
-
-def cli_run_tags() -> dict[str, str]:
-    """Tags naming the process that executes a run in-process, so a later CLI can tell it died."""
-    import socket
-
-    return {CLI_HOST_TAG: socket.gethostname(), CLI_PID_TAG: str(os.getpid()), CLI_PROCESS_START_TAG: _process_start(os.getpid()) or ""}
-
-
-def fail_dead_cli_runs(instance) -> list[str]:
-    """Mark FAILURE every unfinished run executed in-process by a CLI on this host whose process is gone.
-
-    Dagster's run monitoring (the daemon, `run_monitoring` in dagster.yaml) watches runs started by a run
-    launcher; a run executed in-process by the CLI has no launcher whose worker could be checked, and a
-    SIGKILLed CLI leaves it STARTED forever. Each CLI run carries its host, pid and process start time as
-    tags; a run whose process no longer exists (or whose pid now belongs to another process) is reported
-    failed through the instance. Runs of other hosts are left alone (their process cannot be checked here)."""
-    import socket
-
-    import dagster as dg
-
-    host = socket.gethostname()
-    unfinished = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-    failed = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={CLI_HOST_TAG: host})):
-        try:
-            pid = int(run.tags.get(CLI_PID_TAG, ""))
-        except ValueError:
-            continue
-        started = run.tags.get(CLI_PROCESS_START_TAG) or None
-        current = _process_start(pid)
-        if current is not None and (started is None or current == started):
-            continue  # still running
-        instance.report_run_failed(run, message=f"The CLI process executing this run (pid {pid} on {host}) died without finishing it "
-                                                "(killed or out of memory); marked failed by the next `personalization` start.")
-        failed.append(run.run_id)
-    return failed
 
 
 def _cmd_generate(args) -> int:
@@ -241,6 +194,8 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+    from personalization_assets.monitoring.cli_runs import cli_run_tags
+
     tags = {**tags, **cli_run_tags()}
     result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False, run_config=run_config)
     layers = summarize(result.all_events, group_lookup(defs))
