@@ -194,10 +194,16 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
-    from personalization_assets.monitoring.cli_runs import cli_run_tags
+    import uuid
 
-    tags = {**tags, **cli_run_tags()}
-    result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False, run_config=run_config)
+    from personalization_assets.monitoring.cli_runs import cli_run_tags, heartbeat
+
+    # tagged with this process and kept alive by a heartbeat: if the process dies, the next CLI start or
+    # the fail_dead_cli_runs sensor marks the run failed instead of leaving it STARTED
+    run_id = str(uuid.uuid4())
+    with heartbeat(instance, run_id):
+        result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags={**tags, **cli_run_tags()}, raise_on_error=False,
+                                        run_config=run_config, run_id=run_id)
     layers = summarize(result.all_events, group_lookup(defs))
     text = format_summary(layers)
     blocking_failed = _failed_blocking_checks(result, graph)

@@ -51,3 +51,23 @@ def test_a_run_whose_process_is_alive_is_left_alone(data_dir):
         assert run.tags[CLI_PID_TAG] == str(os.getpid())
         assert fail_dead_cli_runs(instance) == []
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+
+
+def test_a_cli_run_of_another_host_fails_once_its_heartbeat_is_stale(data_dir):
+    """A CLI in another pod cannot be checked by pid: its heartbeat tag tells whether it still runs."""
+    import time
+
+    from personalization_assets.monitoring.cli_runs import CLI_HEARTBEAT_TAG, CLI_HOST_TAG, STALE_AFTER_SECONDS, heartbeat
+
+    job = dg.JobDefinition(graph_def=dg.GraphDefinition(name="elsewhere", node_defs=[]))
+    base = {CLI_HOST_TAG: "another-pod", CLI_PID_TAG: "7"}
+    with dg.DagsterInstance.get() as instance:
+        stale = instance.create_run_for_job(job, tags={**base, CLI_HEARTBEAT_TAG: str(int(time.time() - STALE_AFTER_SECONDS - 60))})
+        fresh = instance.create_run_for_job(job, tags={**base, CLI_HEARTBEAT_TAG: str(int(time.time() - STALE_AFTER_SECONDS + 60))})
+        # a live CLI keeps its run fresh: the heartbeat thread refreshes the tag
+        with heartbeat(instance, fresh.run_id, interval=0.2):
+            time.sleep(1.0)
+        assert float(instance.get_run_by_id(fresh.run_id).tags[CLI_HEARTBEAT_TAG]) > time.time() - 5
+        assert fail_dead_cli_runs(instance) == [stale.run_id]
+        assert instance.get_run_by_id(stale.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(fresh.run_id).status == dg.DagsterRunStatus.NOT_STARTED

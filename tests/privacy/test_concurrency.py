@@ -281,3 +281,35 @@ def test_processes_opening_a_fresh_dagster_home_at_once_all_succeed(tmp_path):
     assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
     for h in range(3):
         assert (tmp_path / f"home{h}" / "dagster.yaml").read_text().startswith("# Local Dagster instance")
+
+
+def test_s3_lease_is_renewed_while_held(moto_server):
+    """A lease held longer than its lifetime stays with its holder (renewed in the background)."""
+    import threading
+    import uuid
+
+    import boto3
+
+    bucket = f"t-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
+    lake = LakeStorage(url=f"s3://{bucket}/lake", s3_endpoint_url=moto_server, aws_access_key_id="x", aws_secret_access_key="x")
+    holder = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.5)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with holder.exclusive():
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30)
+        waiter = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lock_timeout=3.5)
+        with pytest.raises(LogLockTimeout):  # 3.5 s > 2 lease lifetimes: only renewal keeps it
+            waiter.append([row(1)])
+    finally:
+        release.set()
+        t.join()
+    waiter.append([row(1)])
+    assert waiter.verify().rows == 1
