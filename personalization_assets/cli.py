@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -34,6 +35,8 @@ run_coordinator:
         limit: 1
     # freshness latency: pick a queued run up within a second (the default is 5 s)
     dequeue_interval_seconds: 1
+# run monitoring watches runs started through a run launcher (the daemon's queue); runs the CLI executes
+# in-process are checked by the CLI itself: each start marks failed the runs whose CLI process died
 run_monitoring:
   enabled: true
 run_retries:
@@ -42,15 +45,58 @@ run_retries:
 """
 
 
+INIT_LOCK = ".personalization-init.lock"
+
+
 def ensure_dagster_home() -> Path:
-    """Default DAGSTER_HOME to ./.dagster_home and give it a dagster.yaml (Dagster warns without one)."""
+    """Default DAGSTER_HOME to ./.dagster_home and give it a dagster.yaml (Dagster warns without one).
+    The file is created atomically (a reader never sees half of it, two CLIs never both write it)."""
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
     if not cfg.exists():
-        cfg.write_text(DAGSTER_YAML)
+        tmp = home / f".dagster.yaml.{os.getpid()}.tmp"
+        tmp.write_text(DAGSTER_YAML)
+        try:
+            os.link(tmp, cfg)  # fails if another process created it first: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+@contextmanager
+def _home_lock(home: Path):
+    import fcntl
+
+    with open(home / INIT_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_instance():
+    """The instance in $DAGSTER_HOME, its storage created under an inter-process lock: two CLIs started
+    together on a fresh home would otherwise both create the sqlite tables (`table runs already exists`,
+    duplicate alembic stamps). Once initialised, opening is a no-op migration-wise. Runs of earlier CLI
+    processes that died (SIGKILL, OOM) are marked failed (`fail_dead_cli_runs`)."""
+    import dagster as dg
+
+    from personalization_assets.monitoring.cli_runs import fail_dead_cli_runs
+
+    home = ensure_dagster_home()
+    with _home_lock(home):
+        instance = dg.DagsterInstance.get()
+        # touch every storage now, while holding the lock (sqlite creates tables on first use)
+        instance.get_runs(limit=1)
+        instance.get_asset_keys(limit=1)
+        instance.all_instigator_state()
+        fail_dead_cli_runs(instance)
+    return instance
 
 
 def _cmd_generate(args) -> int:
@@ -146,11 +192,19 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     else:
         echo(f"Materializing {len(keys)} assets")
     if instance is None:
-        ensure_dagster_home()
-        instance = dg.DagsterInstance.get()
+        instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
-    result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=False, run_config=run_config)
+    import uuid
+
+    from personalization_assets.monitoring.cli_runs import cli_run_tags, heartbeat
+
+    # tagged with this process and kept alive by a heartbeat: if the process dies, the next CLI start or
+    # the fail_dead_cli_runs sensor marks the run failed instead of leaving it STARTED
+    run_id = str(uuid.uuid4())
+    with heartbeat(instance, run_id):
+        result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags={**tags, **cli_run_tags()}, raise_on_error=False,
+                                        run_config=run_config, run_id=run_id)
     layers = summarize(result.all_events, group_lookup(defs))
     text = format_summary(layers)
     blocking_failed = _failed_blocking_checks(result, graph)

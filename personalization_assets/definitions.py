@@ -14,6 +14,7 @@ from personalization_assets.automation.schedules import build_schedules
 from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
 from personalization_assets.features import build_feature_assets
 from personalization_assets.jobs import OPERATIONS, build_jobs
+from personalization_assets.monitoring.cli_runs import fail_dead_cli_runs_sensor
 from personalization_assets.monitoring.metrics import MetricsPusher, build_metrics_sensors
 from personalization_assets.privacy.assets import build_privacy_assets
 from personalization_assets.privacy.exports import build_export_assets
@@ -73,7 +74,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         resources=resources,
         jobs=build_jobs(),
         schedules=build_schedules(partitions, rebuild),
-        sensors=[build_landing_sensor(partitions), run_failure_alert, *automation_sensors],
+        sensors=[build_landing_sensor(partitions), run_failure_alert, fail_dead_cli_runs_sensor, *automation_sensors],
         # steps run in the run's own process: our steps are few and heavy (DuckDB uses the cores); the
         # multiprocess executor's per-step process start (≈3 s each here) dominated small runs
         executor=dg.in_process_executor,

@@ -56,7 +56,7 @@ def lock_dir(platform: PlatformConfig) -> str:
 
 
 def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
-    return HashChainedLog(lake=lake.log_store(), name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform))
+    return HashChainedLog(lake=lake.log_store(), name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform), unique_key="decision_id")
 
 
 def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader: dg.AssetKey) -> AccessAuditor:
@@ -147,17 +147,40 @@ CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "
 def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
     policy = get_policy()
     log = ledger_log(lake, platform)
-    before = log.verify()
+    # read-decide-append under the ledger's writer lock: a concurrent run (a second CLI, a retry racing the
+    # original) waits, then sees this run's rows and appends none of them again
+    with log.exclusive():
+        before = log.verify()  # also fails on a decision id stored twice
+        if before.ok:
+            auditor(context, lake, platform, CONSENT_LEDGER).record(
+                [("raw/events", "*", CONSENT_INPUT_COLUMNS),
+                 ("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"]),
+                 ("raw/crm_profiles", None, ["user_id", "country", "is_current", "updated_at"])]
+            )
+            outcome = _append_new_decisions(log, lake, duckdb, pseudonymizer, policy, before.rows)
     if not before.ok:
         # never append to a broken chain: that would bury the evidence
         yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or ""})
         yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=False, metadata={"problem": before.problem or "", "rows": before.rows})
         yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_all())
         return
-    auditor(context, lake, platform, CONSENT_LEDGER).record(
-        [("raw/events", "*", CONSENT_INPUT_COLUMNS), ("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"]),
-         ("raw/crm_profiles", None, ["user_id", "country", "is_current", "updated_at"])]
-    )
+    appended, by_decision, candidates = outcome
+    after = log.verify()
+    yield dg.MaterializeResult(metadata={
+        "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
+        "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
+        "candidates_seen": candidates, "policy_version": policy.version,
+    })
+    yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
+                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
+    # the schema check validates the newest rows (this run's appends first), not the whole history
+    yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_recent(min(max(appended, 1), 200_000)))
+
+
+def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, policy,
+                          head_seq: int) -> tuple[int, dict, int]:
+    """Decide the ledger rows not yet recorded and append them (the caller holds the writer lock; the
+    ledger was read up to `head_seq`). Returns (rows appended, appended per decision, candidates seen)."""
     jur = jurisdiction_case_sql(policy)
     unknown = UNKNOWN_JURISDICTION
     with duckdb.get_connection() as con:
@@ -228,20 +251,12 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
         del existing
         by_decision = dict(con.execute("select decision, count(*) from __fresh group by 1 order by 1").fetchall())
         # appended in ledger order, one segment per LEDGER_SEGMENT_ROWS: memory bounded by a segment, not the history
-        appended = 0
+        appended, checked = 0, head_seq
         for batch in con.sql(consent_lib.LEDGER_ORDER_SQL.format(table="__fresh")).to_arrow_reader(LEDGER_SEGMENT_ROWS):
-            n, _ = log.append(pa.Table.from_batches([batch]).cast(consent_lib.CANDIDATE_SCHEMA))
-            appended += n
-    after = log.verify()
-    yield dg.MaterializeResult(metadata={
-        "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
-        "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
-        "candidates_seen": candidates, "policy_version": policy.version,
-    })
-    yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
-                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
-    # the schema check validates the newest rows (this run's appends first), not the whole history
-    yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_recent(min(max(appended, 1), 200_000)))
+            # refuses a decision id already stored (the safety net should the lock have been lost)
+            n, _ = log.append(pa.Table.from_batches([batch]).cast(consent_lib.CANDIDATE_SCHEMA), checked_through=checked)
+            appended, checked = appended + n, log.last_append_seq
+    return appended, by_decision, candidates
 
 
 @dg.asset(

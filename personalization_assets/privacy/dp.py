@@ -7,13 +7,26 @@ keeps the unit's sensitivity at K. Group keys (segment names, content categories
 the margin declares them invariant. Each release spends its ε from a per-period budget recorded in a
 hash-chained ledger; a release that would exceed the remaining budget fails before touching the data.
 Internal tables (e.g. segments/segment_sizes) stay exact and never leave the platform.
+
+Releases are idempotent and the charge is atomic with the result. A release is identified by a
+`release_id` = hash of (release name, ε, contribution bound, public keys, policy version, a fingerprint
+of the exact input: the sorted per-key counts). `BudgetLedger.release` runs under the ledger's writer
+lock: if the id is already in the ledger it returns the stored result and spends nothing (a rerun on
+unchanged data, a retry after a crash); otherwise it checks the remaining budget, draws the noise and
+appends ONE row holding both the ε charged and the released counts. There is no state in which ε was
+spent without the release being stored, and two processes can never overspend (check and append under
+one lock; the ledger refuses a release_id twice).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 
 import pyarrow as pa
 
@@ -29,6 +42,8 @@ BUDGET_SCHEMA = pa.schema(
         ("epsilon", pa.float64()),
         ("released_at", pa.timestamp("us", tz="UTC")),
         ("run_id", pa.string()),
+        ("release_id", pa.string()),  # idempotency key (see module docstring)
+        ("release_payload", pa.string()),  # the released result, JSON: stored with the charge, in the same row
         ("prev_hash", pa.string()),
         ("row_hash", pa.string()),
     ]
@@ -46,6 +61,30 @@ def period_of(policy: PrivacyPolicy, when: datetime) -> str:
     return when.strftime(PERIOD_FORMATS[policy.dp_period])
 
 
+def release_id(release: DpRelease, policy: PrivacyPolicy, key_name: str, values: list[str] | pa.Array) -> str:
+    """Identity of a release: its parameters and a fingerprint of the exact input (sorted per-key counts,
+    computed column-wise). Same data + same parameters = same id = the stored release, no new spend."""
+    import pyarrow.compute as pc
+
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
+    counts = pc.value_counts(arr).flatten() if len(arr) else [pa.array([], pa.string()), pa.array([], pa.int64())]
+    pairs = pa.table({"k": counts[0], "n": counts[1]}).sort_by("k")
+    fingerprint = hashlib.sha256(json.dumps([pairs["k"].to_pylist(), pairs["n"].to_pylist()]).encode()).hexdigest()
+    spec = {"release": release.name, "epsilon": release.epsilon, "max_contributions": release.max_contributions,
+            "public_keys": sorted(release.keys), "key_name": key_name, "policy_version": policy.version, "input": fingerprint}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    release_id: str
+    payload: dict  # what `compute` returned when the release was first made
+    released_at: datetime
+    epsilon_spent: float  # 0 when the stored release was returned
+    remaining: float  # budget left in the current period afterwards
+    reused: bool
+
+
 @dataclass
 class BudgetLedger:
     log: HashChainedLog
@@ -53,31 +92,54 @@ class BudgetLedger:
 
     @classmethod
     def open(cls, lake: LakeStorage, policy: PrivacyPolicy, lock_dir: str | None) -> "BudgetLedger":
-        return cls(HashChainedLog(lake=lake.log_store(), name="dp_budget_ledger", schema=BUDGET_SCHEMA, lock_dir=lock_dir), policy)
+        return cls(HashChainedLog(lake=lake.log_store(), name="dp_budget_ledger", schema=BUDGET_SCHEMA, lock_dir=lock_dir, unique_key="release_id"), policy)
 
     def spent(self, period: str) -> float:
-        table = self.log.read_all()
-        return float(sum(r["epsilon"] for r in table.to_pylist() if r["period"] == period))
+        import pyarrow.compute as pc
+
+        table = self.log.read_all(["period", "epsilon"])
+        return float(pc.sum(table.filter(pc.equal(table["period"], period))["epsilon"]).as_py() or 0.0)
 
     def remaining(self, period: str) -> float:
         return self.policy.dp_total_epsilon - self.spent(period)
 
-    def charge(self, release: DpRelease, run_id: str, when: datetime | None = None) -> float:
-        """Reserve ε for a release, or raise DpBudgetExceeded. Returns what remains afterwards."""
+    def stored(self, rid: str) -> dict | None:
+        import pyarrow.compute as pc
+
+        table = self.log.read_all(["release_id", "release_payload", "released_at", "epsilon"])
+        hit = table.filter(pc.equal(table["release_id"], rid))
+        return hit.to_pylist()[0] if hit.num_rows else None
+
+    def release(self, release: DpRelease, run_id: str, rid: str, compute: Callable[[], dict], when: datetime | None = None) -> ReleaseOutcome:
+        """Return the stored release `rid`, or spend ε and store `compute()`'s result with the charge in one
+        append. Budget check, noise and append happen under the ledger's writer lock."""
         when = when or datetime.now(timezone.utc)
         period = period_of(self.policy, when)
-        status = self.log.verify()
-        if not status.ok:
-            raise DpBudgetExceeded(f"the DP budget ledger is corrupt ({status.problem}); refusing to release")
-        remaining = self.remaining(period)
-        if release.epsilon > remaining + 1e-12:
-            raise DpBudgetExceeded(
-                f"DP release '{release.name}' needs epsilon={release.epsilon} but only {remaining:.3f} of "
-                f"{self.policy.dp_total_epsilon} remains for {period} (privacy_policies/differential_privacy.yaml). "
-                "Wait for the next period or lower the release's epsilon."
-            )
-        self.log.append([{"period": period, "release": release.name, "epsilon": release.epsilon, "released_at": when, "run_id": run_id}])
-        return remaining - release.epsilon
+        with self.log.exclusive():
+            status = self.log.verify()
+            if not status.ok:
+                raise DpBudgetExceeded(f"the DP budget ledger is corrupt ({status.problem}); refusing to release")
+            previous = self.stored(rid)
+            if previous is not None:
+                return ReleaseOutcome(rid, json.loads(previous["release_payload"] or "{}"), previous["released_at"], 0.0,
+                                      self.remaining(period), True)
+            remaining = self.remaining(period)
+            if release.epsilon > remaining + 1e-12:
+                raise DpBudgetExceeded(
+                    f"DP release '{release.name}' needs epsilon={release.epsilon} but only {remaining:.3f} of "
+                    f"{self.policy.dp_total_epsilon} remains for {period} (privacy_policies/differential_privacy.yaml). "
+                    "Wait for the next period or lower the release's epsilon."
+                )
+            payload = compute()
+            self.log.append([{"period": period, "release": release.name, "epsilon": release.epsilon, "released_at": when, "run_id": run_id,
+                              "release_id": rid, "release_payload": json.dumps(payload, sort_keys=True)}],
+                            checked_through=status.rows)
+            return ReleaseOutcome(rid, payload, when, release.epsilon, remaining - release.epsilon, False)
+
+    def charge(self, release: DpRelease, run_id: str, when: datetime | None = None) -> float:
+        """Spend ε for a one-off release with no stored result (always a new charge), or raise
+        DpBudgetExceeded. Returns what remains afterwards."""
+        return self.release(release, run_id, uuid.uuid4().hex, dict, when).remaining
 
 
 def dp_counts(keys: list[str], release: DpRelease, key_name: str):

@@ -5,7 +5,8 @@
   categories by affinity (K = max_contributions; the bound is applied per person before the release).
 
 Group keys are public sets (segment names from the policy, categories from the public catalog).
-Each release spends its ε from the monthly budget (privacy/dp.py); the internal, exact
+Each release spends its ε from the monthly budget (privacy/dp.py) once per distinct input: a rerun on
+unchanged data rewrites the stored release and spends nothing; the internal, exact
 `segments/segment_sizes` never leaves the platform.
 """
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from personalization_assets.privacy.assets import lock_dir
-from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, dp_counts, period_of
+from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, dp_counts, period_of, release_id
 from personalization_assets.privacy.policies import get_policy
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage
@@ -30,33 +31,50 @@ CONTENT_POPULARITY_DP = dg.AssetKey(["exports", "content_popularity_dp"])
 NO_SUBJECT_DATA = {"kind": "none", "reason": "differentially private aggregates: no subject-level rows"}
 
 
-def _release(context, lake: LakeStorage, platform: PlatformConfig, release_name: str, keys: list[str], public_keys: list[str], key_name: str):
+def release_counts(lake: LakeStorage, platform: PlatformConfig, run_id: str, release_name: str, keys: list[str], public_keys: list[str],
+                   key_name: str, now: datetime | None = None):
+    """Noisy counts per public key, spending ε once per distinct input (see privacy/dp.py): returns
+    (ReleaseOutcome, rows dropped outside the public keys). Raises DpBudgetExceeded."""
     policy = get_policy()
     release = policy.dp_releases[release_name]
     public = set(public_keys)
     values = [k for k in keys if k in public]  # groups outside the public set are never released
     ledger = BudgetLedger.open(lake, policy, lock_dir(platform))
+    rid = release_id(release, policy, key_name, values)
+
+    def compute() -> dict:
+        released, scale, accuracy = dp_counts(values, release, key_name)
+        return {"keys": released[key_name].to_list(), "dp_counts": [int(c) for c in released["count"].to_list()],
+                "noise_scale": scale, "accuracy_95": accuracy}
+
+    return ledger.release(release, run_id, rid, compute, now or datetime.now(timezone.utc)), len(keys) - len(values)
+
+
+def _release(context, lake: LakeStorage, platform: PlatformConfig, release_name: str, keys: list[str], public_keys: list[str], key_name: str):
+    policy = get_policy()
+    release = policy.dp_releases[release_name]
     now = datetime.now(timezone.utc)
     try:
-        remaining = ledger.charge(release, context.run_id, now)
+        outcome, dropped = release_counts(lake, platform, context.run.run_id, release_name, keys, public_keys, key_name, now)
     except DpBudgetExceeded as exc:
         raise dg.Failure(str(exc), allow_retries=False) from None
-    released, scale, accuracy = dp_counts(values, release, key_name)
-    n = released.height
+    p = outcome.payload
+    n = len(p["keys"])
     table = pa.table({
-        key_name: pa.array(released[key_name].to_list(), pa.string()),
-        "dp_count": pa.array([int(c) for c in released["count"].to_list()], pa.int64()),
+        key_name: pa.array(p["keys"], pa.string()),
+        "dp_count": pa.array(p["dp_counts"], pa.int64()),
         "epsilon": pa.array([release.epsilon] * n, pa.float64()),
         "max_contributions": pa.array([release.max_contributions] * n, pa.int64()),
-        "noise_scale": pa.array([scale] * n, pa.float64()),
-        "accuracy_95": pa.array([accuracy] * n, pa.float64()),
-        "released_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        "noise_scale": pa.array([p["noise_scale"]] * n, pa.float64()),
+        "accuracy_95": pa.array([p["accuracy_95"]] * n, pa.float64()),
+        "released_at": pa.array([outcome.released_at] * n, pa.timestamp("us", tz="UTC")),
     })
     written = lake.write_table("exports", release_name + "_dp", table)
     return dg.MaterializeResult(metadata={
-        "dagster/row_count": n, "rows_written": n, "epsilon_spent": release.epsilon, "noise_scale": scale,
-        "accuracy_95": accuracy, "budget_remaining": remaining, "budget_period": period_of(policy, now),
-        "rows_dropped_outside_public_keys": len(keys) - len(values), "path": written.path,
+        "dagster/row_count": n, "rows_written": n, "epsilon_spent": outcome.epsilon_spent, "noise_scale": p["noise_scale"],
+        "accuracy_95": p["accuracy_95"], "budget_remaining": outcome.remaining, "budget_period": period_of(policy, now),
+        "release_id": outcome.release_id, "reused_stored_release": outcome.reused,
+        "rows_dropped_outside_public_keys": dropped, "path": written.path,
     })
 
 

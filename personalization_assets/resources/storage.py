@@ -323,6 +323,56 @@ class _FileStore(dg.ConfigurableResource):
                 ) from exc
             raise
 
+    # --- S3 conditional requests (compare-and-swap on one object); used by the log writer leases ---
+
+    @staticmethod
+    def _precondition_failed(exc) -> bool:
+        code = exc.response.get("Error", {}).get("Code")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404") or status in (404, 409, 412)
+
+    def put_conditional(self, relative: str, data: bytes, if_match: str | None = None, if_none_match: bool = False) -> str | None:
+        """S3 only: PUT with `If-None-Match: *` (create) or `If-Match: <etag>` (replace exactly that version).
+        Returns the new ETag, or None when the condition failed (someone else created or replaced it)."""
+        from botocore.exceptions import ClientError
+
+        if not self.is_s3:
+            raise ValueError("put_conditional is for S3 stores")
+        bucket, _, key = self.full_path(relative).partition("/")
+        kwargs = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        try:
+            return self.s3_client().put_object(Bucket=bucket, Key=key, Body=data, **kwargs)["ETag"]
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return None
+            raise
+
+    def read_with_etag(self, relative: str) -> tuple[bytes, str] | None:
+        """S3 only: the object's bytes and ETag, or None if it does not exist."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = self.full_path(relative).partition("/")
+        try:
+            obj = self.s3_client().get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return obj["Body"].read(), obj["ETag"]
+
+    def delete_if_match(self, relative: str, etag: str) -> bool:
+        """S3 only: delete the object only if it is still the version `etag` (`If-Match` on DeleteObject)."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = self.full_path(relative).partition("/")
+        try:
+            self.s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+            return True
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return False
+            raise
+
     def delete(self, relative: str) -> None:
         self._refuse_if_write_once("delete", relative)
         fs = self.filesystem()
@@ -484,8 +534,16 @@ class LakeStorage(_FileStore):
                 sensitive_tables=self.sensitive_tables, lock_dir=self.lock_dir,  # reads of the consent ledger are audited too
             )
             store._check_lock_config()
+            store._coordination = self
             self._logs = store
         return self._logs
+
+    _coordination: Optional["LakeStorage"] = PrivateAttr(default=None)
+
+    def coordination_store(self) -> "LakeStorage":
+        """The store that holds the writer locks/leases of the logs in this store: the lake that owns it (a
+        write-once log store cannot hold an object that is renewed and deleted)."""
+        return self._coordination or self
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         # a run starts: remove what writers killed in earlier runs left behind (never a live writer's file)
@@ -614,11 +672,16 @@ class LakeStorage(_FileStore):
         return pa.concat_tables(parts)
 
     def iter_batches(self, layer: str, table: str, partition: Mapping[str, str] | None = None, batch_rows: int = 65_536,
-                     columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """One partition in record batches of at most batch_rows rows, in storage order (memory bounded by a batch)."""
+                     columns: list[str] | None = None, missing_ok: bool = False) -> Iterator[pa.RecordBatch]:
+        """One partition in record batches of at most batch_rows rows, in storage order (memory bounded by a batch).
+        `missing_ok`: columns the file does not have (written before they were added) are left out."""
         self._audit_read(layer, table, partition_path(partition) or None, columns)
         with self.filesystem().open_input_file(self.full_path(self.data_file(layer, table, partition))) as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+            pf = pq.ParquetFile(f)
+            if columns is not None and missing_ok:
+                present = set(pf.schema_arrow.names)
+                columns = [c for c in columns if c in present]
+            yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
 
     def partition_files(self, layer: str, table: str) -> list[FileInfo]:
         return [f for f in self.list_files(self.table_dir(layer, table)) if f.path.endswith("/" + DATA_FILE)]
