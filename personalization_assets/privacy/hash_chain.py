@@ -195,7 +195,7 @@ class HashChainedLog:
         # next to the log it protects: every process writing this lake meets on the same file, whatever
         # its own data dir (`lock_dir` is no longer used for the writer lock)
         store = self._coordination()
-        path = store.full_path(f"{store.table_dir(self.layer, self.name)}/{LOCK_FILE}")
+        path = store.local_lock_path(f"{store.table_dir(self.layer, self.name)}/{LOCK_FILE}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as fh:
             deadline = time.monotonic() + self.lock_timeout

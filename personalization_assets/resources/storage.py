@@ -540,6 +540,12 @@ class LakeStorage(_FileStore):
 
     _coordination: Optional["LakeStorage"] = PrivateAttr(default=None)
 
+    def local_lock_path(self, relative: str) -> str:
+        """Path of an advisory lock file (holds no data) in a local store."""
+        if self.is_s3:
+            raise ValueError("lock files are local; an S3 store coordinates with lease objects")
+        return self.full_path(relative)
+
     def coordination_store(self) -> "LakeStorage":
         """The store that holds the writer locks/leases of the logs in this store: the lake that owns it (a
         write-once log store cannot hold an object that is renewed and deleted)."""
