@@ -116,6 +116,26 @@ def struct_parent_paths(model: type[pa.DataFrameModel]) -> tuple[tuple[str, ...]
     return tuple(sorted(parents))
 
 
+def plan_key_duplicates_sql(model: type[pa.DataFrameModel], line: str) -> str:
+    """SQL: the JSON text `line` repeats a key the tracking plan reads, in the message or in one of the plan's
+    nested objects (context, context.page, ...). DuckDB's JSON reader keeps one of the values silently in
+    `json_transform` and fails `read_json` (which sends the file here); keys the plan does not read are not
+    stored and do not matter."""
+    checks = []
+
+    def walk(node: dict, path: tuple[str, ...]):
+        keys = ", ".join(_sql_str(k) for k in node)
+        jpath = _sql_str("$" + "".join("." + _quote(p) for p in path))
+        plan_keys = f"list_filter(json_keys({line}, {jpath}), lambda k: k in ({keys}))"
+        checks.append(f"len({plan_keys}) <> len(list_distinct({plan_keys}))")
+        for key, child in node.items():
+            if isinstance(child, dict):
+                walk(child, path + (key,))
+
+    walk(_tree(model), ())
+    return "(" + " or ".join(f"coalesce({c}, false)" for c in checks) + ")"
+
+
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -126,41 +146,114 @@ def _access(root: str | None, path: tuple[str, ...]) -> str:
     return ".".join(([root] if root else []) + parts)
 
 
+# A timestamp the plan accepts: ISO 8601 date and time with an explicit UTC offset (Z or +hh:mm / +hhmm / +hh).
+ISO_WITH_OFFSET = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)$"
+NUMERIC_OFFSET = r"([+-])([0-9]{2}):?([0-9]{2})?$"
+MIN_OFFSET_MINUTES, MAX_OFFSET_MINUTES = -12 * 60, 14 * 60  # real UTC offsets: -12:00 .. +14:00
+
+# value-level reasons, each quarantined under its own code (the check order of `typed_projection`)
+VALUE_REASONS = ("wrong_type", "non_finite_number", "timestamp_without_offset", "timestamp_offset_out_of_range", "duplicate_key")
+
+
+def timestamp_problems(text_sql: str, label: str) -> list[tuple[str, str, str]]:
+    """(condition, reason, detail) for a parseable timestamp string: no offset, or an offset no place has."""
+    minutes = (
+        f"(case when regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 1) = '-' then -1 else 1 end) * "
+        f"(try_cast(regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 2) as integer) * 60 "
+        f"+ coalesce(try_cast(nullif(regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 3), '') as integer), 0))"
+    )
+    numeric = f"regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)}) and not regexp_matches({text_sql}, '[Zz]$')"
+    bad_minutes = f"coalesce(try_cast(nullif(regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 3), '') as integer), 0) >= 60"
+    return [
+        (f"not regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)})", "timestamp_without_offset",
+         f"{label} has no UTC offset (ISO 8601 date and time with Z or ±hh:mm required)"),
+        (f"{numeric} and ({bad_minutes} or {minutes} not between {MIN_OFFSET_MINUTES} and {MAX_OFFSET_MINUTES})",
+         "timestamp_offset_out_of_range", f"{label} has a UTC offset outside -12:00..+14:00"),
+    ]
+
+
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_BIG_EXPONENT = r"-?[0-9]+(\.[0-9]+)?[eE]\+?[0-9]{3,}"
+
+
+def _non_finite_in_json(text_sql: str) -> str:
+    """SQL: the JSON text holds NaN, Infinity or a number that overflows a double (1e400), outside strings.
+    A cheap substring prefilter keeps the exact check (strings blanked, big exponents cast) off clean rows."""
+    blanked = f"regexp_replace({text_sql}, {_sql_str(_JSON_STRING)}, '\"\"', 'g')"
+    return (
+        f"(regexp_matches({text_sql}, 'NaN|Infinity|[eE]\\+?[0-9]{{3}}') and ("
+        f"regexp_matches({blanked}, 'NaN|Infinity') or "
+        f"coalesce(list_bool_or(list_transform(regexp_extract_all({blanked}, {_sql_str(_BIG_EXPONENT)}), "
+        f"lambda x: not isfinite(try_cast(x as double)))), false)))"
+    )
+
+
+def _struct(code: str, detail_sql: str) -> str:
+    return f"{{'code': {_sql_str(code)}, 'detail': {detail_sql}}}"
+
+
 def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
-    """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`.
+    """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`
+    (details of every value problem) and `_type_reason` (the reason code of the first, one of VALUE_REASONS).
 
     `root` is a struct column (from read_json's row or from json_transform) whose leaves are JSON.
+    Value problems: a JSON type the plan does not declare (`wrong_type`), a number that is not finite
+    (`NaN`, `Infinity`, or an overflow such as `1e400`: `non_finite_number`), a timestamp without an
+    explicit UTC offset or a date only (`timestamp_without_offset`), an offset outside -12:00..+14:00
+    (`timestamp_offset_out_of_range`), and a key repeated in an object kept as JSON text (`duplicate_key`;
+    duplicates in objects the plan reads field by field are caught while parsing, see events_ingest).
     """
     select, errors = [], []
     for col in json_columns(model):
         v = _access(root, col.path)
         allowed = ", ".join(_sql_str(t) for t in _KIND_JSON_TYPES[col.kind])
         ok = f"json_type({v}) in ({allowed})"
+        text = f"({v} ->> '$')"
         if col.kind == "string":
-            value = f"case when {ok} then ({v} ->> '$') end"
+            value = f"case when {ok} then {text} end"
         elif col.kind == "timestamp":
-            value = f"case when {ok} then try_cast({v} ->> '$' as timestamptz) end"
+            value = f"case when {ok} then try_cast({text} as timestamptz) end"
         elif col.kind == "number":
-            value = f"case when {ok} then try_cast({v} ->> '$' as double) end"
+            value = f"case when {ok} then try_cast({text} as double) end"
         elif col.kind == "integer":
-            value = f"case when {ok} then try_cast({v} ->> '$' as bigint) end"
+            value = f"case when {ok} then try_cast({text} as bigint) end"
         elif col.kind == "boolean":
-            value = f"case when {ok} then ({v} ->> '$')::boolean end"
+            value = f"case when {ok} then ({text})::boolean end"
         else:  # object / array kept as JSON text
             value = f"case when {ok} then ({v})::varchar end"
         select.append(f"{value} as {_quote(col.name)}")
         bad = f"json_type({v}) is not null and json_type({v}) <> 'NULL' and not ({ok})"
         label = ".".join(col.path)
-        errors.append(f"case when {bad} then {_sql_str(label + ' must be ' + col.kind)} end")
+        errors.append(f"case when {bad} then {_struct('wrong_type', _sql_str(label + ' must be ' + col.kind))} end")
         if col.kind == "timestamp":
             errors.append(
-                f"case when {ok} and try_cast({v} ->> '$' as timestamptz) is null "
-                f"then {_sql_str(label + ' is not an ISO-8601 timestamp')} end"
+                f"case when {ok} and try_cast({text} as timestamptz) is null "
+                f"then {_struct('wrong_type', _sql_str(label + ' is not an ISO-8601 timestamp'))} end"
+            )
+            for cond, code, detail in timestamp_problems(text, label):
+                errors.append(f"case when {ok} and try_cast({text} as timestamptz) is not null and {cond} then {_struct(code, _sql_str(detail))} end")
+        if col.kind == "number":
+            errors.append(
+                f"case when {ok} and not isfinite(try_cast({text} as double)) "
+                f"then {_struct('non_finite_number', _sql_str(label + ' is not a finite number: ') + ' || ' + text)} end"
             )
         if col.kind == "integer":
             errors.append(
-                f"case when {ok} and try_cast({v} ->> '$' as bigint) is null "
-                f"then {_sql_str(label + ' is out of range')} end"
+                f"case when {ok} and try_cast({text} as bigint) is null "
+                f"then {_struct('wrong_type', _sql_str(label + ' is out of range'))} end"
             )
-    type_errors = f"list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors"
+        if col.kind in ("object", "array"):
+            # a non-finite number anywhere inside an object kept as text (outside string values)
+            errors.append(
+                f"case when {ok} and {_non_finite_in_json(f'({v})::varchar')} "
+                f"then {_struct('non_finite_number', _sql_str(label + ' holds a number that is not finite'))} end"
+            )
+        if col.kind == "object":
+            # a key repeated at the top of an object kept as text (nested levels: events_ingest.flag_nested_duplicate_keys)
+            errors.append(
+                f"case when {ok} and len(json_keys({v})) <> len(list_distinct(json_keys({v}))) "
+                f"then {_struct('duplicate_key', _sql_str(label + ' repeats a key'))} end"
+            )
+    found = f"list_filter([{', '.join(errors)}], lambda x: x is not null)"
+    type_errors = f"list_transform({found}, lambda x: x.detail) as _type_errors, ({found})[1].code as _type_reason"
     return select, type_errors
