@@ -349,25 +349,28 @@ class _DuplicateKey(Exception):
     pass
 
 
-def flag_nested_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
-    """Mark rows whose objects kept as JSON text (properties, traits, tags...) repeat a key BELOW their top
-    level as `duplicate_key` (the top level is checked in SQL by the typed projection). Only texts holding a
-    nested object are candidates, found with one vectorized scan; those few are checked exactly in Python.
-    The same function runs after either parsing path, so both give the same quarantine."""
+def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
+    """Mark rows whose objects kept as JSON text (properties, traits, catalog tags) repeat a key BELOW their
+    top level as `duplicate_key` (the top level is checked in SQL by the typed projection).
+
+    Only texts holding a nested object can hide such a duplicate; one vectorized scan of the (minified) text
+    finds them, and only those few are checked exactly in Python. It runs after either parsing path, so
+    both give the same quarantine."""
     cols = [c for c in json_extract.json_columns(model) if c.kind in ("object", "array") and c.name in table.column_names]
     if not cols or not table.num_rows:
         return table
     unflagged = pc.is_null(table["_type_reason"])
     hits: dict[int, str] = {}
     for c in cols:
-        inner = pc.utf8_slice_codeunits(table[c.name], 1)
-        cand = pc.and_(pc.fill_null(pc.match_substring(inner, "{"), False), unflagged)
+        text = table[c.name]
+        nested = pc.match_substring_regex(text, r"[:\[,]\{")
+        cand = pc.and_(pc.fill_null(nested, False), unflagged)
         idx = pc.indices_nonzero(cand.combine_chunks() if isinstance(cand, pa_arrow.ChunkedArray) else cand).to_pylist()
         if not idx:
             continue
-        for i, text in zip(idx, table[c.name].take(pa_arrow.array(idx)).to_pylist()):
-            if i not in hits and _has_duplicate_key(text):
-                hits[i] = f"{'.'.join(c.path)} repeats a key"
+        for i, value in zip(idx, text.take(pa_arrow.array(idx)).to_pylist()):
+            if i not in hits and _has_duplicate_key(value):
+                hits[i] = f"duplicate_key: {'.'.join(c.path)} repeats a key"
     if not hits:
         return table
     errors, reasons = table["_type_errors"].to_pylist(), table["_type_reason"].to_pylist()
@@ -593,7 +596,7 @@ def ingest_event_batch(
     else:
         empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
         table = empty.append_column("landing_hour", _hour_array(partitions[0][0] if partitions else datetime.now(), 0))
-    table = flag_nested_duplicate_keys(table)
+    table = flag_duplicate_keys(table)
     # --- semantic validation with the pandera tracking plan
     valid = validate_rows(table, schema, quarantine_rows)
     # --- exact duplicates of a messageId within a partition: keep the earliest receivedAt

@@ -156,18 +156,24 @@ VALUE_REASONS = ("wrong_type", "non_finite_number", "timestamp_without_offset", 
 
 
 def timestamp_problems(text_sql: str, label: str) -> list[tuple[str, str, str]]:
-    """(condition, reason, detail) for a parseable timestamp string: no offset, or an offset no place has."""
+    """(condition, reason, detail) for a timestamp string that DuckDB parses (the condition checks that too)
+    but a strict ISO 8601 reader would not take: no offset (or a date only), or an offset no place has.
+    Cheap tests come first: the usual CDP shape (2026-11-28T13:05:00.118Z) is accepted without a regex."""
+    parses = f"try_cast({text_sql} as timestamptz) is not null"
+    z_shape = f"(suffix({text_sql}, 'Z') and length({text_sql}) >= 17 and substr({text_sql}, 11, 1) = 'T')"
+    off = _sql_str(NUMERIC_OFFSET)
     minutes = (
-        f"(case when regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 1) = '-' then -1 else 1 end) * "
-        f"(try_cast(regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 2) as integer) * 60 "
-        f"+ coalesce(try_cast(nullif(regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 3), '') as integer), 0))"
+        f"(case when regexp_extract({text_sql}, {off}, 1) = '-' then -1 else 1 end) * "
+        f"(try_cast(regexp_extract({text_sql}, {off}, 2) as integer) * 60 "
+        f"+ coalesce(try_cast(nullif(regexp_extract({text_sql}, {off}, 3), '') as integer), 0))"
     )
-    numeric = f"regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)}) and not regexp_matches({text_sql}, '[Zz]$')"
-    bad_minutes = f"coalesce(try_cast(nullif(regexp_extract({text_sql}, {_sql_str(NUMERIC_OFFSET)}, 3), '') as integer), 0) >= 60"
+    bad_minutes = f"coalesce(try_cast(nullif(regexp_extract({text_sql}, {off}, 3), '') as integer), 0) >= 60"
+    iso = f"regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)})"
     return [
-        (f"not regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)})", "timestamp_without_offset",
+        (f"not {z_shape} and {parses} and not {iso}", "timestamp_without_offset",
          f"{label} has no UTC offset (ISO 8601 date and time with Z or ±hh:mm required)"),
-        (f"{numeric} and ({bad_minutes} or {minutes} not between {MIN_OFFSET_MINUTES} and {MAX_OFFSET_MINUTES})",
+        (f"not suffix({text_sql}, 'Z') and not suffix({text_sql}, 'z') and {parses} and {iso} "
+         f"and ({bad_minutes} or {minutes} not between {MIN_OFFSET_MINUTES} and {MAX_OFFSET_MINUTES})",
          "timestamp_offset_out_of_range", f"{label} has a UTC offset outside -12:00..+14:00"),
     ]
 
@@ -181,7 +187,8 @@ def _non_finite_in_json(text_sql: str) -> str:
     A cheap substring prefilter keeps the exact check (strings blanked, big exponents cast) off clean rows."""
     blanked = f"regexp_replace({text_sql}, {_sql_str(_JSON_STRING)}, '\"\"', 'g')"
     return (
-        f"(regexp_matches({text_sql}, 'NaN|Infinity|[eE]\\+?[0-9]{{3}}') and ("
+        f"((contains({text_sql}, 'NaN') or contains({text_sql}, 'Infinity') or regexp_matches({text_sql}, 'e\\+?[0-9]{{3}}') "
+        f"or (contains({text_sql}, 'E') and regexp_matches({text_sql}, 'E\\+?[0-9]{{3}}'))) and ("
         f"regexp_matches({blanked}, 'NaN|Infinity') or "
         f"coalesce(list_bool_or(list_transform(regexp_extract_all({blanked}, {_sql_str(_BIG_EXPONENT)}), "
         f"lambda x: not isfinite(try_cast(x as double)))), false)))"
@@ -189,7 +196,8 @@ def _non_finite_in_json(text_sql: str) -> str:
 
 
 def _struct(code: str, detail_sql: str) -> str:
-    return f"{{'code': {_sql_str(code)}, 'detail': {detail_sql}}}"
+    """An entry of `_type_errors`: '<reason code>: <detail>'."""
+    return f"({_sql_str(code + ': ')} || {detail_sql})"
 
 
 def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
@@ -231,7 +239,7 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
                 f"then {_struct('wrong_type', _sql_str(label + ' is not an ISO-8601 timestamp'))} end"
             )
             for cond, code, detail in timestamp_problems(text, label):
-                errors.append(f"case when {ok} and try_cast({text} as timestamptz) is not null and {cond} then {_struct(code, _sql_str(detail))} end")
+                errors.append(f"case when {ok} and {cond} then {_struct(code, _sql_str(detail))} end")
         if col.kind == "number":
             errors.append(
                 f"case when {ok} and not isfinite(try_cast({text} as double)) "
@@ -249,11 +257,22 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
                 f"then {_struct('non_finite_number', _sql_str(label + ' holds a number that is not finite'))} end"
             )
         if col.kind == "object":
-            # a key repeated at the top of an object kept as text (nested levels: events_ingest.flag_nested_duplicate_keys)
+            # a key repeated at the top of an object kept as text (DuckDB reads the plan's fields inside it, e.g.
+            # properties.price, from the first); deeper levels: events_ingest.flag_duplicate_keys
             errors.append(
-                f"case when {ok} and len(json_keys({v})) <> len(list_distinct(json_keys({v}))) "
+                f"case when {ok} and list_unique(json_keys({v})) <> len(json_keys({v})) "
                 f"then {_struct('duplicate_key', _sql_str(label + ' repeats a key'))} end"
             )
-    found = f"list_filter([{', '.join(errors)}], lambda x: x is not null)"
-    type_errors = f"list_transform({found}, lambda x: x.detail) as _type_errors, ({found})[1].code as _type_reason"
+    # one list of "<code>: <detail>" strings; the first one's code is the row's reason (read back through
+    # DuckDB's reference to an earlier select alias, so the checks are evaluated once)
+    type_errors = (
+        f"list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors, "
+        f"split_part(_type_errors[1], ': ', 1) as _type_reason"
+    )
     return select, type_errors
+
+
+def plan_children(model: type[pa.DataFrameModel], col: JsonColumn) -> tuple[str, ...]:
+    """Keys the plan reads directly inside the object column `col` (e.g. properties -> content_id, price, ...)."""
+    n = len(col.path)
+    return tuple(sorted({c.path[n] for c in json_columns(model) if len(c.path) > n and c.path[:n] == col.path}))

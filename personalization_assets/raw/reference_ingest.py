@@ -20,7 +20,7 @@ from personalization_assets.raw.events_ingest import (
     Reject,
     _order_like_model,
     build_quarantine,
-    flag_nested_duplicate_keys,
+    flag_duplicate_keys,
     parse_file,
     validate_rows,
     value_checks,
@@ -93,7 +93,7 @@ def ingest_jsonl_source(
         from personalization_assets.raw.events_ingest import _empty_typed
 
         table = _empty_typed(con, model).append_column("source_file", pa.array([], pa.string()))
-    table = flag_nested_duplicate_keys(table, model)
+    table = flag_duplicate_keys(table, model)
     raw = _validate(table, model, quarantine_rows, dedup_key, con)
     return SourceResult(raw=raw, quarantine=build_quarantine(source, quarantine_rows, by_path), records_read=read, files=sorted(by_path))
 
@@ -183,16 +183,16 @@ def ingest_crm(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str
             if c in _CRM_TYPES:
                 t = _CRM_TYPES[c]
                 select.append(f"try_cast({c} as {t}) as {c}")
-                errors.append(f"case when {c} is not null and try_cast({c} as {t}) is null then {{'code': 'wrong_type', 'detail': '{c} is not a valid {t}'}} end")
+                errors.append(f"case when {c} is not null and try_cast({c} as {t}) is null then 'wrong_type: {c} is not a valid {t}' end")
                 if t == "timestamptz":  # the same strict timestamp rules as the JSON sources
                     for cond, code, detail in json_extract.timestamp_problems(c, c):
-                        errors.append(f"case when try_cast({c} as {t}) is not null and {cond} then {{'code': '{code}', 'detail': {json_extract._sql_str(detail)}}} end")
+                        errors.append(f"case when {c} is not null and {cond} then {json_extract._sql_str(code + ': ' + detail)} end")
             else:
                 select.append(c)
-        found = f"list_filter([{', '.join(errors)}], lambda x: x is not null)"
         typed = con.sql(
             f"""select {', '.join(select)}, source_file, line_no,
-                   list_transform({found}, lambda x: x.detail) as _type_errors, ({found})[1].code as _type_reason
+                   list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors,
+                   split_part(_type_errors[1], ': ', 1) as _type_reason
                 from _crm"""
         ).arrow().read_all()
     finally:
