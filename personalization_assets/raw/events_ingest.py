@@ -353,8 +353,8 @@ def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table
     """Mark rows whose objects kept as JSON text (properties, traits, catalog tags) repeat a key BELOW their
     top level as `duplicate_key` (the top level is checked in SQL by the typed projection).
 
-    Only texts holding a nested object can hide such a duplicate; one vectorized scan of the (minified) text
-    finds them, and only those few are checked exactly in Python. It runs after either parsing path, so
+    Only texts holding a nested object (a second '{') can hide such a duplicate; one vectorized substring
+    count finds them, and only those few are checked exactly in Python. It runs after either parsing path, so
     both give the same quarantine."""
     cols = [c for c in json_extract.json_columns(model) if c.kind in ("object", "array") and c.name in table.column_names]
     if not cols or not table.num_rows:
@@ -363,7 +363,7 @@ def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table
     hits: dict[int, str] = {}
     for c in cols:
         text = table[c.name]
-        nested = pc.match_substring_regex(text, r"[:\[,]\{")
+        nested = pc.greater(pc.count_substring(text, "{"), 0 if c.kind == "array" else 1)
         cand = pc.and_(pc.fill_null(nested, False), unflagged)
         idx = pc.indices_nonzero(cand.combine_chunks() if isinstance(cand, pa_arrow.ChunkedArray) else cand).to_pylist()
         if not idx:

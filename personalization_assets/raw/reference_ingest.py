@@ -185,8 +185,7 @@ def ingest_crm(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str
                 select.append(f"try_cast({c} as {t}) as {c}")
                 errors.append(f"case when {c} is not null and try_cast({c} as {t}) is null then 'wrong_type: {c} is not a valid {t}' end")
                 if t == "timestamptz":  # the same strict timestamp rules as the JSON sources
-                    for cond, code, detail in json_extract.timestamp_problems(c, c):
-                        errors.append(f"case when {c} is not null and {cond} then {json_extract._sql_str(code + ': ' + detail)} end")
+                    errors.append(f"case when {c} is not null then {json_extract.timestamp_problem(c, c)} end")
             else:
                 select.append(c)
         typed = con.sql(
