@@ -62,7 +62,8 @@ def strip_url_sql(column: str) -> str:
     # user info first: a password may hold ';' and must not be mistaken for a matrix parameter
     no_userinfo = f"regexp_replace({no_query}, '{_URL_USERINFO}', '\\1')"
     no_matrix = f"regexp_replace({no_userinfo}, ';[^/]*', '', 'g')"
-    return f"nullif({no_matrix}, '')"
+    # most URLs have neither ';' nor '@': they pay the query strip only
+    return f"nullif(case when contains({column}, ';') or contains({column}, '@') then {no_matrix} else {no_query} end, '')"
 
 
 def protect_text_columns(con: duckdb.DuckDBPyConnection, table: str, policies: dict[str, ColumnPolicy]) -> dict:
