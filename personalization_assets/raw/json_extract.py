@@ -146,12 +146,12 @@ def _access(root: str | None, path: tuple[str, ...]) -> str:
     return ".".join(([root] if root else []) + parts)
 
 
-# A timestamp the plan accepts: ISO 8601 date and time with an explicit UTC offset (Z or +hh:mm / +hhmm / +hh).
-ISO_WITH_OFFSET = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)$"
-
-# value-level reasons, each quarantined under its own code (the check order of `typed_projection`)
+# value-level reasons, each quarantined under its own code (see `typed_projection`)
 VALUE_REASONS = ("wrong_type", "non_finite_number", "timestamp_without_offset", "timestamp_offset_out_of_range", "duplicate_key")
 
+
+# A timestamp the plan accepts: ISO 8601 date and time with an explicit UTC offset (Z or +hh:mm / +hhmm / +hh).
+ISO_WITH_OFFSET = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)$"
 
 # ... and with the offset of a real place: Z, -12:00 .. +14:00 (minutes < 60)
 ISO_STRICT = (
