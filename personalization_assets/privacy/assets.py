@@ -23,7 +23,7 @@ from personalization_assets.privacy.identity import (
 from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerRow, ConsentState
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
-from personalization_assets.privacy.transforms import apply_column_policies
+from personalization_assets.privacy.transforms import add_text_stats, apply_column_policies, protect_text_columns, text_metadata
 from personalization_assets.raw.partitions import partition_dict, partition_start
 from personalization_assets.raw.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
@@ -421,6 +421,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         policy = get_policy()
         audit = auditor(context, lake, platform, CONSENTED_EVENTS)
         totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
+        text_totals: dict = {"pii_redacted": {}, "formulas_neutralized": {}}
         violations, sample = [], []
         columns = [c for c, cp in policy.columns["events"].items() if cp.action != "drop"]
         with duckdb.get_connection() as con:
@@ -433,6 +434,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 out, stats = consent_events(con, raw, policy, pseudonymizer)
                 for k in totals:
                     totals[k] += stats[k]
+                add_text_stats(text_totals, stats)
                 for pk, part_raw in zip(batch, parts):
                     hour = pa.scalar(partition_start(pk), pa.timestamp("us", tz="UTC"))
                     part_out = out.filter(pa.compute.equal(out["landing_hour"], hour)) if len(batch) > 1 else out
@@ -447,6 +449,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             "rows_written": totals["kept"], "raw_rows_read": totals["raw_rows"],
             "excluded_no_consent": totals["no_consent"], "excluded_suppressed": totals["suppressed"],
             "partitions": len(context.partition_keys), "key_version": pseudonymizer.chain().active,
+            **text_metadata(text_totals),
         })
         yield model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(pa.concat_tables(sample) if sample else pa.table({}))
         yield dg.AssetCheckResult(check_name="consented_le_raw", passed=not violations,
@@ -470,6 +473,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             con.execute("create or replace temp table crm_current as select * from crm_all where is_current")
             selects, joins = apply_column_policies(con, "crm_current", policy.columns["crm_profiles"], pseudonymizer)
             con.execute(f"create or replace temp table __crm as select {', '.join(selects)} from crm_current r {' '.join(joins)}")
+            text_stats = protect_text_columns(con, "__crm", policy.columns["crm_profiles"])
             table = con.sql(
                 """select c.*, list(s.purpose order by s.purpose) as purposes
                    from __crm c
@@ -481,7 +485,8 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             ).arrow().read_all()
             total = con.execute("select count(*) from __crm").fetchall()[0][0]
         written = lake.write_table("consented", "crm_profiles", table)
-        return dg.MaterializeResult(metadata=_write_metadata(written, {"current_profiles": int(total), "excluded_no_consent_or_suppressed": int(total - table.num_rows)}))
+        return dg.MaterializeResult(metadata=_write_metadata(written, {"current_profiles": int(total), "excluded_no_consent_or_suppressed": int(total - table.num_rows),
+                                                                       **text_metadata(text_stats)}))
 
     @dg.asset(
         key=CONSENTED_CATALOG,
@@ -497,9 +502,11 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         with duckdb.get_connection() as con:
             lake.register(con, "catalog", "raw", "content_catalog", empty_schema=arrow_schema(RawContent))
             selects, joins = apply_column_policies(con, "catalog", policy.columns["content_catalog"], pseudonymizer)
-            table = con.sql(f"select {', '.join(selects)} from catalog r {' '.join(joins)} order by r.content_id").arrow().read_all()
+            con.execute(f"create or replace temp table __catalog as select {', '.join(selects)} from catalog r {' '.join(joins)} order by r.content_id")
+            text_stats = protect_text_columns(con, "__catalog", policy.columns["content_catalog"])
+            table = con.sql("select * from __catalog order by content_id").arrow().read_all()
         written = lake.write_table("consented", "content_catalog", table)
-        return dg.MaterializeResult(metadata=_write_metadata(written))
+        return dg.MaterializeResult(metadata=_write_metadata(written, text_metadata(text_stats)))
 
     return [consented_events, consented_crm_profiles, consented_content_catalog]
 

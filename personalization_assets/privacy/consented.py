@@ -15,7 +15,7 @@ from personalization_assets.privacy.consent import ASOF_PURPOSES_SQL
 from personalization_assets.privacy.models import ConsentedEvent
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
-from personalization_assets.privacy.transforms import apply_column_policies, output_column
+from personalization_assets.privacy.transforms import apply_column_policies, output_column, protect_text_columns
 
 CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent, {"purposes": pa.list_(pa.string())})
 SUPPRESSION_SCHEMA = pa.schema([("request_id", pa.string()), ("identifier", pa.string()), ("identifier_kind", pa.string()), ("requested_at", pa.timestamp("us", tz="UTC"))])
@@ -36,10 +36,13 @@ def _required_output(policy: PrivacyPolicy, source: str, column: str) -> str:
 
 
 def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer) -> tuple[pa.Table, dict]:
-    """One raw partition -> consented rows (ConsentedEvent) and counts for metadata."""
+    """One raw partition -> consented rows (ConsentedEvent) and counts for metadata.
+
+    `pii_redacted` / `formulas_neutralized` count over every row of the partition that went through the
+    policy (before the consent filter): what would have leaked, per column and kind."""
     stats = {"raw_rows": raw.num_rows}
     if raw.num_rows == 0:
-        return CONSENTED_EVENT_SCHEMA.empty_table(), {**stats, "kept": 0, "no_consent": 0, "suppressed": 0}
+        return CONSENTED_EVENT_SCHEMA.empty_table(), {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
     raw = raw.append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     con.register("raw_part", raw)
     try:
@@ -48,6 +51,8 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         user_out = _required_output(policy, "events", "user_id")
         anon_out = _required_output(policy, "events", "anonymous_id")
         con.execute(f"create or replace temp table __cev as select r.__row, {', '.join(selects)} from raw_part r {' '.join(joins)}")
+        # free text the policy keeps (URLs, event names, content ids): PII redacted, formulas neutralised
+        text_stats = protect_text_columns(con, "__cev", cols)
         con.execute(
             f"""
             create or replace temp table __cev_subject as
@@ -101,7 +106,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         ).arrow().read_all()
     finally:
         con.unregister("raw_part")
-    stats.update({"suppressed": int(counts[0]), "no_consent": int(counts[1]), "kept": int(counts[2])})
+    stats.update({"suppressed": int(counts[0]), "no_consent": int(counts[1]), "kept": int(counts[2]), **text_stats})
     if stats["suppressed"] + stats["no_consent"] + stats["kept"] != raw.num_rows:
         raise AssertionError(f"consented/events lost rows: {stats} (every raw row must be kept, excluded for consent, or suppressed)")
     return out.cast(CONSENTED_EVENT_SCHEMA), stats

@@ -22,6 +22,7 @@ REQUIRED_PURPOSES = ("personalization", "analytics", "advertising", "sale_share"
 CLASSES = ("direct_identifier", "quasi_identifier", "sensitive", "none")
 ACTIONS = ("drop", "pseudonymize", "truncate_ip", "generalize_birth_date", "strip_url_query", "keep")
 NORMALIZERS = ("id", "email", "phone")
+TEXT_ACTIONS = ("keep", "strip_url_query")  # actions whose output is the column's text (detect_pii / neutralize_formulas apply)
 BASES = ("opt_in", "opt_out")
 NO_RECORD = ("deny", "allow")
 OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
@@ -72,6 +73,13 @@ class ColumnPolicy:
     action: str
     normalize: str | None
     output: str
+    detect_pii: bool = False  # free text: emails, phones, IPs and card numbers are redacted (privacy/pii.py)
+    neutralize_formulas: bool = False  # text that a spreadsheet would evaluate is made inert (csv_safety.py)
+
+    @property
+    def scans_pii(self) -> bool:
+        """URLs are free text by nature: strip_url_query always runs the PII detector after stripping."""
+        return self.detect_pii or self.action == "strip_url_query"
 
 
 @dataclass(frozen=True)
@@ -263,7 +271,18 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
                 _one_of(label, f"{where}.normalize", normalize, NORMALIZERS)
             if cls == "direct_identifier" and action not in ("drop", "pseudonymize"):
                 raise PolicyError(f"{label}: {where}.action: a direct identifier must be dropped or pseudonymized, not {action!r}.")
-            columns[source][col] = ColumnPolicy(col, cls, action, normalize, str(spec.get("output") or col))
+            flags = {}
+            for flag in ("detect_pii", "neutralize_formulas"):
+                value = spec.get(flag, False)
+                if not isinstance(value, bool):
+                    raise PolicyError(f"{label}: {where}.{flag}: must be true or false, got {value!r}.")
+                if value and action not in TEXT_ACTIONS:
+                    raise PolicyError(
+                        f"{label}: {where}.{flag}: only applies to a column that is kept as text "
+                        f"(action {' or '.join(TEXT_ACTIONS)}), not to action {action!r}."
+                    )
+                flags[flag] = value
+            columns[source][col] = ColumnPolicy(col, cls, action, normalize, str(spec.get("output") or col), **flags)
     if raw_models:
         for source, model in raw_models.items():
             declared = set(model.to_schema().columns)
@@ -277,6 +296,14 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
                 )
             if extra:
                 raise PolicyError(f"{label}: sources.{source}: column(s) {', '.join(extra)} do not exist in the raw table.")
+            schema_cols = model.to_schema().columns
+            for col, cp in columns.get(source, {}).items():
+                if (cp.detect_pii or cp.neutralize_formulas) and "str" not in str(schema_cols[col].dtype).lower():
+                    flag = "detect_pii" if cp.detect_pii else "neutralize_formulas"
+                    raise PolicyError(
+                        f"{label}: sources.{source}.{col}.{flag}: the raw column is {schema_cols[col].dtype}, not text; "
+                        "remove the flag."
+                    )
 
     label, data = r.load("retention.yaml")
     retention = {}

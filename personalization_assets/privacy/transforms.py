@@ -13,7 +13,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from personalization_assets.csv_safety import neutralize_columns
 from personalization_assets.privacy.identity import map_distinct, pseudonymize_column
+from personalization_assets.privacy.pii import redact_columns
 from personalization_assets.privacy.policies import ColumnPolicy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 
@@ -47,6 +49,54 @@ def truncate_ips(values: list[str | None]) -> list[str | None]:
     for i in pc.indices_nonzero(pc.invert(fast)).to_pylist():
         out[i] = truncate_ip(values[i])
     return out
+
+
+# userinfo: between "scheme://" (or "//") and the last "@" before the path — user:pass@host
+_URL_USERINFO = r"^((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//)[^/?#]*@"
+
+
+def strip_url_sql(column: str) -> str:
+    """SQL: the URL without query string, fragment, matrix parameters (`;jsessionid=...` in any path segment)
+    and user info (`user:pass@`); empty -> NULL. Runs per row, so each step is one RE2 pass."""
+    no_query = f"regexp_replace({column}, '[?#].*$', '')"
+    # user info first: a password may hold ';' and must not be mistaken for a matrix parameter
+    no_userinfo = f"regexp_replace({no_query}, '{_URL_USERINFO}', '\\1')"
+    no_matrix = f"regexp_replace({no_userinfo}, ';[^/]*', '', 'g')"
+    # most URLs have neither ';' nor '@': they pay the query strip only
+    return f"nullif(case when contains({column}, ';') or contains({column}, '@') then {no_matrix} else {no_query} end, '')"
+
+
+def protect_text_columns(con: duckdb.DuckDBPyConnection, table: str, policies: dict[str, ColumnPolicy]) -> dict:
+    """Post-pass over DuckDB table `table` holding the policy OUTPUT columns: redact PII in the columns the
+    policy scans (`detect_pii`, and every URL) and neutralise spreadsheet formulas where it says so.
+    Returns metadata: per column, counts of redactions by kind and of neutralised formula cells."""
+    pii_cols = [cp.output for cp in policies.values() if cp.action != "drop" and cp.scans_pii]
+    formula_cols = [cp.output for cp in policies.values() if cp.action != "drop" and cp.neutralize_formulas]
+    pii_counts = redact_columns(con, table, pii_cols)
+    formula_counts = neutralize_columns(con, table, formula_cols)
+    return {"pii_redacted": pii_counts, "formulas_neutralized": formula_counts}
+
+
+def add_text_stats(total: dict, stats: dict) -> None:
+    """Accumulate `protect_text_columns` counts of one batch into `total` (same shape)."""
+    for col, kinds in stats.get("pii_redacted", {}).items():
+        acc = total["pii_redacted"].setdefault(col, {})
+        for kind, n in kinds.items():
+            acc[kind] = acc.get(kind, 0) + n
+    for col, n in stats.get("formulas_neutralized", {}).items():
+        total["formulas_neutralized"][col] = total["formulas_neutralized"].get(col, 0) + n
+
+
+def text_metadata(stats: dict) -> dict:
+    """Dagster metadata for the counts (counts only, never values)."""
+    import dagster as dg
+
+    pii = stats.get("pii_redacted", {})
+    return {
+        "pii_redacted": dg.MetadataValue.json(pii),
+        "pii_redacted_total": int(sum(n for kinds in pii.values() for n in kinds.values())),
+        "formulas_neutralized": dg.MetadataValue.json(stats.get("formulas_neutralized", {})),
+    }
 
 
 def age_band_sql(column: str, as_of_sql: str) -> str:
@@ -83,7 +133,7 @@ def apply_column_policies(
             joins.append(f'left join "{m}" on "{m}".value = {q}')
             selects.append(f'"{m}".out as {out}')
         elif cp.action == "strip_url_query":
-            selects.append(f"nullif(regexp_replace({q}, '[?#].*$', ''), '') as {out}")
+            selects.append(f"{strip_url_sql(q)} as {out}")
         elif cp.action == "generalize_birth_date":
             selects.append(f"{age_band_sql(q, as_of_sql)} as {out}")
         else:  # pragma: no cover - the policy loader rejects unknown actions

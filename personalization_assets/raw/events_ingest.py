@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import copy
+import json
 import os
 import tempfile
 import zlib
@@ -264,6 +265,7 @@ def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: in
                 case when not json_valid(line) then 'malformed_json'
                      when json_type(line) <> 'OBJECT' then 'not_an_object'
                      when {parent_checks} then 'wrong_structure'
+                     when {json_extract.plan_key_duplicates_sql(model, 'line')} then 'duplicate_key'
                 end as reason,
                 case when json_valid(line) then json_type(line) end as jtype
             from _lines
@@ -276,6 +278,7 @@ def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: in
                 "malformed_json": "not valid JSON",
                 "not_an_object": f"a JSON {str(jtype).lower()}, not an object",
                 "wrong_structure": "a nested field (e.g. context, properties) is not an object",
+                "duplicate_key": "an object repeats a key the tracking plan reads (which value counts is ambiguous)",
             }[reason]
             rejects.append(Reject(int(line_no), reason, detail))
         src = f"(select line_no, unnest(json_transform(line, {json_extract._sql_str(structure)})) from _classified where reason is null)"
@@ -326,6 +329,58 @@ def parse_file(
     return ParsedFile(table=table, rejects=rejects, fast_path=fast)
 
 
+def _has_duplicate_key(text: str) -> bool:
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise _DuplicateKey
+        return None
+
+    try:
+        json.loads(text, object_pairs_hook=hook)
+    except _DuplicateKey:
+        return True
+    except ValueError:
+        return False
+    return False
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
+    """Mark rows whose objects kept as JSON text (properties, traits, catalog tags) repeat a key BELOW their
+    top level as `duplicate_key` (the top level is checked in SQL by the typed projection).
+
+    Only texts holding a nested object (a second '{') can hide such a duplicate; one vectorized substring
+    count finds them, and only those few are checked exactly in Python. It runs after either parsing path, so
+    both give the same quarantine."""
+    cols = [c for c in json_extract.json_columns(model) if c.kind in ("object", "array") and c.name in table.column_names]
+    if not cols or not table.num_rows:
+        return table
+    unflagged = pc.is_null(table["_type_reason"])
+    hits: dict[int, str] = {}
+    for c in cols:
+        text = table[c.name]
+        nested = pc.greater(pc.count_substring(text, "{"), 0 if c.kind == "array" else 1)
+        cand = pc.and_(pc.fill_null(nested, False), unflagged)
+        idx = pc.indices_nonzero(cand.combine_chunks() if isinstance(cand, pa_arrow.ChunkedArray) else cand).to_pylist()
+        if not idx:
+            continue
+        for i, value in zip(idx, text.take(pa_arrow.array(idx)).to_pylist()):
+            if i not in hits and _has_duplicate_key(value):
+                hits[i] = f"duplicate_key: {'.'.join(c.path)} repeats a key"
+    if not hits:
+        return table
+    errors, reasons = table["_type_errors"].to_pylist(), table["_type_reason"].to_pylist()
+    for i, detail in hits.items():
+        errors[i] = list(errors[i] or []) + [detail]
+        reasons[i] = "duplicate_key"
+    table = table.set_column(table.column_names.index("_type_errors"), "_type_errors", pa_arrow.array(errors, table.schema.field("_type_errors").type))
+    return table.set_column(table.column_names.index("_type_reason"), "_type_reason", pa_arrow.array(reasons, pa_arrow.string()))
+
+
 def _empty_typed(con, model=RawEvent) -> pa_arrow.Table:
     select, type_errors = json_extract.typed_projection(model, root=None)
     cols = json_extract.read_json_columns(model)
@@ -343,13 +398,7 @@ def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSche
     """The tracking plan: the RawEvent model plus type and time-horizon rules (relative to each row's landing hour)."""
     horizon = pd.Timedelta(days=horizon_days)
     future = pd.Timedelta(minutes=max_future_minutes)
-    checks = [
-        pa.Check(
-            lambda df: df["_type_errors"].map(len) == 0,
-            name="wrong_type",
-            error="a field's JSON type does not match the tracking plan",
-            ignore_na=False,
-        ),
+    checks = value_checks() + [
         pa.Check(
             lambda df: df["timestamp"].isna() | (df["timestamp"] >= df["landing_hour"] - horizon),
             name="timestamp_before_horizon",
@@ -370,10 +419,28 @@ def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSche
     # type error): skip pandera's per-element dtype scan here and keep the value checks. The pandera check
     # on the written table (asset check) validates dtypes too.
     schema = schema.update_columns({c: {"dtype": None} for c in keep})
-    schema = schema.add_columns({"_type_errors": pa.Column(object, nullable=False)})
+    schema = schema.add_columns({"_type_errors": pa.Column(object, nullable=False), "_type_reason": pa.Column(object, nullable=True)})
     schema = copy.deepcopy(schema)
     schema.checks = list(schema.checks) + checks
     return schema
+
+
+VALUE_ERRORS = {
+    "wrong_type": "a field's JSON type does not match the tracking plan",
+    "non_finite_number": "a number is NaN, Infinity or overflows a double",
+    "timestamp_without_offset": "a timestamp has no explicit UTC offset (or is a date only)",
+    "timestamp_offset_out_of_range": "a timestamp's UTC offset is outside -12:00..+14:00",
+    "duplicate_key": "a JSON object repeats a key",
+}
+assert tuple(VALUE_ERRORS) == json_extract.VALUE_REASONS
+
+
+def value_checks() -> list:
+    """One pandera check per value-level reason, read from `_type_reason` (set by the typed projection)."""
+    return [
+        pa.Check(lambda df, code=code: df["_type_reason"].ne(code), name=code, error=error, ignore_na=False)
+        for code, error in VALUE_ERRORS.items()
+    ]
 
 
 def _reason_code(column: str, check: str) -> str:
@@ -406,7 +473,7 @@ def semantic_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[i
         check = str(row.check)
         if row.schema_context == "DataFrameSchema":
             code = df_checks.get(check, check)
-            if code == "wrong_type":
+            if code in VALUE_ERRORS:
                 detail = "; ".join(frame["_type_errors"].iloc[int(idx)])
             else:
                 detail = check
@@ -529,6 +596,7 @@ def ingest_event_batch(
     else:
         empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
         table = empty.append_column("landing_hour", _hour_array(partitions[0][0] if partitions else datetime.now(), 0))
+    table = flag_duplicate_keys(table)
     # --- semantic validation with the pandera tracking plan
     valid = validate_rows(table, schema, quarantine_rows)
     # --- exact duplicates of a messageId within a partition: keep the earliest receivedAt
@@ -558,7 +626,7 @@ def ingest_event_batch(
         keep = np.ones(valid.num_rows, dtype=bool)
         keep[dups["_pos"].to_numpy()] = False
         valid = valid.filter(pa_arrow.array(keep))
-    raw_all = _order_like_model(valid.drop_columns(["_type_errors"]))
+    raw_all = _order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]))
     # --- erased subjects are dropped at ingestion (counted, never stored: storing them would defeat the erasure)
     suppressed_rows = None
     if suppressed and raw_all.num_rows:

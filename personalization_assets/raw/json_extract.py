@@ -116,6 +116,26 @@ def struct_parent_paths(model: type[pa.DataFrameModel]) -> tuple[tuple[str, ...]
     return tuple(sorted(parents))
 
 
+def plan_key_duplicates_sql(model: type[pa.DataFrameModel], line: str) -> str:
+    """SQL: the JSON text `line` repeats a key the tracking plan reads, in the message or in one of the plan's
+    nested objects (context, context.page, ...). DuckDB's JSON reader keeps one of the values silently in
+    `json_transform` and fails `read_json` (which sends the file here); keys the plan does not read are not
+    stored and do not matter."""
+    checks = []
+
+    def walk(node: dict, path: tuple[str, ...]):
+        keys = ", ".join(_sql_str(k) for k in node)
+        jpath = _sql_str("$" + "".join("." + _quote(p) for p in path))
+        plan_keys = f"list_filter(json_keys({line}, {jpath}), lambda k: k in ({keys}))"
+        checks.append(f"len({plan_keys}) <> len(list_distinct({plan_keys}))")
+        for key, child in node.items():
+            if isinstance(child, dict):
+                walk(child, path + (key,))
+
+    walk(_tree(model), ())
+    return "(" + " or ".join(f"coalesce({c}, false)" for c in checks) + ")"
+
+
 def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -126,41 +146,121 @@ def _access(root: str | None, path: tuple[str, ...]) -> str:
     return ".".join(([root] if root else []) + parts)
 
 
+# value-level reasons, each quarantined under its own code (see `typed_projection`)
+VALUE_REASONS = ("wrong_type", "non_finite_number", "timestamp_without_offset", "timestamp_offset_out_of_range", "duplicate_key")
+
+
+# A timestamp the plan accepts: ISO 8601 date and time with an explicit UTC offset (Z or +hh:mm / +hhmm / +hh).
+ISO_WITH_OFFSET = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)$"
+
+# ... and with the offset of a real place: Z, -12:00 .. +14:00 (minutes < 60)
+ISO_STRICT = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+    r"([Zz]|[+-](0[0-9]|1[01])(:?[0-5][0-9])?|[+-]12(:?00)?|\+1[23](:?[0-5][0-9])?|\+14(:?00)?)$"
+)
+
+
+def timestamp_problem(text_sql: str, label: str) -> str:
+    """SQL: NULL, or '<reason>: <detail>' for a timestamp string that DuckDB parses but a strict ISO 8601
+    reader would not take: no offset or a date only (`timestamp_without_offset`), or an offset no place has
+    (`timestamp_offset_out_of_range`). Clean values pay one regex; the reason is worked out only for the rest."""
+    without = _sql_str(f"timestamp_without_offset: {label} has no UTC offset (ISO 8601 date and time with Z or ±hh:mm required)")
+    out_of_range = _sql_str(f"timestamp_offset_out_of_range: {label} has a UTC offset outside -12:00..+14:00")
+    return (
+        f"case when not regexp_matches({text_sql}, {_sql_str(ISO_STRICT)}) and try_cast({text_sql} as timestamptz) is not null "
+        f"then case when regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)}) then {out_of_range} else {without} end end"
+    )
+
+
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_BIG_EXPONENT = r"-?[0-9]+(\.[0-9]+)?[eE]\+?[0-9]{3,}"
+
+
+def _non_finite_in_json(text_sql: str) -> str:
+    """SQL: the JSON text holds NaN, Infinity or a number that overflows a double (1e400), outside strings.
+    A cheap substring prefilter keeps the exact check (strings blanked, big exponents cast) off clean rows."""
+    blanked = f"regexp_replace({text_sql}, {_sql_str(_JSON_STRING)}, '\"\"', 'g')"
+    return (
+        f"((contains({text_sql}, 'NaN') or contains({text_sql}, 'Infinity') or regexp_matches({text_sql}, 'e\\+?[0-9]{{3}}') "
+        f"or (contains({text_sql}, 'E') and regexp_matches({text_sql}, 'E\\+?[0-9]{{3}}'))) and ("
+        f"regexp_matches({blanked}, 'NaN|Infinity') or "
+        f"coalesce(list_bool_or(list_transform(regexp_extract_all({blanked}, {_sql_str(_BIG_EXPONENT)}), "
+        f"lambda x: not isfinite(try_cast(x as double)))), false)))"
+    )
+
+
+def _struct(code: str, detail_sql: str) -> str:
+    """An entry of `_type_errors`: '<reason code>: <detail>'."""
+    return f"({_sql_str(code + ': ')} || {detail_sql})"
+
+
 def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
-    """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`.
+    """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`
+    (details of every value problem) and `_type_reason` (the reason code of the first, one of VALUE_REASONS).
 
     `root` is a struct column (from read_json's row or from json_transform) whose leaves are JSON.
+    Value problems: a JSON type the plan does not declare (`wrong_type`), a number that is not finite
+    (`NaN`, `Infinity`, or an overflow such as `1e400`: `non_finite_number`), a timestamp without an
+    explicit UTC offset or a date only (`timestamp_without_offset`), an offset outside -12:00..+14:00
+    (`timestamp_offset_out_of_range`), and a key repeated in an object kept as JSON text (`duplicate_key`;
+    duplicates in objects the plan reads field by field are caught while parsing, see events_ingest).
     """
     select, errors = [], []
     for col in json_columns(model):
         v = _access(root, col.path)
         allowed = ", ".join(_sql_str(t) for t in _KIND_JSON_TYPES[col.kind])
         ok = f"json_type({v}) in ({allowed})"
+        text = f"({v} ->> '$')"
         if col.kind == "string":
-            value = f"case when {ok} then ({v} ->> '$') end"
+            value = f"case when {ok} then {text} end"
         elif col.kind == "timestamp":
-            value = f"case when {ok} then try_cast({v} ->> '$' as timestamptz) end"
+            value = f"case when {ok} then try_cast({text} as timestamptz) end"
         elif col.kind == "number":
-            value = f"case when {ok} then try_cast({v} ->> '$' as double) end"
+            value = f"case when {ok} then try_cast({text} as double) end"
         elif col.kind == "integer":
-            value = f"case when {ok} then try_cast({v} ->> '$' as bigint) end"
+            value = f"case when {ok} then try_cast({text} as bigint) end"
         elif col.kind == "boolean":
-            value = f"case when {ok} then ({v} ->> '$')::boolean end"
+            value = f"case when {ok} then ({text})::boolean end"
         else:  # object / array kept as JSON text
             value = f"case when {ok} then ({v})::varchar end"
         select.append(f"{value} as {_quote(col.name)}")
         bad = f"json_type({v}) is not null and json_type({v}) <> 'NULL' and not ({ok})"
         label = ".".join(col.path)
-        errors.append(f"case when {bad} then {_sql_str(label + ' must be ' + col.kind)} end")
+        errors.append(f"case when {bad} then {_struct('wrong_type', _sql_str(label + ' must be ' + col.kind))} end")
         if col.kind == "timestamp":
             errors.append(
-                f"case when {ok} and try_cast({v} ->> '$' as timestamptz) is null "
-                f"then {_sql_str(label + ' is not an ISO-8601 timestamp')} end"
+                f"case when {ok} and try_cast({text} as timestamptz) is null "
+                f"then {_struct('wrong_type', _sql_str(label + ' is not an ISO-8601 timestamp'))} end"
+            )
+            errors.append(f"case when {ok} then {timestamp_problem(text, label)} end")
+        if col.kind == "number":
+            errors.append(
+                f"case when {ok} and not isfinite(try_cast({text} as double)) "
+                f"then {_struct('non_finite_number', _sql_str(label + ' is not a finite number: ') + ' || ' + text)} end"
             )
         if col.kind == "integer":
             errors.append(
-                f"case when {ok} and try_cast({v} ->> '$' as bigint) is null "
-                f"then {_sql_str(label + ' is out of range')} end"
+                f"case when {ok} and try_cast({text} as bigint) is null "
+                f"then {_struct('wrong_type', _sql_str(label + ' is out of range'))} end"
             )
-    type_errors = f"list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors"
+        if col.kind in ("object", "array"):
+            # a non-finite number anywhere inside an object kept as text (outside string values)
+            errors.append(
+                f"case when {ok} and {_non_finite_in_json(f'({v})::varchar')} "
+                f"then {_struct('non_finite_number', _sql_str(label + ' holds a number that is not finite'))} end"
+            )
+        if col.kind == "object":
+            # a key repeated at the top of an object kept as text (DuckDB reads the plan's fields inside it, e.g.
+            # properties.price, from the first); deeper levels: events_ingest.flag_duplicate_keys
+            errors.append(
+                f"case when {ok} and list_unique(json_keys({v})) <> len(json_keys({v})) "
+                f"then {_struct('duplicate_key', _sql_str(label + ' repeats a key'))} end"
+            )
+    # one list of "<code>: <detail>" strings; the first one's code is the row's reason (read back through
+    # DuckDB's reference to an earlier select alias, so the checks are evaluated once)
+    type_errors = (
+        f"list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors, "
+        f"split_part(_type_errors[1], ': ', 1) as _type_reason"
+    )
     return select, type_errors
+

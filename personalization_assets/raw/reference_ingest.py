@@ -14,13 +14,16 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from personalization_assets.raw import json_extract
 from personalization_assets.raw.events_ingest import (
     LandedFile,
     Reject,
     _order_like_model,
     build_quarantine,
+    flag_duplicate_keys,
     parse_file,
     validate_rows,
+    value_checks,
 )
 from personalization_assets.raw.tracking_plan import RawCrmProfile
 
@@ -41,13 +44,11 @@ def _validation_schema(model):
 
     base = model.to_schema()
     keep = [c for c in base.columns if c not in ("tags", "source_file")]
-    schema = base.select_columns(keep).add_columns({"_type_errors": pdr.Column(object, nullable=False)})
+    schema = base.select_columns(keep).add_columns({"_type_errors": pdr.Column(object, nullable=False), "_type_reason": pdr.Column(object, nullable=True)})
     import copy
 
     schema = copy.deepcopy(schema)
-    schema.checks = list(schema.checks) + [
-        pdr.Check(lambda df: df["_type_errors"].map(len) == 0, name="wrong_type", error="a field's type does not match the tracking plan", ignore_na=False)
-    ]
+    schema.checks = list(schema.checks) + value_checks()
     return schema
 
 
@@ -73,7 +74,7 @@ def _validate(table: pa.Table, model, quarantine_rows: list, dedup_key: str | No
             for d in dups.to_pylist():
                 quarantine_rows.append((d["source_file"], Reject(int(d["line_no"]), f"duplicate_{dedup_key}", f"{dedup_key} {d['k']} already kept from {d['kept']}")))
             valid = valid.filter(pa.array(keep))
-    return _order_like_model(valid.drop_columns(["_type_errors"]), model)
+    return _order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]), model)
 
 
 def ingest_jsonl_source(
@@ -92,6 +93,7 @@ def ingest_jsonl_source(
         from personalization_assets.raw.events_ingest import _empty_typed
 
         table = _empty_typed(con, model).append_column("source_file", pa.array([], pa.string()))
+    table = flag_duplicate_keys(table, model)
     raw = _validate(table, model, quarantine_rows, dedup_key, con)
     return SourceResult(raw=raw, quarantine=build_quarantine(source, quarantine_rows, by_path), records_read=read, files=sorted(by_path))
 
@@ -181,12 +183,15 @@ def ingest_crm(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str
             if c in _CRM_TYPES:
                 t = _CRM_TYPES[c]
                 select.append(f"try_cast({c} as {t}) as {c}")
-                errors.append(f"case when {c} is not null and try_cast({c} as {t}) is null then '{c} is not a valid {t}' end")
+                errors.append(f"case when {c} is not null and try_cast({c} as {t}) is null then 'wrong_type: {c} is not a valid {t}' end")
+                if t == "timestamptz":  # the same strict timestamp rules as the JSON sources
+                    errors.append(f"case when {c} is not null then {json_extract.timestamp_problem(c, c)} end")
             else:
                 select.append(c)
         typed = con.sql(
             f"""select {', '.join(select)}, source_file, line_no,
-                   list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors
+                   list_filter([{', '.join(errors)}], lambda x: x is not null) as _type_errors,
+                   split_part(_type_errors[1], ': ', 1) as _type_reason
                 from _crm"""
         ).arrow().read_all()
     finally:

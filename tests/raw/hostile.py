@@ -59,6 +59,13 @@ CASES: list[tuple[str, bytes, str]] = [
     ("huge_line", line(msg(18, properties={"blob": "x" * (1 << 20)})), "line_too_large"),
     ("numbers_as_ids", line(msg(19, userId=12345)), "wrong_type"),
     ("duplicate", line(msg(1)), "duplicate_message_id"),
+    # values a strict reader rejects (each path and more cases: tests/raw/test_strict_values.py)
+    ("price_infinity", line(msg(21, properties={"price": float("inf")})), "non_finite_number"),
+    ("price_overflow", line(msg(22, properties={"price": 1.5})).replace(b'"price": 1.5', b'"price": 1e400'), "non_finite_number"),
+    ("duplicate_key", line(msg(23)).replace(b'"type": "track"', b'"type": "track", "type": "page"'), "duplicate_key"),
+    ("offset_plus_24", line(msg(24, timestamp="2026-11-28T13:05:00+24:00")), "timestamp_offset_out_of_range"),
+    ("no_offset", line(msg(25, timestamp="2026-11-28T13:05:00")), "timestamp_without_offset"),
+    ("date_only", line(msg(26, receivedAt="2026-11-28")), "timestamp_without_offset"),
     ("good_2", line(msg(20)), "raw"),
 ]
 
