@@ -178,6 +178,32 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
     return out
 
 
+def partition_metadata(stats: dict) -> dict:
+    """One landing hour's own figures, recorded on that hour's materialization of raw/events."""
+    return {
+        "dagster/row_count": stats["raw_rows"],
+        "rows_written": stats["raw_rows"],
+        "records_read": stats["records_read"],
+        "quarantined": stats["quarantined"],
+        "suppressed_erased_subjects": stats["suppressed"],
+        "files_read": stats["files"],
+        "fast_path_files": stats["fast_path_files"],
+        "bytes_written": stats["bytes"],
+        "quarantine_by_reason": dg.MetadataValue.json(stats["reasons"]),
+        "source_files": dg.MetadataValue.json(stats["source_files"]),
+    }
+
+
+RUN_TOTALS_TAG_PREFIX = "personalization/totals"
+
+
+def record_run_totals(context: dg.AssetExecutionContext, asset: str, totals: dict) -> None:
+    """The run's totals of a range run as run tags (`personalization/totals/<asset>/<figure>`): visible on the
+    run page and queryable (instance.get_run_tags), instead of repeated on every partition's materialization."""
+    tags = {f"{RUN_TOTALS_TAG_PREFIX}/{asset}/{name}": str(int(value)) for name, value in totals.items()}
+    context.instance.add_run_tags(context.run.run_id, tags)
+
+
 def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
     events_checks = [
         dg.AssetCheckSpec("reconciliation", asset=RAW_EVENTS, blocking=True,
@@ -201,8 +227,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
     def raw_events(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
                    pseudonymizer: Pseudonymizer):
         totals = Counter()
-        reasons: Counter = Counter()
-        per_partition, unreconciled, sources = [], [], []
+        unreconciled = []
         raw_samples = []
         quarantine_samples = []
         with duckdb.get_connection() as con:
@@ -211,11 +236,8 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                 for stats in ingest_events_batch(con, batch, landing, lake, platform, suppressed, pseudonymizer):
                     pk = stats["partition"]
                     totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "suppressed", "files", "fast_path_files", "bytes")})
-                    reasons.update(stats["reasons"])
-                    per_partition.append({k: stats[k] for k in ("partition", "files", "records_read", "raw_rows", "quarantined")})
                     if stats["records_read"] != stats["raw_rows"] + stats["quarantined"] + stats["suppressed"]:
                         unreconciled.append(pk)
-                    sources.extend(stats["source_files"])
                     # keep a bounded sample for the schema checks (memory stays bounded by a partition)
                     if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS:
                         raw_samples.append(stats["raw"])
@@ -224,37 +246,20 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                     context.log.info(
                         f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
                     )
-        window = context.partition_time_window
-        # In a range run Dagster records the same metadata on every partition (dagster-io/dagster#18123),
-        # so the row count is only set for single-partition runs; range runs report run totals.
-        single = len(context.partition_keys) == 1
-        yield dg.MaterializeResult(
-            asset_key=RAW_EVENTS,
-            metadata={
-                **({"dagster/row_count": totals["raw_rows"]} if single else {"run_raw_rows": totals["raw_rows"]}),
-                "rows_written": totals["raw_rows"],
-                "records_read": totals["records_read"],
-                "quarantined": totals["quarantined"],
-                "suppressed_erased_subjects": totals["suppressed"],
-                "quarantine_by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
-                "partitions": len(context.partition_keys),
-                "window_start": window.start.isoformat(),
-                "window_end": window.end.isoformat(),
-                "files_read": totals["files"],
-                "fast_path_files": totals["fast_path_files"],
-                "source_files": dg.MetadataValue.json(sources[:100]),
-                "per_partition": dg.MetadataValue.json(per_partition[:200]),
-                "bytes_written": totals["bytes"],
-            },
-        )
-        yield dg.MaterializeResult(
-            asset_key=RAW_EVENTS_QUARANTINE,
-            metadata={
-                **({"dagster/row_count": totals["quarantined"]} if single else {"run_quarantined_rows": totals["quarantined"]}),
-                "rows_written": totals["quarantined"],
-                "by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
-            },
-        )
+                    # each hour's own figures on its own materialization (not the run's totals on every hour)
+                    context.add_asset_metadata(partition_metadata(stats), asset_key=RAW_EVENTS, partition_key=pk)
+                    context.add_asset_metadata(
+                        {"dagster/row_count": stats["quarantined"], "rows_written": stats["quarantined"],
+                         "by_reason": dg.MetadataValue.json(stats["reasons"])},
+                        asset_key=RAW_EVENTS_QUARANTINE, partition_key=pk,
+                    )
+        # run-level totals live on the run (tags, shown on the run page), not on each partition
+        record_run_totals(context, "raw/events", {
+            "partitions": len(context.partition_keys), "records_read": totals["records_read"], "rows_written": totals["raw_rows"],
+            "quarantined": totals["quarantined"], "suppressed": totals["suppressed"], "files_read": totals["files"],
+        })
+        yield dg.MaterializeResult(asset_key=RAW_EVENTS)
+        yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE)
         check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"], totals["suppressed"])
         if unreconciled:
             check = dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=False,
