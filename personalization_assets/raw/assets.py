@@ -8,6 +8,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.monitoring import anomalies
 from personalization_assets.raw import events_ingest, reference_ingest
 from personalization_assets.raw.partitions import landing_events_prefix, partition_dict, partition_start
 from personalization_assets.raw.tracking_plan import (
@@ -210,6 +211,8 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                           description="Every landing line is accounted for: read = raw + quarantined + suppressed (records of erased subjects, dropped at ingestion)."),
         model_check(RAW_EVENTS, RawEvent, blocking=True).spec,
         model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).spec,
+        # data anomalies per hour vs the same hour in previous weeks (monitoring/anomalies.yaml)
+        *anomalies.event_check_specs(RAW_EVENTS, partitions_def),
     ]
 
     @dg.multi_asset(
@@ -228,6 +231,8 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                    pseudonymizer: Pseudonymizer):
         totals = Counter()
         unreconciled = []
+        anomaly_config = anomalies.load_config()
+        hour_stats: dict[str, dict] = {}
         raw_samples = []
         quarantine_samples = []
         with duckdb.get_connection() as con:
@@ -246,8 +251,10 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                     context.log.info(
                         f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
                     )
+                    hour_stats[pk] = anomalies.partition_stats(stats["raw"], stats["records_read"], stats["quarantined"], anomaly_config.null_columns)
                     # each hour's own figures on its own materialization (not the run's totals on every hour)
-                    context.add_asset_metadata(partition_metadata(stats), asset_key=RAW_EVENTS, partition_key=pk)
+                    context.add_asset_metadata({**partition_metadata(stats), **anomalies.stats_metadata(hour_stats[pk])},
+                                               asset_key=RAW_EVENTS, partition_key=pk)
                     context.add_asset_metadata(
                         {"dagster/row_count": stats["quarantined"], "rows_written": stats["quarantined"],
                          "by_reason": dg.MetadataValue.json(stats["reasons"])},
@@ -267,6 +274,12 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         yield check
         yield model_check(RAW_EVENTS, RawEvent, blocking=True).evaluate(_concat_sample(raw_samples))
         yield model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).evaluate(_concat_sample(quarantine_samples))
+        # anomaly checks last: a blocking one that fails stops downstream assets, after the data is recorded
+        results = anomalies.evaluate_run_partitions(context, RAW_EVENTS, hour_stats, anomaly_config)
+        for r in results:
+            if not r.passed:
+                context.log.warning(f"anomaly {r.check} on {r.partition}: {r.description}")
+        yield from anomalies.emit_check_results(context, RAW_EVENTS, results, anomaly_config)
 
     reference = [
         _reference_asset("crm_profiles", "crm", "crm", (".csv", ".csv.gz"), RawCrmProfile, storage_kind,
