@@ -33,23 +33,38 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def test_prod_rehearsal_from_the_cli_matches_a_local_run(tmp_path):
     out = tmp_path / "segments.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *GEN, "--as-of", AS_OF, "--workdir", str(tmp_path / "rehearsal"), "--segments-out", str(out)],
-        env=_clean_env(PERSONALIZATION_PSEUDONYM_KEYS=KEYS), cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    text = proc.stdout
+    rehearsal_log = tmp_path / "rehearsal.log"
+    # the rehearsal (mostly waiting on its servers) and the local run of the same landing run side by side
+    with open(rehearsal_log, "w") as log:
+        rehearsal = subprocess.Popen(
+            [sys.executable, str(SCRIPT), *GEN, "--as-of", AS_OF, "--workdir", str(tmp_path / "rehearsal"), "--segments-out", str(out)],
+            env=_clean_env(PERSONALIZATION_PSEUDONYM_KEYS=KEYS), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            local_rows, local_columns = _local_run(tmp_path)
+            returncode = rehearsal.wait(timeout=900)
+        finally:
+            if rehearsal.poll() is None:
+                rehearsal.kill()
+                rehearsal.wait()
+    text = rehearsal_log.read_text()
+    assert returncode == 0, text[-6000:]
     # the demo's summary, the segment sizes read back from the warehouse, and the rehearsal's own lines
     assert "layer        assets  files read" in text and "\nwarehouse " in text and "\nsegments " in text
     assert "Segment sizes (segments.segment_sizes" in text
     assert "segments.user_segments on the fakesnow server:" in text
     assert "Production rehearsal passed" in text
-    # the servers were real processes and were stopped (their logs show the traffic)
+    # the servers were real processes (their logs show the traffic)
     assert "query-request" in (tmp_path / "rehearsal" / "fakesnow.log").read_text()
+    assert "PUT /rehearsal-lake/" in (tmp_path / "rehearsal" / "moto.log").read_text()
     prod = json.loads(out.read_text())
     assert len(prod["rows"]) > 50
+    assert prod["columns"] == local_columns
+    assert prod["rows"] == local_rows
 
-    # the same landing, key and cutoff, locally (DuckDB), also from the CLI
+
+def _local_run(tmp_path: Path) -> tuple[list, list[str]]:
+    """The same landing, key and cutoff, locally (DuckDB), also from the CLI."""
     local = tmp_path / "local"
     env = _clean_env(
         PERSONALIZATION_DATA_DIR=str(local), PERSONALIZATION_PSEUDONYM_KEYS=KEYS,
@@ -65,5 +80,4 @@ def test_prod_rehearsal_from_the_cli_matches_a_local_run(tmp_path):
         rows = [[plain(v) for v in r] for r in cur.fetchall()]
     finally:
         con.close()
-    assert prod["columns"] == columns
-    assert prod["rows"] == rows
+    return rows, columns
