@@ -46,8 +46,8 @@ ERASE_CHUNK = 1000  # pseudonyms per `in (...)` list
 # - insert: the rows of a batch as ONE bound JSON array, `insert into T select value[0]::type, ... from
 #   table(flatten(input => parse_json(?)))`. Plain SQL + one bind variable: works on every Snowflake account and
 #   on the fakesnow server (no stage). One statement per batch of <= INSERT_BATCH_BYTES of JSON (a bind
-#   variable holds at most 16 MB). Measured on the fakesnow server: ~22k rows/s (500k rows in 22 s; the feature
-#   tables of a 1M-event run, ~0.5M rows, in ~25 s). Row-by-row `executemany` was ~560 rows/s there.
+#   variable holds at most 16 MB). Measured on the fakesnow server (bench/warehouse_load.py): the six feature
+#   tables of a 1M-event run, 538k rows, in 17 s (~32k rows/s). Row-by-row `executemany` was ~560 rows/s there.
 # - stage: write_pandas (Parquet PUT to the table stage + COPY INTO). Faster on real Snowflake for very large
 #   tables (parallel upload, no JSON), but needs internal stages, which the fakesnow server lacks.
 LOAD_METHODS = ("insert", "stage")
