@@ -14,21 +14,28 @@ def col(t, n, name):
     if t == "bigint": return pa.array([rng.randrange(10**6) for _ in range(n)], pa.int64())
     if t == "boolean": return pa.array([rng.random() < .5 for _ in range(n)])
     return pa.array([dt.datetime(2026, 11, 1) + dt.timedelta(seconds=rng.randrange(10**6)) for _ in range(n)], pa.timestamp("us"))
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-p = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "fakesnow"), "-s", "-p", str(port)], start_new_session=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-for _ in range(100):
-    try: socket.create_connection(("127.0.0.1", port), .2).close(); break
-    except OSError: time.sleep(.1)
-wh = SnowflakeWarehouse(account="a", user="u", password="p", role="r", warehouse="w", database="PERSONALIZATION", host="127.0.0.1", port=port, protocol="http")
-total_rows, total_t = 0, 0.0
-with wh.get_connection(paramstyle="qmark") as conn:
-    conn.cursor().execute("create database if not exists PERSONALIZATION")
-    for table, columns in FEATURE_TABLES.items():
-        n = SIZES[table]
-        data = pa.table({name: col(t, n, name) for name, t in columns})
-        t0 = time.perf_counter(); loaded = wh.replace_table(conn, table, columns, to_load_table(table, data)); el = time.perf_counter() - t0
-        total_rows += loaded.rows; total_t += el
-        print(f"{table:20s} {loaded.rows:>8,} rows {el:6.1f} s  {loaded.rows/el:>8,.0f} rows/s")
-print(f"{'total':20s} {total_rows:>8,} rows {total_t:6.1f} s  {total_rows/total_t:>8,.0f} rows/s")
-os.killpg(p.pid, signal.SIGINT)
+
+
+def main() -> None:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    p = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "fakesnow"), "-s", "-p", str(port)], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try: socket.create_connection(("127.0.0.1", port), .2).close(); break
+        except OSError: time.sleep(.1)
+    wh = SnowflakeWarehouse(account="a", user="u", password="p", role="r", warehouse="w", database="PERSONALIZATION", host="127.0.0.1", port=port, protocol="http")
+    total_rows, total_t = 0, 0.0
+    with wh.get_connection(paramstyle="qmark") as conn:
+        conn.cursor().execute("create database if not exists PERSONALIZATION")
+        for table, columns in FEATURE_TABLES.items():
+            n = SIZES[table]
+            data = pa.table({name: col(t, n, name) for name, t in columns})
+            t0 = time.perf_counter(); loaded = wh.replace_table(conn, table, columns, to_load_table(table, data)); el = time.perf_counter() - t0
+            total_rows += loaded.rows; total_t += el
+            print(f"{table:20s} {loaded.rows:>8,} rows {el:6.1f} s  {loaded.rows/el:>8,.0f} rows/s")
+    print(f"{'total':20s} {total_rows:>8,} rows {total_t:6.1f} s  {total_rows/total_t:>8,.0f} rows/s")
+    os.killpg(p.pid, signal.SIGINT)
+
+
+if __name__ == "__main__":
+    main()
