@@ -1,10 +1,20 @@
 """The `insert` load path of warehouse/features_loaded against a fakesnow server, at the feature-table sizes of a
 1M-event run (bench/results/*-1000000.json: 33,333 users, 125,793 sessions, 145,383 affinity rows).
 Run: .venv/bin/python -m bench.warehouse_load (synthetic values, real column types and row counts)."""
-import datetime as dt, os, random, signal, socket, subprocess, sys, time
+import datetime as dt
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import pyarrow as pa
+
 from personalization_assets.warehouse.loader import FEATURE_TABLES, to_load_table
 from personalization_assets.warehouse.resources import SnowflakeWarehouse
+
 SIZES = {"user_rfm": 33333, "engagement": 33333, "content_affinity": 145383, "sessions": 125793,
          "purpose_eligibility": 33333 * 4, "identity_map": 66666}
 rng = random.Random(1)

@@ -155,8 +155,8 @@ def read_user_segments(snow_port: int) -> tuple[list[str], list[list]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=int(os.environ.get("DEMO_USERS", 2000)))
-    p.add_argument("--events", type=int, default=int(os.environ.get("DEMO_EVENTS", 200_000)))
+    p.add_argument("--users", type=int, default=int(os.environ.get("DEMO_USERS", "2000")))
+    p.add_argument("--events", type=int, default=int(os.environ.get("DEMO_EVENTS", "200000")))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bad-fraction", type=float, default=0.01)
     p.add_argument("--days", type=int, default=7)

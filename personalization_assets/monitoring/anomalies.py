@@ -311,7 +311,9 @@ def event_check_specs(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefin
 
 def to_evaluation(asset_key: dg.AssetKey, result: AnomalyResult, config: AnomalyConfig):
     """A per-partition check evaluation (what the UI lists under the check, by partition)."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluation,
+    )
 
     cfg = config.checks[result.check]
     md = {**result.metadata, **({"score": float(result.score)} if result.score is not None and abs(result.score) != float("inf") else {})}

@@ -268,13 +268,13 @@ def insert_json_batches(cur, qualified: str, columns: Sequence[tuple[str, str]],
     try:
         json_row = "json_array(" + ", ".join(f'"{n}"' for n in names) + ")::varchar"
         # size the batches from a sample of rows (one JSON array per row, plus a comma)
-        sample = data.select(names).slice(0, 2000)
-        width = con.execute(f"select avg(length({json_row})) from sample").fetchone()[0] or 1
+        con.register("sample", data.select(names).slice(0, 2000))
+        width = con.execute(f"select avg(length({json_row})) from sample").fetchall()[0][0] or 1
         per_batch = max(100, int(batch_bytes / (width + 1) * 0.8))
         total = 0
         for offset in range(0, data.num_rows, per_batch):
-            part = data.select(names).slice(offset, per_batch)  # zero-copy
-            payload = con.execute(f"select '[' || string_agg({json_row}, ',') || ']' from part").fetchone()[0]
+            con.register("part", data.select(names).slice(offset, per_batch))  # zero-copy
+            payload = con.execute(f"select '[' || string_agg({json_row}, ',') || ']' from part").fetchall()[0][0]
             # bound server-side (the connection's paramstyle is qmark): a bind variable may hold 16 MB,
             # a SQL text only 1 MB
             cur.execute(sql, (payload,))

@@ -39,7 +39,7 @@ def _message(rng: random.Random, day: str, hour: int, i: int, page: bool = True)
 
 def write_hour(landing: Path, day: str, hour: int, seed: int, volume: float = 1.0, page_null: float = 0.0, bad: float = 0.01) -> int:
     rng = random.Random(seed)
-    n = max(1, int(round(USUAL * volume * rng.uniform(0.9, 1.1))))
+    n = max(1, round(USUAL * volume * rng.uniform(0.9, 1.1)))
     lines = []
     for i in range(n):
         if rng.random() < bad:
@@ -143,7 +143,9 @@ def _stats(records=240, rows=236, quarantined=4, subjects=110, page_null=0.01):
 def test_scoring_warm_up_and_thresholds():
     config = anomalies.load_config()
     history = [_stats(records=r) for r in (230, 250, 240)]
-    by = lambda results: {r.check: r.passed for r in results}  # noqa: E731
+    def by(results):
+        return {r.check: r.passed for r in results}
+
     # warm-up: two points only -> passes even for an empty hour, and says so
     warm = anomalies.evaluate_partition("p", _stats(records=1, rows=1), history[:2], config)
     assert all(r.passed for r in warm) and all(r.metadata.get("warming_up") for r in warm)
