@@ -33,18 +33,21 @@ def main() -> None:
     for _ in range(100):
         try: socket.create_connection(("127.0.0.1", port), .2).close(); break
         except OSError: time.sleep(.1)
-    wh = SnowflakeWarehouse(account="a", user="u", password="p", role="r", warehouse="w", database="PERSONALIZATION", host="127.0.0.1", port=port, protocol="http")
-    total_rows, total_t = 0, 0.0
-    with wh.get_connection(paramstyle="qmark") as conn:
-        conn.cursor().execute("create database if not exists PERSONALIZATION")
-        for table, columns in FEATURE_TABLES.items():
-            n = SIZES[table]
-            data = pa.table({name: col(t, n, name) for name, t in columns})
-            t0 = time.perf_counter(); loaded = wh.replace_table(conn, table, columns, to_load_table(table, data)); el = time.perf_counter() - t0
-            total_rows += loaded.rows; total_t += el
-            print(f"{table:20s} {loaded.rows:>8,} rows {el:6.1f} s  {loaded.rows/el:>8,.0f} rows/s")
-    print(f"{'total':20s} {total_rows:>8,} rows {total_t:6.1f} s  {total_rows/total_t:>8,.0f} rows/s")
-    os.killpg(p.pid, signal.SIGINT)
+    try:
+        wh = SnowflakeWarehouse(account="a", user="u", password="p", role="r", warehouse="w", database="PERSONALIZATION", host="127.0.0.1", port=port, protocol="http")
+        total_rows, total_t = 0, 0.0
+        with wh.get_connection(paramstyle="qmark") as conn:
+            conn.cursor().execute("create database if not exists PERSONALIZATION")
+            for table, columns in FEATURE_TABLES.items():
+                n = SIZES[table]
+                data = pa.table({name: col(t, n, name) for name, t in columns})
+                t0 = time.perf_counter(); loaded = wh.replace_table(conn, table, columns, to_load_table(table, data)); el = time.perf_counter() - t0
+                total_rows += loaded.rows; total_t += el
+                print(f"{table:20s} {loaded.rows:>8,} rows {el:6.1f} s  {loaded.rows/el:>8,.0f} rows/s")
+        print(f"{'total':20s} {total_rows:>8,} rows {total_t:6.1f} s  {total_rows/total_t:>8,.0f} rows/s")
+    finally:
+        os.killpg(p.pid, signal.SIGINT)  # the server stops on SIGINT
+        p.wait(10)
 
 
 if __name__ == "__main__":
