@@ -14,13 +14,14 @@ DEMO_EVENTS ?= 200000
 DEMO_SEED ?= 42
 DEMO_BAD_FRACTION ?= 0.01
 
-.PHONY: help install demo dev collector test test-fast dbt-parse system-deps tools bench bench-collector clean
+.PHONY: help install demo dev collector test test-fast dbt-parse system-deps tools bench bench-collector clean prod-rehearsal
 
 help:
 	@echo "make demo   - set up, generate a demo landing zone, materialize everything, print a summary"
 	@echo "make dev    - Dagster UI + daemon on http://127.0.0.1:3000"
 	@echo "make collector - event collector + preference center on http://127.0.0.1:8088 (needs PERSONALIZATION_COLLECTOR_WRITE_KEYS)"
 	@echo "make test   - the whole test suite (installs everything it needs)"
+	@echo "make prod-rehearsal - the prod path on one machine (moto S3 + fakesnow servers, PERSONALIZATION_ENV=prod)"
 	@echo "make bench  - benchmarks (BENCH_EVENTS=1000000 by default)"
 
 $(STAMP): pyproject.toml
@@ -71,3 +72,7 @@ bench-collector: $(STAMP)
 
 clean:
 	rm -rf .data .dagster_home dbt/target dbt/logs bench/work
+
+# production rehearsal on one machine: moto S3 server + fakesnow server on loopback, PERSONALIZATION_ENV=prod, the CLI
+prod-rehearsal: $(STAMP) dbt-parse
+	$(BIN)/python infra/scripts/prod_rehearsal.py --users $(DEMO_USERS) --events $(DEMO_EVENTS) --seed $(DEMO_SEED) --bad-fraction $(DEMO_BAD_FRACTION)

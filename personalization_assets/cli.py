@@ -223,7 +223,8 @@ def _failed_blocking_checks(result, graph) -> list[str]:
 
 
 def _cmd_materialize(args) -> int:
-    ok, text, result = run_materialize(args.select, args.partitions, log_level="INFO" if args.verbose else "WARNING")
+    run_config = {"ops": {"feature_tables": {"config": {"as_of": args.as_of}}}} if getattr(args, "as_of", None) else None
+    ok, text, result = run_materialize(args.select, args.partitions, log_level="INFO" if args.verbose else "WARNING", run_config=run_config)
     print()
     print(text)
     print()
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--select", help="Dagster asset selection (default: all assets), e.g. 'group:raw' or 'key:raw/events+'")
     m.add_argument("--partitions", help="event partition range START..END (default: every hour present in the landing zone)")
     m.add_argument("--verbose", action="store_true", help="stream the run's INFO logs (dbt output included)")
+    m.add_argument("--as-of", help="feature cutoff, ISO 8601 UTC (default: now); fixes the features for comparisons")
     m.set_defaults(func=_cmd_materialize)
 
     c = sub.add_parser("collect", help="run the event collector (Segment/RudderStack HTTP API) and the preference center")

@@ -71,6 +71,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     rebuild = dg.AssetSelection.groups("features", "segments", "warehouse")
     defs = dg.Definitions(
         assets=[*assets, *operations],
+        asset_checks=list(warehouse.asset_checks or []),  # segments/segment_sizes:anomaly_segment_sizes
         resources=resources,
         jobs=build_jobs(),
         schedules=build_schedules(partitions, rebuild),

@@ -45,10 +45,11 @@ def summarize(events, group_of) -> dict[str, LayerSummary]:
         if etype == "ASSET_MATERIALIZATION":
             mat = dagster_event.event_specific_data.materialization
             key = mat.asset_key
-            # range runs repeat identical metadata per partition: count each asset once per step
-            if (key, dagster_event.step_key) in seen_mats:
+            # partitioned assets record each partition's own figures on its materialization: sum them
+            # (a retried step re-emits the same partition: count it once)
+            if (key, dagster_event.step_key, mat.partition) in seen_mats:
                 continue
-            seen_mats.add((key, dagster_event.step_key))
+            seen_mats.add((key, dagster_event.step_key, mat.partition))
             layer = group_of(key)
             s = layers.setdefault(layer, LayerSummary(layer))
             s.assets.add(key.to_user_string())

@@ -56,6 +56,7 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_DUCKDB_MEMORY_LIMIT", "2GB", "Memory limit of the DuckDB engine used for transforms; above it DuckDB spills to disk.", "size to the run pod"),
     SettingDoc("SNOWFLAKE_ACCOUNT / _USER / _PASSWORD / _ROLE / _WAREHOUSE / _DATABASE / _SCHEMA", "(unset)", "Snowflake connection for the warehouse layer (password is secret).", "required"),
     SettingDoc("SNOWFLAKE_HOST / SNOWFLAKE_PORT / SNOWFLAKE_PROTOCOL", "(unset)", "Override the Snowflake endpoint (tests point these at fakesnow).", "unset"),
+    SettingDoc("SNOWFLAKE_LOAD_METHOD", "insert", "How feature tables reach Snowflake: `insert` (batched INSERT of bound JSON; works on Snowflake and the fakesnow server) or `stage` (write_pandas: PUT + COPY INTO, faster for very large tables, needs stages).", "`insert` (or `stage`)"),
     SettingDoc("PERSONALIZATION_POLICY_DIR", "./privacy_policies", "Directory of the privacy policy YAML files (validated at load).", "baked into the image"),
     SettingDoc("PERSONALIZATION_ALERT_WEBHOOK_URL", "(unset)", "Run-failure alerts are POSTed here as JSON.", "recommended"),
     SettingDoc("PROMETHEUS_PUSHGATEWAY_URL", "(unset)", "Push run metrics to this Pushgateway.", "recommended"),

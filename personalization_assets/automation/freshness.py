@@ -56,3 +56,54 @@ def policy_for(key: dg.AssetKey) -> dg.FreshnessPolicy | None:
     fail = max(timedelta(minutes=w[0] * scale), timedelta(minutes=2))
     warn = max(min(timedelta(minutes=w[1] * scale), fail - timedelta(minutes=1)), timedelta(minutes=1))
     return dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One freshness contract for Dagster and dbt: dbt's source freshness (dbt/models/staging/__sources.yml,
+# source `features`, loaded_at_field `as_of`) is GENERATED from LAYER_DEFAULTS["features"] above, so the
+# warehouse and the orchestrator call the same data stale at the same moment. Regenerate after editing:
+#     python -m personalization_assets.automation.freshness
+# (tests/warehouse/test_dbt_docs_and_contracts.py fails while the two disagree). The benchmark-only
+# PERSONALIZATION_FRESHNESS_SCALE applies to Dagster's policies only.
+
+DBT_SOURCES_YML = "dbt/models/staging/__sources.yml"
+DBT_SOURCE_LAYER = {"features": "features"}  # dbt source name -> layer whose windows it uses
+_BEGIN = "# freshness: generated from personalization_assets/automation/freshness.py (do not edit by hand)"
+
+
+def dbt_source_freshness(source: str = "features") -> dict:
+    """dbt's `freshness:` of a source, from the Dagster windows of its layer (minutes)."""
+    fail, warn = LAYER_DEFAULTS[DBT_SOURCE_LAYER[source]]
+    return {"warn_after": {"count": int(warn), "period": "minute"}, "error_after": {"count": int(fail), "period": "minute"}}
+
+
+def render_dbt_freshness(source: str = "features", indent: int = 6) -> str:
+    f = dbt_source_freshness(source)
+    pad = " " * indent
+    return (f"{pad}{_BEGIN}\n{pad}freshness:\n"
+            f"{pad}  warn_after: {{count: {f['warn_after']['count']}, period: minute}}\n"
+            f"{pad}  error_after: {{count: {f['error_after']['count']}, period: minute}}\n")
+
+
+def sync_dbt_sources(path=None, write: bool = True) -> bool:
+    """Rewrite the `freshness:` block of the `features` source; returns True when the file changed."""
+    import re
+    from pathlib import Path
+
+    from personalization_assets.settings import PROJECT_ROOT
+
+    p = Path(path) if path else PROJECT_ROOT / DBT_SOURCES_YML
+    text = p.read_text(encoding="utf-8")
+    pattern = re.compile(r"(?m)^(?P<indent>[ ]+)(?:# freshness: generated[^\n]*\n[ ]+)?freshness:\n(?:(?P=indent)[ ]{2}\w+_after:[^\n]*\n)+")
+    match = pattern.search(text)
+    if match is None:
+        raise ValueError(f"{p}: no `freshness:` block under the features source. Fix: add one under `config:`.")
+    new = text[: match.start()] + render_dbt_freshness("features", len(match.group("indent"))) + text[match.end():]
+    if new != text and write:
+        p.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":
+    changed = sync_dbt_sources()
+    print(f"{DBT_SOURCES_YML}: {'updated' if changed else 'already in sync'} with LAYER_DEFAULTS['features']")

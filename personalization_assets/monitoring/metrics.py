@@ -12,6 +12,9 @@ Names and labels are the contract of infra/monitoring/alerts.yml:
 | `personalization_last_success_timestamp_seconds` | job | end time of the job's last successful run |
 | `personalization_freshness_lag_seconds` | asset | now − last materialization, for assets with a freshness policy |
 | `personalization_dp_budget_remaining_epsilon` | period | ε left in the current DP budget period |
+| `personalization_anomaly_check_failed` | asset, check, partition, severity | 1 when the data-anomaly check failed for the partition in the run, else 0 (monitoring/anomalies.yaml) |
+| `personalization_anomaly_score` | asset, check, partition | the check's robust score (median/MAD z; segment sizes: largest relative change) |
+| `personalization_landing_to_fresh_lag_seconds` | layer | now − end of the newest landing hour the layer has processed (raw, consented, features, segments) |
 
 Each run pushes its own group (`job`, `run_id` grouping key is NOT used: a group per job keeps the
 gateway bounded), so the gateway always holds the latest value per job and series.
@@ -58,6 +61,11 @@ def build_registry(instance: dg.DagsterInstance, run: dg.DagsterRun, freshness_a
     last_ok = Gauge("personalization_last_success_timestamp_seconds", "End of the job's last successful run", ["job"], registry=reg)
     lag = Gauge("personalization_freshness_lag_seconds", "Seconds since the asset's last materialization", ["asset"], registry=reg)
     budget = Gauge("personalization_dp_budget_remaining_epsilon", "Epsilon left in the DP budget period", ["period"], registry=reg)
+    anomaly_failed = Gauge("personalization_anomaly_check_failed", "1 if the data-anomaly check failed for the partition",
+                           ["asset", "check", "partition", "severity"], registry=reg)
+    anomaly_score = Gauge("personalization_anomaly_score", "Robust score of the data-anomaly check", ["asset", "check", "partition"], registry=reg)
+    layer_lag = Gauge("personalization_landing_to_fresh_lag_seconds", "Now minus the end of the newest landing hour the layer has processed",
+                      ["layer"], registry=reg)
 
     seen = set()
     for record in instance.get_records_for_run(run.run_id, of_type=EVENT_MATERIALIZATION).records:
@@ -65,12 +73,11 @@ def build_registry(instance: dg.DagsterInstance, run: dg.DagsterRun, freshness_a
         asset = mat.asset_key.to_user_string()
         partition = mat.partition or ""
         md = mat.metadata
-        # range runs repeat run totals on every partition: report them once, under the range
-        if (asset, record.event_log_entry.dagster_event.step_key) in seen and partition:
+        # each partition records its own figures (also in range runs): one series per partition
+        if (asset, partition) in seen:
             continue
-        seen.add((asset, record.event_log_entry.dagster_event.step_key))
-        label = partition if run.tags.get("dagster/asset_partition_range_start") is None else (
-            f"{run.tags['dagster/asset_partition_range_start']}..{run.tags.get('dagster/asset_partition_range_end')}")
+        seen.add((asset, partition))
+        label = partition
         rows_out.labels(asset, label).set(float(_md(md, "rows_written", _md(md, "dagster/row_count", 0)) or 0))
         if _md(md, "records_read") is not None:
             rows_in.labels(asset, label).set(float(_md(md, "records_read")))
@@ -91,7 +98,61 @@ def build_registry(instance: dg.DagsterInstance, run: dg.DagsterRun, freshness_a
             lag.labels(key.to_user_string()).set(max(0.0, now - event.timestamp))
     for period, eps in (dp_remaining or {}).items():
         budget.labels(period).set(eps)
+    for asset, check, partition, failed_, severity, score in anomaly_results(instance, run.run_id):
+        anomaly_failed.labels(asset, check, partition, severity).set(1.0 if failed_ else 0.0)
+        if score is not None:
+            anomaly_score.labels(asset, check, partition).set(score)
+    for layer, seconds in landing_to_fresh_lag(instance, now).items():
+        layer_lag.labels(layer).set(seconds)
     return reg
+
+
+def anomaly_results(instance: dg.DagsterInstance, run_id: str) -> list[tuple[str, str, str, bool, str, float | None]]:
+    """(asset, check, partition, failed, severity, score) of the run's data-anomaly check evaluations."""
+    out = []
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        ev = record.event_log_entry.dagster_event.event_specific_data
+        if not ev.check_name.startswith("anomaly_"):
+            continue
+        score = ev.metadata.get("score")
+        out.append((ev.asset_key.to_user_string(), ev.check_name, ev.partition or "", not ev.passed, ev.severity.value.lower(),
+                    None if score is None else float(getattr(score, "value", score))))
+    return out
+
+
+# the asset whose materializations stand for each layer's freshness
+LAYER_ASSETS = {
+    "raw": dg.AssetKey(["raw", "events"]),
+    "consented": dg.AssetKey(["consented", "events"]),
+    "features": dg.AssetKey(["features", "user_rfm"]),
+    "segments": dg.AssetKey(["segments", "user_segments"]),
+}
+
+
+def landing_to_fresh_lag(instance: dg.DagsterInstance, now: float) -> dict[str, float]:
+    """Per layer: now − end of the newest landing hour it has processed. Partitioned layers: their newest
+    materialized hour; unpartitioned ones: the newest raw/events hour materialized before their own latest
+    materialization (what they were built from). A few indexed event-log reads, no data scan."""
+    from personalization_assets.raw.partitions import partition_start
+
+    def newest_hour(key: dg.AssetKey, before: float | None = None) -> float | None:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, before_timestamp=before), limit=200, ascending=False
+        ).records
+        hours = [partition_start(r.asset_materialization.partition).timestamp() + 3600 for r in records
+                 if r.asset_materialization is not None and r.asset_materialization.partition]
+        return max(hours) if hours else None
+
+    out = {}
+    for layer, key in LAYER_ASSETS.items():
+        if layer in ("raw", "consented"):
+            hour_end = newest_hour(key)
+        else:
+            latest = instance.get_latest_materialization_event(key)
+            hour_end = newest_hour(LAYER_ASSETS["raw"], before=latest.timestamp) if latest is not None else None
+        if hour_end is not None:
+            out[layer] = max(0.0, now - hour_end)
+    return out
 
 
 def dp_budget_remaining(lake) -> dict[str, float]:

@@ -435,22 +435,27 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 for k in totals:
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
+                by_hour = {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
                 for pk, part_raw in zip(batch, parts):
                     hour = pa.scalar(partition_start(pk), pa.timestamp("us", tz="UTC"))
                     part_out = out.filter(pa.compute.equal(out["landing_hour"], hour)) if len(batch) > 1 else out
                     lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
+                    split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
+                    # this hour's own figures on its own materialization (run totals: run tags)
+                    context.add_asset_metadata({
+                        "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": part_raw.num_rows,
+                        "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
+                    }, partition_key=pk)
                     if part_out.num_rows > part_raw.num_rows:
                         violations.append(pk)
                     if sum(t.num_rows for t in sample) < 200_000:
                         sample.append(part_out)
-        single = len(context.partition_keys) == 1
-        yield dg.MaterializeResult(metadata={
-            **({"dagster/row_count": totals["kept"]} if single else {"run_rows": totals["kept"]}),
-            "rows_written": totals["kept"], "raw_rows_read": totals["raw_rows"],
-            "excluded_no_consent": totals["no_consent"], "excluded_suppressed": totals["suppressed"],
-            "partitions": len(context.partition_keys), "key_version": pseudonymizer.chain().active,
-            **text_metadata(text_totals),
-        })
+        from personalization_assets.raw.assets import record_run_totals
+
+        record_run_totals(context, "consented/events", {"partitions": len(context.partition_keys), "raw_rows_read": totals["raw_rows"],
+                                                        "rows_written": totals["kept"], "excluded_no_consent": totals["no_consent"],
+                                                        "excluded_suppressed": totals["suppressed"]})
+        yield dg.MaterializeResult(metadata={"key_version": pseudonymizer.chain().active, **text_metadata(text_totals)})
         yield model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(pa.concat_tables(sample) if sample else pa.table({}))
         yield dg.AssetCheckResult(check_name="consented_le_raw", passed=not violations,
                                   metadata={"violating_partitions": dg.MetadataValue.json(violations)})

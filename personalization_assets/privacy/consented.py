@@ -104,9 +104,15 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
             f"select {', '.join(chr(34) + n + chr(34) for n in CONSENTED_EVENT_SCHEMA.names)} from __cev_all "
             "where not __suppressed and len(purposes) > 0"
         ).arrow().read_all()
+        # the same split per landing hour (a batch may hold several hourly partitions)
+        by_hour = con.execute(
+            "select landing_hour, count(*) filter (where __suppressed), count(*) filter (where not __suppressed and len(purposes) = 0), "
+            "count(*) filter (where not __suppressed and len(purposes) > 0) from __cev_all group by 1"
+        ).fetchall()
     finally:
         con.unregister("raw_part")
     stats.update({"suppressed": int(counts[0]), "no_consent": int(counts[1]), "kept": int(counts[2]), **text_stats})
+    stats["by_hour"] = {h: {"suppressed": int(a), "no_consent": int(b), "kept": int(c)} for h, a, b, c in by_hour}
     if stats["suppressed"] + stats["no_consent"] + stats["kept"] != raw.num_rows:
         raise AssertionError(f"consented/events lost rows: {stats} (every raw row must be kept, excluded for consent, or suppressed)")
     return out.cast(CONSENTED_EVENT_SCHEMA), stats

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from dagster_duckdb import DuckDBResource
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.monitoring import anomalies
 from personalization_assets.raw import events_ingest, reference_ingest
 from personalization_assets.raw.partitions import landing_events_prefix, partition_dict, partition_start
 from personalization_assets.raw.tracking_plan import (
@@ -192,12 +193,40 @@ def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone
     return out
 
 
+def partition_metadata(stats: dict) -> dict:
+    """One landing hour's own figures, recorded on that hour's materialization of raw/events."""
+    return {
+        "dagster/row_count": stats["raw_rows"],
+        "rows_written": stats["raw_rows"],
+        "records_read": stats["records_read"],
+        "quarantined": stats["quarantined"],
+        "suppressed_erased_subjects": stats["suppressed"],
+        "files_read": stats["files"],
+        "fast_path_files": stats["fast_path_files"],
+        "bytes_written": stats["bytes"],
+        "quarantine_by_reason": dg.MetadataValue.json(stats["reasons"]),
+        "source_files": dg.MetadataValue.json(stats["source_files"]),
+    }
+
+
+RUN_TOTALS_TAG_PREFIX = "personalization/totals"
+
+
+def record_run_totals(context: dg.AssetExecutionContext, asset: str, totals: dict) -> None:
+    """The run's totals of a range run as run tags (`personalization/totals/<asset>/<figure>`): visible on the
+    run page and queryable (instance.get_run_tags), instead of repeated on every partition's materialization."""
+    tags = {f"{RUN_TOTALS_TAG_PREFIX}/{asset}/{name}": str(int(value)) for name, value in totals.items()}
+    context.instance.add_run_tags(context.run.run_id, tags)
+
+
 def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
     events_checks = [
         dg.AssetCheckSpec("reconciliation", asset=RAW_EVENTS, blocking=True,
                           description="Every landing line is accounted for: read = raw + quarantined + suppressed (records of erased subjects, dropped at ingestion)."),
         model_check(RAW_EVENTS, RawEvent, blocking=True).spec,
         model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).spec,
+        # data anomalies per hour vs the same hour in previous weeks (monitoring/anomalies.yaml)
+        *anomalies.event_check_specs(RAW_EVENTS, partitions_def),
     ]
 
     @dg.multi_asset(
@@ -215,8 +244,9 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
     def raw_events(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
                    pseudonymizer: Pseudonymizer):
         totals = Counter()
-        reasons: Counter = Counter()
-        per_partition, unreconciled, sources = [], [], []
+        unreconciled = []
+        anomaly_config = anomalies.load_config()
+        hour_stats: dict[str, dict] = {}
         raw_samples = []
         quarantine_samples = []
         with duckdb.get_connection() as con:
@@ -225,11 +255,8 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                 for stats in ingest_events_batch(con, batch, landing, lake, platform, suppressed, pseudonymizer):
                     pk = stats["partition"]
                     totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "suppressed", "files", "fast_path_files", "bytes")})
-                    reasons.update(stats["reasons"])
-                    per_partition.append({k: stats[k] for k in ("partition", "files", "records_read", "raw_rows", "quarantined")})
                     if stats["records_read"] != stats["raw_rows"] + stats["quarantined"] + stats["suppressed"]:
                         unreconciled.append(pk)
-                    sources.extend(stats["source_files"])
                     # keep a bounded sample for the schema checks (memory stays bounded by a partition)
                     if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS:
                         raw_samples.append(stats["raw"])
@@ -238,37 +265,22 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                     context.log.info(
                         f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
                     )
-        window = context.partition_time_window
-        # In a range run Dagster records the same metadata on every partition (dagster-io/dagster#18123),
-        # so the row count is only set for single-partition runs; range runs report run totals.
-        single = len(context.partition_keys) == 1
-        yield dg.MaterializeResult(
-            asset_key=RAW_EVENTS,
-            metadata={
-                **({"dagster/row_count": totals["raw_rows"]} if single else {"run_raw_rows": totals["raw_rows"]}),
-                "rows_written": totals["raw_rows"],
-                "records_read": totals["records_read"],
-                "quarantined": totals["quarantined"],
-                "suppressed_erased_subjects": totals["suppressed"],
-                "quarantine_by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
-                "partitions": len(context.partition_keys),
-                "window_start": window.start.isoformat(),
-                "window_end": window.end.isoformat(),
-                "files_read": totals["files"],
-                "fast_path_files": totals["fast_path_files"],
-                "source_files": dg.MetadataValue.json(sources[:100]),
-                "per_partition": dg.MetadataValue.json(per_partition[:200]),
-                "bytes_written": totals["bytes"],
-            },
-        )
-        yield dg.MaterializeResult(
-            asset_key=RAW_EVENTS_QUARANTINE,
-            metadata={
-                **({"dagster/row_count": totals["quarantined"]} if single else {"run_quarantined_rows": totals["quarantined"]}),
-                "rows_written": totals["quarantined"],
-                "by_reason": dg.MetadataValue.json(dict(reasons.most_common())),
-            },
-        )
+                    hour_stats[pk] = anomalies.partition_stats(stats["raw"], stats["records_read"], stats["quarantined"], anomaly_config.null_columns)
+                    # each hour's own figures on its own materialization (not the run's totals on every hour)
+                    context.add_asset_metadata({**partition_metadata(stats), **anomalies.stats_metadata(hour_stats[pk])},
+                                               asset_key=RAW_EVENTS, partition_key=pk)
+                    context.add_asset_metadata(
+                        {"dagster/row_count": stats["quarantined"], "rows_written": stats["quarantined"],
+                         "by_reason": dg.MetadataValue.json(stats["reasons"])},
+                        asset_key=RAW_EVENTS_QUARANTINE, partition_key=pk,
+                    )
+        # run-level totals live on the run (tags, shown on the run page), not on each partition
+        record_run_totals(context, "raw/events", {
+            "partitions": len(context.partition_keys), "records_read": totals["records_read"], "rows_written": totals["raw_rows"],
+            "quarantined": totals["quarantined"], "suppressed": totals["suppressed"], "files_read": totals["files"],
+        })
+        yield dg.MaterializeResult(asset_key=RAW_EVENTS)
+        yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE)
         check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"], totals["suppressed"])
         if unreconciled:
             check = dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=False,
@@ -276,6 +288,12 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         yield check
         yield model_check(RAW_EVENTS, RawEvent, blocking=True).evaluate(_concat_sample(raw_samples))
         yield model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).evaluate(_concat_sample(quarantine_samples))
+        # anomaly checks last: a blocking one that fails stops downstream assets, after the data is recorded
+        results = anomalies.evaluate_run_partitions(context, RAW_EVENTS, hour_stats, anomaly_config)
+        for r in results:
+            if not r.passed:
+                context.log.warning(f"anomaly {r.check} on {r.partition}: {r.description}")
+        yield from anomalies.emit_check_results(context, RAW_EVENTS, results, anomaly_config)
 
     reference = [
         _reference_asset("crm_profiles", "crm", "crm", (".csv", ".csv.gz"), RawCrmProfile, storage_kind,

@@ -33,7 +33,10 @@ def build_warehouse_defs(settings: Settings) -> dg.Definitions:
         # one would resolve against dbt/, an unset lake URL would not follow a custom data dir). Scoped to
         # the dbt invocation, so nothing leaks into the process environment.
         dbt_env = (("PERSONALIZATION_DATA_DIR", str(settings.data_dir)), ("PERSONALIZATION_LAKE_URL", settings.lake_url))
+    from personalization_assets.monitoring.anomalies import build_segment_size_check
+
     return dg.Definitions(
+        asset_checks=[build_segment_size_check()],
         assets=[
             build_features_loaded_asset(settings.env),
             build_dbt_assets(settings.env, dbt_env, str(settings.warehouse_path) if settings.is_local else None),

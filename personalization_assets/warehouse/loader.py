@@ -3,7 +3,9 @@
 The asset exists in both environments, so the graph is the same; only the `snowflake` resource differs:
 
 * prod: reads each feature table from the lake (S3, through LakeStorage/pyarrow) and replaces
-  `<SNOWFLAKE_DATABASE>.FEATURES.<TABLE>` with `write_pandas`, typed from FEATURE_TABLES below;
+  `<SNOWFLAKE_DATABASE>.FEATURES.<TABLE>`, typed from FEATURE_TABLES below, with batched
+  `INSERT ... SELECT ... FROM TABLE(FLATTEN(PARSE_JSON(?)))` (works on Snowflake and the fakesnow server alike;
+  `SNOWFLAKE_LOAD_METHOD=stage` switches to write_pandas, see warehouse/resources.py LOAD_METHODS);
 * local: the dbt-duckdb target reads the lake Parquet in place (source `external_location`), so nothing
   is copied: the asset checks that every table is there with the expected columns and reports row counts,
   so a missing feature table fails here, by name, instead of deep inside dbt.
@@ -20,8 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.resources.storage import LakeStorage
-from personalization_assets.warehouse.resources import SnowflakeWarehouse
+from personalization_assets.warehouse.resources import SnowflakeWarehouse, arrow_to_frame
 
+LOAD_METHOD_DOC = {"insert": "batched INSERT of bound JSON arrays", "stage": "write_pandas, PUT + COPY INTO"}
 FEATURES_LAYER = "features"
 FEATURES_LOADED = dg.AssetKey(["warehouse", "features_loaded"])
 GROUP = "warehouse"
@@ -106,8 +109,8 @@ def missing_columns(table: str, schema: pa.Schema) -> list[str]:
     return [name for name, _ in FEATURE_TABLES[table] if name not in schema.names]
 
 
-def to_load_frame(table: str, data: pa.Table) -> pd.DataFrame:
-    """The declared columns as a DataFrame for write_pandas: timestamps as naive UTC, nullable ints/bools."""
+def to_load_table(table: str, data: pa.Table) -> pa.Table:
+    """The declared columns, in order, with timestamps as naive UTC (the Snowflake columns are TIMESTAMP_NTZ)."""
     columns = []
     for name, _ in FEATURE_TABLES[table]:
         column = data.column(name)
@@ -115,9 +118,12 @@ def to_load_frame(table: str, data: pa.Table) -> pd.DataFrame:
             # wall-clock UTC, then drop the zone: the Snowflake column is TIMESTAMP_NTZ in UTC
             column = pc.cast(column, pa.timestamp(column.type.unit, tz="UTC")).cast(pa.timestamp(column.type.unit))
         columns.append(column)
-    selected = pa.table(columns, names=[name for name, _ in FEATURE_TABLES[table]])
-    nullable = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
-    return selected.to_pandas(types_mapper=nullable.get)
+    return pa.table(columns, names=[name for name, _ in FEATURE_TABLES[table]])
+
+
+def to_load_frame(table: str, data: pa.Table) -> pd.DataFrame:
+    """The declared columns as a DataFrame (what write_pandas takes): naive UTC timestamps, nullable ints/bools."""
+    return arrow_to_frame(to_load_table(table, data))
 
 
 def _parquet_rows(lake: LakeStorage, table: str) -> tuple[int, pa.Schema]:
@@ -137,7 +143,7 @@ def build_features_loaded_asset(env: str) -> dg.AssetsDefinition:
         kinds=kinds,
         description=(
             "Feature tables made visible to the warehouse before dbt runs: loaded into Snowflake "
-            "(FEATURES schema) with write_pandas in prod; checked in place (lake Parquet, read by dbt-duckdb) locally."
+            "(FEATURES schema) in prod (batched INSERT of bound JSON, or write_pandas with SNOWFLAKE_LOAD_METHOD=stage); checked in place (lake Parquet, read by dbt-duckdb) locally."
         ),
         # prod: the FEATURES copies; local: nothing is copied, the eraser finds no such tables
         metadata={"privacy/tier": "warehouse", "privacy/erasure": ERASURE_HANDLER},
@@ -172,18 +178,18 @@ def build_features_loaded_asset(env: str) -> dg.AssetsDefinition:
             metadata["mode"] = "local: dbt-duckdb reads the lake Parquet in place"
             metadata["rows_written"] = 0  # nothing is copied locally
         else:
-            with snowflake.get_connection() as conn:
+            with snowflake.get_connection(paramstyle="qmark") as conn:
                 for table, columns in FEATURE_TABLES.items():
                     data = lake.read_table(FEATURES_LAYER, table)
                     missing = missing_columns(table, data.schema)
                     if missing:
                         raise dg.Failure(f"features/{table} lacks column(s) {', '.join(missing)} (see FEATURE_TABLES in {__name__}).", allow_retries=False)
-                    loaded = snowflake.replace_table(conn, table, columns, to_load_frame(table, data))
+                    loaded = snowflake.replace_table(conn, table, columns, to_load_table(table, data))
                     context.log.info(f"loaded {loaded.rows} rows into {loaded.table}")
                     metadata[f"rows/{table}"] = loaded.rows
                     metadata[f"location/{table}"] = loaded.table
                     total += loaded.rows
-            metadata["mode"] = "prod: loaded into Snowflake with write_pandas"
+            metadata["mode"] = f"prod: loaded into Snowflake ({snowflake.load_method}: {LOAD_METHOD_DOC[snowflake.load_method]})"
             metadata["rows_written"] = total
         metadata["dagster/row_count"] = total  # feature rows visible to the warehouse
         return dg.MaterializeResult(metadata=metadata)

@@ -24,6 +24,9 @@ METRICS = {
     "personalization_freshness_lag_seconds": {"asset"},
     "personalization_dp_budget_remaining_epsilon": {"period"},
     "personalization_last_success_timestamp_seconds": {"job"},
+    "personalization_anomaly_check_failed": {"asset", "check", "partition", "severity"},
+    "personalization_anomaly_score": {"asset", "check", "partition"},
+    "personalization_landing_to_fresh_lag_seconds": {"layer"},
 }
 REQUIRED_ALERT_TOPICS = {
     "latency": "personalization_run_duration_seconds",
@@ -31,6 +34,8 @@ REQUIRED_ALERT_TOPICS = {
     "quarantine": "personalization_rows_quarantined_total",
     "failed runs": "personalization_runs_failed_total",
     "dp budget": "personalization_dp_budget_remaining_epsilon",
+    "data anomalies": "personalization_anomaly_check_failed",
+    "landing-to-fresh lag": "personalization_landing_to_fresh_lag_seconds",
 }
 
 
@@ -103,6 +108,9 @@ def test_unit_tests_cover_quarantine_and_failed_runs():
         if t.get("exp_alerts")
     }
     assert {"PersonalizationQuarantineRateHigh", "PersonalizationRunFailed"} <= tested
+    # alerts on data: each has a case where it fires and one where it stays quiet
+    data_alerts = {"PersonalizationDataAnomaly", "PersonalizationDataAnomalyBlocking", "PersonalizationLayerLagHigh", "PersonalizationLayerLagCritical"}
+    assert data_alerts <= tested, data_alerts - tested
     silent = {
         t["alertname"]
         for case in tests
@@ -113,6 +121,7 @@ def test_unit_tests_cover_quarantine_and_failed_runs():
         "PersonalizationQuarantineRateHigh",
         "PersonalizationRunFailed",
     } <= silent, "also test that they stay quiet"
+    assert data_alerts <= silent, data_alerts - silent
 
 
 def test_only_contract_metrics_and_labels_are_used(rules):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -67,3 +68,45 @@ def test_materialization_metrics_reach_the_pushgateway(landing, pushgateway, mon
     assert q, "quarantine counts by reason"
     assert value("personalization_run_duration_seconds") and value("personalization_runs_failed_total") == [0.0]
     assert value("personalization_dp_budget_remaining_epsilon") == [4.0]
+    # alerts on data: one anomaly result per check for the hour (warming up: passed), and the raw layer's lag
+    anomaly = [ln for ln in lines if ln.startswith("personalization_anomaly_check_failed{")]
+    assert len(anomaly) == 4 and all(f'partition="{PARTITION}"' in ln and ln.endswith(" 0") for ln in anomaly), anomaly
+    lag = [float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("personalization_landing_to_fresh_lag_seconds{") and 'layer="raw"' in ln]
+    assert len(lag) == 1 and lag[0] > 3600  # the hour ended long ago (2026-11-28 13:00)
+    # rows per partition: the hour's own figures, labelled with the hour (not a run range)
+    assert any(f'partition="{PARTITION}"' in ln for ln in lines if ln.startswith("personalization_rows_out_total"))
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "infra" / "monitoring" / "grafana-dashboard.json"
+RULES = DASHBOARD.with_name("alerts.yml")
+
+
+def test_grafana_dashboard_queries_only_metrics_the_code_pushes(landing):
+    """Every metric a dashboard panel queries is one build_registry publishes (from a real run), every
+    recording rule it queries exists in alerts.yml, and lag, throughput, quarantine and anomaly panels exist."""
+    import json
+    import re
+
+    import yaml
+
+    from personalization_assets.monitoring.metrics import build_registry
+
+    write_hostile_landing(landing)
+    defs = defs_for_env()
+    with dg.instance_for_test() as instance:
+        result = materialize(defs, "key:raw/events", (PARTITION, PARTITION), instance=instance)
+        registry = build_registry(instance, instance.get_run_by_id(result.run_id), [dg.AssetKey(["raw", "events"])], {"2026-11": 4.0})
+    published = {family.name for family in registry.collect()}
+    assert {"personalization_anomaly_check_failed", "personalization_anomaly_score", "personalization_landing_to_fresh_lag_seconds"} <= published
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(personalization_[a-z_]+)\b", e)}
+    assert used and used <= published, used - published
+    recorded = {r["record"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "record" in r}
+    assert {m for e in exprs for m in re.findall(r"\b(personalization:[a-z_:0-9]+)", e)} <= recorded
+    titles = " ".join(p["title"].lower() for p in panels)
+    for topic in ("lag", "rows read", "quarantine", "anomaly"):
+        assert topic in titles, topic
+    # the anomaly and lag metrics the rules alert on are on the dashboard
+    assert {"personalization_anomaly_check_failed", "personalization_landing_to_fresh_lag_seconds"} <= used

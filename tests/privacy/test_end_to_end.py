@@ -204,8 +204,10 @@ def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(world)
         assert con.execute("select count(*) from raw_q where contains(original_text, ?)", [v]).fetchall()[0][0] == 0
     # re-ingesting the landing zone (which still holds their events) keeps them out, and says so
     again = materialize(defs, "key:raw/events", world["range"])
-    md = materializations(again)["raw/events"]
-    assert md["suppressed_erased_subjects"] > 0
+    # each hour records its own figures (the run's totals are run tags): sum over the hours
+    suppressed = sum(int(e.event_specific_data.materialization.metadata["suppressed_erased_subjects"].value) for e in again.all_events
+                     if e.event_type_value == "ASSET_MATERIALIZATION" and e.event_specific_data.materialization.asset_key.path == ["raw", "events"])
+    assert suppressed > 0
     assert check_results(again)["raw/events:reconciliation"] is True
     assert con.execute(f"select count(*) from raw_events where user_id in ({','.join('?' * len(raw_ids))})", list(raw_ids)).fetchall()[0][0] == 0
     log = lake.read_table("privacy", "erasure_log").to_pylist() if lake.exists("privacy", "erasure_log") else None
@@ -213,3 +215,25 @@ def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(world)
     assert {r["asset"] for r in rows} >= {"raw/events", "consented/events", "privacy/identity_links"}
     assert all(r["verified"] for r in rows)
     assert log is None  # segments only: the log is append-only
+
+
+def test_consented_hours_record_their_own_figures(world):
+    """consented/events in a range run: each hour's materialization carries that hour's figures (read =
+    written + excluded, read = that hour's raw rows), and the run's totals are run tags, not per-hour."""
+    result = world["result"]
+    per_hour: dict[str, dict[str, dict]] = {}
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_MATERIALIZATION":
+            m = e.event_specific_data.materialization
+            if m.partition and m.asset_key.path in (["raw", "events"], ["consented", "events"]):
+                per_hour.setdefault("/".join(m.asset_key.path), {})[m.partition] = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
+    consented, raw = per_hour["consented/events"], per_hour["raw/events"]
+    assert set(consented) == set(raw) and len(consented) > 10
+    for pk, md in consented.items():
+        assert md["raw_rows_read"] == raw[pk]["rows_written"], pk
+        assert md["rows_written"] + md["excluded_no_consent"] + md["excluded_suppressed"] == md["raw_rows_read"], pk
+        assert "partitions" not in md
+    assert len({md["rows_written"] for md in consented.values()}) > 1  # not one repeated total
+    tags = result.dagster_run.tags
+    assert int(tags["personalization/totals/consented/events/rows_written"]) == sum(md["rows_written"] for md in consented.values())
+    assert int(tags["personalization/totals/consented/events/raw_rows_read"]) == sum(md["raw_rows_read"] for md in consented.values())

@@ -1,23 +1,18 @@
-"""The production path on fakesnow: the loader writes the feature tables with write_pandas, then dbt-snowflake
-builds the same marts as DuckDB from them.
+"""The production path on fakesnow: the loader writes the feature tables with batched INSERTs of bound JSON,
+then dbt-snowflake builds the same marts as DuckDB from them.
 
-Two fakesnow limitations shape these tests (fakesnow 0.12):
-- its server mode cannot run write_pandas (COPY INTO from the temporary stage fails), so the loader writes
-  through fakesnow's in-process fakes (`fakesnow.patch()`, or in the end-to-end test the fakes bound to the
-  server's shared in-memory database), while dbt-snowflake talks to the server over HTTP;
-- it cannot create the temporary tables dbt-snowflake uses for unit tests, so the prod run excludes them
-  (`DBT_EXCLUDE_RESOURCE_TYPES=unit_test`); the unit tests run on DuckDB (test_warehouse_local.py).
+The end-to-end test talks to a fakesnow SERVER over HTTP for everything (loader, dbt, eraser): nothing is
+patched in-process (the full CLI rehearsal is test_prod_rehearsal.py). One fakesnow limitation remains: it
+cannot create the temporary tables dbt-snowflake uses for unit tests, so the prod run excludes them
+(`DBT_EXCLUDE_RESOURCE_TYPES=unit_test`); the unit tests run on DuckDB (test_warehouse_local.py).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import replace
-from unittest import mock
 
 import dagster as dg
 import fakesnow
-import fakesnow.fakes
 import pytest
 import snowflake.connector
 
@@ -46,7 +41,7 @@ from tests.warehouse.warehouse_fixtures import (
 DATABASE = "PERSONALIZATION"
 
 
-def test_loader_writes_feature_tables_with_write_pandas(tmp_path):
+def test_loader_writes_feature_tables_in_declared_types(tmp_path):
     write_feature_lake(tmp_path)
     resources = {
         "lake": LakeStorage(url=str(tmp_path / "lake")),
@@ -96,14 +91,10 @@ def test_prod_path_on_fakesnow_matches_duckdb(local_build, dbt_manifest, tmp_pat
         # the lake stays local (LakeStorage reads S3 and local paths alike)
         settings = replace(load_settings(), env="prod")
         defs = build_warehouse_defs(settings)
-        shared = importlib.import_module("fakesnow.server").shared_fs
-        with (
-            mock.patch("snowflake.connector.connect", side_effect=shared.connect),
-            mock.patch("snowflake.connector.pandas_tools.write_pandas", side_effect=fakesnow.fakes.write_pandas),
-        ):
-            result = dg.materialize(
-                list(defs.assets), resources={"lake": LakeStorage(url=settings.lake_url), **defs.resources}, raise_on_error=False
-            )
+        # the loader, dbt and the eraser all reach the server over HTTP, like they would reach Snowflake
+        result = dg.materialize(
+            list(defs.assets), resources={"lake": LakeStorage(url=settings.lake_url), **defs.resources}, raise_on_error=False
+        )
         assert result.success
         assert set(materializations(result)) >= {f"segments/{m}" for m in MARTS}
         checks = check_results(result)
@@ -137,3 +128,42 @@ def test_prod_path_on_fakesnow_matches_duckdb(local_build, dbt_manifest, tmp_pat
 def _handler(spec: dg.AssetSpec) -> dict:
     value = spec.metadata["privacy/erasure"]
     return dict(getattr(value, "value", getattr(value, "data", value)))
+
+
+def test_insert_batches_round_trip_awkward_values_over_the_server(tmp_path):
+    """The default load path on a real fakesnow server over HTTP: several batches (tiny batch size), quotes,
+    backslashes, unicode, NULLs, full-precision doubles, microsecond timestamps; and the settings switch."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from personalization_assets.settings import ConfigError
+    from personalization_assets.warehouse.resources import snowflake_warehouse
+
+    columns = (("s", "varchar"), ("d", "double"), ("n", "bigint"), ("t", "timestamp_ntz"), ("b", "boolean"))
+    n = 2500
+    data = pa.table({
+        "s": [None if i % 11 == 0 else f"it's \"q\" \\ \u00fc {i}" for i in range(n)],
+        "d": [None if i % 7 == 0 else i / 3 for i in range(n)],
+        "n": pa.array([None if i % 5 == 0 else i * 10**12 for i in range(n)], pa.int64()),
+        "t": pa.array([dt.datetime(2026, 11, 28, 13, 5, 7, i) for i in range(n)], pa.timestamp("us")),
+        "b": [None if i % 13 == 0 else i % 2 == 0 for i in range(n)],
+    })
+    with start_fakesnow_server() as server:
+        wh = SnowflakeWarehouse(account="fakesnow", user="fake", password="snow", role="R", warehouse="W", database=DATABASE,
+                                host=server["host"], port=server["port"], protocol=server["protocol"], insert_batch_bytes=20_000)
+        with wh.get_connection(paramstyle="qmark") as conn:
+            conn.cursor().execute(f"create database if not exists {DATABASE}")
+            loaded = wh.replace_table(conn, "awkward", columns, data)
+            assert loaded.rows == n
+            rows = conn.cursor().execute(f"select s, d, n, t, b from {DATABASE}.FEATURES.AWKWARD order by t").fetchall()
+    assert [tuple(r) for r in rows] == list(zip(*(data.column(c).to_pylist() for c, _ in columns)))
+    with pytest.raises(ConfigError, match="SNOWFLAKE_LOAD_METHOD='copy' is unknown"):
+        snowflake_warehouse(replace(_prod_settings(), env="prod"), {"SNOWFLAKE_LOAD_METHOD": "copy"})
+    assert snowflake_warehouse(replace(_prod_settings(), env="prod"), {"SNOWFLAKE_LOAD_METHOD": "stage"}).load_method == "stage"
+
+
+def _prod_settings():
+    from personalization_assets.settings import load_settings
+
+    return load_settings({"PERSONALIZATION_DATA_DIR": "/tmp"})
