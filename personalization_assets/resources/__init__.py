@@ -21,7 +21,6 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from personalization_assets.privacy import audit as _audit  # noqa: F401  (registers the lake's audit sink)
 from personalization_assets.privacy.keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
 from personalization_assets.privacy.policies import get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
@@ -73,6 +72,8 @@ def duckdb_engine(settings: Settings) -> DuckDBEngine:
 
 
 def build_resources(settings: Settings) -> dict:
+    from personalization_assets.privacy import audit  # noqa: F401  registers the lake's audit sink (the lake refuses sensitive reads without it)
+
     creds = _s3_credentials(settings)
     common = {"s3_endpoint_url": settings.s3_endpoint_url, "aws_region": settings.aws_region, **creds}
     resources = {
