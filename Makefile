@@ -59,7 +59,7 @@ tools: $(STAMP)
 	@bash infra/scripts/install-tools.sh
 
 test: $(STAMP) system-deps tools dbt-parse
-	PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q tests
+	PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: $(STAMP) dbt-parse
 	$(BIN)/python -m pytest -q -x tests -m "not slow"

@@ -107,9 +107,12 @@ def bench_collector(messages: int, clients: int, batch: int, work: Path) -> dict
     try:
         _wait_healthy(url, proc)
         per_client = messages // clients
-        with mp.Manager() as manager:
+        # spawn, not fork: forking a process that runs threads (a test runner, a Dagster process) can copy a
+        # held lock into a child that then never exits
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager:
             barrier = manager.Barrier(clients + 1)
-            with mp.Pool(clients) as pool:
+            with ctx.Pool(clients) as pool:
                 pending = pool.map_async(_client, [(url, c, per_client, batch, barrier) for c in range(clients)])
                 barrier.wait()
                 t = time.perf_counter()

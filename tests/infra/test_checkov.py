@@ -31,9 +31,14 @@ def checkov() -> str:
 
 
 def _run(checkov: str, args: list[str], cwd: Path = REPO_ROOT) -> list[dict]:
+    import os
+
     result = subprocess.run(
         [checkov, *args],
         cwd=cwd,
+        # checkov gives up parsing a file after 10 s; on a busy 2-core machine (the suite runs in parallel)
+        # a small file can take that long, which shows up as a parsing error, not a verdict
+        env={**os.environ, "HCL_PARSE_TIMEOUT_SEC": "120"},
         check=False,
         capture_output=True,
         text=True,
