@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DATABASE = "PERSONALIZATION"
 LANDING_BUCKET, LAKE_BUCKET = "rehearsal-landing", "rehearsal-lake"
+LEDGER_BUCKET = "rehearsal-ledger"  # the append-only logs, write-once (S3 Object Lock) as in production
 USER_SEGMENTS_SQL = "select * from segments.user_segments order by person_id"
 
 
@@ -91,6 +92,7 @@ def rehearsal_env(workdir: Path, s3_port: int, snow_port: int, keys: str) -> dic
             "PERSONALIZATION_DATA_DIR": str(workdir / "data"),
             "PERSONALIZATION_LANDING_URL": f"s3://{LANDING_BUCKET}/cdp",
             "PERSONALIZATION_LAKE_URL": f"s3://{LAKE_BUCKET}/lake",
+            "PERSONALIZATION_LEDGER_URL": f"s3://{LEDGER_BUCKET}/ledger",
             "PERSONALIZATION_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "PERSONALIZATION_PSEUDONYM_KEYS": keys,
             "AWS_REGION": "us-east-1",
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                           aws_access_key_id="rehearsal", aws_secret_access_key="rehearsal")
         for bucket in (LANDING_BUCKET, LAKE_BUCKET):
             s3.create_bucket(Bucket=bucket)
+        s3.create_bucket(Bucket=LEDGER_BUCKET, ObjectLockEnabledForBucket=True)
 
         run(["personalization", "generate", "--users", str(args.users), "--events", str(args.events), "--seed", str(args.seed),
              "--bad-fraction", str(args.bad_fraction), "--days", str(args.days), "--end", end], env)
