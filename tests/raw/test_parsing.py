@@ -5,21 +5,12 @@ from __future__ import annotations
 import gzip
 from datetime import datetime, timezone
 
-import duckdb
 import pytest
 
 from personalization_assets.raw import events_ingest as ei
 from tests.raw.hostile import CASES, hostile_bytes, line, msg
 
 WINDOW = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def con():
-    c = duckdb.connect()
-    c.execute("SET TimeZone = 'UTC'")
-    yield c
-    c.close()
 
 
 def ingest(con, files):

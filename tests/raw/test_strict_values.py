@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-import duckdb
 import pytest
 
 from personalization_assets.raw import events_ingest as ei
@@ -58,14 +57,6 @@ STRICT_CASES: list[tuple[str, bytes, str]] = [
     ("sent_at_date_only", line(msg(127, sentAt="2026-11-28")), "timestamp_without_offset"),
     ("good", line(msg(128)), "raw"),
 ]
-
-
-@pytest.fixture
-def con():
-    c = duckdb.connect()
-    c.execute("SET TimeZone = 'UTC'")
-    yield c
-    c.close()
 
 
 def _ingest(con, data: bytes, name="s.jsonl"):
