@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 from datetime import datetime, timezone
 
-import pytest
 
 from personalization_assets.raw import events_ingest as ei
 from tests.raw.hostile import CASES, hostile_bytes, line, msg
