@@ -1,7 +1,7 @@
 """`personalization` console script: a thin layer over the Dagster definitions.
 
     personalization generate --users N --events M --seed S [--bad-fraction F]
-    personalization materialize [--select SELECTION] [--partitions START..END]
+    personalization materialize [--select SELECTION] [--partitions START..END] [--full-refresh] [--as-of T]
     personalization collect [--host 127.0.0.1] [--port 8088]
 
 Runs go through the Dagster instance in $DAGSTER_HOME (default ./.dagster_home), so everything the CLI
@@ -134,24 +134,51 @@ def _cmd_generate(args) -> int:
 
 
 def landing_partition_keys(defs, settings) -> list[str]:
-    """Partition keys of raw/events for which the landing zone has files."""
-    from personalization_assets.raw.partitions import partition_key_for_path
+    """Partition keys of raw/events that hold data (the lake's hours; ingestion files messages by receivedAt)."""
+    lake = defs.resources["lake"]
+    return sorted({f"{p['date']}-{p['hour']}:00" for p in lake.partitions("raw", "events") if p.get("date") and p.get("hour")})
 
-    landing = defs.resources["landing"]
-    keys = set()
-    for f in landing.list_files("events"):
-        pk = partition_key_for_path(f.path)
-        if pk:
-            keys.add(pk)
-    return sorted(keys)
+
+def self_partitioning(graph, key) -> bool:
+    """A partitioned asset written by an incremental step that finds its own stale hours (raw/events,
+    consented/events): its step runs without a partition range and logs the hours it rewrote."""
+    node = graph.get(key)
+    if node.partitions_def is None:
+        return False
+    assets_def = graph.assets_def_for_key(key)
+    return any(spec.partitions_def is None for spec in assets_def.specs)
+
+
+def incremental_run_config(defs, keys, full_refresh: bool) -> dict:
+    """`full_refresh: true` for every selected op whose config has that field."""
+    if not full_refresh:
+        return {}
+    graph = defs.resolve_asset_graph()
+    ops = {}
+    for key in keys:
+        assets_def = graph.assets_def_for_key(key)
+        op = assets_def.node_def
+        schema = getattr(op, "config_schema", None)
+        fields = getattr(getattr(schema, "config_type", None), "fields", {}) or {}
+        if "full_refresh" in fields:
+            ops[op.name] = {"config": {"full_refresh": True}}
+    return {"ops": ops}
 
 
 def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING",
-                    run_config: dict | None = None):
-    """Materialize the selection in one in-process run; returns (success, summary_text, result)."""
+                    run_config: dict | None = None, full_refresh: bool = False):
+    """Materialize the selection in one in-process run; returns (success, summary_text, result).
+
+    Without `partitions`, incremental steps (raw/events, consented/events) bring their hours up to date from
+    the landing zone and touch only what is stale; `full_refresh` rebuilds them from every landing object.
+    `partitions` (START..END) rebuilds exactly those hours."""
     import dagster as dg
 
-    from personalization_assets.run_summary import format_summary, group_lookup, summarize
+    from personalization_assets.run_summary import (
+        format_summary,
+        group_lookup,
+        summarize,
+    )
     from personalization_assets.settings import load_settings
 
     settings = load_settings()
@@ -165,36 +192,34 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     keys = selection.resolve(graph)
     if not keys:
         raise SystemExit(f"--select {select!r} matches no asset")
-    partitioned = sorted(k.to_user_string() for k in keys if graph.get(k).partitions_def is not None)
+    ranged = sorted(k.to_user_string() for k in keys if graph.get(k).partitions_def is not None and not self_partitioning(graph, k))
     tags: dict[str, str] = {}
-    if partitioned:
-        if partitions:
-            start, _, end = partitions.partition("..")
-            end = end or start
-        else:
-            present = landing_partition_keys(defs, settings)
-            if not present:
-                raise SystemExit(
-                    f"No landing data under {settings.landing_url}/events: run `personalization generate` first "
-                    f"(partitioned assets selected: {', '.join(partitioned)})."
-                )
-            pdef = next(graph.get(k).partitions_def for k in keys if graph.get(k).partitions_def is not None)
-            valid = set(pdef.get_partition_keys())
-            outside = [p for p in present if p not in valid]
-            if outside:
-                echo(f"warning: {len(outside)} landing hour(s) outside the partitions (PERSONALIZATION_EVENTS_START?): {outside[:3]}")
-            present = [p for p in present if p in valid]
-            if not present:
-                raise SystemExit("No landing hour falls inside the event partitions; check PERSONALIZATION_EVENTS_START.")
-            start, end = present[0], present[-1]
+    if partitions:
+        start, _, end = partitions.partition("..")
+        end = end or start
+        tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+        echo(f"Materializing {len(keys)} assets; rebuilding event hours {start} .. {end}")
+    elif ranged:
+        # a partitioned asset without its own incremental step: every hour that holds data
+        present = landing_partition_keys(defs, settings)
+        if not present:
+            raise SystemExit(
+                f"No event hours in the lake yet: ingest first (`personalization materialize --select key:raw/events`) "
+                f"(partitioned assets selected: {', '.join(ranged)})."
+            )
+        start, end = present[0], present[-1]
         tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
         echo(f"Materializing {len(keys)} assets; event partitions {start} .. {end}")
     else:
-        echo(f"Materializing {len(keys)} assets")
+        echo(f"Materializing {len(keys)} assets" + (" (full refresh)" if full_refresh else ""))
     if instance is None:
         instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
-    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+    extra = incremental_run_config(defs, keys, full_refresh)
+    merged_ops = {**(run_config or {}).get("ops", {})}
+    for op, cfg in extra.get("ops", {}).items():
+        merged_ops[op] = {"config": {**merged_ops.get(op, {}).get("config", {}), **cfg["config"]}}
+    run_config = {**(run_config or {}), **({"ops": merged_ops} if merged_ops else {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
     import uuid
 
     from personalization_assets.monitoring.cli_runs import cli_run_tags, heartbeat
@@ -224,7 +249,8 @@ def _failed_blocking_checks(result, graph) -> list[str]:
 
 def _cmd_materialize(args) -> int:
     run_config = {"ops": {"feature_tables": {"config": {"as_of": args.as_of}}}} if getattr(args, "as_of", None) else None
-    ok, text, result = run_materialize(args.select, args.partitions, log_level="INFO" if args.verbose else "WARNING", run_config=run_config)
+    ok, text, result = run_materialize(args.select, args.partitions, log_level="INFO" if args.verbose else "WARNING", run_config=run_config,
+                                       full_refresh=args.full_refresh)
     print()
     print(text)
     print()
@@ -277,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("materialize", help="materialize assets on the configured environment and print a summary")
     m.add_argument("--select", help="Dagster asset selection (default: all assets), e.g. 'group:raw' or 'key:raw/events+'")
-    m.add_argument("--partitions", help="event partition range START..END (default: every hour present in the landing zone)")
+    m.add_argument("--partitions", help="event hours START..END to rebuild (default: only what is stale: new or changed landing objects and what they touch)")
+    m.add_argument("--full-refresh", action="store_true", help="rebuild every asset from the whole landing zone (forget the manifest of objects read)")
     m.add_argument("--verbose", action="store_true", help="stream the run's INFO logs (dbt output included)")
     m.add_argument("--as-of", help="feature cutoff, ISO 8601 UTC (default: now); fixes the features for comparisons")
     m.set_defaults(func=_cmd_materialize)

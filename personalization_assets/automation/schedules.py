@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import dagster as dg
 
-from personalization_assets.automation.sensors import LANDING_TARGET, landing_state, run_requests_for
-from personalization_assets.raw.partitions import PARTITION_FMT
+from personalization_assets.automation.sensors import (
+    LANDING_TARGET,
+    landing_state,
+    run_requests_for,
+)
+from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LandingZone
 
 LATE_WINDOW = timedelta(days=3)
@@ -27,17 +31,13 @@ def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: 
         execution_timezone="UTC",
         target=LANDING_TARGET,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every 5 minutes: ingest the hours (last 3 days) and reference sources whose files changed and "
-        "have no successful or running ingestion yet. Stateless; de-duplicated with the sensor by a digest tag.",
+        description="Every 5 minutes: the sensor's backstop. Requests an incremental ingestion run when the landing objects "
+        "changed and no successful or running ingestion covers them yet (and the changed reference sources). Stateless; "
+        "de-duplicated with the sensor by a digest tag.",
     )
-    def landing_extraction(context: dg.ScheduleEvaluationContext, landing: LandingZone):
-        now = context.scheduled_execution_time or datetime.now(timezone.utc)
-        oldest = (now - LATE_WINDOW).strftime(PARTITION_FMT)
-
-        def recent(pk: str) -> bool:
-            return pk >= oldest and partitions_def.has_partition_key(pk)
-
-        requests = run_requests_for(landing_state(landing, recent), {}, context.instance, with_followers=True)
+    def landing_extraction(context: dg.ScheduleEvaluationContext, landing: LandingZone, platform: PlatformConfig):
+        state = landing_state(landing, events_layout=getattr(platform, "events_layout", "auto"))
+        requests = run_requests_for(state, {}, context.instance, with_followers=True)
         if not requests:
             return dg.SkipReason("no changed landing files without an ingestion run")
         return requests

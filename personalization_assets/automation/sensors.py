@@ -1,4 +1,4 @@
-"""Sensors: landing arrival (new files -> exactly the affected partitions) and run-failure alerts."""
+"""Sensors: landing arrival (new or changed landing objects -> one incremental ingestion run) and run-failure alerts."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ import hashlib
 import json
 import logging
 import urllib.request
-from collections import defaultdict
 from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
-from personalization_assets.raw.partitions import partition_key_for_path
+from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import FileInfo, LandingZone
 
 log = logging.getLogger("personalization.alerts")
 
 RAW_EVENTS = dg.AssetKey(["raw", "events"])
 RAW_EVENTS_QUARANTINE = dg.AssetKey(["raw", "events_quarantine"])
+RAW_MANIFEST = dg.AssetKey(["raw", "landing_manifest"])
+EVENTS_STATE = "landing"  # the cursor's key for the events side of the landing zone
 # what a new hour changes right away: run it in the ingestion run itself (one launch instead of three)
 FOLLOWERS = (
     dg.AssetKey(["privacy", "identity_links"]), dg.AssetKey(["privacy", "consent_ledger"]),
@@ -40,23 +41,23 @@ def files_digest(files: list[FileInfo]) -> str:
     return h.hexdigest()[:20]
 
 
-def landing_state(landing: LandingZone, valid_partitions=None) -> dict[str, dict[str, str]]:
-    """Digest of the landing files per event partition and per reference source."""
-    by_pk: dict[str, list[FileInfo]] = defaultdict(list)
-    for f in landing.list_files("events"):
-        pk = partition_key_for_path(f.path)
-        if pk and (valid_partitions is None or valid_partitions(pk)):
-            by_pk[pk].append(f)
+def landing_state(landing: LandingZone, valid_partitions=None, events_layout: str = "auto") -> dict[str, dict[str, str]]:
+    """Digest of the landing objects: the events side as one (ingestion reads only the objects its manifest
+    lacks, and files each message under its own receivedAt hour) and each reference source."""
+    from personalization_assets.raw.layouts import list_landing, plan_landing
+
+    plan = plan_landing(list_landing(landing), events_layout)
+    event_side = [e.obj for e in plan.events] + [r.obj for r in plan.rejected if r.source in ("events", "landing")]
     sources, newest_sources = {}, {}
     for directory in REFERENCE_SOURCES:
-        files = landing.list_files(directory)
+        files = list(plan.reference.get(directory, [])) + [r.obj for r in plan.rejected if r.source == directory]
         if files:
             sources[directory] = files_digest(files)
             newest_sources[directory] = max(f.mtime_ns for f in files)
     return {
-        "events": {pk: files_digest(fs) for pk, fs in sorted(by_pk.items())},
+        "events": {EVENTS_STATE: files_digest(event_side)} if event_side else {},
         "sources": sources,
-        "newest_ns": {pk: max(f.mtime_ns for f in fs) for pk, fs in by_pk.items()},
+        "newest_ns": {EVENTS_STATE: max(f.mtime_ns for f in event_side)} if event_side else {},
         "newest_sources_ns": newest_sources,
     }
 
@@ -79,29 +80,19 @@ def _materialized_after_files(instance, pk: str | None, newest_file_ns: int, key
 def run_requests_for(state: dict, previous: dict, instance=None, with_followers: bool = False) -> list[dg.RunRequest]:
     requests = []
     newest = state.get("newest_ns", {})
-    for pk, digest in state["events"].items():
-        if previous.get("events", {}).get(pk) == digest:
-            continue
-        tag = f"events:{pk}:{digest}"
-        if instance is not None and _already_requested(instance, tag):
-            continue
-        if instance is not None and pk not in previous.get("events", {}) and _materialized_after_files(instance, pk, newest.get(pk, 0)):
-            continue  # first sight of this hour, but it was already ingested after its files landed
-        requests.append(
-            dg.RunRequest(
-                run_key=tag,
-                partition_key=pk,
-                asset_selection=[RAW_EVENTS, RAW_EVENTS_QUARANTINE],
-                tags={DIGEST_TAG: tag, "personalization/trigger": "landing"},
-            )
-        )
-    hourly = [r for r in requests if r.partition_key]
-    if with_followers and 0 < len(hourly) <= STREAMING_MAX_HOURS:
-        # steady streaming: one run ingests the hour and brings the consent state and the consented hour along
-        # (tagged: the run queue runs one such run at a time, as they all rebuild the unpartitioned consent state)
-        requests = [r.with_replaced_attrs(asset_selection=[RAW_EVENTS, RAW_EVENTS_QUARANTINE, *FOLLOWERS],
-                                          tags={**r.tags, STREAMING_TAG: "1"})
-                    if r.partition_key else r for r in requests]
+    digest = state["events"].get(EVENTS_STATE)
+    if digest and previous.get("events", {}).get(EVENTS_STATE) != digest:
+        tag = f"events:{digest}"
+        seen = instance is not None and (_already_requested(instance, tag) or (
+            EVENTS_STATE not in previous.get("events", {}) and _materialized_after_files(instance, None, newest.get(EVENTS_STATE, 0), RAW_MANIFEST)))
+        if not seen:
+            # one unpartitioned ingestion run: it reads the objects its manifest lacks and rewrites the hours they touch;
+            # in steady streaming it brings the consent state and the consented hours along (one launch instead of three;
+            # tagged: the run queue runs one such run at a time, as they all rebuild the unpartitioned consent state)
+            selection = [RAW_MANIFEST, RAW_EVENTS, RAW_EVENTS_QUARANTINE, *(FOLLOWERS if with_followers else ())]
+            requests.append(dg.RunRequest(run_key=tag, asset_selection=selection,
+                                          tags={DIGEST_TAG: tag, "personalization/trigger": "landing",
+                                                **({STREAMING_TAG: "1"} if with_followers else {})}))
     for directory, digest in state["sources"].items():
         if previous.get("sources", {}).get(directory) == digest:
             continue
@@ -125,27 +116,23 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
 def build_landing_sensor(partitions_def: dg.PartitionsDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_arrival",
-        description="Detects new or changed files in the landing zone (local directory or S3 prefix) and requests "
-        "ingestion of exactly the affected hours (late files for old hours included) and reference sources. The cursor "
-        "holds a digest of the files per hour, so a file is never processed twice; it is only advanced together with "
-        "the run requests, so a crash between two ticks loses nothing.",
+        description="Detects new or changed objects in the landing zone (local directory or S3 prefix, every layout) and "
+        "requests one incremental ingestion run (it reads only what its manifest lacks and rewrites the hours those objects "
+        "touch) and the changed reference sources. The cursor holds a digest of the objects; it is only advanced together "
+        "with the run requests, so a crash between two ticks loses nothing.",
         # 5 s is the sensor daemon's own loop floor; one listing per tick (a LIST per 1000 keys on S3)
         minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
         target=LANDING_TARGET,
     )
-    def landing_arrival(context: dg.SensorEvaluationContext, landing: LandingZone):
+    def landing_arrival(context: dg.SensorEvaluationContext, landing: LandingZone, platform: PlatformConfig):
         previous = json.loads(context.cursor) if context.cursor else {}
-
-        def valid(pk: str) -> bool:
-            return partitions_def.has_partition_key(pk)
-
-        state = landing_state(landing, valid)
+        state = landing_state(landing, events_layout=getattr(platform, "events_layout", "auto"))
         requests = run_requests_for(state, previous, context.instance, with_followers=True)
         cursor = json.dumps({"events": state["events"], "sources": state["sources"]})
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new landing files"), cursor=cursor)
-        context.log.info(f"requesting {len(requests)} ingestion run(s): {[r.partition_key or r.run_key for r in requests][:10]}")
+        context.log.info(f"requesting {len(requests)} ingestion run(s): {[r.run_key for r in requests][:10]}")
         return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return landing_arrival

@@ -410,3 +410,18 @@ class HashChainedLog:
         finally:
             con.close()
         return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
+
+
+@dataclass
+class TableWriterLock(HashChainedLog):
+    """The logs' writer lock (fcntl locally, an S3 lease in the lake) for a table that is not a log: its
+    writers read, decide and rewrite it one at a time (e.g. `raw/landing_manifest` and the hours it records)."""
+
+    table_layer: str = "raw"
+
+    @property
+    def layer(self) -> str:
+        return self.table_layer
+
+    def _coordination(self) -> LakeStorage:
+        return self.lake

@@ -7,11 +7,26 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
-from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.checks.pandera_checks import (
+    arrow_schema,
+    model_check,
+    table_schema,
+)
 from personalization_assets.monitoring import anomalies
-from personalization_assets.raw import events_ingest, reference_ingest
-from personalization_assets.raw.partitions import landing_events_prefix, partition_dict, partition_start
+from personalization_assets.privacy.pseudonymize import (
+    Pseudonymizer,
+    rows_matching_pseudonyms,
+)
+from personalization_assets.privacy.quarantine_match import quarantine_match_mask
+from personalization_assets.raw import events_ingest, ingest, reference_ingest
+from personalization_assets.raw.partitions import (
+    PARTITION_FMT,
+    landing_events_prefix,
+    partition_dict,
+    partition_start,
+)
 from personalization_assets.raw.tracking_plan import (
     Quarantine,
     RawContent,
@@ -19,8 +34,6 @@ from personalization_assets.raw.tracking_plan import (
     RawEvent,
     RawPrivacyRequest,
 )
-from personalization_assets.privacy.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
-from personalization_assets.privacy.quarantine_match import quarantine_match_mask
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage, LandingZone
 
@@ -219,75 +232,115 @@ def record_run_totals(context: dg.AssetExecutionContext, asset: str, totals: dic
     context.instance.add_run_tags(context.run.run_id, tags)
 
 
+RAW_MANIFEST = dg.AssetKey(["raw", "landing_manifest"])
+
+
+class IngestConfig(dg.Config):
+    full_refresh: bool = Field(default=False, description="Forget the manifest and rebuild raw/events from every landing object.")
+
+
+def ingestion_lock(lake: LakeStorage):
+    from personalization_assets.privacy.hash_chain import TableWriterLock
+
+    return TableWriterLock(lake=lake, name="landing_manifest", schema=ingest.MANIFEST_SCHEMA, table_layer="raw").exclusive()
+
+
+def _rebuild_hours(context) -> set[str] | None:
+    """Hours explicitly asked for (a UI backfill of raw/events partitions, `materialize --partitions`): their
+    objects are read again."""
+    tags = context.run.tags
+    start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    if not start:
+        pk = tags.get("dagster/partition")
+        return {pk} if pk else None
+    pdef = context.assets_def.specs_by_key[RAW_EVENTS].partitions_def
+    return set(pdef.get_partition_keys_in_range(dg.PartitionKeyRange(start, end or start)))
+
+
 def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
     events_checks = [
         dg.AssetCheckSpec("reconciliation", asset=RAW_EVENTS, blocking=True,
-                          description="Every landing line is accounted for: read = raw + quarantined + suppressed (records of erased subjects, dropped at ingestion)."),
+                          description="Every line of every landing object read is accounted for: read = raw + quarantined + suppressed "
+                          "(records of erased subjects, dropped at ingestion), checked on the hours actually rewritten."),
+        dg.AssetCheckSpec("objects_accounted", asset=RAW_MANIFEST, blocking=True,
+                          description="Every object under the landing root is read, quarantined with a reason, a reference-source file or reserved."),
         model_check(RAW_EVENTS, RawEvent, blocking=True).spec,
         model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).spec,
         # data anomalies per hour vs the same hour in previous weeks (monitoring/anomalies.yaml)
         *anomalies.event_check_specs(RAW_EVENTS, partitions_def),
     ]
 
+    def valid_hour(hour) -> bool:
+        return partitions_def.has_partition_key(hour.strftime(PARTITION_FMT))
+
     @dg.multi_asset(
         name="raw_events",
         specs=[
-            _spec(RAW_EVENTS, "CDP spec messages of one landing hour that passed the tracking plan, deduplicated by messageId within the hour.", RawEvent, storage_kind, partitions_def),
-            _spec(RAW_EVENTS_QUARANTINE, "Every rejected landing line of the hour with file, line number, reason and original bytes.", Quarantine, storage_kind, partitions_def),
+            dg.AssetSpec(RAW_MANIFEST, description="Every landing object of the events side ever listed: path, fingerprint (ETag or size+mtime), "
+                         "layout, CDP source id, read or quarantined (with reason), records, and the hours its messages went to. "
+                         "Ingestion reads only objects that are new or changed against it.",
+                         group_name=GROUP, owners=OWNERS, kinds={"parquet", storage_kind},
+                         metadata={"privacy/tier": "raw", "privacy/erasure": {"kind": "none", "reason": "object names and counts, no personal data"}},
+                         tags={"privacy/sensitivity": "internal"}),
+            _spec(RAW_EVENTS, "CDP spec messages that passed the tracking plan, partitioned by the hour of their receivedAt; one copy "
+                  "per messageId per hour (earliest receivedAt).", RawEvent, storage_kind, partitions_def).replace_attributes(
+                      skippable=True, deps=[RAW_MANIFEST]),
+            _spec(RAW_EVENTS_QUARANTINE, "Every rejected landing line or object with file, line number, reason and original bytes, "
+                  "filed under the hour of its object.", Quarantine, storage_kind, partitions_def).replace_attributes(
+                      skippable=True, deps=[RAW_MANIFEST]),
         ],
         check_specs=events_checks,
-        partitions_def=partitions_def,
-        # one run may cover a range of hours (backfills, `personalization materialize`): no per-partition start-up cost
-        backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=STORAGE_RETRY,
     )
-    def raw_events(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
-                   pseudonymizer: Pseudonymizer):
-        totals = Counter()
-        unreconciled = []
+    def raw_events(context: dg.AssetExecutionContext, config: IngestConfig, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource,
+                   platform: PlatformConfig, pseudonymizer: Pseudonymizer):
         anomaly_config = anomalies.load_config()
+        with ingestion_lock(lake), duckdb.get_connection() as con:
+            outcome = ingest.ingest_landing(
+                con, landing, lake, platform, run_id=context.run.run_id, suppressed=load_suppressed(lake), pseudonymizer=pseudonymizer,
+                full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour, log=context.log.info)
         hour_stats: dict[str, dict] = {}
-        raw_samples = []
-        quarantine_samples = []
-        with duckdb.get_connection() as con:
-            suppressed = load_suppressed(lake)
-            for batch in plan_batches(landing, context.partition_keys):
-                for stats in ingest_events_batch(con, batch, landing, lake, platform, suppressed, pseudonymizer):
-                    pk = stats["partition"]
-                    totals.update({k: stats[k] for k in ("records_read", "raw_rows", "quarantined", "suppressed", "files", "fast_path_files", "bytes")})
-                    if stats["records_read"] != stats["raw_rows"] + stats["quarantined"] + stats["suppressed"]:
-                        unreconciled.append(pk)
-                    # keep a bounded sample for the schema checks (memory stays bounded by a partition)
-                    if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS:
-                        raw_samples.append(stats["raw"])
-                    if sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
-                        quarantine_samples.append(stats["quarantine"])
-                    context.log.info(
-                        f"{pk}: {stats['records_read']} records from {stats['files']} files -> raw {stats['raw_rows']}, quarantined {stats['quarantined']}"
-                    )
-                    hour_stats[pk] = anomalies.partition_stats(stats["raw"], stats["records_read"], stats["quarantined"], anomaly_config.null_columns)
-                    # each hour's own figures on its own materialization (not the run's totals on every hour)
-                    context.add_asset_metadata({**partition_metadata(stats), **anomalies.stats_metadata(hour_stats[pk])},
-                                               asset_key=RAW_EVENTS, partition_key=pk)
-                    context.add_asset_metadata(
-                        {"dagster/row_count": stats["quarantined"], "rows_written": stats["quarantined"],
-                         "by_reason": dg.MetadataValue.json(stats["reasons"])},
-                        asset_key=RAW_EVENTS_QUARANTINE, partition_key=pk,
-                    )
-        # run-level totals live on the run (tags, shown on the run page), not on each partition
-        record_run_totals(context, "raw/events", {
-            "partitions": len(context.partition_keys), "records_read": totals["records_read"], "rows_written": totals["raw_rows"],
-            "quarantined": totals["quarantined"], "suppressed": totals["suppressed"], "files_read": totals["files"],
+        raw_samples, quarantine_samples = [], []
+        for pk, st in sorted(outcome.hours.items()):
+            raw_t = st.raw if st.raw is not None else pa.table({})
+            hour_stats[pk] = anomalies.partition_stats(raw_t, st.records_read, st.quarantined, anomaly_config.null_columns)
+            if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS and raw_t.num_rows:
+                raw_samples.append(raw_t)
+            st.raw = None
+            # each hour's own figures on its own materialization (run totals: run tags and the manifest's metadata)
+            context.log_event(dg.AssetMaterialization(
+                asset_key=RAW_EVENTS, partition=pk,
+                metadata={"dagster/row_count": st.raw_rows, "rows": st.raw_rows, "rows_added": st.raw_added,
+                          "records_read": st.records_read, "quarantined": st.quarantined, "suppressed_erased_subjects": st.suppressed,
+                          "objects_read": len(st.objects), "source_files": dg.MetadataValue.json(sorted(landing.uri(p) for p in st.objects)[:20]),
+                          "quarantine_by_reason": dg.MetadataValue.json(dict(st.reasons.most_common())),
+                          **anomalies.stats_metadata(hour_stats[pk])}))
+            context.log_event(dg.AssetMaterialization(
+                asset_key=RAW_EVENTS_QUARANTINE, partition=pk,
+                metadata={"dagster/row_count": st.quarantined, "rows": st.quarantined, "by_reason": dg.MetadataValue.json(dict(st.reasons.most_common()))}))
+        for pk in sorted(outcome.hours)[:8]:
+            part = partition_dict(pk)
+            if lake.exists("raw", "events_quarantine", part) and sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
+                quarantine_samples.append(lake.read_table("raw", "events_quarantine", part))
+        summary = outcome.summary()
+        record_run_totals(context, "raw/events", {"hours": len(outcome.hours), "records_read": outcome.records_read,
+                                                  "objects_read": outcome.objects_read, "objects_quarantined": outcome.objects_quarantined,
+                                                  "suppressed": outcome.suppressed})
+        context.log.info(f"ingestion: {summary}")
+        yield dg.MaterializeResult(asset_key=RAW_MANIFEST, metadata={
+            **summary, "hours": dg.MetadataValue.json(sorted(outcome.hours)[:500]),
+            "layouts": dg.MetadataValue.json(dict(outcome.layouts)),
         })
-        yield dg.MaterializeResult(asset_key=RAW_EVENTS)
-        yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE)
-        check = reconciliation_result(RAW_EVENTS, totals["records_read"], totals["raw_rows"], totals["quarantined"], totals["suppressed"])
-        if unreconciled:
-            check = dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=False,
-                                        metadata={**check.metadata, "unreconciled_partitions": dg.MetadataValue.json(unreconciled)})
-        yield check
-        yield model_check(RAW_EVENTS, RawEvent, blocking=True).evaluate(_concat_sample(raw_samples))
-        yield model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).evaluate(_concat_sample(quarantine_samples))
+        yield dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=outcome.unaccounted_records == 0,
+                                  metadata={"records_read": outcome.records_read, "suppressed_rows": outcome.suppressed,
+                                            "rows_replaced": outcome.rows_removed, "unaccounted": outcome.unaccounted_records,
+                                            "hours": len(outcome.hours)})
+        yield dg.AssetCheckResult(asset_key=RAW_MANIFEST, check_name="objects_accounted", passed=not outcome.objects_unaccounted,
+                                  metadata={"objects_listed": outcome.objects_listed, "unaccounted": len(outcome.objects_unaccounted),
+                                            "unaccounted_objects": dg.MetadataValue.json(outcome.objects_unaccounted[:20])})
+        yield model_check(RAW_EVENTS, RawEvent, blocking=True).evaluate(_concat_sample(raw_samples) if raw_samples else arrow_schema(RawEvent).empty_table())
+        yield model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).evaluate(
+            _concat_sample(quarantine_samples) if quarantine_samples else events_ingest.QUARANTINE_SCHEMA.empty_table())
         # anomaly checks last: a blocking one that fails stops downstream assets, after the data is recorded
         results = anomalies.evaluate_run_partitions(context, RAW_EVENTS, hour_stats, anomaly_config)
         for r in results:

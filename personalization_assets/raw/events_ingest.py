@@ -547,6 +547,62 @@ def _hour_array(start: datetime, n: int) -> pa_arrow.Array:
     return pa_arrow.array(np.full(n, start_us, dtype=np.int64)).cast(pa_arrow.timestamp("us", tz="UTC"))
 
 
+def parse_validate(
+    con: duckdb.DuckDBPyConnection,
+    items: list[tuple[LandedFile, str | None, datetime]],
+    horizon_days: int,
+    max_future_minutes: int,
+    max_line_bytes: int,
+    route_by_received_at: bool = False,
+) -> tuple[pa_arrow.Table, list[tuple[str, Reject]], dict[str, int], set[str]]:
+    """Parse and validate landed files: (valid typed rows with `landing_hour`, rejects as (path, Reject),
+    records read per path, paths read by the fast path).
+
+    Each item is (file, an identical local copy or None, hour). `landing_hour` of a row is that hour, or with
+    `route_by_received_at` the hour of the row's own receivedAt (the item's hour when it has none: such a
+    row fails the tracking plan anyway). The time horizon is checked against `landing_hour`."""
+    quarantine_rows: list[tuple[str, Reject]] = []
+    records_read: dict[str, int] = {}
+    parsed_tables = []
+    clean = []
+    for landed, local_path, _hour in items:
+        records_read[landed.path] = records_read.get(landed.path, 0) + landed.n_lines + (1 if landed.file_error is not None else 0)
+        if is_clean(landed, max_line_bytes):
+            clean.append((landed, local_path))
+    fast_tables, _retry = parse_clean_files(con, clean, max_line_bytes)
+    fast_paths = set(fast_tables)
+    for landed, local_path, start in items:
+        if landed.path in fast_paths:
+            table = fast_tables[landed.path]
+        else:
+            parsed = parse_file(con, landed, max_line_bytes, local_path)
+            if parsed.fast_path:
+                fast_paths.add(landed.path)
+            table = parsed.table
+            for r in parsed.rejects:
+                quarantine_rows.append((landed.path, r))
+        if table.num_rows:
+            hours = _hour_array(start, table.num_rows)
+            if route_by_received_at:
+                received = table["received_at"].cast(pa_arrow.timestamp("us", tz="UTC"))
+                hours = pc.coalesce(pc.floor_temporal(received, unit="hour"), hours)
+            parsed_tables.append(table.append_column("landing_hour", hours))
+    schema = event_schema(horizon_days, max_future_minutes)
+    if parsed_tables:
+        table = pa_arrow.concat_tables(parsed_tables, promote_options="permissive")
+        # whatever the connection's TimeZone setting, timestamps leave ingestion as UTC
+        table = table.cast(pa_arrow.schema([
+            pa_arrow.field(f.name, pa_arrow.timestamp("us", tz="UTC")) if pa_arrow.types.is_timestamp(f.type) else f for f in table.schema
+        ]))
+    else:
+        empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
+        table = empty.append_column("landing_hour", _hour_array(items[0][2] if items else datetime.now(), 0))
+    table = flag_duplicate_keys(table)
+    # --- semantic validation with the pandera tracking plan
+    valid = validate_rows(table, schema, quarantine_rows)
+    return valid, quarantine_rows, records_read, fast_paths
+
+
 def ingest_event_batch(
     con: duckdb.DuckDBPyConnection,
     partitions: list[tuple[datetime, list[tuple[LandedFile, str | None]]]],
@@ -557,48 +613,17 @@ def ingest_event_batch(
     pseudonymize=None,
 ) -> list[PartitionResult]:
     """Parse, validate and dedup several partitions at once (one validation pass amortizes fixed costs);
-    results are split back per partition, in the order given."""
-    parsed_tables, quarantine_rows = [], []
+    results are split back per partition, in the order given. Every row of a partition's files gets that
+    partition's hour (the hive layout, where the folder is the hour; `raw/ingest.py` routes rows by receivedAt)."""
     by_path: dict[str, LandedFile] = {}
-    partition_of: dict[str, int] = {}
-    fast_files = [0] * len(partitions)
-    records_read = [0] * len(partitions)
-    clean = []
-    for i, (start, files) in enumerate(partitions):
+    items = []
+    for start, files in partitions:
         for landed, local_path in files:
             by_path[landed.path] = landed
-            partition_of[landed.path] = i
-            records_read[i] += landed.n_lines + (1 if landed.file_error is not None else 0)
-            if is_clean(landed, max_line_bytes):
-                clean.append((landed, local_path))
-    fast_tables, retry = parse_clean_files(con, clean, max_line_bytes)
-    fast_paths = set(fast_tables)
-    for i, (start, files) in enumerate(partitions):
-        for landed, local_path in files:
-            if landed.path in fast_paths:
-                table = fast_tables[landed.path]
-                fast_files[i] += 1
-            else:
-                parsed = parse_file(con, landed, max_line_bytes, local_path)
-                fast_files[i] += int(parsed.fast_path)
-                table = parsed.table
-                for r in parsed.rejects:
-                    quarantine_rows.append((landed.path, r))
-            if table.num_rows:
-                parsed_tables.append(table.append_column("landing_hour", _hour_array(start, table.num_rows)))
-    schema = event_schema(horizon_days, max_future_minutes)
-    if parsed_tables:
-        table = pa_arrow.concat_tables(parsed_tables, promote_options="permissive")
-        # whatever the connection's TimeZone setting, timestamps leave ingestion as UTC
-        table = table.cast(pa_arrow.schema([
-            pa_arrow.field(f.name, pa_arrow.timestamp("us", tz="UTC")) if pa_arrow.types.is_timestamp(f.type) else f for f in table.schema
-        ]))
-    else:
-        empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
-        table = empty.append_column("landing_hour", _hour_array(partitions[0][0] if partitions else datetime.now(), 0))
-    table = flag_duplicate_keys(table)
-    # --- semantic validation with the pandera tracking plan
-    valid = validate_rows(table, schema, quarantine_rows)
+            items.append((landed, local_path, start))
+    valid, quarantine_rows, read_by_path, fast_paths = parse_validate(con, items, horizon_days, max_future_minutes, max_line_bytes)
+    records_read = [sum(read_by_path.get(f.path, 0) for f, _ in files) for _, files in partitions]
+    fast_files = [sum(1 for f, _ in files if f.path in fast_paths) for _, files in partitions]
     # --- exact duplicates of a messageId within a partition: keep the earliest receivedAt
     keyed = valid.select(["message_id", "received_at", "source_file", "line_no", "landing_hour"]).append_column(
         "_pos", pa_arrow.array(np.arange(valid.num_rows, dtype=np.int64))

@@ -1,0 +1,475 @@
+"""Incremental event ingestion: landing objects -> hourly `raw/events` + `raw/events_quarantine`.
+
+A run lists every object under the landing root (`raw/layouts.py` says what each is), compares the event
+objects with the manifest of objects already read (`raw/landing_manifest`: path, fingerprint = ETag or
+size+mtime, the hours its rows went to) and reads only the new or changed ones. Each message goes to the
+hour of its own `receivedAt`, so one object may feed several hours and a new object touches only the hours
+it holds. A touched hour is rewritten as a merge:
+
+    rows of the hour already stored (minus rows of every object this run re-reads)
+    + the new rows for that hour  ->  one copy per messageId (earliest receivedAt, then file, then line);
+                                      the others quarantined as duplicate_message_id
+
+which is also exactly what a full rebuild computes (a full refresh is this code with an empty manifest), so
+a sequence of incremental runs equals one rebuild over the union of their objects. Re-reading an object
+replaces its earlier contribution, which makes a rerun after a crash (manifest not yet updated) idempotent.
+
+Accounting: every listed object is read (status `read`), quarantined (`quarantined`: outside the layout,
+unsupported suffix, layout disabled), a reference-source object, or reserved (the generator's own files,
+in-progress collector writes). Every line of every object read is a raw row, a quarantine row or a
+suppressed record of an erased subject; the run checks this on the actual tables it rewrote.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from personalization_assets.raw import events_ingest
+from personalization_assets.raw.events_ingest import (
+    MAX_QUARANTINE_BYTES,
+    QUARANTINE_SCHEMA,
+    Reject,
+)
+from personalization_assets.raw.layouts import (
+    EventObject,
+    LandingObject,
+    RejectedObject,
+    list_landing,
+    plan_landing,
+)
+from personalization_assets.raw.partitions import PARTITION_FMT, partition_dict
+from personalization_assets.raw.tracking_plan import RawEvent
+
+MANIFEST_TABLE = "landing_manifest"
+MANIFEST_SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("fingerprint", pa.string()),
+    ("size", pa.int64()),
+    ("mtime_ns", pa.int64()),
+    ("layout", pa.string()),
+    ("source_id", pa.string()),
+    ("status", pa.string()),        # read | quarantined
+    ("reason", pa.string()),        # quarantined objects: outside_layout, unsupported_file, layout_disabled
+    ("records", pa.int64()),        # lines read (+1 for a file-level problem such as a corrupt gzip)
+    ("raw_rows", pa.int64()),       # kept when the object was read
+    ("quarantined", pa.int64()),
+    ("suppressed", pa.int64()),
+    ("hours", pa.list_(pa.string())),  # partition keys its rows went to
+    ("run_id", pa.string()),
+    ("read_at", pa.timestamp("us", tz="UTC")),
+])
+
+BATCH_BYTES = 128 << 20  # decompressed landing bytes parsed and validated together (bounds memory)
+GZIP_RATIO = 6
+DUPLICATE_DETAIL = "messageId already kept once in this hour (the copy with the earliest receivedAt, then file, then line)"
+
+
+def _hour_key(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime(PARTITION_FMT)
+
+
+def _hour_of_key(pk: str) -> datetime:
+    return datetime.strptime(pk, PARTITION_FMT).replace(tzinfo=timezone.utc)
+
+
+@dataclass
+class HourStats:
+    raw_rows: int = 0
+    quarantined: int = 0
+    raw_added: int = 0  # net change of the hour's raw rows
+    records_read: int = 0  # lines of this run's objects routed to this hour (raw, quarantined or suppressed)
+    suppressed: int = 0
+    objects: set = field(default_factory=set)
+    reasons: Counter = field(default_factory=Counter)
+    raw: pa.Table | None = None  # the hour's rows after the run (for checks; dropped when sampled)
+
+
+@dataclass
+class IngestOutcome:
+    objects_listed: int = 0
+    objects_new: int = 0
+    objects_changed: int = 0
+    objects_rebuilt: int = 0
+    objects_unchanged: int = 0
+    objects_read: int = 0
+    objects_quarantined: int = 0
+    objects_reserved: int = 0
+    objects_reference: int = 0
+    objects_unaccounted: list = field(default_factory=list)
+    records_read: int = 0
+    suppressed: int = 0
+    rows_removed: int = 0  # earlier rows of re-read objects
+    unaccounted_records: int = 0
+    hours: dict = field(default_factory=dict)  # partition key -> HourStats
+    full_refresh: bool = False
+    layouts: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        return {
+            "objects_listed": self.objects_listed, "objects_new": self.objects_new, "objects_changed": self.objects_changed,
+            "objects_rebuilt": self.objects_rebuilt, "objects_unchanged": self.objects_unchanged, "objects_read": self.objects_read,
+            "objects_quarantined": self.objects_quarantined, "objects_reserved": self.objects_reserved,
+            "objects_reference": self.objects_reference, "objects_unaccounted": len(self.objects_unaccounted),
+            "records_read": self.records_read, "suppressed": self.suppressed, "rows_replaced": self.rows_removed,
+            "unaccounted_records": self.unaccounted_records, "hours_touched": len(self.hours), "full_refresh": self.full_refresh,
+        }
+
+
+def read_manifest(lake) -> pa.Table:
+    if not lake.exists("raw", MANIFEST_TABLE):
+        return MANIFEST_SCHEMA.empty_table()
+    t = lake.read_table("raw", MANIFEST_TABLE)
+    return t.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+
+
+def pending_objects(landing, lake, events_layout: str) -> list[LandingObject]:
+    """Event-side objects (events or quarantined) not yet in the manifest or changed since: what a run would read.
+    Cheap (a listing and the manifest); the landing sensor uses it."""
+    plan = plan_landing(list_landing(landing), events_layout)
+    known = dict(zip(read_manifest(lake)["path"].to_pylist(), read_manifest(lake)["fingerprint"].to_pylist())) if lake.exists("raw", MANIFEST_TABLE) else {}
+    candidates = [e.obj for e in plan.events] + [r.obj for r in plan.rejected if r.source in ("events", "landing")]
+    return [o for o in candidates if known.get(o.path) != o.fingerprint]
+
+
+class _Originals:
+    """Original bytes of a line, from the batch's files in memory or re-read from the landing zone."""
+
+    def __init__(self, landing):
+        self.landing = landing
+        self.files: dict[str, events_ingest.LandedFile] = {}
+
+    def line(self, path: str, line_no: int) -> bytes | None:
+        f = self.files.get(path)
+        if f is None:
+            try:
+                f = events_ingest.load_file(path, self.landing.read_bytes(path))
+            except (FileNotFoundError, OSError):
+                return None
+            self.files[path] = f
+        if 1 <= line_no <= f.n_lines:
+            return f.line_bytes(line_no)
+        return f.data[:MAX_QUARANTINE_BYTES] if line_no == 0 else None
+
+
+def _quarantine_table(rows: list[tuple[str, Reject, bytes | None]]) -> pa.Table:
+    cols = {n: [] for n in QUARANTINE_SCHEMA.names}
+    for path, r, original in rows:
+        cols["source"].append("events")
+        cols["source_file"].append(path)
+        cols["line_no"].append(r.line_no)
+        cols["reason"].append(r.reason)
+        cols["detail"].append(r.detail)
+        cols["original_bytes"].append(original)
+        cols["original_text"].append(None if original is None else original.decode("utf-8", "backslashreplace"))
+    return pa.table(cols, schema=QUARANTINE_SCHEMA)
+
+
+def _batches(objects: list, size_of: Callable) -> list[list]:
+    out, cur, size = [], [], 0
+    for o in objects:
+        b = size_of(o)
+        if cur and size + b > BATCH_BYTES:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(o)
+        size += b
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _estimated(o) -> int:
+    obj = o.obj
+    return obj.size * (GZIP_RATIO if obj.path.endswith(".gz") else 1)
+
+
+def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set[str] | None = None, pseudonymizer=None,
+                   full_refresh: bool = False, rebuild_hours: set[str] | None = None,
+                   valid_hour: Callable[[datetime], bool] = lambda h: True, log=lambda msg: None) -> IngestOutcome:
+    """Bring raw/events up to date with the landing zone (see the module docstring). The caller holds the
+    ingestion lock."""
+    outcome = IngestOutcome(full_refresh=full_refresh)
+    objects = list_landing(landing)
+    plan = plan_landing(objects, getattr(platform, "events_layout", "auto"))
+    outcome.objects_listed = len(objects)
+    outcome.objects_reserved = len(plan.reserved)
+    outcome.objects_reference = sum(len(v) for v in plan.reference.values())
+    event_side: list = list(plan.events) + [r for r in plan.rejected if r.source in ("events", "landing")]
+    # objects of a reference source that the plan rejected are quarantined by that source's own asset
+    outcome.objects_reference += sum(1 for r in plan.rejected if r.source not in ("events", "landing"))
+    if full_refresh:
+        for part in lake.partitions("raw", "events"):
+            lake.delete_partition("raw", "events", part)
+        for part in lake.partitions("raw", "events_quarantine"):
+            lake.delete_partition("raw", "events_quarantine", part)
+        manifest = MANIFEST_SCHEMA.empty_table()
+    else:
+        manifest = read_manifest(lake)
+    known = {row["path"]: row for row in manifest.select(["path", "fingerprint", "hours"]).to_pylist()}
+    to_read = []
+    for o in event_side:
+        prev = known.get(o.obj.path)
+        if prev is None:
+            outcome.objects_new += 1
+            to_read.append(o)
+        elif prev["fingerprint"] != o.obj.fingerprint:
+            outcome.objects_changed += 1
+            to_read.append(o)
+        elif rebuild_hours and set(prev["hours"] or []) & rebuild_hours:
+            outcome.objects_rebuilt += 1
+            to_read.append(o)
+        else:
+            outcome.objects_unchanged += 1
+    reread = {o.obj.path for o in to_read}
+    previous_hours = {p: set(known[p]["hours"] or []) for p in reread if p in known}
+    manifest_rows = {row["path"]: row for row in manifest.to_pylist()}
+    originals = _Originals(landing)
+    pending = set(reread)  # re-read objects whose earlier rows are still stored (removed from any hour rewritten)
+    for batch in _batches(to_read, _estimated):
+        _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
+                      suppressed, pseudonymizer, run_id, valid_hour, log)
+        pending -= {o.obj.path for o in batch}
+        # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks
+        _write_manifest(lake, manifest_rows)
+        originals.files.clear()
+    if not to_read and (full_refresh or not lake.exists("raw", MANIFEST_TABLE)):
+        _write_manifest(lake, manifest_rows)
+    in_manifest = set(manifest_rows)
+    outcome.objects_unaccounted = [o.obj.path for o in event_side if o.obj.path not in in_manifest]
+    return outcome
+
+
+def _write_manifest(lake, rows: dict) -> None:
+    table = pa.Table.from_pylist([rows[p] for p in sorted(rows)], schema=MANIFEST_SCHEMA)
+    lake.write_table("raw", MANIFEST_TABLE, table)
+
+
+def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
+                  previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log) -> None:
+    events = [o for o in batch if isinstance(o, EventObject)]
+    rejected = [o for o in batch if isinstance(o, RejectedObject)]
+    object_hour = {o.obj.path: o.object_hour for o in batch}
+    source_id = {o.obj.path: o.source_id for o in events}
+    items = []
+    for o in events:
+        landed = events_ingest.load_file(o.obj.path, landing.read_bytes(o.obj.path))
+        originals.files[o.obj.path] = landed
+        local = landing.local_path(o.obj.path)
+        usable = local if (local and not o.obj.path.endswith(".gz") and landed.data[:3] != events_ingest.BOM) else None
+        items.append((landed, usable, o.object_hour))
+        outcome.layouts[o.layout] += 1
+    if items:
+        valid, q_rows, read_by_path, _fast = events_ingest.parse_validate(
+            con, items, platform.horizon_days, platform.max_future_minutes, platform.max_line_bytes, route_by_received_at=True)
+    else:
+        valid, q_rows, read_by_path = None, [], {}
+    # quarantine rows of this batch: (hour key, path, Reject, original bytes)
+    new_q: list[tuple[str, str, Reject, bytes | None]] = []
+    for path, r in q_rows:
+        new_q.append((_hour_key(object_hour[path]), path, r, originals.line(path, r.line_no)))
+    for o in rejected:
+        head = landing.read_bytes(o.obj.path)[:MAX_QUARANTINE_BYTES]
+        new_q.append((_hour_key(_clamp(o.object_hour, valid_hour)), o.obj.path, Reject(0, o.reason, o.detail), head))
+        read_by_path[o.obj.path] = 1
+    new_raw = pa.table({})
+    if valid is not None and valid.num_rows:
+        new_raw = events_ingest._order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]))
+        if "cdp_source_id" in RawEvent.to_schema().columns:
+            ids = pa.array([source_id.get(p) for p in new_raw["source_file"].to_pylist()], pa.string())
+            new_raw = new_raw.append_column("cdp_source_id", ids) if "cdp_source_id" not in new_raw.column_names else new_raw
+            new_raw = events_ingest._order_like_model(new_raw)
+        # a receivedAt outside the event partitions (before PERSONALIZATION_EVENTS_START, or past the current hour)
+        hours_py = new_raw["landing_hour"].to_pylist()
+        ok = np.fromiter((valid_hour(h) for h in hours_py), dtype=bool, count=len(hours_py))
+        if not ok.all():
+            bad = new_raw.filter(pa.array(~ok)).select(["source_file", "line_no", "received_at"]).to_pylist()
+            for b in bad:
+                r = Reject(int(b["line_no"]), "received_at_outside_partitions",
+                           f"receivedAt {b['received_at']} is outside the event partitions (PERSONALIZATION_EVENTS_START .. the current hour)")
+                new_q.append((_hour_key(_clamp(object_hour[b["source_file"]], valid_hour)), b["source_file"], r,
+                              originals.line(b["source_file"], r.line_no)))
+            new_raw = new_raw.filter(pa.array(ok))
+    per_object = defaultdict(lambda: {"raw": 0, "q": 0, "s": 0, "hours": set()})
+    touched: set[str] = set()
+    raw_by_hour: dict[str, pa.Table] = {}
+    if new_raw.num_rows:
+        keys = pc.strftime(new_raw["landing_hour"], format="%Y-%m-%d-%H:00", locale="C").to_pylist()
+        key_arr = pa.array(keys, pa.string())
+        for k in sorted(set(keys)):
+            raw_by_hour[k] = new_raw.filter(pc.equal(key_arr, k))
+        touched |= set(raw_by_hour)
+    q_by_hour: dict[str, list] = defaultdict(list)
+    for hk, path, r, orig in new_q:
+        q_by_hour[hk].append((path, r, orig))
+        touched.add(hk)
+    for o in batch:
+        touched |= previous_hours.get(o.obj.path, set())
+    routed = 0
+    for pk in sorted(touched):
+        routed += _merge_hour(con, pk, raw_by_hour.get(pk), q_by_hour.get(pk, []), lake, outcome, per_object, pending,
+                              {o.obj.path for o in batch}, originals,
+                    suppressed, pseudonymizer)
+    # every record read was filed under some hour (nothing lost between parsing and the merge)
+    outcome.unaccounted_records += sum(read_by_path.values()) - routed
+    now = datetime.now(timezone.utc)
+    for o in batch:
+        p = o.obj.path
+        st = per_object[p]
+        records = read_by_path.get(p, 0)
+        outcome.records_read += records
+        is_event = isinstance(o, EventObject)
+        manifest_rows[p] = {
+            "path": p, "fingerprint": o.obj.fingerprint, "size": o.obj.size, "mtime_ns": o.obj.mtime_ns,
+            "layout": o.layout if is_event else None, "source_id": o.source_id if is_event else None,
+            "status": "read" if is_event else "quarantined", "reason": None if is_event else o.reason,
+            "records": records, "raw_rows": st["raw"], "quarantined": st["q"], "suppressed": st["s"],
+            "hours": sorted(st["hours"]), "run_id": run_id, "read_at": now,
+        }
+        if is_event:
+            outcome.objects_read += 1
+        else:
+            outcome.objects_quarantined += 1
+    log(f"batch: {len(batch)} objects, {sum(read_by_path.values())} records -> {len(touched)} hours")
+
+
+def _clamp(hour: datetime, valid_hour) -> datetime:
+    """The hour a quarantine row is filed under when the object's own hour is not a partition."""
+    if valid_hour(hour):
+        return hour
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return now if hour > now else _first_valid(valid_hour, hour)
+
+
+def _first_valid(valid_hour, hour: datetime) -> datetime:
+    h = hour
+    for _ in range(24 * 366 * 5):
+        if valid_hour(h):
+            return h
+        h += timedelta(hours=1)
+    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outcome: IngestOutcome, per_object, reread: set[str],
+                batch_paths: set[str], originals: _Originals, suppressed, pseudonymizer) -> None:
+    part = partition_dict(pk)
+    stats = outcome.hours.setdefault(pk, HourStats())
+    reread_arr = pa.array(sorted(reread), pa.string())
+    before = removed = 0
+    old_raw = None
+    if lake.exists("raw", "events", part):
+        old_raw = lake.read_table("raw", "events", part)
+        before += old_raw.num_rows
+        keep = pc.invert(pc.is_in(old_raw["source_file"], value_set=reread_arr))
+        removed += old_raw.num_rows - (pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
+        old_raw = old_raw.filter(keep)
+    old_q = None
+    if lake.exists("raw", "events_quarantine", part):
+        old_q = lake.read_table("raw", "events_quarantine", part).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+        before += old_q.num_rows
+        keep = pc.invert(pc.is_in(old_q["source_file"], value_set=reread_arr))
+        removed += old_q.num_rows - (pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
+        old_q = old_q.filter(keep)
+    raw_old_n = 0 if old_raw is None else old_raw.num_rows
+    # --- new rows first: suppression of erased subjects (counted, never stored)
+    q_rows = list(new_q)
+    n_suppressed = 0
+    routed = (0 if new_raw is None else new_raw.num_rows) + len(new_q)  # this run's records filed under this hour
+    if new_raw is not None and new_raw.num_rows and suppressed and pseudonymizer is not None:
+        mask = events_ingest.suppressed_mask(new_raw, suppressed, pseudonymizer.pseudonymize_values)
+        if pc.any(mask).as_py():
+            for p in new_raw.filter(mask)["source_file"].to_pylist():
+                per_object[p]["s"] += 1
+                per_object[p]["hours"].add(pk)
+            n_suppressed = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+            new_raw = new_raw.filter(pc.invert(mask))
+    # --- one copy per messageId in the hour: stored rows and new rows together
+    parts = [t for t in (old_raw, new_raw) if t is not None and t.num_rows]
+    if parts:
+        names = [c for c in parts[-1].column_names]
+        merged = pa.concat_tables([t.select([c for c in names if c in t.column_names]) if set(names) <= set(t.column_names) else t for t in parts],
+                                  promote_options="permissive")
+    else:
+        merged = None
+    if merged is not None and merged.num_rows:
+        keyed = merged.select(["message_id", "received_at", "source_file", "line_no"]).append_column(
+            "_pos", pa.array(np.arange(merged.num_rows, dtype=np.int64)))
+        con.register("_hour_rows", keyed)
+        try:
+            dups = con.sql(
+                """select _pos, source_file, line_no from (
+                       select *, row_number() over (partition by message_id order by received_at, source_file, line_no) as rn
+                       from _hour_rows) where rn > 1"""
+            ).arrow().read_all()
+        finally:
+            con.unregister("_hour_rows")
+        if dups.num_rows:
+            for d in dups.to_pylist():
+                r = Reject(int(d["line_no"]), "duplicate_message_id", DUPLICATE_DETAIL)
+                q_rows.append((d["source_file"], r, originals.line(d["source_file"], r.line_no)))
+            keep = np.ones(merged.num_rows, dtype=bool)
+            keep[dups["_pos"].to_numpy()] = False
+            merged = merged.filter(pa.array(keep))
+        merged = merged.sort_by([("source_file", "ascending"), ("line_no", "ascending")])
+    new_q_table = _quarantine_table(q_rows)
+    # quarantined records of erased subjects are suppressed too (exact identifiers they still hold)
+    from personalization_assets.raw.assets import suppress_quarantine
+
+    kept_q, q_suppressed = suppress_quarantine(con, new_q_table, suppressed, pseudonymizer)
+    if q_suppressed:
+        dropped = set(zip(new_q_table["source_file"].to_pylist(), new_q_table["line_no"].to_pylist())) - set(
+            zip(kept_q["source_file"].to_pylist(), kept_q["line_no"].to_pylist()))
+        for p, _ in dropped:
+            per_object[p]["s"] += 1
+            per_object[p]["hours"].add(pk)
+    raw_suppressed = n_suppressed
+    n_suppressed += q_suppressed
+    quarantine = pa.concat_tables([t for t in (old_q, kept_q) if t is not None]) if old_q is not None else kept_q
+    quarantine = quarantine.sort_by([("source_file", "ascending"), ("line_no", "ascending"), ("reason", "ascending")])
+    raw_n = 0 if merged is None else merged.num_rows
+    if raw_n == 0 and quarantine.num_rows == 0:
+        lake.delete_partition("raw", "events", part)
+        lake.delete_partition("raw", "events_quarantine", part)
+        raw_table = None
+    else:
+        raw_table = merged if merged is not None else _empty_raw(old_raw, new_raw)
+        lake.write_table("raw", "events", raw_table, partition=part)
+        lake.write_table("raw", "events_quarantine", quarantine, partition=part)
+    # --- accounting: what this hour gained equals what the new records brought
+    if merged is not None:
+        for p in merged["source_file"].to_pylist():
+            if p in batch_paths:
+                per_object[p]["raw"] += 1
+                per_object[p]["hours"].add(pk)
+    for p in kept_q["source_file"].to_pylist():
+        per_object[p]["q"] += 1
+        per_object[p]["hours"].add(pk)
+    after = raw_n + quarantine.num_rows
+    stats.records_read += routed
+    stats.suppressed += n_suppressed
+    stats.raw_added += raw_n - raw_old_n
+    stats.raw_rows = raw_n
+    stats.quarantined = quarantine.num_rows
+    stats.objects |= {p for p in batch_paths if pk in per_object.get(p, {}).get("hours", set())}
+    stats.reasons.update(kept_q["reason"].to_pylist())
+    stats.raw = raw_table
+    outcome.suppressed += n_suppressed
+    outcome.rows_removed += removed
+    # conservation on the tables actually written: what stayed + what came in = what is stored + what was suppressed
+    outcome.unaccounted_records += (before - removed) + routed - after - raw_suppressed - q_suppressed
+    return routed
+
+
+def _empty_raw(old_raw, new_raw) -> pa.Table:
+    for t in (new_raw, old_raw):
+        if t is not None and t.num_columns:
+            return t.slice(0, 0)
+    from personalization_assets.checks.pandera_checks import arrow_schema
+
+    return arrow_schema(RawEvent).empty_table()
