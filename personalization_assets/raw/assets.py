@@ -23,9 +23,7 @@ from personalization_assets.privacy.quarantine_match import quarantine_match_mas
 from personalization_assets.raw import events_ingest, ingest, reference_ingest
 from personalization_assets.raw.partitions import (
     PARTITION_FMT,
-    landing_events_prefix,
     partition_dict,
-    partition_start,
 )
 from personalization_assets.raw.tracking_plan import (
     Quarantine,
@@ -112,10 +110,6 @@ def _with_unsupported(landing: LandingZone, source: str, suffixes, bad_files, qu
     return pa.concat_tables([quarantine, extra]), read + len(bad_files)
 
 
-def _unsupported(files) -> list:
-    return [f for f in files if not f.path.endswith(EVENT_SUFFIXES)]
-
-
 def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
     """Concatenate per-partition tables up to ~limit rows (the check factory samples further)."""
     out, n = [], 0
@@ -125,30 +119,6 @@ def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
         if n >= limit:
             break
     return pa.concat_tables(out) if out else pa.table({})
-
-
-BATCH_BYTES = 128 << 20  # decompressed landing bytes validated together (bounds memory)
-BATCH_PARTITIONS = 48
-
-
-def _estimated_bytes(f) -> int:
-    return f.size * (6 if f.path.endswith(".gz") else 1)
-
-
-def plan_batches(landing: LandingZone, partition_keys) -> list[list[tuple[str, list]]]:
-    """Group partitions so each batch holds at most ~BATCH_BYTES of landing data (a big hour is its own batch)."""
-    batches, current, size = [], [], 0
-    for pk in partition_keys:
-        files = landing.list_files(landing_events_prefix(pk))
-        b = sum(_estimated_bytes(f) for f in files)
-        if current and (size + b > BATCH_BYTES or len(current) >= BATCH_PARTITIONS):
-            batches.append(current)
-            current, size = [], 0
-        current.append((pk, files))
-        size += b
-    if current:
-        batches.append(current)
-    return batches
 
 
 def load_suppressed(lake: LakeStorage) -> set[str]:
@@ -168,58 +138,6 @@ def suppress_quarantine(con, quarantine: pa.Table, suppressed: set[str] | None, 
     mask = quarantine_match_mask(con, quarantine, suppressed, pseudonymizer.pseudonymize_values)
     n = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
     return (quarantine.filter(pc.invert(mask)) if n else quarantine), n
-
-
-def ingest_events_batch(con, batch: list[tuple[str, list]], landing: LandingZone, lake: LakeStorage, platform: PlatformConfig,
-                        suppressed: set[str] | None = None, pseudonymizer=None) -> list[dict]:
-    """Ingest landing hours into raw/events + raw/events_quarantine (replacing those partitions)."""
-    inputs, bad_by_pk = [], {}
-    for pk, all_files in batch:
-        bad = _unsupported(all_files)
-        bad_by_pk[pk] = bad
-        inputs.append((partition_start(pk), _load(landing, [f for f in all_files if f not in bad])))
-    results = events_ingest.ingest_event_batch(
-        con, inputs, horizon_days=platform.horizon_days, max_future_minutes=platform.max_future_minutes, max_line_bytes=platform.max_line_bytes,
-        suppressed=suppressed, pseudonymize=pseudonymizer.pseudonymize_values if pseudonymizer is not None else None,
-    )
-    out = []
-    for (pk, all_files), result in zip(batch, results):
-        quarantine, records_read = _with_unsupported(landing, "events", EVENT_SUFFIXES, bad_by_pk[pk], result.quarantine, result.records_read)
-        quarantine, quarantine_suppressed = suppress_quarantine(con, quarantine, suppressed, pseudonymizer)
-        part = partition_dict(pk)
-        raw_written = lake.write_table("raw", "events", result.raw, partition=part)
-        lake.write_table("raw", "events_quarantine", quarantine, partition=part)
-        out.append({
-            "partition": pk,
-            "files": len(all_files),
-            "records_read": records_read,
-            "raw_rows": result.raw.num_rows,
-            "quarantined": quarantine.num_rows,
-            "suppressed": result.suppressed + quarantine_suppressed,
-            "fast_path_files": result.fast_path_files,
-            "bytes": raw_written.bytes,
-            "reasons": _reasons(quarantine),
-            "source_files": [landing.uri(f.path) for f in all_files[:20]],
-            "raw": result.raw,
-            "quarantine": quarantine,
-        })
-    return out
-
-
-def partition_metadata(stats: dict) -> dict:
-    """One landing hour's own figures, recorded on that hour's materialization of raw/events."""
-    return {
-        "dagster/row_count": stats["raw_rows"],
-        "rows_written": stats["raw_rows"],
-        "records_read": stats["records_read"],
-        "quarantined": stats["quarantined"],
-        "suppressed_erased_subjects": stats["suppressed"],
-        "files_read": stats["files"],
-        "fast_path_files": stats["fast_path_files"],
-        "bytes_written": stats["bytes"],
-        "quarantine_by_reason": dg.MetadataValue.json(stats["reasons"]),
-        "source_files": dg.MetadataValue.json(stats["source_files"]),
-    }
 
 
 RUN_TOTALS_TAG_PREFIX = "personalization/totals"

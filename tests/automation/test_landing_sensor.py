@@ -1,5 +1,5 @@
-"""The landing-arrival sensor on a real instance: new files -> exactly the affected partitions; the same
-files again -> nothing; the cursor survives a restart; a late file for an old hour is picked up."""
+"""The landing-arrival sensor on a real instance: new objects -> one incremental ingestion run; the same
+objects again -> nothing; the cursor survives a restart; a late object for an old hour is picked up."""
 
 from __future__ import annotations
 
@@ -27,7 +27,15 @@ def _tick(defs, instance, cursor=None):
     return result.run_requests or [], result.cursor
 
 
-def test_new_files_request_exactly_the_affected_partitions(landing):
+INGEST = ("raw/landing_manifest", "raw/events", "raw/events_quarantine")
+FOLLOWERS = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events")
+
+
+def _selection(r) -> tuple:
+    return tuple(k.to_user_string() for k in r.asset_selection)
+
+
+def test_new_objects_request_one_incremental_ingestion_run(landing):
     _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
     _write(landing, "2026-11-28", "14", "a.jsonl.gz", 5, 100)
     (landing / "crm").mkdir()
@@ -35,30 +43,26 @@ def test_new_files_request_exactly_the_affected_partitions(landing):
     defs = defs_for_env()
     with dg.instance_for_test() as instance:
         requests, cursor = _tick(defs, instance)
-        got = sorted(((r.partition_key or ""), tuple(k.to_user_string() for k in r.asset_selection)) for r in requests)
-        # steady streaming (<= 2 new hours): each ingestion run brings the consent state and the consented hour along
-        followers = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events")
-        assert got == sorted([
-            ("2026-11-28-13:00", ("raw/events", "raw/events_quarantine", *followers)),
-            ("2026-11-28-14:00", ("raw/events", "raw/events_quarantine", *followers)),
-            ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine")),
-        ])
-        # same files, next tick: nothing
+        got = sorted((r.partition_key or "", _selection(r)) for r in requests)
+        # one unpartitioned run: it reads what its manifest lacks and files each message under its receivedAt hour;
+        # it brings the consent state and the consented hours along
+        assert got == sorted([("", (*INGEST, *FOLLOWERS)), ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine"))])
+        # same objects, next tick: nothing
         again, cursor2 = _tick(defs, instance, cursor)
         assert again == []
         # a restart: a new definitions object and the stored cursor -> still nothing
         restarted, _ = _tick(defs_for_env(), instance, cursor2)
         assert restarted == []
-        # a new file in one hour, and a late file for an old hour
+        # a new object in one hour and a late object for an old hour: one more run (with a new run key)
         _write(landing, "2026-11-28", "14", "b.jsonl.gz", 3, 200)
         _write(landing, "2026-11-20", "02", "late.jsonl.gz", 2, 300)
-        later, cursor3 = _tick(defs, instance, cursor2)
-        assert sorted(r.partition_key for r in later) == ["2026-11-20-02:00", "2026-11-28-14:00"]
-        assert json.loads(cursor3)["events"].keys() >= {"2026-11-20-02:00", "2026-11-28-13:00", "2026-11-28-14:00"}
+        later, _ = _tick(defs, instance, cursor2)
+        assert [_selection(r) for r in later] == [(*INGEST, *FOLLOWERS)]
+        assert later[0].run_key not in {r.run_key for r in requests}
 
 
 def test_a_crash_between_ticks_loses_nothing(landing):
-    """If the tick that saw new files never committed its cursor, the next tick requests them again."""
+    """If the tick that saw new objects never committed its cursor, the next tick requests them again."""
     _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
     defs = defs_for_env()
     with dg.instance_for_test() as instance:
@@ -68,11 +72,11 @@ def test_a_crash_between_ticks_loses_nothing(landing):
         # crash: the cursor of the next tick is lost; evaluating from the old cursor again
         lost, _ = _tick(defs, instance, cursor)
         retry, _ = _tick(defs, instance, cursor)
-        assert [r.partition_key for r in lost] == [r.partition_key for r in retry] == ["2026-11-28-15:00"]
-        assert lost[0].run_key == retry[0].run_key  # same run key: Dagster launches it once
+        assert len(lost) == len(retry) == 1
+        assert lost[0].run_key == retry[0].run_key != first[0].run_key  # same run key: Dagster launches it once
 
 
-def test_schedule_backstop_skips_files_that_already_have_a_run(landing):
+def test_schedule_backstop_skips_objects_that_already_have_a_run(landing):
     _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
     defs = defs_for_env()
     schedule = defs.resolve_schedule_def("landing_extraction_every_5_minutes")
@@ -82,7 +86,7 @@ def test_schedule_backstop_skips_files_that_already_have_a_run(landing):
         when = datetime(2026, 11, 28, 14, 5, tzinfo=timezone.utc)
         ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources, repository_def=defs.get_repository_def())
         data = schedule.evaluate_tick(ctx)
-        assert [r.partition_key for r in data.run_requests] == ["2026-11-28-13:00"]
+        assert [_selection(r)[:3] for r in data.run_requests] == [INGEST]
         req = data.run_requests[0]
         # a run for that digest exists (e.g. launched by the sensor): the schedule stays quiet
         job = defs.resolve_implicit_global_asset_job_def()
@@ -91,15 +95,15 @@ def test_schedule_backstop_skips_files_that_already_have_a_run(landing):
         assert not data2.run_requests
 
 
-def test_hours_ingested_before_the_sensor_first_ran_are_not_requested_again(landing):
+def test_objects_ingested_before_the_sensor_first_ran_are_not_requested_again(landing):
     """`make demo` then `make dev`: the sensor's first tick must not re-ingest what the CLI just ingested,
-    but must still pick up a file that lands afterwards."""
+    but must still pick up an object that lands afterwards."""
     from tests.helpers import materialize
 
     _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
     defs = defs_for_env()
     with dg.instance_for_test() as instance:
-        materialize(defs, "key:raw/events", ("2026-11-28-13:00", "2026-11-28-13:00"), instance=instance)
+        materialize(defs, "key:raw/events", instance=instance)
         first, cursor = _tick(defs, instance)
         assert first == []
         import time
@@ -107,17 +111,7 @@ def test_hours_ingested_before_the_sensor_first_ran_are_not_requested_again(land
         time.sleep(0.01)
         _write(landing, "2026-11-28", "13", "b.jsonl.gz", 3, 50)
         later, _ = _tick(defs, instance, cursor)
-        assert [r.partition_key for r in later] == ["2026-11-28-13:00"]
-
-
-def test_a_bulk_arrival_leaves_the_followers_to_automation(landing):
-    for h in range(5):
-        _write(landing, "2026-11-27", f"{h:02d}", "a.jsonl.gz", 2, h * 10)
-    defs = defs_for_env()
-    with dg.instance_for_test() as instance:
-        requests, _ = _tick(defs, instance)
-        assert len(requests) == 5
-        assert all([k.to_user_string() for k in r.asset_selection] == ["raw/events", "raw/events_quarantine"] for r in requests)
+        assert [_selection(r)[:3] for r in later] == [INGEST]
 
 
 def test_every_request_of_the_sensor_and_the_schedule_is_launchable_by_its_job(landing):
@@ -135,7 +129,7 @@ def test_every_request_of_the_sensor_and_the_schedule_is_launchable_by_its_job(l
         schedule_requests = schedule.evaluate_tick(ctx).run_requests
         for job_name, requests in ((sensor.job_name, sensor_requests), (schedule.job_name, schedule_requests)):
             job_keys = defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
-            assert requests and any(len(r.asset_selection) > 2 for r in requests)  # the streaming followers are requested
+            assert requests and any(len(r.asset_selection) > 3 for r in requests)  # the streaming followers are requested
             for r in requests:
                 assert set(r.asset_selection) <= job_keys, (job_name, set(r.asset_selection) - job_keys)
                 assert r.tags.get(STREAMING_TAG) == "1"
