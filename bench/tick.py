@@ -1,0 +1,107 @@
+"""Tick cost: after a full build of D days, land ONE more hour and run `personalization materialize` (no
+selection: everything stale). Reports both wall times, their ratio, per-step seconds of both runs and
+which partitions the tick touched.
+
+    python -m bench.tick [--events 1000000] [--days 7] [--workdir bench/work/tick]
+
+The landing is the default generator's (gzip, privacy cases and requests included); the newest hour's
+objects are held back for the tick. Nothing here is asserted in tests: figures go to docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from bench.common import RssSampler
+
+
+def _generate(landing: Path, events: int, users: int, days: int, end: str, seed: int) -> None:
+    env = {**os.environ, "PERSONALIZATION_LANDING_URL": str(landing)}
+    subprocess.run([sys.executable, "-m", "personalization_assets.cli", "generate", "--events", str(events), "--users", str(users),
+                    "--days", str(days), "--end", end, "--seed", str(seed)], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _steps(instance, run_id: str) -> tuple[dict, dict]:
+    starts, steps, parts = {}, {}, {}
+    for entry in instance.all_logs(run_id):
+        ev = entry.dagster_event
+        if ev is None:
+            continue
+        if ev.event_type_value == "STEP_START":
+            starts[ev.step_key] = entry.timestamp
+        elif ev.event_type_value == "STEP_SUCCESS":
+            steps[ev.step_key] = round(entry.timestamp - starts.get(ev.step_key, entry.timestamp), 2)
+        elif ev.event_type_value == "ASSET_MATERIALIZATION":
+            m = ev.event_specific_data.materialization
+            if m.partition:
+                parts.setdefault(m.asset_key.to_user_string(), []).append(m.partition)
+    return steps, {k: sorted(v) for k, v in parts.items()}
+
+
+def run(events: int, users: int, days: int, workdir: Path, seed: int = 7) -> dict:
+    end = (date.today() - timedelta(days=1)).isoformat()
+    data = workdir / "data"
+    staging = workdir / "staging"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    staging.mkdir(parents=True)
+    _generate(staging, events, users, days, end, seed)
+    landing = data / "landing"
+    shutil.copytree(staging, landing)
+    held_back = sorted((landing / "events").glob(f"date={end}/hour=23/*"))
+    tick_dir = workdir / "tick_objects"
+    tick_dir.mkdir()
+    for f in held_back:
+        shutil.move(str(f), tick_dir / f.name)
+    os.environ["PERSONALIZATION_DATA_DIR"] = str(data)
+    os.environ["DAGSTER_HOME"] = str(workdir / "dagster_home")
+    os.environ.setdefault("PERSONALIZATION_EVENTS_START", "2025-01-01")
+    from personalization_assets.cli import ensure_dagster_home, open_instance, run_materialize
+    from personalization_assets.definitions import build_definitions
+
+    ensure_dagster_home()
+    defs = build_definitions()
+    instance = open_instance()
+    out = {"events": events, "users": users, "days": days, "held_back_objects": len(held_back)}
+    for phase in ("full_build", "tick"):
+        if phase == "tick":
+            for f in held_back:
+                shutil.move(str(tick_dir / f.name), f)
+        t0 = time.perf_counter()
+        with RssSampler() as rss:
+            ok, text, result = run_materialize(defs=defs, instance=instance, echo=lambda *_: None)
+        wall = time.perf_counter() - t0
+        if not ok:
+            raise SystemExit(f"{phase} failed:\n{text}")
+        steps, parts = _steps(instance, result.run_id)
+        out[phase] = {"wall_s": round(wall, 2), "peak_rss_mb": max((mb for _, mb in rss.samples), default=None), "steps_s": steps,
+                      "partitions_materialized": {k: (len(v), v[:6]) for k, v in parts.items()}}
+    out["tick_over_full"] = round(out["tick"]["wall_s"] / out["full_build"]["wall_s"], 3)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--days", type=int, default=7)
+    ap.add_argument("--workdir", default="bench/work/tick")
+    args = ap.parse_args(argv)
+    result = run(args.events, args.users, args.days, Path(args.workdir).resolve())
+    print(json.dumps(result, indent=2))
+    out = Path("bench/results") / f"tick-{args.events}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
