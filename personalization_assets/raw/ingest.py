@@ -282,12 +282,17 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
     if valid is not None and valid.num_rows:
         new_raw = events_ingest._order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]))
         if "cdp_source_id" in RawEvent.to_schema().columns:
-            ids = pa.array([source_id.get(p) for p in new_raw["source_file"].to_pylist()], pa.string())
+            paths = sorted(source_id)
+            ids = pc.take(pa.array([source_id[p] for p in paths], pa.string()),
+                          pc.index_in(new_raw["source_file"], value_set=pa.array(paths, pa.string())))
             new_raw = new_raw.append_column("cdp_source_id", ids) if "cdp_source_id" not in new_raw.column_names else new_raw
             new_raw = events_ingest._order_like_model(new_raw)
         # a receivedAt outside the event partitions (before PERSONALIZATION_EVENTS_START, or past the current hour)
-        hours_py = new_raw["landing_hour"].to_pylist()
-        ok = np.fromiter((valid_hour(h) for h in hours_py), dtype=bool, count=len(hours_py))
+        distinct = pc.unique(new_raw["landing_hour"])
+        invalid = [h for h in distinct.to_pylist() if not valid_hour(h)]  # one test per distinct hour, not per row
+        ok = np.ones(new_raw.num_rows, dtype=bool)
+        if invalid:
+            ok = pc.invert(pc.is_in(new_raw["landing_hour"], value_set=pa.array(invalid, distinct.type))).to_numpy(zero_copy_only=False)
         if not ok.all():
             bad = new_raw.filter(pa.array(~ok)).select(["source_file", "line_no", "received_at"]).to_pylist()
             for b in bad:
@@ -384,9 +389,9 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
     if new_raw is not None and new_raw.num_rows and suppressed and pseudonymizer is not None:
         mask = events_ingest.suppressed_mask(new_raw, suppressed, pseudonymizer.pseudonymize_values)
         if pc.any(mask).as_py():
-            for p in new_raw.filter(mask)["source_file"].to_pylist():
-                per_object[p]["s"] += 1
-                per_object[p]["hours"].add(pk)
+            for vc in pc.value_counts(new_raw.filter(mask)["source_file"]).to_pylist():
+                per_object[vc["values"]]["s"] += vc["counts"]
+                per_object[vc["values"]]["hours"].add(pk)
             n_suppressed = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
             new_raw = new_raw.filter(pc.invert(mask))
     # --- one copy per messageId in the hour: stored rows and new rows together
@@ -442,14 +447,14 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
         lake.write_table("raw", "events", raw_table, partition=part)
         lake.write_table("raw", "events_quarantine", quarantine, partition=part)
     # --- accounting: what this hour gained equals what the new records brought
-    if merged is not None:
-        for p in merged["source_file"].to_pylist():
+    for table, field_name in ((merged, "raw"), (kept_q, "q")):
+        if table is None or not table.num_rows:
+            continue
+        for vc in pc.value_counts(table["source_file"]).to_pylist():  # per object, not per row
+            p = vc["values"]
             if p in batch_paths:
-                per_object[p]["raw"] += 1
+                per_object[p][field_name] += vc["counts"]
                 per_object[p]["hours"].add(pk)
-    for p in kept_q["source_file"].to_pylist():
-        per_object[p]["q"] += 1
-        per_object[p]["hours"].add(pk)
     after = raw_n + quarantine.num_rows
     stats.records_read += routed
     stats.suppressed += n_suppressed
