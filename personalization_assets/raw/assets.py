@@ -213,18 +213,25 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
     def raw_events(context: dg.AssetExecutionContext, config: IngestConfig, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource,
                    platform: PlatformConfig, pseudonymizer: Pseudonymizer):
         anomaly_config = anomalies.load_config()
+        raw_samples, quarantine_samples = [], []
+        raw_by_hour_stats: dict[str, dict] = {}
+
+        def on_hour(pk: str, rows: pa.Table) -> None:
+            raw_by_hour_stats[pk] = anomalies.partition_stats(rows, 0, 0, anomaly_config.null_columns)
+            if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS and rows.num_rows:
+                raw_samples.append(rows)
+
         with ingestion_lock(lake), duckdb.get_connection() as con:
             outcome = ingest.ingest_landing(
                 con, landing, lake, platform, run_id=context.run.run_id, suppressed=load_suppressed(lake), pseudonymizer=pseudonymizer,
-                full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour, log=context.log.info)
+                full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour, log=context.log.info,
+                on_hour=on_hour)
         hour_stats: dict[str, dict] = {}
-        raw_samples, quarantine_samples = [], []
         for pk, st in sorted(outcome.hours.items()):
-            raw_t = st.raw if st.raw is not None else pa.table({})
-            hour_stats[pk] = anomalies.partition_stats(raw_t, st.records_read, st.quarantined, anomaly_config.null_columns)
-            if sum(t.num_rows for t in raw_samples) < SAMPLE_ROWS and raw_t.num_rows:
-                raw_samples.append(raw_t)
-            st.raw = None
+            # the hour as stored at the end of the run (also when a tick added a late object to it): its quarantine
+            # rate is over all its records, not over this run's
+            hour_stats[pk] = {**raw_by_hour_stats.get(pk, anomalies.partition_stats(pa.table({}), 0, 0, anomaly_config.null_columns)),
+                              "records_read": st.raw_rows + st.quarantined, "rows_written": st.raw_rows, "quarantined": st.quarantined}
             # each hour's own figures on its own materialization (run totals: run tags and the manifest's metadata)
             context.log_event(dg.AssetMaterialization(
                 asset_key=RAW_EVENTS, partition=pk,

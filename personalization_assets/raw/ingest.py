@@ -88,7 +88,6 @@ class HourStats:
     suppressed: int = 0
     objects: set = field(default_factory=set)
     reasons: Counter = field(default_factory=Counter)
-    raw: pa.Table | None = None  # the hour's rows after the run (for checks; dropped when sampled)
 
 
 @dataclass
@@ -192,9 +191,10 @@ def _estimated(o) -> int:
 
 def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set[str] | None = None, pseudonymizer=None,
                    full_refresh: bool = False, rebuild_hours: set[str] | None = None,
-                   valid_hour: Callable[[datetime], bool] = lambda h: True, log=lambda msg: None) -> IngestOutcome:
+                   valid_hour: Callable[[datetime], bool] = lambda h: True, log=lambda msg: None,
+                   on_hour: Callable[[str, pa.Table], None] | None = None) -> IngestOutcome:
     """Bring raw/events up to date with the landing zone (see the module docstring). The caller holds the
-    ingestion lock."""
+    ingestion lock. `on_hour(partition_key, rows)` sees each rewritten hour's rows once, when written."""
     outcome = IngestOutcome(full_refresh=full_refresh)
     objects = list_landing(landing)
     plan = plan_landing(objects, getattr(platform, "events_layout", "auto"))
@@ -234,7 +234,7 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     pending = set(reread)  # re-read objects whose earlier rows are still stored (removed from any hour rewritten)
     for batch in _batches(to_read, _estimated):
         _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
-                      suppressed, pseudonymizer, run_id, valid_hour, log)
+                      suppressed, pseudonymizer, run_id, valid_hour, log, on_hour)
         pending -= {o.obj.path for o in batch}
         # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks
         _write_manifest(lake, manifest_rows)
@@ -252,7 +252,7 @@ def _write_manifest(lake, rows: dict) -> None:
 
 
 def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
-                  previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log) -> None:
+                  previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None) -> None:
     events = [o for o in batch if isinstance(o, EventObject)]
     rejected = [o for o in batch if isinstance(o, RejectedObject)]
     object_hour = {o.obj.path: o.object_hour for o in batch}
@@ -362,7 +362,7 @@ def _first_valid(valid_hour, hour: datetime) -> datetime:
 
 
 def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outcome: IngestOutcome, per_object, reread: set[str],
-                batch_paths: set[str], originals: _Originals, suppressed, pseudonymizer) -> None:
+                batch_paths: set[str], originals: _Originals, suppressed, pseudonymizer, on_hour=None) -> int:
     part = partition_dict(pk)
     stats = outcome.hours.setdefault(pk, HourStats())
     reread_arr = pa.array(sorted(reread), pa.string())
@@ -463,7 +463,8 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
     stats.quarantined = quarantine.num_rows
     stats.objects |= {p for p in batch_paths if pk in per_object.get(p, {}).get("hours", set())}
     stats.reasons.update(kept_q["reason"].to_pylist())
-    stats.raw = raw_table
+    if on_hour is not None and raw_table is not None:
+        on_hour(pk, raw_table)  # checks and samples see the hour's rows now; they are not kept for the whole run
     outcome.suppressed += n_suppressed
     outcome.rows_removed += removed
     # conservation on the tables actually written: what stayed + what came in = what is stored + what was suppressed
