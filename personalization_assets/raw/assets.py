@@ -235,8 +235,10 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
             # each hour's own figures on its own materialization (run totals: run tags and the manifest's metadata)
             context.log_event(dg.AssetMaterialization(
                 asset_key=RAW_EVENTS, partition=pk,
-                metadata={"dagster/row_count": st.raw_rows, "rows": st.raw_rows, "rows_added": st.raw_added,
-                          "records_read": st.records_read, "quarantined": st.quarantined, "suppressed_erased_subjects": st.suppressed,
+                metadata={"dagster/row_count": st.raw_rows, "rows_written": st.raw_rows, "rows_added": st.raw_added,
+                          # the hour's records as stored (raw + quarantined) plus those suppressed: its lines
+                          "records_read": st.raw_rows + st.quarantined + st.suppressed, "records_read_this_run": st.records_read,
+                          "quarantined": st.quarantined, "suppressed_erased_subjects": st.suppressed,
                           "objects_read": len(st.objects), "source_files": dg.MetadataValue.json(sorted(landing.uri(p) for p in st.objects)[:20]),
                           "quarantine_by_reason": dg.MetadataValue.json(dict(st.reasons.most_common())),
                           **anomalies.stats_metadata(hour_stats[pk])}))

@@ -319,8 +319,7 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
     routed = 0
     for pk in sorted(touched):
         routed += _merge_hour(con, pk, raw_by_hour.get(pk), q_by_hour.get(pk, []), lake, outcome, per_object, pending,
-                              {o.obj.path for o in batch}, originals,
-                    suppressed, pseudonymizer)
+                              {o.obj.path for o in batch}, originals, suppressed, pseudonymizer, on_hour)
     # every record read was filed under some hour (nothing lost between parsing and the merge)
     outcome.unaccounted_records += sum(read_by_path.values()) - routed
     now = datetime.now(timezone.utc)
