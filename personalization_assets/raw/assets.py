@@ -244,13 +244,15 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                           **anomalies.stats_metadata(hour_stats[pk])}))
             context.log_event(dg.AssetMaterialization(
                 asset_key=RAW_EVENTS_QUARANTINE, partition=pk,
-                metadata={"dagster/row_count": st.quarantined, "rows": st.quarantined, "by_reason": dg.MetadataValue.json(dict(st.reasons.most_common()))}))
+                metadata={"dagster/row_count": st.quarantined, "rows_written": st.quarantined, "by_reason": dg.MetadataValue.json(dict(st.reasons.most_common()))}))
         for pk in sorted(outcome.hours)[:8]:
             part = partition_dict(pk)
             if lake.exists("raw", "events_quarantine", part) and sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
                 quarantine_samples.append(lake.read_table("raw", "events_quarantine", part))
         summary = outcome.summary()
-        record_run_totals(context, "raw/events", {"hours": len(outcome.hours), "records_read": outcome.records_read,
+        record_run_totals(context, "raw/events", {"partitions": len(outcome.hours), "records_read": outcome.records_read,
+                                                  "rows_written": sum(st.raw_rows for st in outcome.hours.values()),
+                                                  "quarantined": sum(st.quarantined for st in outcome.hours.values()),
                                                   "objects_read": outcome.objects_read, "objects_quarantined": outcome.objects_quarantined,
                                                   "suppressed": outcome.suppressed})
         context.log.info(f"ingestion: {summary}")
