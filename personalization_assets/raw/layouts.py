@@ -111,8 +111,9 @@ def validate_layout(value: str) -> str:
 # ------------------------------------------------------------------------------------------- listing
 
 
-def list_landing(landing) -> list[LandingObject]:
+def list_landing(landing, under: str = "") -> list[LandingObject]:
     """Every object under the landing root (names starting with '.' or '_' included), sorted by path.
+    `under`: only that top-level folder (e.g. "crm"); paths stay relative to the landing root.
 
     S3: ListObjectsV2 through the store's boto3 client, which gives each object's ETag (pyarrow's listing
     does not). Local: a directory walk with nanosecond mtimes. Folder markers (keys ending in '/', empty)
@@ -121,9 +122,10 @@ def list_landing(landing) -> list[LandingObject]:
         bucket, _, prefix = landing.root.partition("/")
         prefix = prefix.strip("/")
         prefix = prefix + "/" if prefix else ""
+        under = under.strip("/")
         out = []
         paginator = landing.s3_client().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix + (under + "/" if under else "")):
             for item in page.get("Contents", ()):
                 key = item["Key"]
                 rel = key[len(prefix):]
@@ -136,10 +138,11 @@ def list_landing(landing) -> list[LandingObject]:
                                          etag=etag.strip('"') if etag else None))
         return sorted(out, key=lambda o: o.path)
     root = landing.root
-    if not os.path.isdir(root):
+    start = os.path.join(root, under.strip("/")) if under.strip("/") else root
+    if not os.path.isdir(start):
         return []
     out = []
-    stack = [root]
+    stack = [start]
     while stack:
         directory = stack.pop()
         try:

@@ -208,3 +208,18 @@ def test_list_landing_on_s3_returns_etags(s3_env):
     whole = list_landing(LandingZone(url=f"s3://{bucket}", s3_endpoint_url=s3_env["endpoint"], aws_access_key_id="testing",
                                      aws_secret_access_key="testing"))
     assert "outside.jsonl" in {o.path for o in whole} and f"landing/{paths[0]}" in {o.path for o in whole}
+
+
+def test_events_layout_setting_is_validated_and_reaches_the_platform_resource(data_dir, monkeypatch):
+    from personalization_assets.resources import build_resources
+    from personalization_assets.settings import ConfigError, load_settings
+
+    assert load_settings().events_layout == "auto"
+    monkeypatch.setenv("PERSONALIZATION_EVENTS_LAYOUT", "segment-s3")
+    settings = load_settings()
+    assert settings.events_layout == "segment-s3"
+    assert build_resources(settings)["platform"].events_layout == "segment-s3"
+    monkeypatch.setenv("PERSONALIZATION_EVENTS_LAYOUT", "segment")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "PERSONALIZATION_EVENTS_LAYOUT" in str(exc.value) and "rudderstack-s3" in str(exc.value) and "Fix" in str(exc.value)
