@@ -12,6 +12,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
+from personalization_assets.raw.layouts import list_landing
 from personalization_assets.raw.partitions import partition_key_for_path
 from personalization_assets.resources.storage import FileInfo, LandingZone
 
@@ -49,7 +50,7 @@ def landing_state(landing: LandingZone, valid_partitions=None) -> dict[str, dict
             by_pk[pk].append(f)
     sources, newest_sources = {}, {}
     for directory in REFERENCE_SOURCES:
-        files = landing.list_files(directory)
+        files = list_landing(landing, directory)  # every object the reference asset reads or quarantines ('_x.jsonl' too)
         if files:
             sources[directory] = files_digest(files)
             newest_sources[directory] = max(f.mtime_ns for f in files)

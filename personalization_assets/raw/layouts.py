@@ -289,7 +289,9 @@ def _classify(plan: LandingPlan, obj: LandingObject, events_layout: str) -> None
 
     if top in REFERENCE_SUFFIXES and len(parts) > 1:
         suffixes = REFERENCE_SUFFIXES[top]
-        if name.endswith(suffixes) and not any(p == "" for p in parts):
+        if "" in parts:  # an S3 key with '//' (an empty folder name): no local path could hold it
+            _reject(plan, obj, top, OUTSIDE_LAYOUT, f"{path!r} has an empty folder name ('//'); expected {top}/<folders>/<file>", None)
+        elif name.endswith(suffixes):
             plan.reference[top].append(obj)
         else:
             _reject(plan, obj, top, UNSUPPORTED_FILE,

@@ -65,6 +65,7 @@ TREE = {
     "privacy_requests/_x.jsonl": ("reference", "privacy_requests"),
     "privacy_requests/.y.ndjson": ("reference", "privacy_requests"),
     "privacy_requests/r.json": ("rejected", "privacy_requests", "unsupported_file", MTIME_HOUR),
+    "privacy_requests//double-slash.jsonl": ("rejected", "privacy_requests", "outside_layout", MTIME_HOUR),
     # reserved and the top level
     "_generator/manifest.json": ("reserved",),
     "_generator/deeper/anything.bin": ("reserved",),
@@ -169,12 +170,12 @@ def test_fingerprint_prefers_the_etag():
 def test_list_landing_local_lists_every_file_with_ns_mtime(landing):
     for path in TREE:
         p = landing / path
-        if path == "_generator":
-            continue  # a file and a folder cannot share a name locally
+        if path == "_generator" or "//" in path:
+            continue  # a file and a folder cannot share a name locally; no local path has an empty folder name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(path.encode())
     objects = list_landing(LandingZone(url=str(landing)))
-    expected = sorted(p for p in TREE if p != "_generator")
+    expected = sorted(p for p in TREE if p != "_generator" and "//" not in p)
     assert [o.path for o in objects] == expected  # '.' and '_' names included, sorted by path
     by_path = {o.path: o for o in objects}
     st = os.stat(landing / "privacy_requests/_x.jsonl")

@@ -60,3 +60,19 @@ def test_crm_and_catalog_hidden_names_are_read_or_quarantined(landing):
     crm_q = lake.read_table("raw", "crm_profiles_quarantine").to_pylist()
     assert [(r["source_file"], r["reason"]) for r in crm_q] == [("crm/Thumbs.db", "unsupported_file")]
     assert ".csv.gz" in crm_q[0]["detail"]
+
+
+def test_landing_sensor_sees_every_reference_object(landing):
+    """A privacy request dropped as `_x.jsonl` (or any object the reference asset would quarantine) changes the
+    landing digest, so the arrival sensor requests the run that reads it."""
+    from personalization_assets.automation.sensors import landing_state
+    from personalization_assets.resources.storage import LandingZone
+
+    zone = LandingZone(url=str(landing))
+    assert landing_state(zone)["sources"] == {}
+    (landing / "privacy_requests").mkdir()
+    (landing / "privacy_requests" / "_x.jsonl").write_text(_request("r1", "a@x.example"))
+    first = landing_state(zone)["sources"]
+    assert set(first) == {"privacy_requests"}
+    (landing / "privacy_requests" / ".DS_Store").write_bytes(b"junk")
+    assert landing_state(zone)["sources"]["privacy_requests"] != first["privacy_requests"]
