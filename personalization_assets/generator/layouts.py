@@ -18,13 +18,19 @@ only their placement and the server-added fields differ:
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 
 from personalization_assets.generator import vocab
 from personalization_assets.generator.batch import EventBatch
-from personalization_assets.generator.encode import date_text, iso_matrix, mix, rows, splitmix64, uuid_matrix
+from personalization_assets.generator.encode import (
+    date_text,
+    iso_matrix,
+    mix,
+    rows,
+    splitmix64,
+    uuid_matrix,
+)
+from personalization_assets.generator.events import _ip
 
 GENERATOR_LAYOUTS = ("hive", "segment-s3", "rudderstack-s3")
 HOUR = 3_600_000
@@ -127,12 +133,6 @@ class Placement:
 _SEGMENT_CONST = b'"_metadata":{"bundled":["Segment.io"],"unbundled":[],"bundledIds":[]},"integrations":{},"projectId":"%s","version":2}'
 
 
-def _ip_frag(h: int) -> bytes:
-    from personalization_assets.generator.events import _ip
-
-    return _ip(h)
-
-
 def server_fields(layout: str, lines: list[bytes], batch: EventBatch, pop, sid: str) -> list[bytes]:
     """Append the fields the CDP's server adds to each rendered line (before the closing brace)."""
     if layout == "hive" or not lines:
@@ -147,11 +147,8 @@ def server_fields(layout: str, lines: list[bytes], batch: EventBatch, pop, sid: 
     rudder_ids = rows([b'"rudderId":"', uuid_matrix(splitmix64(hi ^ np.uint64(0x52554444)), splitmix64(lo ^ np.uint64(0x4552))), b'",'])
     types = pop.device_type(users, devs).tolist()
     hashes = pop.device_hash(users, devs).tolist()
-    dev_tail = [rid + b'"request_ip":"%s","channel":"%s"}' % (_ip_frag(h), b"mobile" if t >= vocab.APP_IOS else b"web")
+    dev_tail = [rid + b'"request_ip":"%s","channel":"%s"}' % (_ip(h), b"mobile" if t >= vocab.APP_IOS else b"web")
                 for rid, t, h in zip(rudder_ids, types, hashes)]
     tails = [dev_tail[i] for i in inv.ravel().tolist()]
     return [line[:-1] + o + t for line, o, t in zip(lines, orig, tails)]
 
-
-def day_ms(day: dt.date) -> int:
-    return (day - dt.date(1970, 1, 1)).days * DAY

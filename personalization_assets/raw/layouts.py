@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 EVENT_LAYOUTS = ("auto", "hive", "segment-s3", "rudderstack-s3")
 EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".gz")  # NDJSON; .gz = gzipped NDJSON (Segment)
@@ -41,9 +41,9 @@ OUTSIDE_LAYOUT = "outside_layout"
 LAYOUT_DISABLED = "layout_disabled"
 
 DAY_MS = 86_400_000
-_MIN_DAY = datetime(2000, 1, 1, tzinfo=timezone.utc)
-_MAX_DAY = datetime(2100, 1, 1, tzinfo=timezone.utc)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MIN_DAY = datetime(2000, 1, 1, tzinfo=UTC)
+_MAX_DAY = datetime(2100, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _HIVE_DATE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _HIVE_HOUR = re.compile(r"hour=(\d{2})")
@@ -188,7 +188,7 @@ def _us_day(text: str) -> datetime | None:
 
 def _day(y: int, mo: int, d: int) -> datetime | None:
     try:
-        return datetime(y, mo, d, tzinfo=timezone.utc)
+        return datetime(y, mo, d, tzinfo=UTC)
     except ValueError:
         return None
 

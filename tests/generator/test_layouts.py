@@ -10,7 +10,7 @@ import gzip
 import json
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -86,7 +86,7 @@ def test_every_generated_object_is_an_event_of_its_layout_at_the_messages_hour(z
         assert hours, e.obj.path
         if layout == "segment-s3":
             # filed under the received day; the object of hour H (its name) holds hour H and maybe the start of H+1
-            start = datetime.fromtimestamp(int(e.obj.path.rsplit("/", 1)[-1].split(".")[0]) / 1000, timezone.utc)
+            start = datetime.fromtimestamp(int(e.obj.path.rsplit("/", 1)[-1].split(".")[0]) / 1000, UTC)
             assert e.object_hour == start.replace(hour=0)
             assert hours <= {start, start + HOUR}, e.obj.path
             straddling += len(hours) == 2
@@ -112,7 +112,7 @@ def test_paths_follow_each_cdp_grammar(zones):
     for e in _plan(zones["rudderstack-s3"]).events:
         m = re.fullmatch(rf"rudder-logs/{rsid}/(\d{{4}}-\d{{2}}-\d{{2}})/(\d{{10}})\.{rsid}\.({UUID})\.json\.gz", e.obj.path)
         assert m, e.obj.path
-        assert datetime.fromtimestamp(int(m.group(2)), timezone.utc).date().isoformat() == m.group(1)
+        assert datetime.fromtimestamp(int(m.group(2)), UTC).date().isoformat() == m.group(1)
 
 
 def _normalized(msg: dict, layout: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,6 @@ from personalization_assets.raw.layouts import (
 )
 from personalization_assets.resources.storage import LandingZone
 
-UTC = timezone.utc
 MTIME = int(datetime(2026, 3, 4, 5, 43, 21, tzinfo=UTC).timestamp() * 1e9)
 MTIME_HOUR = datetime(2026, 3, 4, 5, tzinfo=UTC)
 DAY_MS = 1_764_892_800_000  # 2025-12-05 00:00 UTC

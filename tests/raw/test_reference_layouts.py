@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import check_results, defs_for_env, materialize, materializations
+from tests.helpers import check_results, defs_for_env, materializations, materialize
 
 REQ = {"type": "erasure", "received_at": "2026-11-01T00:00:00Z", "jurisdiction": "EU"}
 
