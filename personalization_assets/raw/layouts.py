@@ -143,6 +143,7 @@ def list_landing(landing, under: str = "") -> list[LandingObject]:
         return []
     out = []
     stack = [start]
+    seen = {os.path.realpath(start)}  # symlinked folders are walked once (no loops)
     while stack:
         directory = stack.pop()
         try:
@@ -151,8 +152,11 @@ def list_landing(landing, under: str = "") -> list[LandingObject]:
             continue
         for entry in entries:
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                if entry.is_dir():
+                    real = os.path.realpath(entry.path)
+                    if real not in seen:
+                        seen.add(real)
+                        stack.append(entry.path)
                     continue
                 if not entry.is_file():
                     continue  # sockets, fifos, dangling links: not objects

@@ -223,3 +223,13 @@ def test_events_layout_setting_is_validated_and_reaches_the_platform_resource(da
     with pytest.raises(ConfigError) as exc:
         load_settings()
     assert "PERSONALIZATION_EVENTS_LAYOUT" in str(exc.value) and "rudderstack-s3" in str(exc.value) and "Fix" in str(exc.value)
+
+
+def test_list_landing_local_follows_symlinked_folders_once(landing, tmp_path):
+    elsewhere = tmp_path / "exports"
+    elsewhere.mkdir()
+    (elsewhere / "r.jsonl").write_text("{}\n")
+    (elsewhere / "loop").symlink_to(elsewhere)  # a loop must not hang the listing
+    (landing / "privacy_requests").symlink_to(elsewhere)
+    paths = [o.path for o in list_landing(LandingZone(url=str(landing)))]
+    assert paths == ["privacy_requests/r.jsonl"]
