@@ -59,6 +59,8 @@ class GenerationSummary:
     bad_catalog_lines: int = 0
     privacy_requests: int = 0
     event_bytes: int = 0  # uncompressed
+    layout: str = "hive"  # where the events went (generator/layouts.py)
+    source_id: str = "hive"  # the CDP source-id folder of segment-s3 / rudderstack-s3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,7 +111,7 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
         raise ValueError(f"events must be at least {n_planted} (the planted cases alone write that many messages)")
 
     summary = GenerationSummary(root=root, seed=seed, start=date_text(t0 // 86_400_000), end=end.isoformat(), days=days,
-                                planted_events=n_planted, users=pop.n, planted_users=pop.n - users)
+                                planted_events=n_planted, users=pop.n, planted_users=pop.n - users, layout=layout)
     writer = Writer(fs)
     try:
         plan_rng = _rng(seed, 4)
@@ -134,6 +136,7 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
         counts = dict.fromkeys(bad_lines.KINDS, 0)
         ext = ".jsonl.gz" if gzip else ".jsonl"
         placement = Placement(layout, root, ext, fph, seed, days * 24)
+        summary.source_id = placement.source_id
         for h in range(days * 24):
             _hour(writer, summary, counts, pop, catalog, plant.batch, _rng(seed, 7, h), placement, h, t0 + h * HOUR, fph,
                   int(regular[h]), bad[h])

@@ -79,7 +79,8 @@ class Placement:
         # Segment: hour h's object also takes the first take[h] file slots of hour h+1 (0 = it does not straddle).
         # Own random stream: the messages themselves never depend on it.
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, 8])))
-        straddle = rng.random(hours) < STRADDLE_SHARE
+        straddle = np.zeros(hours, bool)
+        straddle[rng.choice(max(hours - 1, 1), size=min(round(hours * STRADDLE_SHARE), max(hours - 1, 0)), replace=False)] = True
         take = rng.integers(1, max(fph, 2), hours)
         self.take = np.where(straddle & (fph >= 2), take, 0)
         self.take[-1] = 0  # the last hour's upload has nothing after it
