@@ -1,6 +1,6 @@
 """`personalization` console script: a thin layer over the Dagster definitions.
 
-    personalization generate --users N --events M --seed S [--bad-fraction F]
+    personalization generate --users N --events M --seed S [--bad-fraction F] [--layout hive|segment-s3|rudderstack-s3]
     personalization materialize [--select SELECTION] [--partitions START..END] [--full-refresh] [--as-of T]
     personalization collect [--host 127.0.0.1] [--port 8088]
 
@@ -125,6 +125,7 @@ def _cmd_generate(args) -> int:
         days=args.days,
         gzip=not args.no_gzip,
         all_consent=args.all_consent,
+        layout=args.layout,
     )
     d = summary.to_dict()
     print(f"Landing zone written to {settings.landing_url}")
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-gzip", action="store_true", help="write plain .jsonl instead of .jsonl.gz")
     g.add_argument("--all-consent", action="store_true",
                    help="benchmark scenario: everyone consents to everything, no planted cases or privacy requests")
+    g.add_argument("--layout", choices=("hive", "segment-s3", "rudderstack-s3"), default="hive",
+                   help="where events land: hive (events/date=/hour=/, default), segment-s3 (segment-logs/…) or "
+                        "rudderstack-s3 (rudder-logs/…), with the fields each CDP's server adds (docs/LANDING_CONTRACT.md)")
     g.set_defaults(func=_cmd_generate)
 
     m = sub.add_parser("materialize", help="materialize assets on the configured environment and print a summary")

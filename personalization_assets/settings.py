@@ -50,6 +50,7 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_PSEUDONYM_KEYS", "generated dev key", "JSON map `{\"<version>\": \"<hex key>\"}` of HMAC keys (secret).", "required (Secrets Manager)"),
     SettingDoc("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", "highest version", "Key version used for new pseudonyms.", "required"),
     SettingDoc("PERSONALIZATION_EVENTS_START", "2025-01-01", "First hour of the `raw/events` partitions (UTC date).", "set to your first landing date"),
+    SettingDoc("PERSONALIZATION_EVENTS_LAYOUT", "auto", "Which event layouts of the landing zone are read: `auto` (every layout found), `hive` (`events/date=…/hour=…/`, the collector and generator), `segment-s3` (`segment-logs/…`, Segment's S3 destination) or `rudderstack-s3` (`rudder-logs/…`). Objects of a layout not read are quarantined as `layout_disabled`; see docs/LANDING_CONTRACT.md.", "`auto`, or the one CDP layout you expect"),
     SettingDoc("PERSONALIZATION_MAX_LINE_BYTES", "32768", "Lines longer than this are quarantined (the CDPs' per-message limit).", "same"),
     SettingDoc("PERSONALIZATION_HORIZON_DAYS", "30", "Events whose time is more than this many days before their landing hour are quarantined.", "same"),
     SettingDoc("PERSONALIZATION_MAX_FUTURE_MINUTES", "1440", "Events whose time is more than this after their `receivedAt` are quarantined.", "same"),
@@ -98,6 +99,7 @@ class Settings:
     ledger_url: str | None = None  # None = the logs live in the lake
     ledger_object_lock: str | None = None  # COMPLIANCE | GOVERNANCE | None
     ledger_retention_days: int = 0
+    events_layout: str = "auto"  # auto | hive | segment-s3 | rudderstack-s3 (raw/layouts.py)
     secrets_from_aws: tuple[str, ...] = ()  # names of the variables loaded from Secrets Manager (never values)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -277,6 +279,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"PERSONALIZATION_EVENTS_START={events_start!r} is not a date. Fix: use YYYY-MM-DD (UTC)."
         ) from None
 
+    from personalization_assets.raw.layouts import validate_layout
+
+    try:
+        events_layout = validate_layout(environ.get("PERSONALIZATION_EVENTS_LAYOUT", ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
     keys_raw = environ.get("PERSONALIZATION_PSEUDONYM_KEYS", "")
     if keys_raw:
         # Validate the shape only; the values are read through dg.EnvVar by the key resource.
@@ -292,6 +301,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         s3_endpoint_url=environ.get("PERSONALIZATION_S3_ENDPOINT_URL") or None,
         aws_region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         events_start=events_start,
+        events_layout=events_layout,
         max_line_bytes=_int_setting(environ, "PERSONALIZATION_MAX_LINE_BYTES", 32 * 1024, minimum=256),
         horizon_days=_int_setting(environ, "PERSONALIZATION_HORIZON_DAYS", 30),
         max_future_minutes=_int_setting(environ, "PERSONALIZATION_MAX_FUTURE_MINUTES", 24 * 60),

@@ -68,10 +68,10 @@ def _consent_lut() -> np.ndarray:
 CONSENT_LUT = _consent_lut()  # index: 1 + keyset * 128 + mask
 
 
-def _device_luts():
+def _device_luts(libraries=vocab.LIBRARIES):
     ua = []
     for t, agents in enumerate(vocab.USER_AGENTS):
-        lib_name, lib_version = vocab.LIBRARIES[t]
+        lib_name, lib_version = libraries[t]
         frags = []
         for agent in agents:
             extra = {"library": {"name": lib_name, "version": lib_version}}
@@ -89,6 +89,9 @@ def _device_luts():
 
 
 UA_FRAG, LOC_FRAG = _device_luts()
+# RudderStack's SDKs name themselves differently in context.library (generator/layouts.py)
+RUDDER_UA_FRAG = _device_luts((("RudderLabs JavaScript SDK", "3.11.2"), ("RudderLabs JavaScript SDK", "3.11.2"),
+                               ("rudder-ios-library", "1.29.1"), ("com.rudderstack.android.sdk.core", "1.25.1")))[0]
 CURRENCY = [loc.currency.encode() for loc in vocab.LOCATIONS]
 ITEM_PRICE = [[vocab.local_price(p, loc.currency).encode() for p in vocab.ITEM_PRICES_USD] for loc in vocab.LOCATIONS]
 PLAN_PRICE = [[vocab.local_price(p, loc.currency).encode() for p in vocab.PLAN_PRICES_USD] for loc in vocab.LOCATIONS]
@@ -104,7 +107,7 @@ def _ip(h: int) -> bytes:
     return b"%d.%d.%d.%d" % (IP_FIRST[h % len(IP_FIRST)], (h >> 8) & 0xFF, (h >> 16) & 0xFF, 1 + (h >> 24) % 254)
 
 
-def device_fragments(pop: Population, users: np.ndarray, devs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def device_fragments(pop: Population, users: np.ndarray, devs: np.ndarray, ua_frag=UA_FRAG) -> tuple[np.ndarray, np.ndarray]:
     """Per distinct device: identity fragments (anonymous, identified, alias) and the context fragment."""
     aids = rows([uuid_matrix(*pop.aid_bits(users, devs))])
     uids = rows([b'"usr_', hex_matrix(pop.uid_bits(users)), b'"'])
@@ -120,7 +123,7 @@ def device_fragments(pop: Population, users: np.ndarray, devs: np.ndarray) -> tu
         ident[i, 0] = anon + b',"userId":null'
         ident[i, 1] = anon + b',"userId":' + uid
         ident[i, 2] = ident[i, 1] + b',"previousId":"' + aid + b'"'
-        agents = UA_FRAG[t]
+        agents = ua_frag[t]
         ctx[i] = b'"ip":"%s",%s,%s,"gpc":%s' % (_ip(h), agents[(h >> 32) % len(agents)], LOC_FRAG[loc][alt], b"true" if gpc else b"false")
     return ident, ctx
 
@@ -168,7 +171,9 @@ def _bodies(batch: EventBatch, pop: Population, catalog: Catalog) -> list[bytes]
     return body.tolist()
 
 
-def render(batch: EventBatch, pop: Population, catalog: Catalog) -> list[bytes]:
+def render(batch: EventBatch, pop: Population, catalog: Catalog, rudderstack: bool = False) -> list[bytes]:
+    """`rudderstack`: RudderStack's SDK names in context.library and identify traits in context.traits (as its
+    SDKs send them) instead of top-level traits."""
     n = len(batch)
     if n == 0:
         return []
@@ -176,7 +181,7 @@ def render(batch: EventBatch, pop: Population, catalog: Catalog) -> list[bytes]:
                  b'","sentAt":"', iso_matrix(batch.sa), b'","receivedAt":"', iso_matrix(batch.ra), b'",'])
     typ = TYPE_FRAG[batch.kind].tolist()
     keys, inv = np.unique(batch.user.astype(np.int64) * 4 + batch.dev, return_inverse=True)
-    ident_tab, ctx_tab = device_fragments(pop, keys // 4, (keys % 4).astype(np.uint8))
+    ident_tab, ctx_tab = device_fragments(pop, keys // 4, (keys % 4).astype(np.uint8), RUDDER_UA_FRAG if rudderstack else UA_FRAG)
     variant = np.where(batch.kind == ALIAS, 2, batch.uid.astype(np.int64))
     ident = ident_tab.ravel()[inv.ravel() * 3 + variant].tolist()
     ctx = ctx_tab[inv.ravel()].tolist()
@@ -185,5 +190,8 @@ def render(batch: EventBatch, pop: Population, catalog: Catalog) -> list[bytes]:
     page[page_i] = catalog.page_ctx[batch.content[page_i].astype(np.int64) * len(vocab.REFERRERS) + batch.ref[page_i]]
     consent = CONSENT_LUT[batch.consent.astype(np.int64) + 1].tolist()
     body = _bodies(batch, pop, catalog)
+    if rudderstack:
+        for i in np.flatnonzero(batch.kind == IDENTIFY).tolist():
+            consent[i], body[i] = consent[i] + body[i], b""  # ',"traits":{…}' moves to the end of the context
     return [LINE % t for t in zip(head, typ, ident, ctx, page.tolist(), consent, body)]
 

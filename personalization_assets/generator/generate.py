@@ -22,6 +22,7 @@ from personalization_assets.generator.batch import EventBatch
 from personalization_assets.generator.catalog import Catalog
 from personalization_assets.generator.encode import date_text, epoch_ms
 from personalization_assets.generator.events import render
+from personalization_assets.generator.layouts import Placement, check_layout, server_fields
 from personalization_assets.generator.population import Population
 from personalization_assets.generator.sessions import simulate
 from personalization_assets.generator.writer import Writer
@@ -58,6 +59,8 @@ class GenerationSummary:
     bad_catalog_lines: int = 0
     privacy_requests: int = 0
     event_bytes: int = 0  # uncompressed
+    layout: str = "hive"  # where the events went (generator/layouts.py)
+    source_id: str = "hive"  # the CDP source-id folder of segment-s3 / rudderstack-s3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,14 +77,17 @@ def default_files_per_hour(events: int, days: int) -> int:
 
 def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events: int, seed: int, bad_fraction: float = 0.0,
                           end: dt.date | None = None, days: int = 7, gzip: bool = True,
-                          files_per_hour: int | None = None, all_consent: bool = False) -> GenerationSummary:
+                          files_per_hour: int | None = None, all_consent: bool = False, layout: str = "hive") -> GenerationSummary:
     """`all_consent=True` is the benchmark scenario: every device grants every category at its first
     event, nobody withdraws, no GPC, no privacy requests and no planted cases — so a privacy-aware
-    pipeline keeps every event and its results can be compared with privacy-unaware baselines."""
+    pipeline keeps every event and its results can be compared with privacy-unaware baselines.
+    `layout`: where the event lines go and which server fields they carry (generator/layouts.py): `hive`
+    (default), `segment-s3` or `rudderstack-s3`; the messages are the same whatever the layout."""
     if users < 1 or days < 1 or events < 0:
         raise ValueError("users and days must be >= 1 and events >= 0")
     if not 0.0 <= bad_fraction <= 1.0:
         raise ValueError("bad_fraction must be within [0, 1]")
+    check_layout(layout, gzip)
     end = end or dt.datetime.now(dt.UTC).date()
     if isinstance(end, dt.datetime):
         end = end.date()
@@ -105,7 +111,7 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
         raise ValueError(f"events must be at least {n_planted} (the planted cases alone write that many messages)")
 
     summary = GenerationSummary(root=root, seed=seed, start=date_text(t0 // 86_400_000), end=end.isoformat(), days=days,
-                                planted_events=n_planted, users=pop.n, planted_users=pop.n - users)
+                                planted_events=n_planted, users=pop.n, planted_users=pop.n - users, layout=layout)
     writer = Writer(fs)
     try:
         plan_rng = _rng(seed, 4)
@@ -129,15 +135,22 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
 
         counts = dict.fromkeys(bad_lines.KINDS, 0)
         ext = ".jsonl.gz" if gzip else ".jsonl"
+        placement = Placement(layout, root, ext, fph, seed, days * 24)
+        summary.source_id = placement.source_id
         for h in range(days * 24):
-            _hour(writer, summary, counts, pop, catalog, plant.batch, _rng(seed, 7, h), root, ext, t0 + h * HOUR, fph,
+            _hour(writer, summary, counts, pop, catalog, plant.batch, _rng(seed, 7, h), placement, h, t0 + h * HOUR, fph,
                   int(regular[h]), bad[h])
+        for path in placement.remaining():
+            writer.close(path)
+            summary.event_files += 1
         summary.bad_lines = counts
         summary.duplicates = counts[bad_lines.DUPLICATE]
         summary.good_events = summary.events_written - sum(counts.values())
         manifest = {"seed": seed, "end": end.isoformat(), "days": days, "start": summary.start, "users": users, "events": events,
                     "bad_fraction": bad_fraction, "all_consent": all_consent, "cases": plant.cases, "bad_lines": counts, "bad_crm_rows": summary.bad_crm_rows,
-                    "bad_catalog_lines": summary.bad_catalog_lines}
+                    "bad_catalog_lines": summary.bad_catalog_lines, "layout": layout}
+        if layout != "hive":
+            manifest["source_id"] = placement.source_id
         writer.write_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
     finally:
         writer.finish()
@@ -146,42 +159,38 @@ def generate_landing_zone(fs: pafs.FileSystem, root: str, *, users: int, events:
 
 
 def _hour(writer: Writer, summary: GenerationSummary, counts: dict, pop: Population, catalog: Catalog, planted_batch: EventBatch,
-          rng: np.random.Generator, root: str, ext: str, h0: int, fph: int, n_regular: int, bad: np.ndarray) -> None:
-    """Generate, corrupt and write the files of one receivedAt hour."""
-    day = date_text(h0 // 86_400_000)
-    hh = (h0 // HOUR) % 24
-    folder = f"{root}/events/date={day}/hour={hh:02d}"
-    names = [f"{folder}/events-{day.replace('-', '')}T{hh:02d}{f * 60 // fph:02d}Z-{f:02d}{ext}" for f in range(fph)]
+          rng: np.random.Generator, placement: Placement, h: int, h0: int, fph: int, n_regular: int, bad: np.ndarray) -> None:
+    """Generate, corrupt and write the lines of one receivedAt hour (into the objects the layout places them in)."""
+    names = placement.names(h, h0)
     plant_h = planted_batch.window(h0, h0 + HOUR)
     g = max(1, math.ceil((n_regular + len(plant_h)) / WINDOW_CAP))
     edges = [h0 + HOUR * j // g for j in range(g + 1)]
     sizes = np.diff([n_regular * j // g for j in range(g + 1)])
     bad_w = bad_lines.allocate(rng, bad, sizes) if g > 1 else bad[None, :]
-    touched: set[int] = set()
     for j in range(g):
         per_file = _window(summary, counts, pop, catalog, planted_batch.window(edges[j], edges[j + 1]), rng, edges[j], edges[j + 1],
-                           h0, fph, int(sizes[j]), bad_w[j])
+                           h0, fph, int(sizes[j]), bad_w[j], placement)
         for f, chunk in enumerate(per_file):
             if chunk:
                 data = b"\n".join(chunk) + b"\n"
                 summary.event_bytes += len(data)
                 writer.write(names[f], data)
-                touched.add(f)
-    for f in sorted(touched):
-        writer.close(names[f])
-    summary.event_files += len(touched)
+                placement.written(names[f])
+    for path in placement.complete_after(h):
+        writer.close(path)
+        summary.event_files += 1
 
 
 def _window(summary, counts, pop, catalog, plant_w: EventBatch, rng, a: int, b: int, h0: int, fph: int, m: int,
-            bad: np.ndarray) -> list[list[bytes]]:
-    """The lines of one window, grouped by file."""
+            bad: np.ndarray, placement: Placement) -> list[list[bytes]]:
+    """The lines of one window, grouped by file slot."""
     n_dup = min(int(bad[-1]), max(m - 1, 0))
     gen = simulate(pop, catalog, rng, a, b, m - n_dup)
     batch = EventBatch.concat([gen, plant_w])
     is_planted = np.arange(len(batch)) >= len(gen)
     order = np.argsort(batch.ra, kind="stable")
     batch, is_planted = batch.take(order), is_planted[order]
-    lines = render(batch, pop, catalog)
+    lines = _render(placement, batch, pop, catalog)
 
     # corrupt planned lines (never planted or identity/consent messages; one good line stays for the duplicates)
     eligible = np.flatnonzero(~batch.locked)
@@ -213,7 +222,13 @@ def _window(summary, counts, pop, catalog, plant_w: EventBatch, rng, a: int, b: 
             per_file[f].insert(int(rng.integers(len(per_file[f]) + 1)), lines[s])
             counts[bad_lines.DUPLICATE] += 1
     elif n_dup:  # nothing to duplicate: keep the line count exact with fresh messages instead
-        extra = render(simulate(pop, catalog, rng, a, b, n_dup), pop, catalog)
+        extra = _render(placement, simulate(pop, catalog, rng, a, b, n_dup), pop, catalog)
         per_file[0].extend(extra)
     summary.events_written += sum(len(c) for c in per_file)
     return per_file
+
+
+def _render(placement: Placement, batch: EventBatch, pop: Population, catalog: Catalog) -> list[bytes]:
+    """The spec lines of a batch as the layout's CDP stores them (server fields added; hive: as sent)."""
+    lines = render(batch, pop, catalog, rudderstack=placement.layout == "rudderstack-s3")
+    return server_fields(placement.layout, lines, batch, pop, placement.source_id)

@@ -21,6 +21,7 @@ from personalization_assets.privacy.pseudonymize import (
 )
 from personalization_assets.privacy.quarantine_match import quarantine_match_mask
 from personalization_assets.raw import events_ingest, ingest, reference_ingest
+from personalization_assets.raw.layouts import list_landing, plan_landing
 from personalization_assets.raw.partitions import (
     PARTITION_FMT,
     partition_dict,
@@ -294,6 +295,19 @@ _DEDUP = {"content_catalog": "content_id", "privacy_requests": "request_id"}
 _SUPPRESS_RAW = {"crm_profiles": {"user_id": "id", "email": "email", "phone": "phone"}}
 
 
+def _with_rejected_objects(landing: LandingZone, source: str, rejected, quarantine: pa.Table, read: int) -> tuple[pa.Table, int]:
+    """Landing objects of a reference source that are not read (raw/layouts.py: wrong suffix, ...) are records
+    too: one quarantine row each with the plan's reason and detail and the object's first bytes; they count as read."""
+    if not rejected:
+        return quarantine, read
+    extra = events_ingest.build_quarantine(
+        source,
+        [(r.obj.path, events_ingest.Reject(0, r.reason, r.detail)) for r in rejected],
+        originals={(r.obj.path, 0): landing.read_bytes(r.obj.path)[: events_ingest.MAX_QUARANTINE_BYTES] for r in rejected},
+    )
+    return pa.concat_tables([quarantine, extra]), read + len(rejected)
+
+
 def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model, storage_kind: str, description: str):
     key = dg.AssetKey(["raw", table])
     qkey = dg.AssetKey(["raw", f"{table}_quarantine"])
@@ -313,16 +327,18 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
     )
     def _asset(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
                pseudonymizer: Pseudonymizer):
-        all_files = landing.list_files(landing_dir)
-        files = [f for f in all_files if f.path.endswith(suffixes)]
-        bad_files = [f for f in all_files if f not in files]
+        # every object under landing/<dir>/ is read or quarantined with its reason (raw/layouts.py), '.'/'_' names included
+        plan = plan_landing(list_landing(landing, landing_dir), platform.events_layout)
+        files = plan.reference[landing_dir]
+        rejected = [r for r in plan.rejected if r.source == landing_dir]
+        all_files = sorted([*files, *(r.obj for r in rejected)], key=lambda f: f.path)
         loaded = _load(landing, files)
         with duckdb.get_connection() as con:
             if source == "crm":
                 result = reference_ingest.ingest_crm(con, loaded, platform.max_line_bytes)
             else:
                 result = reference_ingest.ingest_jsonl_source(con, source, loaded, model, platform.max_line_bytes, dedup_key=_DEDUP.get(table))
-            quarantine, read = _with_unsupported(landing, source, suffixes, bad_files, result.quarantine, result.records_read)
+            quarantine, read = _with_rejected_objects(landing, source, rejected, result.quarantine, result.records_read)
             suppressed = load_suppressed(lake)
             raw, n_suppressed = result.raw, 0
             if suppressed and table in _SUPPRESS_RAW and raw.num_rows:

@@ -36,6 +36,7 @@ class PlatformConfig(dg.ConfigurableResource):
     max_line_bytes: int = 32 * 1024
     horizon_days: int = 30
     max_future_minutes: int = 24 * 60
+    events_layout: str = Field(default="auto", description="PERSONALIZATION_EVENTS_LAYOUT: auto | hive | segment-s3 | rudderstack-s3.")
 
 
 def _s3_credentials(settings: Settings) -> dict:
@@ -94,6 +95,7 @@ def build_resources(settings: Settings) -> dict:
             max_line_bytes=settings.max_line_bytes,
             horizon_days=settings.horizon_days,
             max_future_minutes=settings.max_future_minutes,
+            events_layout=settings.events_layout,
         ),
     }
     resources["pseudonymizer"] = pseudonymizer(settings)
