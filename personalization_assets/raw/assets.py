@@ -258,7 +258,8 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                                                   "suppressed": outcome.suppressed})
         context.log.info(f"ingestion: {summary}")
         yield dg.MaterializeResult(asset_key=RAW_MANIFEST, metadata={
-            **summary, "hours": dg.MetadataValue.json(sorted(outcome.hours)[:500]),
+            **summary, "files_read": outcome.objects_read + outcome.objects_quarantined,
+            "hours": dg.MetadataValue.json(sorted(outcome.hours)[:500]),
             "layouts": dg.MetadataValue.json(dict(outcome.layouts)),
         })
         yield dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=outcome.unaccounted_records == 0,
