@@ -219,3 +219,35 @@ def test_two_runs_at_once_equal_one(landing, data_dir):
     # every message once per hour: the repeats of the previous object sit in another hour (dedup is per hour,
     # the features keep one copy per messageId overall)
     assert total == 20 * 400 + 19 * 2
+
+
+def test_reconciliation_fails_when_a_record_or_object_goes_missing(landing, data_dir, monkeypatch):
+    """The checks are computed from the tables actually written: a bug that loses one quarantine row, or an
+    object the manifest never records, is reported (and the blocking check fails the step)."""
+    from tests.helpers import check_results, materialize
+
+    _obj(landing, "events/date=2026-11-28/hour=13/a.jsonl.gz", [_m(0, 13), _m(1, 13)])
+    (landing / "events/date=2026-11-28/hour=13/b.jsonl").write_bytes(b'{"not json\n' + line(_m(2, 13)))
+    real = ingest._quarantine_table
+
+    def lossy(rows):
+        return real(rows[1:])  # drops one rejected line on the floor
+
+    monkeypatch.setattr(ingest, "_quarantine_table", lossy)
+    result = materialize(defs_for_env(), "key:raw/events", raise_on_error=False)
+    assert check_results(result)["raw/events:reconciliation"] is False
+    assert not result.success  # blocking
+
+    monkeypatch.setattr(ingest, "_quarantine_table", real)
+    real_write = ingest._write_manifest
+
+    def forgetful(lake, rows):
+        real_write(lake, {p: r for p, r in rows.items() if not p.endswith("c.jsonl")})
+
+    (landing / "events/date=2026-11-28/hour=14").mkdir()
+    (landing / "events/date=2026-11-28/hour=14/c.jsonl").write_bytes(line(_m(3, 14)))
+
+    monkeypatch.setattr(ingest, "_write_manifest", forgetful)
+    result = materialize(defs_for_env(), "key:raw/events", raise_on_error=False)
+    checks = check_results(result)
+    assert checks["raw/landing_manifest:objects_accounted"] is False
