@@ -241,7 +241,7 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
         originals.files.clear()
     if not to_read and (full_refresh or not lake.exists("raw", MANIFEST_TABLE)):
         _write_manifest(lake, manifest_rows)
-    in_manifest = set(manifest_rows)
+    in_manifest = set(read_manifest(lake)["path"].to_pylist())  # what was durably recorded, not what we meant to record
     outcome.objects_unaccounted = [o.obj.path for o in event_side if o.obj.path not in in_manifest]
     return outcome
 
