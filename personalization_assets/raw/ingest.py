@@ -132,7 +132,8 @@ def pending_objects(landing, lake, events_layout: str) -> list[LandingObject]:
     """Event-side objects (events or quarantined) not yet in the manifest or changed since: what a run would read.
     Cheap (a listing and the manifest); the landing sensor uses it."""
     plan = plan_landing(list_landing(landing), events_layout)
-    known = dict(zip(read_manifest(lake)["path"].to_pylist(), read_manifest(lake)["fingerprint"].to_pylist())) if lake.exists("raw", MANIFEST_TABLE) else {}
+    manifest = read_manifest(lake)
+    known = dict(zip(manifest["path"].to_pylist(), manifest["fingerprint"].to_pylist()))
     candidates = [e.obj for e in plan.events] + [r.obj for r in plan.rejected if r.source in ("events", "landing")]
     return [o for o in candidates if known.get(o.path) != o.fingerprint]
 
