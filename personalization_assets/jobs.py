@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+# steps that find their own stale work and take `full_refresh: true` to rebuild everything
+INCREMENTAL_OPS = ("raw_events",)
 OPERATIONS = dg.AssetSelection.assets(["privacy", "erasure_log"], ["privacy", "retention_log"], ["privacy", "key_rotation_log"])
 
 
@@ -11,7 +13,7 @@ def build_jobs() -> list:
     ingest = dg.define_asset_job(
         "ingest",
         selection=dg.AssetSelection.groups("raw") - OPERATIONS,
-        description="Landing zone -> raw lake (events for the selected hours, reference sources in full).",
+        description="Landing zone -> raw lake (new or changed event objects into the hours they hold, reference sources in full).",
     )
     privacy_requests = dg.define_asset_job(
         "privacy_requests",
@@ -25,5 +27,7 @@ def build_jobs() -> list:
     rotation = dg.define_asset_job("rotate_pseudonym_keys", selection=dg.AssetSelection.assets(["privacy", "key_rotation_log"]),
                                    description="Re-key every pseudonym to PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION (add the new key first).")
     full_refresh = dg.define_asset_job("full_refresh", selection=dg.AssetSelection.all() - OPERATIONS,
-                                       description="Rebuild everything from the landing zone (all event partitions).")
+                                       config={"ops": {op: {"config": {"full_refresh": True}} for op in INCREMENTAL_OPS}},
+                                       description="Rebuild everything from the whole landing zone: the incremental steps forget "
+                                       "what they read and rebuild every hour (`personalization materialize --full-refresh`).")
     return [ingest, privacy_requests, retention, rotation, full_refresh]
