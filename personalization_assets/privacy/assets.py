@@ -414,6 +414,13 @@ class ConsentedEventsConfig(dg.Config):
     full_refresh: bool = Field(default=False, description="Rebuild every hour present in raw/events (and rebuild the state).")
 
 
+class ConsentedCrmConfig(dg.Config):
+    """Run config of consented/crm_profiles."""
+
+    as_of: str | None = Field(default=None, description="Consent is evaluated at this instant, ISO 8601 (no offset = UTC). "
+                              "Default: the end of the last complete landing hour (start of the latest raw/events hour), as for the features.")
+
+
 def _requested_hours(context: dg.AssetExecutionContext, partitions_def: dg.PartitionsDefinition) -> list[str] | None:
     """The hours of an explicit partition range (UI backfill, `materialize --partitions A..B`), else None."""
     tags = context.run.tags
@@ -563,14 +570,21 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
     @dg.asset(
         key=CONSENTED_CRM,
         description="Current CRM profiles, pseudonymized per classification.yaml (names dropped, birth date -> age band), "
-        "only for users with consent for at least one purpose now; `purposes` lists them.",
+        "only for users with consent for at least one purpose at as_of (default: the end of the last complete landing hour, "
+        "as for the features; run config `as_of` overrides it); `purposes` lists them.",
         group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"},
         deps=[RAW_CRM, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST],
         metadata={"privacy/tier": "consented",
                   "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "crm_profiles", "columns": ["user_pseudonym", "email_pseudonym"]}},
     )
-    def consented_crm_profiles(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    def consented_crm_profiles(context: dg.AssetExecutionContext, config: ConsentedCrmConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                               pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+        from personalization_assets.features.params import resolve_as_of
+
         policy = get_policy()
+        # consent is checked at the same cutoff the features use (one rule: features/params.py resolve_as_of)
+        as_of, as_of_source = resolve_as_of(config.as_of, lake, context.log)
+        as_of_sql = f"TIMESTAMPTZ '{as_of.strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'"
         auditor(context, lake, platform, CONSENTED_CRM).record([("raw/crm_profiles", None, None)])
         with duckdb.get_connection() as con:
             _register_privacy_views(con, lake)
@@ -580,10 +594,10 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             con.execute(f"create or replace temp table __crm as select {', '.join(selects)} from crm_current r {' '.join(joins)}")
             text_stats = protect_text_columns(con, "__crm", policy.columns["crm_profiles"])
             table = con.sql(
-                """select c.*, list(s.purpose order by s.purpose) as purposes
+                f"""select c.*, list(s.purpose order by s.purpose) as purposes
                    from __crm c
                    join consent_state s on s.consent_subject = c.user_pseudonym and s.status = 'granted'
-                        and s.valid_from <= now() and (s.valid_to is null or s.valid_to > now())
+                        and s.valid_from <= {as_of_sql} and (s.valid_to is null or s.valid_to > {as_of_sql})
                    where c.user_pseudonym not in (select identifier from suppression)
                      and coalesce(c.email_pseudonym, '') not in (select identifier from suppression)
                    group by all order by c.user_pseudonym"""
@@ -591,6 +605,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             total = con.execute("select count(*) from __crm").fetchall()[0][0]
         written = lake.write_table("consented", "crm_profiles", table)
         return dg.MaterializeResult(metadata=_write_metadata(written, {"current_profiles": int(total), "excluded_no_consent_or_suppressed": int(total - table.num_rows),
+                                                                       "as_of": as_of.isoformat(), "as_of_source": as_of_source,
                                                                        **text_metadata(text_stats)}))
 
     @dg.asset(
