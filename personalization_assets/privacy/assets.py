@@ -505,8 +505,13 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             _register_privacy_views(con, lake)
             cstate.current_signatures(con)
             state = cstate.load_state(lake)
+            requested = _requested_hours(context, partitions_def)
+            events_selected = CONSENTED_EVENTS in context.selected_asset_keys
+            # a partitioned run that selected consented/events yields its output (one materialization per hour of the
+            # range, as before); otherwise each hour written is logged as a runtime materialization
+            range_output = events_selected and requested is not None and not config.full_refresh
             plan = cstate.plan(con, lake, state, policy=policy, active_key_version=key_version,
-                               requested=_requested_hours(context, partitions_def), full_refresh=config.full_refresh,
+                               requested=requested, full_refresh=config.full_refresh,
                                valid_key=valid_key, raw_retention_days=retention.days if retention else None)
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")
@@ -530,11 +535,15 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
                     split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
                     # this hour's own figures on its own materialization (run totals: run tags)
-                    context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata={
+                    hour_md = {
                         "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": part_raw.num_rows,
                         "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
                         "key_version": key_version, "build_mode": plan.mode,
-                    }))
+                    }
+                    if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
+                        context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
+                    else:
+                        context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
                     if part_out.num_rows > part_raw.num_rows:
                         violations.append(pk)
                     if sum(t.num_rows for t in sample) < 200_000:
@@ -562,6 +571,13 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 "raw_rows_read": totals["raw_rows"], "rows_written": totals["kept"], "state_rows": new_state.num_rows,
                 "path": written.path, "key_version": key_version, **text_metadata(text_totals),
             })
+        if events_selected:
+            # Without an output, Dagster skips every step downstream of consented/events in this run (features in a
+            # whole-pipeline run). In a run without partition tags this output carries no partition: the hours
+            # themselves are the runtime materializations logged above.
+            yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS, metadata={
+                "build_mode": plan.mode, "hours_written": len(plan.build), "hours_deleted": len(plan.delete),
+                "key_version": key_version, **text_metadata(text_totals)})
         sample_table = pa.concat_tables(sample) if sample else CONSENTED_EVENT_SCHEMA.empty_table()
         yield from _emit_check(context, model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(sample_table))
         yield from _emit_check(context, dg.AssetCheckResult(asset_key=CONSENTED_EVENTS, check_name="consented_le_raw", passed=not violations,

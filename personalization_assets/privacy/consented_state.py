@@ -4,8 +4,7 @@ One small Parquet table, `consented/events_state` (the `consented/events_state` 
 run. Its rows have a `record` kind:
 
 * ``hour``: one per built consented hour — the partition key and the fingerprint of the raw/events
-  partition file it was built from (size + mtime locally, size + ETag on S3: listing metadata, no data
-  read). `raw_size = -1` marks an hour as dirty (must be rebuilt on the next run).
+  partition file it was built from (size + mtime, from the lake API's listing: no data read). `raw_size = -1` marks an hour as dirty (must be rebuilt on the next run).
 * ``key``: the identifier -> hours index: per built hour, every pseudonym its raw rows carry in the columns
   consent resolution and suppression look at (user, anonymous, email pseudonyms) and the consent subject
   each row resolved to. Maintained from the rebuilt hours only.
@@ -34,7 +33,7 @@ import duckdb
 import pyarrow as pa
 
 from personalization_assets.raw.partitions import PARTITION_FMT, partition_key_for_path
-from personalization_assets.resources.storage import DATA_FILE, LakeStorage
+from personalization_assets.resources.storage import LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
 STATE_SCHEMA = pa.schema([
@@ -52,22 +51,14 @@ DIRTY = -1
 @dataclass(frozen=True)
 class RawHour:
     size: int
-    version: str  # mtime_ns locally, ETag on S3
+    version: str  # mtime in ns (S3: LastModified)
 
 
 def raw_fingerprints(lake: LakeStorage) -> dict[str, RawHour]:
-    """Partition key -> fingerprint of each raw/events partition file, from the listing alone."""
-    base = lake.table_dir("raw", "events")
+    """Partition key -> fingerprint (size, mtime) of each raw/events partition file, from the listing alone
+    (the lake API's listing: local stat, S3 ListObjects size + LastModified). A partition is one object
+    replaced atomically, so a rewrite changes its mtime."""
     out: dict[str, RawHour] = {}
-    if lake.is_s3:
-        bucket, _, prefix = lake.full_path(base).partition("/")
-        pages = lake.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-        for page in pages:
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if key.endswith("/" + DATA_FILE) and (pk := partition_key_for_path(key)):
-                    out[pk] = RawHour(int(obj["Size"]), str(obj.get("ETag", "")).strip('"') or str(obj["LastModified"].timestamp()))
-        return out
     for f in lake.partition_files("raw", "events"):
         pk = partition_key_for_path(f.path)
         if pk:

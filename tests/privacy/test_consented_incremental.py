@@ -272,7 +272,7 @@ def test_key_rotation_between_runs(first_landing, data_dir, tmp_path, monkeypatc
 
 
 def test_on_s3_fingerprints_come_from_the_listing(s3_env, monkeypatch):
-    """Landing and lake on the moto S3 server: a tick without changes builds nothing (ETag + size are stable),
+    """Landing and lake on the moto S3 server: a tick without changes builds nothing (size + LastModified are stable),
     an object re-delivered into an ingested hour rebuilds exactly that hour."""
     monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": KEY_V1}))
     client, bucket = s3_env["client"], s3_env["bucket"]
