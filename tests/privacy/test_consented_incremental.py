@@ -292,3 +292,13 @@ def test_on_s3_fingerprints_come_from_the_listing(s3_env, monkeypatch):
     md = _tick(defs, (H11, H11))
     assert md["hours_built_list"] == [H11] and md["stale_hours_by_reason"]["raw_new_or_changed"] == 1
     assert "m-steady-3" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
+
+
+def test_a_run_without_partition_tags_does_not_skip_what_is_downstream(first_landing):
+    """consented/events is skippable: a run that selects it and its downstream (features) without partition
+    tags must still run the features (Dagster skips the steps downstream of an output never yielded)."""
+    defs = first_landing
+    result = _ok(materialize(defs, "key:consented/events or group:features"))
+    md = materializations(result)
+    assert "features/user_rfm" in md
+    assert md["consented/events"]["hours_written"] == 0, "nothing was stale"
