@@ -157,8 +157,10 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table, *, 
     retire: set[str] = set()
     if raw_retention_days is not None:
         cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=raw_retention_days)
-        retire = {h for h in gone if datetime.strptime(h, PARTITION_FMT).replace(tzinfo=timezone.utc) + timedelta(hours=1) <= cutoff}
-    delete = gone - retire
+        expired = {h for h in gone if datetime.strptime(h, PARTITION_FMT).replace(tzinfo=timezone.utc) + timedelta(hours=1) <= cutoff}
+        retire = expired & set(stored_hours)  # leave the state once; the consented hour stays to its own retention
+        gone -= expired
+    delete = gone
 
     if full_refresh:
         mode, build = "full_refresh", set(raw)

@@ -302,3 +302,32 @@ def test_a_run_without_partition_tags_does_not_skip_what_is_downstream(first_lan
     md = materializations(result)
     assert "features/user_rfm" in md
     assert md["consented/events"]["hours_written"] == 0, "nothing was stale"
+
+
+def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landing):
+    """Raw lives 30 days, the consented tier 13 months: a raw hour the retention job removed leaves the state,
+    and its consented hour stays (deleting it would cut the consented retention to the raw one)."""
+    from datetime import datetime, timezone
+
+    import duckdb
+
+    from personalization_assets.privacy import consented_state as cstate
+    from personalization_assets.privacy.assets import _register_privacy_views
+    from personalization_assets.privacy.policies import get_policy
+
+    defs = first_landing
+    lake = defs.resources["lake"]
+    lake.delete_partition("raw", "events", {"date": "2026-11-28", "hour": "10"})
+    con = duckdb.connect()
+    _register_privacy_views(con, lake)
+    cstate.current_signatures(con)
+    state = cstate.load_state(lake)
+    kwargs = dict(policy=get_policy(), active_key_version="1", requested=None, full_refresh=False, valid_key=lambda pk: True,
+                  raw_retention_days=30)
+    soon = cstate.plan(con, lake, state, now=datetime(2026, 12, 5, tzinfo=timezone.utc), **kwargs)
+    assert soon.delete == [H10] and soon.retire == [], "within the raw retention: the raw hour was removed on purpose"
+    later = cstate.plan(con, lake, state, now=datetime(2027, 1, 15, tzinfo=timezone.utc), **kwargs)
+    assert later.delete == [] and later.retire == [H10] and later.build == []
+    after = cstate.new_state(con, state, later, pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())}), get_policy())
+    assert H10 not in {r["hour"] for r in after.to_pylist() if r["record"] in ("hour", "key")}
+    assert H11 in {r["hour"] for r in after.to_pylist() if r["record"] == "key"}
