@@ -3,7 +3,11 @@
 * raw/*              — not automated here: the landing-arrival sensor requests exactly the changed hours.
 * privacy/* (state)  — `derived_state`: as soon as an upstream raw table changed, not while one is running,
                        never past a failed blocking check (consent state must follow the ledger quickly).
-* consented/events   — `partition_follows_raw`: the hour whose raw partition changed, and only that hour.
+* consented/events_state — `consented_follows_upstream`: the unpartitioned step that writes consented/events
+                       (privacy/assets.py `consented_events`) runs as soon as a raw/events hour is materialized
+                       (also runtime materializations logged by the unpartitioned ingestion step) or a privacy
+                       input changed; it finds its own stale hours. consented/events itself (hourly,
+                       skippable) has no condition: requesting it would request every hour.
 * features/*, segments/* — `freshness_driven`: when the asset's freshness policy is failing or about to
                        fail (WARN) AND an upstream has new data since the asset was last requested, never
                        while it or an upstream is in progress, never past a failed blocking check.
@@ -23,13 +27,16 @@ def derived_state() -> dg.AutomationCondition:
     return ((_NEW_UPSTREAM | AC.missing().newly_true()) & ~AC.any_deps_missing() & _SAFE).with_label("derived_state")
 
 
-def partition_follows_raw() -> dg.AutomationCondition:
-    raw_updated = (
-        AC.any_deps_match(AC.newly_updated())
-        .allow(dg.AssetSelection.assets(["raw", "events"]))
-        .since(AC.newly_requested() | AC.newly_updated())
-    ).with_label("raw_partition_updated")
-    return (raw_updated & _SAFE).with_label("partition_follows_raw")
+def consented_follows_upstream() -> dg.AutomationCondition:
+    """For the unpartitioned state of the consented step. `any_deps_updated` of an unpartitioned asset sees every
+    partition of raw/events, so an hour ingested at runtime (`AssetMaterialization(partition=...)`) counts.
+    Not `derived_state`: `any_deps_missing` is true as long as one hour of raw/events was never ingested."""
+    raw_or_privacy_updated = AC.any_deps_updated().since(AC.newly_requested() | AC.newly_updated()).with_label("raw_hour_or_privacy_input_updated")
+    # blocking checks of the privacy inputs (ledger chain, consent state) must have passed; raw/events is left out:
+    # over an unpartitioned target it means every hour of history, most of which was never ingested
+    checks = AC.all_deps_blocking_checks_passed().ignore(dg.AssetSelection.assets(["raw", "events"])).with_label("privacy_inputs_checks_passed")
+    safe = (~AC.in_progress() & ~AC.any_deps_in_progress() & checks).with_label("safe_to_run")
+    return ((raw_or_privacy_updated | AC.missing().newly_true()) & safe).with_label("consented_follows_upstream")
 
 
 def freshness_driven() -> dg.AutomationCondition:
@@ -45,8 +52,10 @@ def condition_for(key: dg.AssetKey) -> dg.AutomationCondition | None:
     name = key.to_user_string()
     if layer == "raw" or name in ("privacy/erasure_log", "privacy/retention_log", "privacy/key_rotation_log", "privacy/access_audit_log"):
         return None
+    if name == "consented/events_state":
+        return consented_follows_upstream()
     if name == "consented/events":
-        return partition_follows_raw()
+        return None  # written by the step of consented/events_state (see above)
     if layer in ("privacy", "consented"):
         return derived_state()
     if layer in ("features", "segments", "warehouse", "exports"):

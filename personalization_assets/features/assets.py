@@ -8,6 +8,7 @@ features/sql.py; this module only wires lake I/O, metadata and checks. Definitio
 
 import time
 from contextlib import contextmanager
+from datetime import datetime
 
 import dagster as dg
 from pydantic import Field
@@ -16,7 +17,7 @@ from personalization_assets.checks.pandera_checks import model_check, table_sche
 from personalization_assets.features import checks as feature_checks
 from personalization_assets.features.inputs import arrow_schema, consent_state_schema, consented_events_schema
 from personalization_assets.features.models import FEATURE_MODELS, EventsClean
-from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of
+from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of, resolve_as_of
 from personalization_assets.features.sql import (
     DERIVED,
     TABLES,
@@ -85,7 +86,8 @@ class FeatureConfig(dg.Config):
 
     as_of: str | None = Field(
         default=None,
-        description="Cutoff, ISO 8601 (no offset = UTC). Default: now (UTC) truncated to the second. "
+        description="Cutoff, ISO 8601 (no offset = UTC). Default: the end of the last complete landing hour, i.e. the "
+        "start of the latest hour partition present in raw/events (two runs over the same landing give the same features). "
         "Events with timestamp or received_at after it are not used; consent is evaluated at it.",
     )
     late_bound_days: int = Field(default=3, description="Events with timestamp < landing_hour - this many days are rejected.")
@@ -95,9 +97,10 @@ class FeatureConfig(dg.Config):
     rfm_window_days: int = Field(default=90, description="Window of frequency and monetary: (as_of - days, as_of].")
     half_life_days: float = Field(default=14.0, description="Half-life of an engagement event's weight in content_affinity.")
 
-    def to_params(self) -> FeatureParams:
+    def to_params(self, default_as_of: datetime | None = None) -> FeatureParams:
+        """`default_as_of` applies when no as_of is configured (the build passes `resolve_as_of`'s value)."""
         return FeatureParams(
-            as_of=parse_as_of(self.as_of),
+            as_of=parse_as_of(self.as_of, now=default_as_of),
             late_bound_days=self.late_bound_days,
             max_links=self.max_links,
             session_gap_minutes=self.session_gap_minutes,
@@ -179,8 +182,9 @@ def build_feature_assets() -> list:
         retry_policy=STORAGE_RETRY,
     )
     def feature_tables(context: dg.AssetExecutionContext, config: FeatureConfig, lake: LakeStorage, duckdb: DuckDBEngine):
-        params = config.to_params()
-        context.log.info(f"building features as of {params.as_of_iso}")
+        as_of, as_of_source = resolve_as_of(config.as_of, lake, context.log)
+        params = config.to_params(default_as_of=as_of)
+        context.log.info(f"building features as of {params.as_of_iso} ({as_of_source})")
         policy = feature_checks.load_identifier_policy()
         written: dict[str, WriteResult] = {}
         timer = _StageTimer()
@@ -241,7 +245,7 @@ def build_feature_assets() -> list:
         }
         extra["events_clean"]["stage_seconds"] = dg.MetadataValue.json(timer.seconds)
         for table in TABLES:
-            yield _result(table, written[table], params, extra.get(table, {}))
+            yield _result(table, written[table], params, {"as_of_source": as_of_source, **extra.get(table, {})})
 
         yield from schema_results
         for table in TABLES:

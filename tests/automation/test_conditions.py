@@ -15,7 +15,7 @@ import pytest
 from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
 from dagster._time import get_current_timestamp
 
-from personalization_assets.automation.conditions import freshness_driven, partition_follows_raw
+from personalization_assets.automation.conditions import consented_follows_upstream, freshness_driven
 
 CHECK_OK = {"value": True}
 
@@ -108,9 +108,11 @@ def test_definitions_wiring(data_dir):
     from tests.helpers import defs_for_env
 
     g = defs_for_env().resolve_asset_graph()
-    node = g.get(dg.AssetKey(["consented", "events"]))
-    assert node.automation_condition.get_label() == partition_follows_raw().get_label()
-    assert node.freshness_policy is not None
+    node = g.get(dg.AssetKey(["consented", "events_state"]))
+    assert node.automation_condition.get_label() == consented_follows_upstream().get_label()
+    # the hourly consented/events has none: requesting it would request every hour of history
+    assert g.get(dg.AssetKey(["consented", "events"])).automation_condition is None
+    assert g.get(dg.AssetKey(["consented", "events"])).freshness_policy is not None
     assert g.get(dg.AssetKey(["raw", "events"])).automation_condition is None  # the landing sensor drives raw
 
 
@@ -122,3 +124,39 @@ def test_freshness_policies_respect_dagster_minimums_at_any_scale(scale, monkeyp
     for layer in freshness.LAYER_DEFAULTS:
         policy = freshness.policy_for(dg.AssetKey([layer, "x"]))
         assert policy.fail_window.to_timedelta() > policy.warn_window.to_timedelta() >= timedelta(minutes=1)
+
+
+def test_runtime_raw_hour_requests_the_unpartitioned_consented_step(data_dir):
+    """The ingestion step logs `AssetMaterialization(raw/events, partition=hour)` at runtime: the next tick
+    requests consented/events_state (the step that finds its stale hours) once, and no hour of consented/events;
+    never past a failed blocking check of a privacy input."""
+    from tests.helpers import defs_for_env
+
+    defs = defs_for_env()
+    graph = defs.resolve_asset_graph()
+    state, events = dg.AssetKey(["consented", "events_state"]), dg.AssetKey(["consented", "events"])
+    selection = dg.AssetSelection.assets(state, events)
+
+    def report(instance, key, passed=True):
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+        for check in graph.get(key).check_keys:
+            instance.report_runless_asset_event(dg.AssetCheckEvaluation(asset_key=key, check_name=check.name, passed=passed))
+
+    def tick(instance, cursor):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, asset_selection=selection)
+
+    with dg.instance_for_test() as instance:
+        for key in graph.get(state).parent_keys:
+            if key.path[0] == "privacy":
+                report(instance, key)
+        r = tick(instance, tick(instance, None).cursor)
+        assert r.get_num_requested(state) == 0, "nothing new upstream"
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["raw", "events"]), partition="2026-11-28-13:00"))
+        r = tick(instance, r.cursor)
+        assert r.get_num_requested(state) == 1
+        assert r.get_num_requested(events) == 0
+        r = tick(instance, r.cursor)
+        assert r.get_num_requested(state) == 0, "requested once"
+        report(instance, dg.AssetKey(["privacy", "consent_state"]), passed=False)
+        r = tick(instance, r.cursor)
+        assert r.get_num_requested(state) == 0, "never past a failed blocking check of consent_state"

@@ -1,0 +1,221 @@
+"""What `consented/events` was built from, so that an unpartitioned step can find its own stale hours.
+
+One small Parquet table, `consented/events_state` (the `consented/events_state` asset), written whole by each
+run. Its rows have a `record` kind:
+
+* ``hour``: one per built consented hour — the partition key and the fingerprint of the raw/events
+  partition file it was built from (size + mtime, from the lake API's listing: no data read). `raw_size = -1` marks an hour as dirty (must be rebuilt on the next run).
+* ``key``: the identifier -> hours index: per built hour, every pseudonym its raw rows carry in the columns
+  consent resolution and suppression look at (user, anonymous, email pseudonyms) and the consent subject
+  each row resolved to. Maintained from the rebuilt hours only.
+* ``sig``: per identifier of the privacy inputs (identity links, consent state, suppression list), what a
+  build depends on: `resolved_subject` (an anonymous identifier's consent subject in identity_links) and
+  `digest` = md5 of (the subject's jurisdiction, its consent intervals, suppressed or not). Values that are
+  pseudonyms are stored as such (never hashed), and the digest holds none: the key rotation job re-keys
+  this table with the rest of the consented tier, and a rotation then changes no signature.
+* ``meta``: the fingerprint of the events column policy (classification.yaml) the hours were built with.
+
+A run compares the current signatures with the stored ones (a DuckDB join over identifiers, no event read),
+and the hours to rebuild are: raw hours new or changed, hours holding an identifier whose signature changed,
+every hour when the pseudonym key version changed without the rotation job (the index still holds
+pseudonyms of another version) or the column policy changed. Raw hours gone are deleted from the
+consented tier (unless the raw retention removed them: then the consented hour lives on to its own
+retention and leaves the state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import pyarrow as pa
+
+from personalization_assets.raw.partitions import PARTITION_FMT, partition_key_for_path
+from personalization_assets.resources.storage import LakeStorage
+
+LAYER, TABLE = "consented", "events_state"
+STATE_SCHEMA = pa.schema([
+    ("record", pa.string()),
+    ("hour", pa.string()),
+    ("key", pa.string()),
+    ("resolved_subject", pa.string()),
+    ("digest", pa.string()),
+    ("raw_size", pa.int64()),
+    ("raw_version", pa.string()),
+])
+DIRTY = -1
+
+
+@dataclass(frozen=True)
+class RawHour:
+    size: int
+    version: str  # mtime in ns (S3: LastModified)
+
+
+def raw_fingerprints(lake: LakeStorage) -> dict[str, RawHour]:
+    """Partition key -> fingerprint (size, mtime) of each raw/events partition file, from the listing alone
+    (the lake API's listing: local stat, S3 ListObjects size + LastModified). A partition is one object
+    replaced atomically, so a rewrite changes its mtime."""
+    out: dict[str, RawHour] = {}
+    for f in lake.partition_files("raw", "events"):
+        pk = partition_key_for_path(f.path)
+        if pk:
+            out[pk] = RawHour(f.size, str(f.mtime_ns))
+    return out
+
+
+def consented_hours(lake: LakeStorage) -> set[str]:
+    return {pk for f in lake.partition_files("consented", "events") if (pk := partition_key_for_path(f.path))}
+
+
+def policy_fingerprint(policy) -> str:
+    cols = policy.columns["events"]
+    text = policy.version + "|" + repr(sorted((name, repr(cp)) for name, cp in cols.items()))
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+SIGNATURES_SQL = """
+with anon as (select identifier as key, any_value(consent_subject) as resolved_subject
+              from identity where identifier_kind = 'anonymous' group by 1),
+     jur as (select consent_subject as key, any_value(jurisdiction) as jurisdiction from identity group by 1),
+     cs as (select consent_subject as key,
+                   md5(string_agg(concat_ws('|', purpose, status, epoch_us(valid_from)::varchar, coalesce(epoch_us(valid_to)::varchar, '-')), ';'
+                                  order by purpose, valid_from, status, valid_to)) as intervals
+            from consent_state group by 1),
+     sup as (select distinct identifier as key from suppression),
+     keys as (select key from anon union select key from jur union select key from cs union select key from sup)
+select k.key, a.resolved_subject,
+       md5(concat_ws('|', coalesce(j.jurisdiction, '-'), coalesce(cs.intervals, '-'), (s.key is not null)::varchar)) as digest
+from keys k left join anon a using (key) left join jur j using (key) left join cs using (key) left join sup s using (key)
+where k.key is not null
+"""
+
+
+def current_signatures(con: duckdb.DuckDBPyConnection) -> None:
+    """Temp table `__sig_new(key, resolved_subject, digest)` from the views identity, consent_state, suppression."""
+    con.execute(f"create or replace temp table __sig_new as {SIGNATURES_SQL}")
+
+
+@dataclass
+class Plan:
+    """What one run does."""
+
+    mode: str  # incremental | range | full_refresh
+    build: list[str]  # hours to (re)build, sorted
+    delete: list[str]  # consented hours to delete (their raw hour is gone)
+    retire: list[str]  # hours leaving the state (raw removed by retention; the consented hour stays)
+    dirty: list[str]  # stale hours outside an explicit range: rebuilt by the next run
+    raw: dict[str, RawHour]
+    reasons: dict[str, int] = field(default_factory=dict)  # why hours were stale (counts, for metadata)
+
+
+def load_state(lake: LakeStorage) -> pa.Table:
+    if not lake.exists(LAYER, TABLE):
+        return STATE_SCHEMA.empty_table()
+    return lake.read_table(LAYER, TABLE).select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
+
+
+def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table, *, policy, active_key_version: str,
+         requested: list[str] | None, full_refresh: bool, valid_key, raw_retention_days: int | None,
+         now: datetime | None = None) -> Plan:
+    """Decide the hours to build/delete. Needs the privacy views loaded and `__sig_new` computed."""
+    raw = {pk: fp for pk, fp in raw_fingerprints(lake).items() if valid_key(pk)}
+    con.register("__state", state)
+    stored_hours = {h: RawHour(s, v) for h, s, v in con.execute(
+        "select hour, raw_size, raw_version from __state where record = 'hour'").fetchall()}
+    present = consented_hours(lake)
+    reasons: dict[str, int] = {}
+
+    stale: set[str] = set()
+    new_or_changed = {pk for pk, fp in raw.items() if stored_hours.get(pk) != fp}
+    reasons["raw_new_or_changed"] = len(new_or_changed)
+    stale |= new_or_changed
+    # signatures that changed since the hours holding them were built: resolution, jurisdiction, consent, suppression
+    changed_hours = {h for (h,) in con.execute(
+        """with old as (select key, resolved_subject, digest from __state where record = 'sig'),
+                changed as (select coalesce(n.key, o.key) as key from __sig_new n full outer join old o on n.key = o.key
+                            where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject
+                                  or n.digest is distinct from o.digest)
+           select distinct s.hour from __state s semi join changed c on s.key = c.key where s.record = 'key'"""
+    ).fetchall()}
+    reasons["privacy_inputs_changed"] = len(changed_hours - new_or_changed)
+    stale |= changed_hours
+    # pseudonyms of another key version in the index: the key changed without the rotation job re-keying this tier
+    other_version = con.execute(
+        "select count(*) from __state where record in ('key', 'sig') and key not like ?", [f"v{active_key_version}:%"]
+    ).fetchall()[0][0]
+    meta = [d for (d,) in con.execute("select digest from __state where record = 'meta'").fetchall()]
+    policy_changed = bool(stored_hours) and meta != [policy_fingerprint(policy)]
+    if other_version or policy_changed:
+        reasons["key_version_changed" if other_version else "column_policy_changed"] = len(raw)
+        stale |= set(raw)
+    stale &= set(raw)
+
+    gone = (set(stored_hours) | present) - set(raw)
+    retire: set[str] = set()
+    if raw_retention_days is not None:
+        cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=raw_retention_days)
+        expired = {h for h in gone if datetime.strptime(h, PARTITION_FMT).replace(tzinfo=timezone.utc) + timedelta(hours=1) <= cutoff}
+        retire = expired & set(stored_hours)  # leave the state once; the consented hour stays to its own retention
+        gone -= expired
+    delete = gone
+
+    if full_refresh:
+        mode, build = "full_refresh", set(raw)
+    elif requested is not None:
+        # exactly the requested hours: built, or deleted when their raw hour is gone
+        mode, build = "range", set(requested) & set(raw)
+        delete, retire = delete & set(requested), retire & set(requested)
+    else:
+        mode, build = "incremental", stale
+    dirty = stale - build if mode == "range" else set()
+    return Plan(mode=mode, build=sorted(build), delete=sorted(delete), retire=sorted(retire - set(build)),
+                dirty=sorted(dirty), raw=raw, reasons=reasons)
+
+
+def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None) -> str:
+    """(landing_hour epoch µs, key) of the rows `consent_events` just processed (temp tables __cev, __cev_subject)."""
+    cols = [user_col, anon_col] + ([email_col] if email_col else [])
+    parts = [f'select landing_hour, "{c}" as key from __cev' for c in cols]
+    parts.append("select c.landing_hour, s.consent_subject from __cev c join __cev_subject s using (__row)")
+    return ("select distinct epoch_us(landing_hour) as hour_us, key from (" + " union all ".join(parts) + ") where key is not null")
+
+
+def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table, p: Plan, keys: pa.Table, policy) -> pa.Table:
+    """The state after this run: hours built get their fingerprint and index rows; deleted/retired hours
+    leave; dirty hours are marked; signatures become the current ones (`__sig_new`)."""
+    replaced = set(p.build) | set(p.delete) | set(p.retire)
+    built = pa.table({"hour": pa.array(p.build, pa.string()),
+                      "raw_size": pa.array([p.raw[h].size for h in p.build], pa.int64()),
+                      "raw_version": pa.array([p.raw[h].version for h in p.build], pa.string())})
+    con.register("__state_old", state)
+    con.register("__built", built)
+    con.register("__keys", keys)
+    con.register("__replaced", pa.table({"hour": pa.array(sorted(replaced), pa.string())}))
+    con.register("__dirty", pa.table({"hour": pa.array(p.dirty, pa.string())}))
+    try:
+        out = con.sql(
+            f"""
+            select 'meta' as record, null::varchar as hour, null::varchar as key, null::varchar as resolved_subject,
+                   '{policy_fingerprint(policy)}' as digest, null::bigint as raw_size, null::varchar as raw_version
+            union all
+            select 'hour', hour, null, null, null, case when hour in (select hour from __dirty) then {DIRTY} else raw_size end, raw_version
+            from __state_old where record = 'hour' and hour not in (select hour from __replaced)
+            union all
+            select 'hour', hour, null, null, null, raw_size, raw_version from __built
+            union all
+            select 'key', hour, key, null, null, null, null
+            from __state_old where record = 'key' and hour not in (select hour from __replaced)
+            union all
+            select 'key', hour, key, null, null, null, null from __keys
+            union all
+            select 'sig', null, key, resolved_subject, digest, null, null from __sig_new
+            order by record, hour, key
+            """
+        ).arrow().read_all()
+    finally:
+        for name in ("__state_old", "__built", "__keys", "__replaced", "__dirty"):
+            con.unregister(name)
+    return out.cast(STATE_SCHEMA)

@@ -1,0 +1,333 @@
+"""The consented tier updated incrementally is exactly a rebuild from scratch.
+
+`consented/events` is written by the unpartitioned step `consented_events` (state `consented/events_state`),
+which finds its own stale hours. Each scenario below changes an OLD consented hour through data that lands in
+a NEW hour, so a naive "build only the new raw hours" step leaves wrong rows behind:
+
+* a login (identify) arriving later stitches earlier anonymous events to a consented user;
+* a late consent grant and a late withdrawal, both with an old effective time;
+* an erasure request arriving after the subject's events;
+* a raw hour rewritten because a re-delivered object landed in its folder;
+* a pseudonym key rotation between runs (with the rotation job, and without it).
+
+Lake states are built with the real pipeline (raw + privacy assets on a first landing, then files added
+and the assets run again) and compared, row for row, with a fresh lake built once over the union.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from tests.helpers import check_results, defs_for_env, materialize, materializations
+
+H10, H11, H12 = "2026-11-28-10:00", "2026-11-28-11:00", "2026-11-28-12:00"
+KEY_V1 = "1f" * 32
+RAW = "key:raw/events"
+PRIVACY = " or ".join(f"key:{k}" for k in (
+    "raw/crm_profiles", "raw/privacy_requests", "privacy/identity_links", "privacy/consent_ledger",
+    "privacy/consent_state", "privacy/suppression_list"))
+STATE = "key:consented/events_state"
+DE = {"country": "DE"}
+ALL = {"personalization": True, "analytics": True, "advertising": True, "marketing": True, "data_sharing": True, "performance": True}
+NONE = {k: False for k in ALL}
+
+
+def _msg(mid, hour, minute, user=None, anon=None, event="Content Viewed", prefs=None, mtype="track", received=None):
+    ts = f"2026-11-28T{hour:02d}:{minute:02d}:00.000Z"
+    context = {"locale": "de-DE", "location": DE}
+    if prefs is not None:
+        context["consent"] = {"categoryPreferences": prefs}
+    m = {"messageId": mid, "type": mtype, "anonymousId": anon or f"anon-of-{user}", "timestamp": ts, "sentAt": ts,
+         "receivedAt": received or ts, "context": context}
+    if mtype == "track":
+        m.update(event=event, properties={"content_id": "c-1", "category": "news"})
+    if user:
+        m["userId"] = user
+    return m
+
+
+def _grant(mid, hour, minute, user, prefs=ALL, received=None):
+    return _msg(mid, hour, minute, user=user, event="Segment Consent Preference Updated", prefs=prefs, received=received)
+
+
+FIRST = {  # landing folder hour -> file name -> messages
+    10: {"a.jsonl": [
+        _grant("g-stitch", 10, 1, "u-stitch"),
+        _msg("m-anon-1", 10, 30, anon="anon-s"), _msg("m-anon-2", 10, 31, anon="anon-s"),
+        _msg("m-late-1", 10, 30, user="u-late"),
+        _grant("g-wd", 10, 0, "u-wd"), _msg("m-wd-1", 10, 30, user="u-wd"),
+        _grant("g-erase", 10, 0, "u-erase"), _msg("m-erase-1", 10, 30, user="u-erase"),
+        _grant("g-steady", 10, 0, "u-steady"), _msg("m-steady-1", 10, 40, user="u-steady"),
+    ]},
+    11: {"a.jsonl": [
+        _msg("m-wd-2", 11, 30, user="u-wd"), _msg("m-erase-2", 11, 30, user="u-erase"),
+        _msg("m-steady-2", 11, 30, user="u-steady"), _msg("m-anon-3", 11, 10, anon="anon-s"),
+    ]},
+}
+SECOND = {
+    # a re-delivered / late object lands in an hour already ingested
+    11: {"b.jsonl": [_msg("m-steady-3", 11, 45, user="u-steady")]},
+    12: {"a.jsonl": [
+        # the login that stitches anon-s to u-stitch (consented since 10:01)
+        _msg("m-login", 12, 5, user="u-stitch", anon="anon-s", mtype="identify"),
+        # late consent decisions with old effective times, delivered in hour 12
+        _grant("g-late", 10, 1, "u-late", received="2026-11-28T12:00:00.000Z"),
+        _grant("w-wd", 11, 0, "u-wd", prefs=NONE, received="2026-11-28T12:00:00.000Z"),
+        _msg("m-steady-4", 12, 10, user="u-steady"),
+    ]},
+}
+ERASURE = [{"request_id": "r-erase", "type": "erasure", "user_id": "u-erase", "received_at": "2026-11-28T12:00:00Z"}]
+
+
+def _write(landing: Path, files: dict, requests: list[dict]) -> None:
+    for hour, named in files.items():
+        folder = landing / "events" / "date=2026-11-28" / f"hour={hour:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, msgs in named.items():
+            (folder / name).write_text("".join(json.dumps(m) + "\n" for m in msgs))
+    (landing / "crm").mkdir(parents=True, exist_ok=True)
+    (landing / "crm" / "export.csv").write_text(
+        "user_id,email,phone,first_name,last_name,country,birth_date,signup_at,plan,updated_at\n"
+        "u-steady,s@x.example,,A,B,DE,1990-01-02,2025-01-01T00:00:00Z,free,2025-01-01T00:00:00Z\n")
+    (landing / "privacy_requests").mkdir(parents=True, exist_ok=True)
+    (landing / "privacy_requests" / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+
+
+def _env(monkeypatch, data_dir: Path, keys: dict[str, str], active: str | None = None) -> None:
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps(keys))
+    if active:
+        monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", active)
+
+
+def _ok(result):
+    checks = check_results(result)
+    assert all(checks.values()), {k: v for k, v in checks.items() if not v}
+    return result
+
+
+def _tick(defs, raw_hours: tuple[str, str] | None):
+    """One incremental tick: new raw hours ingested, privacy assets rebuilt, then the consented step with no
+    partition tags (it finds its own stale hours)."""
+    if raw_hours:
+        _ok(materialize(defs, RAW, raw_hours))
+    _ok(materialize(defs, PRIVACY))
+    result = _ok(materialize(defs, STATE))
+    return materializations(result)["consented/events_state"]
+
+
+def _rows(lake) -> list[tuple]:
+    parts = [lake.read_table("consented", "events", p) for p in lake.partitions("consented", "events")]
+    if not parts:
+        return []
+    table = pa.concat_tables(parts)
+    return sorted(tuple(repr(v) for v in r.values()) for r in table.to_pylist())
+
+
+def _fresh(tmp_path: Path, monkeypatch, keys, active=None):
+    """A lake built once, from scratch, over the union of every landing file."""
+    d = tmp_path / "fresh"
+    _env(monkeypatch, d, keys, active)
+    _write(d / "landing", FIRST, [])
+    _write(d / "landing", SECOND, ERASURE)
+    defs = defs_for_env()
+    _ok(materialize(defs, RAW, (H10, H12)))
+    _ok(materialize(defs, PRIVACY))
+    _ok(materialize(defs, STATE, (H10, H12)))  # an explicit range: every hour rebuilt
+    return defs
+
+
+@pytest.fixture
+def first_landing(data_dir, monkeypatch):
+    _env(monkeypatch, data_dir, {"1": KEY_V1})
+    _write(data_dir / "landing", FIRST, [])
+    defs = defs_for_env()
+    md = _tick(defs, (H10, H11))
+    assert md["build_mode"] == "incremental" and md["hours_built"] == 2
+    return defs
+
+
+def _pz(value: str) -> str:
+    """The pseudonym of `value` under the keys the environment sets now."""
+    import os
+
+    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+
+    pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"],
+                       active_version=os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION"))
+    return pz.pseudonymize_values([value], "id")[0]
+
+
+def _subject_rows(defs, user=None, anon=None):
+    lake = defs.resources["lake"]
+    col, value = ("user_pseudonym", user) if user else ("anonymous_pseudonym", anon)
+    p = _pz(value)
+    return [r for part in lake.partitions("consented", "events") for r in lake.read_table("consented", "events", part).to_pylist()
+            if r[col] == p and r["message_id"].startswith("m-")]  # content events (consent updates aside)
+
+
+def test_incremental_runs_equal_a_full_rebuild(first_landing, data_dir, tmp_path, monkeypatch):
+    defs = first_landing
+    # the planted cases before the late data: what a naive step would leave in place
+    assert _subject_rows(defs, anon="anon-s") == [], "anonymous visitor without consent: excluded"
+    assert _subject_rows(defs, user="u-late") == []
+    assert {r["message_id"] for r in _subject_rows(defs, user="u-wd")} == {"m-wd-1", "m-wd-2"}
+    assert {r["message_id"] for r in _subject_rows(defs, user="u-erase")} == {"m-erase-1", "m-erase-2"}
+
+    _write(data_dir / "landing", SECOND, ERASURE)
+    md = _tick(defs, (H11, H12))
+
+    incremental = _rows(defs.resources["lake"])
+    fresh = _fresh(tmp_path, monkeypatch, {"1": KEY_V1})
+    assert incremental == _rows(fresh.resources["lake"])
+    stitched = _subject_rows(defs, anon="anon-s")
+    u_stitch = _pz("u-stitch")
+    assert {r["message_id"] for r in stitched} >= {"m-anon-1", "m-anon-2", "m-anon-3"}
+    assert all(r["consent_subject"] == u_stitch for r in stitched)
+    assert {r["message_id"] for r in _subject_rows(defs, user="u-late")} >= {"m-late-1"}
+    assert {r["message_id"] for r in _subject_rows(defs, user="u-wd")} == {"m-wd-1"}, "withdrawn at 11:00"
+    assert _subject_rows(defs, user="u-erase") == [], "erased subject's rows are gone"
+    assert "m-steady-3" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
+
+    # hour 10 was rebuilt although no raw data of hour 10 changed
+    assert md["build_mode"] == "incremental"
+    assert set(md["hours_built_list"]) == {H10, H11, H12}
+    assert md["stale_hours_by_reason"]["privacy_inputs_changed"] >= 1
+
+
+def test_a_tick_without_changes_builds_nothing_and_a_new_hour_only_itself(first_landing, data_dir):
+    defs = first_landing
+    md = _ok(materialize(defs, STATE))
+    md = materializations(md)["consented/events_state"]
+    assert md["hours_built"] == 0 and md["hours_deleted"] == 0
+    # a new hour of a subject whose consent did not change: only that hour is built
+    _write(data_dir / "landing", {12: {"a.jsonl": [_msg("m-steady-9", 12, 10, user="u-steady")]}}, [])
+    md = _tick(defs, (H12, H12))
+    assert md["hours_built_list"] == [H12]
+
+
+def test_removed_raw_hour_deletes_the_consented_hour(first_landing):
+    defs = first_landing
+    lake = defs.resources["lake"]
+    assert lake.exists("consented", "events", {"date": "2026-11-28", "hour": "11"})
+    lake.delete_partition("raw", "events", {"date": "2026-11-28", "hour": "11"})
+    md = materializations(_ok(materialize(defs, STATE)))["consented/events_state"]
+    assert md["hours_deleted_list"] == [H11] and md["hours_built"] == 0
+    assert not lake.exists("consented", "events", {"date": "2026-11-28", "hour": "11"})
+
+
+def test_explicit_range_rebuilds_exactly_it_and_full_refresh_everything(first_landing, data_dir):
+    defs = first_landing
+    md = materializations(_ok(materialize(defs, "key:consented/events", (H11, H11))))
+    assert "consented/events_state" not in md  # only the partitioned asset was selected
+    state = defs.resources["lake"].read_table("consented", "events_state").to_pylist()
+    assert {r["hour"] for r in state if r["record"] == "hour"} == {H10, H11}
+    job = defs.resolve_implicit_global_asset_job_def()
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral() as inst:
+        result = job.execute_in_process(instance=inst, asset_selection=[dg.AssetKey(["consented", "events_state"])],
+                                        run_config={"ops": {"consented_events": {"config": {"full_refresh": True}}}})
+        md = materializations(result)["consented/events_state"]
+        assert md["build_mode"] == "full_refresh" and set(md["hours_built_list"]) == {H10, H11}
+        assert inst.get_materialized_partitions(dg.AssetKey(["consented", "events"])) == {H10, H11}
+
+
+def test_range_leaves_stale_hours_outside_it_dirty_for_the_next_run(first_landing, data_dir, tmp_path, monkeypatch):
+    """A range run applies the new privacy inputs to its own hours only; the other stale hours must still be
+    rebuilt by the next incremental run (the state never claims an hour is up to date when it is not)."""
+    defs = first_landing
+    _write(data_dir / "landing", SECOND, ERASURE)
+    _ok(materialize(defs, RAW, (H11, H12)))
+    _ok(materialize(defs, PRIVACY))
+    md = materializations(_ok(materialize(defs, STATE, (H12, H12))))["consented/events_state"]
+    assert md["hours_built_list"] == [H12] and md["hours_marked_dirty"] == 2
+    md = materializations(_ok(materialize(defs, STATE)))["consented/events_state"]
+    assert set(md["hours_built_list"]) == {H10, H11}
+    assert _rows(defs.resources["lake"]) == _rows(_fresh(tmp_path, monkeypatch, {"1": KEY_V1}).resources["lake"])
+
+
+@pytest.mark.parametrize("with_rotation_job", [True, False])
+def test_key_rotation_between_runs(first_landing, data_dir, tmp_path, monkeypatch, with_rotation_job):
+    defs = first_landing
+    keys = {"1": KEY_V1, "2": secrets.token_hex(32)}
+    _env(monkeypatch, data_dir, keys, active="2")
+    rotated = defs_for_env()
+    if with_rotation_job:
+        _ok(materialize(rotated, "key:privacy/key_rotation_log"))
+    _write(data_dir / "landing", SECOND, ERASURE)
+    md = _tick(rotated, (H11, H12))
+    if with_rotation_job:
+        assert md["stale_hours_by_reason"].get("key_version_changed") is None, "the rotation job re-keyed the tier: no forced rebuild"
+    else:
+        assert md["stale_hours_by_reason"]["key_version_changed"] == 3 and set(md["hours_built_list"]) == {H10, H11, H12}
+    rows = _rows(rotated.resources["lake"])
+    assert rows and not any("'v1:" in v for r in rows for v in r)
+    assert rows == _rows(_fresh(tmp_path, monkeypatch, keys, active="2").resources["lake"])
+
+
+def test_on_s3_fingerprints_come_from_the_listing(s3_env, monkeypatch):
+    """Landing and lake on the moto S3 server: a tick without changes builds nothing (size + LastModified are stable),
+    an object re-delivered into an ingested hour rebuilds exactly that hour."""
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": KEY_V1}))
+    client, bucket = s3_env["client"], s3_env["bucket"]
+
+    def put(files):
+        for hour, named in files.items():
+            for name, msgs in named.items():
+                client.put_object(Bucket=bucket, Key=f"landing/events/date=2026-11-28/hour={hour:02d}/{name}",
+                                  Body="".join(json.dumps(m) + "\n" for m in msgs).encode())
+
+    put(FIRST)
+    defs = defs_for_env()
+    assert defs.resources["lake"].is_s3
+    assert _tick(defs, (H10, H11))["hours_built"] == 2
+    assert materializations(_ok(materialize(defs, STATE)))["consented/events_state"]["hours_built"] == 0
+    put({11: SECOND[11]})
+    md = _tick(defs, (H11, H11))
+    assert md["hours_built_list"] == [H11] and md["stale_hours_by_reason"]["raw_new_or_changed"] == 1
+    assert "m-steady-3" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
+
+
+def test_a_run_without_partition_tags_does_not_skip_what_is_downstream(first_landing):
+    """consented/events is skippable: a run that selects it and its downstream (features) without partition
+    tags must still run the features (Dagster skips the steps downstream of an output never yielded)."""
+    defs = first_landing
+    result = _ok(materialize(defs, "key:consented/events or group:features"))
+    md = materializations(result)
+    assert "features/user_rfm" in md
+    assert md["consented/events"]["hours_written"] == 0, "nothing was stale"
+
+
+def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landing):
+    """Raw lives 30 days, the consented tier 13 months: a raw hour the retention job removed leaves the state,
+    and its consented hour stays (deleting it would cut the consented retention to the raw one)."""
+    from datetime import datetime, timezone
+
+    import duckdb
+
+    from personalization_assets.privacy import consented_state as cstate
+    from personalization_assets.privacy.assets import _register_privacy_views
+    from personalization_assets.privacy.policies import get_policy
+
+    defs = first_landing
+    lake = defs.resources["lake"]
+    lake.delete_partition("raw", "events", {"date": "2026-11-28", "hour": "10"})
+    con = duckdb.connect()
+    _register_privacy_views(con, lake)
+    cstate.current_signatures(con)
+    state = cstate.load_state(lake)
+    kwargs = dict(policy=get_policy(), active_key_version="1", requested=None, full_refresh=False, valid_key=lambda pk: True,
+                  raw_retention_days=30)
+    soon = cstate.plan(con, lake, state, now=datetime(2026, 12, 5, tzinfo=timezone.utc), **kwargs)
+    assert soon.delete == [H10] and soon.retire == [], "within the raw retention: the raw hour was removed on purpose"
+    later = cstate.plan(con, lake, state, now=datetime(2027, 1, 15, tzinfo=timezone.utc), **kwargs)
+    assert later.delete == [] and later.retire == [H10] and later.build == []
+    after = cstate.new_state(con, state, later, pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())}), get_policy())
+    assert H10 not in {r["hour"] for r in after.to_pylist() if r["record"] in ("hour", "key")}
+    assert H11 in {r["hour"] for r in after.to_pylist() if r["record"] == "key"}
