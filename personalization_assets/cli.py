@@ -249,7 +249,8 @@ def _failed_blocking_checks(result, graph) -> list[str]:
 
 
 def _cmd_materialize(args) -> int:
-    run_config = {"ops": {"feature_tables": {"config": {"as_of": args.as_of}}}} if getattr(args, "as_of", None) else None
+    run_config = ({"ops": {"feature_tables": {"config": {"as_of": args.as_of}}, "consented__crm_profiles": {"config": {"as_of": args.as_of}}}}
+                  if getattr(args, "as_of", None) else None)
     ok, text, result = run_materialize(args.select, args.partitions, log_level="INFO" if args.verbose else "WARNING", run_config=run_config,
                                        full_refresh=args.full_refresh)
     print()

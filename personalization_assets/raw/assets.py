@@ -262,6 +262,12 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
             "hours": dg.MetadataValue.json(sorted(outcome.hours)[:500]),
             "layouts": dg.MetadataValue.json(dict(outcome.layouts)),
         })
+        # the partitioned outputs are yielded when selected (their hours were logged above): a skippable output left
+        # unyielded would make Dagster skip every step downstream of it in this run
+        selected = context.selected_asset_keys
+        for key in (RAW_EVENTS, RAW_EVENTS_QUARANTINE):
+            if key in selected:
+                yield dg.MaterializeResult(asset_key=key, metadata={"hours_rewritten": len(outcome.hours)})
         yield dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=outcome.unaccounted_records == 0,
                                   metadata={"records_read": outcome.records_read, "suppressed_rows": outcome.suppressed,
                                             "rows_replaced": outcome.rows_removed, "unaccounted": outcome.unaccounted_records,
