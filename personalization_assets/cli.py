@@ -150,6 +150,23 @@ def self_partitioning(graph, key) -> bool:
     return any(spec.partitions_def is None for spec in assets_def.specs)
 
 
+def plan_selection(graph, keys, partitions: str | None) -> set:
+    """The asset keys a run selects. Without a partition range, a self-partitioning asset whose step has
+    partitioned inputs (consented/events) is left out: its step runs through its unpartitioned state asset and
+    logs the hours it rewrote (Dagster would otherwise need a partition range to version the inputs)."""
+    if partitions:
+        return set(keys)
+    out = set()
+    for k in keys:
+        if self_partitioning(graph, k):
+            assets_def = graph.assets_def_for_key(k)
+            parents = {p for spec in assets_def.specs for p in graph.get(spec.key).parent_keys if p not in assets_def.keys}
+            if any(graph.get(p).partitions_def is not None for p in parents):
+                continue
+        out.add(k)
+    return out
+
+
 def incremental_run_config(defs, keys, full_refresh: bool) -> dict:
     """`full_refresh: true` for every selected op whose config has that field."""
     if not full_refresh:
@@ -216,6 +233,7 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     if instance is None:
         instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
+    keys = plan_selection(graph, keys, partitions if partitions or ranged else None)
     extra = incremental_run_config(defs, keys, full_refresh)
     merged_ops = {**(run_config or {}).get("ops", {})}
     for op, cfg in extra.get("ops", {}).items():

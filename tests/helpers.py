@@ -23,7 +23,9 @@ def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str
         sel = dg.AssetSelection.all() - OPERATIONS
     else:
         sel = dg.AssetSelection.from_string(selection).required_multi_asset_neighbors()
-    keys = sel.resolve(graph)
+    from personalization_assets.cli import plan_selection
+
+    keys = plan_selection(graph, sel.resolve(graph), f"{partitions[0]}..{partitions[1]}" if partitions else None)
     tags = {}
     if partitions:
         tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[1]}

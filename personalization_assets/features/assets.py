@@ -35,6 +35,9 @@ GROUP = "features"
 OWNERS = ["team:personalization"]
 LAYER = "features"
 CONSENTED_EVENTS = dg.AssetKey(["consented", "events"])
+# the step that rewrites consented/events' stale hours: a run that updates the consented tier incrementally
+# selects this state (its hours are logged at runtime), and the features must come after it
+CONSENTED_EVENTS_STATE = dg.AssetKey(["consented", "events_state"])
 CONSENT_STATE = dg.AssetKey(["privacy", "consent_state"])
 FEATURE_KEYS = {table: dg.AssetKey([LAYER, table]) for table in TABLES}
 
@@ -71,8 +74,8 @@ ERASURE_COLUMNS = {
     "purpose_eligibility": ["person_id"],
 }
 DEPENDENCIES = {
-    "identity_map": [CONSENTED_EVENTS, CONSENT_STATE],
-    "events_clean": [CONSENTED_EVENTS, CONSENT_STATE, FEATURE_KEYS["identity_map"]],
+    "identity_map": [CONSENTED_EVENTS, CONSENTED_EVENTS_STATE, CONSENT_STATE],
+    "events_clean": [CONSENTED_EVENTS, CONSENTED_EVENTS_STATE, CONSENT_STATE, FEATURE_KEYS["identity_map"]],
     "sessions": [FEATURE_KEYS["events_clean"]],
     "user_rfm": [FEATURE_KEYS["events_clean"], FEATURE_KEYS["sessions"], FEATURE_KEYS["identity_map"]],
     "content_affinity": [FEATURE_KEYS["events_clean"]],

@@ -28,7 +28,7 @@ def _tick(defs, instance, cursor=None):
 
 
 INGEST = ("raw/landing_manifest", "raw/events", "raw/events_quarantine")
-FOLLOWERS = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events_state", "consented/events")
+FOLLOWERS = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events_state")
 
 
 def _selection(r) -> tuple:
