@@ -340,7 +340,9 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
     """
     cols = {c.name: c for c in json_columns(model)}
     read: dict[str, str] = {}
-    errors_of: dict[str, list[str]] = {}
+    # the checks of each (path, kind) are emitted once, under the OR of the conditions it is read under (None:
+    # always), so a path two columns read (`traits`: user traits or group traits) is not checked twice
+    checked: dict[tuple[tuple[str, ...], str], list[str | None]] = {}
     resolving: set[str] = set()
 
     def read_value(name: str) -> str:
@@ -352,22 +354,21 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
             raise ValueError(f"{model.__name__}.{name}: only_if refers back to itself")
         resolving.add(name)
         col = cols[name]
-        value, errors = _path_value_and_errors(_access(root, col.path), col.kind, ".".join(col.path))
-        if col.only_if:
-            cond = _fill(model, col.only_if, read_value, f"{name}.only_if")
+        value, _ = _path_value_and_errors(_access(root, col.path), col.kind, ".".join(col.path))
+        cond = _fill(model, col.only_if, read_value, f"{name}.only_if") if col.only_if else None
+        checked.setdefault((col.path, col.kind), []).append(cond)
+        if cond:
             value = f"case when {cond} then {value} end"
-            errors = [f"case when {cond} then {e} end" for e in errors]
         if col.fallback:
-            fb_value, fb_errors = _path_value_and_errors(_access(root, col.fallback), col.kind, ".".join(col.fallback))
+            fb_value, _ = _path_value_and_errors(_access(root, col.fallback), col.kind, ".".join(col.fallback))
+            checked.setdefault((col.fallback, col.kind), []).append(None)
             if col.kind == "object":
                 value = (f"case when ({value}) is not null and ({fb_value}) is not null "
                          f"then json_merge_patch(({fb_value})::json, ({value})::json)::varchar else coalesce({value}, {fb_value}) end")
             else:
                 value = f"coalesce({value}, {fb_value})"
-            errors = errors + fb_errors
         resolving.discard(name)
         read[name] = value
-        errors_of[name] = errors
         return value
 
     select, errors = [], []
@@ -376,9 +377,14 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
         if col.derive:
             value = _fill(model, col.derive, read_value, f"{name}.derive")
         select.append(f"{value} as {_quote(name)}")
-        errors.extend(errors_of[name])
     for d in derived_columns(model):
         select.append(f"{_fill(model, d.derive, read_value, f'{d.name}.derive')} as {_quote(d.name)}")
+    for (path, kind), conds in checked.items():
+        _, path_errors = _path_value_and_errors(_access(root, path), kind, ".".join(path))
+        if None not in conds:
+            either = " or ".join(dict.fromkeys(conds))
+            path_errors = [f"case when {either} then {e} end" for e in path_errors]
+        errors.extend(path_errors)
     # one list of "<code>: <detail>" strings; the first one's code is the row's reason (read back through
     # DuckDB's reference to an earlier select alias, so the checks are evaluated once)
     type_errors = (
