@@ -358,3 +358,22 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     assert {r["timestamp_source"] for r in rows.values()} == {"timestamp"}
     text = json.dumps(out.to_pylist(), default=str)
     assert COMPANY_EMAIL not in text and "Acme Inc" not in text and "198.51.100.77" not in text and "5b0c2f8e" not in text
+
+
+def test_features_take_a_group_call_as_activity_but_never_as_content_engagement():
+    """A group call passes the features contract (EventsClean), counts in its session like identify, and adds
+    nothing to content affinity even when it carries a category."""
+    from personalization_assets.checks.pandera_checks import model_check
+    from personalization_assets.features.models import EventsClean
+    from tests.features.feature_fixtures import build, event, granted_all
+
+    events = [
+        event(at="2026-01-05 10:00", user="u1", type="page", category="news"),
+        event(at="2026-01-05 10:01", user="u1", type="group", category="sports"),
+    ]
+    out = build(events, granted_all("u1"))
+    check = model_check("features/events_clean", EventsClean, blocking=True).evaluate(out["events_clean"])
+    assert check.passed, check.metadata
+    assert sorted(out["events_clean"]["type"].to_pylist()) == ["group", "page"]
+    assert out["sessions"]["events"].to_pylist() == [2] and out["sessions"]["pages"].to_pylist() == [1]
+    assert [(r["category"], r["affinity"]) for r in out["content_affinity"].to_pylist()] == [("news", 1.0)]
