@@ -370,7 +370,8 @@ def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table
             continue
         for i, value in zip(idx, text.take(pa_arrow.array(idx)).to_pylist()):
             if i not in hits and _has_duplicate_key(value):
-                hits[i] = f"duplicate_key: {'.'.join(c.path)} repeats a key"
+                label = " / ".join(".".join(p) for p in c.paths)  # the stored text may come from the fallback path
+                hits[i] = f"duplicate_key: {label} repeats a key"
     if not hits:
         return table
     errors, reasons = table["_type_errors"].to_pylist(), table["_type_reason"].to_pylist()

@@ -168,12 +168,18 @@ def json_transform_structure(model: type[pa.DataFrameModel]) -> str:
 
 @lru_cache(maxsize=None)
 def struct_parent_paths(model: type[pa.DataFrameModel]) -> tuple[tuple[str, ...], ...]:
-    """Paths that must be JSON objects (or absent) for the structure to apply, e.g. ('context',)."""
-    parents = set()
-    for col in json_columns(model):
-        for path in col.paths:
-            for i in range(1, len(path)):
-                parents.add(path[:i])
+    """Paths that must be JSON objects (or absent) for the structure to apply, e.g. ('context',): the STRUCT
+    nodes of the structure. An object the plan also keeps whole as text (`traits`, `context.traits`) is a JSON
+    leaf instead, and a non-object there is the projection's `wrong_type` on both parsing paths."""
+    parents = []
+
+    def walk(node: dict, prefix: tuple[str, ...]):
+        for key, child in node.items():
+            if isinstance(child, dict):
+                parents.append(prefix + (key,))
+                walk(child, prefix + (key,))
+
+    walk(_tree(model), ())
     return tuple(sorted(parents))
 
 

@@ -248,6 +248,32 @@ def test_a_wrong_json_type_in_context_traits_is_quarantined_not_coerced(con, lan
     assert all("context.traits.email must be string" in r["detail"] for r in q.values())
 
 
+@pytest.mark.parametrize("case, expected", [
+    ("context_traits_not_an_object", "wrong_type"),
+    ("context_traits_repeats_a_key", "duplicate_key"),
+    ("nested_key_repeated_in_context_traits", "duplicate_key"),
+    ("context_traits_holds_nan", "non_finite_number"),
+])
+def test_context_traits_get_the_same_strictness_as_traits_in_both_paths(con, landed, case, expected):
+    identify = copy.deepcopy(next(m for m in landed["rudderstack"] if m["type"] == "identify"))
+    if case == "context_traits_not_an_object":
+        identify["context"]["traits"] = USER_EMAIL
+        text = json.dumps(identify).encode()
+    elif case == "context_traits_repeats_a_key":
+        text = json.dumps(identify).encode().replace(b'"email": "', b'"email": "evil@example.com", "email": "', 1)
+    elif case == "nested_key_repeated_in_context_traits":
+        identify["context"]["traits"]["address"] = {"city": "Berlin"}
+        text = json.dumps(identify).encode().replace(b'"city": "Berlin"', b'"city": "Berlin", "city": "Paris"')
+    else:
+        identify["context"]["traits"]["score"] = float("nan")
+        text = json.dumps(identify).encode()
+    for slow in (False, True):
+        f = ei.load_file("rudder-logs/src/2026-11-28/x.json", text + b"\n" + (b"{not json\n" if slow else b""))
+        [result] = ei.ingest_event_batch(con, [(WINDOW, [(f, None)])], horizon_days=30, max_future_minutes=1440, max_line_bytes=1 << 20)
+        assert result.raw.num_rows == 0 and _reasons(result)[1] == expected, (case, slow, result.quarantine.to_pylist())
+        assert "context.traits" in result.quarantine.to_pylist()[0]["detail"]
+
+
 def test_event_time_follows_the_cdps_clock_skew_rule(con, landed):
     base = next(m for m in landed["segment"] if m["type"] == "track")
     received = RECEIVED
