@@ -13,8 +13,9 @@ import gzip
 import hashlib
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import duckdb
 import pyarrow as pa
@@ -22,7 +23,7 @@ import pytest
 
 from personalization_assets.raw import events_ingest as ei
 
-WINDOW = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
+WINDOW = datetime(2026, 11, 28, 13, tzinfo=UTC)
 EVENT_TIME = WINDOW + timedelta(minutes=5)
 RECEIVED = WINDOW + timedelta(minutes=5, seconds=2)
 SEGMENT_KEY = "seg-write-key-3f9a1c"
@@ -39,15 +40,15 @@ USER_EMAIL = user_email("rud")
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class _Capture(BaseHTTPRequestHandler):
     """Answers like a CDP's /v1/batch and keeps each decoded body (the RudderStack SDK gzips)."""
 
-    bodies: list = []
+    bodies: ClassVar[list] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.headers.get("Content-Encoding") == "gzip":
             data = gzip.decompress(data)
@@ -67,7 +68,7 @@ def _calls(client, prefix: str) -> list[str]:
     for i, kind in enumerate(KINDS):
         mid = f"{prefix}-{kind}"
         ids.append(mid)
-        common = dict(timestamp=EVENT_TIME + timedelta(milliseconds=i), message_id=mid)
+        common = {"timestamp": EVENT_TIME + timedelta(milliseconds=i), "message_id": mid}
         if kind == "identify":
             client.identify(user_id=f"{prefix}-u1", anonymous_id=f"{prefix}-a1", traits={"email": user_email(prefix), "name": "Ann User"}, **common)
         elif kind == "track":
@@ -344,8 +345,14 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     the write-key hash, routing and bookkeeping JSON) do not, and the group's email links no identity."""
     from personalization_assets.privacy.assets import RAW_CRM_SCHEMA
     from personalization_assets.privacy.consent import STATE_SCHEMA
-    from personalization_assets.privacy.consented import SUPPRESSION_SCHEMA, consent_events
-    from personalization_assets.privacy.identity import build_identity_links, jurisdiction_case_sql
+    from personalization_assets.privacy.consented import (
+        SUPPRESSION_SCHEMA,
+        consent_events,
+    )
+    from personalization_assets.privacy.identity import (
+        build_identity_links,
+        jurisdiction_case_sql,
+    )
     from personalization_assets.privacy.policies import get_policy
     from personalization_assets.privacy.pseudonymize import Pseudonymizer
 
@@ -363,7 +370,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     [company_email] = pz.pseudonymize_values([COMPANY_EMAIL], "email")
     assert company_email not in emails and company_email not in set(identity["identifier"].to_pylist())
     subjects = sorted(set(identity["consent_subject"].to_pylist()))
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     state = pa.table({
         "consent_subject": subjects, "purpose": ["analytics"] * len(subjects), "status": ["granted"] * len(subjects),
         "valid_from": [epoch] * len(subjects), "valid_to": [None] * len(subjects), "basis": ["decision"] * len(subjects),
