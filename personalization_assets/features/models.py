@@ -13,8 +13,7 @@ import pandera.pandas as pa
 from pandera.typing import Series
 
 from personalization_assets.privacy.models import PSEUDONYM, UtcTimestamp
-
-MESSAGE_TYPES = ["track", "page", "screen", "identify", "alias"]
+from personalization_assets.raw.tracking_plan import MESSAGE_TYPES
 IDENTIFIER_KINDS = ["anonymous", "user"]
 
 

@@ -8,6 +8,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from personalization_assets.raw.tracking_plan import MESSAGE_TYPES, TIMESTAMP_SOURCES
+
 UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 PSEUDONYM = r"^v\d+:[0-9a-f]{64}$"
 DECISIONS = ["granted", "denied", "withdrawn"]
@@ -26,16 +28,22 @@ class ConsentedEvent(pa.DataFrameModel):
     """An event kept because its subject's consent for at least one purpose was in force at its time."""
 
     message_id: Series[str] = pa.Field(description="CDP messageId (random id, not personal).")
-    type: Series[str] = pa.Field(isin=["track", "page", "screen", "identify", "alias"], description="Message type.")
+    type: Series[str] = pa.Field(isin=MESSAGE_TYPES, description="Message type (group: the user joined a group/account; not a content engagement).")
     event: Series[str] = pa.Field(nullable=True, description="Event name (track).")
     anonymous_pseudonym: Series[str] = _pseudonym("Keyed pseudonym of anonymousId.")
     user_pseudonym: Series[str] = _pseudonym("Keyed pseudonym of userId.")
     previous_pseudonym: Series[str] = _pseudonym("Keyed pseudonym of previousId (alias).")
+    group_pseudonym: Series[str] = _pseudonym("Keyed pseudonym of groupId (group calls): the account, never a consent subject.")
     consent_subject: Series[str] = _pseudonym("Subject whose consent governs the event: the user pseudonym, or the anonymous pseudonym when it is not linked to exactly one user.", nullable=False)
     timestamp: Series[UtcTimestamp] = pa.Field(description="Event time (UTC).")
+    timestamp_source: Series[str] = pa.Field(isin=TIMESTAMP_SOURCES, description="How the event time was obtained: timestamp, clock_skew_corrected or original_timestamp.")
     received_at: Series[UtcTimestamp] = pa.Field(description="CDP receive time (UTC).")
     landing_hour: Series[UtcTimestamp] = pa.Field(description="Landing hour (partition) of the event.")
+    cdp_source_id: Series[str] = pa.Field(nullable=True, description="CDP source id from the landing layout.")
     ip_prefix: Series[str] = pa.Field(nullable=True, description="Client IP truncated to /24 (IPv4) or /48 (IPv6).")
+    request_ip_prefix: Series[str] = pa.Field(nullable=True, description="IP the CDP received the request from (RudderStack request_ip), truncated like ip_prefix.")
+    context_library_name: Series[str] = pa.Field(nullable=True, description="SDK that sent the event (platform).")
+    channel: Series[str] = pa.Field(nullable=True, description="Channel of the call: web, mobile, server (RudderStack).")
     context_locale: Series[str] = pa.Field(nullable=True, description="Client locale.")
     context_country: Series[str] = pa.Field(nullable=True, description="Country (ISO 3166-1).")
     context_region: Series[str] = pa.Field(nullable=True, description="Subdivision (ISO 3166-2).")

@@ -370,7 +370,8 @@ def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table
             continue
         for i, value in zip(idx, text.take(pa_arrow.array(idx)).to_pylist()):
             if i not in hits and _has_duplicate_key(value):
-                hits[i] = f"duplicate_key: {'.'.join(c.path)} repeats a key"
+                label = " / ".join(".".join(p) for p in c.paths)  # the stored text may come from the fallback path
+                hits[i] = f"duplicate_key: {label} repeats a key"
     if not hits:
         return table
     errors, reasons = table["_type_errors"].to_pylist(), table["_type_reason"].to_pylist()
@@ -394,6 +395,22 @@ def _empty_typed(con, model=RawEvent) -> pa_arrow.Table:
 # Partition-level semantic validation
 
 
+# RawEvent columns the per-row validation at ingestion leaves out: JSON text (its type and values are checked
+# by the typed projection), values set by construction (timestamp_source is derived with `timestamp`: a
+# message without any time must be quarantined as `missing_timestamp`, not under a second reason) and columns
+# the ingestion adds after validation. The pandera asset check on the written table validates all columns.
+NOT_VALIDATED_PER_ROW = ("properties", "traits", "group_traits", "integrations", "cdp_metadata", "consent_preferences",
+                         "timestamp_source", "source_file", "cdp_source_id")
+
+
+def with_ingestion_columns(table: pa_arrow.Table) -> pa_arrow.Table:
+    """Columns of RawEvent the ingestion fills that are not read from the message: `cdp_source_id` (null until the
+    landing layout's source id is wired in)."""
+    if "cdp_source_id" not in table.column_names:
+        table = table.append_column("cdp_source_id", pa_arrow.nulls(table.num_rows, pa_arrow.string()))
+    return table
+
+
 def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSchema:
     """The tracking plan: the RawEvent model plus type and time-horizon rules (relative to each row's landing hour)."""
     horizon = pd.Timedelta(days=horizon_days)
@@ -413,7 +430,7 @@ def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSche
         ),
     ]
     base = RawEvent.to_schema()
-    keep = [c for c in base.columns if c not in ("properties", "traits", "consent_preferences", "source_file")]
+    keep = [c for c in base.columns if c not in NOT_VALIDATED_PER_ROW]
     schema = base.select_columns(keep)
     # Column types are guaranteed by construction (the typed projection casts every value or reports a
     # type error): skip pandera's per-element dtype scan here and keep the value checks. The pandera check
@@ -651,7 +668,7 @@ def ingest_event_batch(
         keep = np.ones(valid.num_rows, dtype=bool)
         keep[dups["_pos"].to_numpy()] = False
         valid = valid.filter(pa_arrow.array(keep))
-    raw_all = _order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]))
+    raw_all = _order_like_model(with_ingestion_columns(valid.drop_columns(["_type_errors", "_type_reason"])))
     # --- erased subjects are dropped at ingestion (counted, never stored: storing them would defeat the erasure)
     suppressed_rows = None
     if suppressed and raw_all.num_rows:

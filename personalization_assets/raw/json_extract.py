@@ -9,6 +9,20 @@ hold nested JSON as text). From that single declaration this module builds:
 * a projection that casts each value to the declared type and lists, per row, the fields whose JSON
   type does not match the plan (``_type_errors``). A value of the wrong type is never coerced: a price
   sent as the string "9.99" is a tracking-plan violation, not a number.
+
+Three optional metadata keys extend a declaration, still with no per-column code:
+
+* ``"fallback": "context.traits.email"``: a second path, read where the first is absent or null
+  (``coalesce``). For an ``object`` column both objects are merged key by key, the first path winning
+  (RFC 7386 ``json_merge_patch``: recursive; a key the first path sets to null is removed). Both paths are
+  type-checked: a wrong type in either is a violation.
+* ``"only_if": "{type} is distinct from 'group'"``: SQL condition; the first path is read (and
+  type-checked) only in rows where it is true (the fallback is always read).
+* ``"derive": "coalesce({timestamp}, ...)"``: the stored value is this SQL expression instead of the value
+  read. A column may carry ``derive`` without ``json`` (a value computed from other columns).
+
+In ``only_if`` and ``derive``, ``{column}`` stands for the value READ for that JSON column of the model
+(typed, after ``only_if``/``fallback``, before any ``derive``), so derivations never chain.
 """
 
 from __future__ import annotations
@@ -35,6 +49,21 @@ class JsonColumn:
     name: str
     path: tuple[str, ...]
     kind: str
+    fallback: tuple[str, ...] | None = None
+    only_if: str | None = None
+    derive: str | None = None
+
+    @property
+    def paths(self) -> tuple[tuple[str, ...], ...]:
+        return (self.path,) + ((self.fallback,) if self.fallback else ())
+
+
+@dataclass(frozen=True)
+class DerivedColumn:
+    """A column computed from the values read for other columns (metadata ``derive`` without ``json``)."""
+
+    name: str
+    derive: str
 
 
 def _kind_from_dtype(dtype: str) -> str:
@@ -61,20 +90,51 @@ def json_columns(model: type[pa.DataFrameModel]) -> tuple[JsonColumn, ...]:
         kind = meta.get("kind") or _kind_from_dtype(str(col.dtype))
         if kind not in _KIND_JSON_TYPES:
             raise ValueError(f"{model.__name__}.{name}: unknown JSON kind {kind!r}")
-        cols.append(JsonColumn(name=name, path=tuple(meta["json"].split(".")), kind=kind))
+        fallback = tuple(meta["fallback"].split(".")) if meta.get("fallback") else None
+        cols.append(JsonColumn(name=name, path=tuple(meta["json"].split(".")), kind=kind, fallback=fallback,
+                               only_if=meta.get("only_if"), derive=meta.get("derive")))
     return tuple(cols)
 
 
+@lru_cache(maxsize=None)
+def derived_columns(model: type[pa.DataFrameModel]) -> tuple[DerivedColumn, ...]:
+    """Columns with ``derive`` and no ``json``: computed in the same projection, from the values read."""
+    return tuple(
+        DerivedColumn(name=name, derive=col.metadata["derive"])
+        for name, col in model.to_schema().columns.items()
+        if col.metadata and "derive" in col.metadata and "json" not in col.metadata
+    )
+
+
 def _tree(model) -> dict:
+    """Nested dict of every path the plan reads; leaves are "JSON". A path that is both read whole (an object
+    kept as text, e.g. `traits`) and field by field (`traits.email`) is a JSON leaf: fields of a JSON value
+    are reachable with the same dotted access."""
     tree: dict = {}
-    for col in json_columns(model):
+    paths = sorted({p for col in json_columns(model) for p in col.paths}, key=len, reverse=True)
+    for path in paths:  # longest first, so a shorter whole-object path replaces the branch it covers
         node = tree
-        for part in col.path[:-1]:
+        for part in path[:-1]:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{model.__name__}: path {'.'.join(col.path)} nests under a leaf")
-        node[col.path[-1]] = "JSON"
-    return tree
+            if not isinstance(node, dict):  # pragma: no cover - longest-first order never nests under a leaf
+                raise ValueError(f"{model.__name__}: path {'.'.join(path)} nests under a leaf")
+        node[path[-1]] = "JSON"
+    return _ordered(tree, model)
+
+
+def _ordered(tree: dict, model) -> dict:
+    """The tree with keys in the order the model first mentions them (stable SQL, readable read_json columns)."""
+    order: dict[tuple[str, ...], int] = {}
+    for col in json_columns(model):
+        for p in col.paths:
+            for i in range(1, len(p) + 1):
+                order.setdefault(p[:i], len(order))
+
+    def walk(node: dict, prefix: tuple[str, ...]) -> dict:
+        keys = sorted(node, key=lambda k: order[prefix + (k,)])
+        return {k: (walk(node[k], prefix + (k,)) if isinstance(node[k], dict) else node[k]) for k in keys}
+
+    return walk(tree, ())
 
 
 def _quote(ident: str) -> str:
@@ -108,11 +168,18 @@ def json_transform_structure(model: type[pa.DataFrameModel]) -> str:
 
 @lru_cache(maxsize=None)
 def struct_parent_paths(model: type[pa.DataFrameModel]) -> tuple[tuple[str, ...], ...]:
-    """Paths that must be JSON objects (or absent) for the structure to apply, e.g. ('context',)."""
-    parents = set()
-    for col in json_columns(model):
-        for i in range(1, len(col.path)):
-            parents.add(col.path[:i])
+    """Paths that must be JSON objects (or absent) for the structure to apply, e.g. ('context',): the STRUCT
+    nodes of the structure. An object the plan also keeps whole as text (`traits`, `context.traits`) is a JSON
+    leaf instead, and a non-object there is the projection's `wrong_type` on both parsing paths."""
+    parents = []
+
+    def walk(node: dict, prefix: tuple[str, ...]):
+        for key, child in node.items():
+            if isinstance(child, dict):
+                parents.append(prefix + (key,))
+                walk(child, prefix + (key,))
+
+    walk(_tree(model), ())
     return tuple(sorted(parents))
 
 
@@ -194,6 +261,76 @@ def _struct(code: str, detail_sql: str) -> str:
     return f"({_sql_str(code + ': ')} || {detail_sql})"
 
 
+def _path_value_and_errors(v: str, kind: str, label: str) -> tuple[str, list[str]]:
+    """(SQL of the typed value at JSON expression `v`, SQL of its error entries) for one path of a given kind."""
+    allowed = ", ".join(_sql_str(t) for t in _KIND_JSON_TYPES[kind])
+    ok = f"json_type({v}) in ({allowed})"
+    text = f"({v} ->> '$')"
+    if kind == "string":
+        value = f"case when {ok} then {text} end"
+    elif kind == "timestamp":
+        value = f"case when {ok} then try_cast({text} as timestamptz) end"
+    elif kind == "number":
+        value = f"case when {ok} then try_cast({text} as double) end"
+    elif kind == "integer":
+        value = f"case when {ok} then try_cast({text} as bigint) end"
+    elif kind == "boolean":
+        value = f"case when {ok} then ({text})::boolean end"
+    else:  # object / array kept as JSON text
+        value = f"case when {ok} then ({v})::varchar end"
+    errors = []
+    bad = f"json_type({v}) is not null and json_type({v}) <> 'NULL' and not ({ok})"
+    errors.append(f"case when {bad} then {_struct('wrong_type', _sql_str(label + ' must be ' + kind))} end")
+    if kind == "timestamp":
+        errors.append(
+            f"case when {ok} and try_cast({text} as timestamptz) is null "
+            f"then {_struct('wrong_type', _sql_str(label + ' is not an ISO-8601 timestamp'))} end"
+        )
+        errors.append(f"case when {ok} then {timestamp_problem(text, label)} end")
+    if kind == "number":
+        errors.append(
+            f"case when {ok} and not isfinite(try_cast({text} as double)) "
+            f"then {_struct('non_finite_number', _sql_str(label + ' is not a finite number: ') + ' || ' + text)} end"
+        )
+    if kind == "integer":
+        errors.append(
+            f"case when {ok} and try_cast({text} as bigint) is null "
+            f"then {_struct('wrong_type', _sql_str(label + ' is out of range'))} end"
+        )
+    if kind in ("object", "array"):
+        # a non-finite number anywhere inside an object kept as text (outside string values)
+        errors.append(
+            f"case when {ok} and {_non_finite_in_json(f'({v})::varchar')} "
+            f"then {_struct('non_finite_number', _sql_str(label + ' holds a number that is not finite'))} end"
+        )
+    if kind == "object":
+        # a key repeated at the top of an object kept as text (DuckDB reads the plan's fields inside it, e.g.
+        # properties.price, from the first); deeper levels: events_ingest.flag_duplicate_keys
+        errors.append(
+            f"case when {ok} and list_unique(json_keys({v})) <> len(json_keys({v})) "
+            f"then {_struct('duplicate_key', _sql_str(label + ' repeats a key'))} end"
+        )
+    return value, errors
+
+
+class _Placeholders(dict):
+    """`{column}` in only_if / derive -> the SQL of the value read for that column (unknown names fail loudly)."""
+
+    def __init__(self, model, read_value):
+        super().__init__()
+        self.model, self.read_value = model, read_value
+
+    def __missing__(self, key):
+        return f"({self.read_value(key)})"
+
+
+def _fill(model, template: str, read_value, where: str) -> str:
+    try:
+        return "(" + template.format_map(_Placeholders(model, read_value)) + ")"
+    except KeyError as exc:  # pragma: no cover - a typo in the tracking plan
+        raise ValueError(f"{model.__name__}.{where}: {{{exc.args[0]}}} is not a JSON column of the model") from None
+
+
 def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
     """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`
     (details of every value problem) and `_type_reason` (the reason code of the first, one of VALUE_REASONS).
@@ -204,58 +341,56 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
     explicit UTC offset or a date only (`timestamp_without_offset`), an offset outside -12:00..+14:00
     (`timestamp_offset_out_of_range`), and a key repeated in an object kept as JSON text (`duplicate_key`;
     duplicates in objects the plan reads field by field are caught while parsing, see events_ingest).
+
+    `fallback`, `only_if` and `derive` (module doc) are applied here too, so both parsing paths share them.
     """
+    cols = {c.name: c for c in json_columns(model)}
+    read: dict[str, str] = {}
+    # the checks of each (path, kind) are emitted once, under the OR of the conditions it is read under (None:
+    # always), so a path two columns read (`traits`: user traits or group traits) is not checked twice
+    checked: dict[tuple[tuple[str, ...], str], list[str | None]] = {}
+    resolving: set[str] = set()
+
+    def read_value(name: str) -> str:
+        if name in read:
+            return read[name]
+        if name not in cols:
+            raise KeyError(name)
+        if name in resolving:
+            raise ValueError(f"{model.__name__}.{name}: only_if refers back to itself")
+        resolving.add(name)
+        col = cols[name]
+        value, _ = _path_value_and_errors(_access(root, col.path), col.kind, ".".join(col.path))
+        cond = _fill(model, col.only_if, read_value, f"{name}.only_if") if col.only_if else None
+        checked.setdefault((col.path, col.kind), []).append(cond)
+        if cond:
+            value = f"case when {cond} then {value} end"
+        if col.fallback:
+            fb_value, _ = _path_value_and_errors(_access(root, col.fallback), col.kind, ".".join(col.fallback))
+            checked.setdefault((col.fallback, col.kind), []).append(None)
+            if col.kind == "object":
+                value = (f"case when ({value}) is not null and ({fb_value}) is not null "
+                         f"then json_merge_patch(({fb_value})::json, ({value})::json)::varchar else coalesce({value}, {fb_value}) end")
+            else:
+                value = f"coalesce({value}, {fb_value})"
+        resolving.discard(name)
+        read[name] = value
+        return value
+
     select, errors = [], []
-    for col in json_columns(model):
-        v = _access(root, col.path)
-        allowed = ", ".join(_sql_str(t) for t in _KIND_JSON_TYPES[col.kind])
-        ok = f"json_type({v}) in ({allowed})"
-        text = f"({v} ->> '$')"
-        if col.kind == "string":
-            value = f"case when {ok} then {text} end"
-        elif col.kind == "timestamp":
-            value = f"case when {ok} then try_cast({text} as timestamptz) end"
-        elif col.kind == "number":
-            value = f"case when {ok} then try_cast({text} as double) end"
-        elif col.kind == "integer":
-            value = f"case when {ok} then try_cast({text} as bigint) end"
-        elif col.kind == "boolean":
-            value = f"case when {ok} then ({text})::boolean end"
-        else:  # object / array kept as JSON text
-            value = f"case when {ok} then ({v})::varchar end"
-        select.append(f"{value} as {_quote(col.name)}")
-        bad = f"json_type({v}) is not null and json_type({v}) <> 'NULL' and not ({ok})"
-        label = ".".join(col.path)
-        errors.append(f"case when {bad} then {_struct('wrong_type', _sql_str(label + ' must be ' + col.kind))} end")
-        if col.kind == "timestamp":
-            errors.append(
-                f"case when {ok} and try_cast({text} as timestamptz) is null "
-                f"then {_struct('wrong_type', _sql_str(label + ' is not an ISO-8601 timestamp'))} end"
-            )
-            errors.append(f"case when {ok} then {timestamp_problem(text, label)} end")
-        if col.kind == "number":
-            errors.append(
-                f"case when {ok} and not isfinite(try_cast({text} as double)) "
-                f"then {_struct('non_finite_number', _sql_str(label + ' is not a finite number: ') + ' || ' + text)} end"
-            )
-        if col.kind == "integer":
-            errors.append(
-                f"case when {ok} and try_cast({text} as bigint) is null "
-                f"then {_struct('wrong_type', _sql_str(label + ' is out of range'))} end"
-            )
-        if col.kind in ("object", "array"):
-            # a non-finite number anywhere inside an object kept as text (outside string values)
-            errors.append(
-                f"case when {ok} and {_non_finite_in_json(f'({v})::varchar')} "
-                f"then {_struct('non_finite_number', _sql_str(label + ' holds a number that is not finite'))} end"
-            )
-        if col.kind == "object":
-            # a key repeated at the top of an object kept as text (DuckDB reads the plan's fields inside it, e.g.
-            # properties.price, from the first); deeper levels: events_ingest.flag_duplicate_keys
-            errors.append(
-                f"case when {ok} and list_unique(json_keys({v})) <> len(json_keys({v})) "
-                f"then {_struct('duplicate_key', _sql_str(label + ' repeats a key'))} end"
-            )
+    for name, col in cols.items():
+        value = read_value(name)
+        if col.derive:
+            value = _fill(model, col.derive, read_value, f"{name}.derive")
+        select.append(f"{value} as {_quote(name)}")
+    for d in derived_columns(model):
+        select.append(f"{_fill(model, d.derive, read_value, f'{d.name}.derive')} as {_quote(d.name)}")
+    for (path, kind), conds in checked.items():
+        _, path_errors = _path_value_and_errors(_access(root, path), kind, ".".join(path))
+        if None not in conds:
+            either = " or ".join(dict.fromkeys(conds))
+            path_errors = [f"case when {either} then {e} end" for e in path_errors]
+        errors.extend(path_errors)
     # one list of "<code>: <detail>" strings; the first one's code is the row's reason (read back through
     # DuckDB's reference to an earlier select alias, so the checks are evaluated once)
     type_errors = (
@@ -263,4 +398,3 @@ def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> 
         f"split_part(_type_errors[1], ': ', 1) as _type_reason"
     )
     return select, type_errors
-

@@ -17,7 +17,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-MESSAGE_TYPES = ["track", "page", "screen", "identify", "alias"]
+MESSAGE_TYPES = ["track", "page", "screen", "identify", "alias", "group"]
+# how `timestamp` was obtained (RawEvent.timestamp_source)
+TIMESTAMP_SOURCES = ["timestamp", "clock_skew_corrected", "original_timestamp"]
 CONSENT_EVENT = "Segment Consent Preference Updated"
 PRIVACY_REQUEST_TYPES = ["erasure", "opt_out_sale", "opt_in_sale"]
 
@@ -40,16 +42,45 @@ def _json(path: str, **extra) -> dict:
     return {"json": path, **extra}
 
 
+# `traits` means the USER's traits in identify (and any other call that sends them), but the GROUP's (company's)
+# traits in a group call. RudderStack's SDKs send user traits in `context.traits` on every call. So: user traits
+# = top-level `traits` (except on group calls) else `context.traits`; group traits = top-level `traits` of a
+# group call only. Group traits never reach the user identity columns (trait_email/phone/name).
+NOT_GROUP = "{type} is distinct from 'group'"
+IS_GROUP = "{type} = 'group'"
+
+
+def _user_trait(name: str) -> dict:
+    return _json(f"traits.{name}", fallback=f"context.traits.{name}", only_if=NOT_GROUP)
+
+
+# The CDPs' clock-skew rule when a message has no `timestamp` (Segment and RudderStack compute it server-side;
+# a message straight from an SDK or a replay may lack it): receivedAt - (sentAt - originalTimestamp) when sentAt
+# and originalTimestamp are both present, else originalTimestamp. None of them: `missing_timestamp`.
+EVENT_TIME = "coalesce({timestamp}, {received_at} - ({sent_at} - {original_timestamp}), {original_timestamp})"
+EVENT_TIME_SOURCE = (
+    "case when {timestamp} is not null then 'timestamp' "
+    "when {received_at} is not null and {sent_at} is not null and {original_timestamp} is not null then 'clock_skew_corrected' "
+    "when {original_timestamp} is not null then 'original_timestamp' end"
+)
+
+
 class RawEvent(pa.DataFrameModel):
     """A Segment/RudderStack spec message as stored in `raw/events` (one row per accepted message)."""
 
     message_id: Series[str] = pa.Field(str_length=ID_LENGTH, description="CDP messageId; unique per message.", metadata=_json("messageId"))
-    type: Series[str] = pa.Field(isin=MESSAGE_TYPES, description="Message type: track, page, screen, identify or alias.", metadata=_json("type"))
+    type: Series[str] = pa.Field(isin=MESSAGE_TYPES, description="Message type: track, page, screen, identify, alias or group.", metadata=_json("type"))
     event: Series[str] = pa.Field(nullable=True, str_length={"max_value": 256}, description="Event name (track messages).", metadata=_json("event"))
     anonymous_id: Series[str] = pa.Field(nullable=True, str_length=ID_LENGTH, description="Device/browser id set by the SDK (direct identifier).", metadata=_json("anonymousId"))
     user_id: Series[str] = pa.Field(nullable=True, str_length=ID_LENGTH, description="Logged-in user id (direct identifier).", metadata=_json("userId"))
     previous_id: Series[str] = pa.Field(nullable=True, str_length=ID_LENGTH, description="alias: the id being merged into userId.", metadata=_json("previousId"))
-    timestamp: Series[UtcTimestamp] = pa.Field(description="Event time (UTC) as reported by the SDK.", metadata=_json("timestamp"))
+    group_id: Series[str] = pa.Field(nullable=True, str_length=ID_LENGTH, description="group: the group (company, account) the user belongs to (groupId).", metadata=_json("groupId"))
+    timestamp: Series[UtcTimestamp] = pa.Field(
+        description="Event time (UTC): `timestamp` when the message has one; else the CDPs' clock-skew correction "
+        "receivedAt - (sentAt - originalTimestamp) when sentAt and originalTimestamp are present; else originalTimestamp "
+        "(timestamp_source says which).", metadata=_json("timestamp", derive=EVENT_TIME))
+    timestamp_source: Series[str] = pa.Field(isin=TIMESTAMP_SOURCES, description="How `timestamp` was obtained: timestamp (sent), clock_skew_corrected or original_timestamp.", metadata={"derive": EVENT_TIME_SOURCE})
+    original_timestamp: Series[UtcTimestamp] = pa.Field(nullable=True, description="originalTimestamp: the device clock when the call was made (UTC), not corrected for skew.", metadata=_json("originalTimestamp"))
     received_at: Series[UtcTimestamp] = pa.Field(description="Time the CDP received the message (UTC).", metadata=_json("receivedAt"))
     sent_at: Series[UtcTimestamp] = pa.Field(nullable=True, description="Time the SDK sent the batch (UTC).", metadata=_json("sentAt"))
     context_ip: Series[str] = pa.Field(nullable=True, description="Client IP address (quasi-identifier).", metadata=_json("context.ip"))
@@ -66,11 +97,31 @@ class RawEvent(pa.DataFrameModel):
     price: Series[pd.Float64Dtype] = pa.Field(nullable=True, ge=0, description="properties.price (purchases, subscriptions).", metadata=_json("properties.price"))
     currency: Series[str] = pa.Field(nullable=True, str_length={"min_value": 3, "max_value": 3}, description="properties.currency (ISO 4217).", metadata=_json("properties.currency"))
     dwell_ms: Series[pd.Int64Dtype] = pa.Field(nullable=True, ge=0, description="properties.dwell_ms: time on content in milliseconds.", metadata=_json("properties.dwell_ms"))
-    trait_email: Series[str] = pa.Field(nullable=True, description="traits.email (direct identifier).", metadata=_json("traits.email"))
-    trait_phone: Series[str] = pa.Field(nullable=True, description="traits.phone (direct identifier).", metadata=_json("traits.phone"))
-    trait_name: Series[str] = pa.Field(nullable=True, description="traits.name (direct identifier).", metadata=_json("traits.name"))
+    trait_email: Series[str] = pa.Field(nullable=True, description="User's email (direct identifier): traits.email, else context.traits.email (RudderStack); never a group call's traits.", metadata=_user_trait("email"))
+    trait_phone: Series[str] = pa.Field(nullable=True, description="User's phone (direct identifier): traits.phone, else context.traits.phone; never a group call's traits.", metadata=_user_trait("phone"))
+    trait_name: Series[str] = pa.Field(nullable=True, description="User's name (direct identifier): traits.name, else context.traits.name; never a group call's traits.", metadata=_user_trait("name"))
     properties: Series[str] = pa.Field(nullable=True, description="All properties as JSON (nothing in the message is lost).", metadata=_json("properties", kind="object"))
-    traits: Series[str] = pa.Field(nullable=True, description="All traits as JSON.", metadata=_json("traits", kind="object"))
+    traits: Series[str] = pa.Field(
+        nullable=True, description="The USER's traits as JSON: top-level `traits` (not on group calls), else `context.traits` "
+        "(RudderStack). When both are present they are merged key by key, top-level `traits` winning (RFC 7386 merge: "
+        "recursive; a key top-level traits sets to null is removed).",
+        metadata=_json("traits", kind="object", fallback="context.traits", only_if=NOT_GROUP))
+    group_traits: Series[str] = pa.Field(nullable=True, description="group calls: the GROUP's traits (company name, plan, ...) as JSON. Never used as the user's traits.", metadata=_json("traits", kind="object", only_if=IS_GROUP))
+    context_library_name: Series[str] = pa.Field(nullable=True, description="SDK that sent the message (context.library.name, e.g. analytics.js).", metadata=_json("context.library.name"))
+    context_library_version: Series[str] = pa.Field(nullable=True, description="SDK version (context.library.version).", metadata=_json("context.library.version"))
+    channel: Series[str] = pa.Field(nullable=True, description="Channel of the call (web, mobile, server, sources): RudderStack.", metadata=_json("channel"))
+    integrations: Series[str] = pa.Field(nullable=True, description="Destination routing flags as JSON (integrations), set by the SDK / CDP.", metadata=_json("integrations", kind="object"))
+    cdp_metadata: Series[str] = pa.Field(nullable=True, description="The CDP's delivery bookkeeping as JSON (_metadata: bundled / unbundled destinations): Segment.", metadata=_json("_metadata", kind="object"))
+    version: Series[pd.Float64Dtype] = pa.Field(nullable=True, description="Version of the tracking API that received the message (version, a number): Segment.", metadata=_json("version"))
+    project_id: Series[str] = pa.Field(nullable=True, description="Segment source (project) id (projectId).", metadata=_json("projectId"))
+    write_key_sha256: Series[str] = pa.Field(
+        nullable=True, str_matches=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the source's writeKey when the message carries one. The key itself is a credential and "
+        "is never stored; the hash tells which key sent the message (e.g. a leaked one still in use).",
+        metadata=_json("writeKey", derive="sha256({write_key_sha256})"))
+    rudder_id: Series[str] = pa.Field(nullable=True, description="rudderId: RudderStack's id of the device/user pair (direct identifier).", metadata=_json("rudderId"))
+    request_ip: Series[str] = pa.Field(nullable=True, description="IP address the CDP received the request from (request_ip, quasi-identifier): RudderStack.", metadata=_json("request_ip"))
+    cdp_source_id: Series[str] = pa.Field(nullable=True, description="CDP source id from the landing layout (segment-logs/<id>/, rudder-logs/<id>/; 'hive' for events/date=/hour=)")
     source_file: Series[str] = pa.Field(description="Landing file the message was read from.")
     line_no: Series[pd.Int64Dtype] = pa.Field(ge=1, description="Line number in the landing file.")
     landing_hour: Series[UtcTimestamp] = pa.Field(description="Start of the landing hour (the partition) the message arrived in.")
@@ -86,6 +137,10 @@ class RawEvent(pa.DataFrameModel):
     @pa.dataframe_check(ignore_na=False, error="alias message without previousId and userId")
     def alias_without_ids(cls, df: pd.DataFrame) -> Series[bool]:
         return (df["type"] != "alias") | (df["previous_id"].notna() & df["user_id"].notna())
+
+    @pa.dataframe_check(ignore_na=False, error="group message without groupId")
+    def group_without_group_id(cls, df: pd.DataFrame) -> Series[bool]:
+        return (df["type"] != "group") | df["group_id"].notna()
 
     class Config:
         strict = False

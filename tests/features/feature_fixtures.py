@@ -72,6 +72,7 @@ def event(
         "previous_pseudonym": pseudo(previous) if previous else None,
         "consent_subject": pseudo(subject),
         "timestamp": t,
+        "timestamp_source": "timestamp",
         "received_at": r,
         "landing_hour": land,
         "ip_prefix": None,
