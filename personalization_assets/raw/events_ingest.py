@@ -404,8 +404,8 @@ NOT_VALIDATED_PER_ROW = ("properties", "traits", "group_traits", "integrations",
 
 
 def with_ingestion_columns(table: pa_arrow.Table) -> pa_arrow.Table:
-    """Columns of RawEvent the ingestion fills that are not read from the message: `cdp_source_id` (null until the
-    landing layout's source id is wired in)."""
+    """Columns of RawEvent the ingestion fills that are not read from the message: `cdp_source_id` (null here: the
+    hour-batch function knows no layout; `raw/ingest.py` sets it from the object's layout)."""
     if "cdp_source_id" not in table.column_names:
         table = table.append_column("cdp_source_id", pa_arrow.nulls(table.num_rows, pa_arrow.string()))
     return table
