@@ -162,7 +162,7 @@ def hard_cases() -> tuple[list[dict[str, bytes]], dict]:
         page("hc-late-hive-1", "2026-11-27T13:30:00Z", 40, user_id=U, anonymous_id=DEV_U),
         page("hc-late-hive-2", "2026-11-27T13:40:00Z", 41, user_id=U, anonymous_id=DEV_U),
     ]))
-    b3[segment_key(SEGMENT_SOURCE, "2026-11-27", "hc-late-1764255600000.gz")] = gz(ndjson([
+    b3[segment_key(SEGMENT_SOURCE, "2026-11-27", "1795791600000.hc-late.gz")] = gz(ndjson([
         page("hc-late-seg-1", "2026-11-27T15:10:00Z", 42, user_id=U, anonymous_id=DEV_U),
         page("hc-late-seg-2", "2026-11-27T15:20:00Z", 43, user_id=U, anonymous_id=DEV_U),
     ]))
