@@ -14,20 +14,18 @@ import gzip
 import json
 import math
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-UTC = timezone.utc
-
 
 def ts(value: str | datetime) -> datetime:
     if isinstance(value, datetime):
         return value.astimezone(UTC)
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.fromisoformat(value).astimezone(UTC)
 
 
 def iso(value: datetime) -> str:

@@ -44,7 +44,7 @@ class PlatformEnv:
     def activate(self) -> None:
         """Point the process at this environment (settings are read from the environment on every run)."""
         for k in list(os.environ):
-            if k.startswith("PERSONALIZATION_") or k.startswith("SNOWFLAKE_"):
+            if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_")):
                 self.monkeypatch.delenv(k, raising=False)
         self.monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(self.data_dir))
         self.monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")

@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pyarrow as pa
 import pytest
@@ -59,9 +60,9 @@ MANIFEST = "raw/landing_manifest"
 
 
 class _Capture(BaseHTTPRequestHandler):
-    bodies: list = []
+    bodies: ClassVar[list] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.headers.get("Content-Encoding") == "gzip":  # rudder-sdk-python gzips its bodies
             raw = gzip.decompress(raw)
