@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.helpers import check_results
-from tests.incremental.conftest import PlatformEnv, run
+from tests.incremental.conftest import PSEUDONYM_KEYS, PlatformEnv, run
 from tests.landing_layouts import (
     consent,
     corrupt_gzip,
@@ -353,16 +353,9 @@ def compare_lakes(incremental: Path, full: Path) -> None:
 
 def pseudonym(value: str, kind: str = "id") -> str:
     """The pseudonym under the tests' fixed key (tests/incremental/conftest.py), as the platform computes it."""
-    from personalization_assets.definitions import build_definitions
-    from personalization_assets.settings import load_settings
+    from personalization_assets.privacy.pseudonymize import Pseudonymizer
 
-    global _PSEUDONYMIZER
-    if _PSEUDONYMIZER is None:
-        _PSEUDONYMIZER = build_definitions(load_settings()).resources["pseudonymizer"]
-    return _PSEUDONYMIZER.pseudonymize_values([value], kind)[0]
-
-
-_PSEUDONYMIZER = None
+    return Pseudonymizer(keys_json=PSEUDONYM_KEYS).pseudonymize_values([value], kind)[0]
 
 
 def assert_hard_cases(env: PlatformEnv, expect: dict, final_landing: dict[str, bytes]) -> None:
