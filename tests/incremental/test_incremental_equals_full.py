@@ -439,6 +439,26 @@ def assert_hard_cases(env: PlatformEnv, expect: dict, final_landing: dict[str, b
     assert not problems, f"{env.name} lake, hard cases:\n  " + "\n  ".join(problems)
 
 
+def assert_before_late_arrivals(env: PlatformEnv, batch: int) -> None:
+    """Before the batch-3 arrivals, the lake shows the state they must change (so no hard case is vacuous)."""
+    tables = lake_tables(env.lake)
+    raw_ids = set(tables["raw/events"]["message_id"].to_pylist())
+    consented = {r["message_id"]: r for r in tables["consented/events"].to_pylist()}
+    problems = []
+    if batch == 1:
+        missing = {f"hc-e-page-{i}" for i in range(3)} - (raw_ids & set(consented))
+        if missing:
+            problems.append(f"the (consenting) subject to be erased later is not ingested and consented yet: {sorted(missing)}")
+        stitched_early = [m for m in (f"hc-anon-page-{i}" for i in range(4)) if "personalization" in (consented.get(m) or {}).get("purposes", [])]
+        if stitched_early:
+            problems.append(f"anonymous pages usable for personalization before the login linked them: {stitched_early}")
+    if batch == 2:
+        late = [m for m in ("hc-w-page-late-1", "hc-w-page-late-2") if "personalization" not in (consented.get(m) or {}).get("purposes", [])]
+        if late:
+            problems.append(f"events of a consenting user (withdrawal not arrived yet) not consented: {late}")
+    assert not problems, f"after batch {batch}:\n  " + "\n  ".join(problems)
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -464,6 +484,8 @@ def test_incremental_batches_equal_a_full_refresh(seed, layout, incremental_env,
         ok, text, result = run(incremental_env, SELECTION, AS_OF)
         assert_run_ok(ok, text, result, f"incremental batch {i}")
         assert "raw/events:reconciliation" in check_results(result), f"batch {i} brought new objects: raw/events must run"
+        if i < K:
+            assert_before_late_arrivals(incremental_env, i)
 
     # nothing new: a rerun changes no table (no decision appended twice, no partition rewritten differently)
     before = {t: comparable_rows(t, d) for t, d in lake_tables(incremental_env.lake).items() if t not in EXCLUDED}
