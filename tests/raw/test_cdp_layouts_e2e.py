@@ -50,7 +50,7 @@ SEGMENT_SOURCE = "Zx1SegSrc7Q"
 RUDDER_SOURCE = "2Ab3RudSrcKey9"
 RUDDER_OLD_SOURCE = "2Ab3RudOldDest1"
 KINDS = ("identify", "track", "page", "screen", "alias", "group")
-VALID_KINDS = {"identify", "track", "page", "screen", "alias"}  # the tracking plan has no `group` (README)
+VALID_KINDS = {"identify", "track", "page", "screen", "alias", "group"}  # the whole spec, group calls included
 QUARANTINE = "raw/events_quarantine"
 MANIFEST = "raw/landing_manifest"
 
