@@ -162,6 +162,8 @@ def plan_selection(graph, keys, partitions: str | None) -> set:
             assets_def = graph.assets_def_for_key(k)
             parents = {p for spec in assets_def.specs for p in graph.get(spec.key).parent_keys if p not in assets_def.keys}
             if any(graph.get(p).partitions_def is not None for p in parents):
+                # its step still runs, through the unpartitioned asset(s) it also writes
+                out |= {spec.key for spec in assets_def.specs if spec.partitions_def is None}
                 continue
         out.add(k)
     return out
