@@ -59,7 +59,7 @@ def _raw_landing(data_dir: Path, monkeypatch, days=2, events=8000, users=150) ->
     keys = landing_partition_keys(defs, None)
     materialize(defs, RAW, (keys[0], keys[-1]))
     lake = defs.resources["lake"]
-    hours = sorted(lake.partition_fingerprints("raw", "events"))
+    hours = sorted(f"date={p['date']}/hour={p['hour']}" for p in lake.partitions("raw", "events"))
     held = data_dir.parent / "held_raw_events"
     shutil.move(str(data_dir / "lake" / "raw" / "events"), held)
     return defs, hours, held
