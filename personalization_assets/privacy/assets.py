@@ -110,6 +110,8 @@ IDENTITY_PARTIAL_BATCH_ROWS = 2_000_000  # raw rows per DuckDB pass when recompu
 )
 def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfig, lake: LakeStorage, duckdb: DuckDBResource,
                    pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    import numpy as np
+
     from personalization_assets.privacy import incremental as inc
     from personalization_assets.privacy.identity_partials import PARTIAL_SCHEMA, PARTIALS_TABLE, RAW_COLUMNS, hour_partials, identity_from_partials
     from personalization_assets.privacy.operations import rekey_table
@@ -150,9 +152,13 @@ def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfi
             if unexpected:
                 raise dg.Failure(f"raw/events rows whose landing_hour is not their partition's hour ({sorted(unexpected)[:5]}) in "
                                  f"partitions {batch[:5]}: raw/events is corrupt; rematerialize those raw hours")
-            for path in batch:  # an hour without identifiers gets an empty partial (it replaces an older one)
-                part = partials.filter(pa.compute.equal(partials["partition"], path)).drop_columns(["partition"])
-                lake.write_table(LAYER_PRIVACY, PARTIALS_TABLE, part.cast(PARTIAL_SCHEMA), partition=inc.partition_of(path))
+            # sorted by partition: each hour is one slice. An hour without identifiers gets an empty partial (it
+            # replaces an older one)
+            keys = np.asarray(partials["partition"].to_pylist(), dtype=object)
+            body = partials.drop_columns(["partition"]).cast(PARTIAL_SCHEMA)
+            for path in batch:
+                lo, hi = int(np.searchsorted(keys, path, "left")), int(np.searchsorted(keys, path, "right"))
+                lake.write_table(LAYER_PRIVACY, PARTIALS_TABLE, body.slice(lo, hi - lo), partition=inc.partition_of(path))
         for part in stale:  # the raw hour is gone (retention, erasure): so is what it contributed
             lake.delete_partition(LAYER_PRIVACY, PARTIALS_TABLE, part)
         lake.register(con, "__partials", LAYER_PRIVACY, PARTIALS_TABLE, empty_schema=PARTIAL_SCHEMA)

@@ -52,8 +52,7 @@ def hour_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, raw_view: s
     con.execute(
         f"""
         create or replace temp table __pids as
-        select user_id, anonymous_id, previous_id, trait_email, context_country, context_region, timestamp,
-               strftime(timezone('UTC', landing_hour), 'date=%Y-%m-%d/hour=%H') as partition
+        select user_id, anonymous_id, previous_id, trait_email, context_country, context_region, timestamp, landing_hour as partition
         from "{raw_view}"
         where user_id is not null or anonymous_id is not null
         """
@@ -103,12 +102,12 @@ def hour_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, raw_view: s
                        filter (where country is not null or region is not null) as loc
             from seen_loc group by 1, 2, 3
         )
-        select partition, 'seen' as row_kind, identifier, identifier_kind, cast(null as varchar) as user_pseudonym, last_seen_at,
+        select strftime(timezone('UTC', partition), 'date=%Y-%m-%d/hour=%H') as partition, 'seen' as row_kind, identifier, identifier_kind, cast(null as varchar) as user_pseudonym, last_seen_at,
                loc.t as located_at, loc.c as country, loc.r as region
         from seen
         union all
-        select partition, 'link', identifier, identifier_kind, user_pseudonym, null, null, null, null from pairs
-        order by partition, row_kind, identifier_kind, identifier, user_pseudonym
+        select strftime(timezone('UTC', partition), 'date=%Y-%m-%d/hour=%H'), 'link', identifier, identifier_kind, user_pseudonym, null, null, null, null from pairs
+        order by 1, 2, 4, 3, 5
         """
     ).arrow().read_all()
     for name in ("__pids", "__pm_user", "__pm_anon", "__pm_prev", "__pm_temail"):
