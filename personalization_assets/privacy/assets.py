@@ -105,7 +105,9 @@ IDENTITY_PARTIAL_BATCH_ROWS = 2_000_000  # raw rows per DuckDB pass when recompu
     "forward from per-raw-hour partials (privacy/identity_partials): a run reads only the raw hours that changed.",
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_EVENTS, RAW_CRM],
     metadata={"privacy/tier": "privacy", "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "identity_links",
-                                                          "columns": ["identifier", "consent_subject"]}},
+                                                          "columns": ["identifier", "consent_subject"],
+                                                          "also": [{"layer": "privacy", "table": "identity_partials", "partitioned": True,
+                                                                    "columns": ["identifier", "user_pseudonym"]}]}},
     tags={"privacy/sensitivity": "sensitive"},
 )
 def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfig, lake: LakeStorage, duckdb: DuckDBResource,

@@ -293,3 +293,37 @@ def test_partition_fingerprints_change_with_a_rewrite_and_read_no_data(store, da
     assert second["date=2026-11-28/hour=14"] == first["date=2026-11-28/hour=14"]
     lake.delete_partition("raw", "events", b)
     assert set(lake.partition_fingerprints("raw", "events")) == {"date=2026-11-28/hour=13"}
+
+
+def test_erasure_removes_erased_subjects_from_the_identity_partials(data_dir, monkeypatch):
+    """The partials hold pseudonyms: the erasure run removes and verifies them like identity_links itself."""
+    from datetime import datetime, timezone
+
+    from personalization_assets.privacy.consented import SUPPRESSION_SCHEMA
+    from tests.helpers import check_results
+
+    defs, hours, held = _raw_landing(data_dir, monkeypatch, days=1, events=3000, users=80)
+    _bring(held, data_dir / "lake", hours)
+    _run(defs, IDENTITY)
+    lake = defs.resources["lake"]
+    links = lake.read_table("privacy", "identity_links").to_pylist()
+    # a user whose events link an anonymous id to them (so they are in the partials)
+    linked = {u for p in lake.partitions("privacy", "identity_partials")
+              for u in lake.read_table("privacy", "identity_partials", p)["user_pseudonym"].to_pylist() if u}
+    victim = next(r for r in links if r["identifier_kind"] == "user" and r["identifier"] in linked)
+    erased = {victim["identifier"]} | {r["identifier"] for r in links if victim["identifier"] in r["linked_user_pseudonyms"]}
+
+    def in_partials() -> int:
+        return sum(1 for p in lake.partitions("privacy", "identity_partials")
+                   for r in lake.read_table("privacy", "identity_partials", p).to_pylist()
+                   if r["identifier"] in erased or r["user_pseudonym"] in erased)
+
+    assert in_partials() > 0
+    now = datetime.now(timezone.utc)
+    lake.write_table("privacy", "suppression_list", pa.Table.from_pylist(
+        [{"request_id": "r-1", "identifier": i, "identifier_kind": "user" if i == victim["identifier"] else "anonymous", "requested_at": now}
+         for i in sorted(erased)], schema=SUPPRESSION_SCHEMA))
+    result = materialize(defs, "key:privacy/erasure_log")
+    assert check_results(result)["privacy/erasure_log:subjects_absent_everywhere"] is True
+    assert materializations(result)["privacy/erasure_log"]["rows_removed_per_asset"]["privacy/identity_links"] > len(erased)
+    assert in_partials() == 0
