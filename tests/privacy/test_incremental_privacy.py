@@ -234,11 +234,16 @@ def test_consent_ledger_in_batches_appends_what_one_full_scan_appends(data_dir, 
     batches = [hours[:k1], hours[k1:k2], hours[k2:]]
 
     # A: incremental, one run per batch (later hours land in later runs)
+    appended_in = []
     for i, batch in enumerate(batches):
         _bring(held, data_dir / "lake", batch, copy=True)
         md = _run(defs, LEDGER)["privacy/consent_ledger"]
         assert md["raw_hours_read"] == len(batch) and md["full_refresh"] is (i == 0)
+        appended_in.append(_decisions(defs) - set().union(*appended_in))
     incremental = _decisions(defs)
+    # the test means something: a withdrawal decided in a later run than the grant it withdraws
+    assert any(w[3] == "withdrawn" and any(g[3] == "granted" and g[:3] == w[:3] for earlier in appended_in[:i] for g in earlier)
+               for i in range(1, len(batches)) for w in appended_in[i])
     md = _run(defs, LEDGER, full_refresh=True)["privacy/consent_ledger"]  # a full re-scan finds nothing new
     assert md["raw_hours_read"] == len(hours) and md["appended"] == 0
 
@@ -259,8 +264,7 @@ def test_consent_ledger_in_batches_appends_what_one_full_scan_appends(data_dir, 
     sources = {r[5] for r in incremental}
     statuses = {r[3] for r in incremental}
     assert {"cmp_event", "gpc_signal", "privacy_request"} <= sources and {"granted", "denied", "withdrawn"} <= statuses
-    # the test means something: some identifier sends GPC in more than one batch, and some withdrawal's grant was
-    # decided in an earlier run than the withdrawal
+    # and some identifier sends GPC in more than one batch
     gpc_users = {}
     lake = defs.resources["lake"]
     for i, batch in enumerate(batches):
