@@ -61,11 +61,10 @@ def main() -> int:
 
     import dagster as dg
 
+    import personalization_assets
     from personalization_assets.cli import landing_partition_keys
     from personalization_assets.definitions import build_definitions
     from personalization_assets.settings import load_settings
-
-    import personalization_assets
 
     defs = build_definitions(load_settings())
     job = defs.resolve_implicit_global_asset_job_def()

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute  # registers pa.compute
 
 from personalization_assets.privacy.identity import temp_table_from_arrow
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy

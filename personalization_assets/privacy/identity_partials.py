@@ -26,7 +26,12 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from personalization_assets.privacy.identity import IDENTITY_SCHEMA, LINK_SCHEMA, crm_country_jurisdiction_sql, pseudonymize_column
+from personalization_assets.privacy.identity import (
+    IDENTITY_SCHEMA,
+    LINK_SCHEMA,
+    crm_country_jurisdiction_sql,
+    pseudonymize_column,
+)
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 

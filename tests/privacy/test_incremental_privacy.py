@@ -27,9 +27,12 @@ import pytest
 
 from personalization_assets.cli import landing_partition_keys
 from personalization_assets.privacy.assets import RAW_CRM_SCHEMA, RAW_EVENT_SCHEMA
-from personalization_assets.privacy.identity import build_identity_links, jurisdiction_case_sql
+from personalization_assets.privacy.identity import (
+    build_identity_links,
+    jurisdiction_case_sql,
+)
 from personalization_assets.privacy.policies import get_policy
-from tests.helpers import defs_for_env, generate, materialize, materializations
+from tests.helpers import defs_for_env, generate, materializations, materialize
 
 RAW = "key:raw/events or key:raw/crm_profiles or key:raw/privacy_requests"
 IDENTITY = "key:privacy/identity_links"
