@@ -334,3 +334,31 @@ def test_erasure_removes_erased_subjects_from_the_identity_partials(data_dir, mo
     assert check_results(result)["privacy/erasure_log:subjects_absent_everywhere"] is True
     assert materializations(result)["privacy/erasure_log"]["rows_removed_per_asset"]["privacy/identity_links"] > len(erased)
     assert in_partials() == 0
+
+
+def test_a_run_that_dies_before_recording_what_it_consumed_reprocesses_those_hours(data_dir, monkeypatch):
+    """The consumed record is written only after the output: a run that dies in between (here: the record write
+    fails) leaves the hours unrecorded, and the next run reads them again (idempotently) instead of skipping them."""
+    from personalization_assets.privacy import incremental
+
+    defs, hours, held = _raw_landing(data_dir, monkeypatch, days=1, events=3000, users=80)
+    _bring(held, data_dir / "lake", hours[:-8])
+    _run(defs, f"{IDENTITY} or {LEDGER}")
+    _bring(held, data_dir / "lake", hours[-8:])
+    decisions_before = _decisions(defs)
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed before recording what was consumed")
+
+    real = incremental.write_consumed
+    monkeypatch.setattr(incremental, "write_consumed", dies)
+    for selection in (IDENTITY, LEDGER):
+        with pytest.raises(Exception):
+            _run(defs, selection)
+    monkeypatch.setattr(incremental, "write_consumed", real)
+    appended_by_failed_run = _decisions(defs) - decisions_before
+    assert appended_by_failed_run  # the ledger did append before dying
+    md = _run(defs, f"{IDENTITY} or {LEDGER}")
+    assert md["privacy/identity_links"]["raw_hours_read"] == 8 and md["privacy/consent_ledger"]["raw_hours_read"] == 8
+    assert md["privacy/consent_ledger"]["appended"] == 0  # re-seen decisions are idempotent
+    _assert_identity_exact(defs)
