@@ -16,7 +16,6 @@ from personalization_assets.privacy.consented import CONSENTED_EVENT_SCHEMA, SUP
 from personalization_assets.privacy.hash_chain import HashChainedLog
 from personalization_assets.privacy.identity import (
     IDENTITY_SCHEMA,
-    build_identity_links,
     crm_country_jurisdiction_sql,
     jurisdiction_case_sql,
     pseudonymize_column,
@@ -49,6 +48,7 @@ RAW_CATALOG = dg.AssetKey(["raw", "content_catalog"])
 RAW_REQUESTS = dg.AssetKey(["raw", "privacy_requests"])
 
 RAW_EVENT_SCHEMA = arrow_schema(RawEvent)
+LAYER_PRIVACY = "privacy"
 RAW_CRM_SCHEMA = arrow_schema(RawCrmProfile)
 RAW_REQUEST_SCHEMA = arrow_schema(RawPrivacyRequest)
 
@@ -92,23 +92,82 @@ IDENTITY_COLUMNS = ["user_id", "anonymous_id", "previous_id", "trait_email", "co
 CRM_IDENTITY_COLUMNS = ["user_id", "email", "country", "is_current", "updated_at"]
 
 
+class IdentityLinksConfig(dg.Config):
+    full_refresh: bool = False  # recompute the partial of every raw hour (default: only the hours that changed)
+
+
+IDENTITY_PARTIAL_BATCH_ROWS = 2_000_000  # raw rows per DuckDB pass when recomputing hour partials
+
+
 @dg.asset(
     key=IDENTITY_LINKS,
     description="Every identifier (pseudonymized user, anonymous and email ids) with the consent subject it resolves to: "
     "the user it is linked to when linked to exactly one user, else itself; plus the subject's jurisdiction and what "
-    "decided it (jurisdiction_source: most recent event location, else current CRM country, else unknown).",
+    "decided it (jurisdiction_source: most recent event location, else current CRM country, else unknown). Folded "
+    "forward from per-raw-hour partials (privacy/identity_partials): a run reads only the raw hours that changed.",
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_EVENTS, RAW_CRM],
     metadata={"privacy/tier": "privacy", "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "identity_links",
-                                                          "columns": ["identifier", "consent_subject"]}},
+                                                          "columns": ["identifier", "consent_subject"],
+                                                          "also": [{"layer": "privacy", "table": "identity_partials", "partitioned": True,
+                                                                    "columns": ["identifier", "user_pseudonym"]}]}},
     tags={"privacy/sensitivity": "sensitive"},
 )
-def identity_links(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                   pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    import numpy as np
+
+    from personalization_assets.privacy import incremental as inc
+    from personalization_assets.privacy.identity_partials import PARTIAL_SCHEMA, PARTIALS_TABLE, RAW_COLUMNS, hour_partials, identity_from_partials
+    from personalization_assets.privacy.operations import rekey_table
+
     policy = get_policy()
-    auditor(context, lake, platform, IDENTITY_LINKS).record([("raw/events", "*", IDENTITY_COLUMNS), ("raw/crm_profiles", None, CRM_IDENTITY_COLUMNS)])
+    chain = pseudonymizer.chain()
+    active = str(chain.active)
+    # listing first (metadata only): an hour rewritten after this point is recorded with its old fingerprint -> re-read next run
+    current = lake.partition_fingerprints("raw", "events")
+    consumed = inc.read_consumed(lake, "identity_links")
+    recorded_key = (consumed.settings.get("key_version") if consumed else None) or active
+    full = config.full_refresh or consumed is None or int(recorded_key) > int(active)
+    stored = set(lake.partition_fingerprints(LAYER_PRIVACY, PARTIALS_TABLE))
+    # an hour whose partial is missing (never written, removed by hand) is recomputed too
+    changed = sorted(set(inc.changed_partitions(current, consumed, full)) | (set(current) - stored))
+    stale = [inc.partition_of(p) for p in sorted(stored - set(current))]
+    raw_columns = IDENTITY_COLUMNS + ["landing_hour"]
+    reads = [("raw/events", "*", raw_columns)] if full or len(changed) > 500 else [("raw/events", p, raw_columns) for p in changed]
+    auditor(context, lake, platform, IDENTITY_LINKS).record(
+        reads + [("raw/crm_profiles", None, CRM_IDENTITY_COLUMNS), (f"privacy/{PARTIALS_TABLE}", "*", None)])
+    rekeyed = 0
+    if not full and recorded_key != active:
+        # the active key changed without the rotation job: bring the stored partials to the active version first
+        for path in sorted(set(current) - set(changed)):
+            part = inc.partition_of(path)
+            if lake.exists(LAYER_PRIVACY, PARTIALS_TABLE, part):
+                new, n = rekey_table(lake.read_table(LAYER_PRIVACY, PARTIALS_TABLE, part), chain, active)
+                if n:
+                    lake.write_table(LAYER_PRIVACY, PARTIALS_TABLE, new, partition=part)
+                    rekeyed += 1
+    raw_rows = 0
     with duckdb.get_connection() as con:
-        _register_raw_events(con, lake, IDENTITY_COLUMNS)
+        for batch in inc.row_batches(lake, "raw", "events", changed, IDENTITY_PARTIAL_BATCH_ROWS):
+            lake.register_partitions(con, "__raw_hours", "raw", "events", [inc.partition_of(p) for p in batch], RAW_EVENT_SCHEMA, RAW_COLUMNS)
+            raw_rows += con.execute("select count(*) from __raw_hours").fetchall()[0][0]
+            partials = hour_partials(con, pseudonymizer, "__raw_hours")
+            unexpected = set(pa.compute.unique(partials["partition"]).to_pylist()) - set(batch)
+            if unexpected:
+                raise dg.Failure(f"raw/events rows whose landing_hour is not their partition's hour ({sorted(unexpected)[:5]}) in "
+                                 f"partitions {batch[:5]}: raw/events is corrupt; rematerialize those raw hours")
+            # sorted by partition: each hour is one slice. An hour without identifiers gets an empty partial (it
+            # replaces an older one)
+            keys = np.asarray(partials["partition"].to_pylist(), dtype=object)
+            body = partials.drop_columns(["partition"]).cast(PARTIAL_SCHEMA)
+            for path in batch:
+                lo, hi = int(np.searchsorted(keys, path, "left")), int(np.searchsorted(keys, path, "right"))
+                lake.write_table(LAYER_PRIVACY, PARTIALS_TABLE, body.slice(lo, hi - lo), partition=inc.partition_of(path))
+        for part in stale:  # the raw hour is gone (retention, erasure): so is what it contributed
+            lake.delete_partition(LAYER_PRIVACY, PARTIALS_TABLE, part)
+        lake.register(con, "__partials", LAYER_PRIVACY, PARTIALS_TABLE, empty_schema=PARTIAL_SCHEMA)
         lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
-        identity, links = build_identity_links(con, pseudonymizer, jurisdiction_case_sql(policy))
+        identity, links = identity_from_partials(con, pseudonymizer, jurisdiction_case_sql(policy), "__partials")
         con.register("identity_t", identity)
         con.register("links_t", links)
         table = con.sql(
@@ -119,12 +178,23 @@ def identity_links(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
         ).arrow().read_all()
         ambiguous = con.execute("select count(*) from identity_t where linked_users > 1").fetchall()[0][0]
     written = lake.write_table("privacy", "identity_links", table)
+    inc.write_consumed(lake, "identity_links", current, {"key_version": active})  # after the output: a crash re-processes
     return dg.MaterializeResult(metadata=_write_metadata(written, {
         "identifiers": table.num_rows,
         "ambiguous_identifiers_not_merged": int(ambiguous),
-        "key_version": pseudonymizer.chain().active,
+        "key_version": active,
         "dev_key": pseudonymizer.is_dev_key,
+        "full_refresh": full,
+        "raw_hours": len(current),
+        "raw_hours_read": len(changed),
+        "raw_rows_read": int(raw_rows),
+        "partials_deleted": len(stale),
+        "partials_rekeyed": rekeyed,
     }))
+
+
+class ConsentLedgerConfig(dg.Config):
+    full_refresh: bool = False  # decide from every raw hour (default: only the hours changed since the last run)
 
 
 LEDGER_SEGMENT_ROWS = 500_000
@@ -146,20 +216,32 @@ CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "
         model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).spec,
     ],
 )
-def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                   pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    from personalization_assets.privacy import incremental as inc
+
     policy = get_policy()
     log = ledger_log(lake, platform)
     # read-decide-append under the ledger's writer lock: a concurrent run (a second CLI, a retry racing the
-    # original) waits, then sees this run's rows and appends none of them again
+    # original) waits, then sees this run's rows (and what they consumed) and appends none of them again
     with log.exclusive():
         before = log.verify()  # also fails on a decision id stored twice
         if before.ok:
+            # only raw hours changed since the ledger last consumed them (listing first: metadata only); a new policy
+            # version decides every hour again (its purposes may map differently)
+            current = lake.partition_fingerprints("raw", "events")
+            consumed = inc.read_consumed(lake, "consent_ledger")
+            full = config.full_refresh or consumed is None or consumed.settings.get("policy_version") != policy.version
+            changed = inc.changed_partitions(current, consumed, full)
+            reads = ([("raw/events", "*", CONSENT_INPUT_COLUMNS)] if full or len(changed) > 500
+                     else [("raw/events", p, CONSENT_INPUT_COLUMNS) for p in changed])
             auditor(context, lake, platform, CONSENT_LEDGER).record(
-                [("raw/events", "*", CONSENT_INPUT_COLUMNS),
-                 ("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"]),
-                 ("raw/crm_profiles", None, ["user_id", "country", "is_current", "updated_at"])]
+                reads + [("raw/privacy_requests", None, ["request_id", "type", "user_id", "email", "received_at", "jurisdiction"]),
+                         ("raw/crm_profiles", None, ["user_id", "country", "is_current", "updated_at"])]
             )
-            outcome = _append_new_decisions(log, lake, duckdb, pseudonymizer, policy, before.rows)
+            outcome = _append_new_decisions(log, lake, duckdb, pseudonymizer, policy, before.rows,
+                                            None if full else [inc.partition_of(p) for p in changed])
+            inc.write_consumed(lake, "consent_ledger", current, {"policy_version": policy.version})  # after the append
     if not before.ok:
         # never append to a broken chain: that would bury the evidence
         yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or ""})
@@ -172,6 +254,7 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
         "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
         "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
         "candidates_seen": candidates, "policy_version": policy.version,
+        "full_refresh": full, "raw_hours": len(current), "raw_hours_read": len(changed),
     })
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
                               metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
@@ -180,13 +263,17 @@ def consent_ledger(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb:
 
 
 def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, policy,
-                          head_seq: int) -> tuple[int, dict, int]:
+                          head_seq: int, partitions: list[dict] | None = None) -> tuple[int, dict, int]:
     """Decide the ledger rows not yet recorded and append them (the caller holds the writer lock; the
-    ledger was read up to `head_seq`). Returns (rows appended, appended per decision, candidates seen)."""
+    ledger was read up to `head_seq`). `partitions`: the raw/events hours to decide from (None: all of them).
+    Returns (rows appended, appended per decision, candidates seen)."""
     jur = jurisdiction_case_sql(policy)
     unknown = UNKNOWN_JURISDICTION
     with duckdb.get_connection() as con:
-        _register_raw_events(con, lake, CONSENT_INPUT_COLUMNS)
+        if partitions is None:
+            _register_raw_events(con, lake, CONSENT_INPUT_COLUMNS)
+        else:
+            lake.register_partitions(con, "raw_events", "raw", "events", partitions, RAW_EVENT_SCHEMA, CONSENT_INPUT_COLUMNS)
         lake.register(con, "raw_requests", "raw", "privacy_requests", empty_schema=RAW_REQUEST_SCHEMA)
         lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
         con.execute(
@@ -248,7 +335,11 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
 
         chain = pseudonymizer.chain()
         # compare under the current key version
-        existing, _ = rekey_table(log.read_all(["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"]), chain, chain.active)
+        existing, _ = rekey_table(log.read_all(["decision_id", "identifier_pseudonym", "identifier_kind", "purpose", "decision", "effective_at",
+                                                "source", "source_ref"]), chain, chain.active)
+        # a GPC signal decides once, at an identifier's first signal: a signal no earlier than the one already recorded
+        # (in an hour read now, or anywhere once the recorded signal's hour is gone) is not a new opt-out
+        consent_lib.drop_recorded_gpc(con, existing, "__candidates")
         consent_lib.new_ledger_rows(con, existing, "__candidates", "__fresh")
         del existing
         by_decision = dict(con.execute("select decision, count(*) from __fresh group by 1 order by 1").fetchall())

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # registers pa.compute
 
 from personalization_assets.privacy.identity import temp_table_from_arrow
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
@@ -177,6 +178,32 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
         {"recorded_at": recorded_at, "policy_version": policy.version},
     )
     return con.execute("select count(*) from __candidates").fetchall()[0][0]
+
+
+def drop_recorded_gpc(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates") -> int:
+    """Remove from `candidates` the GPC decisions of an identifier and purpose whose ledger (`existing`, with
+    identifier_kind, source and source_ref) already holds a GPC decision at an earlier or the same (time, message
+    id): the opt-out is the identifier's FIRST signal, and that one is recorded. A run that reads only the raw
+    hours that changed therefore decides what a scan of every hour decides; and an identifier whose recorded first
+    signal was removed by retention or erasure does not get a second "first" opt-out. Returns the rows removed."""
+    gpc = existing.filter(pa.compute.equal(existing["source"], "gpc_signal")).select(
+        ["identifier_pseudonym", "identifier_kind", "purpose", "effective_at", "source_ref"])
+    if gpc.num_rows == 0:
+        return 0
+    con.register("__recorded_gpc", gpc)
+    try:
+        before = con.execute(f'select count(*) from "{candidates}"').fetchall()[0][0]
+        con.execute(
+            f"""delete from "{candidates}" c
+                where c.source = 'gpc_signal' and exists (
+                    select 1 from __recorded_gpc e
+                    where e.identifier_pseudonym = c.identifier_pseudonym and e.identifier_kind = c.identifier_kind
+                      and e.purpose = c.purpose
+                      and (e.effective_at < c.effective_at or (e.effective_at = c.effective_at and e.source_ref <= c.source_ref)))"""
+        )
+        return before - con.execute(f'select count(*) from "{candidates}"').fetchall()[0][0]
+    finally:
+        con.unregister("__recorded_gpc")
 
 
 def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates", into: str = "__fresh") -> int:

@@ -10,7 +10,8 @@ declares in its metadata how to erase from it (`privacy/erasure`):
   identifier (value of an identifier key, email-shaped token or CSV field) that, normalized, pseudonymizes into the
   suppression list — exact tokens, never substrings (privacy/quarantine_match.py);
 * ``{"kind": "lake", "layer": ..., "table": ..., "partitioned": bool, "columns": [...]}`` rows where any
-  pseudonym column (or list column) holds a suppressed pseudonym;
+  pseudonym column (or list column) holds a suppressed pseudonym; `"also": [{"layer", "table", "partitioned",
+  "columns"}]` names further tables the asset keeps for itself (privacy/identity_links' per-hour partials);
 * ``{"kind": "warehouse", "relation": ..., "columns": [...]}`` rows deleted in the warehouse;
 * ``{"kind": "none", "reason": ...}`` the asset holds no subject-level data (e.g. aggregates).
 
@@ -143,8 +144,15 @@ def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa
 
 
 def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, subjects: Subjects, apply: bool) -> int:
-    """Remove (apply=True) or count (apply=False) matching rows in a lake target. Returns the row count."""
-    h = target.handler
+    """Remove (apply=True) or count (apply=False) matching rows in a lake target. Returns the row count.
+    A handler's `also` lists further tables the asset keeps (same kind; e.g. identity_links' per-hour partials)."""
+    total = _erase_from_table(lake, con, pz, target, target.handler, subjects, apply)
+    for extra in target.handler.get("also", []) or []:
+        total += _erase_from_table(lake, con, pz, target, {"kind": target.handler["kind"], **dict(extra)}, subjects, apply)
+    return total
+
+
+def _erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, h: dict, subjects: Subjects, apply: bool) -> int:
     kind = h["kind"]
     layer = h.get("layer", "raw")
     table_name = h["table"]

@@ -63,6 +63,10 @@ def pseudonymize_column(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, view:
 def build_identity_links(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, jurisdiction_sql: str) -> tuple[pa.Table, pa.Table]:
     """From views `raw_events` and `raw_crm` build (identity table, link table).
 
+    The from-scratch definition of privacy/identity_links. The asset builds the same table from per-raw-hour
+    partials (privacy/identity_partials.py) so that a run reads only the hours that changed; the tests compare
+    the two. A change here must be mirrored there.
+
     `jurisdiction_sql` maps (country, region) columns to a jurisdiction name, NULL when both are absent
     (`jurisdiction_case_sql`); see the module doc for the order event location, CRM country, unknown.
     """

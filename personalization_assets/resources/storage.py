@@ -692,6 +692,53 @@ class LakeStorage(_FileStore):
     def partition_files(self, layer: str, table: str) -> list[FileInfo]:
         return [f for f in self.list_files(self.table_dir(layer, table)) if f.path.endswith("/" + DATA_FILE)]
 
+    def partition_fingerprints(self, layer: str, table: str) -> dict[str, str]:
+        """{partition path ('date=D/hour=H'): fingerprint} of every partition file, from the listing alone (no data
+        read): locally `size:mtime_ns:inode` (a rewrite is a new file renamed into place: a new inode, even when two
+        rewrites fall in the same timestamp tick), on S3 `size:ETag` (a new object has a new ETag even within the same
+        second). Incremental consumers compare it with what they last consumed to find the partitions that changed."""
+        base = self.table_dir(layer, table) + "/"
+        suffix = "/" + DATA_FILE
+        if not self.is_s3:
+            out = {}
+            for f in self.partition_files(layer, table):
+                if f.path.startswith(base):
+                    try:
+                        st = os.stat(self.full_path(f.path))
+                    except FileNotFoundError:  # deleted since the listing
+                        continue
+                    out[f.path[len(base) : -len(suffix)]] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+            return out
+        bucket, _, prefix = (self.full_path(base) + "/").partition("/")
+        out = {}
+        for page in self.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if not key.endswith(suffix) or any(p.startswith((".", "_")) for p in key[len(prefix):].split("/")):
+                    continue
+                out[key[len(prefix) : -len(suffix)]] = f"{obj['Size']}:{obj['ETag'].strip(chr(34))}"
+        return out
+
+    def register_partitions(self, con, name: str, layer: str, table: str, partitions: list[Mapping[str, str]],
+                            empty_schema: pa.Schema, columns: list[str] | None = None) -> None:
+        """Expose the given partitions of a lake table to DuckDB as view `name` (like `register`, but only those
+        files: an incremental consumer reads what changed, not the table). Every partition must exist."""
+        for part in partitions:
+            self._audit_read(layer, table, partition_path(part), columns)
+        cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        paths = [self.full_path(self.data_file(layer, table, part)) for part in partitions]
+        if not paths:
+            con.register(f"__empty_{name}", empty_schema.empty_table())
+            con.execute(f'create or replace temp view "{name}" as select {cols} from "__empty_{name}"')
+        elif not self.is_s3:
+            files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+            con.execute(f'create or replace temp view "{name}" as select {cols} from read_parquet([{files}], '
+                        "hive_partitioning = false, union_by_name = true)")
+        else:
+            dataset = ds.dataset(paths, filesystem=self.filesystem(), format="parquet")
+            con.register(f"__ds_{name}", dataset)
+            con.execute(f'create or replace temp view "{name}" as select {cols} from "__ds_{name}"')
+
     def partitions(self, layer: str, table: str) -> list[dict[str, str]]:
         """Partition values present on storage, from the hive-style folder names."""
         out = []
