@@ -68,8 +68,13 @@ EXCLUDED = {
     "privacy/access_audit_log": "append-only audit of reads",
     # bookkeeping of the incremental ingestion itself (object versions, mtimes, read times)
     "raw/landing_manifest": "incremental bookkeeping (mtimes, read times)",
-    # a privacy operation (not in the selection); its rows name runs and times
-    "privacy/erasure_log": "append-only operation log (not selected)",
+    # a privacy operation; its rows name runs and times
+    "privacy/erasure_log": "append-only operation log",
+    # what each incremental step consumed (raw partition fingerprints: sizes, mtimes, inodes; run times). They
+    # legitimately change on a rerun after the erasure of the previous run rewrote raw hours (the consumers re-read them)
+    "privacy/identity_links_consumed": "incremental bookkeeping (raw fingerprints, times)",
+    "privacy/consent_ledger_consumed": "incremental bookkeeping (raw fingerprints, times)",
+    "consented/events_state": "incremental bookkeeping (raw fingerprints, identifier index and signatures)",
 }
 # The consent ledger is append-only and hash-chained: the same DECISIONS must be in both, not the same chain.
 LEDGER = "privacy/consent_ledger"
