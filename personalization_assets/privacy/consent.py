@@ -267,12 +267,20 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -
                        any_value({{'j': jurisdiction, 's': jurisdiction_source}}) as js
                 from identity group by 1
             ),
-            decisions as (
+            all_decisions as (
                 select coalesce(i.consent_subject, l.identifier_pseudonym) as consent_subject, l.purpose,
                        case when l.decision = 'granted' then 'granted' else 'denied' end as status,
                        l.effective_at, l.seq, l.source
                 from ledger l
                 left join identity i on i.identifier = l.identifier_pseudonym
+            ),
+            decisions as (
+                -- a GPC denial is sticky: only a subject's FIRST GPC signal per purpose decides anything. Later ones are
+                -- redundant re-assertions; the ledger holds some of them only when signals arrived out of order
+                -- (append-only), so ignoring them makes the state independent of arrival order
+                select * from all_decisions
+                qualify source <> 'gpc_signal'
+                     or effective_at = min(effective_at) filter (where source = 'gpc_signal') over (partition by consent_subject, purpose)
             ),
             all_subjects as (
                 select s.consent_subject,

@@ -269,10 +269,16 @@ def ledger_decisions(data: pa.Table) -> pa.Table:
     recs = sorted(data.drop_columns([c for c in (*LEDGER_CHAIN_COLUMNS, "decision_id") if c in data.column_names]).to_pylist(),
                   key=lambda r: (r["identifier_pseudonym"], r["identifier_kind"], r["purpose"], r["effective_at"], r["source"] or "",
                                  r["source_ref"] or ""))
-    out, last = [], {}
+    out, last, first_gpc = [], {}, {}
     for r in recs:
         r["decision"] = "denied" if r["decision"] == "withdrawn" else r["decision"]
         k = (r["identifier_pseudonym"], r["identifier_kind"], r["purpose"])
+        if r["source"] == "gpc_signal":
+            # GPC is sticky: only the first signal decides (consent.build_consent_state ignores later ones); a later
+            # signal is in the ledger only when it arrived before an earlier one (append-only)
+            if k in first_gpc:
+                continue
+            first_gpc[k] = r["effective_at"]
         if last.get(k) == (r["decision"], r["source"]):
             continue
         last[k] = (r["decision"], r["source"])
