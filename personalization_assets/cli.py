@@ -135,9 +135,21 @@ def _cmd_generate(args) -> int:
 
 
 def landing_partition_keys(defs, settings) -> list[str]:
-    """Partition keys of raw/events that hold data (the lake's hours; ingestion files messages by receivedAt)."""
-    lake = defs.resources["lake"]
-    return sorted({f"{p['date']}-{p['hour']}:00" for p in lake.partitions("raw", "events") if p.get("date") and p.get("hour")})
+    """Event hours that hold data or will: the lake's raw/events hours plus the hours the landing objects are
+    filed under (hive folder hour; a RudderStack file's timestamp hour; a Segment received day's 24 hours).
+    Ingestion itself files each message by its receivedAt; this only bounds a partition range."""
+    from datetime import timedelta
+
+    from personalization_assets.raw.layouts import list_landing, plan_landing
+    from personalization_assets.raw.partitions import PARTITION_FMT
+
+    lake, landing = defs.resources["lake"], defs.resources["landing"]
+    keys = {f"{p['date']}-{p['hour']}:00" for p in lake.partitions("raw", "events") if p.get("date") and p.get("hour")}
+    plan = plan_landing(list_landing(landing), getattr(defs.resources.get("platform"), "events_layout", "auto"))
+    for e in plan.events:
+        span = 24 if e.layout == "segment-s3" else 1
+        keys |= {(e.object_hour + timedelta(hours=h)).strftime(PARTITION_FMT) for h in range(span)}
+    return sorted(keys)
 
 
 def self_partitioning(graph, key) -> bool:

@@ -54,6 +54,8 @@ def summarize(events, group_of) -> dict[str, LayerSummary]:
             s = layers.setdefault(layer, LayerSummary(layer))
             s.assets.add(key.to_user_string())
             md = mat.metadata
+            if mat.partition is None and ("hours_rewritten" in md or "hours_written" in md):
+                continue  # the run-level materialization of an incremental step's partitioned output: its hours are counted
             s.files_read += int(_value(md, "files_read") or 0)
             s.rows_written += int(_value(md, "rows_written") or _value(md, "dagster/row_count") or 0)
             if not key.path[-1].endswith("quarantine"):

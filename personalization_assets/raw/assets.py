@@ -264,10 +264,16 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         })
         # the partitioned outputs are yielded when selected (their hours were logged above): a skippable output left
         # unyielded would make Dagster skip every step downstream of it in this run
+        # (this run-level materialization carries the run's totals; each hour's own figures are on its partition)
         selected = context.selected_asset_keys
-        for key in (RAW_EVENTS, RAW_EVENTS_QUARANTINE):
-            if key in selected:
-                yield dg.MaterializeResult(asset_key=key, metadata={"hours_rewritten": len(outcome.hours)})
+        rows_written = sum(st.raw_rows for st in outcome.hours.values())
+        quarantined = sum(st.quarantined for st in outcome.hours.values())
+        if RAW_EVENTS in selected:
+            yield dg.MaterializeResult(asset_key=RAW_EVENTS, metadata={
+                "hours_rewritten": len(outcome.hours), "records_read": outcome.records_read, "rows_written": rows_written,
+                "quarantined": quarantined, "suppressed_erased_subjects": outcome.suppressed})
+        if RAW_EVENTS_QUARANTINE in selected:
+            yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE, metadata={"hours_rewritten": len(outcome.hours), "rows_written": quarantined})
         yield dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=outcome.unaccounted_records == 0,
                                   metadata={"records_read": outcome.records_read, "suppressed_rows": outcome.suppressed,
                                             "rows_replaced": outcome.rows_removed, "unaccounted": outcome.unaccounted_records,
