@@ -140,10 +140,15 @@ def landing_partition_keys(defs, settings) -> list[str]:
     Ingestion itself files each message by its receivedAt; this only bounds a partition range."""
     from datetime import timedelta
 
+    import dagster as dg
+
     from personalization_assets.raw.layouts import list_landing, plan_landing
     from personalization_assets.raw.partitions import PARTITION_FMT
 
     lake, landing = defs.resources["lake"], defs.resources["landing"]
+    # outside a run the resource still holds its EnvVar settings: resolve them for this listing
+    landing = type(landing)(**{name: (v.get_value() if isinstance(v, dg.EnvVar) else v)
+                               for name in type(landing).model_fields if (v := getattr(landing, name)) is not None})
     keys = {f"{p['date']}-{p['hour']}:00" for p in lake.partitions("raw", "events") if p.get("date") and p.get("hour")}
     plan = plan_landing(list_landing(landing), getattr(defs.resources.get("platform"), "events_layout", "auto"))
     for e in plan.events:

@@ -228,24 +228,28 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                 full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour, log=context.log.info,
                 on_hour=on_hour)
         hour_stats: dict[str, dict] = {}
+        in_range = set(context.partition_keys) if context.has_partition_key_range else set()
         for pk, st in sorted(outcome.hours.items()):
             # the hour as stored at the end of the run (also when a tick added a late object to it): its quarantine
             # rate is over all its records, not over this run's
             hour_stats[pk] = {**raw_by_hour_stats.get(pk, anomalies.partition_stats(pa.table({}), 0, 0, anomaly_config.null_columns)),
                               "records_read": st.raw_rows + st.quarantined, "rows_written": st.raw_rows, "quarantined": st.quarantined}
-            # each hour's own figures on its own materialization (run totals: run tags and the manifest's metadata)
-            context.log_event(dg.AssetMaterialization(
-                asset_key=RAW_EVENTS, partition=pk,
-                metadata={"dagster/row_count": st.raw_rows, "rows_written": st.raw_rows, "rows_added": st.raw_added,
+            # each hour's own figures on its own materialization (run totals: run tags and the manifest's metadata).
+            # An hour inside the run's partition range gets them on the materialization the output creates; any
+            # other hour is logged as a runtime materialization of that partition.
+            hour_md = {"dagster/row_count": st.raw_rows, "rows_written": st.raw_rows, "rows_added": st.raw_added,
                           # the hour's records as stored (raw + quarantined) plus those suppressed: its lines
                           "records_read": st.raw_rows + st.quarantined + st.suppressed, "records_read_this_run": st.records_read,
                           "quarantined": st.quarantined, "suppressed_erased_subjects": st.suppressed,
                           "objects_read": len(st.objects), "source_files": dg.MetadataValue.json(sorted(landing.uri(p) for p in st.objects)[:20]),
                           "quarantine_by_reason": dg.MetadataValue.json(dict(st.reasons.most_common())),
-                          **anomalies.stats_metadata(hour_stats[pk])}))
-            context.log_event(dg.AssetMaterialization(
-                asset_key=RAW_EVENTS_QUARANTINE, partition=pk,
-                metadata={"dagster/row_count": st.quarantined, "rows_written": st.quarantined, "by_reason": dg.MetadataValue.json(dict(st.reasons.most_common()))}))
+                          **anomalies.stats_metadata(hour_stats[pk])}
+            q_md = {"dagster/row_count": st.quarantined, "rows_written": st.quarantined, "by_reason": dg.MetadataValue.json(dict(st.reasons.most_common()))}
+            for key, md in ((RAW_EVENTS, hour_md), (RAW_EVENTS_QUARANTINE, q_md)):
+                if pk in in_range and key in context.selected_asset_keys:
+                    context.add_asset_metadata(md, asset_key=key, partition_key=pk)
+                else:
+                    context.log_event(dg.AssetMaterialization(asset_key=key, partition=pk, metadata=md))
         for pk in sorted(outcome.hours)[:8]:
             part = partition_dict(pk)
             if lake.exists("raw", "events_quarantine", part) and sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
@@ -268,11 +272,15 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         selected = context.selected_asset_keys
         rows_written = sum(st.raw_rows for st in outcome.hours.values())
         quarantined = sum(st.quarantined for st in outcome.hours.values())
-        if RAW_EVENTS in selected:
+        if in_range:  # a range run: the output materializes every hour of the range, each with its own figures (above)
+            for key in (RAW_EVENTS, RAW_EVENTS_QUARANTINE):
+                if key in selected:
+                    yield dg.MaterializeResult(asset_key=key)
+        elif RAW_EVENTS in selected:
             yield dg.MaterializeResult(asset_key=RAW_EVENTS, metadata={
                 "hours_rewritten": len(outcome.hours), "records_read": outcome.records_read, "rows_written": rows_written,
                 "quarantined": quarantined, "suppressed_erased_subjects": outcome.suppressed})
-        if RAW_EVENTS_QUARANTINE in selected:
+        if not in_range and RAW_EVENTS_QUARANTINE in selected:
             yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE, metadata={"hours_rewritten": len(outcome.hours), "rows_written": quarantined})
         yield dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=outcome.unaccounted_records == 0,
                                   metadata={"records_read": outcome.records_read, "suppressed_rows": outcome.suppressed,
