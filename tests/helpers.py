@@ -15,7 +15,8 @@ def defs_for_env() -> dg.Definitions:
 PIPELINE = "pipeline"  # every asset except the privacy operations (erasure, retention, rotation)
 
 
-def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str] | None = None, instance=None, raise_on_error=True):
+def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str] | None = None, instance=None, raise_on_error=True,
+                run_config: dict | None = None):
     from personalization_assets.jobs import OPERATIONS
 
     graph = defs.resolve_asset_graph()
@@ -31,11 +32,12 @@ def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str
         tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[1]}
     job = defs.resolve_implicit_global_asset_job_def()
     if instance is not None:
-        return job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error)
+        return job.execute_in_process(instance=instance, asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error, run_config=run_config)
     # dispose the ephemeral instance now: a garbage-collected one would reset Dagster's process-wide
     # defs-state context variable to a stale value at an arbitrary later moment
     with dg.DagsterInstance.ephemeral() as ephemeral:
-        return job.execute_in_process(instance=ephemeral, asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error)
+        return job.execute_in_process(instance=ephemeral, asset_selection=list(keys), tags=tags, raise_on_error=raise_on_error,
+                                      run_config=run_config)
 
 
 def check_results(result) -> dict[str, bool]:

@@ -111,8 +111,11 @@ def test_withdrawal_and_gpc_from_the_preference_center_take_effect_through_the_p
     defs = defs_for_env()
     keys = landing_partition_keys(defs, None)
     # everything the consented tier, the segments and the audience depend on (not the DP exports, catalog, …)
+    # the features' cutoff is now: this test's events are minutes old (the default, the end of the last complete
+    # landing hour, would leave out the current hour)
+    as_of = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
     result = materialize(defs, 'key:"consented/events" or +key:"segments/advertising_audience" or +key:"segments/segment_membership"',
-                         (keys[0], keys[-1]))
+                         (keys[0], keys[-1]), run_config={"ops": {"feature_tables": {"config": {"as_of": as_of}}}})
     checks = check_results(result)
     assert checks and all(checks.values()), {k: v for k, v in checks.items() if not v}
 
