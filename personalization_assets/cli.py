@@ -225,7 +225,10 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
     # a multi-asset (e.g. raw/events + its quarantine) is always materialized whole
-    selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors() if select else dg.AssetSelection.all()
+    # default: everything except the key rotation and the retention run, which have their own job and daily schedule
+    # (a tick must not re-key or scan every table); the erasure run stays: privacy requests are processed every time
+    routine = dg.AssetSelection.assets(["privacy", "key_rotation_log"], ["privacy", "retention_log"])
+    selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors() if select else dg.AssetSelection.all() - routine
     keys = selection.resolve(graph)
     if not keys:
         raise SystemExit(f"--select {select!r} matches no asset")
