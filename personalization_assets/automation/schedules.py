@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import dagster as dg
 
 from personalization_assets.automation.sensors import (
@@ -20,8 +18,6 @@ from personalization_assets.automation.sensors import (
 )
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LandingZone
-
-LATE_WINDOW = timedelta(days=3)
 
 
 def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection) -> list:

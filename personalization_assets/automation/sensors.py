@@ -26,7 +26,6 @@ FOLLOWERS = (
     dg.AssetKey(["privacy", "suppression_list"]), dg.AssetKey(["privacy", "consent_state"]),
     dg.AssetKey(["consented", "events_state"]),  # its step rewrites the stale consented/events hours (logged at runtime)
 )
-STREAMING_MAX_HOURS = 2  # beyond this many changed hours at once (a backfill), leave the followers to automation
 REFERENCE_SOURCES = {"crm": "crm_profiles", "catalog": "content_catalog", "privacy_requests": "privacy_requests"}
 DIGEST_TAG = "personalization/landing-digest"
 STREAMING_TAG = "personalization/streaming"

@@ -98,19 +98,6 @@ def _load(landing: LandingZone, files) -> list[tuple[events_ingest.LandedFile, s
     return loaded
 
 
-def _with_unsupported(landing: LandingZone, source: str, suffixes, bad_files, quarantine: pa.Table, read: int) -> tuple[pa.Table, int]:
-    """Files that are not batches of the source (wrong name) are records too: one quarantine row each,
-    with the file's first bytes; they count as read."""
-    if not bad_files:
-        return quarantine, read
-    extra = events_ingest.build_quarantine(
-        source,
-        [(f.path, events_ingest.Reject(0, "unsupported_file", f"file name does not end with one of {suffixes}")) for f in bad_files],
-        originals={(f.path, 0): landing.read_bytes(f.path)[: events_ingest.MAX_QUARANTINE_BYTES] for f in bad_files},
-    )
-    return pa.concat_tables([quarantine, extra]), read + len(bad_files)
-
-
 def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
     """Concatenate per-partition tables up to ~limit rows (the check factory samples further)."""
     out, n = [], 0

@@ -1,8 +1,8 @@
-"""Hourly partitions of the event tables, mapped one-to-one onto the landing folders.
+"""Hourly partitions of the event tables: the hour of each message's receivedAt.
 
-Partition key ``2026-11-28-13:00`` <-> landing folder ``events/date=2026-11-28/hour=13/`` <-> lake folder
-``raw/events/date=2026-11-28/hour=13/``. ``end_offset=1`` makes the current hour a partition, so data
-that lands now can be ingested now (and re-ingested as more files arrive).
+Partition key ``2026-11-28-13:00`` <-> lake folder ``raw/events/date=2026-11-28/hour=13/`` (whatever landing
+object or folder the message came in; see raw/ingest.py). ``end_offset=1`` makes the current hour a partition,
+so data that lands now can be ingested now (and merged again as more objects arrive).
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ def partition_dict(partition_key: str) -> dict[str, str]:
 
 def partition_start(partition_key: str) -> datetime:
     return datetime.strptime(partition_key, PARTITION_FMT).replace(tzinfo=timezone.utc)
-
-
-def landing_events_prefix(partition_key: str) -> str:
-    p = partition_dict(partition_key)
-    return f"events/date={p['date']}/hour={p['hour']}"
 
 
 def partition_key_for_path(path: str) -> str | None:
