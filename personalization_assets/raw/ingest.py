@@ -159,16 +159,9 @@ class _Originals:
 
 
 def _quarantine_table(rows: list[tuple[str, Reject, bytes | None]]) -> pa.Table:
-    cols = {n: [] for n in QUARANTINE_SCHEMA.names}
-    for path, r, original in rows:
-        cols["source"].append("events")
-        cols["source_file"].append(path)
-        cols["line_no"].append(r.line_no)
-        cols["reason"].append(r.reason)
-        cols["detail"].append(r.detail)
-        cols["original_bytes"].append(original)
-        cols["original_text"].append(None if original is None else original.decode("utf-8", "backslashreplace"))
-    return pa.table(cols, schema=QUARANTINE_SCHEMA)
+    """Quarantine rows of events, each with the original bytes already fetched (events_ingest.build_quarantine)."""
+    return events_ingest.build_quarantine("events", [(path, r) for path, r, _ in rows],
+                                          originals={(path, r.line_no): original for path, r, original in rows})
 
 
 def _batches(objects: list, size_of: Callable) -> list[list]:

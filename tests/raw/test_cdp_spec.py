@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-import duckdb
 import pyarrow as pa
 import pytest
 
@@ -142,12 +141,6 @@ def landed(sdk_bodies) -> dict[str, list[dict]]:
     }
 
 
-@pytest.fixture
-def con():
-    c = duckdb.connect()
-    c.execute("SET TimeZone = 'UTC'")
-    yield c
-    c.close()
 
 
 def _ingest(con, messages: list[dict], slow: bool = False, name: str = "segment-logs/src/1764288000000/part.gz"):
