@@ -57,12 +57,23 @@ def neutralize_formula_sql(expr: str) -> str:
 
 def neutralize_columns(con, table: str, columns: list[str]) -> dict[str, int]:
     """Neutralise formula cells in place in the text `columns` of DuckDB table `table`; count per column."""
-    report = {}
+    return neutralize_columns_by(con, table, columns, None)[0]
+
+
+def neutralize_columns_by(con, table: str, columns: list[str], group_by: str | None) -> tuple[dict[str, int], dict[object, dict[str, int]]]:
+    """`neutralize_columns`, plus the counts per value of column `group_by`: {group: {column: n}}."""
+    report: dict[str, int] = {}
+    groups: dict[object, dict[str, int]] = {}
     for col in columns:
         q = _quote(col)
         cond = f"{q} is not null and regexp_matches({q}, {FORMULA_TRIGGER_SQL}) and not regexp_matches({q}, {PLAIN_NUMBER_SQL})"
-        n = con.execute(f"select count(*) from {_quote(table)} where {cond}").fetchall()[0][0]
+        g = _quote(group_by) if group_by else "null"
+        per = con.execute(f"select {g}, count(*) from {_quote(table)} where {cond} group by 1").fetchall()
+        n = sum(int(c) for _, c in per)
+        if group_by:
+            for key, c in per:
+                groups.setdefault(key, dict.fromkeys(columns, 0))[col] = int(c)
         if n:
             con.execute(f"update {_quote(table)} set {q} = '''' || {q} where {cond}")
         report[col] = int(n)
-    return report
+    return report, groups

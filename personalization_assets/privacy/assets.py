@@ -10,6 +10,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
+from personalization_assets.monitoring import anomalies
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.privacy.audit import AccessAuditor, audit_log
 from personalization_assets.privacy.consented import CONSENTED_EVENT_SCHEMA, SUPPRESSION_SCHEMA, consent_events
@@ -23,7 +24,7 @@ from personalization_assets.privacy.identity import (
 from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerRow, ConsentState
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, get_policy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
-from personalization_assets.privacy.transforms import add_text_stats, apply_column_policies, protect_text_columns, text_metadata
+from personalization_assets.privacy.transforms import add_text_stats, apply_column_policies, empty_text_stats, protect_text_columns, text_metadata
 from personalization_assets.raw.partitions import partition_dict, partition_start
 from personalization_assets.raw.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
@@ -544,6 +545,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         return first_hour is None or partition_start(pk) >= first_hour
 
     deps = [RAW_EVENTS, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST]
+    anomaly_config = anomalies.load_config().target("consented/events")
 
     @dg.multi_asset(
         name="consented_events",
@@ -575,6 +577,8 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).spec,
             dg.AssetCheckSpec("consented_le_raw", asset=CONSENTED_EVENTS, blocking=True,
                               description="Per partition, consented rows <= raw rows."),
+            # data anomalies per hour written vs the same hour in previous weeks (monitoring/anomalies.yaml)
+            *anomalies.event_check_specs(CONSENTED_EVENTS, partitions_def, anomaly_config),
         ],
         can_subset=True,  # automation requests the unpartitioned state alone (never every hour of consented/events)
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -586,6 +590,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
         text_totals: dict = {"pii_redacted": {}, "formulas_neutralized": {}}
         violations, sample, key_parts = [], [], []
+        hour_stats: dict[str, dict] = {}  # anomaly statistics of each hour written
         columns = [c for c, cp in policy.columns["events"].items() if cp.action != "drop"]
         cols = policy.columns["events"]
         keys_sql = cstate.hour_keys_sql(_required_output(policy, "events", "user_id"), _required_output(policy, "events", "anonymous_id"),
@@ -625,11 +630,14 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     part_out = out.filter(pa.compute.equal(out["landing_hour"], hour)) if len(batch) > 1 else out
                     lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
                     split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
-                    # this hour's own figures on its own materialization (run totals: run tags)
+                    hour_stats[pk] = anomalies.partition_stats(part_out, part_raw.num_rows, 0, anomaly_config.null_columns, ("consent_subject",))
+                    # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
                     hour_md = {
                         "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": part_raw.num_rows,
                         "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
                         "key_version": key_version, "build_mode": plan.mode,
+                        **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"])),
+                        **anomalies.stats_metadata(hour_stats[pk]),
                     }
                     if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
                         context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
@@ -650,9 +658,12 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         written = lake.write_table(cstate.LAYER, cstate.TABLE, new_state)
         from personalization_assets.raw.assets import record_run_totals
 
+        text_totals_md = text_metadata(text_totals)
         record_run_totals(context, "consented/events", {"partitions": len(plan.build), "raw_rows_read": totals["raw_rows"],
                                                         "rows_written": totals["kept"], "excluded_no_consent": totals["no_consent"],
-                                                        "excluded_suppressed": totals["suppressed"]})
+                                                        "excluded_suppressed": totals["suppressed"],
+                                                        "pii_redacted": text_totals_md["pii_redacted_total"],
+                                                        "formulas_neutralized": sum(text_totals["formulas_neutralized"].values())})
         if CONSENTED_EVENTS_STATE in context.selected_asset_keys:
             yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS_STATE, metadata={
                 "build_mode": plan.mode, "hours_built": len(plan.build), "hours_deleted": len(plan.delete),
@@ -666,13 +677,18 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             # Without an output, Dagster skips every step downstream of consented/events in this run (features in a
             # whole-pipeline run). In a run without partition tags this output carries no partition: the hours
             # themselves are the runtime materializations logged above.
-            yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS, metadata={
+            # In a range run the output materializes every hour of the range: run totals there would repeat on
+            # each hour (each has its own figures, above; the totals are run tags and on consented/events_state)
+            yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS, metadata={} if range_output else {
                 "build_mode": plan.mode, "hours_written": len(plan.build), "hours_deleted": len(plan.delete),
                 "key_version": key_version, **text_metadata(text_totals)})
         sample_table = pa.concat_tables(sample) if sample else CONSENTED_EVENT_SCHEMA.empty_table()
         yield from _emit_check(context, model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(sample_table))
         yield from _emit_check(context, dg.AssetCheckResult(asset_key=CONSENTED_EVENTS, check_name="consented_le_raw", passed=not violations,
                                                             metadata={"violating_partitions": dg.MetadataValue.json(violations)}))
+        # anomaly checks last (one evaluation per hour written): a blocking one that fails stops downstream assets
+        results = anomalies.evaluate_run_partitions(context, CONSENTED_EVENTS, hour_stats, anomaly_config)
+        yield from anomalies.emit_check_results(context, CONSENTED_EVENTS, results, anomaly_config)
 
     @dg.asset(
         key=CONSENTED_CRM,

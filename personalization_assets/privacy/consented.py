@@ -15,7 +15,7 @@ from personalization_assets.privacy.consent import ASOF_PURPOSES_SQL
 from personalization_assets.privacy.models import ConsentedEvent
 from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
-from personalization_assets.privacy.transforms import apply_column_policies, output_column, protect_text_columns
+from personalization_assets.privacy.transforms import apply_column_policies, empty_text_stats, output_column, protect_text_columns
 
 CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent, {"purposes": pa.list_(pa.string())})
 SUPPRESSION_SCHEMA = pa.schema([("request_id", pa.string()), ("identifier", pa.string()), ("identifier_kind", pa.string()), ("requested_at", pa.timestamp("us", tz="UTC"))])
@@ -52,7 +52,8 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         anon_out = _required_output(policy, "events", "anonymous_id")
         con.execute(f"create or replace temp table __cev as select r.__row, {', '.join(selects)} from raw_part r {' '.join(joins)}")
         # free text the policy keeps (URLs, event names, content ids): PII redacted, formulas neutralised
-        text_stats = protect_text_columns(con, "__cev", cols)
+        # counted per landing hour too: each hour's materialization records its own counts
+        text_stats = protect_text_columns(con, "__cev", cols, group_by="landing_hour")
         con.execute(
             f"""
             create or replace temp table __cev_subject as
@@ -111,8 +112,10 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         ).fetchall()
     finally:
         con.unregister("raw_part")
+    text_by_hour = text_stats.pop("by_group", {})
     stats.update({"suppressed": int(counts[0]), "no_consent": int(counts[1]), "kept": int(counts[2]), **text_stats})
-    stats["by_hour"] = {h: {"suppressed": int(a), "no_consent": int(b), "kept": int(c)} for h, a, b, c in by_hour}
+    empty = empty_text_stats(policy.columns["events"])
+    stats["by_hour"] = {h: {"suppressed": int(a), "no_consent": int(b), "kept": int(c), **text_by_hour.get(h, empty)} for h, a, b, c in by_hour}
     if stats["suppressed"] + stats["no_consent"] + stats["kept"] != raw.num_rows:
         raise AssertionError(f"consented/events lost rows: {stats} (every raw row must be kept, excluded for consent, or suppressed)")
     return out.cast(CONSENTED_EVENT_SCHEMA), stats

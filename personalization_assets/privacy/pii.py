@@ -150,26 +150,42 @@ def redact_columns(con: duckdb.DuckDBPyConnection, table: str, columns: list[str
     Returns per column the number of identifiers redacted per kind, counted over the table's rows
     (a value seen on n rows counts n times). Counts only, never values.
     """
+    return redact_columns_by(con, table, columns, None)[0]
+
+
+def redact_columns_by(con: duckdb.DuckDBPyConnection, table: str, columns: list[str],
+                      group_by: str | None) -> tuple[dict[str, dict[str, int]], dict[object, dict[str, dict[str, int]]]]:
+    """`redact_columns`, plus the same counts per value of column `group_by` (e.g. each landing hour of a
+    batch): {group: {column: {kind: n}}}, every column and kind present. The groups add up to the totals."""
     report: dict[str, dict[str, int]] = {}
+    groups: dict[object, dict[str, Counter]] = {}
     prefilter = "'" + PREFILTER.replace("'", "''") + "'"
+    g_sel = f", {_quote(group_by)} as g" if group_by else ", null as g"
     for i, col in enumerate(columns):
         q = _quote(col)
         cands = con.sql(
-            f"select {q} as v, count(*) as n from {_quote(table)} where {q} is not null and regexp_matches({q}, {prefilter}) group by 1"
+            f"select {q} as v{g_sel}, count(*) as n from {_quote(table)} where {q} is not null and regexp_matches({q}, {prefilter}) group by all"
         ).arrow().read_all()
         counts: Counter = Counter()
         values, outs = [], []
-        for v, n in zip(cands["v"].to_pylist(), cands["n"].to_pylist()):
-            out, c = redact(v)
+        redacted: dict[str, tuple] = {}  # one redaction per distinct value (a value may sit in several groups)
+        for v, g, n in zip(cands["v"].to_pylist(), cands["g"].to_pylist(), cands["n"].to_pylist()):
+            if v not in redacted:
+                redacted[v] = redact(v)
+                if redacted[v][0] != v:
+                    values.append(v)
+                    outs.append(redacted[v][0])
+            out, c = redacted[v]
             if out != v:
-                values.append(v)
-                outs.append(out)
                 for kind, k in c.items():
                     counts[kind] += k * n
+                    if group_by:
+                        groups.setdefault(g, {}).setdefault(col, Counter())[kind] += k * n
         if values:
             m = f"__pii_map_{i}"
             temp_table_from_arrow(con, m, pa.table({"value": pa.array(values, pa.string()), "out": pa.array(outs, pa.string())}))
             con.execute(f"update {_quote(table)} set {q} = m.out from {m} m where {_quote(table)}.{q} = m.value")
             con.execute(f"drop table {m}")
         report[col] = {k: int(counts.get(k, 0)) for k in KINDS}
-    return report
+    by_group = {g: {col: {k: int(per.get(col, Counter()).get(k, 0)) for k in KINDS} for col in columns} for g, per in groups.items()}
+    return report, by_group

@@ -13,9 +13,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from personalization_assets.csv_safety import neutralize_columns
+from personalization_assets.csv_safety import neutralize_columns_by
 from personalization_assets.privacy.identity import map_distinct, pseudonymize_column
-from personalization_assets.privacy.pii import redact_columns
+from personalization_assets.privacy.pii import KINDS as PII_KINDS
+from personalization_assets.privacy.pii import redact_columns_by
 from personalization_assets.privacy.policies import ColumnPolicy
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 
@@ -66,15 +67,32 @@ def strip_url_sql(column: str) -> str:
     return f"nullif(case when contains({column}, ';') or contains({column}, '@') then {no_matrix} else {no_query} end, '')"
 
 
-def protect_text_columns(con: duckdb.DuckDBPyConnection, table: str, policies: dict[str, ColumnPolicy]) -> dict:
+def protect_text_columns(con: duckdb.DuckDBPyConnection, table: str, policies: dict[str, ColumnPolicy], group_by: str | None = None) -> dict:
     """Post-pass over DuckDB table `table` holding the policy OUTPUT columns: redact PII in the columns the
     policy scans (`detect_pii`, and every URL) and neutralise spreadsheet formulas where it says so.
-    Returns metadata: per column, counts of redactions by kind and of neutralised formula cells."""
+    Returns metadata: per column, counts of redactions by kind and of neutralised formula cells. With
+    `group_by` (a column of `table`, e.g. landing_hour) also `by_group`: the same counts per value, which add
+    up to the totals (groups with nothing redacted or neutralised are absent)."""
     pii_cols = [cp.output for cp in policies.values() if cp.action != "drop" and cp.scans_pii]
     formula_cols = [cp.output for cp in policies.values() if cp.action != "drop" and cp.neutralize_formulas]
-    pii_counts = redact_columns(con, table, pii_cols)
-    formula_counts = neutralize_columns(con, table, formula_cols)
-    return {"pii_redacted": pii_counts, "formulas_neutralized": formula_counts}
+    pii_counts, pii_groups = redact_columns_by(con, table, pii_cols, group_by)
+    formula_counts, formula_groups = neutralize_columns_by(con, table, formula_cols, group_by)
+    out = {"pii_redacted": pii_counts, "formulas_neutralized": formula_counts}
+    if group_by:
+        out["by_group"] = {g: {"pii_redacted": pii_groups.get(g, _empty_pii(pii_cols)),
+                               "formulas_neutralized": formula_groups.get(g, dict.fromkeys(formula_cols, 0))}
+                           for g in set(pii_groups) | set(formula_groups)}
+    return out
+
+
+def _empty_pii(columns) -> dict:
+    return {c: dict.fromkeys(PII_KINDS, 0) for c in columns}
+
+
+def empty_text_stats(policies: dict[str, ColumnPolicy]) -> dict:
+    """The counts of a part with nothing redacted or neutralised (same shape as `protect_text_columns`)."""
+    return {"pii_redacted": _empty_pii([cp.output for cp in policies.values() if cp.action != "drop" and cp.scans_pii]),
+            "formulas_neutralized": {cp.output: 0 for cp in policies.values() if cp.action != "drop" and cp.neutralize_formulas}}
 
 
 def add_text_stats(total: dict, stats: dict) -> None:

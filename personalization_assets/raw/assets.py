@@ -281,9 +281,6 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
             _concat_sample(quarantine_samples) if quarantine_samples else events_ingest.QUARANTINE_SCHEMA.empty_table())
         # anomaly checks last: a blocking one that fails stops downstream assets, after the data is recorded
         results = anomalies.evaluate_run_partitions(context, RAW_EVENTS, hour_stats, anomaly_config)
-        for r in results:
-            if not r.passed:
-                context.log.warning(f"anomaly {r.check} on {r.partition}: {r.description}")
         yield from anomalies.emit_check_results(context, RAW_EVENTS, results, anomaly_config)
 
     reference = [

@@ -13,6 +13,7 @@ import io
 import json
 import os
 
+import dagster as dg
 import duckdb
 import pyarrow as pa
 import pytest
@@ -122,6 +123,24 @@ def test_redact_columns_counts_per_column_and_kind_over_rows():
     assert rows[4][0] == "/ip/[redacted:ip] and [redacted:email]"
 
 
+def test_counts_per_group_add_up_to_the_totals():
+    """Per landing hour (a batch holds several): the same value in two hours counts in each; groups sum to the totals."""
+    from personalization_assets.csv_safety import neutralize_columns_by
+    from personalization_assets.privacy.pii import redact_columns_by
+
+    con = duckdb.connect()
+    t = pa.table({"h": [1, 1, 2, 2, 3], "page_url": ["/u/a@x.example", "/ok", "/u/a@x.example", "/u/a@x.example", "/ok"],
+                  "event": ["=SUM(A1)", "Viewed", "Viewed", "@cmd", "Viewed"]})
+    con.register("src", t)
+    con.execute("create temp table t as select * from src")
+    totals, by_hour = redact_columns_by(con, "t", ["page_url"], "h")
+    assert totals["page_url"]["email"] == 3
+    assert {h: c["page_url"]["email"] for h, c in by_hour.items()} == {1: 1, 2: 2}  # hour 3: nothing redacted, absent
+    f_totals, f_by_hour = neutralize_columns_by(con, "t", ["event"], "h")
+    assert f_totals == {"event": 2} and f_by_hour == {1: {"event": 1}, 2: {"event": 1}}
+    assert con.execute("select count(*) from t where page_url like '%[redacted:email]%'").fetchall() == [(3,)]
+
+
 # ---------------------------------------------------------------------------------------- formulas / CSV
 
 @pytest.mark.parametrize("value", ['=HYPERLINK("http://evil.example","x")', "+cmd|' /C calc'!A0", "-2+3+cmd|x", "@SUM(A1)", "\t=1", "\r=1"])
@@ -225,8 +244,10 @@ def world(tmp_path_factory):
     generate(landing, users=120, events=3000, days=1, bad_fraction=0.0)
     _plant(landing)
     defs = defs_for_env()
-    result = materialize(defs, PIPELINE, ("2026-11-28-00:00", "2026-11-28-23:00"))
-    yield {"defs": defs, "result": result, "root": root}
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(defs, PIPELINE, ("2026-11-28-00:00", "2026-11-28-23:00"), instance=instance)
+    yield {"defs": defs, "result": result, "root": root, "instance": instance}
+    instance.dispose()
     mp.undo()
 
 
@@ -258,7 +279,7 @@ def test_consented_events_keep_the_rows_but_not_the_identifiers(world):
 
 def test_counts_per_column_are_in_the_metadata(world):
     md = materializations(world["result"])
-    ev = md["consented/events"]
+    ev = md["consented/events_state"]  # the run's totals (each hour's own counts: next test)
     pii = ev["pii_redacted"]
     assert pii["page_url"]["email"] >= 2 and pii["page_referrer"]["phone"] >= 1 and pii["page_referrer"]["ip"] >= 1
     assert pii["event"]["ip"] >= 1 and pii["event"]["email"] >= 1 and pii["content_id"]["card"] >= 1 and pii["category"]["card"] >= 1
@@ -270,6 +291,39 @@ def test_counts_per_column_are_in_the_metadata(world):
     assert crm["formulas_neutralized"]["plan"] == 1
     text = json.dumps({k: md[k] for k in ("consented/events", "consented/content_catalog", "consented/crm_profiles")}, default=str)
     assert "jane" not in text and "evil" not in text, "metadata holds counts, never values"
+
+
+def test_pii_counts_are_per_hour_and_add_up_to_the_run_totals(world):
+    """Each hour of consented/events records its own redaction counts (not the run's totals repeated on every
+    hour); the hours add up to the run's totals (consented/events_state and the run tags)."""
+    result = world["result"]
+    hours = {}
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_MATERIALIZATION":
+            m = e.event_specific_data.materialization
+            if m.asset_key.to_user_string() == "consented/events" and m.partition:
+                hours[m.partition] = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
+    assert len(hours) > 1 and all("pii_redacted" in md for md in hours.values()), sorted(hours)
+    totals = materializations(result)["consented/events_state"]
+    summed: dict = {}
+    for md in hours.values():
+        for col, kinds in md["pii_redacted"].items():
+            for kind, n in kinds.items():
+                summed.setdefault(col, {}).setdefault(kind, 0)
+                summed[col][kind] += n
+        assert md["pii_redacted_total"] == sum(n for kinds in md["pii_redacted"].values() for n in kinds.values())
+    assert summed == totals["pii_redacted"]
+    formulas = {col: sum(md["formulas_neutralized"].get(col, 0) for md in hours.values()) for col in totals["formulas_neutralized"]}
+    assert formulas == totals["formulas_neutralized"]
+    assert sum(md["pii_redacted_total"] for md in hours.values()) == totals["pii_redacted_total"] >= 8
+    tags = world["instance"].get_run_by_id(result.run_id).tags
+    assert int(tags["personalization/totals/consented/events/pii_redacted"]) == totals["pii_redacted_total"]
+    assert int(tags["personalization/totals/consented/events/formulas_neutralized"]) == sum(formulas.values())
+    # the planted identifiers are counted on their own hour
+    planted = hours["2026-11-28-12:00"]
+    assert planted["pii_redacted"]["page_url"]["email"] >= 2 and planted["pii_redacted"]["content_id"]["card"] >= 1
+    assert planted["formulas_neutralized"]["event"] >= 1
+    assert planted["pii_redacted_total"] > max(md["pii_redacted_total"] for pk, md in hours.items() if pk != "2026-11-28-12:00")
 
 
 def test_formula_cells_from_crm_and_catalog_are_neutralised(world):
