@@ -18,6 +18,7 @@ from personalization_assets.features import checks as feature_checks
 from personalization_assets.features.inputs import arrow_schema, consent_state_schema, consented_events_schema
 from personalization_assets.features.models import FEATURE_MODELS, EventsClean
 from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of, resolve_as_of
+from personalization_assets.monitoring import anomalies
 from personalization_assets.features.sql import (
     DERIVED,
     TABLES,
@@ -150,6 +151,8 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
         description="Every events_clean event (all are consented for personalization) lies in exactly one session of its "
                     "person (ASOF join on person_id, session_start <= timestamp <= session_end; sessions do not overlap).",
     ))
+    # data anomalies: each build vs the previous builds (row count, null rates; monitoring/anomalies.yaml)
+    specs.extend(anomalies.feature_check_specs(FEATURE_KEYS.values()))
     return specs
 
 
@@ -247,8 +250,10 @@ def build_feature_assets() -> list:
                              "component_rounds": stats["component_rounds"], "persons": stats["persons"]},
         }
         extra["events_clean"]["stage_seconds"] = dg.MetadataValue.json(timer.seconds)
+        # row count and null rates from each written file's footer, scored against the previous builds
+        anomaly_md, anomaly_results = anomalies.evaluate_feature_tables(context, lake, LAYER, FEATURE_KEYS)
         for table in TABLES:
-            yield _result(table, written[table], params, {"as_of_source": as_of_source, **extra.get(table, {})})
+            yield _result(table, written[table], params, {"as_of_source": as_of_source, **extra.get(table, {}), **anomaly_md[table]})
 
         yield from schema_results
         for table in TABLES:
@@ -273,6 +278,7 @@ def build_feature_assets() -> list:
             severity=_severity(True),
             metadata=coverage,
         )
+        yield from anomaly_results
 
     return [feature_tables]
 
