@@ -18,7 +18,6 @@ from personalization_assets.features import checks as feature_checks
 from personalization_assets.features.inputs import arrow_schema, consent_state_schema, consented_events_schema
 from personalization_assets.features.models import FEATURE_MODELS, EventsClean
 from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of, resolve_as_of
-from personalization_assets.monitoring import anomalies
 from personalization_assets.features.sql import (
     DERIVED,
     TABLES,
@@ -29,6 +28,7 @@ from personalization_assets.features.sql import (
     select_output_sql,
     temp_table,
 )
+from personalization_assets.monitoring import anomalies
 from personalization_assets.resources import DuckDBEngine
 from personalization_assets.resources.storage import LakeStorage, WriteResult
 
