@@ -2,7 +2,9 @@
 
 A range run of raw/events (one run, many hours: BackfillPolicy.single_run) must record on EACH hourly
 partition that hour's own rows read / written / quarantined / suppressed, adding up to the landing files'
-line counts of that hour; the run's totals live on the run (tags), not on every partition.
+line counts of that hour; the run's totals live on the run (tags), not on every partition. The same run
+writes consented/events: each hour records its own rows and PII counts (adding up to the run's tags), and its
+anomaly checks are listed per hour (the check has the hourly partitions definition).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ query ($path: [String!]!, $partitions: [String!]) {
   }
 }"""
 RUN_TAGS = "query ($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }"
+CONSENTED_TOTALS = "personalization/totals/consented/events/"
+CHECK_EXECUTIONS = """
+query ($path: [String!]!, $name: String!) {
+  assetCheckExecutions(assetKey: {path: $path}, checkName: $name, limit: 500) { partition status }
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks { name partitionDefinition { description } } } } }
+  }
+}"""
+SELECTION = " or ".join(f"key:{k}" for k in ("raw/events", "privacy/identity_links", "privacy/consent_ledger", "privacy/consent_state",
+                                               "privacy/suppression_list", "consented/events", "consented/events_state"))
 
 
 def _landing_lines(landing: Path) -> Counter:
@@ -62,7 +74,7 @@ def test_each_hour_records_its_own_figures_and_the_run_holds_the_totals(tmp_path
     env.update(PERSONALIZATION_DATA_DIR=str(data), DAGSTER_HOME=str(home), PERSONALIZATION_EVENTS_START="2026-01-01",
                PYTHONPATH=str(ROOT))
     # one range run over every landing hour, from the CLI (as a user would)
-    run = subprocess.run([str(BIN / "personalization"), "materialize", "--select", "key:raw/events"], check=False, cwd=ROOT, env=env,
+    run = subprocess.run([str(BIN / "personalization"), "materialize", "--select", SELECTION], check=False, cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -102,6 +114,22 @@ def test_each_hour_records_its_own_figures_and_the_run_holds_the_totals(tmp_path
         assert int(tags[RAW_TOTALS + "records_read"]) == sum(lines.values())
         assert int(tags[RAW_TOTALS + "rows_written"]) == sum(md["rows_written"] for md in by_partition.values())
         assert int(tags[RAW_TOTALS + "partitions"]) == len(lines)
+
+        # consented/events: each hour its own rows and PII counts, adding up to the run's totals
+        c = gql(url, MATERIALIZATIONS, {"path": ["consented", "events"], "partitions": sorted(lines)})["assetOrError"]["assetMaterializations"]
+        consented = {m["partition"]: {e["label"]: e.get("intValue") for e in m["metadataEntries"]} for m in c}
+        assert set(consented) == set(lines)
+        assert all(md["raw_rows_read"] == by_partition[pk]["rows_written"] for pk, md in consented.items())
+        assert len({md["rows_written"] for md in consented.values()}) > 3  # the hours' own figures, not one total
+        assert sum(md["rows_written"] for md in consented.values()) == int(tags[CONSENTED_TOTALS + "rows_written"])
+        assert sum(md["pii_redacted_total"] for md in consented.values()) == int(tags[CONSENTED_TOTALS + "pii_redacted"])
+        # the anomaly checks of consented/events, per hour
+        for name in ("anomaly_volume", "anomaly_null_rate"):
+            found = gql(url, CHECK_EXECUTIONS, {"path": ["consented", "events"], "name": name})
+            assert {e["partition"] for e in found["assetCheckExecutions"]} == set(lines), name
+            assert all(e["status"] == "SUCCEEDED" for e in found["assetCheckExecutions"])
+            checks = {ch["name"]: ch for ch in found["assetNodeOrError"]["assetChecksOrError"]["checks"]}
+            assert checks[name]["partitionDefinition"] is not None
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
