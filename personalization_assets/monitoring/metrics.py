@@ -12,7 +12,7 @@ Names and labels are the contract of infra/monitoring/alerts.yml:
 | `personalization_last_success_timestamp_seconds` | job | end time of the job's last successful run |
 | `personalization_freshness_lag_seconds` | asset | now − last materialization, for assets with a freshness policy |
 | `personalization_dp_budget_remaining_epsilon` | period | ε left in the current DP budget period |
-| `personalization_anomaly_check_failed` | asset, check, partition, severity | 1 when the data-anomaly check failed for the partition in the run, else 0 (monitoring/anomalies.yaml) |
+| `personalization_anomaly_check_failed` | asset, check, partition, severity | 1 when the data-anomaly check failed for the partition in the run, else 0 (monitoring/anomalies.yaml; raw/events, consented/events per hour; features/* with partition "") |
 | `personalization_anomaly_score` | asset, check, partition | the check's robust score (median/MAD z; segment sizes: largest relative change) |
 | `personalization_landing_to_fresh_lag_seconds` | layer | now − end of the newest landing hour the layer has processed (raw, consented, features, segments) |
 
