@@ -23,6 +23,8 @@ from tests.features.feature_fixtures import event, granted_all, write_lake
 AS_OF = "2026-01-10T00:00:00Z"
 PERSONS = 300
 CATEGORIES = ["news", "tech", "food", "travel", "sport"]
+CHECKS = ("anomaly_volume", "anomaly_null_rate")  # anomalies.yaml: features.checks
+MIN_BUILDS = 3  # features.min_points
 
 
 def world(seed: int, persons_share: float = 1.0, page_missing: float = 0.01) -> tuple[list[dict], list[dict]]:
@@ -50,15 +52,14 @@ def _anomalies(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
 
 
 def test_feature_table_anomalies_against_previous_builds(tmp_path):
-    config = anomalies.load_config().target("features")
     with dg.DagsterInstance.ephemeral() as instance:
         for n in range(4):
             result = build(tmp_path, instance, n)
             found = _anomalies(result)
-            assert set(found) == {(t, c) for t in TABLES for c in config.enabled}
+            assert set(found) == {(t, c) for t in TABLES for c in CHECKS}
             assert all(e.passed for e in found.values()), [k for k, e in found.items() if not e.passed]
             warming = {k for k, e in found.items() if e.metadata.get("warming_up")}
-            assert warming == (set(found) if n < config.min_points else set()), (n, warming)
+            assert warming == (set(found) if n < MIN_BUILDS else set()), (n, warming)
         # each build records its own statistics (the history of the next ones): the footer's null counts
         md = {m.asset_key.path[-1]: m.materialization.metadata for m in result.get_asset_materialization_events()}
         assert 0 < md["events_clean"]["null_rates"].value["page_url"] < 0.05
@@ -77,7 +78,14 @@ def test_feature_table_anomalies_against_previous_builds(tmp_path):
         # pushed like the raw ones: one series per table and check, failed = 1 for the planted one
         pushed = {(a, c): f for a, c, _p, f, _s, _score in anomaly_results(instance, nulls.run_id)}
         assert pushed[("features/events_clean", "anomaly_null_rate")] is True
-        assert len(pushed) == len(TABLES) * len(config.enabled) and sum(pushed.values()) == 1
+        assert len(pushed) == len(TABLES) * len(CHECKS) and sum(pushed.values()) == 1
         registry = build_registry(instance, instance.get_run_by_id(nulls.run_id), [FEATURE_KEYS["user_rfm"]])
         samples = [s for fam in registry.collect() if fam.name == "personalization_anomaly_check_failed" for s in fam.samples]
         assert any(s.labels["asset"] == "features/events_clean" and s.labels["check"] == "anomaly_null_rate" and s.value == 1.0 for s in samples)
+
+
+def test_feature_targets_config():
+    config = anomalies.load_config().target("features")
+    assert config.enabled == CHECKS and config.min_points == MIN_BUILDS and config.history == "previous_runs"
+    assert config.null_columns == ["*"] and config.checks["anomaly_volume"].params["min_ratio"] == 0.5  # override
+    assert anomalies.load_config().checks["anomaly_volume"].params["min_ratio"] == 0.3  # raw/events keeps its own
