@@ -164,3 +164,23 @@ def test_a_blocking_consented_check_stops_downstream(landing, monkeypatch):
     assert any("anomaly_volume" in e.event_specific_data.error.message for e in failures)
     built = {e.event_specific_data.materialization.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
     assert "features/user_rfm" not in built
+
+
+def test_a_run_for_the_state_alone_still_records_each_hours_checks(landing):
+    """Automation requests `consented/events_state` alone (the step then logs each hour it writes): the hours'
+    anomaly evaluations are recorded all the same (logged, per hour), never skipped."""
+    defs = defs_for_env()
+    state_only = SELECTION.replace(" or key:consented/events or ", " or ")
+    assert "key:consented/events_state" in state_only and "key:consented/events or" not in state_only
+    write_hour(landing, WEEKS[0], HOURS["volume"], 1, users="u", consent_users="u")
+    write_hour(landing, WEEKS[0], HOURS["null"], 2, users="v", consent_users="v")
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = materialize(defs, state_only, (_pk(WEEKS[0], 10), _pk(WEEKS[0], 11)), instance=instance)
+        built = {e.event_specific_data.materialization.partition for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+                 and e.event_specific_data.materialization.asset_key.to_user_string() == CONSENTED}
+        assert built == {_pk(WEEKS[0], 10), _pk(WEEKS[0], 11)}
+        found = {k for k in _evaluations(result) if k[0] == CONSENTED}
+        assert found == {(CONSENTED, c, pk) for c in ("anomaly_volume", "anomaly_null_rate", "anomaly_distinct_subjects") for pk in built}
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(["consented", "events"]), "anomaly_volume"), limit=10)
+        assert {r.partition for r in records} == built
