@@ -454,6 +454,7 @@ def emit_check_results(context: dg.AssetExecutionContext, asset_key: dg.AssetKey
     logged event: never skipped."""
     config = config or load_config()
     selected = context.selected_asset_check_keys
+    unselected_blocking_failures = []
     for result in results:
         if result.passed is False:
             context.log.warning(f"anomaly {asset_key.to_user_string()}:{result.check} on {result.partition or 'this build'}: {result.description}")
@@ -462,11 +463,21 @@ def emit_check_results(context: dg.AssetExecutionContext, asset_key: dg.AssetKey
             yield evaluation
         else:
             context.log_event(evaluation)
+            if result.passed is False and evaluation.blocking and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                unselected_blocking_failures.append(f"{result.check} on {result.partition or 'this build'}")
     outputs = {spec.key: name for name, spec in context.assets_def.check_specs_by_output_name.items()}
     for check in config.enabled:
         key = dg.AssetCheckKey(asset_key, check)
         if key in outputs and key in selected:
             yield dg.Output(None, output_name=outputs[key])
+    if unselected_blocking_failures:
+        # a logged evaluation cannot block by itself: a blocking check must stop downstream steps in every run,
+        # including the automation runs that select the step's state but not this asset's checks
+        raise dg.Failure(
+            description=f"blocking anomaly check failed on {asset_key.to_user_string()}: {', '.join(unselected_blocking_failures)} "
+            "(the data is written and each evaluation is recorded; downstream steps of this run do not run)",
+            metadata={"failed_checks": dg.MetadataValue.json(unselected_blocking_failures)},
+        )
 
 
 SEGMENT_SIZES = dg.AssetKey(["segments", "segment_sizes"])

@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from personalization_assets.monitoring import anomalies
 from tests.helpers import defs_for_env, materialize
@@ -143,9 +144,11 @@ def test_consented_anomalies_fire_where_raw_is_normal(landing):
         assert hour_md[_pk(DAY, HOURS["null"])]["null_rates"].value["page_url"] > 0.6
 
 
-def test_a_blocking_consented_check_stops_downstream(landing, monkeypatch):
+@pytest.mark.parametrize("state_only", [False, True], ids=["checks-selected", "state-alone"])
+def test_a_blocking_consented_check_stops_downstream(landing, monkeypatch, state_only):
     """`consented_events.overrides.anomaly_volume: {severity: error, blocking: true}`: the consented step fails on
-    the planted hour, and the features (downstream) do not run. Other targets keep their own settings."""
+    the planted hour, and the features (downstream) do not run. Other targets keep their own settings. The same
+    holds in a run that selects the step's state alone (automation), where the evaluations are logged events."""
     doc = anomalies.yaml.safe_load(anomalies.CONFIG_PATH.read_text())
     doc["consented_events"]["overrides"] = {"anomaly_volume": {"severity": "error", "blocking": True}}
     doc["history"]["min_points"] = 1  # one week of history is enough here
@@ -157,7 +160,8 @@ def test_a_blocking_consented_check_stops_downstream(landing, monkeypatch):
         write_hour(landing, WEEKS[0], HOURS["volume"], 1, users="u", consent_users="u")
         assert materialize(defs, SELECTION, (_pk(WEEKS[0], 10), _pk(WEEKS[0], 10)), instance=instance).success
         write_hour(landing, WEEKS[1], HOURS["volume"], 2, users="fresh", consent_users="fresh", granted=False)
-        result = materialize(defs, SELECTION + " or key:features/user_rfm", (_pk(WEEKS[1], 10), _pk(WEEKS[1], 10)), instance=instance,
+        selection = SELECTION.replace(" or key:consented/events or ", " or ") if state_only else SELECTION
+        result = materialize(defs, selection + " or key:features/user_rfm", (_pk(WEEKS[1], 10), _pk(WEEKS[1], 10)), instance=instance,
                              raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
