@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
+from personalization_assets.core.errors import ConfigError
+from personalization_assets.core.paths import PROJECT_ROOT
+
+__all__ = ["ConfigError", "PROJECT_ROOT", "Settings", "load_settings", "validate_layout"]
+
 ENVIRONMENTS = ("local", "prod")
-
-# Repository root (where pyproject.toml, dbt/ and privacy_policies/ live).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A setting is missing or wrong. The message names the setting and the fix."""
+EVENT_LAYOUTS = ("auto", "hive", "segment-s3", "rudderstack-s3")  # raw/layouts.py reads each one
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ def _normalize_local(url: str) -> str:
 
 def _ledger_settings(environ: Mapping[str, str], env: str, ledger_url: str) -> tuple[str | None, int]:
     """Object Lock mode and retention of the log segments, validated against the retention policy."""
-    from personalization_assets.privacy.policies import get_policy
+    from personalization_assets.core.policies import get_policy
 
     raw = environ.get("PERSONALIZATION_LEDGER_OBJECT_LOCK", "").strip().upper()
     mode = raw or ("COMPLIANCE" if env == "prod" else "NONE")
@@ -187,7 +186,7 @@ def _ledger_settings(environ: Mapping[str, str], env: str, ledger_url: str) -> t
             f"tier {tier.name} keeps the logs {policy_days} days. Fix: unset it (the policy's days are the default) or "
             f"set it >= {policy_days}."
         )
-    from personalization_assets.resources.storage import MAX_OBJECT_LOCK_DAYS
+    from personalization_assets.core.storage import MAX_OBJECT_LOCK_DAYS
 
     if days > MAX_OBJECT_LOCK_DAYS:
         raise ConfigError(
@@ -196,12 +195,21 @@ def _ledger_settings(environ: Mapping[str, str], env: str, ledger_url: str) -> t
     return mode, days
 
 
+def validate_layout(value: str) -> str:
+    """The events layout setting, normalized; ValueError naming the setting and the allowed values."""
+    name = "PERSONALIZATION_EVENTS_LAYOUT"
+    v = (value or "").strip().lower() or "auto"
+    if v not in EVENT_LAYOUTS:
+        raise ValueError(f"{name}={value!r} is unknown. Fix: set {name} to one of {', '.join(EVENT_LAYOUTS)} (default auto).")
+    return v
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate all settings. Raises ConfigError naming the bad setting and the fix."""
     environ = os.environ if environ is None else environ
     secrets_loaded: tuple[str, ...] = ()
     if (environ.get("PERSONALIZATION_SECRETS_ARNS") or "").strip():
-        from personalization_assets.resources.secrets import load_secrets
+        from personalization_assets.core.secrets import load_secrets
 
         environ, secrets_loaded = load_secrets(environ)
     env = environ.get("PERSONALIZATION_ENV", "local").strip().lower() or "local"
@@ -279,8 +287,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"PERSONALIZATION_EVENTS_START={events_start!r} is not a date. Fix: use YYYY-MM-DD (UTC)."
         ) from None
 
-    from personalization_assets.raw.layouts import validate_layout
-
     try:
         events_layout = validate_layout(environ.get("PERSONALIZATION_EVENTS_LAYOUT", ""))
     except ValueError as exc:
@@ -289,7 +295,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     keys_raw = environ.get("PERSONALIZATION_PSEUDONYM_KEYS", "")
     if keys_raw:
         # Validate the shape only; the values are read through dg.EnvVar by the key resource.
-        from personalization_assets.privacy.keys import parse_key_map
+        from personalization_assets.core.pseudonym_keys import parse_key_map
 
         parse_key_map(keys_raw, environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION"))
 

@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import FileInfo, LandingZone
+from personalization_assets.core.storage import FileInfo, LandingZone
 
 log = logging.getLogger("personalization.alerts")
 

@@ -29,7 +29,7 @@ from personalization_assets.features.sql import (
     temp_table,
 )
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.resources.storage import LakeStorage, WriteResult
+from personalization_assets.core.storage import LakeStorage, WriteResult
 
 GROUP = "features"
 OWNERS = ["team:personalization"]

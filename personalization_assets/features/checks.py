@@ -14,7 +14,7 @@ import pyarrow as pa
 import yaml
 
 from personalization_assets.privacy.models import PSEUDONYM
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from personalization_assets.settings import PROJECT_ROOT
 
 CLASSIFICATION_FILE = PROJECT_ROOT / "privacy_policies" / "classification.yaml"

@@ -8,7 +8,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from personalization_assets.raw.tracking_plan import MESSAGE_TYPES, TIMESTAMP_SOURCES
+from personalization_assets.core.tracking_plan import MESSAGE_TYPES, TIMESTAMP_SOURCES
 
 UtcTimestamp = Annotated[pd.DatetimeTZDtype, "us", "UTC"]
 PSEUDONYM = r"^v\d+:[0-9a-f]{64}$"

@@ -40,7 +40,7 @@ import pyarrow as pa_arrow
 import pyarrow.compute as pc
 
 from personalization_assets.raw import json_extract
-from personalization_assets.raw.tracking_plan import RawEvent
+from personalization_assets.core.tracking_plan import RawEvent
 
 BOM = b"\xef\xbb\xbf"
 MAX_QUARANTINE_BYTES = 1 << 20  # a whole unreadable file is kept up to 1 MiB; the landing file itself stays
@@ -517,7 +517,7 @@ SUBJECT_COLUMNS = {"user_id": "id", "anonymous_id": "id", "previous_id": "id", "
 
 def suppressed_mask(table: pa_arrow.Table, suppressed: set[str], pseudonymize) -> pa_arrow.Array:
     """Rows whose identifiers pseudonymize into the suppression list (`pseudonymize(values, kind)`)."""
-    from personalization_assets.privacy.pseudonymize import rows_matching_pseudonyms
+    from personalization_assets.core.pseudonymize import rows_matching_pseudonyms
 
     return rows_matching_pseudonyms(table, SUBJECT_COLUMNS, suppressed, pseudonymize)[0]
 
