@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 
 import dagster as dg
@@ -95,7 +94,7 @@ def pseudonymizer(settings: Settings) -> Pseudonymizer:
     if settings.pseudonym_keys_from_env:
         return Pseudonymizer(
             keys_json=dg.EnvVar("PERSONALIZATION_PSEUDONYM_KEYS"),
-            active_version=dg.EnvVar("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") if os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") else None,
+            active_version=dg.EnvVar("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") if settings.pseudonym_active_version_set else None,
         )
     # local only (prod requires the env var, see settings.load_settings)
     _, created = ensure_dev_keys(settings.data_dir)
