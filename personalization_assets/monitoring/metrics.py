@@ -28,6 +28,7 @@ import dagster as dg
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from pydantic import Field
 
+from personalization_assets.core.asset_keys import CONSENTED_EVENTS, RAW_EVENTS, USER_RFM, USER_SEGMENTS
 from personalization_assets.core.storage import LakeStorage
 
 EVENT_MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
@@ -122,10 +123,10 @@ def anomaly_results(instance: dg.DagsterInstance, run_id: str) -> list[tuple[str
 
 # the asset whose materializations stand for each layer's freshness
 LAYER_ASSETS = {
-    "raw": dg.AssetKey(["raw", "events"]),
-    "consented": dg.AssetKey(["consented", "events"]),
-    "features": dg.AssetKey(["features", "user_rfm"]),
-    "segments": dg.AssetKey(["segments", "user_segments"]),
+    "raw": RAW_EVENTS,
+    "consented": CONSENTED_EVENTS,
+    "features": USER_RFM,
+    "segments": USER_SEGMENTS,
 }
 
 

@@ -15,7 +15,7 @@ from personalization_assets.checks.pandera_checks import (
     table_schema,
 )
 from personalization_assets.checks import anomalies
-from personalization_assets.core.asset_keys import SIDE_INPUTS_METADATA, SUPPRESSION_LIST
+from personalization_assets.core.asset_keys import RAW_EVENTS, RAW_EVENTS_QUARANTINE, RAW_MANIFEST, SIDE_INPUTS_METADATA, SUPPRESSION_LIST
 from personalization_assets.core.pseudonymize import (
     Pseudonymizer,
     rows_matching_pseudonyms,
@@ -44,8 +44,6 @@ EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".jso
 SAMPLE_ROWS = 200_000
 # landing and lake may be S3: retry transient storage errors (2 s, then 4 s)
 STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
-RAW_EVENTS = dg.AssetKey(["raw", "events"])
-RAW_EVENTS_QUARANTINE = dg.AssetKey(["raw", "events_quarantine"])
 
 
 def _erasure_handler(key: dg.AssetKey, partitioned: bool) -> dict:
@@ -131,9 +129,6 @@ def record_run_totals(context: dg.AssetExecutionContext, asset: str, totals: dic
     run page and queryable (instance.get_run_tags), instead of repeated on every partition's materialization."""
     tags = {f"{RUN_TOTALS_TAG_PREFIX}/{asset}/{name}": str(int(value)) for name, value in totals.items()}
     context.instance.add_run_tags(context.run.run_id, tags)
-
-
-RAW_MANIFEST = dg.AssetKey(["raw", "landing_manifest"])
 
 
 class IngestConfig(dg.Config):
