@@ -131,7 +131,7 @@ def quarantine_match_mask(con, table: pa.Table, targets: set[str], pseudonymize,
 
 def suppress_quarantine(con, quarantine: pa.Table, suppressed: set[str] | None, pseudonymizer) -> tuple[pa.Table, int]:
     """Drop the quarantine rows of erased subjects (exact identifiers the rejected record still holds, see
-    privacy/quarantine_match.py); they are counted as suppressed, so read = raw + quarantined + suppressed
+    above); they are counted as suppressed, so read = raw + quarantined + suppressed
     still holds. Without this an erased subject's rejected line would come back on every run."""
     if not suppressed or pseudonymizer is None or quarantine.num_rows == 0:
         return quarantine, 0
