@@ -76,3 +76,9 @@ clean:
 # production rehearsal on one machine: moto S3 server + fakesnow server on loopback, PERSONALIZATION_ENV=prod, the CLI
 prod-rehearsal: $(STAMP) dbt-parse
 	$(BIN)/python infra/scripts/prod_rehearsal.py --users $(DEMO_USERS) --events $(DEMO_EVENTS) --seed $(DEMO_SEED) --bad-fraction $(DEMO_BAD_FRACTION)
+
+# the import contract ([tool.importlinter] in pyproject.toml: layers, no cycles), checked by `make test` and `make test-fast`
+.PHONY: lint-imports
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
+test test-fast: lint-imports

@@ -101,7 +101,7 @@ def open_instance():
 
 def _cmd_generate(args) -> int:
     from personalization_assets.generator import generate_landing_zone
-    from personalization_assets.resources.storage import LandingZone
+    from personalization_assets.core.storage import LandingZone
     from personalization_assets.settings import load_settings
 
     settings = load_settings()
@@ -143,7 +143,7 @@ def landing_partition_keys(defs, settings) -> list[str]:
     import dagster as dg
 
     from personalization_assets.raw.layouts import list_landing, plan_landing
-    from personalization_assets.raw.partitions import PARTITION_FMT
+    from personalization_assets.core.partitions import PARTITION_FMT
 
     lake, landing = defs.resources["lake"], defs.resources["landing"]
     # outside a run the resource still holds its EnvVar settings: resolve them for this listing

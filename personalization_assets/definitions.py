@@ -17,11 +17,11 @@ from personalization_assets.jobs import OPERATIONS, build_jobs
 from personalization_assets.monitoring.cli_runs import fail_dead_cli_runs_sensor
 from personalization_assets.monitoring.metrics import MetricsPusher, build_metrics_sensors
 from personalization_assets.privacy.assets import build_privacy_assets
-from personalization_assets.privacy.exports import build_export_assets
+from personalization_assets.exports import build_export_assets
 from personalization_assets.privacy.operations import build_erasure_asset, key_rotation_log, retention_log
-from personalization_assets.privacy.policies import get_policy
+from personalization_assets.core.policies import get_policy
 from personalization_assets.raw.assets import build_raw_assets
-from personalization_assets.raw.partitions import events_partitions
+from personalization_assets.core.partitions import events_partitions
 from personalization_assets.resources import build_resources
 from personalization_assets.settings import Settings, load_settings
 from personalization_assets.warehouse import build_warehouse_defs

@@ -48,3 +48,27 @@ def test_asset_graph_snapshot(data_dir, snapshot):
             "freshness": node.freshness_policy is not None,
         })
     assert rows == snapshot
+
+
+def test_side_inputs_are_declared_with_the_reason_they_are_not_dependencies(data_dir):
+    """Raw ingestion drops the records of erased subjects with privacy/suppression_list, read from its last
+    materialization. It cannot be a dependency, so every raw asset declares it as a side input in its metadata:
+    - the steps of raw/events, raw/crm_profiles and raw/privacy_requests produce assets the list is derived from
+      (raw -> privacy/identity_links -> privacy/suppression_list): the edge would be a cycle, which Dagster refuses;
+    - raw/content_catalog holds no personal data: the edge would put it downstream of the personal sources, and the
+      erasure plan (privacy/erasure.py plan_targets, driven by the lineage) would then treat it as holding subjects' data."""
+    from personalization_assets.core.asset_keys import SIDE_INPUTS_METADATA, SUPPRESSION_LIST
+
+    graph = defs_for_env().resolve_asset_graph()
+    declared = {}
+    for key in graph.get_all_asset_keys():
+        value = graph.get(key).metadata.get(SIDE_INPUTS_METADATA)
+        if value is not None:
+            declared[key] = sorted(getattr(value, "value", value))
+    tables = ["events", "crm_profiles", "privacy_requests", "content_catalog"]
+    readers = {dg.AssetKey(["raw", t]) for t in tables} | {dg.AssetKey(["raw", f"{t}_quarantine"]) for t in tables}
+    assert declared == {k: [SUPPRESSION_LIST.to_user_string()] for k in readers}
+    derived_from = _upstream(graph, SUPPRESSION_LIST)
+    cyclic = {k for k in readers if graph.get(k).execution_set_asset_keys & derived_from}
+    assert cyclic == readers - {dg.AssetKey(["raw", "content_catalog"]), dg.AssetKey(["raw", "content_catalog_quarantine"])}
+    assert not _upstream(graph, dg.AssetKey(["raw", "content_catalog"])) & {dg.AssetKey(["raw", "events"])}

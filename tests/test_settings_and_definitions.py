@@ -102,3 +102,26 @@ def test_the_local_dagster_home_is_a_valid_instance_that_serializes_streaming_ru
         queue = instance.run_coordinator.get_run_queue_config()
         assert {"key": STREAMING_TAG, "limit": 1} in queue.tag_concurrency_limits
         assert instance.run_coordinator.dequeue_interval_seconds <= 2
+
+
+def test_readme_configuration_table_is_generated_from_the_settings():
+    """The table is generated from the declared settings (`python -m personalization_assets.settings`): a setting
+    added, renamed or re-documented in settings.py without regenerating the README fails here."""
+    from personalization_assets.settings import EnvSettings, settings_table
+
+    table = settings_table()
+    assert table in (ROOT / "README.md").read_text(), "README's configuration table is stale: paste `python -m personalization_assets.settings`"
+    for info in EnvSettings.model_fields.values():  # every variable the loader parses has its row
+        alias = info.validation_alias
+        name = alias.choices[0] if isinstance(alias, __import__("pydantic").AliasChoices) else alias
+        assert name in table, name
+
+
+def test_settings_come_from_the_given_environment_only(tmp_path, monkeypatch):
+    """load_settings(environ) reads that mapping, never the process environment behind it."""
+    monkeypatch.setenv("PERSONALIZATION_MAX_LINE_BYTES", "lots")
+    monkeypatch.setenv("PERSONALIZATION_ENV", "prod")
+    s = load_settings({"PERSONALIZATION_DATA_DIR": str(tmp_path), "PERSONALIZATION_HORIZON_DAYS": "7"})
+    assert s.env == "local" and s.max_line_bytes == 32768 and s.horizon_days == 7
+    with pytest.raises(ConfigError, match="PERSONALIZATION_MAX_LINE_BYTES='lots' is not an integer. Fix"):
+        load_settings({"PERSONALIZATION_DATA_DIR": str(tmp_path), "PERSONALIZATION_MAX_LINE_BYTES": "lots"})

@@ -17,7 +17,7 @@ from personalization_assets.automation.sensors import (
     run_requests_for,
 )
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import LandingZone
+from personalization_assets.core.storage import LandingZone
 
 
 def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection) -> list:

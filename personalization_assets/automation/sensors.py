@@ -11,20 +11,26 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
+from personalization_assets.core.asset_keys import (
+    CONSENT_LEDGER,
+    CONSENT_STATE,
+    CONSENTED_EVENTS_STATE,
+    IDENTITY_LINKS,
+    RAW_EVENTS,
+    RAW_EVENTS_QUARANTINE,
+    RAW_MANIFEST,
+    SUPPRESSION_LIST,
+)
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import FileInfo, LandingZone
+from personalization_assets.core.storage import FileInfo, LandingZone
 
 log = logging.getLogger("personalization.alerts")
 
-RAW_EVENTS = dg.AssetKey(["raw", "events"])
-RAW_EVENTS_QUARANTINE = dg.AssetKey(["raw", "events_quarantine"])
-RAW_MANIFEST = dg.AssetKey(["raw", "landing_manifest"])
 EVENTS_STATE = "landing"  # the cursor's key for the events side of the landing zone
 # what a new hour changes right away: run it in the ingestion run itself (one launch instead of three)
 FOLLOWERS = (
-    dg.AssetKey(["privacy", "identity_links"]), dg.AssetKey(["privacy", "consent_ledger"]),
-    dg.AssetKey(["privacy", "suppression_list"]), dg.AssetKey(["privacy", "consent_state"]),
-    dg.AssetKey(["consented", "events_state"]),  # its step rewrites the stale consented/events hours (logged at runtime)
+    IDENTITY_LINKS, CONSENT_LEDGER, SUPPRESSION_LIST, CONSENT_STATE,
+    CONSENTED_EVENTS_STATE,  # its step rewrites the stale consented/events hours (logged at runtime)
 )
 REFERENCE_SOURCES = {"crm": "crm_profiles", "catalog": "content_catalog", "privacy_requests": "privacy_requests"}
 DIGEST_TAG = "personalization/landing-digest"

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-import pyarrow as pa_arrow
+import pandera.pandas as pda
+import pyarrow as pa
 
 DEFAULT_SAMPLE_ROWS = 200_000
 MAX_FAILURE_CASES = 20
 
 
-def table_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
+def table_schema(model: type[pda.DataFrameModel]) -> dg.TableSchema:
     schema = model.to_schema()
     columns = []
     for name, col in schema.columns.items():
@@ -28,7 +28,7 @@ def table_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
     return dg.TableSchema(columns=columns)
 
 
-def check_name(model: type[pa.DataFrameModel]) -> str:
+def check_name(model: type[pda.DataFrameModel]) -> str:
     return f"pandera_{model.__name__}"
 
 
@@ -37,7 +37,7 @@ class ModelCheck:
     """A pandera model bound to an asset: the spec to declare and the function to evaluate it."""
 
     asset_key: dg.AssetKey
-    model: type[pa.DataFrameModel]
+    model: type[pda.DataFrameModel]
     blocking: bool
 
     @property
@@ -50,7 +50,7 @@ class ModelCheck:
             + (" (blocking: a failure stops downstream assets)" if self.blocking else ""),
         )
 
-    def evaluate(self, data: pa_arrow.Table | pd.DataFrame, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0) -> dg.AssetCheckResult:
+    def evaluate(self, data: pa.Table | pd.DataFrame, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0) -> dg.AssetCheckResult:
         return evaluate_model(self.asset_key, self.model, data, sample_rows=sample_rows, seed=seed, blocking=self.blocking)
 
 
@@ -58,41 +58,41 @@ def model_check(asset_key, model, blocking: bool) -> ModelCheck:
     return ModelCheck(dg.AssetKey.from_coercible(asset_key), model, blocking)
 
 
-def _to_pandas(table: pa_arrow.Table) -> pd.DataFrame:
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
     mapping = {
-        pa_arrow.int64(): pd.Int64Dtype(),
-        pa_arrow.int32(): pd.Int64Dtype(),
-        pa_arrow.float64(): pd.Float64Dtype(),
-        pa_arrow.bool_(): pd.BooleanDtype(),
+        pa.int64(): pd.Int64Dtype(),
+        pa.int32(): pd.Int64Dtype(),
+        pa.float64(): pd.Float64Dtype(),
+        pa.bool_(): pd.BooleanDtype(),
     }
     df = table.to_pandas(types_mapper=mapping.get)
     for field in table.schema:
-        if pa_arrow.types.is_string(field.type) or pa_arrow.types.is_large_string(field.type):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
             df[field.name] = df[field.name].astype(object)
     return df
 
 
 def evaluate_model(
     asset_key,
-    model: type[pa.DataFrameModel],
-    data: pa_arrow.Table | pd.DataFrame,
+    model: type[pda.DataFrameModel],
+    data: pa.Table | pd.DataFrame,
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     seed: int = 0,
     blocking: bool = False,
 ) -> dg.AssetCheckResult:
     """Validate (a deterministic sample of) the data; failures carry counts and the first cases."""
-    n = data.num_rows if isinstance(data, pa_arrow.Table) else len(data)
+    n = data.num_rows if isinstance(data, pa.Table) else len(data)
     sampled = n > sample_rows
     if sampled:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=sample_rows, replace=False))
-        data = data.take(pa_arrow.array(idx)) if isinstance(data, pa_arrow.Table) else data.iloc[idx]
-    df = _to_pandas(data) if isinstance(data, pa_arrow.Table) else data
+        data = data.take(pa.array(idx)) if isinstance(data, pa.Table) else data.iloc[idx]
+    df = _to_pandas(data) if isinstance(data, pa.Table) else data
     schema = model.to_schema()
     metadata: dict = {"rows_total": n, "rows_validated": len(df), "sampled": sampled}
     try:
         schema.validate(df, lazy=True)
         passed = True
-    except pa.errors.SchemaErrors as exc:
+    except pda.errors.SchemaErrors as exc:
         passed = False
         cases = exc.failure_cases
         metadata["failures"] = int(len(cases))
@@ -113,28 +113,28 @@ def evaluate_model(
     )
 
 
-def arrow_schema(model: type[pa.DataFrameModel], overrides: dict[str, pa_arrow.DataType] | None = None) -> pa_arrow.Schema:
+def arrow_schema(model: type[pda.DataFrameModel], overrides: dict[str, pa.DataType] | None = None) -> pa.Schema:
     """Arrow schema of a pandera model (for empty tables and casts); object columns need overrides."""
     overrides = overrides or {}
     fields = []
     for name, col in model.to_schema().columns.items():
         if name in overrides:
-            fields.append(pa_arrow.field(name, overrides[name]))
+            fields.append(pa.field(name, overrides[name]))
             continue
         d = str(col.dtype).lower()
         if "datetime" in d:
-            t = pa_arrow.timestamp("us", tz="UTC")
+            t = pa.timestamp("us", tz="UTC")
         elif d == "date":
-            t = pa_arrow.date32()
+            t = pa.date32()
         elif "float" in d:
-            t = pa_arrow.float64()
+            t = pa.float64()
         elif "int" in d:
-            t = pa_arrow.int64()
+            t = pa.int64()
         elif "bool" in d:
-            t = pa_arrow.bool_()
+            t = pa.bool_()
         elif d in ("str", "string", "object"):
-            t = pa_arrow.string()
+            t = pa.string()
         else:
             raise ValueError(f"{model.__name__}.{name}: no Arrow type for {d}; pass an override")
-        fields.append(pa_arrow.field(name, t))
-    return pa_arrow.schema(fields)
+        fields.append(pa.field(name, t))
+    return pa.schema(fields)

@@ -18,8 +18,8 @@ from personalization_assets.collector.pages import preferences_get, preferences_
 from personalization_assets.collector.preference_store import PreferenceStore
 from personalization_assets.collector.tracking_api import track_endpoint
 from personalization_assets.collector.writer import LandingWriter
-from personalization_assets.privacy.policies import get_policy
-from personalization_assets.resources.storage import LandingZone
+from personalization_assets.core.policies import get_policy
+from personalization_assets.core.storage import LandingZone
 
 
 def landing_zone(config: CollectorConfig) -> LandingZone:

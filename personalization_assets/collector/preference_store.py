@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 
 from personalization_assets.collector.preferences import effective
-from personalization_assets.privacy.policies import PrivacyPolicy
-from personalization_assets.raw.tracking_plan import CONSENT_EVENT
+from personalization_assets.core.policies import PrivacyPolicy
+from personalization_assets.core.tracking_plan import CONSENT_EVENT
 
 
 class PreferenceStore:

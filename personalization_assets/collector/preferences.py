@@ -19,12 +19,12 @@ import yaml
 
 from personalization_assets.collector.messages import iso_ms
 from personalization_assets.privacy.consent import purposes_from_preferences
-from personalization_assets.privacy.policies import (
+from personalization_assets.core.policies import (
     PrivacyPolicy,
     get_policy,
     policy_dir,
 )
-from personalization_assets.raw.tracking_plan import CONSENT_EVENT
+from personalization_assets.core.tracking_plan import CONSENT_EVENT
 
 SOURCE_LIBRARY = {"name": "personalization-preference-center", "version": "1"}
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from personalization_assets.collector.config import Faults
 from personalization_assets.collector.dedup import DedupIndex
 from personalization_assets.collector.metrics import CollectorMetrics
-from personalization_assets.resources.storage import LandingZone
+from personalization_assets.core.storage import LandingZone
 
 MAX_FLUSH_MESSAGES = 20_000
 log = logging.getLogger("personalization.collector")

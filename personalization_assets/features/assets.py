@@ -28,9 +28,9 @@ from personalization_assets.features.sql import (
     select_output_sql,
     temp_table,
 )
-from personalization_assets.monitoring import anomalies
+from personalization_assets.checks import anomalies
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.resources.storage import LakeStorage, WriteResult
+from personalization_assets.core.storage import LakeStorage, WriteResult
 
 GROUP = "features"
 OWNERS = ["team:personalization"]
@@ -151,7 +151,7 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
         description="Every events_clean event (all are consented for personalization) lies in exactly one session of its "
                     "person (ASOF join on person_id, session_start <= timestamp <= session_end; sessions do not overlap).",
     ))
-    # data anomalies: each build vs the previous builds (row count, null rates; monitoring/anomalies.yaml)
+    # data anomalies: each build vs the previous builds (row count, null rates; checks/anomalies.yaml)
     specs.extend(anomalies.feature_check_specs(FEATURE_KEYS.values()))
     return specs
 

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import yaml
 
+from personalization_assets.core.policies import PrivacyPolicy, get_policy
+from personalization_assets.core.storage import LakeStorage
 from personalization_assets.privacy.models import PSEUDONYM
-from personalization_assets.resources.storage import LakeStorage
-from personalization_assets.settings import PROJECT_ROOT
 
-CLASSIFICATION_FILE = PROJECT_ROOT / "privacy_policies" / "classification.yaml"
 SAMPLE_ROWS = 200_000
 SAMPLE_ROW_GROUPS = 4
 # columns of the feature layer that hold pseudonyms (besides the classification's pseudonymized outputs)
@@ -79,8 +76,9 @@ class IdentifierPolicy:
     pattern: str = PSEUDONYM
 
 
-def load_identifier_policy(path: Path = CLASSIFICATION_FILE) -> IdentifierPolicy:
-    """Read privacy_policies/classification.yaml.
+def load_identifier_policy(policy: PrivacyPolicy | None = None) -> IdentifierPolicy:
+    """From the classification of the validated privacy policy (`get_policy()`: classification.yaml of
+    PERSONALIZATION_POLICY_DIR, default privacy_policies/).
 
     Forbidden in the features layer: every raw column classified `direct_identifier` whose action is not
     `pseudonymize` (dropped identifiers such as names), and the raw name of every pseudonymized
@@ -88,18 +86,16 @@ def load_identifier_policy(path: Path = CLASSIFICATION_FILE) -> IdentifierPolicy
     name the column could only be the clear value. The pseudonymized outputs (and person_id,
     consent_subject, identifier) must match the pseudonym pattern.
     """
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f)
+    policy = policy or get_policy()
     forbidden: set[str] = set()
     pseudonyms: set[str] = set(FEATURE_PSEUDONYM_COLUMNS)
-    for columns in (doc.get("sources") or {}).values():
-        for column, spec in (columns or {}).items():
-            if spec.get("class") != "direct_identifier":
+    for columns in policy.columns.values():
+        for column, spec in columns.items():
+            if spec.classification != "direct_identifier":
                 continue
-            if spec.get("action") == "pseudonymize":
-                output = spec.get("output", column)
-                pseudonyms.add(output)
-                if output != column:
+            if spec.action == "pseudonymize":
+                pseudonyms.add(spec.output)
+                if spec.output != column:
                     forbidden.add(column)
             else:
                 forbidden.add(column)

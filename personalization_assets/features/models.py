@@ -13,7 +13,7 @@ import pandera.pandas as pa
 from pandera.typing import Series
 
 from personalization_assets.privacy.models import PSEUDONYM, UtcTimestamp
-from personalization_assets.raw.tracking_plan import MESSAGE_TYPES
+from personalization_assets.core.tracking_plan import MESSAGE_TYPES
 IDENTIFIER_KINDS = ["anonymous", "user"]
 
 

@@ -16,7 +16,7 @@ def latest_complete_hour(lake) -> datetime | None:
     """The end of the last complete landing hour: the start of the latest hour partition present in raw/events
     (the latest hour may still be receiving data). From the partition listing only (no data read). None when
     raw/events has no partition."""
-    from personalization_assets.raw.partitions import partition_key_for_path, partition_start
+    from personalization_assets.core.partitions import partition_key_for_path, partition_start
 
     keys = [pk for f in lake.partition_files("raw", "events") if (pk := partition_key_for_path(f.path))]
     return partition_start(max(keys)) if keys else None

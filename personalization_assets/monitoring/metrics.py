@@ -12,7 +12,7 @@ Names and labels are the contract of infra/monitoring/alerts.yml:
 | `personalization_last_success_timestamp_seconds` | job | end time of the job's last successful run |
 | `personalization_freshness_lag_seconds` | asset | now − last materialization, for assets with a freshness policy |
 | `personalization_dp_budget_remaining_epsilon` | period | ε left in the current DP budget period |
-| `personalization_anomaly_check_failed` | asset, check, partition, severity | 1 when the data-anomaly check failed for the partition in the run, else 0 (monitoring/anomalies.yaml; raw/events, consented/events per hour; features/* with partition "") |
+| `personalization_anomaly_check_failed` | asset, check, partition, severity | 1 when the data-anomaly check failed for the partition in the run, else 0 (checks/anomalies.yaml; raw/events, consented/events per hour; features/* with partition "") |
 | `personalization_anomaly_score` | asset, check, partition | the check's robust score (median/MAD z; segment sizes: largest relative change) |
 | `personalization_landing_to_fresh_lag_seconds` | layer | now − end of the newest landing hour the layer has processed (raw, consented, features, segments) |
 
@@ -28,7 +28,8 @@ import dagster as dg
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from pydantic import Field
 
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.asset_keys import CONSENTED_EVENTS, RAW_EVENTS, USER_RFM, USER_SEGMENTS
+from personalization_assets.core.storage import LakeStorage
 
 EVENT_MATERIALIZATION = dg.DagsterEventType.ASSET_MATERIALIZATION
 
@@ -122,10 +123,10 @@ def anomaly_results(instance: dg.DagsterInstance, run_id: str) -> list[tuple[str
 
 # the asset whose materializations stand for each layer's freshness
 LAYER_ASSETS = {
-    "raw": dg.AssetKey(["raw", "events"]),
-    "consented": dg.AssetKey(["consented", "events"]),
-    "features": dg.AssetKey(["features", "user_rfm"]),
-    "segments": dg.AssetKey(["segments", "user_segments"]),
+    "raw": RAW_EVENTS,
+    "consented": CONSENTED_EVENTS,
+    "features": USER_RFM,
+    "segments": USER_SEGMENTS,
 }
 
 
@@ -133,7 +134,7 @@ def landing_to_fresh_lag(instance: dg.DagsterInstance, now: float) -> dict[str, 
     """Per layer: now − end of the newest landing hour it has processed. Partitioned layers: their newest
     materialized hour; unpartitioned ones: the newest raw/events hour materialized before their own latest
     materialization (what they were built from). A few indexed event-log reads, no data scan."""
-    from personalization_assets.raw.partitions import partition_start
+    from personalization_assets.core.partitions import partition_start
 
     def newest_hour(key: dg.AssetKey, before: float | None = None) -> float | None:
         records = instance.fetch_materializations(
@@ -159,7 +160,7 @@ def dp_budget_remaining(lake) -> dict[str, float]:
     from datetime import datetime, timezone
 
     from personalization_assets.privacy.dp import BudgetLedger, period_of
-    from personalization_assets.privacy.policies import get_policy
+    from personalization_assets.core.policies import get_policy
 
     policy = get_policy()
     period = period_of(policy, datetime.now(timezone.utc))

@@ -2,7 +2,6 @@
 the consented tables and the access audit log."""
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -10,11 +9,27 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
-from personalization_assets.monitoring import anomalies
+from personalization_assets.checks import anomalies
 from personalization_assets.privacy import consent as consent_lib
-from personalization_assets.privacy.audit import AccessAuditor, audit_log
+from personalization_assets.core.asset_keys import (
+    ACCESS_AUDIT_LOG,
+    CONSENT_LEDGER,
+    CONSENT_STATE,
+    CONSENTED_CATALOG,
+    CONSENTED_CRM,
+    CONSENTED_EVENTS,
+    CONSENTED_EVENTS_STATE,
+    IDENTITY_LINKS,
+    RAW_CATALOG,
+    RAW_CRM,
+    RAW_EVENTS,
+    RAW_REQUESTS,
+    SUPPRESSION_LIST,
+)
+from personalization_assets.core.audit import audit_log, auditor
+from personalization_assets.core.platform import lock_dir
 from personalization_assets.privacy.consented import CONSENTED_EVENT_SCHEMA, SUPPRESSION_SCHEMA, consent_events
-from personalization_assets.privacy.hash_chain import HashChainedLog
+from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.privacy.identity import (
     IDENTITY_SCHEMA,
     crm_country_jurisdiction_sql,
@@ -22,31 +37,16 @@ from personalization_assets.privacy.identity import (
     pseudonymize_column,
 )
 from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerRow, ConsentState
-from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, get_policy
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.core.policies import UNKNOWN_JURISDICTION, get_policy
+from personalization_assets.core.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import add_text_stats, apply_column_policies, empty_text_stats, protect_text_columns, text_metadata
-from personalization_assets.raw.partitions import partition_dict, partition_start
-from personalization_assets.raw.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
+from personalization_assets.core.partitions import partition_dict, partition_start
+from personalization_assets.core.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 
 GROUP = "privacy"
 OWNERS = ["team:privacy-engineering"]
-
-IDENTITY_LINKS = dg.AssetKey(["privacy", "identity_links"])
-CONSENT_LEDGER = dg.AssetKey(["privacy", "consent_ledger"])
-CONSENT_STATE = dg.AssetKey(["privacy", "consent_state"])
-SUPPRESSION_LIST = dg.AssetKey(["privacy", "suppression_list"])
-ACCESS_AUDIT_LOG = dg.AssetKey(["privacy", "access_audit_log"])
-CONSENTED_EVENTS = dg.AssetKey(["consented", "events"])
-CONSENTED_EVENTS_STATE = dg.AssetKey(["consented", "events_state"])
-CONSENTED_CRM = dg.AssetKey(["consented", "crm_profiles"])
-CONSENTED_CATALOG = dg.AssetKey(["consented", "content_catalog"])
-
-RAW_EVENTS = dg.AssetKey(["raw", "events"])
-RAW_CRM = dg.AssetKey(["raw", "crm_profiles"])
-RAW_CATALOG = dg.AssetKey(["raw", "content_catalog"])
-RAW_REQUESTS = dg.AssetKey(["raw", "privacy_requests"])
 
 RAW_EVENT_SCHEMA = arrow_schema(RawEvent)
 LAYER_PRIVACY = "privacy"
@@ -54,16 +54,8 @@ RAW_CRM_SCHEMA = arrow_schema(RawCrmProfile)
 RAW_REQUEST_SCHEMA = arrow_schema(RawPrivacyRequest)
 
 
-def lock_dir(platform: PlatformConfig) -> str:
-    return str(Path(platform.data_dir) / "locks")
-
-
 def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
     return HashChainedLog(lake=lake.log_store(), name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform), unique_key="decision_id")
-
-
-def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader: dg.AssetKey) -> AccessAuditor:
-    return AccessAuditor(lake=lake, policy=get_policy(), reader=reader.to_user_string(), run_id=context.run_id, lock_dir=lock_dir(platform))
 
 
 def _spec(key, description, model=None, deps=(), partitions_def=None, kinds=("parquet",), sensitive=False, erasure=None, extra_md=None):
@@ -577,7 +569,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).spec,
             dg.AssetCheckSpec("consented_le_raw", asset=CONSENTED_EVENTS, blocking=True,
                               description="Per partition, consented rows <= raw rows."),
-            # data anomalies per hour written vs the same hour in previous weeks (monitoring/anomalies.yaml)
+            # data anomalies per hour written vs the same hour in previous weeks (checks/anomalies.yaml)
             *anomalies.event_check_specs(CONSENTED_EVENTS, partitions_def, anomaly_config),
         ],
         can_subset=True,  # automation requests the unpartitioned state alone (never every hour of consented/events)
@@ -740,7 +732,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
     def consented_content_catalog(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
         policy = get_policy()
         auditor(context, lake, platform, CONSENTED_CATALOG).record([("raw/content_catalog", None, None)])
-        from personalization_assets.raw.tracking_plan import RawContent
+        from personalization_assets.core.tracking_plan import RawContent
 
         with duckdb.get_connection() as con:
             lake.register(con, "catalog", "raw", "content_catalog", empty_schema=arrow_schema(RawContent))

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute  # registers pa.compute
 
 from personalization_assets.privacy.identity import temp_table_from_arrow
-from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
+from personalization_assets.core.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

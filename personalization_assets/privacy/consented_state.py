@@ -32,8 +32,8 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import pyarrow as pa
 
-from personalization_assets.raw.partitions import PARTITION_FMT, partition_key_for_path
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.partitions import PARTITION_FMT, partition_key_for_path
+from personalization_assets.core.storage import LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
 STATE_SCHEMA = pa.schema([

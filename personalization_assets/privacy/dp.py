@@ -30,9 +30,9 @@ from typing import Callable
 
 import pyarrow as pa
 
-from personalization_assets.privacy.hash_chain import HashChainedLog
-from personalization_assets.privacy.policies import DpRelease, PrivacyPolicy
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.hash_chain import HashChainedLog
+from personalization_assets.core.policies import DpRelease, PrivacyPolicy
+from personalization_assets.core.storage import LakeStorage
 
 BUDGET_SCHEMA = pa.schema(
     [

@@ -31,9 +31,9 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from personalization_assets.privacy.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
-from personalization_assets.privacy.quarantine_match import quarantine_match_mask
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
+from personalization_assets.core.quarantine_match import quarantine_match_mask
+from personalization_assets.core.storage import LakeStorage
 
 ERASURE_META = "privacy/erasure"
 PERSONAL_SOURCES = (dg.AssetKey(["raw", "events"]), dg.AssetKey(["raw", "crm_profiles"]), dg.AssetKey(["raw", "privacy_requests"]))

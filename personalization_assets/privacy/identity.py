@@ -21,8 +21,8 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from personalization_assets.privacy.policies import DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.core.policies import DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION
+from personalization_assets.core.pseudonymize import Pseudonymizer
 
 IDENTITY_SCHEMA = pa.schema(
     [

@@ -32,8 +32,8 @@ from personalization_assets.privacy.identity import (
     crm_country_jurisdiction_sql,
     pseudonymize_column,
 )
-from personalization_assets.privacy.policies import UNKNOWN_JURISDICTION
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.core.policies import UNKNOWN_JURISDICTION
+from personalization_assets.core.pseudonymize import Pseudonymizer
 
 PARTIALS_TABLE = "identity_partials"
 PARTIAL_SCHEMA = pa.schema(

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 
 LAYER = "privacy"
 CONSUMED_SCHEMA = pa.schema([("partition", pa.string()), ("fingerprint", pa.string()), ("consumed_at", pa.timestamp("us", tz="UTC"))])

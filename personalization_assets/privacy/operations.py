@@ -9,7 +9,9 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from personalization_assets.privacy.assets import SUPPRESSION_LIST, auditor, lock_dir
+from personalization_assets.core.asset_keys import SUPPRESSION_LIST
+from personalization_assets.core.audit import auditor
+from personalization_assets.core.platform import lock_dir
 from personalization_assets.privacy.erasure import (
     ERASURE_LOG_SCHEMA,
     Subjects,
@@ -17,12 +19,12 @@ from personalization_assets.privacy.erasure import (
     order_targets,
     plan_targets,
 )
-from personalization_assets.privacy.hash_chain import HashChainedLog
-from personalization_assets.privacy.policies import get_policy
-from personalization_assets.privacy.pseudonymize import PSEUDONYM_RE, Pseudonymizer
-from personalization_assets.raw.partitions import PARTITION_FMT
+from personalization_assets.core.hash_chain import HashChainedLog
+from personalization_assets.core.policies import get_policy
+from personalization_assets.core.pseudonymize import PSEUDONYM_RE, Pseudonymizer
+from personalization_assets.core.partitions import PARTITION_FMT
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 
 GROUP = "privacy"
 OWNERS = ["team:privacy-engineering"]

@@ -17,8 +17,8 @@ from personalization_assets.csv_safety import neutralize_columns_by
 from personalization_assets.privacy.identity import map_distinct, pseudonymize_column
 from personalization_assets.privacy.pii import KINDS as PII_KINDS
 from personalization_assets.privacy.pii import redact_columns_by
-from personalization_assets.privacy.policies import ColumnPolicy
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
+from personalization_assets.core.policies import ColumnPolicy
+from personalization_assets.core.pseudonymize import Pseudonymizer
 
 AGE_BANDS = ((0, 17, "<18"), (18, 24, "18-24"), (25, 34, "25-34"), (35, 44, "35-44"), (45, 54, "45-54"), (55, 64, "55-64"), (65, 200, "65+"))
 

@@ -14,19 +14,20 @@ from personalization_assets.checks.pandera_checks import (
     model_check,
     table_schema,
 )
-from personalization_assets.monitoring import anomalies
-from personalization_assets.privacy.pseudonymize import (
+from personalization_assets.checks import anomalies
+from personalization_assets.core.asset_keys import RAW_EVENTS, RAW_EVENTS_QUARANTINE, RAW_MANIFEST, SIDE_INPUTS_METADATA, SUPPRESSION_LIST
+from personalization_assets.core.pseudonymize import (
     Pseudonymizer,
     rows_matching_pseudonyms,
 )
-from personalization_assets.privacy.quarantine_match import quarantine_match_mask
+from personalization_assets.core.quarantine_match import quarantine_match_mask, suppress_quarantine  # noqa: F401  (raw.assets.suppress_quarantine: old path)
 from personalization_assets.raw import events_ingest, ingest, reference_ingest
 from personalization_assets.raw.layouts import list_landing, plan_landing
-from personalization_assets.raw.partitions import (
+from personalization_assets.core.partitions import (
     PARTITION_FMT,
     partition_dict,
 )
-from personalization_assets.raw.tracking_plan import (
+from personalization_assets.core.tracking_plan import (
     Quarantine,
     RawContent,
     RawCrmProfile,
@@ -34,7 +35,7 @@ from personalization_assets.raw.tracking_plan import (
     RawPrivacyRequest,
 )
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import LakeStorage, LandingZone
+from personalization_assets.core.storage import LakeStorage, LandingZone
 
 GROUP = "raw"
 OWNERS = ["team:data-platform"]
@@ -43,8 +44,6 @@ EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".jso
 SAMPLE_ROWS = 200_000
 # landing and lake may be S3: retry transient storage errors (2 s, then 4 s)
 STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
-RAW_EVENTS = dg.AssetKey(["raw", "events"])
-RAW_EVENTS_QUARANTINE = dg.AssetKey(["raw", "events_quarantine"])
 
 
 def _erasure_handler(key: dg.AssetKey, partitioned: bool) -> dict:
@@ -66,7 +65,9 @@ def _spec(key: dg.AssetKey, description: str, model, storage_kind: str, partitio
         owners=OWNERS,
         kinds={"parquet", storage_kind, *extra_kinds},
         metadata={"dagster/column_schema": table_schema(model), "privacy/tier": "raw",
-                  "privacy/erasure": _erasure_handler(key, partitions_def is not None)},
+                  "privacy/erasure": _erasure_handler(key, partitions_def is not None),
+                  # read from its last materialization, not a dependency (see load_suppressed)
+                  SIDE_INPUTS_METADATA: [SUPPRESSION_LIST.to_user_string()]},
         tags={"privacy/sensitivity": "sensitive"},
         partitions_def=partitions_def,
     )
@@ -110,22 +111,14 @@ def _concat_sample(tables: list[pa.Table], limit: int = 200_000) -> pa.Table:
 
 
 def load_suppressed(lake: LakeStorage) -> set[str]:
-    """Pseudonyms of erased subjects. Read as a side input (not a declared dependency): the suppression
-    list is derived from raw data, so declaring it upstream of raw/events would create a cycle."""
-    if not lake.exists("privacy", "suppression_list"):
+    """Pseudonyms of erased subjects, from the last materialization of privacy/suppression_list. A side input,
+    declared in each raw asset's metadata (`SIDE_INPUTS_METADATA`) rather than as a dependency: the suppression
+    list is derived from raw data (raw/events -> privacy/identity_links -> privacy/suppression_list), so a
+    dependency upstream of raw would be a cycle, which Dagster refuses (CircularDependencyError at load)."""
+    layer, table = SUPPRESSION_LIST.path
+    if not lake.exists(layer, table):
         return set()
-    return set(lake.read_table("privacy", "suppression_list", columns=["identifier"])["identifier"].to_pylist())
-
-
-def suppress_quarantine(con, quarantine: pa.Table, suppressed: set[str] | None, pseudonymizer) -> tuple[pa.Table, int]:
-    """Drop the quarantine rows of erased subjects (exact identifiers the rejected record still holds, see
-    privacy/quarantine_match.py); they are counted as suppressed, so read = raw + quarantined + suppressed
-    still holds. Without this an erased subject's rejected line would come back on every run."""
-    if not suppressed or pseudonymizer is None or quarantine.num_rows == 0:
-        return quarantine, 0
-    mask = quarantine_match_mask(con, quarantine, suppressed, pseudonymizer.pseudonymize_values)
-    n = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
-    return (quarantine.filter(pc.invert(mask)) if n else quarantine), n
+    return set(lake.read_table(layer, table, columns=["identifier"])["identifier"].to_pylist())
 
 
 RUN_TOTALS_TAG_PREFIX = "personalization/totals"
@@ -138,15 +131,12 @@ def record_run_totals(context: dg.AssetExecutionContext, asset: str, totals: dic
     context.instance.add_run_tags(context.run.run_id, tags)
 
 
-RAW_MANIFEST = dg.AssetKey(["raw", "landing_manifest"])
-
-
 class IngestConfig(dg.Config):
     full_refresh: bool = Field(default=False, description="Forget the manifest and rebuild raw/events from every landing object.")
 
 
 def ingestion_lock(lake: LakeStorage):
-    from personalization_assets.privacy.hash_chain import TableWriterLock
+    from personalization_assets.core.hash_chain import TableWriterLock
 
     return TableWriterLock(lake=lake, name="landing_manifest", schema=ingest.MANIFEST_SCHEMA, table_layer="raw").exclusive()
 
@@ -172,7 +162,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                           description="Every object under the landing root is read, quarantined with a reason, a reference-source file or reserved."),
         model_check(RAW_EVENTS, RawEvent, blocking=True).spec,
         model_check(RAW_EVENTS_QUARANTINE, Quarantine, blocking=False).spec,
-        # data anomalies per hour vs the same hour in previous weeks (monitoring/anomalies.yaml)
+        # data anomalies per hour vs the same hour in previous weeks (checks/anomalies.yaml)
         *anomalies.event_check_specs(RAW_EVENTS, partitions_def),
     ]
 

@@ -35,25 +35,25 @@ from datetime import datetime
 import duckdb
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-import pyarrow as pa_arrow
+import pandera.pandas as pda
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.raw import json_extract
-from personalization_assets.raw.tracking_plan import RawEvent
+from personalization_assets.core.tracking_plan import RawEvent
 
 BOM = b"\xef\xbb\xbf"
 MAX_QUARANTINE_BYTES = 1 << 20  # a whole unreadable file is kept up to 1 MiB; the landing file itself stays
 
-QUARANTINE_SCHEMA = pa_arrow.schema(
+QUARANTINE_SCHEMA = pa.schema(
     [
-        ("source", pa_arrow.string()),
-        ("source_file", pa_arrow.string()),
-        ("line_no", pa_arrow.int64()),
-        ("reason", pa_arrow.string()),
-        ("detail", pa_arrow.string()),
-        ("original_text", pa_arrow.string()),
-        ("original_bytes", pa_arrow.binary()),
+        ("source", pa.string()),
+        ("source_file", pa.string()),
+        ("line_no", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("original_text", pa.string()),
+        ("original_bytes", pa.binary()),
     ]
 )
 
@@ -140,7 +140,7 @@ def load_file(path: str, raw: bytes) -> LandedFile:
 
 @dataclass
 class ParsedFile:
-    table: pa_arrow.Table  # typed columns + _type_errors + source_file + line_no
+    table: pa.Table  # typed columns + _type_errors + source_file + line_no
     rejects: list[Reject] = field(default_factory=list)
     fast_path: bool = True
 
@@ -150,7 +150,7 @@ def _typed_sql(source: str, model) -> str:
     return f"select {', '.join(select)}, {type_errors} from {source}"
 
 
-def _fast_path(con: duckdb.DuckDBPyConnection, local_path: str, model, max_line_bytes: int = 1 << 20) -> pa_arrow.Table:
+def _fast_path(con: duckdb.DuckDBPyConnection, local_path: str, model, max_line_bytes: int = 1 << 20) -> pa.Table:
     cols = json_extract.read_json_columns(model)
     # only files whose lines are all <= max_line_bytes come here; DuckDB sizes its read buffer from this
     # (a huge value allocates a huge buffer per thread)
@@ -162,7 +162,7 @@ def _fast_path(con: duckdb.DuckDBPyConnection, local_path: str, model, max_line_
     return con.sql(_typed_sql(src, model)).arrow().read_all()
 
 
-def _fast_path_many(con: duckdb.DuckDBPyConnection, local_paths: list[str], model, max_line_bytes: int) -> pa_arrow.Table:
+def _fast_path_many(con: duckdb.DuckDBPyConnection, local_paths: list[str], model, max_line_bytes: int) -> pa.Table:
     """One vectorized read over many clean files (per-query overhead paid once); rows keep file order."""
     cols = json_extract.read_json_columns(model)
     max_object = max(4 * max_line_bytes, 1 << 20)
@@ -184,7 +184,7 @@ def is_clean(f: LandedFile, max_line_bytes: int) -> bool:
 
 
 def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str | None]], max_line_bytes: int, model=RawEvent
-                      ) -> tuple[dict[str, pa_arrow.Table], list[tuple[LandedFile, str | None]]]:
+                      ) -> tuple[dict[str, pa.Table], list[tuple[LandedFile, str | None]]]:
     """Parse clean files together. Returns (path -> typed table, files that need the per-file path)."""
     if not files:
         return {}, []
@@ -199,14 +199,14 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
             local.append(path)
         try:
             table = _fast_path_many(con, local, model, max_line_bytes)
-        except (duckdb.Error, OSError, pa_arrow.ArrowException):  # errors may surface while streaming the result
+        except (duckdb.Error, OSError, pa.ArrowException):  # errors may surface while streaming the result
             return {}, files  # some file is not clean after all: per file, then line by line
     finally:
         import shutil
 
         shutil.rmtree(tmpdir, ignore_errors=True)
     # rows come in file order: run lengths of the file name column give each file's slice
-    names = table["__file"].combine_chunks() if table.num_rows else pa_arrow.array([], pa_arrow.string())
+    names = table["__file"].combine_chunks() if table.num_rows else pa.array([], pa.string())
     runs = pc.run_end_encode(names) if table.num_rows else None
     run_values = runs.values.to_pylist() if runs is not None else []
     run_ends = runs.run_ends.to_numpy() if runs is not None else np.zeros(0, np.int64)
@@ -224,12 +224,12 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
         if n != f.n_lines:
             retry.append((f, path))
             continue
-        part = part.drop_columns(["__file"]).add_column(0, "line_no", pa_arrow.array(np.arange(1, n + 1, dtype=np.int64)))
-        out[f.path] = part.append_column("source_file", pa_arrow.array([f.path] * n, pa_arrow.string()))
+        part = part.drop_columns(["__file"]).add_column(0, "line_no", pa.array(np.arange(1, n + 1, dtype=np.int64)))
+        out[f.path] = part.append_column("source_file", pa.array([f.path] * n, pa.string()))
     return out, retry
 
 
-def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: int, model) -> tuple[pa_arrow.Table, list[Reject]]:
+def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: int, model) -> tuple[pa.Table, list[Reject]]:
     rejects: list[Reject] = []
     lengths = f.ends - f.starts
     good_nos: list[int] = []
@@ -251,7 +251,7 @@ def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: in
             continue
         good_nos.append(line_no)
         good_lines.append(text)
-    lines = pa_arrow.table({"line_no": pa_arrow.array(good_nos, pa_arrow.int64()), "line": pa_arrow.array(good_lines, pa_arrow.string())})
+    lines = pa.table({"line_no": pa.array(good_nos, pa.int64()), "line": pa.array(good_lines, pa.string())})
     con.register("_lines", lines)
     try:
         parent_checks = " or ".join(
@@ -301,7 +301,7 @@ def parse_file(
     if f.file_error is not None:
         rejects.append(f.file_error)
     if f.n_lines == 0:
-        return ParsedFile(table=_empty_typed(con, model).append_column("source_file", pa_arrow.array([], pa_arrow.string())), rejects=rejects)
+        return ParsedFile(table=_empty_typed(con, model).append_column("source_file", pa.array([], pa.string())), rejects=rejects)
     lengths = f.ends - f.starts
     clean = bool((lengths > 0).all() and (lengths <= max_line_bytes).all())
     table = None
@@ -315,8 +315,8 @@ def parse_file(
                 local_path = tmp
             candidate = _fast_path(con, local_path, model, max_line_bytes)
             if candidate.num_rows == f.n_lines:
-                table = candidate.add_column(0, "line_no", pa_arrow.array(np.arange(1, f.n_lines + 1, dtype=np.int64)))
-        except (duckdb.Error, OSError, pa_arrow.ArrowException):  # errors may surface while streaming the result
+                table = candidate.add_column(0, "line_no", pa.array(np.arange(1, f.n_lines + 1, dtype=np.int64)))
+        except (duckdb.Error, OSError, pa.ArrowException):  # errors may surface while streaming the result
             table = None  # any syntax problem: classify line by line
         finally:
             if tmp is not None:
@@ -325,7 +325,7 @@ def parse_file(
     if table is None:
         table, line_rejects = _slow_path(con, f, max_line_bytes, model)
         rejects.extend(line_rejects)
-    table = table.append_column("source_file", pa_arrow.array([f.path] * table.num_rows, pa_arrow.string()))
+    table = table.append_column("source_file", pa.array([f.path] * table.num_rows, pa.string()))
     return ParsedFile(table=table, rejects=rejects, fast_path=fast)
 
 
@@ -349,7 +349,7 @@ class _DuplicateKey(Exception):
     pass
 
 
-def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
+def flag_duplicate_keys(table: pa.Table, model=RawEvent) -> pa.Table:
     """Mark rows whose objects kept as JSON text (properties, traits, catalog tags) repeat a key BELOW their
     top level as `duplicate_key` (the top level is checked in SQL by the typed projection).
 
@@ -365,10 +365,10 @@ def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table
         text = table[c.name]
         nested = pc.greater(pc.count_substring(text, "{"), 0 if c.kind == "array" else 1)
         cand = pc.and_(pc.fill_null(nested, False), unflagged)
-        idx = pc.indices_nonzero(cand.combine_chunks() if isinstance(cand, pa_arrow.ChunkedArray) else cand).to_pylist()
+        idx = pc.indices_nonzero(cand.combine_chunks() if isinstance(cand, pa.ChunkedArray) else cand).to_pylist()
         if not idx:
             continue
-        for i, value in zip(idx, text.take(pa_arrow.array(idx)).to_pylist()):
+        for i, value in zip(idx, text.take(pa.array(idx)).to_pylist()):
             if i not in hits and _has_duplicate_key(value):
                 label = " / ".join(".".join(p) for p in c.paths)  # the stored text may come from the fallback path
                 hits[i] = f"duplicate_key: {label} repeats a key"
@@ -378,17 +378,17 @@ def flag_duplicate_keys(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table
     for i, detail in hits.items():
         errors[i] = list(errors[i] or []) + [detail]
         reasons[i] = "duplicate_key"
-    table = table.set_column(table.column_names.index("_type_errors"), "_type_errors", pa_arrow.array(errors, table.schema.field("_type_errors").type))
-    return table.set_column(table.column_names.index("_type_reason"), "_type_reason", pa_arrow.array(reasons, pa_arrow.string()))
+    table = table.set_column(table.column_names.index("_type_errors"), "_type_errors", pa.array(errors, table.schema.field("_type_errors").type))
+    return table.set_column(table.column_names.index("_type_reason"), "_type_reason", pa.array(reasons, pa.string()))
 
 
-def _empty_typed(con, model=RawEvent) -> pa_arrow.Table:
+def _empty_typed(con, model=RawEvent) -> pa.Table:
     select, type_errors = json_extract.typed_projection(model, root=None)
     cols = json_extract.read_json_columns(model)
     # an empty relation with the right types: a zero-row VALUES cast through the same projection
     src = f"(select * from read_json('/dev/null', format='newline_delimited', columns={cols}) limit 0)"
     t = con.sql(f"select {', '.join(select)}, {type_errors} from {src}").arrow().read_all()
-    return t.add_column(0, "line_no", pa_arrow.array([], pa_arrow.int64()))
+    return t.add_column(0, "line_no", pa.array([], pa.int64()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,26 +403,26 @@ NOT_VALIDATED_PER_ROW = ("properties", "traits", "group_traits", "integrations",
                          "timestamp_source", "source_file", "cdp_source_id")
 
 
-def with_ingestion_columns(table: pa_arrow.Table) -> pa_arrow.Table:
+def with_ingestion_columns(table: pa.Table) -> pa.Table:
     """Columns of RawEvent the ingestion fills that are not read from the message: `cdp_source_id` (null here: the
     hour-batch function knows no layout; `raw/ingest.py` sets it from the object's layout)."""
     if "cdp_source_id" not in table.column_names:
-        table = table.append_column("cdp_source_id", pa_arrow.nulls(table.num_rows, pa_arrow.string()))
+        table = table.append_column("cdp_source_id", pa.nulls(table.num_rows, pa.string()))
     return table
 
 
-def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSchema:
+def event_schema(horizon_days: int, max_future_minutes: int) -> pda.DataFrameSchema:
     """The tracking plan: the RawEvent model plus type and time-horizon rules (relative to each row's landing hour)."""
     horizon = pd.Timedelta(days=horizon_days)
     future = pd.Timedelta(minutes=max_future_minutes)
     checks = value_checks() + [
-        pa.Check(
+        pda.Check(
             lambda df: df["timestamp"].isna() | (df["timestamp"] >= df["landing_hour"] - horizon),
             name="timestamp_before_horizon",
             error=f"event time is before the ingestion horizon ({horizon_days} days before the landing hour)",
             ignore_na=False,
         ),
-        pa.Check(
+        pda.Check(
             lambda df: df["timestamp"].isna() | df["received_at"].isna() | (df["timestamp"] <= df["received_at"] + future),
             name="timestamp_in_future",
             error=f"event time is more than {max_future_minutes} minutes after receivedAt",
@@ -436,7 +436,7 @@ def event_schema(horizon_days: int, max_future_minutes: int) -> pa.DataFrameSche
     # type error): skip pandera's per-element dtype scan here and keep the value checks. The pandera check
     # on the written table (asset check) validates dtypes too.
     schema = schema.update_columns({c: {"dtype": None} for c in keep})
-    schema = schema.add_columns({"_type_errors": pa.Column(object, nullable=False), "_type_reason": pa.Column(object, nullable=True)})
+    schema = schema.add_columns({"_type_errors": pda.Column(object, nullable=False), "_type_reason": pda.Column(object, nullable=True)})
     schema = copy.deepcopy(schema)
     schema.checks = list(schema.checks) + checks
     return schema
@@ -455,7 +455,7 @@ assert tuple(VALUE_ERRORS) == json_extract.VALUE_REASONS
 def value_checks() -> list:
     """One pandera check per value-level reason, read from `_type_reason` (set by the typed projection)."""
     return [
-        pa.Check(lambda df, code=code: df["_type_reason"].ne(code), name=code, error=error, ignore_na=False)
+        pda.Check(lambda df, code=code: df["_type_reason"].ne(code), name=code, error=error, ignore_na=False)
         for code, error in VALUE_ERRORS.items()
     ]
 
@@ -468,7 +468,7 @@ def _reason_code(column: str, check: str) -> str:
     return f"invalid_{column}"
 
 
-def semantic_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[int, Reject]:
+def semantic_failures(frame: pd.DataFrame, schema: pda.DataFrameSchema) -> dict[int, Reject]:
     """Row position -> Reject whose reason is the first failed check's code and whose detail lists all.
 
     Dataframe-level checks are named after their reason code (e.g. ``missing_identity``); pandera reports
@@ -477,7 +477,7 @@ def semantic_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[i
     try:
         schema.validate(frame, lazy=True, inplace=True)  # the frame is ours: no defensive copy
         return {}
-    except pa.errors.SchemaErrors as exc:
+    except pda.errors.SchemaErrors as exc:
         cases = exc.failure_cases
     df_checks = {(c.error or c.name): c.name for c in schema.checks}
     df_checks.update({c.name: c.name for c in schema.checks})
@@ -503,8 +503,8 @@ def semantic_failures(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[i
 
 @dataclass
 class PartitionResult:
-    raw: pa_arrow.Table
-    quarantine: pa_arrow.Table
+    raw: pa.Table
+    quarantine: pa.Table
     records_read: int
     files: list[str]
     fast_path_files: int
@@ -515,19 +515,19 @@ class PartitionResult:
 SUBJECT_COLUMNS = {"user_id": "id", "anonymous_id": "id", "previous_id": "id", "trait_email": "email"}
 
 
-def suppressed_mask(table: pa_arrow.Table, suppressed: set[str], pseudonymize) -> pa_arrow.Array:
+def suppressed_mask(table: pa.Table, suppressed: set[str], pseudonymize) -> pa.Array:
     """Rows whose identifiers pseudonymize into the suppression list (`pseudonymize(values, kind)`)."""
-    from personalization_assets.privacy.pseudonymize import rows_matching_pseudonyms
+    from personalization_assets.core.pseudonymize import rows_matching_pseudonyms
 
     return rows_matching_pseudonyms(table, SUBJECT_COLUMNS, suppressed, pseudonymize)[0]
 
 
-def _validation_frame(table: pa_arrow.Table, schema: pa.DataFrameSchema) -> pd.DataFrame:
+def _validation_frame(table: pa.Table, schema: pda.DataFrameSchema) -> pd.DataFrame:
     cols = [c for c in schema.columns]
     sub = table.select(cols)
-    frame = sub.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype(), pa_arrow.float64(): pd.Float64Dtype(), pa_arrow.bool_(): pd.BooleanDtype()}.get)
+    frame = sub.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
     for c in cols:
-        if pa_arrow.types.is_string(sub.schema.field(c).type) or pa_arrow.types.is_large_string(sub.schema.field(c).type):
+        if pa.types.is_string(sub.schema.field(c).type) or pa.types.is_large_string(sub.schema.field(c).type):
             frame[c] = frame[c].astype(object)
     return frame
 
@@ -544,7 +544,7 @@ def ingest_event_files(
     return ingest_event_batch(con, [(window_start, files)], horizon_days, max_future_minutes, max_line_bytes)[0]
 
 
-def validate_rows(table: pa_arrow.Table, schema: pa.DataFrameSchema, quarantine_rows: list) -> pa_arrow.Table:
+def validate_rows(table: pa.Table, schema: pda.DataFrameSchema, quarantine_rows: list) -> pa.Table:
     """Rows that pass the pandera schema; each failing row goes to `quarantine_rows` with its reason."""
     failures = semantic_failures(_validation_frame(table, schema), schema) if table.num_rows else {}
     if not failures:
@@ -552,16 +552,16 @@ def validate_rows(table: pa_arrow.Table, schema: pa.DataFrameSchema, quarantine_
     mask = np.ones(table.num_rows, dtype=bool)
     positions = np.fromiter(failures.keys(), dtype=np.int64)
     mask[positions] = False
-    locations = table.select(["source_file", "line_no"]).take(pa_arrow.array(positions)).to_pylist()
+    locations = table.select(["source_file", "line_no"]).take(pa.array(positions)).to_pylist()
     for pos, loc in zip(positions.tolist(), locations):
         r = failures[pos]
         quarantine_rows.append((loc["source_file"], Reject(int(loc["line_no"]), r.reason, r.detail)))
-    return table.filter(pa_arrow.array(mask))
+    return table.filter(pa.array(mask))
 
 
-def _hour_array(start: datetime, n: int) -> pa_arrow.Array:
+def _hour_array(start: datetime, n: int) -> pa.Array:
     start_us = int(pd.Timestamp(start).value // 1000)
-    return pa_arrow.array(np.full(n, start_us, dtype=np.int64)).cast(pa_arrow.timestamp("us", tz="UTC"))
+    return pa.array(np.full(n, start_us, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC"))
 
 
 def parse_validate(
@@ -571,7 +571,7 @@ def parse_validate(
     max_future_minutes: int,
     max_line_bytes: int,
     route_by_received_at: bool = False,
-) -> tuple[pa_arrow.Table, list[tuple[str, Reject]], dict[str, int], set[str]]:
+) -> tuple[pa.Table, list[tuple[str, Reject]], dict[str, int], set[str]]:
     """Parse and validate landed files: (valid typed rows with `landing_hour`, rejects as (path, Reject),
     records read per path, paths read by the fast path).
 
@@ -601,18 +601,18 @@ def parse_validate(
         if table.num_rows:
             hours = _hour_array(start, table.num_rows)
             if route_by_received_at:
-                received = table["received_at"].cast(pa_arrow.timestamp("us", tz="UTC"))
+                received = table["received_at"].cast(pa.timestamp("us", tz="UTC"))
                 hours = pc.coalesce(pc.floor_temporal(received, unit="hour"), hours)
             parsed_tables.append(table.append_column("landing_hour", hours))
     schema = event_schema(horizon_days, max_future_minutes)
     if parsed_tables:
-        table = pa_arrow.concat_tables(parsed_tables, promote_options="permissive")
+        table = pa.concat_tables(parsed_tables, promote_options="permissive")
         # whatever the connection's TimeZone setting, timestamps leave ingestion as UTC
-        table = table.cast(pa_arrow.schema([
-            pa_arrow.field(f.name, pa_arrow.timestamp("us", tz="UTC")) if pa_arrow.types.is_timestamp(f.type) else f for f in table.schema
+        table = table.cast(pa.schema([
+            pa.field(f.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f for f in table.schema
         ]))
     else:
-        empty = _empty_typed(con).append_column("source_file", pa_arrow.array([], pa_arrow.string()))
+        empty = _empty_typed(con).append_column("source_file", pa.array([], pa.string()))
         table = empty.append_column("landing_hour", _hour_array(items[0][2] if items else datetime.now(), 0))
     table = flag_duplicate_keys(table)
     # --- semantic validation with the pandera tracking plan
@@ -643,7 +643,7 @@ def ingest_event_batch(
     fast_files = [sum(1 for f, _ in files if f.path in fast_paths) for _, files in partitions]
     # --- exact duplicates of a messageId within a partition: keep the earliest receivedAt
     keyed = valid.select(["message_id", "received_at", "source_file", "line_no", "landing_hour"]).append_column(
-        "_pos", pa_arrow.array(np.arange(valid.num_rows, dtype=np.int64))
+        "_pos", pa.array(np.arange(valid.num_rows, dtype=np.int64))
     )
     con.register("_valid", keyed)
     try:
@@ -667,7 +667,7 @@ def ingest_event_batch(
             )
         keep = np.ones(valid.num_rows, dtype=bool)
         keep[dups["_pos"].to_numpy()] = False
-        valid = valid.filter(pa_arrow.array(keep))
+        valid = valid.filter(pa.array(keep))
     raw_all = _order_like_model(with_ingestion_columns(valid.drop_columns(["_type_errors", "_type_reason"])))
     # --- erased subjects are dropped at ingestion (counted, never stored: storing them would defeat the erasure)
     suppressed_rows = None
@@ -678,30 +678,30 @@ def ingest_event_batch(
             raw_all = raw_all.filter(pc.invert(mask))
     results = []
     # rows are in partition order (files were appended partition by partition): slice, do not filter
-    hours = raw_all["landing_hour"].cast(pa_arrow.int64()).to_numpy() if raw_all.num_rows else np.zeros(0, np.int64)
+    hours = raw_all["landing_hour"].cast(pa.int64()).to_numpy() if raw_all.num_rows else np.zeros(0, np.int64)
     if hours.size and not bool((np.diff(hours) >= 0).all()):  # partitions given out of order: sort once
         raw_all = raw_all.sort_by([("landing_hour", "ascending"), ("source_file", "ascending"), ("line_no", "ascending")])
-        hours = raw_all["landing_hour"].cast(pa_arrow.int64()).to_numpy()
+        hours = raw_all["landing_hour"].cast(pa.int64()).to_numpy()
     for i, (start, files) in enumerate(partitions):
         hour = _hour_array(start, 1)[0]
-        h = hour.cast(pa_arrow.int64()).as_py()
+        h = hour.cast(pa.int64()).as_py()
         lo, hi = int(np.searchsorted(hours, h, "left")), int(np.searchsorted(hours, h, "right"))
         raw = raw_all.slice(lo, hi - lo)
         paths = {f.path for f, _ in files}
         q_rows = [(p, r) for p, r in quarantine_rows if p in paths]
         quarantine = build_quarantine("events", q_rows, by_path)
-        n_suppressed = 0 if suppressed_rows is None else pc.sum(pc.cast(pc.equal(suppressed_rows["landing_hour"], hour), pa_arrow.int64())).as_py() or 0
+        n_suppressed = 0 if suppressed_rows is None else pc.sum(pc.cast(pc.equal(suppressed_rows["landing_hour"], hour), pa.int64())).as_py() or 0
         results.append(PartitionResult(raw=raw, quarantine=quarantine, records_read=records_read[i], files=sorted(paths),
                                        fast_path_files=fast_files[i], suppressed=n_suppressed))
     return results
 
 
-def _order_like_model(table: pa_arrow.Table, model=RawEvent) -> pa_arrow.Table:
+def _order_like_model(table: pa.Table, model=RawEvent) -> pa.Table:
     order = [c for c in model.to_schema().columns if c in table.column_names]
     return table.select(order)
 
 
-def build_quarantine(source: str, rows: list[tuple[str, Reject]], files: dict[str, LandedFile] | None = None, originals: dict | None = None) -> pa_arrow.Table:
+def build_quarantine(source: str, rows: list[tuple[str, Reject]], files: dict[str, LandedFile] | None = None, originals: dict | None = None) -> pa.Table:
     """Quarantine rows with the exact original bytes of each rejected record."""
     cols = {n: [] for n in QUARANTINE_SCHEMA.names}
     for path, r in sorted(rows, key=lambda x: (x[0], x[1].line_no)):
@@ -721,4 +721,4 @@ def build_quarantine(source: str, rows: list[tuple[str, Reject]], files: dict[st
         cols["detail"].append(r.detail)
         cols["original_bytes"].append(original)
         cols["original_text"].append(None if original is None else original.decode("utf-8", "backslashreplace"))
-    return pa_arrow.table(cols, schema=QUARANTINE_SCHEMA)
+    return pa.table(cols, schema=QUARANTINE_SCHEMA)

@@ -44,8 +44,8 @@ from personalization_assets.raw.layouts import (
     list_landing,
     plan_landing,
 )
-from personalization_assets.raw.partitions import PARTITION_FMT, partition_dict
-from personalization_assets.raw.tracking_plan import RawEvent
+from personalization_assets.core.partitions import PARTITION_FMT, partition_dict
+from personalization_assets.core.tracking_plan import RawEvent
 
 MANIFEST_TABLE = "landing_manifest"
 MANIFEST_SCHEMA = pa.schema([
@@ -417,7 +417,7 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
         merged = merged.sort_by([("source_file", "ascending"), ("line_no", "ascending")])
     new_q_table = _quarantine_table(q_rows)
     # quarantined records of erased subjects are suppressed too (exact identifiers they still hold)
-    from personalization_assets.raw.assets import suppress_quarantine
+    from personalization_assets.core.quarantine_match import suppress_quarantine
 
     kept_q, q_suppressed = suppress_quarantine(con, new_q_table, suppressed, pseudonymizer)
     if q_suppressed:

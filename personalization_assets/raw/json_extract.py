@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import pandera.pandas as pa
+import pandera.pandas as pda
 
 # DuckDB json_type() names accepted for each kind (NULL is always accepted; nullability is pandera's job).
 _KIND_JSON_TYPES = {
@@ -80,7 +80,7 @@ def _kind_from_dtype(dtype: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def json_columns(model: type[pa.DataFrameModel]) -> tuple[JsonColumn, ...]:
+def json_columns(model: type[pda.DataFrameModel]) -> tuple[JsonColumn, ...]:
     schema = model.to_schema()
     cols = []
     for name, col in schema.columns.items():
@@ -97,7 +97,7 @@ def json_columns(model: type[pa.DataFrameModel]) -> tuple[JsonColumn, ...]:
 
 
 @lru_cache(maxsize=None)
-def derived_columns(model: type[pa.DataFrameModel]) -> tuple[DerivedColumn, ...]:
+def derived_columns(model: type[pda.DataFrameModel]) -> tuple[DerivedColumn, ...]:
     """Columns with ``derive`` and no ``json``: computed in the same projection, from the values read."""
     return tuple(
         DerivedColumn(name=name, derive=col.metadata["derive"])
@@ -149,7 +149,7 @@ def _struct_type(node: dict) -> str:
 
 
 @lru_cache(maxsize=None)
-def read_json_columns(model: type[pa.DataFrameModel]) -> str:
+def read_json_columns(model: type[pda.DataFrameModel]) -> str:
     """The `columns={...}` argument for DuckDB read_json (top-level keys -> types)."""
     items = []
     for key, child in _tree(model).items():
@@ -159,7 +159,7 @@ def read_json_columns(model: type[pa.DataFrameModel]) -> str:
 
 
 @lru_cache(maxsize=None)
-def json_transform_structure(model: type[pa.DataFrameModel]) -> str:
+def json_transform_structure(model: type[pda.DataFrameModel]) -> str:
     """The structure argument for json_transform: the same shape as read_json_columns."""
     import json
 
@@ -167,7 +167,7 @@ def json_transform_structure(model: type[pa.DataFrameModel]) -> str:
 
 
 @lru_cache(maxsize=None)
-def struct_parent_paths(model: type[pa.DataFrameModel]) -> tuple[tuple[str, ...], ...]:
+def struct_parent_paths(model: type[pda.DataFrameModel]) -> tuple[tuple[str, ...], ...]:
     """Paths that must be JSON objects (or absent) for the structure to apply, e.g. ('context',): the STRUCT
     nodes of the structure. An object the plan also keeps whole as text (`traits`, `context.traits`) is a JSON
     leaf instead, and a non-object there is the projection's `wrong_type` on both parsing paths."""
@@ -183,7 +183,7 @@ def struct_parent_paths(model: type[pa.DataFrameModel]) -> tuple[tuple[str, ...]
     return tuple(sorted(parents))
 
 
-def plan_key_duplicates_sql(model: type[pa.DataFrameModel], line: str) -> str:
+def plan_key_duplicates_sql(model: type[pda.DataFrameModel], line: str) -> str:
     """SQL: the JSON text `line` repeats a key the tracking plan reads, in the message or in one of the plan's
     nested objects (context, context.page, ...). DuckDB's JSON reader keeps one of the values silently in
     `json_transform` and fails `read_json` (which sends the file here); keys the plan does not read are not
@@ -331,7 +331,7 @@ def _fill(model, template: str, read_value, where: str) -> str:
         raise ValueError(f"{model.__name__}.{where}: {{{exc.args[0]}}} is not a JSON column of the model") from None
 
 
-def typed_projection(model: type[pa.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
+def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
     """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`
     (details of every value problem) and `_type_reason` (the reason code of the first, one of VALUE_REASONS).
 

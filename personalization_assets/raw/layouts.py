@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-EVENT_LAYOUTS = ("auto", "hive", "segment-s3", "rudderstack-s3")
+from personalization_assets.settings import EVENT_LAYOUTS, validate_layout  # noqa: F401  (the layouts a setting may name)
+
 EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".gz")  # NDJSON; .gz = gzipped NDJSON (Segment)
 REFERENCE_SUFFIXES = {
     "crm": (".csv", ".csv.gz"),
@@ -98,14 +99,6 @@ class LandingPlan:
 
     def layouts_found(self) -> list[str]:
         return sorted({e.layout for e in self.events})
-
-
-def validate_layout(value: str) -> str:
-    """The events layout setting, normalized; ValueError naming the setting and the allowed values."""
-    v = (value or "").strip().lower() or "auto"
-    if v not in EVENT_LAYOUTS:
-        raise ValueError(f"{SETTING}={value!r} is unknown. Fix: set {SETTING} to one of {', '.join(EVENT_LAYOUTS)} (default auto).")
-    return v
 
 
 # ------------------------------------------------------------------------------------------- listing

@@ -25,7 +25,7 @@ from personalization_assets.raw.events_ingest import (
     validate_rows,
     value_checks,
 )
-from personalization_assets.raw.tracking_plan import RawCrmProfile
+from personalization_assets.core.tracking_plan import RawCrmProfile
 
 CRM_COLUMNS = ["user_id", "email", "phone", "first_name", "last_name", "country", "birth_date", "signup_at", "plan", "updated_at"]
 _CRM_TYPES = {"birth_date": "date", "signup_at": "timestamptz", "updated_at": "timestamptz"}

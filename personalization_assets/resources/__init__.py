@@ -14,29 +14,17 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
 
-from personalization_assets.privacy.keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
-from personalization_assets.privacy.policies import get_policy
-from personalization_assets.privacy.pseudonymize import Pseudonymizer
-from personalization_assets.resources.storage import LakeStorage, LandingZone
+from personalization_assets.core.platform import PlatformConfig
+from personalization_assets.core.policies import get_policy
+from personalization_assets.core.pseudonym_keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
+from personalization_assets.core.pseudonymize import Pseudonymizer
+from personalization_assets.core.storage import LakeStorage, LandingZone
 from personalization_assets.settings import Settings
-
-
-class PlatformConfig(dg.ConfigurableResource):
-    """Non-secret limits and switches read from the settings, so tests can override them."""
-
-    env: str = "local"
-    data_dir: str = Field(description="Local scratch/data directory.")
-    max_line_bytes: int = 32 * 1024
-    horizon_days: int = 30
-    max_future_minutes: int = 24 * 60
-    events_layout: str = Field(default="auto", description="PERSONALIZATION_EVENTS_LAYOUT: auto | hive | segment-s3 | rudderstack-s3.")
 
 
 def _s3_credentials(settings: Settings) -> dict:
@@ -73,7 +61,7 @@ def duckdb_engine(settings: Settings) -> DuckDBEngine:
 
 
 def build_resources(settings: Settings) -> dict:
-    from personalization_assets.privacy import audit  # noqa: F401  registers the lake's audit sink (the lake refuses sensitive reads without it)
+    from personalization_assets.core import audit  # noqa: F401  registers the lake's audit sink (the lake refuses sensitive reads without it)
 
     creds = _s3_credentials(settings)
     common = {"s3_endpoint_url": settings.s3_endpoint_url, "aws_region": settings.aws_region, **creds}
@@ -106,7 +94,7 @@ def pseudonymizer(settings: Settings) -> Pseudonymizer:
     if settings.pseudonym_keys_from_env:
         return Pseudonymizer(
             keys_json=dg.EnvVar("PERSONALIZATION_PSEUDONYM_KEYS"),
-            active_version=dg.EnvVar("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") if os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") else None,
+            active_version=dg.EnvVar("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") if settings.pseudonym_active_version_set else None,
         )
     # local only (prod requires the env var, see settings.load_settings)
     _, created = ensure_dev_keys(settings.data_dir)

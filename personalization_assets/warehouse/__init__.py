@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from personalization_assets.settings import Settings
+from personalization_assets.settings import Settings, load_settings
 
 
 def build_warehouse_defs(settings: Settings) -> dg.Definitions:
@@ -23,6 +23,7 @@ def build_warehouse_defs(settings: Settings) -> dg.Definitions:
     from personalization_assets.warehouse.loader import build_features_loaded_asset
     from personalization_assets.warehouse.resources import (
         dbt_resource,
+        read_segment_sizes,
         warehouse_resources,
     )
 
@@ -33,10 +34,10 @@ def build_warehouse_defs(settings: Settings) -> dg.Definitions:
         # one would resolve against dbt/, an unset lake URL would not follow a custom data dir). Scoped to
         # the dbt invocation, so nothing leaks into the process environment.
         dbt_env = (("PERSONALIZATION_DATA_DIR", str(settings.data_dir)), ("PERSONALIZATION_LAKE_URL", settings.lake_url))
-    from personalization_assets.monitoring.anomalies import build_segment_size_check
+    from personalization_assets.checks.anomalies import build_segment_size_check
 
     return dg.Definitions(
-        asset_checks=[build_segment_size_check()],
+        asset_checks=[build_segment_size_check(lambda snowflake: read_segment_sizes(load_settings(), snowflake))],
         assets=[
             build_features_loaded_asset(settings.env),
             build_dbt_assets(settings.env, dbt_env, str(settings.warehouse_path) if settings.is_local else None),

@@ -21,12 +21,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.asset_keys import FEATURES_LAYER, FEATURES_LOADED
+from personalization_assets.core.storage import LakeStorage
 from personalization_assets.warehouse.resources import SnowflakeWarehouse, arrow_to_frame
 
 LOAD_METHOD_DOC = {"insert": "batched INSERT of bound JSON arrays", "stage": "write_pandas, PUT + COPY INTO"}
-FEATURES_LAYER = "features"
-FEATURES_LOADED = dg.AssetKey(["warehouse", "features_loaded"])
 GROUP = "warehouse"
 OWNERS = ["team:data-platform"]
 

@@ -66,7 +66,7 @@ def test_materialize_writes_every_table_and_passes_every_check(tmp_path):
     expected = {(FEATURE_KEYS[t], f"pandera_{FEATURE_MODELS[t].__name__}") for t in TABLES}
     expected |= {(FEATURE_KEYS[t], IDENTIFIER_CHECK) for t in TABLES}
     expected |= {(FEATURE_KEYS["sessions"], SESSION_CHECK)}
-    expected |= {(FEATURE_KEYS[t], c) for t in TABLES for c in ("anomaly_volume", "anomaly_null_rate")}  # monitoring/anomalies.yaml
+    expected |= {(FEATURE_KEYS[t], c) for t in TABLES for c in ("anomaly_volume", "anomaly_null_rate")}  # checks/anomalies.yaml
     assert set(checks) == expected
     assert all(e.passed for e in checks.values()), [k for k, e in checks.items() if not e.passed]
 

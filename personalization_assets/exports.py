@@ -16,18 +16,17 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from personalization_assets.privacy.assets import lock_dir
+from personalization_assets.core.asset_keys import CONSENTED_CATALOG, CONTENT_AFFINITY, CONTENT_POPULARITY_DP, SEGMENT_SIZES_DP, USER_SEGMENTS
+from personalization_assets.core.platform import lock_dir
 from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, dp_counts, period_of, release_id
-from personalization_assets.privacy.policies import get_policy
+from personalization_assets.core.policies import get_policy
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from personalization_assets.settings import Settings
 from personalization_assets.warehouse.resources import SnowflakeWarehouse, query_warehouse
 
 GROUP = "exports"
 OWNERS = ["team:privacy-engineering"]
-SEGMENT_SIZES_DP = dg.AssetKey(["exports", "segment_sizes_dp"])
-CONTENT_POPULARITY_DP = dg.AssetKey(["exports", "content_popularity_dp"])
 NO_SUBJECT_DATA = {"kind": "none", "reason": "differentially private aggregates: no subject-level rows"}
 
 
@@ -84,7 +83,7 @@ def build_export_assets(settings: Settings) -> list:
     @dg.asset(
         key=SEGMENT_SIZES_DP,
         description="People per RFM segment, released with OpenDP (Laplace, ε from differential_privacy.yaml). Safe to share.",
-        group_name=GROUP, owners=OWNERS, kinds={"parquet", "opendp"}, deps=[dg.AssetKey(["segments", "user_segments"])],
+        group_name=GROUP, owners=OWNERS, kinds={"parquet", "opendp"}, deps=[USER_SEGMENTS],
         metadata={"privacy/tier": "exports", "privacy/erasure": NO_SUBJECT_DATA},
         tags={"privacy/sensitivity": "public-dp"},
     )
@@ -97,7 +96,7 @@ def build_export_assets(settings: Settings) -> list:
         key=CONTENT_POPULARITY_DP,
         description="People per content category (each person counted for at most K of their top categories), released with OpenDP.",
         group_name=GROUP, owners=OWNERS, kinds={"parquet", "opendp", "duckdb"},
-        deps=[dg.AssetKey(["features", "content_affinity"]), dg.AssetKey(["consented", "content_catalog"])],
+        deps=[CONTENT_AFFINITY, CONSENTED_CATALOG],
         metadata={"privacy/tier": "exports", "privacy/erasure": NO_SUBJECT_DATA},
         tags={"privacy/sensitivity": "public-dp"},
     )
