@@ -20,12 +20,22 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
 from personalization_assets.privacy.assets import lock_dir
-from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, ReleaseOutcome, dp_counts, period_of, release_id
+from personalization_assets.privacy.dp import (
+    BudgetLedger,
+    DpBudgetExceeded,
+    ReleaseOutcome,
+    dp_counts,
+    period_of,
+    release_id,
+)
 from personalization_assets.privacy.policies import get_policy
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage
 from personalization_assets.settings import Settings
-from personalization_assets.warehouse.resources import SnowflakeWarehouse, query_warehouse
+from personalization_assets.warehouse.resources import (
+    SnowflakeWarehouse,
+    query_warehouse,
+)
 
 GROUP = "exports"
 OWNERS = ["team:privacy-engineering"]

@@ -9,13 +9,13 @@ The manifest (dbt/target/manifest.json) must exist when `build_dbt_assets` is ca
 (or `dagster-dbt project prepare-and-package --file personalization_assets/warehouse/project.py`).
 """
 
-from collections.abc import Iterator, Mapping
 import os
 import shutil
 import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
