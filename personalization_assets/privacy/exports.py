@@ -32,10 +32,7 @@ from personalization_assets.privacy.policies import get_policy
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.resources.storage import LakeStorage
 from personalization_assets.settings import Settings
-from personalization_assets.warehouse.resources import (
-    SnowflakeWarehouse,
-    query_warehouse,
-)
+from personalization_assets.warehouse.resources import SnowflakeWarehouse, query_warehouse
 
 GROUP = "exports"
 OWNERS = ["team:privacy-engineering"]
