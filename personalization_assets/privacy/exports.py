@@ -55,7 +55,9 @@ def release_counts(lake: LakeStorage, platform: PlatformConfig, run_id: str, rel
     def compute() -> dict:
         released, scale, accuracy = dp_counts(values, release, key_name)
         return {"keys": released[key_name].to_list(), "dp_counts": [int(c) for c in released["count"].to_list()],
-                "noise_scale": scale, "accuracy_95": accuracy}
+                "noise_scale": scale, "accuracy_95": accuracy,
+                # the parameters it was made with: a release kept through its release period is written as made
+                "epsilon": release.epsilon, "max_contributions": release.max_contributions}
 
     return ledger.release(release, run_id, rid, compute, now or datetime.now(timezone.utc)), len(keys) - len(values)
 
@@ -88,8 +90,8 @@ def _release(context, lake: LakeStorage, platform: PlatformConfig, release_name:
     table = pa.table({
         key_name: pa.array(p["keys"], pa.string()),
         "dp_count": pa.array(p["dp_counts"], pa.int64()),
-        "epsilon": pa.array([release.epsilon] * n, pa.float64()),
-        "max_contributions": pa.array([release.max_contributions] * n, pa.int64()),
+        "epsilon": pa.array([p.get("epsilon", release.epsilon)] * n, pa.float64()),
+        "max_contributions": pa.array([p.get("max_contributions", release.max_contributions)] * n, pa.int64()),
         "noise_scale": pa.array([p["noise_scale"]] * n, pa.float64()),
         "accuracy_95": pa.array([p["accuracy_95"]] * n, pa.float64()),
         "released_at": pa.array([outcome.released_at] * n, pa.timestamp("us", tz="UTC")),
