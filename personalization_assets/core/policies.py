@@ -114,6 +114,9 @@ class PrivacyPolicy:
     erasure_exempt: tuple[str, ...]
     sensitive_assets: tuple[str, ...]
     directory: str
+    # a release of the same name within this many hours of the previous one returns the stored release
+    # (no new spend) even when its input changed: budget.min_release_interval_hours
+    dp_min_release_interval_hours: float = 0.0
 
     @property
     def ledger_tier(self) -> RetentionTier | None:
@@ -335,6 +338,10 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
     if total <= 0:
         raise PolicyError(f"{label}: budget.total_epsilon: must be > 0.")
     period = _one_of(label, "budget.period", budget.get("period"), ("month", "day", "year"))
+    interval = budget.get("min_release_interval_hours", 0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
+        raise PolicyError(f"{label}: budget.min_release_interval_hours: must be a number of hours >= 0 "
+                          f"(e.g. 167 = at most one release of each export per 6 days 23 hours), got {interval!r}.")
     releases = {}
     for name, spec in _need(label, "", data, "releases", dict).items():
         eps = float(_need(label, f"releases.{name}", spec, "epsilon", (int, float)))
@@ -373,6 +380,7 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
         erasure_exempt=exempt,
         sensitive_assets=sensitive,
         directory=str(directory),
+        dp_min_release_interval_hours=float(interval),
     )
 
 

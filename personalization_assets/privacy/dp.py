@@ -13,7 +13,10 @@ Releases are idempotent and the charge is atomic with the result. A release is i
 of the exact input: the sorted per-key counts). `BudgetLedger.release` runs under the ledger's writer
 lock: if the id is already in the ledger it returns the stored result and spends nothing (a rerun on
 unchanged data, a retry after a crash); otherwise it checks the remaining budget, draws the noise and
-appends ONE row holding both the ε charged and the released counts. There is no state in which ε was
+appends ONE row holding both the ε charged and the released counts. A release period bounds the spend
+whatever the input does: within `budget.min_release_interval_hours` of the previous release of the same
+name, the previous release is returned (no spend), so a pipeline materialized every hour does not release
+(and spend) every hour. There is no state in which ε was
 spent without the release being stored, and two processes can never overspend (check and append under
 one lock; the ledger refuses a release_id twice).
 """
@@ -25,7 +28,7 @@ import json
 import uuid
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import pyarrow as pa
@@ -110,18 +113,37 @@ class BudgetLedger:
         hit = table.filter(pc.equal(table["release_id"], rid))
         return hit.to_pylist()[0] if hit.num_rows else None
 
-    def release(self, release: DpRelease, run_id: str, rid: str, compute: Callable[[], dict], when: datetime | None = None) -> ReleaseOutcome:
-        """Return the stored release `rid`, or spend ε and store `compute()`'s result with the charge in one
-        append. Budget check, noise and append happen under the ledger's writer lock."""
+    def recent(self, release_name: str, when: datetime) -> dict | None:
+        """The latest stored release of `release_name` made less than the policy's min_release_interval_hours
+        before `when` (its row: release_id, release_payload, released_at), or None when a new release is due."""
+        import pyarrow.compute as pc
+
+        hours = self.policy.dp_min_release_interval_hours
+        if hours <= 0 or "release_payload" not in self.log.schema.names:
+            return None
+        table = self.log.read_all(["release", "release_id", "release_payload", "released_at"])
+        table = table.filter(pc.and_(pc.equal(table["release"], release_name), pc.is_valid(table["release_payload"])))
+        rows = [r for r in table.to_pylist() if "keys" in json.loads(r["release_payload"] or "{}")]  # one-off charges hold no result
+        if not rows:
+            return None
+        latest = max(rows, key=lambda r: r["released_at"])
+        return latest if when - latest["released_at"] < timedelta(hours=hours) else None
+
+    def release(self, release: DpRelease, run_id: str, rid: str, compute: Callable[[], dict], when: datetime | None = None,
+                gate: bool = True) -> ReleaseOutcome:
+        """Return the stored release `rid`, or the latest release of the same name when it is more recent than the
+        policy's min_release_interval_hours (whatever the input: the release period has not come round), or spend ε
+        and store `compute()`'s result with the charge in one append. Budget check, noise and append happen under
+        the ledger's writer lock."""
         when = when or datetime.now(timezone.utc)
         period = period_of(self.policy, when)
         with self.log.exclusive():
             status = self.log.verify()
             if not status.ok:
                 raise DpBudgetExceeded(f"the DP budget ledger is corrupt ({status.problem}); refusing to release")
-            previous = self.stored(rid)
+            previous = self.stored(rid) or (self.recent(release.name, when) if gate else None)
             if previous is not None:
-                return ReleaseOutcome(rid, json.loads(previous["release_payload"] or "{}"), previous["released_at"], 0.0,
+                return ReleaseOutcome(previous["release_id"], json.loads(previous["release_payload"] or "{}"), previous["released_at"], 0.0,
                                       self.remaining(period), True)
             remaining = self.remaining(period)
             if release.epsilon > remaining + 1e-12:
@@ -139,7 +161,7 @@ class BudgetLedger:
     def charge(self, release: DpRelease, run_id: str, when: datetime | None = None) -> float:
         """Spend ε for a one-off release with no stored result (always a new charge), or raise
         DpBudgetExceeded. Returns what remains afterwards."""
-        return self.release(release, run_id, uuid.uuid4().hex, dict, when).remaining
+        return self.release(release, run_id, uuid.uuid4().hex, dict, when, gate=False).remaining
 
 
 def dp_counts(keys: list[str], release: DpRelease, key_name: str):

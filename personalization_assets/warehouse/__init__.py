@@ -40,7 +40,8 @@ def build_warehouse_defs(settings: Settings) -> dg.Definitions:
         asset_checks=[build_segment_size_check(lambda snowflake: read_segment_sizes(load_settings(), snowflake))],
         assets=[
             build_features_loaded_asset(settings.env),
-            build_dbt_assets(settings.env, dbt_env, str(settings.warehouse_path) if settings.is_local else None),
+            build_dbt_assets(settings.env, dbt_env, str(settings.warehouse_path) if settings.is_local else None,
+                             str(settings.data_dir / "dbt_state")),
         ],
         resources={"dbt": dbt_resource(settings), **warehouse_resources(settings)},
     )

@@ -9,10 +9,13 @@ The manifest (dbt/target/manifest.json) must exist when `build_dbt_assets` is ca
 (or `dagster-dbt project prepare-and-package --file personalization_assets/warehouse/project.py`).
 """
 
-from collections.abc import Iterator, Mapping
 import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -89,11 +92,52 @@ def _with_row_count(event, counts: dict[str, int]):
     return event
 
 
+PARTIAL_PARSE = "partial_parse.msgpack"
+
+
+def invocation_target_path(context: dg.AssetExecutionContext) -> Path:
+    """A fresh target folder per invocation, where dagster-dbt's default would put it ($DBT_TARGET_PATH, else
+    dbt/target), so we know where dbt writes its partial-parse state."""
+    base = Path(os.environ.get("DBT_TARGET_PATH") or dbt_project.target_path)
+    if not base.is_absolute():
+        base = dbt_project.project_dir / base
+    return base / f"warehouse_dbt-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
+
+
+def seed_partial_parse(cache_dir: str | None, target_path: Path) -> bool:
+    """Put the previous run's partial-parse state into this invocation's target folder. dagster-dbt would copy
+    dbt/target's, written by `dbt parse` at packaging time with another profile and environment (data dir,
+    lake URL): dbt rejects it ("Unable to do partial parsing because profile has changed") and re-parses the
+    whole project on every run. dbt itself validates the state (project files, vars, env vars, profile)."""
+    if not cache_dir:
+        return False
+    cached = Path(cache_dir) / PARTIAL_PARSE
+    if not cached.exists():
+        return False
+    target_path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, target_path / PARTIAL_PARSE)
+    return True
+
+
+def save_partial_parse(target_path: Path, cache_dir: str | None) -> None:
+    """Keep this invocation's partial-parse state for the next run (atomic replace: concurrent runs never see
+    half a file; the last writer wins, and any of them is a valid state for dbt to check)."""
+    fresh = target_path / PARTIAL_PARSE
+    if not cache_dir or not fresh.exists():
+        return
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(cache_dir) / f".{PARTIAL_PARSE}.{uuid.uuid4().hex}"
+    shutil.copyfile(fresh, tmp)
+    os.replace(tmp, Path(cache_dir) / PARTIAL_PARSE)
+
+
 @cache
-def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb_path: str | None = None) -> dg.AssetsDefinition:
+def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb_path: str | None = None,
+                     parse_cache_dir: str | None = None) -> dg.AssetsDefinition:
     """The dbt project as one multi-asset. Same keys, deps and checks in every environment;
     only kinds/storage kind follow the environment's warehouse. `dbt_env`: variables the dbt
-    subprocess needs (absolute data dir and lake URL locally)."""
+    subprocess needs (absolute data dir and lake URL locally). `parse_cache_dir`: where dbt's partial-parse
+    state is kept between runs (see `seed_partial_parse`)."""
     translator = WarehouseDbtTranslator(env)
 
     @dbt_assets(
@@ -103,8 +147,10 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
         name="warehouse_dbt",
     )
     def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        target_path = invocation_target_path(context)
+        seed_partial_parse(parse_cache_dir, target_path)
         with scoped_environ(dbt_env):
-            invocation = dbt.cli(["build"], context=context, raise_on_error=False)
+            invocation = dbt.cli(["build"], context=context, raise_on_error=False, target_path=target_path)
             if duckdb_path is None:
                 # Snowflake: dagster-dbt queries each relation as its model completes
                 yield from invocation.stream().fetch_row_counts()
@@ -115,6 +161,7 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
                 events = list(invocation.stream())
                 counts = {name: n for (_, name), n in duckdb_row_counts(duckdb_path).items()}
                 yield from (_with_row_count(ev, counts) for ev in events)
+        save_partial_parse(target_path, parse_cache_dir)
         yield from unit_test_observations(invocation, invocation.manifest, translator)
         error = invocation.get_error()
         if error is not None:

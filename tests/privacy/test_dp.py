@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -85,11 +85,56 @@ def test_rerunning_the_exports_on_unchanged_data_spends_once(data_dir):
     assert lake.read_table("exports", "content_popularity_dp").equals(released)  # the same noisy counts, not new noise
     ledger = _ledger(data_dir)
     assert ledger.spent(_this_month()) == pytest.approx(eps) and ledger.log.verify().rows == 1
-    # different data is a different release: it spends
+    # different data within the release period (budget.min_release_interval_hours): still the stored release, no spend
     _write_export_inputs(lake, people=401)
     third = materializations(materialize(defs, EXPORT))["exports/content_popularity_dp"]
-    assert third["epsilon_spent"] == eps and third["release_id"] != first["release_id"]
-    assert ledger.spent(_this_month()) == pytest.approx(2 * eps)
+    assert third["epsilon_spent"] == 0 and third["release_id"] == first["release_id"] and third["release_period_open"] is False
+    assert lake.read_table("exports", "content_popularity_dp").equals(released)
+    assert ledger.spent(_this_month()) == pytest.approx(eps) and ledger.log.verify().rows == 1
+
+
+def test_an_hourly_materialize_releases_each_export_once_per_release_period(data_dir):
+    """Every tick of an hourly `personalization materialize` changes the exports' input (new events move the
+    affinities). Before the release period existed, each tick spent ε again and the month's budget ran out after
+    a few hours, failing the run. Now only the first release spends; the other runs keep it."""
+    from tests.helpers import defs_for_env, materialize, materializations
+
+    lake = LakeStorage(url=str(data_dir / "lake"))
+    policy = get_policy()
+    eps = policy.dp_releases["content_popularity"].epsilon
+    defs = defs_for_env()
+    _write_export_inputs(lake)
+    first = materializations(materialize(defs, EXPORT))["exports/content_popularity_dp"]
+    released = lake.read_table("exports", "content_popularity_dp")
+    runs = int(policy.dp_total_epsilon / eps) + 1  # enough to exhaust the budget if every changed input spent
+    for tick in range(1, runs):
+        _write_export_inputs(lake, people=400 + tick)
+        meta = materializations(materialize(defs, EXPORT))["exports/content_popularity_dp"]
+        assert meta["epsilon_spent"] == 0 and meta["reused_stored_release"] is True, (tick, meta)
+        assert meta["release_id"] == first["release_id"]
+    assert _ledger(data_dir).spent(_this_month()) == pytest.approx(eps)
+    assert lake.read_table("exports", "content_popularity_dp").equals(released)
+
+
+def test_the_release_period_gates_on_the_previous_release_time(tmp_path):
+    """BudgetLedger.release: a new input within min_release_interval_hours returns the previous release; at the
+    interval it spends. One-off charges (no stored result) are not gated and do not open a period."""
+    policy = get_policy()
+    hours = policy.dp_min_release_interval_hours
+    release = policy.dp_releases["segment_sizes"]
+    ledger = BudgetLedger.open(LakeStorage(url=str(tmp_path / "lake")), policy, None)
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    a = ledger.release(release, "r1", "input-a", lambda: {"keys": ["new"], "dp_counts": [3]}, t0)
+    b = ledger.release(release, "r2", "input-b", lambda: {"keys": ["new"], "dp_counts": [9]}, t0 + timedelta(hours=hours) - timedelta(seconds=1))
+    assert (a.epsilon_spent, b.epsilon_spent, b.reused, b.release_id, b.payload) == (release.epsilon, 0.0, True, "input-a", a.payload)
+    c = ledger.release(release, "r3", "input-c", lambda: {"keys": ["new"], "dp_counts": [7]}, t0 + timedelta(hours=hours))
+    assert (c.epsilon_spent, c.reused, c.payload["dp_counts"]) == (release.epsilon, False, [7])
+    # another release name has its own period; a one-off charge always spends
+    other = ledger.release(policy.dp_releases["content_popularity"], "r4", "input-d", lambda: {"keys": [], "dp_counts": []}, t0)
+    assert other.epsilon_spent == policy.dp_releases["content_popularity"].epsilon
+    before = ledger.spent("2026-11")
+    ledger.charge(release, "r5", t0 + timedelta(hours=hours))
+    assert ledger.spent("2026-11") == pytest.approx(before + release.epsilon)
 
 
 def _cli(args, env=None, **kw) -> subprocess.Popen:

@@ -51,6 +51,8 @@ def test_shipped_policy_is_valid_and_fail_closed(policy_dir):
         ("retention.yaml", lambda d: d["tiers"]["raw"].update(days=0), r"retention.yaml: tiers.raw.days: must be >= 1"),
         ("differential_privacy.yaml", lambda d: d["releases"]["segment_sizes"].update(epsilon=99),
          r"releases.segment_sizes.epsilon: must be in \(0, total_epsilon"),
+        ("differential_privacy.yaml", lambda d: d["budget"].update(min_release_interval_hours=-1),
+         r"budget.min_release_interval_hours: must be a number of hours >= 0"),
         ("asset_purposes.yaml", lambda d: d["assets"].update({"consented/events": "curiosity"}),
          r"asset_purposes.yaml: assets.consented/events: 'curiosity' is not one of"),
     ],
