@@ -18,9 +18,13 @@ declares in its metadata how to erase from it (`privacy/erasure`):
 Assets listed under `erasure_exempt` in privacy_policies/asset_purposes.yaml are retained as legal
 evidence. A target with neither a handler nor an exemption stops the erasure: a new asset cannot
 silently escape it. Temporary files of interrupted writes (``_tmp-*``) cannot be searched (a partial
-Parquet file has no footer): the run deletes those of dead writers and counts any left as residue. After
-applying, every target is scanned again; the log records rows removed and the residual count per asset,
-and says `verified` only when the residual scan of every target (quarantine and temp files included) is 0.
+Parquet file has no footer): the run deletes those of dead writers and counts any left as residue. A
+partition the run rewrites is read again afterwards; the log records rows removed and the residual count per
+asset, and says `verified` only when the residual of every target (quarantine and temp files included) is 0.
+
+Lake targets are verified incrementally (`erase_from_table`, state in privacy/erasure_state.py): a partition
+whose listing fingerprint is the one an earlier run verified clean is checked only for identifiers new to the
+suppression list (not read when there is none); every other partition against the whole list.
 """
 
 from __future__ import annotations

@@ -45,8 +45,7 @@ def built(data_dir, monkeypatch):
     generate(data_dir / "landing", users=60, events=2500, days=1, bad_fraction=0.02)
     defs = defs_for_env()
     materialize(defs, BUILD)
-    md = _erase(defs)
-    assert md["scope"]["state"] == "missing" and md["scope"]["partitions_checked_against_whole_list"] > 30
+    _erase(defs)
     return defs
 
 
