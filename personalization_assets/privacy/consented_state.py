@@ -10,7 +10,8 @@ run. Its rows have a `record` kind:
   each row resolved to. Maintained from the rebuilt hours only.
 * ``sig``: per identifier of the privacy inputs (identity links, consent state, suppression list), what a
   build depends on: `resolved_subject` (an anonymous identifier's consent subject in identity_links) and
-  `digest` = md5 of (the subject's jurisdiction, its consent intervals, suppressed or not). Values that are
+  `digest` = md5 of (the subject's jurisdiction, its GRANTED consent intervals with touching ones merged, suppressed
+  or not) — exactly what its rows depend on: a decision re-asserting the status in force changes no signature. Values that are
   pseudonyms are stored as such (never hashed), and the digest holds none: the key rotation job re-keys
   this table with the rest of the consented tier, and a rotation then changes no signature.
 * ``meta``: the fingerprint of the events column policy (classification.yaml) the hours were built with.
@@ -80,10 +81,25 @@ SIGNATURES_SQL = """
 with anon as (select identifier as key, any_value(consent_subject) as resolved_subject
               from identity where identifier_kind = 'anonymous' group by 1),
      jur as (select consent_subject as key, any_value(jurisdiction) as jurisdiction from identity group by 1),
-     cs as (select consent_subject as key,
-                   md5(string_agg(concat_ws('|', purpose, status, epoch_us(valid_from)::varchar, coalesce(epoch_us(valid_to)::varchar, '-')), ';'
-                                  order by purpose, valid_from, status, valid_to)) as intervals
-            from consent_state group by 1),
+     -- what a consented row takes from consent_state is the purposes GRANTED at the event's time: the digest covers the
+     -- granted intervals only, with touching ones merged. A decision that re-asserts the status in force (a re-grant, a
+     -- repeated denial) splits an interval without changing any row, and changes no signature.
+     granted as (select consent_subject, purpose, valid_from, valid_to,
+                        case when lag(valid_to) over w is not distinct from valid_from then 0 else 1 end as brk
+                 from consent_state where status = 'granted'
+                 window w as (partition by consent_subject, purpose order by valid_from, valid_to nulls last)),
+     islands as (select *, sum(brk) over (partition by consent_subject, purpose order by valid_from, valid_to nulls last
+                                          rows between unbounded preceding and current row) as island
+                 from granted),
+     merged as (select consent_subject, purpose, min(valid_from) as valid_from,
+                       case when bool_or(valid_to is null) then null else max(valid_to) end as valid_to
+                from islands group by consent_subject, purpose, island),
+     cs as (select s.key, m.intervals
+            from (select distinct consent_subject as key from consent_state) s
+            left join (select consent_subject as key,
+                              md5(string_agg(concat_ws('|', purpose, epoch_us(valid_from)::varchar, coalesce(epoch_us(valid_to)::varchar, '-')), ';'
+                                             order by purpose, valid_from, valid_to)) as intervals
+                       from merged group by 1) m using (key)),
      sup as (select distinct identifier as key from suppression),
      keys as (select key from anon union select key from jur union select key from cs union select key from sup)
 select k.key, a.resolved_subject,

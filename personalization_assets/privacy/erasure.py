@@ -18,14 +18,18 @@ declares in its metadata how to erase from it (`privacy/erasure`):
 Assets listed under `erasure_exempt` in privacy_policies/asset_purposes.yaml are retained as legal
 evidence. A target with neither a handler nor an exemption stops the erasure: a new asset cannot
 silently escape it. Temporary files of interrupted writes (``_tmp-*``) cannot be searched (a partial
-Parquet file has no footer): the run deletes those of dead writers and counts any left as residue. After
-applying, every target is scanned again; the log records rows removed and the residual count per asset,
-and says `verified` only when the residual scan of every target (quarantine and temp files included) is 0.
+Parquet file has no footer): the run deletes those of dead writers and counts any left as residue. A
+partition the run rewrites is read again afterwards; the log records rows removed and the residual count per
+asset, and says `verified` only when the residual of every target (quarantine and temp files included) is 0.
+
+Lake targets are verified incrementally (`erase_from_table`, state in privacy/erasure_state.py): a partition
+whose listing fingerprint is the one an earlier run verified clean is checked only for identifiers new to the
+suppression list (not read when there is none); every other partition against the whole list.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 import pyarrow as pa
@@ -33,7 +37,7 @@ import pyarrow.compute as pc
 
 from personalization_assets.core.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
 from personalization_assets.core.quarantine_match import quarantine_match_mask
-from personalization_assets.core.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage, partition_path
 
 ERASURE_META = "privacy/erasure"
 PERSONAL_SOURCES = (dg.AssetKey(["raw", "events"]), dg.AssetKey(["raw", "crm_profiles"]), dg.AssetKey(["raw", "privacy_requests"]))
@@ -119,12 +123,6 @@ class Subjects:
     pseudonyms: set[str]
 
 
-def _partitions(lake: LakeStorage, layer: str, table: str, partitioned: bool):
-    if partitioned:
-        return lake.partitions(layer, table)
-    return [None] if lake.exists(layer, table) else []
-
-
 def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa.Array:
     value_set = pa.array(sorted(pseudonyms), pa.string())
     mask = pa.array([False] * table.num_rows)
@@ -143,37 +141,119 @@ def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa
     return mask
 
 
-def erase_from_lake_target(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, subjects: Subjects, apply: bool) -> int:
-    """Remove (apply=True) or count (apply=False) matching rows in a lake target. Returns the row count.
-    A handler's `also` lists further tables the asset keeps (same kind; e.g. identity_links' per-hour partials)."""
-    total = _erase_from_table(lake, con, pz, target, target.handler, subjects, apply)
-    for extra in target.handler.get("also", []) or []:
-        total += _erase_from_table(lake, con, pz, target, {"kind": target.handler["kind"], **dict(extra)}, subjects, apply)
-    return total
+@dataclass
+class TableScan:
+    """What the run did to one table of a lake target."""
+
+    removed: int = 0
+    residual: int = 0
+    full: int = 0  # partitions read and checked against the whole suppression list
+    new_ids: int = 0  # unchanged since verified clean: read and checked for identifiers new to the list only
+    skipped: int = 0  # unchanged since verified clean, no new identifier: not read
+    rewritten: int = 0  # partitions rewritten without the subjects' rows (then read again and verified)
+    verified: dict[str, str] = field(default_factory=dict)  # partition -> fingerprint verified clean by the end of this run
+    fingerprints: bool = True  # False: the listing gave no fingerprints, every partition was read and nothing recorded
+
+    def add(self, other: "TableScan") -> None:
+        for name in ("removed", "residual", "full", "new_ids", "skipped", "rewritten"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.fingerprints = self.fingerprints and other.fingerprints
 
 
-def _erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, h: dict, subjects: Subjects, apply: bool) -> int:
+def lake_tables(target: Target) -> list[dict]:
+    """The handler's own table and its `also` tables (same kind), each as a complete handler."""
+    h = target.handler
+    return [h] + [{"kind": h["kind"], **dict(extra)} for extra in h.get("also", []) or []]
+
+
+def table_name(h: dict) -> str:
+    return f"{h.get('layer', 'raw')}/{h['table']}"
+
+
+def _mask(lake, con, pz: Pseudonymizer, target: Target, h: dict, table: pa.Table, pseudonyms: set[str]) -> pa.Array:
     kind = h["kind"]
-    layer = h.get("layer", "raw")
-    table_name = h["table"]
-    total = 0
-    for part in _partitions(lake, layer, table_name, bool(h.get("partitioned"))):
-        table = lake.read_table(layer, table_name, part or None)
-        if table.num_rows == 0:
+    if kind == "raw":
+        return rows_matching_pseudonyms(table, h["columns"], pseudonyms, pz.pseudonymize_values)[0]
+    if kind == "quarantine":
+        return quarantine_match_mask(con, table, pseudonyms, pz.pseudonymize_values)
+    if kind == "lake":
+        return _lake_match(table, h["columns"], pseudonyms)
+    raise ErasurePlanError(f"{target.asset}: handler kind {kind!r} is not a lake handler")
+
+
+def _count(mask: pa.Array) -> int:
+    return pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+
+
+def _listing(lake: LakeStorage, layer: str, table: str, partitioned: bool) -> tuple[dict[str, str | None], bool]:
+    """({partition path: fingerprint or None}, fingerprints obtained). Without fingerprints (a listing error), every
+    partition present is returned with None: it is read and checked against the whole list, and not recorded."""
+    try:
+        fps: dict[str, str | None] = dict(lake.partition_fingerprints(layer, table))
+        ok = True
+    except Exception:  # noqa: BLE001 - no fingerprint: fall back to the full scan of this table
+        fps = {partition_path(p): None for p in lake.partitions(layer, table)} if partitioned else (
+            {"": None} if lake.exists(layer, table) else {})
+        ok = False
+    if not partitioned:
+        fps = {"": fps[""]} if "" in fps else {}
+    return fps, ok
+
+
+def erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, h: dict, pseudonyms: set[str],
+                     new_pseudonyms: set[str], known: dict[str, str] | None) -> TableScan:
+    """Remove every row of a suppressed subject from one lake table and verify it, reading only what can hold one.
+
+    `known`: {partition: fingerprint} this table was verified clean at against every identifier except
+    `new_pseudonyms` (None: nothing is known, every partition is checked against the whole list). A partition with
+    the same fingerprint now is checked for `new_pseudonyms` only (not read when there is none); any other one
+    against `pseudonyms`. A partition the run rewrites is listed and read again afterwards and counted as residual
+    unless it then holds none of `pseudonyms`. `TableScan.verified` is what a later run may rely on."""
+    layer, name, partitioned = h.get("layer", "raw"), h["table"], bool(h.get("partitioned"))
+    scan = TableScan()
+    listing, scan.fingerprints = _listing(lake, layer, name, partitioned)
+    rewritten = []
+    for path in sorted(listing):
+        fp = listing[path]
+        unchanged = known is not None and fp is not None and known.get(path) == fp
+        ids = new_pseudonyms if unchanged else pseudonyms
+        if not ids:  # verified clean earlier and nothing new to look for (or an empty list): nothing to read
+            scan.skipped += 1
+            if fp is not None:
+                scan.verified[path] = fp
             continue
-        if kind == "raw":
-            mask, _ = rows_matching_pseudonyms(table, h["columns"], subjects.pseudonyms, pz.pseudonymize_values)
-        elif kind == "quarantine":
-            mask = quarantine_match_mask(con, table, subjects.pseudonyms, pz.pseudonymize_values)
-        elif kind == "lake":
-            mask = _lake_match(table, h["columns"], subjects.pseudonyms)
+        if unchanged:
+            scan.new_ids += 1
         else:
-            raise ErasurePlanError(f"{target.asset}: handler kind {kind!r} is not a lake handler")
-        n = pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
-        if n and apply:
-            lake.write_table(layer, table_name, table.filter(pc.invert(mask)), partition=part or None)
-        total += n
-    return total
+            scan.full += 1
+        part = partition_of(path) or None
+        table = lake.read_table(layer, name, part)
+        mask = _mask(lake, con, pz, target, h, table, ids) if table.num_rows else None
+        n = _count(mask) if mask is not None else 0
+        if n:
+            lake.write_table(layer, name, table.filter(pc.invert(mask)), partition=part)
+            scan.removed += n
+            rewritten.append(path)
+        elif fp is not None:
+            scan.verified[path] = fp  # fingerprint listed before the read: a later rewrite is verified again
+    if rewritten:  # verify what was rewritten against the whole list: fingerprint first, then read
+        after, _ = _listing(lake, layer, name, partitioned)
+        scan.rewritten = len(rewritten)
+        for path in rewritten:
+            part = partition_of(path) or None
+            if path not in after:
+                continue  # deleted meanwhile: holds nothing
+            table = lake.read_table(layer, name, part)
+            r = _count(_mask(lake, con, pz, target, h, table, pseudonyms)) if table.num_rows else 0
+            scan.residual += r
+            if r == 0 and after[path] is not None:
+                scan.verified[path] = after[path]
+    return scan
+
+
+def partition_of(path: str) -> dict[str, str]:
+    """'date=D/hour=H' -> {'date': D, 'hour': H}; '' -> {}."""
+    return dict(p.split("=", 1) for p in path.split("/") if "=" in p)
 
 
 def order_targets(targets: list[Target]) -> list[Target]:

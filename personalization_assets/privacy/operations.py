@@ -12,13 +12,9 @@ import pyarrow.compute as pc
 from personalization_assets.core.asset_keys import SUPPRESSION_LIST
 from personalization_assets.core.audit import auditor
 from personalization_assets.core.platform import lock_dir
-from personalization_assets.privacy.erasure import (
-    ERASURE_LOG_SCHEMA,
-    Subjects,
-    erase_from_lake_target,
-    order_targets,
-    plan_targets,
-)
+from personalization_assets.privacy import erasure
+from personalization_assets.privacy import erasure_state as es
+from personalization_assets.privacy.erasure import ERASURE_LOG_SCHEMA, Subjects, order_targets, plan_targets
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonymize import PSEUDONYM_RE, Pseudonymizer
@@ -32,6 +28,9 @@ ERASURE_LOG = dg.AssetKey(["privacy", "erasure_log"])
 RETENTION_LOG = dg.AssetKey(["privacy", "retention_log"])
 KEY_ROTATION_LOG = dg.AssetKey(["privacy", "key_rotation_log"])
 TEMP_FILES = "lake/_tmp (interrupted writes)"  # erasure log row for temporary files of killed writes
+SCOPE = ("every partition of every lake target holds no suppressed identifier: either it was read and checked this run, "
+         "or an earlier run verified it clean against every identifier not new to the list and its file is unchanged "
+         "since (same listing fingerprint); plus every warehouse relation (counted this run) and no temp file left")
 
 RETENTION_SCHEMA = pa.schema(
     [("seq", pa.int64()), ("tier", pa.string()), ("table", pa.string()), ("partition", pa.string()), ("rows_removed", pa.int64()),
@@ -65,7 +64,8 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
         metadata={"privacy/tier": "privacy", "erasure_plan": dg.MetadataValue.json([t.asset for t in targets]),
                   "retained_as_evidence": dg.MetadataValue.json(retained)},
         check_specs=[dg.AssetCheckSpec("subjects_absent_everywhere", asset=ERASURE_LOG, blocking=True,
-                                       description="After the run, no target holds a row of an erased subject.")],
+                                       description="After the run, no target holds a row of an erased subject: every partition was "
+                                       "checked this run or verified clean earlier with an unchanged fingerprint.")],
         required_resource_keys=required,
     )
     def erasure_log(context: dg.AssetExecutionContext):
@@ -83,8 +83,16 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
         suppression = lake.read_table("privacy", "suppression_list")
         requests = sorted(set(suppression["request_id"].to_pylist()))
         # every lookup is by pseudonym of an exact, normalized identifier: no raw value is needed or held
-        subjects = Subjects(pseudonyms=set(suppression["identifier"].to_pylist()))
-        removed, residual = {}, {}
+        subjects = Subjects(pseudonyms={i for i in suppression["identifier"].to_pylist() if i})
+        # what earlier runs verified clean (privacy/erasure_state): valid only for the same key version and plan
+        settings = {"format": es.FORMAT, "key_version": str(pz.chain().active), "plan": es.plan_digest(targets)}
+        state, state_status = es.read_state(lake, settings)
+        if state is None:
+            new_ids = set(subjects.pseudonyms)
+        else:
+            new_ids = {i for i in subjects.pseudonyms if es.identifier_digest(i) not in state.identifiers}
+        removed, residual, scans = {}, {}, {}
+        verified: dict[tuple[str, str], dict[str, str]] = {}
         now = datetime.now(timezone.utc)
         # temp files of killed writes may hold any table's rows and cannot be searched: delete the dead ones
         removed[TEMP_FILES] = len(lake.sweep_temp_files())
@@ -92,38 +100,50 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
             for t in targets:
                 kind = t.handler["kind"]
                 if kind == "none":
-                    removed[t.asset] = 0
-                elif kind == "warehouse":
+                    removed[t.asset] = residual[t.asset] = 0
+                elif kind == "warehouse":  # SQL deletes by pseudonym, then a count: cheap, done every run
                     eraser = getattr(context.resources, warehouse_eraser_key)
                     removed[t.asset] = eraser.erase(t.handler, subjects.pseudonyms, apply=True)
+                    residual[t.asset] = eraser.erase(t.handler, subjects.pseudonyms, apply=False)
                 else:
-                    removed[t.asset] = erase_from_lake_target(lake, con, pz, t, subjects, apply=True)
-            for t in targets:  # verify after everything was applied
-                kind = t.handler["kind"]
-                if kind == "none":
-                    residual[t.asset] = 0
-                elif kind == "warehouse":
-                    residual[t.asset] = getattr(context.resources, warehouse_eraser_key).erase(t.handler, subjects.pseudonyms, apply=False)
-                else:
-                    residual[t.asset] = erase_from_lake_target(lake, con, pz, t, subjects, apply=False)
+                    total = erasure.TableScan()
+                    for h in erasure.lake_tables(t):
+                        name = erasure.table_name(h)
+                        known = state.known(t.asset, name) if state is not None else None
+                        scan = erasure.erase_from_table(lake, con, pz, t, h, subjects.pseudonyms, new_ids, known)
+                        verified[(t.asset, name)] = scan.verified
+                        total.add(scan)
+                    removed[t.asset], residual[t.asset], scans[t.asset] = total.removed, total.residual, total
         # a temp file still there belongs to a live writer (a concurrent run): its content is unknown
         residual[TEMP_FILES] = len(lake.temp_files())
         ok = all(v == 0 for v in residual.values())
-        # `verified` means the whole residual scan (every target, quarantines and temp files included) is 0
+        # `verified` means: every partition of every target (quarantines and temp files included) holds none of the
+        # subjects — read this run, or verified clean by an earlier run against every other identifier and unchanged since
         rows = [{"request_ids": ",".join(requests), "asset": name, "action": action, "rows_removed": int(removed[name]),
                  "residual_rows": int(residual[name]), "verified": ok, "erased_at": now, "run_id": context.run_id}
                 for name, action in [(t.asset, t.handler["kind"]) for t in targets] + [(TEMP_FILES, "temp_files")]]
         rows += [{"request_ids": ",".join(requests), "asset": name, "action": "retained_as_evidence", "rows_removed": 0,
                   "residual_rows": 0, "verified": ok, "erased_at": now, "run_id": context.run_id} for name in retained]
         appended, head = log.append(rows)
+        # recorded only after the log: a run that dies before this line is followed by one that verifies again
+        state_rows = es.write_state(lake, verified, subjects.pseudonyms, settings)
+        read_full = sum(s.full for s in scans.values())
+        read_new = sum(s.new_ids for s in scans.values())
+        skipped = sum(s.skipped for s in scans.values())
+        scope = {"state": state_status, "new_identifiers": len(new_ids), "partitions_checked_against_whole_list": read_full,
+                 "partitions_checked_for_new_identifiers": read_new, "partitions_unchanged_not_read": skipped,
+                 "partitions_rewritten": sum(s.rewritten for s in scans.values()),
+                 "tables_without_fingerprints": sorted(a for a, s in scans.items() if not s.fingerprints)}
         yield dg.MaterializeResult(metadata={
             "requests": len(requests), "subject_identifiers": len(subjects.pseudonyms), "rows_written": appended,
             "rows_removed_per_asset": dg.MetadataValue.json({k: v for k, v in removed.items() if v}),
             "retained_as_evidence": dg.MetadataValue.json(retained), "head_hash": head,
+            "scope": dg.MetadataValue.json(scope), "state_rows": state_rows,
+            "partitions_read_per_asset": dg.MetadataValue.json({a: s.full + s.new_ids for a, s in scans.items() if s.full + s.new_ids}),
         })
-        yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=ok,
-                                  metadata={"residual_per_asset": dg.MetadataValue.json({k: v for k, v in residual.items() if v}),
-                                            "targets": len(targets)})
+        yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=ok, metadata={
+            "residual_per_asset": dg.MetadataValue.json({k: v for k, v in residual.items() if v}), "targets": len(targets),
+            "scope": SCOPE, **{k: (dg.MetadataValue.json(v) if isinstance(v, list) else v) for k, v in scope.items()}})
 
     return erasure_log
 

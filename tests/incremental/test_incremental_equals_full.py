@@ -75,6 +75,7 @@ EXCLUDED = {
     "privacy/identity_links_consumed": "incremental bookkeeping (raw fingerprints, times)",
     "privacy/consent_ledger_consumed": "incremental bookkeeping (raw fingerprints, times)",
     "consented/events_state": "incremental bookkeeping (raw fingerprints, identifier index and signatures)",
+    "privacy/erasure_state": "incremental bookkeeping of the erasure run (target partition fingerprints, times)",
 }
 # The consent ledger is append-only and hash-chained: the same DECISIONS must be in both, not the same chain.
 LEDGER = "privacy/consent_ledger"

@@ -333,3 +333,32 @@ def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landin
     after = cstate.new_state(con, state, later, pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())}), get_policy())
     assert H10 not in {r["hour"] for r in after.to_pylist() if r["record"] in ("hour", "key")}
     assert H11 in {r["hour"] for r in after.to_pylist() if r["record"] == "key"}
+
+
+def test_a_decision_that_reasserts_the_status_in_force_rewrites_no_old_hour(first_landing, data_dir):
+    """A subject's rows depend on the purposes granted at each event's time, not on how the ledger split the intervals:
+    a re-grant of what is already granted (and a repeated denial) splits an interval in privacy/consent_state but
+    changes no row, so no hour of the subject is rewritten; a real change (a withdrawal) still is."""
+    defs = first_landing
+    lake = defs.resources["lake"]
+    regrant = {12: {"a.jsonl": [_grant("g-steady-again", 12, 0, "u-steady"), _msg("m-steady-5", 12, 10, user="u-steady"),
+                                _msg("m-wd-3", 12, 20, user="u-wd", prefs=None)]}}
+    _write(data_dir / "landing", regrant, [])
+    state_before = lake.read_table("privacy", "consent_state")
+    md = _tick(defs, (H12, H12))
+    state_after = lake.read_table("privacy", "consent_state")
+    u_steady = _pz("u-steady")
+    count = lambda t: sum(1 for s in t["consent_subject"].to_pylist() if s == u_steady)  # noqa: E731
+    assert count(state_after) > count(state_before), "the re-grant did split u-steady's interval"
+    assert md["hours_built_list"] == [H12], md["stale_hours_by_reason"]
+    incremental = _rows(lake)
+    _ok(materialize(defs, STATE, (H10, H12)))  # every hour rebuilt from scratch
+    assert _rows(lake) == incremental
+    # a real change of the status in force still rewrites the old hours holding the subject
+    _write(data_dir / "landing", {12: {"b.jsonl": [_grant("w-steady", 10, 30, "u-steady", prefs=NONE,
+                                                          received="2026-11-28T12:30:00.000Z")]}}, [])
+    md = _tick(defs, (H12, H12))
+    assert {H10, H11} <= set(md["hours_built_list"])
+    incremental = _rows(lake)
+    _ok(materialize(defs, STATE, (H10, H12)))
+    assert _rows(lake) == incremental

@@ -1,0 +1,250 @@
+"""The erasure run reads only what could hold an erased subject, and its verification stays a proof.
+
+`privacy/erasure_state` records, per target partition, the listing fingerprint the run verified clean and the
+suppression identifiers it was verified against. Each test below breaks a naive version:
+
+* a rerun with nothing new reads no partition of any target (a run costs what changed, not the history);
+* an erasure request arriving after the events removes the subject from OLD partitions nobody rewrote (a step that
+  only looked at changed partitions would leave them);
+* a partition rewritten after the last run, with an erased subject's row planted in it, is read again and cleaned
+  (a step that trusted the state without fingerprints would miss it);
+* a new key version, a deleted or unreadable state, and a listing that gives no fingerprints each make the run a
+  full scan; retention deleting partitions just drops them from the state.
+
+Real assets on a real local lake with a generated landing zone (requests, quarantined lines included).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+
+import pyarrow as pa
+import pytest
+
+from personalization_assets.resources.storage import LakeStorage
+from tests.helpers import check_results, defs_for_env, generate, materializations, materialize
+
+BUILD = " or ".join(f"key:{k}" for k in (
+    "raw/events", "raw/crm_profiles", "raw/privacy_requests", "privacy/identity_links", "privacy/consent_ledger",
+    "privacy/consent_state", "privacy/suppression_list", "consented/events_state"))
+REQUESTS = "key:raw/privacy_requests or key:privacy/suppression_list"
+ERASE = "key:privacy/erasure_log"
+CHECK = "privacy/erasure_log:subjects_absent_everywhere"
+# what the run reads besides targets: its inputs, its state and the tails of the hash-chained logs it appends to
+NOT_TARGETS = {("privacy", "suppression_list"), ("privacy", "erasure_state"), ("privacy", "access_audit_log"),
+               ("privacy", "erasure_log")}
+
+
+@pytest.fixture
+def built(data_dir, monkeypatch):
+    """A lake built from a generated landing (1 day), then one erasure run (a full scan: no state yet)."""
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": secrets.token_hex(32)}))
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", "1")
+    generate(data_dir / "landing", users=60, events=2500, days=1, bad_fraction=0.02)
+    defs = defs_for_env()
+    materialize(defs, BUILD)
+    _erase(defs)
+    return defs
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every (layer, table, partition) read through LakeStorage.read_table during the test."""
+    seen: list[tuple[str, str, str]] = []
+    real = LakeStorage.read_table
+
+    def spy(self, layer, table, partition=None, columns=None):
+        seen.append((layer, table, "/".join(f"{k}={v}" for k, v in (partition or {}).items())))
+        return real(self, layer, table, partition, columns)
+
+    monkeypatch.setattr(LakeStorage, "read_table", spy)
+    return seen
+
+
+def _erase(defs, expect_ok=True) -> dict:
+    result = materialize(defs, ERASE)
+    assert check_results(result)[CHECK] is expect_ok
+    return materializations(result)["privacy/erasure_log"]
+
+
+def _target_reads(reads) -> list[tuple[str, str, str]]:
+    return [r for r in reads if (r[0], r[1]) not in NOT_TARGETS]
+
+
+def _hours(lake, layer="raw", table="events") -> list[dict]:
+    return sorted(lake.partitions(layer, table), key=lambda p: (p["date"], p["hour"]))
+
+
+def _raw_user_rows(lake, user_id: str) -> dict[str, int]:
+    """{raw hour: rows of this raw user id} over raw/events."""
+    out = {}
+    for p in _hours(lake):
+        n = sum(1 for u in lake.read_table("raw", "events", p, columns=["user_id"])["user_id"].to_pylist() if u == user_id)
+        if n:
+            out[f"{p['date']}/{p['hour']}"] = n
+    return out
+
+
+def _consented_rows(lake, pseudonym: str) -> int:
+    cols = ["user_pseudonym", "consent_subject"]
+    return sum(1 for p in lake.partitions("consented", "events")
+               for r in lake.read_table("consented", "events", p, columns=cols).to_pylist() if pseudonym in r.values())
+
+
+def _request(data_dir, request_id: str, user_id: str) -> None:
+    folder = data_dir / "landing" / "privacy_requests"
+    (folder / f"late_{request_id}.jsonl").write_text(json.dumps(
+        {"request_id": request_id, "type": "erasure", "user_id": user_id, "received_at": "2026-11-28T23:30:00Z",
+         "jurisdiction": "EU"}) + "\n")
+
+
+def _active_user(lake) -> str:
+    """A raw user id with events in several hours, still present (not erased) and consented somewhere."""
+    counts: dict[str, set] = {}
+    for p in _hours(lake):
+        for u in set(lake.read_table("raw", "events", p, columns=["user_id"])["user_id"].to_pylist()) - {None}:
+            counts.setdefault(u, set()).add(p["hour"])
+    return max(sorted(counts), key=lambda u: len(counts[u]))
+
+
+def _pz(user_id: str) -> str:
+    import os
+
+    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+
+    pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"],
+                       active_version=os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION"))
+    return pz.pseudonymize_values([user_id], "id")[0]
+
+
+def test_a_rerun_with_nothing_new_reads_no_partition_and_says_why_it_is_still_a_proof(built, reads):
+    md = _erase(built)
+    assert _target_reads(reads) == [], "nothing changed since the last run: no target partition is read"
+    scope = md["scope"]
+    assert scope["state"] == "used" and scope["new_identifiers"] == 0
+    assert scope["partitions_checked_against_whole_list"] == scope["partitions_checked_for_new_identifiers"] == 0
+    assert scope["partitions_unchanged_not_read"] > 30
+    result = materialize(built, ERASE)
+    check = next(ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")
+    assert "verified it clean against every identifier" in check.metadata["scope"].value
+    # the log still says what happened to every target in this run
+    lake = built.resources["lake"]
+    rows = [r for seg in lake.partitions("privacy", "erasure_log") for r in lake.read_table("privacy", "erasure_log", seg).to_pylist()]
+    runs = {r["run_id"] for r in rows}
+    assert len(runs) == 3 and all(sum(1 for r in rows if r["run_id"] == run) == len(rows) // 3 for run in runs)
+    # the state holds no pseudonym (digests of the identifiers only)
+    state = lake.read_table("privacy", "erasure_state")
+    suppressed = set(lake.read_table("privacy", "suppression_list")["identifier"].to_pylist())
+    values = set(state["value"].to_pylist())
+    assert suppressed and not suppressed & values
+    assert not any(re.match(r"^v[0-9]+:", v or "") for v in values)
+
+
+def test_a_new_request_removes_the_subject_from_old_unchanged_partitions(built, data_dir, reads):
+    lake = built.resources["lake"]
+    user = _active_user(lake)
+    before = _raw_user_rows(lake, user)
+    assert len(before) >= 2 and _consented_rows(lake, _pz(user)) > 0
+    _request(data_dir, "r-late", user)
+    materialize(built, REQUESTS)  # the request lands; no event partition is rewritten
+    reads.clear()
+    md = _erase(built)
+    assert _raw_user_rows(lake, user) == {} and _consented_rows(lake, _pz(user)) == 0
+    assert md["rows_removed_per_asset"]["raw/events"] >= sum(before.values())  # and rows of the linked ids
+    scope = md["scope"]
+    assert scope["state"] == "used" and scope["new_identifiers"] >= 1
+    # old partitions were unchanged: checked for the new identifier only (the suppression list itself was rewritten)
+    assert scope["partitions_checked_for_new_identifiers"] > 30
+    assert scope["partitions_checked_against_whole_list"] <= scope["partitions_rewritten"] + 3
+    # and the next run, with nothing new, reads nothing again
+    reads.clear()
+    assert _erase(built)["scope"]["partitions_checked_for_new_identifiers"] == 0
+    assert _target_reads(reads) == []
+
+
+def test_a_partition_rewritten_after_the_run_with_an_erased_subjects_row_is_caught(built, reads):
+    lake = built.resources["lake"]
+    erased = set(lake.read_table("privacy", "suppression_list")["identifier"].to_pylist())
+    hours = _hours(lake, "consented", "events")
+    victim, other = hours[3], hours[5]
+    # another step rewrites a consented hour after the erasure run, and a row of an erased subject is in it
+    table = lake.read_table("consented", "events", victim)
+    planted = table.slice(0, 1).to_pylist()[0]
+    planted["user_pseudonym"] = planted["consent_subject"] = sorted(erased)[0]
+    planted["message_id"] = "planted-after-erasure"
+    lake.write_table("consented", "events", pa.concat_tables([table, pa.Table.from_pylist([planted], schema=table.schema)]),
+                     partition=victim)
+    reads.clear()
+    md = _erase(built)
+    assert md["rows_removed_per_asset"] == {"consented/events": 1}
+    assert "planted-after-erasure" not in lake.read_table("consented", "events", victim)["message_id"].to_pylist()
+    path = f"date={victim['date']}/hour={victim['hour']}"
+    target_reads = _target_reads(reads)
+    assert ("consented", "events", path) in target_reads  # read, then read again after the rewrite
+    assert ("consented", "events", f"date={other['date']}/hour={other['hour']}") not in target_reads
+    assert {(layer, t) for layer, t, _ in target_reads} == {("consented", "events")}
+    assert md["scope"]["partitions_checked_against_whole_list"] == 1 and md["scope"]["partitions_rewritten"] == 1
+
+
+def test_retention_deleting_partitions_drops_them_from_the_state(built, reads):
+    lake = built.resources["lake"]
+    gone = _hours(lake)[0]
+    lake.delete_partition("raw", "events", gone)
+    md = _erase(built)
+    assert _target_reads(reads) == [] and md["scope"]["partitions_checked_against_whole_list"] == 0
+    state = lake.read_table("privacy", "erasure_state").to_pylist()
+    raw = {r["partition"] for r in state if r["record"] == "partition" and r["table"] == "raw/events"}
+    assert f"date={gone['date']}/hour={gone['hour']}" not in raw and len(raw) == len(_hours(lake))
+
+
+def _full(md, lake_partitions: int) -> None:
+    assert md["scope"]["partitions_checked_against_whole_list"] == lake_partitions
+    assert md["scope"]["partitions_unchanged_not_read"] == 0
+
+
+def test_a_new_key_version_invalidates_the_state(built, monkeypatch, reads):
+    first = _erase(built)["scope"]["partitions_unchanged_not_read"]
+    keys = json.loads(__import__("os").environ["PERSONALIZATION_PSEUDONYM_KEYS"])
+    keys["2"] = secrets.token_hex(32)
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps(keys))
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", "2")
+    defs = defs_for_env()
+    materialize(defs, "key:privacy/key_rotation_log")
+    md = _erase(defs)
+    assert md["scope"]["state"] == "key_version_changed"
+    _full(md, first)
+    assert _erase(defs)["scope"]["state"] == "used"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_a_missing_or_unreadable_state_means_a_full_scan(built, data_dir, damage):
+    lake = built.resources["lake"]
+    n = _erase(built)["scope"]["partitions_unchanged_not_read"]
+    path = data_dir / "lake" / "privacy" / "erasure_state" / "data.parquet"
+    if damage == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(b"PAR1 not a parquet file")
+    md = _erase(built)
+    assert md["scope"]["state"] == ("missing" if damage == "deleted" else "unreadable")
+    _full(md, n)
+    assert lake.read_table("privacy", "erasure_state").num_rows > n  # rewritten whole and valid again
+    assert _erase(built)["scope"]["state"] == "used"
+
+
+def test_without_fingerprints_every_partition_is_read_and_none_recorded(built, monkeypatch, reads):
+    n = _erase(built)["scope"]["partitions_unchanged_not_read"]
+
+    def fails(self, layer, table):
+        raise OSError("listing failed")
+
+    monkeypatch.setattr(LakeStorage, "partition_fingerprints", fails)
+    reads.clear()
+    md = _erase(built)
+    _full(md, n)
+    assert len(_target_reads(reads)) == n
+    assert "raw/events" in md["scope"]["tables_without_fingerprints"]
+    state = built.resources["lake"].read_table("privacy", "erasure_state")
+    assert "partition" not in state["record"].to_pylist()  # nothing verified by fingerprint: the next run reads all
