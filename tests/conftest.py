@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated data dirs, settings, definitions, and a real S3 API (moto) on loopback."""
+"""Shared fixtures: isolated data dirs, settings, definitions, and a real S3 API (moto) on loopback; the test
+tiers (markers registered in pyproject.toml) given to every collected test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,79 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# ------------------------------------------------------------------------------------------------
+# tiers: every test gets exactly one. A file or test that carries a tier marker keeps it; any other test gets
+# its directory's tier (a new file under a known directory included); tests/<new dir>/ defaults to integration.
+
+TIERS = ("unit", "integration", "ui", "infra", "bench")
+DIRECTORY_TIERS = {
+    "ui": "ui",
+    "infra": "infra",
+    "bench": "bench",
+    "generator": "unit",
+    "features": "unit",
+    "raw": "integration",
+    "privacy": "integration",
+    "collector": "integration",
+    "automation": "integration",
+    "monitoring": "integration",
+    "warehouse": "integration",
+    "incremental": "integration",
+}
+DEFAULT_TIER = "integration"
+
+
+def tier_of_path(path: Path) -> str:
+    rel = Path(path).resolve().relative_to(ROOT / "tests")
+    return DIRECTORY_TIERS.get(rel.parts[0], DEFAULT_TIER) if len(rel.parts) > 1 else DEFAULT_TIER
+
+
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if not tiers:
+            item.add_marker(getattr(pytest.mark, tier_of_path(item.path)))
+        elif len(tiers) > 1:
+            wrong.append(f"{item.nodeid}: {sorted(tiers)}")
+    if wrong:
+        raise pytest.UsageError("a test must have exactly one tier marker (" + ", ".join(TIERS) + "):\n  " + "\n  ".join(wrong))
+
+
+# ------------------------------------------------------------------------------------------------
+# environment isolation: no inherited platform settings
+
+PLATFORM_ENV_PREFIXES = ("PERSONALIZATION_", "SNOWFLAKE_", "DBT_")
+
+
+def clear_platform_env(mp: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Unset every PERSONALIZATION_*, SNOWFLAKE_* and DBT_* variable through `mp` (undone with it)."""
+    for k in list(os.environ):
+        if k.startswith(PLATFORM_ENV_PREFIXES):
+            mp.delenv(k, raising=False)
+    return mp
+
+
+def platform_free_environ(*extra_prefixes: str, **set_vars: str) -> dict[str, str]:
+    """os.environ for a subprocess, without the platform's variables (and any `extra_prefixes`), plus `set_vars`."""
+    drop = PLATFORM_ENV_PREFIXES + extra_prefixes
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(drop)}, **set_vars}
+
+
+@pytest.fixture
+def clean_env(monkeypatch) -> pytest.MonkeyPatch:
+    """The process environment without platform settings, for this test; returns the monkeypatch to set more."""
+    return clear_platform_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def clean_env_module():
+    """`clean_env` for module-scoped fixtures (one materialized world shared by a file's tests)."""
+    mp = clear_platform_env(pytest.MonkeyPatch())
+    yield mp
+    mp.undo()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -18,11 +92,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Path:
+def data_dir(tmp_path, clean_env) -> Path:
     """A fresh local environment: data dir, DAGSTER_HOME and no inherited platform settings."""
-    for k in list(os.environ):
-        if k.startswith("PERSONALIZATION_") or k.startswith("SNOWFLAKE_"):
-            monkeypatch.delenv(k, raising=False)
+    monkeypatch = clean_env
     d = tmp_path / "data"
     d.mkdir()
     monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(d))

@@ -5,11 +5,11 @@ are comparable across the two lakes)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.conftest import clear_platform_env
 
 PSEUDONYM_KEYS = json.dumps({"1": "5e" * 32})
 
@@ -43,9 +43,7 @@ class PlatformEnv:
 
     def activate(self) -> None:
         """Point the process at this environment (settings are read from the environment on every run)."""
-        for k in list(os.environ):
-            if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_")):
-                self.monkeypatch.delenv(k, raising=False)
+        clear_platform_env(self.monkeypatch)
         self.monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(self.data_dir))
         self.monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
         self.monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", PSEUDONYM_KEYS)

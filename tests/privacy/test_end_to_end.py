@@ -19,15 +19,10 @@ def _ts(s: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, clean_env_module):
     """One generated landing zone, materialized once, shared by the assertions below."""
-    import os
-
-    mp = pytest.MonkeyPatch()
+    mp = clean_env_module
     root = tmp_path_factory.mktemp("e2e")
-    for k in list(os.environ):
-        if k.startswith("PERSONALIZATION_") or k.startswith("SNOWFLAKE_"):
-            mp.delenv(k, raising=False)
     mp.setenv("PERSONALIZATION_DATA_DIR", str(root / "data"))
     mp.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
     manifest = generate(root / "data" / "landing")
@@ -35,7 +30,6 @@ def world(tmp_path_factory):
     keys = landing_partition_keys(defs, None)
     result = materialize(defs, PIPELINE, (keys[0], keys[-1]))
     yield {"defs": defs, "manifest": manifest, "result": result, "range": (keys[0], keys[-1]), "root": root}
-    mp.undo()
 
 
 def _pz(world, value, kind="id"):

@@ -52,13 +52,12 @@ def dbt_manifest() -> Path:
 
 
 from tests.helpers import check_results, materializations  # noqa: E402,F401  (shared with the other suites)
+from tests.conftest import clear_platform_env
 
 
 def isolated_env(mp: pytest.MonkeyPatch, data_dir: Path, dbt_target: Path) -> None:
     """No inherited platform settings; dbt artifacts of the test runs go to a temp dir, not dbt/target."""
-    for k in list(os.environ):
-        if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_", "DBT_")):
-            mp.delenv(k, raising=False)
+    clear_platform_env(mp)
     mp.setenv("PERSONALIZATION_DATA_DIR", str(data_dir))
     # set (not just unset) so the value build_warehouse_defs writes into os.environ is undone afterwards
     mp.setenv("PERSONALIZATION_LAKE_URL", str(data_dir / "lake"))
