@@ -143,6 +143,17 @@ def s3_env(moto_server, data_dir, monkeypatch):
     return {"bucket": bucket, "client": s3, "endpoint": moto_server}
 
 
+@pytest.fixture(scope="session")
+def sdk_capture():
+    """A loopback server answering like a CDP's /v1/batch that keeps what the real SDKs send (tests/sdk_capture.py);
+    call `.take()` for the bodies received since the last take."""
+    from tests.sdk_capture import CaptureServer
+
+    server = CaptureServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _reset_dagster_process_state():
     """Dagster keeps the defs-state storage of the last instance it entered in a process-wide context
