@@ -159,13 +159,13 @@ def _reset_dagster_process_state():
     """Dagster keeps the defs-state storage of the last instance it entered in a process-wide context
     variable (dagster._core.storage.defs_state.base). A test whose temporary instance is gone would leave
     the next test's `dg.materialize` pointing at a deleted sqlite file, so reset it between tests.
-    (Internal: there is no public reset; production processes use one instance.)"""
+    (Internal: there is no public reset; production processes use one instance. tests/dagster_internals.py)"""
     import gc
 
-    from dagster._core.storage.defs_state.base import _current_storage
+    from tests.dagster_internals import reset_defs_state_storage
 
     gc.collect()  # run pending instance finalizers now, not in the middle of the next test
-    _current_storage.set(None)
+    reset_defs_state_storage()
     yield
     gc.collect()
-    _current_storage.set(None)
+    reset_defs_state_storage()

@@ -73,7 +73,7 @@ def full_env(tmp_path, monkeypatch) -> PlatformEnv:
 def run(env: PlatformEnv, select: str | None, as_of: str | None = None, **kwargs):
     """`run_materialize` on `env` through its own persistent Dagster instance (as the CLI does: incremental
     bookkeeping may live in the instance as well as in the lake). Returns (ok, summary_text, result)."""
-    from dagster._core.storage.defs_state.base import _current_storage
+    from tests.dagster_internals import reset_defs_state_storage
 
     from personalization_assets.cli import open_instance, run_materialize
 
@@ -85,4 +85,4 @@ def run(env: PlatformEnv, select: str | None, as_of: str | None = None, **kwargs
     finally:
         instance.dispose()
         # see tests/conftest.py::_reset_dagster_process_state: never leave the next run on a disposed instance
-        _current_storage.set(None)
+        reset_defs_state_storage()

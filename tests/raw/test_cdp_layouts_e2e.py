@@ -211,7 +211,7 @@ def landing_gets(monkeypatch):
 
 
 def materialize_events():
-    from dagster._core.storage.defs_state.base import _current_storage
+    from tests.dagster_internals import reset_defs_state_storage
 
     from personalization_assets.cli import open_instance, run_materialize
 
@@ -220,7 +220,7 @@ def materialize_events():
         ok, text, result = run_materialize(select="key:raw/events", instance=instance, echo=lambda *a, **k: None)
     finally:
         instance.dispose()
-        _current_storage.set(None)
+        reset_defs_state_storage()
     checks = check_results(result)
     assert ok and checks.get("raw/events:reconciliation") is True, f"run failed or not reconciled: {checks}\n{text}"
     return result
