@@ -32,6 +32,18 @@ def world(tmp_path_factory, clean_env_module):
     yield {"defs": defs, "manifest": manifest, "result": result, "range": (keys[0], keys[-1]), "root": root}
 
 
+@pytest.fixture
+def own_world(world, tmp_path, monkeypatch):
+    """A private copy of the materialized world (its data dir: landing, lake, development key) for a test that
+    changes it: the shared `world` stays as materialized, whatever order the tests run in."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["root"] / "data", data)
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(data))
+    return {**world, "defs": defs_for_env(), "root": tmp_path}
+
+
 def _pz(world, value, kind="id"):
     return world["defs"].resources["pseudonymizer"].pseudonymize_values([value], kind)[0]
 
@@ -165,7 +177,8 @@ def _partition(path: str):
     return dict(p.split("=", 1) for p in parts) or None
 
 
-def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(world):
+def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(own_world):
+    world = own_world
     defs = world["defs"]
     lake = defs.resources["lake"]
     erased = [_case(world, "erased_user"), _case(world, "erased_by_id")]
