@@ -154,6 +154,16 @@ def sdk_capture():
     server.stop()
 
 
+def pytest_collection_finish(session):
+    """Everything imported by collection (Dagster, pyarrow, the definitions: ~300k objects) lives until the end:
+    move it out of the garbage collector's view, so the gc.collect() around every test below scans only what
+    tests create (0.2 s of CPU per call before, under 1 ms after)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _reset_dagster_process_state():
     """Dagster keeps the defs-state storage of the last instance it entered in a process-wide context
