@@ -6,12 +6,15 @@ the feature tables must tell the same stories.
 
 import dagster as dg
 import pyarrow.parquet as pq
+import pytest
 
 from personalization_assets.features import build_feature_assets
 from personalization_assets.privacy.pseudonymize import Pseudonymizer
 from personalization_assets.resources import DuckDBEngine
 from personalization_assets.resources.storage import LakeStorage
 from tests.helpers import PIPELINE, defs_for_env, generate, materialize, partition_range
+
+pytestmark = pytest.mark.integration
 
 
 def test_planted_consent_stories_in_features(data_dir, landing):

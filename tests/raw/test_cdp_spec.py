@@ -20,6 +20,8 @@ import pytest
 from personalization_assets.raw import events_ingest as ei
 from tests.sdk_capture import sdk_client
 
+pytestmark = pytest.mark.unit
+
 WINDOW = datetime(2026, 11, 28, 13, tzinfo=UTC)
 EVENT_TIME = WINDOW + timedelta(minutes=5)
 RECEIVED = WINDOW + timedelta(minutes=5, seconds=2)
