@@ -63,7 +63,8 @@ tools: $(STAMP)
 
 # tiers: markers registered in pyproject.toml, given per directory by tests/conftest.py (README "Testing")
 PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+# --no-loadscope-reorder: keep the slowest-modules-first order of tests/conftest.py (xdist would sort by test count)
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 TIER ?= integration
 SEED ?= $(shell echo $$RANDOM)
 
