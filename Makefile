@@ -66,7 +66,7 @@ PYTEST_WORKERS ?= 2
 # --no-loadscope-reorder: keep the slowest-modules-first order of tests/conftest.py (xdist would sort by test count)
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 TIER ?= integration
-SEED ?= $(shell echo $$RANDOM)
+SEED := $(or $(SEED),$(shell echo $$RANDOM))
 
 test: $(STAMP) system-deps tools dbt-parse
 	PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests
@@ -79,6 +79,7 @@ test-tier: $(STAMP) dbt-parse
 
 # no test may depend on another's side effects: modules and the tests inside each run in a shuffled order
 test-random: $(STAMP) dbt-parse
+	@echo "random order, seed $(SEED) (rerun the same order with SEED=$(SEED))"
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "unit or integration" -p random_order --random-order-bucket=module --random-order-seed=$(SEED) tests
 
 bench: $(STAMP) dbt-parse
