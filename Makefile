@@ -14,13 +14,16 @@ DEMO_EVENTS ?= 200000
 DEMO_SEED ?= 42
 DEMO_BAD_FRACTION ?= 0.01
 
-.PHONY: help install demo dev collector test test-fast dbt-parse system-deps tools bench bench-collector clean prod-rehearsal
+.PHONY: help install demo dev collector test test-fast test-tier test-random dbt-parse system-deps tools bench bench-collector clean prod-rehearsal
 
 help:
 	@echo "make demo   - set up, generate a demo landing zone, materialize everything, print a summary"
 	@echo "make dev    - Dagster UI + daemon on http://127.0.0.1:3000"
 	@echo "make collector - event collector + preference center on http://127.0.0.1:8088 (needs PERSONALIZATION_COLLECTOR_WRITE_KEYS)"
-	@echo "make test   - the whole test suite (installs everything it needs)"
+	@echo "make test   - the whole test suite, every tier, 2 workers (installs everything it needs)"
+	@echo "make test-fast - the unit tier only (under a minute)"
+	@echo "make test-tier TIER=integration - one tier (unit, integration, ui, infra, bench)"
+	@echo "make test-random SEED=N - unit + integration tiers in a random order (seed N)"
 	@echo "make prod-rehearsal - the prod path on one machine (moto S3 + fakesnow servers, PERSONALIZATION_ENV=prod)"
 	@echo "make bench  - benchmarks (BENCH_EVENTS=1000000 by default)"
 
@@ -58,11 +61,26 @@ system-deps:
 tools: $(STAMP)
 	@bash infra/scripts/install-tools.sh
 
+# tiers: markers registered in pyproject.toml, given per directory by tests/conftest.py (README "Testing")
+PYTEST_WORKERS ?= 2
+# --no-loadscope-reorder: keep the slowest-modules-first order of tests/conftest.py (xdist would sort by test count)
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+TIER ?= integration
+SEED := $(or $(SEED),$(shell echo $$RANDOM))
+
 test: $(STAMP) system-deps tools dbt-parse
-	PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests
 
 test-fast: $(STAMP) dbt-parse
-	$(BIN)/python -m pytest -q -x tests -m "not slow"
+	$(BIN)/python -m pytest -q -x $(PYTEST_PARALLEL) -m unit tests
+
+test-tier: $(STAMP) dbt-parse
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m $(TIER) tests
+
+# no test may depend on another's side effects: modules and the tests inside each run in a shuffled order
+test-random: $(STAMP) dbt-parse
+	@echo "random order, seed $(SEED) (rerun the same order with SEED=$(SEED))"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "unit or integration" -p random_order --random-order-bucket=module --random-order-seed=$(SEED) tests
 
 bench: $(STAMP) dbt-parse
 	$(BIN)/python -m bench.run

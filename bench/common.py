@@ -85,6 +85,49 @@ class RssSampler:
         return round(max(inside), 1) if inside else None
 
 
+@dataclass
+class StepTiming:
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class RunSteps:
+    """Per-step timings of one Dagster run, from its STEP_START / STEP_SUCCESS events, and the partitions its
+    asset materializations named."""
+
+    steps: dict[str, StepTiming] = field(default_factory=dict)
+    partitions: dict[str, list[str]] = field(default_factory=dict)
+
+    def seconds(self, ndigits: int = 2) -> dict[str, float]:
+        return {k: round(t.seconds, ndigits) for k, t in self.steps.items()}
+
+
+def run_steps(instance, run_id: str) -> RunSteps:
+    """Read a run's event log once: when each successful step started and ended, and which partitions it
+    materialized per asset (sorted)."""
+    starts: dict[str, float] = {}
+    out = RunSteps()
+    for entry in instance.all_logs(run_id):
+        ev = entry.dagster_event
+        if ev is None:
+            continue
+        if ev.event_type_value == "STEP_START":
+            starts[ev.step_key] = entry.timestamp
+        elif ev.event_type_value == "STEP_SUCCESS":
+            out.steps[ev.step_key] = StepTiming(starts.get(ev.step_key, entry.timestamp), entry.timestamp)
+        elif ev.event_type_value == "ASSET_MATERIALIZATION":
+            m = ev.event_specific_data.materialization
+            if m.partition:
+                out.partitions.setdefault(m.asset_key.to_user_string(), []).append(m.partition)
+    out.partitions = {k: sorted(v) for k, v in out.partitions.items()}
+    return out
+
+
 def emit(result: dict) -> None:
     """Print the path's result as the last line of stdout (the harness parses it)."""
     result["peak_rss_mb"] = peak_rss_mb()

@@ -11,7 +11,7 @@ import sys
 import time
 from collections import defaultdict
 
-from bench.common import RssSampler, Timer, as_of_for, emit
+from bench.common import RssSampler, Timer, as_of_for, emit, run_steps
 
 
 def run(data_dir: str, end: str) -> dict:
@@ -42,18 +42,12 @@ def run(data_dir: str, end: str) -> dict:
         step_group.setdefault(node.assets_def.node_def.name, node.group_name)
     import dagster as dg
 
-    starts, layers, steps, step_rss = {}, defaultdict(float), {}, {}
-    for entry in dg.DagsterInstance.get().all_logs(result.run_id):
-        ev = entry.dagster_event
-        if ev is None:
-            continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = entry.timestamp
-        elif ev.event_type_value == "STEP_SUCCESS":
-            d = entry.timestamp - starts.get(ev.step_key, entry.timestamp)
-            layers[step_group.get(ev.step_key, ev.step_key)] += d
-            steps[ev.step_key] = round(d, 2)
-            step_rss[ev.step_key] = rss.peak_between(starts.get(ev.step_key, entry.timestamp), entry.timestamp)
+    timing = run_steps(dg.DagsterInstance.get(), result.run_id)
+    layers = defaultdict(float)
+    for step, t in timing.steps.items():
+        layers[step_group.get(step, step)] += t.seconds
+    steps = timing.seconds()
+    step_rss = {step: rss.peak_between(t.start, t.end) for step, t in timing.steps.items()}
     stages = {**timer.stages, **{f"layer_{k}": round(v, 3) for k, v in layers.items()}, "run_wall": round(wall, 3),
               "dagster_overhead": round(wall - sum(layers.values()), 3)}
     lake = defs.resources["lake"]

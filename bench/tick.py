@@ -21,30 +21,13 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from bench.common import RssSampler
+from bench.common import RssSampler, run_steps
 
 
 def _generate(landing: Path, events: int, users: int, days: int, end: str, seed: int) -> None:
     env = {**os.environ, "PERSONALIZATION_LANDING_URL": str(landing)}
     subprocess.run([sys.executable, "-m", "personalization_assets.cli", "generate", "--events", str(events), "--users", str(users),
                     "--days", str(days), "--end", end, "--seed", str(seed)], check=True, env=env, stdout=subprocess.DEVNULL)
-
-
-def _steps(instance, run_id: str) -> tuple[dict, dict]:
-    starts, steps, parts = {}, {}, {}
-    for entry in instance.all_logs(run_id):
-        ev = entry.dagster_event
-        if ev is None:
-            continue
-        if ev.event_type_value == "STEP_START":
-            starts[ev.step_key] = entry.timestamp
-        elif ev.event_type_value == "STEP_SUCCESS":
-            steps[ev.step_key] = round(entry.timestamp - starts.get(ev.step_key, entry.timestamp), 2)
-        elif ev.event_type_value == "ASSET_MATERIALIZATION":
-            m = ev.event_specific_data.materialization
-            if m.partition:
-                parts.setdefault(m.asset_key.to_user_string(), []).append(m.partition)
-    return steps, {k: sorted(v) for k, v in parts.items()}
 
 
 def run(events: int, users: int, days: int, workdir: Path, seed: int = 7) -> dict:
@@ -85,9 +68,9 @@ def run(events: int, users: int, days: int, workdir: Path, seed: int = 7) -> dic
         wall = time.perf_counter() - t0
         if not ok:
             raise SystemExit(f"{phase} failed:\n{text}")
-        steps, parts = _steps(instance, result.run_id)
-        out[phase] = {"wall_s": round(wall, 2), "peak_rss_mb": max((mb for _, mb in rss.samples), default=None), "steps_s": steps,
-                      "partitions_materialized": {k: (len(v), v[:6]) for k, v in parts.items()}}
+        timing = run_steps(instance, result.run_id)
+        out[phase] = {"wall_s": round(wall, 2), "peak_rss_mb": max((mb for _, mb in rss.samples), default=None), "steps_s": timing.seconds(),
+                      "partitions_materialized": {k: (len(v), v[:6]) for k, v in timing.partitions.items()}}
     out["tick_over_full"] = round(out["tick"]["wall_s"] / out["full_build"]["wall_s"], 3)
     out["tick_2_over_full"] = round(out["tick_2"]["wall_s"] / out["full_build"]["wall_s"], 3)
     return out

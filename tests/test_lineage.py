@@ -1,5 +1,7 @@
 """The asset graph as a whole: one connected lineage from landing to segments, and a reviewed snapshot
-of every asset (key, group, dependencies, kinds, partitioning, checks) so an accidental change of a key,
+of every asset (key, group, dependencies, kinds, partitioning, checks, automation, freshness, owners, tags
+and the KEYS of its definition metadata: values such as the dbt manifest or column schemas are left to their
+own tests) so an accidental change of a key,
 a group or an edge shows up in review (`pytest --snapshot-update` after an intended change)."""
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def test_asset_graph_snapshot(data_dir, snapshot):
             "checks": sorted(c.name for c in node.check_keys),
             "automation": node.automation_condition.get_label() if node.automation_condition else None,
             "freshness": node.freshness_policy is not None,
+            "owners": sorted(node.owners),
+            # kinds are tags too (dagster/kind/*): listed above
+            "tags": {k: v for k, v in sorted(node.tags.items()) if not k.startswith("dagster/kind/")},
+            "metadata_keys": sorted(node.metadata),
         })
     assert rows == snapshot
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import dagster as dg
 import pytest
 
 from personalization_assets.settings import SETTINGS_DOC, ConfigError, load_settings
+from tests.conftest import platform_free_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 PROD = {
@@ -67,7 +67,7 @@ def test_unwritable_local_data_dir(tmp_path):
 
 
 def test_dagster_cli_validates_the_definitions(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_"))}
+    env = platform_free_environ()
     env.update(PERSONALIZATION_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path))
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     dagster = Path(sys.executable).parent / "dagster"
@@ -77,7 +77,7 @@ def test_dagster_cli_validates_the_definitions(tmp_path):
 
 
 def test_definitions_fail_at_load_on_misconfiguration(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_"))}
+    env = platform_free_environ()
     env.update(PERSONALIZATION_ENV="prod", DAGSTER_HOME=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", "import personalization_assets.definitions"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)

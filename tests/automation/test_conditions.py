@@ -10,12 +10,11 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 
+from personalization_assets.automation.conditions import consented_follows_upstream, freshness_driven
+
 # No public helper sets an asset's freshness state; the FreshnessDaemon does it in a deployment. Dagster's own
 # tests report FreshnessStateChange events, and so do we, to put the asset in the FAIL/WARN state on demand.
-from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
-from dagster._time import get_current_timestamp
-
-from personalization_assets.automation.conditions import consented_follows_upstream, freshness_driven
+from tests.dagster_internals import FreshnessState, report_freshness_state
 
 CHECK_OK = {"value": True}
 
@@ -36,9 +35,7 @@ DEFS = dg.Definitions(assets=[up, down])
 
 
 def _set_freshness(instance, state, previous=FreshnessState.UNKNOWN):
-    instance.report_runless_asset_event(
-        FreshnessStateChange(key=dg.AssetKey("down"), previous_state=previous, new_state=state, state_change_timestamp=get_current_timestamp())
-    )
+    report_freshness_state(instance, dg.AssetKey("down"), state, previous)
 
 
 def _requested(result) -> bool:

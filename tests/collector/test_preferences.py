@@ -6,6 +6,8 @@ import dataclasses
 import itertools
 import json
 
+import pytest
+
 from personalization_assets.collector.preferences import (
     categories_for,
     effective,
@@ -13,6 +15,8 @@ from personalization_assets.collector.preferences import (
 )
 from personalization_assets.privacy.consent import purposes_from_preferences
 from personalization_assets.privacy.policies import Purpose, get_policy
+
+pytestmark = pytest.mark.unit
 
 
 def test_every_combination_of_choices_is_recorded_exactly_as_chosen():

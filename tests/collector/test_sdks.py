@@ -7,8 +7,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import requests
-from rudderstack.analytics.client import Client as RudderClient
-from segment.analytics.client import Client as SegmentClient
 
 from tests.collector.conftest import (
     OTHER_KEY,
@@ -17,40 +15,17 @@ from tests.collector.conftest import (
     materialize_raw,
     raw_rows,
 )
+from tests.sdk_capture import sdk_client, send_every_kind
 
 KINDS = ("track", "page", "screen", "identify", "alias")
-
-
-def _send(client, prefix: str, n: int, when: datetime) -> list[str]:
-    """n messages of every supported kind; returns their messageIds."""
-    ids = []
-    for i in range(n):
-        kind = KINDS[i % len(KINDS)]
-        mid = f"{prefix}-{i}-{uuid.uuid4().hex[:8]}"
-        ids.append(mid)
-        user, anon = f"{prefix}-user-{i % 7}", f"{prefix}-anon-{i % 11}"
-        ts = when + timedelta(seconds=i)
-        ctx = {"location": {"country": "DE"}, "page": {"url": f"https://example.com/a/{i}"}}
-        if kind == "track":
-            client.track(user_id=user, event="Article Viewed", properties={"content_id": f"c{i % 5}", "category": "news"},
-                         context=ctx, timestamp=ts, anonymous_id=anon, message_id=mid)
-        elif kind == "page":
-            client.page(user_id=user, name="Home", properties={"dwell_ms": 1200}, context=ctx, timestamp=ts, anonymous_id=anon, message_id=mid)
-        elif kind == "screen":
-            client.screen(user_id=user, name="Feed", context=ctx, timestamp=ts, anonymous_id=anon, message_id=mid)
-        elif kind == "identify":
-            client.identify(user_id=user, traits={"plan": "free"}, context=ctx, timestamp=ts, anonymous_id=anon, message_id=mid)
-        else:
-            client.alias(previous_id=anon, user_id=user, context=ctx, timestamp=ts, message_id=mid)
-    return ids
 
 
 def test_segment_and_rudderstack_sdks_land_every_message_once_in_raw_with_the_collectors_received_at(collector, landing):
     when = datetime.now(timezone.utc) - timedelta(minutes=20)
     before = datetime.now(timezone.utc)
-    segment = SegmentClient(write_key=WRITE_KEY, host=collector.url, upload_size=40, upload_interval=0.05, max_retries=3)
-    rudder = RudderClient(write_key=OTHER_KEY, host=collector.url, upload_size=40, upload_interval=0.05, max_retries=3)
-    sent = _send(segment, "seg", 200, when) + _send(rudder, "rud", 200, when)
+    segment = sdk_client("segment", WRITE_KEY, collector.url, upload_size=40, upload_interval=0.05, max_retries=3)
+    rudder = sdk_client("rudderstack", OTHER_KEY, collector.url, upload_size=40, upload_interval=0.05, max_retries=3)
+    sent = send_every_kind(segment, "seg", 200, when, kinds=KINDS) + send_every_kind(rudder, "rud", 200, when, kinds=KINDS)
     # a batch the SDK retries (same messageIds again) must not be stored twice
     segment.flush()
     rudder.flush()
@@ -122,8 +97,8 @@ def test_the_collector_writes_the_landing_zone_on_s3_and_raw_reads_it_once(s3_en
 
     collector = start_collector(tmp_path / "collector.log")
     try:
-        client = SegmentClient(write_key=WRITE_KEY, host=collector.url, upload_size=25, upload_interval=0.05, max_retries=3)
-        sent = _send(client, "s3", 60, datetime.now(timezone.utc) - timedelta(minutes=5))
+        client = sdk_client("segment", WRITE_KEY, collector.url, upload_size=25, upload_interval=0.05, max_retries=3)
+        sent = send_every_kind(client, "s3", 60, kinds=KINDS, when=datetime.now(timezone.utc) - timedelta(minutes=5))
         client.flush()
         client.shutdown()
         # the SDK's retry of an acknowledged batch is acknowledged and not written again

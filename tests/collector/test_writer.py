@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from personalization_assets.collector.dedup import DedupIndex
 from personalization_assets.collector.metrics import CollectorMetrics
 from personalization_assets.collector.writer import LandingWriter
 from personalization_assets.resources.storage import LandingZone
 from tests.collector.conftest import landing_messages, landing_objects
+
+pytestmark = pytest.mark.unit
 
 
 def _messages(tag: str, n: int = 3) -> list[dict]:

@@ -40,6 +40,7 @@ def test_uncompressed_and_files_per_hour(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.integration  # 300k events under tracemalloc: not a unit-tier cost
 def test_streaming_memory_and_speed(tmp_path):
     tracemalloc.start()
     try:

@@ -5,11 +5,11 @@ are comparable across the two lakes)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.conftest import clear_platform_env
 
 PSEUDONYM_KEYS = json.dumps({"1": "5e" * 32})
 
@@ -43,9 +43,7 @@ class PlatformEnv:
 
     def activate(self) -> None:
         """Point the process at this environment (settings are read from the environment on every run)."""
-        for k in list(os.environ):
-            if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_")):
-                self.monkeypatch.delenv(k, raising=False)
+        clear_platform_env(self.monkeypatch)
         self.monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(self.data_dir))
         self.monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
         self.monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", PSEUDONYM_KEYS)
@@ -75,7 +73,7 @@ def full_env(tmp_path, monkeypatch) -> PlatformEnv:
 def run(env: PlatformEnv, select: str | None, as_of: str | None = None, **kwargs):
     """`run_materialize` on `env` through its own persistent Dagster instance (as the CLI does: incremental
     bookkeeping may live in the instance as well as in the lake). Returns (ok, summary_text, result)."""
-    from dagster._core.storage.defs_state.base import _current_storage
+    from tests.dagster_internals import reset_defs_state_storage
 
     from personalization_assets.cli import open_instance, run_materialize
 
@@ -87,4 +85,4 @@ def run(env: PlatformEnv, select: str | None, as_of: str | None = None, **kwargs
     finally:
         instance.dispose()
         # see tests/conftest.py::_reset_dagster_process_state: never leave the next run on a disposed instance
-        _current_storage.set(None)
+        reset_defs_state_storage()

@@ -1,8 +1,7 @@
 """infra/dagster/dagster.prod.yaml is a valid Dagster 1.13 instance configuration.
 
 Offline checks (no database): the file passes Dagster's own instance-config loader
-(`dagster._core.instance.config.dagster_instance_config`, the function `DagsterInstance.from_config`
-uses), every configurable class it names can be imported and accepts its config (env vars resolved),
+(`dagster_instance_config`, the function `DagsterInstance.from_config` uses; tests/dagster_internals.py), every configurable class it names can be imported and accepts its config (env vars resolved),
 and the Postgres URL dagster-postgres would build is the TLS/psycopg2 one.
 
 Live check: the file (with TLS params swapped for a throwaway local server) opens a real
@@ -18,8 +17,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -50,9 +47,9 @@ def instance_dir(tmp_path) -> Path:
 
 
 def _load(instance_dir: Path):
-    from dagster._core.instance.config import dagster_instance_config
+    from tests.dagster_internals import instance_config
 
-    config, custom_class = dagster_instance_config(str(instance_dir))
+    config, custom_class = instance_config(instance_dir)
     assert custom_class is None
     return config
 
@@ -69,14 +66,15 @@ def test_prod_yaml_passes_dagster_instance_config_loader(pg_env, instance_dir):
 
 def test_loader_rejects_a_broken_variant(pg_env, instance_dir):
     """The loader really validates: a typo in a known section is refused."""
-    from dagster._core.errors import DagsterInvalidConfigError
-    from dagster._core.instance.config import dagster_instance_config
+    from dagster import DagsterInvalidConfigError
+
+    from tests.dagster_internals import instance_config
 
     broken = yaml.safe_load(PROD_YAML.read_text())
     broken["run_monitoring"]["start_timeout_second"] = 900  # typo
     (instance_dir / "dagster.yaml").write_text(yaml.safe_dump(broken))
     with pytest.raises(DagsterInvalidConfigError):
-        dagster_instance_config(str(instance_dir))
+        instance_config(instance_dir)
 
 
 def test_secrets_come_from_the_environment_only():
@@ -89,16 +87,11 @@ def test_secrets_come_from_the_environment_only():
 
 
 def test_run_coordinator_class_accepts_its_config(pg_env, instance_dir):
-    from dagster._core.run_coordinator.queued_run_coordinator import (
-        QueuedRunCoordinator,
-    )
-    from dagster._serdes.config_class import ConfigurableClassData
+    from dagster import QueuedRunCoordinator
 
-    config = _load(instance_dir)["run_coordinator"]
-    data = ConfigurableClassData(
-        config["module"], config["class"], yaml.safe_dump(config.get("config", {}))
-    )
-    coordinator = data.rehydrate(as_type=QueuedRunCoordinator)
+    from tests.dagster_internals import rehydrate
+
+    coordinator = rehydrate(_load(instance_dir)["run_coordinator"], as_type=QueuedRunCoordinator)
     queue = coordinator.get_run_queue_config()
     assert queue.max_concurrent_runs == 24
     keys = {limit["key"] for limit in queue.tag_concurrency_limits}
@@ -106,18 +99,16 @@ def test_run_coordinator_class_accepts_its_config(pg_env, instance_dir):
 
 
 def test_every_configurable_class_is_importable(pg_env, instance_dir):
-    from dagster._serdes.config_class import class_from_code_pointer
+    import importlib
 
     config = _load(instance_dir)
     for section in ("run_coordinator", "compute_logs"):
-        klass = class_from_code_pointer(
-            config[section]["module"], config[section]["class"]
-        )
+        klass = getattr(importlib.import_module(config[section]["module"]), config[section]["class"])
         assert klass.__name__ == config[section]["class"]
 
 
 def test_postgres_url_uses_psycopg2_tls_and_env(pg_env, instance_dir):
-    from dagster._config import process_config
+    from tests.dagster_internals import process_config
     from dagster_postgres import DagsterPostgresStorage
     from dagster_postgres.utils import pg_url_from_config
 
@@ -133,7 +124,7 @@ def test_postgres_url_uses_psycopg2_tls_and_env(pg_env, instance_dir):
 
 def test_prod_yaml_fails_without_its_env_vars(monkeypatch, instance_dir):
     """Missing DAGSTER_PG_* must fail loudly when the storage config is resolved."""
-    from dagster._config import process_config
+    from tests.dagster_internals import process_config
     from dagster_postgres import DagsterPostgresStorage
 
     for key in PG_ENV:
@@ -261,8 +252,8 @@ def local_postgres():
 def test_prod_yaml_opens_a_real_instance_on_postgres(
     local_postgres, tmp_path, monkeypatch
 ):
+    import dagster as dg
     from dagster import DagsterInstance, QueuedRunCoordinator
-    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
     config = yaml.safe_load(PROD_YAML.read_text())
     # The local server has no TLS; everything else is the production file as is.
@@ -281,18 +272,20 @@ def test_prod_yaml_opens_a_real_instance_on_postgres(
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_monitoring_enabled
-        run_id = str(uuid.uuid4())
-        instance.add_run(
-            DagsterRun(
-                job_name="infra_smoke",
-                run_id=run_id,
-                status=DagsterRunStatus.NOT_STARTED,
-            )
-        )
-        deadline = time.time() + 10
-        while instance.get_run_by_id(run_id) is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.NOT_STARTED
+        # a real run through the public API: run, its events and its status stored in Postgres and read back
+        @dg.op
+        def smoke_step():
+            return 1
+
+        @dg.job
+        def infra_smoke():
+            smoke_step()
+
+        result = infra_smoke.execute_in_process(instance=instance)
+        assert result.success
+        run_id = result.run_id
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
         assert [r.run_id for r in instance.get_runs()] == [run_id]
+        assert any(e.is_step_success for e in result.all_events)
     finally:
         instance.dispose()

@@ -258,12 +258,12 @@ def test_helm_and_prod_instance_agree(values, prod):
 
 def test_additional_instance_config_is_valid_dagster_config(values, tmp_path):
     """What the chart appends verbatim must itself pass Dagster's instance-config loader."""
-    from dagster._core.instance.config import dagster_instance_config
+    from tests.dagster_internals import instance_config
 
     (tmp_path / "dagster.yaml").write_text(
         yaml.safe_dump(values["additionalInstanceConfig"])
     )
-    config, _ = dagster_instance_config(str(tmp_path))
+    config, _ = instance_config(tmp_path)
     assert config["run_retries"]["max_retries"] == 2
 
 

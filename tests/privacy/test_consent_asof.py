@@ -8,12 +8,15 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from personalization_assets.privacy import consent as c
 from personalization_assets.privacy.identity import IDENTITY_SCHEMA
 from personalization_assets.privacy.policies import get_policy
+
+pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 SUBJECT = "v1:" + "a" * 64

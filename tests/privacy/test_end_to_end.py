@@ -1,17 +1,27 @@
 """End to end on generated data with planted cases, each checked in every downstream asset:
 a never-consented user, a grant-then-withdraw user, an anonymous visitor who consents then logs in, a GPC
-user, an opt-out-of-sale user, erased users (by email and by id) and a junk anonymous id."""
+user, an opt-out-of-sale user, erased users (by email and by id) and a junk anonymous id. One generated landing
+zone is materialized once per module (`world`); a test that changes the lake works on a copy (`own_world`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import dagster as dg
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from personalization_assets.cli import landing_partition_keys
-from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations
+from tests.helpers import (
+    PIPELINE,
+    check_results,
+    defs_for_env,
+    generate,
+    materializations,
+    materialize,
+)
 
 
 def _ts(s: str) -> datetime:
@@ -19,15 +29,10 @@ def _ts(s: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, clean_env_module):
     """One generated landing zone, materialized once, shared by the assertions below."""
-    import os
-
-    mp = pytest.MonkeyPatch()
+    mp = clean_env_module
     root = tmp_path_factory.mktemp("e2e")
-    for k in list(os.environ):
-        if k.startswith("PERSONALIZATION_") or k.startswith("SNOWFLAKE_"):
-            mp.delenv(k, raising=False)
     mp.setenv("PERSONALIZATION_DATA_DIR", str(root / "data"))
     mp.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
     manifest = generate(root / "data" / "landing")
@@ -35,7 +40,18 @@ def world(tmp_path_factory):
     keys = landing_partition_keys(defs, None)
     result = materialize(defs, PIPELINE, (keys[0], keys[-1]))
     yield {"defs": defs, "manifest": manifest, "result": result, "range": (keys[0], keys[-1]), "root": root}
-    mp.undo()
+
+
+@pytest.fixture
+def own_world(world, tmp_path, monkeypatch):
+    """A private copy of the materialized world (its data dir: landing, lake, development key) for a test that
+    changes it: the shared `world` stays as materialized, whatever order the tests run in."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world["root"] / "data", data)
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(data))
+    return {**world, "defs": defs_for_env(), "root": tmp_path}
 
 
 def _pz(world, value, kind="id"):
@@ -171,7 +187,8 @@ def _partition(path: str):
     return dict(p.split("=", 1) for p in parts) or None
 
 
-def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(world):
+def test_erasure_removes_subjects_everywhere_and_ingestion_keeps_them_out(own_world):
+    world = own_world
     defs = world["defs"]
     lake = defs.resources["lake"]
     erased = [_case(world, "erased_user"), _case(world, "erased_by_id")]
@@ -237,3 +254,62 @@ def test_consented_hours_record_their_own_figures(world):
     tags = result.dagster_run.tags
     assert int(tags["personalization/totals/consented/events/rows_written"]) == sum(md["rows_written"] for md in consented.values())
     assert int(tags["personalization/totals/consented/events/raw_rows_read"]) == sum(md["raw_rows_read"] for md in consented.values())
+
+
+def test_planted_consent_stories_in_features(own_world):
+    """landing -> raw -> privacy (the pipeline run of `world`) -> features at an explicit as_of (on a copy of the
+    world: the feature tables are rewritten): the feature tables tell the planted subjects' stories."""
+    from personalization_assets.features import build_feature_assets
+    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.resources import DuckDBEngine
+    from personalization_assets.resources.storage import LakeStorage
+
+    assert own_world["result"].success
+    data_dir, manifest = own_world["root"] / "data", own_world["manifest"]
+    lake = LakeStorage(url=str(data_dir / "lake"))
+    result = dg.materialize(
+        build_feature_assets(),
+        resources={"lake": lake, "duckdb": DuckDBEngine(database=":memory:")},
+        run_config={"ops": {"feature_tables": {"config": {"as_of": f"{manifest['end']}T23:59:59Z"}}}},
+        raise_on_error=False,
+    )
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+    pz = Pseudonymizer(keys_file=str(data_dir / "dev_pseudonym_keys.json"))
+    identity = {r["identifier"]: r for r in pq.read_table(lake.full_path("features/identity_map/data.parquet")).to_pylist()}
+    eligible = {(r["person_id"], r["purpose"]): r["eligible"]
+                for r in pq.read_table(lake.full_path("features/purpose_eligibility/data.parquet")).to_pylist()}
+    rfm_persons = set(pq.read_table(lake.full_path("features/user_rfm/data.parquet"))["person_id"].to_pylist())
+    cases = manifest["cases"]
+
+    def identifiers(case) -> list[str]:
+        user = pz.pseudonymize_values([case["user_id"]], "id") if case.get("user_id") else []
+        return user + pz.pseudonymize_values(case.get("anonymous_ids", []), "id")
+
+    def persons(case) -> set[str]:
+        return {identity[i]["person_id"] for i in identifiers(case) if i in identity}
+
+    # no consent at as_of (never given, or withdrawn before it): no features at all
+    for name in ("never_consented", "grant_then_withdraw"):
+        if name in cases:
+            assert not persons(cases[name]), name
+    # consent given anonymously carries over after login: one stitched person with its pre-login events
+    if "anon_consent_then_login" in cases:
+        stitched = persons(cases["anon_consent_then_login"])
+        assert len(stitched) == 1 and stitched <= rfm_persons
+    # personalization allowed, sale/share not
+    for name in ("gpc_user", "opt_out_sale_user"):
+        if name in cases:
+            (person,) = persons(cases[name])
+            assert person in rfm_persons
+            assert eligible[(person, "personalization")] is True
+            assert eligible[(person, "sale_share")] is False, name
+    # a buggy SDK's shared anonymousId does not merge its users
+    if "junk_anonymous_id" in cases:
+        case = cases["junk_anonymous_id"]
+        (junk,) = pz.pseudonymize_values(case["anonymous_ids"], "id")
+        if junk in identity:
+            assert identity[junk]["is_junk"] and identity[junk]["component_size"] == 1
+        users = [u for u in pz.pseudonymize_values(case["linked_user_ids"], "id") if u in identity]
+        assert len({identity[u]["person_id"] for u in users}) == len(users)

@@ -141,16 +141,14 @@ def test_streaming_verification_does_not_depend_on_the_batch_size(ledger):
     assert len(statuses) == 1 and not statuses.pop().ok
 
 
-def test_a_large_ledger_append_is_split_into_chained_segments(tmp_path, monkeypatch):
+def test_a_large_ledger_append_is_split_into_chained_segments(tmp_path, clean_env):
     """The consent ledger appends one segment per LEDGER_SEGMENT_ROWS decisions (memory bounded by a segment):
     the segments chain into one log that verifies, holds every decision once, and a rerun appends nothing."""
     from personalization_assets.cli import landing_partition_keys
     from personalization_assets.privacy import assets as privacy_assets
     from tests.helpers import defs_for_env, generate, materialize, materializations
 
-    for k in list(os.environ):
-        if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_")):
-            monkeypatch.delenv(k, raising=False)
+    monkeypatch = clean_env
     monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
     monkeypatch.setattr(privacy_assets, "LEDGER_SEGMENT_ROWS", 40)

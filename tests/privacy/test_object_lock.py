@@ -280,11 +280,9 @@ def test_pipeline_erasure_rotation_and_retention_never_rewrite_the_logs(s3_env, 
 
 
 @pytest.fixture
-def secrets_env(moto_server, monkeypatch):
+def secrets_env(moto_server, clean_env):
     """A moto Secrets Manager holding the two production secrets, and a prod environment WITHOUT them."""
-    for k in list(os.environ):
-        if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_")):
-            monkeypatch.delenv(k)
+    monkeypatch = clean_env
     for k, v in {**PROD, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
                  "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server}.items():
         monkeypatch.setenv(k, v)

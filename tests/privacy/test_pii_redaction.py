@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 
 import dagster as dg
 import duckdb
@@ -232,12 +231,9 @@ def _plant(landing):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
+def world(tmp_path_factory, clean_env_module):
+    mp = clean_env_module
     root = tmp_path_factory.mktemp("pii")
-    for k in list(os.environ):
-        if k.startswith("PERSONALIZATION_") or k.startswith("SNOWFLAKE_"):
-            mp.delenv(k, raising=False)
     mp.setenv("PERSONALIZATION_DATA_DIR", str(root / "data"))
     mp.setenv("PERSONALIZATION_EVENTS_START", "2026-01-01")
     landing = root / "data" / "landing"
@@ -248,7 +244,6 @@ def world(tmp_path_factory):
     result = materialize(defs, PIPELINE, ("2026-11-28-00:00", "2026-11-28-23:00"), instance=instance)
     yield {"defs": defs, "result": result, "root": root, "instance": instance}
     instance.dispose()
-    mp.undo()
 
 
 def _read(world, layer, table):

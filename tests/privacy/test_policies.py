@@ -11,6 +11,8 @@ from personalization_assets.privacy.policies import PolicyError, load_policy
 from personalization_assets.raw.tracking_plan import RawContent, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 MODELS = {"events": RawEvent, "crm_profiles": RawCrmProfile, "content_catalog": RawContent, "privacy_requests": RawPrivacyRequest}
 
 

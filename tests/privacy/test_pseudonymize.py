@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from personalization_assets.privacy.transforms import truncate_ip, truncate_ips
 
+pytestmark = pytest.mark.unit
+
 K1, K2 = "11" * 32, "22" * 32
 
 

@@ -15,14 +15,10 @@ salvaged) and an unsupported suffix are quarantined with their reasons; the seco
 
 from __future__ import annotations
 
-import gzip
 import json
-import threading
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pyarrow as pa
 import pytest
@@ -44,94 +40,39 @@ from tests.landing_layouts import (
     ts,
     write_tree,
 )
+from tests.sdk_capture import ALL_KINDS, sdk_client, send_every_kind
 
 DAY = "2026-11-28"
 SEGMENT_SOURCE = "Zx1SegSrc7Q"
 RUDDER_SOURCE = "2Ab3RudSrcKey9"
 RUDDER_OLD_SOURCE = "2Ab3RudOldDest1"
-KINDS = ("identify", "track", "page", "screen", "alias", "group")
+KINDS = ALL_KINDS
 VALID_KINDS = {"identify", "track", "page", "screen", "alias", "group"}  # the whole spec, group calls included
 QUARANTINE = "raw/events_quarantine"
 MANIFEST = "raw/landing_manifest"
 
 
 # ------------------------------------------------------------------------------------------------
-# capturing what the SDKs really send
-
-
-class _Capture(BaseHTTPRequestHandler):
-    bodies: ClassVar[list] = []
-
-    def do_POST(self):
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.headers.get("Content-Encoding") == "gzip":  # rudder-sdk-python gzips its bodies
-            raw = gzip.decompress(raw)
-        self.bodies.append((self.path, json.loads(raw)))
-        out = b'{"success": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-
-def _send_all(client, prefix: str, n_per_kind: int, when: datetime) -> list[str]:
-    ids = []
-    for i in range(n_per_kind * len(KINDS)):
-        kind = KINDS[i % len(KINDS)]
-        mid = f"{prefix}-{kind}-{i:03d}-{uuid.uuid4().hex[:6]}"
-        user, anon = f"{prefix}-user-{i % 5}", f"{prefix}-anon-{i % 7}"
-        t = when + timedelta(seconds=i)
-        ctx = {"location": {"country": "DE"}, "page": {"url": f"https://example.com/a/{i}"}}
-        if kind == "track":
-            client.track(user_id=user, event="Article Viewed", properties={"content_id": f"c{i % 5}", "category": "news"},
-                         context=ctx, timestamp=t, anonymous_id=anon, message_id=mid)
-        elif kind == "page":
-            client.page(user_id=user, name="Home", properties={"dwell_ms": 1200}, context=ctx, timestamp=t, anonymous_id=anon, message_id=mid)
-        elif kind == "screen":
-            client.screen(user_id=user, name="Feed", context=ctx, timestamp=t, anonymous_id=anon, message_id=mid)
-        elif kind == "identify":
-            client.identify(user_id=user, traits={"plan": "free", "email": f"{user}@example.org"}, context=ctx, timestamp=t,
-                            anonymous_id=anon, message_id=mid)
-        elif kind == "alias":
-            client.alias(previous_id=anon, user_id=user, context=ctx, timestamp=t, message_id=mid)
-        else:
-            client.group(user_id=user, group_id=f"team-{i % 3}", traits={"name": "Team"}, context=ctx, timestamp=t,
-                         anonymous_id=anon, message_id=mid)
-        ids.append(mid)
-    return ids
+# capturing what the SDKs really send (tests/sdk_capture.py)
 
 
 @pytest.fixture(scope="module")
-def sdk_messages() -> dict[str, list[dict]]:
+def sdk_messages(sdk_capture) -> dict[str, list[dict]]:
     """{'segment': [...], 'rudder': [...]}: the messages exactly as each SDK put them on the wire (batch bodies)."""
-    from rudderstack.analytics.client import Client as RudderClient
-    from segment.analytics.client import Client as SegmentClient
-
-    _Capture.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
     when = datetime(2026, 11, 28, 9, 55, tzinfo=UTC)
-    try:
-        segment = SegmentClient(write_key="seg-capture-key", host=url, sync_mode=True, max_retries=1)
-        seg_ids = _send_all(segment, "seg", 8, when)
-        rudder = RudderClient(write_key="rud-capture-key", host=url, sync_mode=True, max_retries=1)
-        rud_ids = _send_all(rudder, "rud", 6, when)
-    finally:
-        server.shutdown()
-        server.server_close()
+    sdk_capture.take()
+    ids = {}
+    for cdp, prefix, n_per_kind in (("segment", "seg", 8), ("rudderstack", "rud", 6)):
+        client = sdk_client(cdp, f"{prefix}-capture-key", sdk_capture.url, sync_mode=True, max_retries=1)
+        ids[prefix] = send_every_kind(client, prefix, n_per_kind * len(KINDS), when, kinds=KINDS, users=5, anons=7,
+                                      identify_traits=lambda user: {"plan": "free", "email": f"{user}@example.org"})
     captured = {}
-    for path, body in _Capture.bodies:
+    for path, body in sdk_capture.take():
         assert path.endswith("/batch"), path
         for m in body["batch"]:
             captured[m["messageId"]] = m
-    assert sorted(captured) == sorted(seg_ids + rud_ids), "every SDK call was captured once"
-    return {"segment": [captured[i] for i in seg_ids], "rudder": [captured[i] for i in rud_ids]}
+    assert sorted(captured) == sorted(ids["seg"] + ids["rud"]), "every SDK call was captured once"
+    return {"segment": [captured[i] for i in ids["seg"]], "rudder": [captured[i] for i in ids["rud"]]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,7 +211,7 @@ def landing_gets(monkeypatch):
 
 
 def materialize_events():
-    from dagster._core.storage.defs_state.base import _current_storage
+    from tests.dagster_internals import reset_defs_state_storage
 
     from personalization_assets.cli import open_instance, run_materialize
 
@@ -279,7 +220,7 @@ def materialize_events():
         ok, text, result = run_materialize(select="key:raw/events", instance=instance, echo=lambda *a, **k: None)
     finally:
         instance.dispose()
-        _current_storage.set(None)
+        reset_defs_state_storage()
     checks = check_results(result)
     assert ok and checks.get("raw/events:reconciliation") is True, f"run failed or not reconciled: {checks}\n{text}"
     return result

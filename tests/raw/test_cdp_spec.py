@@ -12,15 +12,15 @@ import copy
 import gzip
 import hashlib
 import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pyarrow as pa
 import pytest
 
 from personalization_assets.raw import events_ingest as ei
+from tests.sdk_capture import sdk_client
+
+pytestmark = pytest.mark.unit
 
 WINDOW = datetime(2026, 11, 28, 13, tzinfo=UTC)
 EVENT_TIME = WINDOW + timedelta(minutes=5)
@@ -40,25 +40,6 @@ USER_EMAIL = user_email("rud")
 
 def _iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-class _Capture(BaseHTTPRequestHandler):
-    """Answers like a CDP's /v1/batch and keeps each decoded body (the RudderStack SDK gzips)."""
-
-    bodies: ClassVar[list] = []
-
-    def do_POST(self):
-        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.headers.get("Content-Encoding") == "gzip":
-            data = gzip.decompress(data)
-        type(self).bodies.append(json.loads(data))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b'{"success": true}')
-
-    def log_message(self, *args):
-        pass
 
 
 def _calls(client, prefix: str) -> list[str]:
@@ -84,26 +65,16 @@ def _calls(client, prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sdk_bodies() -> dict[str, list[dict]]:
-    """The batch bodies the real SDKs POST, per CDP (sync mode: one HTTP request per call)."""
-    from rudderstack.analytics.client import Client as RudderClient
-    from segment.analytics.client import Client as SegmentClient
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+def sdk_bodies(sdk_capture) -> dict[str, list[dict]]:
+    """The batch bodies the real SDKs POST, per CDP (sync mode: one HTTP request per call), captured on loopback
+    (tests/sdk_capture.py)."""
     out = {}
-    try:
-        for name, cls, key in (("segment", SegmentClient, SEGMENT_KEY), ("rudderstack", RudderClient, RUDDER_KEY)):
-            _Capture.bodies = []
-            client = cls(write_key=key, host=url, sync_mode=True, max_retries=0)
-            sent = _calls(client, name[:3])
-            out[name] = list(_Capture.bodies)
-            assert sorted(m["messageId"] for b in out[name] for m in b["batch"]) == sorted(sent)
-    finally:
-        server.shutdown()
-        server.server_close()
+    sdk_capture.take()
+    for name, key in (("segment", SEGMENT_KEY), ("rudderstack", RUDDER_KEY)):
+        client = sdk_client(name, key, sdk_capture.url, sync_mode=True, max_retries=0)
+        sent = _calls(client, name[:3])
+        out[name] = [body for _, body in sdk_capture.take()]
+        assert sorted(m["messageId"] for b in out[name] for m in b["batch"]) == sorted(sent)
     return out
 
 

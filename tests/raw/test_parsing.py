@@ -5,9 +5,12 @@ from __future__ import annotations
 import gzip
 from datetime import datetime, timezone
 
+import pytest
 
 from personalization_assets.raw import events_ingest as ei
 from tests.raw.hostile import CASES, hostile_bytes, line, msg
+
+pytestmark = pytest.mark.unit
 
 WINDOW = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
 

@@ -17,6 +17,8 @@ from personalization_assets.raw import reference_ingest as ri
 from personalization_assets.raw.tracking_plan import RawContent
 from tests.raw.hostile import line, msg
 
+pytestmark = pytest.mark.unit
+
 WINDOW = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
 
 

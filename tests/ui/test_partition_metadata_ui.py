@@ -22,6 +22,7 @@ from pathlib import Path
 from tests.conftest import ROOT, free_port
 from tests.helpers import generate
 from tests.ui.test_webserver_ui import gql
+from tests.conftest import platform_free_environ
 
 BIN = Path(sys.executable).parent
 RAW_TOTALS = "personalization/totals/raw/events/"
@@ -70,7 +71,7 @@ def test_each_hour_records_its_own_figures_and_the_run_holds_the_totals(tmp_path
     lines = _landing_lines(data / "landing")
     assert len(lines) >= 20 and len(set(lines.values())) > 3  # hours differ: repeated totals could not pass
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_", "DBT_"))}
+    env = platform_free_environ()
     env.update(PERSONALIZATION_DATA_DIR=str(data), DAGSTER_HOME=str(home), PERSONALIZATION_EVENTS_START="2026-01-01",
                PYTHONPATH=str(ROOT))
     # one range run over every landing hour, from the CLI (as a user would)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.conftest import platform_free_environ
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,7 +45,7 @@ def webserver(tmp_path_factory):
         "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
         "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_"))}
+    env = platform_free_environ()
     env.update(PERSONALIZATION_DATA_DIR=str(data), DAGSTER_HOME=str(home), PERSONALIZATION_EVENTS_START="2026-01-01")
     catalog = data / "landing" / "catalog"
     catalog.mkdir(parents=True)

@@ -33,9 +33,36 @@ MART_ORDER = {
 }
 
 
+def _manifest_is_current() -> bool:
+    """dbt/target/manifest.json exists and is newer than every file of the dbt project (make's `dbt-parse` target
+    runs the same `dbt parse` before the tests)."""
+    manifest = dbt_project.manifest_path
+    if not manifest.exists():
+        return False
+    root = Path(dbt_project.project_dir)
+    sources = [root / "dbt_project.yml", root / "profiles.yml"]
+    for d in ("models", "macros", "tests", "seeds", "snapshots", "analyses"):
+        sources += [p for p in (root / d).rglob("*") if p.is_file()] if (root / d).exists() else []
+    return all(manifest.stat().st_mtime >= p.stat().st_mtime for p in sources if p.exists())
+
+
 @pytest.fixture(scope="session")
 def dbt_manifest() -> Path:
-    """`dbt parse` once: @dbt_assets reads dbt/target/manifest.json when the assets are built."""
+    """`dbt parse` once, unless the manifest is newer than the project: @dbt_assets reads dbt/target/manifest.json
+    when the assets are built. Under a file lock: xdist workers share dbt/target."""
+    import fcntl
+
+    lock_path = Path(dbt_project.project_dir) / "target" / ".pytest-parse.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _manifest_is_current():
+            _dbt_parse()
+    assert dbt_project.manifest_path.exists()
+    return dbt_project.manifest_path
+
+
+def _dbt_parse() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DBT_TARGET_PATH"}
     proc = subprocess.run(
         [dbt_executable(), "parse", "--quiet", "--profiles-dir", ".", "--target", "local"],
@@ -47,18 +74,15 @@ def dbt_manifest() -> Path:
         timeout=300,
     )
     assert proc.returncode == 0, f"dbt parse failed:\n{proc.stdout}\n{proc.stderr}"
-    assert dbt_project.manifest_path.exists()
-    return dbt_project.manifest_path
 
 
 from tests.helpers import check_results, materializations  # noqa: E402,F401  (shared with the other suites)
+from tests.conftest import clear_platform_env
 
 
 def isolated_env(mp: pytest.MonkeyPatch, data_dir: Path, dbt_target: Path) -> None:
     """No inherited platform settings; dbt artifacts of the test runs go to a temp dir, not dbt/target."""
-    for k in list(os.environ):
-        if k.startswith(("PERSONALIZATION_", "SNOWFLAKE_", "DBT_")):
-            mp.delenv(k, raising=False)
+    clear_platform_env(mp)
     mp.setenv("PERSONALIZATION_DATA_DIR", str(data_dir))
     # set (not just unset) so the value build_warehouse_defs writes into os.environ is undone afterwards
     mp.setenv("PERSONALIZATION_LAKE_URL", str(data_dir / "lake"))

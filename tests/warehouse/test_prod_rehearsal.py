@@ -7,7 +7,6 @@ local run (DuckDB) of the same landing zone, pseudonymization key and feature cu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ BIN = Path(sys.executable).parent
 SCRIPT = ROOT / "infra" / "scripts" / "prod_rehearsal.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from prod_rehearsal import plain
+from tests.conftest import platform_free_environ
 
 KEYS = json.dumps({"1": "ab" * 32})
 GEN = ["--users", "300", "--events", "20000", "--seed", "7", "--bad-fraction", "0.01", "--days", "1", "--end", "2026-11-20"]
@@ -26,10 +26,7 @@ AS_OF = "2026-11-21T00:00:00Z"
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_", "DBT_", "AWS_", "PROMETHEUS_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
+    return platform_free_environ("AWS_", "PROMETHEUS_", PYTHONPATH=str(ROOT), **extra)
 
 def test_prod_rehearsal_from_the_cli_matches_a_local_run(tmp_path):
     out = tmp_path / "segments.json"
