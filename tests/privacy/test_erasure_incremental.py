@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 
 import pyarrow as pa
 import pytest
@@ -37,14 +38,31 @@ NOT_TARGETS = {("privacy", "suppression_list"), ("privacy", "erasure_state"), ("
                ("privacy", "erasure_log")}
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, clean_env_module):
+    """A lake built once per module from a generated landing (1 day): each test gets its own copy of it."""
+    mp = clean_env_module
+    root = tmp_path_factory.mktemp("erasure-template")
+    data = root / "data"
+    data.mkdir()
+    keys = {"PERSONALIZATION_PSEUDONYM_KEYS": json.dumps({"1": secrets.token_hex(32)}), "PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION": "1"}
+    for name, value in {**keys, "PERSONALIZATION_DATA_DIR": str(data), "PERSONALIZATION_EVENTS_START": "2026-01-01"}.items():
+        mp.setenv(name, value)
+    generate(data / "landing", users=60, events=2500, days=1, bad_fraction=0.02)
+    materialize(defs_for_env(), BUILD)
+    return data, keys
+
+
 @pytest.fixture
-def built(data_dir, monkeypatch):
-    """A lake built from a generated landing (1 day), then one erasure run (a full scan: no state yet)."""
-    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": secrets.token_hex(32)}))
-    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", "1")
-    generate(data_dir / "landing", users=60, events=2500, days=1, bad_fraction=0.02)
+def built(template, data_dir, monkeypatch):
+    """A private copy of the module's lake, then one erasure run (a full scan: no state yet; the copy's files
+    are new files, so no fingerprint of the template could be trusted anyway)."""
+    source, keys = template
+    shutil.rmtree(data_dir)
+    shutil.copytree(source, data_dir, symlinks=True)
+    for name, value in keys.items():
+        monkeypatch.setenv(name, value)
     defs = defs_for_env()
-    materialize(defs, BUILD)
     _erase(defs)
     return defs
 

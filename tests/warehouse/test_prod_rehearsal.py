@@ -21,7 +21,7 @@ from prod_rehearsal import plain
 from tests.conftest import platform_free_environ
 
 KEYS = json.dumps({"1": "ab" * 32})
-GEN = ["--users", "300", "--events", "20000", "--seed", "7", "--bad-fraction", "0.01", "--days", "1", "--end", "2026-11-20"]
+GEN = ["--users", "200", "--events", "8000", "--seed", "7", "--bad-fraction", "0.01", "--days", "1", "--end", "2026-11-20"]
 AS_OF = "2026-11-21T00:00:00Z"
 
 
