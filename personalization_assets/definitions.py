@@ -12,6 +12,7 @@ import dagster as dg
 from personalization_assets.automation import conditions, freshness
 from personalization_assets.automation.schedules import build_schedules
 from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
+from personalization_assets.consented.assets import build_consented_assets
 from personalization_assets.features import build_feature_assets
 from personalization_assets.jobs import OPERATIONS, build_jobs
 from personalization_assets.monitoring.cli_runs import fail_dead_cli_runs_sensor
@@ -47,7 +48,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
     assets = [
         *build_raw_assets(partitions, storage_kind),
-        *build_privacy_assets(partitions, storage_kind),
+        *build_privacy_assets(),
+        *build_consented_assets(partitions, storage_kind),
         *build_feature_assets(),
         *warehouse.assets,
         *build_export_assets(settings),
@@ -62,7 +64,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             description=f"Evaluates the declarative automation conditions of the {name} layer (see automation/conditions.py).",
         )
         for name, selection in (
-            ("privacy", dg.AssetSelection.groups("privacy") - OPERATIONS),
+            ("privacy", dg.AssetSelection.groups("privacy", "consented") - OPERATIONS),
             # one sensor for everything downstream of the consented tier, so that features, the warehouse load,
             # the marts and the exports requested in the same tick go in one run
             ("features_and_segments", dg.AssetSelection.groups("features", "warehouse", "segments", "exports")),

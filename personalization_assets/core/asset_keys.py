@@ -1,6 +1,6 @@
 """Asset keys read across layers, defined once. A key mirrors its storage (`raw/events` <->
-`<lake>/raw/events/...`); the first part is the layer (group), except the `consented/*` tier of the
-privacy group and the dbt `segments/*` marts of the warehouse."""
+`<lake>/raw/events/...`); the first part is the layer (group), except the dbt `segments/*` marts of the
+warehouse."""
 
 import dagster as dg
 
@@ -27,7 +27,7 @@ ERASURE_LOG = dg.AssetKey(["privacy", "erasure_log"])
 RETENTION_LOG = dg.AssetKey(["privacy", "retention_log"])
 KEY_ROTATION_LOG = dg.AssetKey(["privacy", "key_rotation_log"])
 
-# consented tier (group privacy)
+# consented
 CONSENTED_EVENTS = dg.AssetKey(["consented", "events"])
 CONSENTED_EVENTS_STATE = dg.AssetKey(["consented", "events_state"])
 CONSENTED_CRM = dg.AssetKey(["consented", "crm_profiles"])

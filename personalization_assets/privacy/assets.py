@@ -1,26 +1,19 @@
-"""The privacy layer (group `privacy`): identity links, consent ledger and state, suppression list,
-the consented tables and the access audit log."""
+"""The privacy layer (group `privacy`): identity links, consent ledger and state, suppression list and the
+access audit log. The consented tables are the next layer (personalization_assets/consented/)."""
 
 from datetime import datetime, timezone
 
 import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
-from personalization_assets.checks import anomalies
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.core.asset_keys import (
     ACCESS_AUDIT_LOG,
     CONSENT_LEDGER,
     CONSENT_STATE,
-    CONSENTED_CATALOG,
-    CONSENTED_CRM,
-    CONSENTED_EVENTS,
-    CONSENTED_EVENTS_STATE,
     IDENTITY_LINKS,
-    RAW_CATALOG,
     RAW_CRM,
     RAW_EVENTS,
     RAW_REQUESTS,
@@ -28,7 +21,7 @@ from personalization_assets.core.asset_keys import (
 )
 from personalization_assets.core.audit import audit_log, auditor
 from personalization_assets.core.platform import lock_dir
-from personalization_assets.privacy.consented import CONSENTED_EVENT_SCHEMA, SUPPRESSION_SCHEMA, consent_events
+from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.privacy.identity import (
     IDENTITY_SCHEMA,
@@ -36,11 +29,9 @@ from personalization_assets.privacy.identity import (
     jurisdiction_case_sql,
     pseudonymize_column,
 )
-from personalization_assets.privacy.models import ConsentedEvent, ConsentLedgerRow, ConsentState
+from personalization_assets.privacy.models import ConsentLedgerRow, ConsentState
 from personalization_assets.core.policies import UNKNOWN_JURISDICTION, get_policy
 from personalization_assets.core.pseudonymize import Pseudonymizer
-from personalization_assets.privacy.transforms import add_text_stats, apply_column_policies, empty_text_stats, protect_text_columns, text_metadata
-from personalization_assets.core.partitions import partition_dict, partition_start
 from personalization_assets.core.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.core.storage import LakeStorage
@@ -458,294 +449,6 @@ def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckd
     return dg.MaterializeResult(metadata=_write_metadata(written, {"requests": len(set(table["request_id"].to_pylist()))}))
 
 
-CONSENT_BATCH_ROWS = 400_000
-
-
-def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):
-    """Group partitions into batches of at most ~max_rows raw rows (Parquet footers, no data read)."""
-    batch, rows = [], 0
-    for pk in partition_keys:
-        part = partition_dict(pk)
-        n = lake.parquet_metadata("raw", "events", part).num_rows if lake.exists("raw", "events", part) else 0
-        if batch and rows + n > max_rows:
-            yield batch
-            batch, rows = [], 0
-        batch.append(pk)
-        rows += n
-    if batch:
-        yield batch
-
-
-def _register_privacy_views(con, lake: LakeStorage):
-    """Load identity links, consent state and suppression list into DuckDB temp tables once per run: every
-    batch joins them, and re-scanning the lake files (over the network on S3) per batch costs more than holding them."""
-    for name, table, schema in (("identity", "identity_links", IDENTITY_SCHEMA), ("consent_state", "consent_state", consent_lib.STATE_SCHEMA),
-                                ("suppression", "suppression_list", SUPPRESSION_SCHEMA)):
-        lake.register(con, f"__lake_{name}", "privacy", table, empty_schema=schema)
-        con.execute(f'create or replace temp table "{name}" as select * from "__lake_{name}"')
-
-
-CONSENTED_STATE_DESCRIPTION = (
-    "What consented/events was built from (privacy/consented_state.py): per hour the fingerprint of its raw partition "
-    "file, an identifier -> hours index, and per identifier a signature of its resolution, jurisdiction, consent "
-    "intervals and suppression. The step that writes it finds its own stale hours and rewrites only those."
-)
-
-
-class ConsentedEventsConfig(dg.Config):
-    """Run config of the consented tier step (op `consented_events`)."""
-
-    full_refresh: bool = Field(default=False, description="Rebuild every hour present in raw/events (and rebuild the state).")
-
-
-class ConsentedCrmConfig(dg.Config):
-    """Run config of consented/crm_profiles."""
-
-    as_of: str | None = Field(default=None, description="Consent is evaluated at this instant, ISO 8601 (no offset = UTC). "
-                              "Default: the end of the last complete landing hour (start of the latest raw/events hour), as for the features.")
-
-
-def _requested_hours(context: dg.AssetExecutionContext, partitions_def: dg.PartitionsDefinition) -> list[str] | None:
-    """The hours of an explicit partition range (UI backfill, `materialize --partitions A..B`), else None."""
-    tags = context.run.tags
-    start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
-    if start and end:
-        return list(partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(start, end)))
-    single = tags.get("dagster/partition")
-    return [single] if single else None
-
-
-def _emit_check(context: dg.AssetExecutionContext, result: dg.AssetCheckResult):
-    """Yield the check result when the run selected the check; else (the state alone was requested, e.g. by
-    automation) record the same evaluation as a runtime event, so the check is never skipped."""
-    key = dg.AssetCheckKey(CONSENTED_EVENTS, result.check_name)
-    if key in context.selected_asset_check_keys:
-        yield result
-    else:
-        context.log_event(dg.AssetCheckEvaluation(asset_key=CONSENTED_EVENTS, check_name=result.check_name, passed=result.passed,
-                                                  metadata=result.metadata or {}, severity=result.severity))
-
-
-def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
-    from personalization_assets.privacy import consented_state as cstate
-    from personalization_assets.privacy.consented import _required_output
-    from personalization_assets.privacy.transforms import output_column
-
-    first_hour = partitions_def.start if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition) else None
-
-    def valid_key(pk: str) -> bool:
-        return first_hour is None or partition_start(pk) >= first_hour
-
-    deps = [RAW_EVENTS, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST]
-    anomaly_config = anomalies.load_config().target("consented/events")
-
-    @dg.multi_asset(
-        name="consented_events",
-        specs=[
-            dg.AssetSpec(
-                CONSENTED_EVENTS_STATE, description=CONSENTED_STATE_DESCRIPTION, group_name=GROUP, owners=OWNERS,
-                kinds={"parquet", storage_kind}, deps=deps,
-                metadata={"privacy/tier": "consented",
-                          "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "events_state", "partitioned": False,
-                                              "columns": ["key", "resolved_subject"]}},
-                tags={"privacy/sensitivity": "pseudonymized"},
-            ),
-            dg.AssetSpec(
-                CONSENTED_EVENTS,
-                description="Events of one landing hour, pseudonymized per classification.yaml and kept only if their subject's "
-                "consent for at least one purpose was in force AT THE EVENT'S TIME (as-of join; fail-closed). `purposes` lists them. "
-                "Written by the unpartitioned step `consented_events`, which rewrites only the stale hours (raw hour new or "
-                "changed, or holding an identifier whose resolution, consent, jurisdiction or suppression changed) and logs "
-                "one materialization per hour; an explicit partition range rebuilds exactly those hours.",
-                group_name=GROUP, owners=OWNERS, kinds={"parquet", storage_kind, "duckdb"}, deps=deps,
-                partitions_def=partitions_def, skippable=True,
-                metadata={"privacy/tier": "consented", "dagster/column_schema": table_schema(ConsentedEvent),
-                          "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "events", "partitioned": True,
-                                              "columns": ["user_pseudonym", "anonymous_pseudonym", "consent_subject", "email_pseudonym", "previous_pseudonym"]}},
-                tags={"privacy/sensitivity": "pseudonymized"},
-            ),
-        ],
-        check_specs=[
-            model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).spec,
-            dg.AssetCheckSpec("consented_le_raw", asset=CONSENTED_EVENTS, blocking=True,
-                              description="Per partition, consented rows <= raw rows."),
-            # data anomalies per hour written vs the same hour in previous weeks (checks/anomalies.yaml)
-            *anomalies.event_check_specs(CONSENTED_EVENTS, partitions_def, anomaly_config),
-        ],
-        can_subset=True,  # automation requests the unpartitioned state alone (never every hour of consented/events)
-        backfill_policy=dg.BackfillPolicy.single_run(),
-    )
-    def consented_events(context: dg.AssetExecutionContext, config: ConsentedEventsConfig, lake: LakeStorage, duckdb: DuckDBResource,
-                         pseudonymizer: Pseudonymizer, platform: PlatformConfig):
-        policy = get_policy()
-        audit = auditor(context, lake, platform, CONSENTED_EVENTS)
-        totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
-        text_totals: dict = {"pii_redacted": {}, "formulas_neutralized": {}}
-        violations, sample, key_parts = [], [], []
-        hour_stats: dict[str, dict] = {}  # anomaly statistics of each hour written
-        columns = [c for c, cp in policy.columns["events"].items() if cp.action != "drop"]
-        cols = policy.columns["events"]
-        keys_sql = cstate.hour_keys_sql(_required_output(policy, "events", "user_id"), _required_output(policy, "events", "anonymous_id"),
-                                        output_column(cols, "trait_email"))
-        key_version = pseudonymizer.chain().active
-        retention = policy.retention.get("raw")
-        with duckdb.get_connection() as con:
-            _register_privacy_views(con, lake)
-            cstate.current_signatures(con)
-            state = cstate.load_state(lake)
-            requested = _requested_hours(context, partitions_def)
-            events_selected = CONSENTED_EVENTS in context.selected_asset_keys
-            # a partitioned run that selected consented/events yields its output (one materialization per hour of the
-            # range, as before); otherwise each hour written is logged as a runtime materialization
-            range_output = events_selected and requested is not None and not config.full_refresh
-            plan = cstate.plan(con, lake, state, policy=policy, active_key_version=key_version,
-                               requested=requested, full_refresh=config.full_refresh,
-                               valid_key=valid_key, raw_retention_days=retention.days if retention else None)
-            context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
-                             f"stale: {plan.reasons}")
-            hour_of_us = {int(partition_start(pk).timestamp()) * 1_000_000: pk for pk in plan.build}
-            for batch in _row_batches(lake, plan.build, CONSENT_BATCH_ROWS):
-                audit.record([("raw/events", pk, columns) for pk in batch])
-                parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
-                raw = pa.concat_tables(parts)
-                out, stats = consent_events(con, raw, policy, pseudonymizer)
-                if raw.num_rows:
-                    hk = con.sql(keys_sql).arrow().read_all()
-                    key_parts.append(pa.table({"hour": pa.array([hour_of_us.get(h) for h in hk["hour_us"].to_pylist()], pa.string()),
-                                               "key": hk["key"]}))
-                for k in totals:
-                    totals[k] += stats[k]
-                add_text_stats(text_totals, stats)
-                by_hour = {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
-                for pk, part_raw in zip(batch, parts):
-                    hour = pa.scalar(partition_start(pk), pa.timestamp("us", tz="UTC"))
-                    part_out = out.filter(pa.compute.equal(out["landing_hour"], hour)) if len(batch) > 1 else out
-                    lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
-                    split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
-                    hour_stats[pk] = anomalies.partition_stats(part_out, part_raw.num_rows, 0, anomaly_config.null_columns, ("consent_subject",))
-                    # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
-                    hour_md = {
-                        "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": part_raw.num_rows,
-                        "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
-                        "key_version": key_version, "build_mode": plan.mode,
-                        **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"])),
-                        **anomalies.stats_metadata(hour_stats[pk]),
-                    }
-                    if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
-                        context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
-                    else:
-                        context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
-                    if part_out.num_rows > part_raw.num_rows:
-                        violations.append(pk)
-                    if sum(t.num_rows for t in sample) < 200_000:
-                        sample.append(part_out)
-            for pk in plan.delete:
-                lake.delete_partition("consented", "events", partition_dict(pk))
-            keys = pa.concat_tables(key_parts) if key_parts else pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())})
-            if keys.num_rows and keys["hour"].null_count:
-                raise AssertionError("consented/events: a processed row's landing_hour is not the hour of its raw partition")
-            new_state = cstate.new_state(con, state, plan, keys, policy)
-        # the state is written after every hour it describes: a run killed before this point leaves the old
-        # state, whose fingerprints make the next run redo this run's hours
-        written = lake.write_table(cstate.LAYER, cstate.TABLE, new_state)
-        from personalization_assets.raw.assets import record_run_totals
-
-        text_totals_md = text_metadata(text_totals)
-        record_run_totals(context, "consented/events", {"partitions": len(plan.build), "raw_rows_read": totals["raw_rows"],
-                                                        "rows_written": totals["kept"], "excluded_no_consent": totals["no_consent"],
-                                                        "excluded_suppressed": totals["suppressed"],
-                                                        "pii_redacted": text_totals_md["pii_redacted_total"],
-                                                        "formulas_neutralized": sum(text_totals["formulas_neutralized"].values())})
-        if CONSENTED_EVENTS_STATE in context.selected_asset_keys:
-            yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS_STATE, metadata={
-                "build_mode": plan.mode, "hours_built": len(plan.build), "hours_deleted": len(plan.delete),
-                "hours_retired_by_raw_retention": len(plan.retire), "hours_marked_dirty": len(plan.dirty),
-                "stale_hours_by_reason": dg.MetadataValue.json(plan.reasons),
-                "hours_built_list": dg.MetadataValue.json(plan.build[:500]), "hours_deleted_list": dg.MetadataValue.json(plan.delete[:500]),
-                "raw_rows_read": totals["raw_rows"], "rows_written": totals["kept"], "state_rows": new_state.num_rows,
-                "path": written.path, "key_version": key_version, **text_metadata(text_totals),
-            })
-        if events_selected:
-            # Without an output, Dagster skips every step downstream of consented/events in this run (features in a
-            # whole-pipeline run). In a run without partition tags this output carries no partition: the hours
-            # themselves are the runtime materializations logged above.
-            # In a range run the output materializes every hour of the range: run totals there would repeat on
-            # each hour (each has its own figures, above; the totals are run tags and on consented/events_state)
-            yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS, metadata={} if range_output else {
-                "build_mode": plan.mode, "hours_written": len(plan.build), "hours_deleted": len(plan.delete),
-                "key_version": key_version, **text_metadata(text_totals)})
-        sample_table = pa.concat_tables(sample) if sample else CONSENTED_EVENT_SCHEMA.empty_table()
-        yield from _emit_check(context, model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(sample_table))
-        yield from _emit_check(context, dg.AssetCheckResult(asset_key=CONSENTED_EVENTS, check_name="consented_le_raw", passed=not violations,
-                                                            metadata={"violating_partitions": dg.MetadataValue.json(violations)}))
-        # anomaly checks last (one evaluation per hour written): a blocking one that fails stops downstream assets
-        results = anomalies.evaluate_run_partitions(context, CONSENTED_EVENTS, hour_stats, anomaly_config)
-        yield from anomalies.emit_check_results(context, CONSENTED_EVENTS, results, anomaly_config)
-
-    @dg.asset(
-        key=CONSENTED_CRM,
-        description="Current CRM profiles, pseudonymized per classification.yaml (names dropped, birth date -> age band), "
-        "only for users with consent for at least one purpose at as_of (default: the end of the last complete landing hour, "
-        "as for the features; run config `as_of` overrides it); `purposes` lists them.",
-        group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"},
-        deps=[RAW_CRM, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST],
-        metadata={"privacy/tier": "consented",
-                  "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "crm_profiles", "columns": ["user_pseudonym", "email_pseudonym"]}},
-    )
-    def consented_crm_profiles(context: dg.AssetExecutionContext, config: ConsentedCrmConfig, lake: LakeStorage, duckdb: DuckDBResource,
-                               pseudonymizer: Pseudonymizer, platform: PlatformConfig):
-        from personalization_assets.features.params import resolve_as_of
-
-        policy = get_policy()
-        # consent is checked at the same cutoff the features use (one rule: features/params.py resolve_as_of)
-        as_of, as_of_source = resolve_as_of(config.as_of, lake, context.log)
-        as_of_sql = f"TIMESTAMPTZ '{as_of.strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'"
-        auditor(context, lake, platform, CONSENTED_CRM).record([("raw/crm_profiles", None, None)])
-        with duckdb.get_connection() as con:
-            _register_privacy_views(con, lake)
-            lake.register(con, "crm_all", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
-            con.execute("create or replace temp table crm_current as select * from crm_all where is_current")
-            selects, joins = apply_column_policies(con, "crm_current", policy.columns["crm_profiles"], pseudonymizer)
-            con.execute(f"create or replace temp table __crm as select {', '.join(selects)} from crm_current r {' '.join(joins)}")
-            text_stats = protect_text_columns(con, "__crm", policy.columns["crm_profiles"])
-            table = con.sql(
-                f"""select c.*, list(s.purpose order by s.purpose) as purposes
-                   from __crm c
-                   join consent_state s on s.consent_subject = c.user_pseudonym and s.status = 'granted'
-                        and s.valid_from <= {as_of_sql} and (s.valid_to is null or s.valid_to > {as_of_sql})
-                   where c.user_pseudonym not in (select identifier from suppression)
-                     and coalesce(c.email_pseudonym, '') not in (select identifier from suppression)
-                   group by all order by c.user_pseudonym"""
-            ).arrow().read_all()
-            total = con.execute("select count(*) from __crm").fetchall()[0][0]
-        written = lake.write_table("consented", "crm_profiles", table)
-        return dg.MaterializeResult(metadata=_write_metadata(written, {"current_profiles": int(total), "excluded_no_consent_or_suppressed": int(total - table.num_rows),
-                                                                       "as_of": as_of.isoformat(), "as_of_source": as_of_source,
-                                                                       **text_metadata(text_stats)}))
-
-    @dg.asset(
-        key=CONSENTED_CATALOG,
-        description="Content catalog (no personal data) as allowed by classification.yaml.",
-        group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_CATALOG],
-        metadata={"privacy/tier": "consented"},
-    )
-    def consented_content_catalog(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
-        policy = get_policy()
-        auditor(context, lake, platform, CONSENTED_CATALOG).record([("raw/content_catalog", None, None)])
-        from personalization_assets.core.tracking_plan import RawContent
-
-        with duckdb.get_connection() as con:
-            lake.register(con, "catalog", "raw", "content_catalog", empty_schema=arrow_schema(RawContent))
-            selects, joins = apply_column_policies(con, "catalog", policy.columns["content_catalog"], pseudonymizer)
-            con.execute(f"create or replace temp table __catalog as select {', '.join(selects)} from catalog r {' '.join(joins)} order by r.content_id")
-            text_stats = protect_text_columns(con, "__catalog", policy.columns["content_catalog"])
-            table = con.sql("select * from __catalog order by content_id").arrow().read_all()
-        written = lake.write_table("consented", "content_catalog", table)
-        return dg.MaterializeResult(metadata=_write_metadata(written, text_metadata(text_stats)))
-
-    return [consented_events, consented_crm_profiles, consented_content_catalog]
-
-
 @dg.asset(
     key=ACCESS_AUDIT_LOG,
     description="Append-only, hash-chained log of every read of sensitive data (time, run, reader, asset, partition, "
@@ -761,5 +464,5 @@ def access_audit_log(context: dg.AssetExecutionContext, lake: LakeStorage, platf
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=status.ok, metadata={"rows": status.rows, "problem": status.problem or ""})
 
 
-def build_privacy_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
-    return [identity_links, consent_ledger, consent_state, suppression_list, access_audit_log, *build_consented_assets(partitions_def, storage_kind)]
+def build_privacy_assets() -> list:
+    return [identity_links, consent_ledger, consent_state, suppression_list, access_audit_log]

@@ -313,8 +313,8 @@ def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landin
 
     import duckdb
 
-    from personalization_assets.privacy import consented_state as cstate
-    from personalization_assets.privacy.assets import _register_privacy_views
+    from personalization_assets.consented import state as cstate
+    from personalization_assets.consented.assets import _register_privacy_views
     from personalization_assets.privacy.policies import get_policy
 
     defs = first_landing

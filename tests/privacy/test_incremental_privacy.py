@@ -304,7 +304,7 @@ def test_erasure_removes_erased_subjects_from_the_identity_partials(data_dir, mo
     """The partials hold pseudonyms: the erasure run removes and verifies them like identity_links itself."""
     from datetime import datetime, timezone
 
-    from personalization_assets.privacy.consented import SUPPRESSION_SCHEMA
+    from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
     from tests.helpers import check_results
 
     defs, hours, held = _raw_landing(data_dir, monkeypatch, days=1, events=3000, users=80)

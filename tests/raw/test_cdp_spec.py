@@ -309,10 +309,8 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     the write-key hash, routing and bookkeeping JSON) do not, and the group's email links no identity."""
     from personalization_assets.privacy.assets import RAW_CRM_SCHEMA
     from personalization_assets.privacy.consent import STATE_SCHEMA
-    from personalization_assets.privacy.consented import (
-        SUPPRESSION_SCHEMA,
-        consent_events,
-    )
+    from personalization_assets.consented.transform import consent_events
+    from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
     from personalization_assets.privacy.identity import (
         build_identity_links,
         jurisdiction_case_sql,

@@ -18,7 +18,6 @@ from personalization_assets.core.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import apply_column_policies, empty_text_stats, output_column, protect_text_columns
 
 CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent, {"purposes": pa.list_(pa.string())})
-SUPPRESSION_SCHEMA = pa.schema([("request_id", pa.string()), ("identifier", pa.string()), ("identifier_kind", pa.string()), ("requested_at", pa.timestamp("us", tz="UTC"))])
 
 
 class PolicyContractError(ValueError):
