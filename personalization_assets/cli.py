@@ -211,6 +211,7 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     `partitions` (START..END) rebuilds exactly those hours."""
     import dagster as dg
 
+    from personalization_assets.core.asset_keys import KEY_ROTATION_LOG, RETENTION_LOG
     from personalization_assets.run_summary import (
         format_summary,
         group_lookup,
@@ -227,7 +228,7 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     # a multi-asset (e.g. raw/events + its quarantine) is always materialized whole
     # default: everything except the key rotation and the retention run, which have their own job and daily schedule
     # (a tick must not re-key or scan every table); the erasure run stays: privacy requests are processed every time
-    routine = dg.AssetSelection.assets(["privacy", "key_rotation_log"], ["privacy", "retention_log"])
+    routine = dg.AssetSelection.assets(KEY_ROTATION_LOG, RETENTION_LOG)
     selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors() if select else dg.AssetSelection.all() - routine
     keys = selection.resolve(graph)
     if not keys:
@@ -309,8 +310,10 @@ def _cmd_materialize(args) -> int:
 
 def _print_segment_sizes(result) -> None:
     """After segments were built, show their (exact, internal) sizes."""
+    from personalization_assets.core.asset_keys import SEGMENT_SIZES
+
     built = any(
-        ev.event_type_value == "ASSET_MATERIALIZATION" and ev.event_specific_data.materialization.asset_key.path == ["segments", "segment_sizes"]
+        ev.event_type_value == "ASSET_MATERIALIZATION" and ev.event_specific_data.materialization.asset_key == SEGMENT_SIZES
         for ev in result.all_events
     )
     if not built:

@@ -369,6 +369,11 @@ class Settings:
         return self.env == "local"
 
     @property
+    def lake_kind(self) -> str:
+        """Where the lake lives, as an asset kind: `s3` or `local`."""
+        return "s3" if self.lake_url.startswith("s3://") else "local"
+
+    @property
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
 

@@ -17,7 +17,7 @@ PIPELINE = "pipeline"  # every asset except the privacy operations (erasure, ret
 
 def materialize(defs: dg.Definitions, selection: str, partitions: tuple[str, str] | None = None, instance=None, raise_on_error=True,
                 run_config: dict | None = None):
-    from personalization_assets.jobs import OPERATIONS
+    from personalization_assets.privacy.operations import OPERATIONS
 
     graph = defs.resolve_asset_graph()
     if selection == PIPELINE:

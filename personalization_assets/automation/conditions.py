@@ -4,7 +4,7 @@
 * privacy/* (state)  — `derived_state`: as soon as an upstream raw table changed, not while one is running,
                        never past a failed blocking check (consent state must follow the ledger quickly).
 * consented/events_state — `consented_follows_upstream`: the unpartitioned step that writes consented/events
-                       (privacy/assets.py `consented_events`) runs as soon as a raw/events hour is materialized
+                       (consented/assets.py `consented_events`) runs as soon as a raw/events hour is materialized
                        (also runtime materializations logged by the unpartitioned ingestion step) or a privacy
                        input changed; it finds its own stale hours. consented/events itself (hourly,
                        skippable) has no condition: requesting it would request every hour.
@@ -16,6 +16,16 @@
 from __future__ import annotations
 
 import dagster as dg
+
+from personalization_assets.core.asset_keys import (
+    ACCESS_AUDIT_LOG,
+    CONSENTED_EVENTS,
+    CONSENTED_EVENTS_STATE,
+    ERASURE_LOG,
+    KEY_ROTATION_LOG,
+    RAW_EVENTS,
+    RETENTION_LOG,
+)
 
 AC = dg.AutomationCondition
 
@@ -34,7 +44,7 @@ def consented_follows_upstream() -> dg.AutomationCondition:
     raw_or_privacy_updated = AC.any_deps_updated().since(AC.newly_requested() | AC.newly_updated()).with_label("raw_hour_or_privacy_input_updated")
     # blocking checks of the privacy inputs (ledger chain, consent state) must have passed; raw/events is left out:
     # over an unpartitioned target it means every hour of history, most of which was never ingested
-    checks = AC.all_deps_blocking_checks_passed().ignore(dg.AssetSelection.assets(["raw", "events"])).with_label("privacy_inputs_checks_passed")
+    checks = AC.all_deps_blocking_checks_passed().ignore(dg.AssetSelection.assets(RAW_EVENTS)).with_label("privacy_inputs_checks_passed")
     safe = (~AC.in_progress() & ~AC.any_deps_in_progress() & checks).with_label("safe_to_run")
     return ((raw_or_privacy_updated | AC.missing().newly_true()) & safe).with_label("consented_follows_upstream")
 
@@ -49,12 +59,11 @@ def freshness_driven() -> dg.AutomationCondition:
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition | None:
     layer = key.path[0]
-    name = key.to_user_string()
-    if layer == "raw" or name in ("privacy/erasure_log", "privacy/retention_log", "privacy/key_rotation_log", "privacy/access_audit_log"):
+    if layer == "raw" or key in (ERASURE_LOG, RETENTION_LOG, KEY_ROTATION_LOG, ACCESS_AUDIT_LOG):
         return None
-    if name == "consented/events_state":
+    if key == CONSENTED_EVENTS_STATE:
         return consented_follows_upstream()
-    if name == "consented/events":
+    if key == CONSENTED_EVENTS:
         return None  # written by the step of consented/events_state (see above)
     if layer in ("privacy", "consented"):
         return derived_state()

@@ -132,7 +132,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         return first_hour is None or partition_start(pk) >= first_hour
 
     deps = [RAW_EVENTS, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST]
-    anomaly_config = anomalies.load_config().target("consented/events")
+    anomaly_config = anomalies.load_config().target(CONSENTED_EVENTS.to_user_string())
 
     @dg.multi_asset(
         name="consented_events",
@@ -200,7 +200,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                              f"stale: {plan.reasons}")
             hour_of_us = {int(partition_start(pk).timestamp()) * 1_000_000: pk for pk in plan.build}
             for batch in _row_batches(lake, plan.build, CONSENT_BATCH_ROWS):
-                audit.record([("raw/events", pk, columns) for pk in batch])
+                audit.record([(RAW_EVENTS.to_user_string(), pk, columns) for pk in batch])
                 parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
                 raw = pa.concat_tables(parts)
                 out, stats = consent_events(con, raw, policy, pseudonymizer)
@@ -246,7 +246,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         from personalization_assets.raw.assets import record_run_totals
 
         text_totals_md = text_metadata(text_totals)
-        record_run_totals(context, "consented/events", {"partitions": len(plan.build), "raw_rows_read": totals["raw_rows"],
+        record_run_totals(context, CONSENTED_EVENTS.to_user_string(), {"partitions": len(plan.build), "raw_rows_read": totals["raw_rows"],
                                                         "rows_written": totals["kept"], "excluded_no_consent": totals["no_consent"],
                                                         "excluded_suppressed": totals["suppressed"],
                                                         "pii_redacted": text_totals_md["pii_redacted_total"],
@@ -293,7 +293,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         # consent is checked at the same cutoff the features use (one rule: features/params.py resolve_as_of)
         as_of, as_of_source = resolve_as_of(config.as_of, lake, context.log)
         as_of_sql = f"TIMESTAMPTZ '{as_of.strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'"
-        auditor(context, lake, platform, CONSENTED_CRM).record([("raw/crm_profiles", None, None)])
+        auditor(context, lake, platform, CONSENTED_CRM).record([(RAW_CRM.to_user_string(), None, None)])
         with duckdb.get_connection() as con:
             _register_privacy_views(con, lake)
             lake.register(con, "crm_all", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
@@ -324,7 +324,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
     )
     def consented_content_catalog(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
         policy = get_policy()
-        auditor(context, lake, platform, CONSENTED_CATALOG).record([("raw/content_catalog", None, None)])
+        auditor(context, lake, platform, CONSENTED_CATALOG).record([(RAW_CATALOG.to_user_string(), None, None)])
         with duckdb.get_connection() as con:
             lake.register(con, "catalog", "raw", "content_catalog", empty_schema=arrow_schema(RawContent))
             selects, joins = apply_column_policies(con, "catalog", policy.columns["content_catalog"], pseudonymizer)

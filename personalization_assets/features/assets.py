@@ -31,15 +31,13 @@ from personalization_assets.features.sql import (
 from personalization_assets.checks import anomalies
 from personalization_assets.resources import DuckDBEngine
 from personalization_assets.core.storage import LakeStorage, WriteResult
+from personalization_assets.core.asset_keys import CONSENT_STATE, CONSENTED_EVENTS, CONSENTED_EVENTS_STATE
 
 GROUP = "features"
 OWNERS = ["team:personalization"]
 LAYER = "features"
-CONSENTED_EVENTS = dg.AssetKey(["consented", "events"])
-# the step that rewrites consented/events' stale hours: a run that updates the consented tier incrementally
-# selects this state (its hours are logged at runtime), and the features must come after it
-CONSENTED_EVENTS_STATE = dg.AssetKey(["consented", "events_state"])
-CONSENT_STATE = dg.AssetKey(["privacy", "consent_state"])
+# CONSENTED_EVENTS_STATE is the step that rewrites consented/events' stale hours: a run that updates the consented
+# tier incrementally selects this state (its hours are logged at runtime), and the features must come after it
 FEATURE_KEYS = {table: dg.AssetKey([LAYER, table]) for table in TABLES}
 
 # tables that feed the warehouse: a failed schema check there stops downstream assets

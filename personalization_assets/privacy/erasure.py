@@ -31,16 +31,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from personalization_assets.core.asset_keys import RAW_CRM, RAW_EVENTS, RAW_REQUESTS
 from personalization_assets.core.pseudonymize import Pseudonymizer, rows_matching_pseudonyms
 from personalization_assets.core.quarantine_match import quarantine_match_mask
 from personalization_assets.core.storage import LakeStorage, partition_path
 
 ERASURE_META = "privacy/erasure"
-PERSONAL_SOURCES = (dg.AssetKey(["raw", "events"]), dg.AssetKey(["raw", "crm_profiles"]), dg.AssetKey(["raw", "privacy_requests"]))
+PERSONAL_SOURCES = (RAW_EVENTS, RAW_CRM, RAW_REQUESTS)
 
 ERASURE_LOG_SCHEMA = pa.schema(
     [

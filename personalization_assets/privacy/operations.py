@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from personalization_assets.core.asset_keys import SUPPRESSION_LIST
+from personalization_assets.core.asset_keys import ERASURE_LOG, KEY_ROTATION_LOG, RETENTION_LOG, SUPPRESSION_LIST
 from personalization_assets.core.audit import auditor
 from personalization_assets.core.platform import lock_dir
 from personalization_assets.privacy import erasure
@@ -24,9 +24,8 @@ from personalization_assets.core.storage import LakeStorage
 
 GROUP = "privacy"
 OWNERS = ["team:privacy-engineering"]
-ERASURE_LOG = dg.AssetKey(["privacy", "erasure_log"])
-RETENTION_LOG = dg.AssetKey(["privacy", "retention_log"])
-KEY_ROTATION_LOG = dg.AssetKey(["privacy", "key_rotation_log"])
+# the operations: run only by their own jobs (never by automation, a full refresh or the ingestion)
+OPERATIONS = dg.AssetSelection.assets(ERASURE_LOG, RETENTION_LOG, KEY_ROTATION_LOG)
 TEMP_FILES = "lake/_tmp (interrupted writes)"  # erasure log row for temporary files of killed writes
 SCOPE = ("every partition of every lake target holds no suppressed identifier: either it was read and checked this run, "
          "or an earlier run verified it clean against every identifier not new to the list and its file is unchanged "
@@ -78,7 +77,7 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
             yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=True, metadata={"subjects": 0})
             return
         audit = auditor(context, lake, platform, ERASURE_LOG)
-        audit.record([("privacy/suppression_list", None, None)]
+        audit.record([(SUPPRESSION_LIST.to_user_string(), None, None)]
                      + [(t.asset, "*", None) for t in targets if t.handler["kind"] in ("raw", "quarantine", "lake")])
         suppression = lake.read_table("privacy", "suppression_list")
         requests = sorted(set(suppression["request_id"].to_pylist()))

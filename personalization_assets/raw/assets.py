@@ -232,7 +232,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
             if lake.exists("raw", "events_quarantine", part) and sum(t.num_rows for t in quarantine_samples) < SAMPLE_ROWS:
                 quarantine_samples.append(lake.read_table("raw", "events_quarantine", part))
         summary = outcome.summary()
-        record_run_totals(context, "raw/events", {"partitions": len(outcome.hours), "records_read": outcome.records_read,
+        record_run_totals(context, RAW_EVENTS.to_user_string(), {"partitions": len(outcome.hours), "records_read": outcome.records_read,
                                                   "rows_written": sum(st.raw_rows for st in outcome.hours.values()),
                                                   "quarantined": sum(st.quarantined for st in outcome.hours.values()),
                                                   "objects_read": outcome.objects_read, "objects_quarantined": outcome.objects_quarantined,

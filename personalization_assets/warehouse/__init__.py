@@ -4,20 +4,19 @@
          (lake)          (prod: write_pandas to Snowflake;       (dbt views)                  (dbt tables,
                           local: checks the lake in place)                                     contracts enforced)
 
-`build_warehouse_defs(settings)` returns the assets and the `dbt`, `snowflake` and `warehouse` resources
+`defs(settings)` returns the assets and the `dbt`, `snowflake` and `warehouse` resources
 (see resources.py); the loader also uses the platform's `lake` resource
 (personalization_assets.resources.build_resources), so merge it with the platform's definitions.
 """
 
 from __future__ import annotations
 
-
 import dagster as dg
 
 from personalization_assets.settings import Settings, load_settings
 
 
-def build_warehouse_defs(settings: Settings) -> dg.Definitions:
+def defs(settings: Settings) -> dg.Definitions:
     # imported here: building the dbt assets reads dbt/target/manifest.json (`make dbt-parse`)
     from personalization_assets.warehouse.assets import build_dbt_assets
     from personalization_assets.warehouse.loader import build_features_loaded_asset
@@ -47,4 +46,4 @@ def build_warehouse_defs(settings: Settings) -> dg.Definitions:
     )
 
 
-__all__ = ["build_warehouse_defs"]
+__all__ = ["defs"]

@@ -6,7 +6,7 @@
 | `snowflake` | `SnowflakeWarehouse(enabled=False)`: nothing to load, dbt-duckdb reads the lake in place | `SnowflakeWarehouse` from `SNOWFLAKE_*` (via `dg.EnvVar`) |
 | `warehouse` | `DuckDBWarehouse` on `$DATA_DIR/warehouse.duckdb` | the `snowflake` resource |
 
-`warehouse` is the eraser the privacy layer's erasure run calls (`build_erasure_asset(...,
+`warehouse` is the eraser the privacy layer's erasure run calls (`privacy.defs` -> `build_erasure_asset(...,
 warehouse_eraser_key="warehouse")`): `erase(handler, pseudonyms, apply)` for the `privacy/erasure`
 handlers of kind `warehouse` that the warehouse assets declare.
 

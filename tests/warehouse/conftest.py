@@ -84,7 +84,7 @@ def isolated_env(mp: pytest.MonkeyPatch, data_dir: Path, dbt_target: Path) -> No
     """No inherited platform settings; dbt artifacts of the test runs go to a temp dir, not dbt/target."""
     clear_platform_env(mp)
     mp.setenv("PERSONALIZATION_DATA_DIR", str(data_dir))
-    # set (not just unset) so the value build_warehouse_defs writes into os.environ is undone afterwards
+    # set (not just unset) so the value warehouse.defs writes into os.environ is undone afterwards
     mp.setenv("PERSONALIZATION_LAKE_URL", str(data_dir / "lake"))
     mp.setenv("DBT_TARGET_PATH", str(dbt_target))
 
@@ -109,7 +109,7 @@ class LocalBuild:
 def local_build(dbt_manifest, tmp_path_factory) -> LocalBuild:
     from personalization_assets.resources import build_resources
     from personalization_assets.settings import load_settings
-    from personalization_assets.warehouse import build_warehouse_defs
+    from personalization_assets import warehouse as warehouse_layer
 
     base = tmp_path_factory.mktemp("warehouse_local")
     data_dir = base / "data"
@@ -117,7 +117,7 @@ def local_build(dbt_manifest, tmp_path_factory) -> LocalBuild:
     with pytest.MonkeyPatch.context() as mp:
         isolated_env(mp, data_dir, base / "dbt_target")
         settings = load_settings()
-        defs = build_warehouse_defs(settings)
+        defs = warehouse_layer.defs(settings)
         lake = build_resources(settings)["lake"]
         result = dg.materialize(list(defs.assets), resources={"lake": lake, **defs.resources}, raise_on_error=False)
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)

@@ -67,13 +67,13 @@ def _dbt_log_messages(target_dir) -> list[str]:
 def test_the_second_dbt_run_reuses_the_first_runs_parse(dbt_manifest, tmp_path):
     from personalization_assets.resources.storage import LakeStorage
     from personalization_assets.settings import load_settings
-    from personalization_assets.warehouse import build_warehouse_defs
+    from personalization_assets import warehouse as warehouse_layer
 
     write_feature_lake(tmp_path / "data")
     targets = []
     with pytest.MonkeyPatch.context() as mp:
         isolated_env(mp, tmp_path / "data", tmp_path / "dbt_target")
-        defs = build_warehouse_defs(load_settings())
+        defs = warehouse_layer.defs(load_settings())
         resources = {"lake": LakeStorage(url=str(tmp_path / "data" / "lake")), **defs.resources}
         for _ in range(2):
             result = dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)

@@ -189,14 +189,14 @@ def test_failing_data_test_blocks_the_marts(dbt_manifest, tmp_path):
 
     from personalization_assets.resources.storage import LakeStorage
     from personalization_assets.settings import load_settings
-    from personalization_assets.warehouse import build_warehouse_defs
+    from personalization_assets import warehouse as warehouse_layer
 
     paths = write_feature_lake(tmp_path / "data")
     rfm = pq.read_table(paths["user_rfm"])
     pq.write_table(pa.concat_tables([rfm, rfm.slice(0, 1)]), paths["user_rfm"])
     with pytest.MonkeyPatch.context() as mp:
         isolated_env(mp, tmp_path / "data", tmp_path / "dbt_target")
-        defs = build_warehouse_defs(load_settings())
+        defs = warehouse_layer.defs(load_settings())
         result = dg.materialize(
             list(defs.assets), resources={"lake": LakeStorage(url=str(tmp_path / "data" / "lake")), **defs.resources}, raise_on_error=False
         )
@@ -236,14 +236,14 @@ def test_local_and_prod_graphs_are_identical(dbt_manifest, tmp_path):
     """Environments differ in resources (and kinds), never in keys, dependencies or checks."""
     from personalization_assets.resources import build_resources
     from personalization_assets.settings import load_settings
-    from personalization_assets.warehouse import build_warehouse_defs
+    from personalization_assets import warehouse as warehouse_layer
 
     with pytest.MonkeyPatch.context() as mp:
         isolated_env(mp, tmp_path, tmp_path / "dbt_target")
         local = load_settings()
         graphs = {}
         for settings in (local, replace(local, env="prod")):
-            warehouse_defs = build_warehouse_defs(settings)
+            warehouse_defs = warehouse_layer.defs(settings)
             # wired like definitions.py: the platform's resources (incl. `lake`) + the warehouse's
             defs = dg.Definitions.merge(dg.Definitions(resources=build_resources(local)), warehouse_defs)
             dg.Definitions.validate_loadable(defs)
@@ -276,7 +276,7 @@ def test_erasure_plan_covers_every_warehouse_asset(dbt_manifest, tmp_path):
     from personalization_assets.privacy.erasure import plan_targets
     from personalization_assets.resources.storage import LakeStorage
     from personalization_assets.settings import load_settings
-    from personalization_assets.warehouse import build_warehouse_defs
+    from personalization_assets import warehouse as warehouse_layer
 
     raw = dg.AssetSpec(["raw", "events"], metadata={"privacy/erasure": {"kind": "raw"}})
     features = [
@@ -285,7 +285,7 @@ def test_erasure_plan_covers_every_warehouse_asset(dbt_manifest, tmp_path):
     ]
     with pytest.MonkeyPatch.context() as mp:
         isolated_env(mp, tmp_path, tmp_path / "dbt_target")
-        warehouse = build_warehouse_defs(load_settings())
+        warehouse = warehouse_layer.defs(load_settings())
     graph = dg.Definitions(
         assets=[raw, *features, *warehouse.assets], resources={"lake": LakeStorage(url=str(tmp_path)), **warehouse.resources}
     ).resolve_asset_graph()

@@ -69,7 +69,7 @@ def test_loader_writes_feature_tables_in_declared_types(tmp_path):
 
 def test_prod_path_on_fakesnow_matches_duckdb(local_build, dbt_manifest, tmp_path):
     from personalization_assets.settings import load_settings
-    from personalization_assets.warehouse import build_warehouse_defs
+    from personalization_assets import warehouse as warehouse_layer
 
     write_feature_lake(tmp_path / "data")
     with start_fakesnow_server() as server, pytest.MonkeyPatch.context() as mp:
@@ -90,7 +90,7 @@ def test_prod_path_on_fakesnow_matches_duckdb(local_build, dbt_manifest, tmp_pat
         # the prod resources exactly as definitions build them (dg.EnvVar from the variables above);
         # the lake stays local (LakeStorage reads S3 and local paths alike)
         settings = replace(load_settings(), env="prod")
-        defs = build_warehouse_defs(settings)
+        defs = warehouse_layer.defs(settings)
         # the loader, dbt and the eraser all reach the server over HTTP, like they would reach Snowflake
         result = dg.materialize(
             list(defs.assets), resources={"lake": LakeStorage(url=settings.lake_url), **defs.resources}, raise_on_error=False

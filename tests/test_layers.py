@@ -1,0 +1,89 @@
+"""Folder = layer (issue #17): each layer package exposes ONE `defs()` returning its `dg.Definitions` (assets,
+checks, the resources it owns, its jobs, schedules and sensors); definitions.py only merges them. Together the
+layers are exactly the platform, no definition belongs to two layers, and an asset's group is its layer."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import dagster as dg
+import pytest
+
+import personalization_assets
+from personalization_assets.settings import load_settings
+from tests.helpers import defs_for_env
+
+DATA_LAYERS = ("raw", "consented", "features", "warehouse", "exports")
+# handed the other layers' definitions: the erasure plan is derived from the lineage, automation targets the assets
+WHOLE_GRAPH_LAYERS = ("privacy", "automation")
+LAYERS = DATA_LAYERS + WHOLE_GRAPH_LAYERS
+# dbt marts are their own group inside the warehouse layer
+GROUPS_OF = {layer: {layer} for layer in LAYERS} | {"warehouse": {"warehouse", "segments"}}
+
+
+def _layer(name: str):
+    return importlib.import_module(f"personalization_assets.{name}")
+
+
+@pytest.fixture
+def layer_defs(data_dir) -> dict[str, dg.Definitions]:
+    """Every layer's definitions, built the way definitions.py builds them."""
+    from personalization_assets.resources import build_resources
+
+    settings = load_settings()
+    out = {name: _layer(name).defs(settings) for name in DATA_LAYERS}
+    lineage = dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), *out.values())
+    out["privacy"] = _layer("privacy").defs(settings, lineage=lineage)
+    out["automation"] = _layer("automation").defs(settings, platform=dg.Definitions.merge(lineage, out["privacy"]))
+    return out
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_every_layer_package_exposes_one_defs(name):
+    module = _layer(name)
+    assert hasattr(module, "__path__"), f"personalization_assets.{name} must be a package (folder = layer)"
+    assert callable(getattr(module, "defs", None)), f"personalization_assets.{name} has no defs()"
+    assert next(iter(inspect.signature(module.defs).parameters)) == "settings"
+    # one entry point per layer: no other public builder returning definitions at the package level
+    builders = [n for n, v in vars(module).items() if n.startswith("build_") and callable(v) and "Definitions" in str(inspect.signature(v).return_annotation)]
+    assert builders == [], builders
+
+
+def test_the_layers_together_are_the_platform(layer_defs):
+    """The union of the layers' assets, checks, jobs, schedules and sensors is the whole platform, each once."""
+    platform = defs_for_env()
+    repo = platform.get_repository_def()
+    graph = platform.resolve_asset_graph()
+
+    def asset_keys(d):
+        return {k for a in (d.assets or []) for k in (a.keys if isinstance(a, dg.AssetsDefinition) else [a.key])}
+
+    owners: dict = {}
+    for name, d in layer_defs.items():
+        assert isinstance(d, dg.Definitions), name
+        for kind, items in (("asset", asset_keys(d)), ("job", {j.name for j in d.jobs or []}),
+                            ("schedule", {s.name for s in d.schedules or []}), ("sensor", {s.name for s in d.sensors or []})):
+            for item in items:
+                assert (kind, item) not in owners, f"{kind} {item} is defined by both {owners[(kind, item)]} and {name}"
+                owners[(kind, item)] = name
+    assert {k for kind, k in owners if kind == "asset"} == set(graph.get_all_asset_keys())
+    # jobs defined inside schedules (segments_rebuild) and the implicit asset jobs are not listed by a layer
+    named_jobs = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert {k for kind, k in owners if kind == "job"} | {s.job_name for s in repo.schedule_defs} >= named_jobs
+    assert {k for kind, k in owners if kind == "schedule"} == {s.name for s in repo.schedule_defs}
+    assert {k for kind, k in owners if kind == "sensor"} == {s.name for s in repo.sensor_defs}
+    # every asset's group belongs to the layer that defines it
+    for (kind, key), name in owners.items():
+        if kind == "asset":
+            assert graph.get(key).group_name in GROUPS_OF[name], (key, graph.get(key).group_name, name)
+
+
+def test_an_asset_group_is_its_layer(data_dir):
+    """The key mirrors the storage and the group is the layer: consented/* is the consented layer, not privacy."""
+    graph = defs_for_env().resolve_asset_graph()
+    wrong = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys() if graph.get(k).group_name != k.path[0]}
+    assert wrong == {}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name == "consented"} == {
+        "consented/events", "consented/events_state", "consented/crm_profiles", "consented/content_catalog"}
