@@ -136,7 +136,7 @@ def bench_collector(messages: int, clients: int, batch: int, work: Path) -> dict
 def bench_bare_write(messages: int, batch: int, work: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from personalization_assets.collector.writer import encode
-    from personalization_assets.resources.storage import LandingZone
+    from personalization_assets.core.storage import LandingZone
 
     landing = LandingZone(url=str(work / "bare"))
     batches = [[_message(0, i) for i in range(s, min(s + batch, messages))] for s in range(0, messages, batch)]

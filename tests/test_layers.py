@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -87,3 +87,26 @@ def test_an_asset_group_is_its_layer(data_dir):
     assert wrong == {}
     assert {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).group_name == "consented"} == {
         "consented/events", "consented/events_state", "consented/crm_profiles", "consented/content_catalog"}
+OLD_MODULE_PATHS = (
+    # compatibility aliases of modules moved to core/ or checks/ (removed: every import uses the new home)
+    "monitoring.anomalies", "raw.partitions", "raw.tracking_plan", "resources.secrets", "resources.storage",
+    "privacy.hash_chain", "privacy.policies", "privacy.quarantine_match", "privacy.pseudonymize", "privacy.audit", "privacy.keys",
+    # moved to their layer's package
+    "privacy.consented", "privacy.consented_state", "jobs",
+)
+
+
+PACKAGE = Path(personalization_assets.__file__).parent
+
+
+@pytest.mark.parametrize("old", OLD_MODULE_PATHS)
+def test_old_module_paths_are_gone(old):
+    # looked up as files: an editable install of another checkout may extend the package's search path
+    path = PACKAGE.joinpath(*old.split("."))
+    assert not path.with_suffix(".py").exists() and not (path / "__init__.py").exists(), path
+
+
+def test_no_module_aliases_another():
+    """No `sys.modules[__name__] = ...` aliasing: a module is imported from the one place it lives."""
+    offenders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "sys.modules[__name__]" in p.read_text())
+    assert offenders == []

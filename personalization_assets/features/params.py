@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from personalization_assets.core.as_of import latest_complete_hour, parse_as_of, resolve_as_of  # noqa: F401 (the features' as_of rule)
+from personalization_assets.core.as_of import parse_as_of, resolve_as_of  # noqa: F401 (the as_of rule the features build with)
 
 PURPOSE = "personalization"  # the purpose every feature is processed under
 

@@ -8,7 +8,7 @@ declares in its metadata how to erase from it (`privacy/erasure`):
   raw identifiers are pseudonymized on the fly and compared with the suppression list;
 * ``{"kind": "quarantine", "table": ..., "partitioned": bool}`` rows whose original text still holds an
   identifier (value of an identifier key, email-shaped token or CSV field) that, normalized, pseudonymizes into the
-  suppression list — exact tokens, never substrings (privacy/quarantine_match.py);
+  suppression list — exact tokens, never substrings (core/quarantine_match.py);
 * ``{"kind": "lake", "layer": ..., "table": ..., "partitioned": bool, "columns": [...]}`` rows where any
   pseudonym column (or list column) holds a suppressed pseudonym; `"also": [{"layer", "table", "partitioned",
   "columns"}]` names further tables the asset keeps for itself (privacy/identity_links' per-hour partials);

@@ -20,7 +20,7 @@ from personalization_assets.core.pseudonymize import (
     Pseudonymizer,
     rows_matching_pseudonyms,
 )
-from personalization_assets.core.quarantine_match import quarantine_match_mask, suppress_quarantine  # noqa: F401  (raw.assets.suppress_quarantine: old path)
+from personalization_assets.core.quarantine_match import suppress_quarantine
 from personalization_assets.raw import events_ingest, ingest, reference_ingest
 from personalization_assets.raw.layouts import list_landing, plan_landing
 from personalization_assets.core.partitions import (

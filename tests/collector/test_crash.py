@@ -135,7 +135,7 @@ def test_temp_files_of_an_interrupted_write_are_invisible_and_reclaimed(data_dir
     import os
 
     from personalization_assets.collector.writer import remove_stale_temp_files
-    from personalization_assets.resources.storage import LandingZone
+    from personalization_assets.core.storage import LandingZone
 
     hour = landing / "events" / "date=2026-12-01" / "hour=10"
     hour.mkdir(parents=True)

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from segment.analytics.client import Client as SegmentClient
 
-from personalization_assets.raw.tracking_plan import CONSENT_EVENT
+from personalization_assets.core.tracking_plan import CONSENT_EVENT
 from tests.collector.conftest import WRITE_KEY, landing_messages
 from tests.helpers import check_results, defs_for_env, materialize
 

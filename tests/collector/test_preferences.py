@@ -14,7 +14,7 @@ from personalization_assets.collector.preferences import (
     purpose_views,
 )
 from personalization_assets.privacy.consent import purposes_from_preferences
-from personalization_assets.privacy.policies import Purpose, get_policy
+from personalization_assets.core.policies import Purpose, get_policy
 
 pytestmark = pytest.mark.unit
 

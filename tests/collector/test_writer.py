@@ -9,7 +9,7 @@ import pytest
 from personalization_assets.collector.dedup import DedupIndex
 from personalization_assets.collector.metrics import CollectorMetrics
 from personalization_assets.collector.writer import LandingWriter
-from personalization_assets.resources.storage import LandingZone
+from personalization_assets.core.storage import LandingZone
 from tests.collector.conftest import landing_messages, landing_objects
 
 pytestmark = pytest.mark.unit

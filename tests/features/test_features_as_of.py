@@ -9,10 +9,10 @@ import pyarrow as pa
 
 from personalization_assets.features import build_feature_assets
 from personalization_assets.features.assets import FEATURE_KEYS
-from personalization_assets.features.params import latest_complete_hour, resolve_as_of
+from personalization_assets.core.as_of import latest_complete_hour, resolve_as_of
 from personalization_assets.features.sql import TABLES
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import ts, write_lake
 from tests.features.test_features_assets import AS_OF, run, scenario
 

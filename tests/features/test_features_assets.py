@@ -13,7 +13,7 @@ from personalization_assets.features.models import FEATURE_MODELS
 from personalization_assets.features.params import parse_as_of
 from personalization_assets.features.sql import TABLES
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import build, consent, event, granted_all, pseudo, ts, write_lake
 
 AS_OF = "2026-01-10T00:00:00Z"

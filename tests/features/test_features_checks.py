@@ -9,7 +9,7 @@ from personalization_assets.features.checks import (
     read_sample,
     session_coverage,
 )
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import build, connect, event, granted_all, pseudo
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from personalization_assets.generator import generate_landing_zone
 from personalization_assets.raw.layouts import list_landing, plan_landing
-from personalization_assets.resources.storage import LandingZone
+from personalization_assets.core.storage import LandingZone
 from tests.generator.zone import END, all_files
 
 LAYOUTS = ("hive", "segment-s3", "rudderstack-s3")

@@ -58,7 +58,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.incremental, pytest.mark.time
 # raw tables depend on when a request arrived (ingestion drops the records of subjects ALREADY on the suppression
 # list, so a request arriving before some of its subject's objects suppresses those, one arriving after does not),
 # and a full refresh could not equal the incremental lake (seen on the original code).
-SELECTION = "(group:raw or group:privacy or group:features) and not key:privacy/retention_log and not key:privacy/key_rotation_log"
+SELECTION = "(group:raw or group:privacy or group:consented or group:features) and not key:privacy/retention_log and not key:privacy/key_rotation_log"
 AS_OF = "2026-11-29T00:00:00Z"  # end of the generated data (2026-11-27 .. 2026-11-28)
 K = 3
 
@@ -365,7 +365,7 @@ def compare_lakes(incremental: Path, full: Path) -> None:
 
 def pseudonym(value: str, kind: str = "id") -> str:
     """The pseudonym under the tests' fixed key (tests/incremental/conftest.py), as the platform computes it."""
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     return Pseudonymizer(keys_json=PSEUDONYM_KEYS).pseudonymize_values([value], kind)[0]
 

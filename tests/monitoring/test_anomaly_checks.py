@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from personalization_assets.monitoring import anomalies
+from personalization_assets.checks import anomalies
 from tests.helpers import defs_for_env, materialize
 
 DAY = "2026-11-28"

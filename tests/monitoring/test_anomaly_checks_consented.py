@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from personalization_assets.monitoring import anomalies
+from personalization_assets.checks import anomalies
 from tests.helpers import defs_for_env, materialize
 
 WEEKS = ["2026-10-31", "2026-11-07", "2026-11-14", "2026-11-21"]  # history; the last one is scored, all normal

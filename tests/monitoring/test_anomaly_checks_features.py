@@ -14,10 +14,10 @@ import dagster as dg
 from personalization_assets.features import build_feature_assets
 from personalization_assets.features.assets import FEATURE_KEYS
 from personalization_assets.features.sql import TABLES
-from personalization_assets.monitoring import anomalies
+from personalization_assets.checks import anomalies
 from personalization_assets.monitoring.metrics import anomaly_results, build_registry
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import event, granted_all, write_lake
 
 AS_OF = "2026-01-10T00:00:00Z"

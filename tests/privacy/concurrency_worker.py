@@ -58,7 +58,7 @@ def env_lake():
     """The lake of the environment (PERSONALIZATION_* variables), outside a Dagster run."""
     import os
 
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
     from personalization_assets.settings import load_settings
 
     s = load_settings()
@@ -68,7 +68,7 @@ def env_lake():
 
 def dp(interval: float, trials: int, epsilon: float) -> dict:
     from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded
-    from personalization_assets.privacy.policies import DpRelease, get_policy
+    from personalization_assets.core.policies import DpRelease, get_policy
     lake = env_lake()
     policy = get_policy()
     outcomes = []

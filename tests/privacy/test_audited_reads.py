@@ -16,8 +16,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from personalization_assets.privacy.audit import UndeclaredPurposeError, audit_log
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.audit import UndeclaredPurposeError, audit_log
+from personalization_assets.core.storage import LakeStorage
 from tests.conftest import ROOT
 from tests.helpers import defs_for_env, generate, materialize, partition_range
 
@@ -34,7 +34,7 @@ def test_side_reads_of_the_privacy_tables_are_audited(landing):
     manifest = generate(landing, users=120, events=4_000, days=1)
     defs = defs_for_env()
     parts = partition_range(manifest)
-    materialize(defs, "group:raw or group:privacy", parts)
+    materialize(defs, "group:raw or group:privacy or group:consented", parts)
     # second ingestion: the suppression list exists now, and raw/events reads it
     materialize(defs, "key:raw/events", parts)
     lake = defs.resources["lake"]
@@ -76,7 +76,7 @@ def test_a_read_nobody_recorded_is_audited_by_the_lake(landing, tmp_path, monkey
     purposes = policy_dir / "asset_purposes.yaml"
     purposes.write_text(purposes.read_text().replace("\nassets:\n", "\nassets:\n  features/sneaky: analytics\n", 1))
     monkeypatch.setenv("PERSONALIZATION_POLICY_DIR", str(policy_dir))
-    from personalization_assets.privacy.policies import get_policy
+    from personalization_assets.core.policies import get_policy
 
     assert get_policy().asset_purposes["features/sneaky"] == "analytics"
     result = dg.materialize([sneaky], resources={"lake": lake})

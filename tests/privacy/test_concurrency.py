@@ -16,13 +16,13 @@ import pytest
 
 from personalization_assets.privacy.consent import LEDGER_SCHEMA
 from personalization_assets.privacy.dp import BudgetLedger
-from personalization_assets.privacy.hash_chain import (
+from personalization_assets.core.hash_chain import (
     DuplicateRecordError,
     HashChainedLog,
     LogLockTimeout,
 )
-from personalization_assets.privacy.policies import DpRelease, get_policy
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.policies import DpRelease, get_policy
+from personalization_assets.core.storage import LakeStorage
 from tests.conftest import ROOT
 from tests.helpers import defs_for_env, materialize
 from tests.privacy.concurrency_worker import env_lake
@@ -230,8 +230,8 @@ def test_writer_lock_serializes_read_decide_append_across_processes(tmp_path):
     code = (
         "import sys, time\n"
         "from personalization_assets.privacy.consent import LEDGER_SCHEMA\n"
-        "from personalization_assets.privacy.hash_chain import HashChainedLog\n"
-        "from personalization_assets.resources.storage import LakeStorage\n"
+        "from personalization_assets.core.hash_chain import HashChainedLog\n"
+        "from personalization_assets.core.storage import LakeStorage\n"
         f"log = HashChainedLog(lake=LakeStorage(url={str(lake_dir)!r}), name='consent_ledger', schema=LEDGER_SCHEMA)\n"
         "with log.exclusive():\n"
         "    print('held', flush=True)\n"

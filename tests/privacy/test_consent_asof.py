@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from personalization_assets.privacy import consent as c
 from personalization_assets.privacy.identity import IDENTITY_SCHEMA
-from personalization_assets.privacy.policies import get_policy
+from personalization_assets.core.policies import get_policy
 
 pytestmark = pytest.mark.unit
 

@@ -156,7 +156,7 @@ def _pz(value: str) -> str:
     """The pseudonym of `value` under the keys the environment sets now."""
     import os
 
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"],
                        active_version=os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION"))
@@ -315,7 +315,7 @@ def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landin
 
     from personalization_assets.consented import state as cstate
     from personalization_assets.consented.assets import _register_privacy_views
-    from personalization_assets.privacy.policies import get_policy
+    from personalization_assets.core.policies import get_policy
 
     defs = first_landing
     lake = defs.resources["lake"]

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, dp_counts
-from personalization_assets.privacy.policies import DpRelease, get_policy
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.policies import DpRelease, get_policy
+from personalization_assets.core.storage import LakeStorage
 
 
 def test_noisy_counts_are_close_to_the_truth_and_keys_are_the_public_ones():
@@ -200,7 +200,7 @@ def test_two_clis_on_a_fresh_dagster_home_both_succeed_and_release_once(data_dir
 def test_a_budget_ledger_written_before_release_ids_still_verifies_and_counts(tmp_path):
     """Segments written by the earlier schema (no release_id/release_payload) keep their hashes and spend."""
     from personalization_assets.privacy.dp import BUDGET_SCHEMA
-    from personalization_assets.privacy.hash_chain import HashChainedLog
+    from personalization_assets.core.hash_chain import HashChainedLog
 
     lake = LakeStorage(url=str(tmp_path / "lake"))
     old_schema = pa.schema([f for f in BUDGET_SCHEMA if f.name not in ("release_id", "release_payload")])

@@ -260,9 +260,9 @@ def test_planted_consent_stories_in_features(own_world):
     """landing -> raw -> privacy (the pipeline run of `world`) -> features at an explicit as_of (on a copy of the
     world: the feature tables are rewritten): the feature tables tell the planted subjects' stories."""
     from personalization_assets.features import build_feature_assets
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
     from personalization_assets.resources import DuckDBEngine
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
 
     assert own_world["result"].success
     data_dir, manifest = own_world["root"] / "data", own_world["manifest"]

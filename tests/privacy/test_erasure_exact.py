@@ -147,8 +147,8 @@ def test_quarantine_lines_match_exact_tokens_never_substrings(tmp_path):
     """The matcher alone, with the suppression pseudonyms of "a", "   " and the subject."""
     import duckdb
 
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
-    from personalization_assets.privacy.quarantine_match import quarantine_match_mask
+    from personalization_assets.core.pseudonymize import Pseudonymizer
+    from personalization_assets.core.quarantine_match import quarantine_match_mask
 
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"1": "ab" * 32}))
@@ -239,7 +239,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     import pyarrow as pa
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
 
     lake = LakeStorage(url=sys.argv[1])
     schema = pa.schema([("user_id", pa.string()), ("anonymous_id", pa.string())])

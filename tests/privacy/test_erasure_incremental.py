@@ -24,7 +24,7 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from tests.helpers import check_results, defs_for_env, generate, materializations, materialize
 
 BUILD = " or ".join(f"key:{k}" for k in (
@@ -130,7 +130,7 @@ def _active_user(lake) -> str:
 def _pz(user_id: str) -> str:
     import os
 
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"],
                        active_version=os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION"))

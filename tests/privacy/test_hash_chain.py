@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 import pyarrow.parquet as pq
 import pytest
 
-from personalization_assets.privacy.audit import AccessAuditor, UndeclaredPurposeError, audit_log
+from personalization_assets.core.audit import AccessAuditor, UndeclaredPurposeError, audit_log
 from personalization_assets.privacy.consent import LEDGER_SCHEMA
-from personalization_assets.privacy.hash_chain import HashChainedLog
-from personalization_assets.privacy.policies import get_policy
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.hash_chain import HashChainedLog
+from personalization_assets.core.policies import get_policy
+from personalization_assets.core.storage import LakeStorage
 
 T = datetime(2026, 11, 28, tzinfo=timezone.utc)
 
@@ -71,7 +71,7 @@ def test_removed_last_segment_is_detected_against_the_recorded_head(ledger, tmp_
 
 def test_recomputed_edit_breaks_the_next_segment(ledger):
     """Editing a row and fixing its own hash still breaks the link to the next row."""
-    from personalization_assets.privacy.hash_chain import row_hash
+    from personalization_assets.core.hash_chain import row_hash
 
     def edit(rows):
         rows[2]["decision"] = "denied"

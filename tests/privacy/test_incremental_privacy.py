@@ -30,7 +30,7 @@ from personalization_assets.privacy.identity import (
     build_identity_links,
     jurisdiction_case_sql,
 )
-from personalization_assets.privacy.policies import get_policy
+from personalization_assets.core.policies import get_policy
 from tests.helpers import defs_for_env, generate, materializations, materialize
 
 RAW = "key:raw/events or key:raw/crm_profiles or key:raw/privacy_requests"
@@ -75,7 +75,7 @@ def _bring(held: Path, lake_dir: Path, hours: list[str], copy=False) -> None:
 
 def _reference_identity(defs) -> pa.Table:
     """identity_links as a from-scratch build over every raw event gives it (the pre-incremental definition)."""
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     lake = defs.resources["lake"]
     pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"], active_version=os.environ["PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION"])
@@ -278,7 +278,7 @@ def test_consent_ledger_in_batches_appends_what_one_full_scan_appends(data_dir, 
 
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_partition_fingerprints_change_with_a_rewrite_and_read_no_data(store, data_dir, request):
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
 
     if store == "s3":
         env = request.getfixturevalue("s3_env")

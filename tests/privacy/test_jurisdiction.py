@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from personalization_assets.privacy.policies import PolicyError, load_policy
+from personalization_assets.core.policies import PolicyError, load_policy
 from tests.helpers import check_results, defs_for_env, materialize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ class World:
                                    ("state", "privacy", "consent_state"), ("crm", "consented", "crm_profiles")):
             self.lake.register(self.con, name, layer, table)
         from personalization_assets.privacy.consent import LEDGER_SCHEMA
-        from personalization_assets.privacy.hash_chain import HashChainedLog
+        from personalization_assets.core.hash_chain import HashChainedLog
 
         self.ledger = HashChainedLog(lake=self.lake, name="consent_ledger", schema=LEDGER_SCHEMA).read_all()
 
@@ -239,7 +239,7 @@ def test_loader_rejects_a_match_on_unknown(tmp_path):
 def test_sql_rule_agrees_with_the_stated_rule():
     """identity.jurisdiction_case_sql (what the assets run) == PrivacyPolicy.jurisdiction_for (the rule)."""
     from personalization_assets.privacy.identity import jurisdiction_case_sql
-    from personalization_assets.privacy.policies import get_policy
+    from personalization_assets.core.policies import get_policy
 
     policy = get_policy()
     values = [None, "", " ", "DE", "de", "US", "FR", "GB", "US-CA", "us-ca", "US-NY", "XX"]
@@ -261,8 +261,8 @@ def test_ledger_segments_written_before_the_column_existed_still_verify_and_read
     from datetime import datetime, timezone
 
     from personalization_assets.privacy.consent import LEDGER_SCHEMA
-    from personalization_assets.privacy.hash_chain import HashChainedLog
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.hash_chain import HashChainedLog
+    from personalization_assets.core.storage import LakeStorage
 
     t = datetime(2026, 11, 28, tzinfo=timezone.utc)
     row = {"decision_id": "d1", "identifier_pseudonym": "v1:" + "a" * 64, "identifier_kind": "user", "purpose": "analytics",

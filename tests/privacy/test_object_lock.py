@@ -26,11 +26,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from personalization_assets.privacy.assets import ledger_log
-from personalization_assets.privacy.audit import audit_log
-from personalization_assets.privacy.hash_chain import HashChainedLog
-from personalization_assets.privacy.policies import get_policy
+from personalization_assets.core.audit import audit_log
+from personalization_assets.core.hash_chain import HashChainedLog
+from personalization_assets.core.policies import get_policy
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.resources.storage import ImmutableStoreError, LakeStorage
+from personalization_assets.core.storage import ImmutableStoreError, LakeStorage
 from personalization_assets.settings import ConfigError, load_settings
 
 LOGS = ("consent_ledger", "access_audit_log", "erasure_log", "retention_log", "key_rotation_log")
@@ -231,7 +231,7 @@ def test_pipeline_erasure_rotation_and_retention_never_rewrite_the_logs(s3_env, 
     generate_landing_zone(s3, f"{s3_env['bucket']}/landing", users=60, events=1500, seed=5, bad_fraction=0.0, end=old, days=1)
     defs = defs_for_env()
     keys = landing_partition_keys(defs, None)
-    materialize(defs, PIPELINE.replace("pipeline", "group:raw or group:privacy"), (keys[0], keys[-1]))
+    materialize(defs, PIPELINE.replace("pipeline", "group:raw or group:privacy or group:consented"), (keys[0], keys[-1]))
     lake: LakeStorage = defs.resources["lake"]
     store = lake.log_store()
     assert store.url == f"s3://{ledger_bucket}/ledger" and store.is_write_once
@@ -260,7 +260,7 @@ def test_pipeline_erasure_rotation_and_retention_never_rewrite_the_logs(s3_env, 
     lake_keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_env["bucket"], Prefix="lake/privacy/").get("Contents", [])]
     assert not [k for k in lake_keys if any(f"/privacy/{name}/" in k for name in LOGS)], "a log was written into the lake"
     from personalization_assets.privacy import consent as consent_lib
-    from personalization_assets.privacy.audit import AUDIT_SCHEMA
+    from personalization_assets.core.audit import AUDIT_SCHEMA
     from personalization_assets.privacy.erasure import ERASURE_LOG_SCHEMA
     from personalization_assets.privacy.operations import RETENTION_SCHEMA, ROTATION_SCHEMA
 
@@ -317,7 +317,7 @@ def test_prod_secrets_come_from_secrets_manager_through_dagster_aws(secrets_env,
     # the resources read them through dg.EnvVar, as with External Secrets: the pseudonymizer uses key v2
     import dagster as dg
 
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     expected = Pseudonymizer(keys_json=secrets_env["keys"], active_version="2")
     with dg.build_resources({"pz": build_resources(settings)["pseudonymizer"]}) as resources:

@@ -19,7 +19,7 @@ import pytest
 
 from personalization_assets.csv_safety import is_formula, neutralize_cell, write_csv
 from personalization_assets.privacy.pii import PREFILTER, luhn_ok, redact, redact_columns
-from personalization_assets.privacy.policies import PolicyError, load_policy
+from personalization_assets.core.policies import PolicyError, load_policy
 from personalization_assets.privacy.transforms import strip_url_sql
 from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations
 from tests.privacy.test_policies import MODELS, edit, policy_dir  # noqa: F401  (fixture)

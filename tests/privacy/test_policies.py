@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from personalization_assets.privacy.policies import PolicyError, load_policy
-from personalization_assets.raw.tracking_plan import RawContent, RawCrmProfile, RawEvent, RawPrivacyRequest
+from personalization_assets.core.policies import PolicyError, load_policy
+from personalization_assets.core.tracking_plan import RawContent, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from personalization_assets.privacy.keys import KeyConfigError, parse_key_map
-from personalization_assets.privacy.pseudonymize import KeyChain, Pseudonymizer, normalize
+from personalization_assets.core.pseudonym_keys import KeyConfigError, parse_key_map
+from personalization_assets.core.pseudonymize import KeyChain, Pseudonymizer, normalize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -25,7 +25,7 @@ def test_identifier_scan_on_s3(s3_env, tmp_path):
     defs = defs_for_env()
     assert defs.resources["lake"].is_s3 and defs.resources["landing"].is_s3
     keys = landing_partition_keys(defs, None)
-    result = materialize(defs, "group:raw or group:privacy or group:features", (keys[0], keys[-1]))
+    result = materialize(defs, "group:raw or group:privacy or group:consented or group:features", (keys[0], keys[-1]))
     checks = check_results(result)
     assert checks["raw/events:reconciliation"] and checks["consented/events:pandera_ConsentedEvent"]
     objects = s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"], Prefix="lake/features/")["Contents"]

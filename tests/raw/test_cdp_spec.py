@@ -315,8 +315,8 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
         build_identity_links,
         jurisdiction_case_sql,
     )
-    from personalization_assets.privacy.policies import get_policy
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.policies import get_policy
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     policy = get_policy()
     pz = Pseudonymizer(keys_json=json.dumps({"1": "11" * 32}))

@@ -14,7 +14,7 @@ from personalization_assets.raw.layouts import (
     plan_landing,
     validate_layout,
 )
-from personalization_assets.resources.storage import LandingZone
+from personalization_assets.core.storage import LandingZone
 
 MTIME = int(datetime(2026, 3, 4, 5, 43, 21, tzinfo=UTC).timestamp() * 1e9)
 MTIME_HOUR = datetime(2026, 3, 4, 5, tzinfo=UTC)

@@ -66,7 +66,7 @@ def test_landing_sensor_sees_every_reference_object(landing):
     """A privacy request dropped as `_x.jsonl` (or any object the reference asset would quarantine) changes the
     landing digest, so the arrival sensor requests the run that reads it."""
     from personalization_assets.automation.sensors import landing_state
-    from personalization_assets.resources.storage import LandingZone
+    from personalization_assets.core.storage import LandingZone
 
     zone = LandingZone(url=str(landing))
     assert landing_state(zone)["sources"] == {}

@@ -14,7 +14,7 @@ import pytest
 
 from personalization_assets.raw import events_ingest as ei
 from personalization_assets.raw import reference_ingest as ri
-from personalization_assets.raw.tracking_plan import RawContent
+from personalization_assets.core.tracking_plan import RawContent
 from tests.raw.hostile import line, msg
 
 pytestmark = pytest.mark.unit

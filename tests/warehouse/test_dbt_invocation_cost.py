@@ -65,7 +65,7 @@ def _dbt_log_messages(target_dir) -> list[str]:
 
 
 def test_the_second_dbt_run_reuses_the_first_runs_parse(dbt_manifest, tmp_path):
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
     from personalization_assets.settings import load_settings
     from personalization_assets import warehouse as warehouse_layer
 

@@ -187,7 +187,7 @@ def test_failing_data_test_blocks_the_marts(dbt_manifest, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
     from personalization_assets.settings import load_settings
     from personalization_assets import warehouse as warehouse_layer
 
@@ -207,7 +207,7 @@ def test_failing_data_test_blocks_the_marts(dbt_manifest, tmp_path):
 
 
 def test_local_loader_names_missing_feature_tables(tmp_path):
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
     from personalization_assets.warehouse.loader import build_features_loaded_asset
     from personalization_assets.warehouse.resources import SnowflakeWarehouse
 
@@ -221,7 +221,7 @@ def test_local_loader_names_missing_feature_tables(tmp_path):
 
 
 def test_local_loader_refuses_an_s3_lake():
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
     from personalization_assets.warehouse.loader import build_features_loaded_asset
     from personalization_assets.warehouse.resources import SnowflakeWarehouse
 
@@ -274,7 +274,7 @@ def _handler(spec: dg.AssetSpec) -> dict:
 def test_erasure_plan_covers_every_warehouse_asset(dbt_manifest, tmp_path):
     """The privacy layer's erasure planner accepts the warehouse assets once they hang below personal data."""
     from personalization_assets.privacy.erasure import plan_targets
-    from personalization_assets.resources.storage import LakeStorage
+    from personalization_assets.core.storage import LakeStorage
     from personalization_assets.settings import load_settings
     from personalization_assets import warehouse as warehouse_layer
 

@@ -16,7 +16,7 @@ import fakesnow
 import pytest
 import snowflake.connector
 
-from personalization_assets.resources.storage import LakeStorage
+from personalization_assets.core.storage import LakeStorage
 from personalization_assets.warehouse.assets import build_dbt_assets
 from personalization_assets.warehouse.loader import (
     FEATURE_TABLES,
