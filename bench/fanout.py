@@ -1,6 +1,6 @@
 """Fan-out of an hourly backfill: the consented tier's N hours rebuilt by 1 run vs by 2 concurrent runs.
 
-    python -m bench.fanout [--events 1000000] [--days 2] [--runs 1,2] [--workdir bench/work/fanout]
+    python -m bench.fanout [--events 1000000] [--days 2] [--runs 1,2] [--pin] [--workdir bench/work/fanout]
 
 What it does, on the default generator's gzipped landing (privacy cases and requests included):
 
@@ -44,8 +44,10 @@ def _env(data: Path, home: Path) -> dict:
             "PERSONALIZATION_EVENTS_START": os.environ.get("PERSONALIZATION_EVENTS_START", "2025-01-01")}
 
 
-def _cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "personalization_assets.cli", *args], env=env,
+def _cli(args: list[str], env: dict, core: int | None = None) -> subprocess.Popen:
+    """A CLI process; `core`: pinned to that CPU (`taskset`), as a 1-core pod would be."""
+    pin = ["taskset", "-c", str(core)] if core is not None else []
+    return subprocess.Popen([*pin, sys.executable, "-m", "personalization_assets.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -122,7 +124,7 @@ def _stale_after(env: dict) -> int:
     return int(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("HOURS_BUILT")))
 
 
-def run(events: int, users: int, days: int, fanouts: list[int], workdir: Path, seed: int = 7) -> dict:
+def run(events: int, users: int, days: int, fanouts: list[int], workdir: Path, seed: int = 7, pin: bool = False) -> dict:
     end = (date.today() - timedelta(days=1)).isoformat()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -135,7 +137,7 @@ def run(events: int, users: int, days: int, fanouts: list[int], workdir: Path, s
     _wait([_cli(["materialize", "--select", UPSTREAM], env)], "raw + privacy build")
     hours = _hours(base)
     out: dict = {"events": events, "users": users, "days": days, "hours": len(hours), "upstream_build_s": round(time.perf_counter() - t0, 2),
-                 "cpus": os.cpu_count(), "fanout": {}}
+                 "cpus": os.cpu_count(), "pinned_one_core_per_run": pin, "fanout": {}}
     reference = None
     for k in fanouts:
         data = workdir / f"k{k}"
@@ -145,7 +147,8 @@ def run(events: int, users: int, days: int, fanouts: list[int], workdir: Path, s
         env_k = _env(data, workdir / f"home-k{k}")
         ranges = _split(hours, k)
         t0 = time.perf_counter()
-        procs = [_cli(["materialize", "--select", STATE, "--partitions", f"{a}..{b}"], env_k) for a, b in ranges]
+        procs = [_cli(["materialize", "--select", STATE, "--partitions", f"{a}..{b}"], env_k, (i % (os.cpu_count() or 1)) if pin else None)
+                 for i, (a, b) in enumerate(ranges)]
         peaks: dict = {}
         stop = threading.Event()
         watcher = threading.Thread(target=_watch, args=(procs, peaks, stop), daemon=True)
@@ -176,10 +179,11 @@ def main(argv=None) -> int:
     ap.add_argument("--days", type=int, default=2)
     ap.add_argument("--runs", default="1,2", help="fan-outs to measure, e.g. 1,2")
     ap.add_argument("--workdir", default="bench/work/fanout")
+    ap.add_argument("--pin", action="store_true", help="pin run i to CPU i (taskset): each run a 1-core 'pod', as on a cluster")
     args = ap.parse_args(argv)
-    result = run(args.events, args.users, args.days, [int(x) for x in args.runs.split(",")], Path(args.workdir).resolve())
+    result = run(args.events, args.users, args.days, [int(x) for x in args.runs.split(",")], Path(args.workdir).resolve(), pin=args.pin)
     print(json.dumps(result, indent=2))
-    path = Path("bench/results") / f"fanout-{args.events}.json"
+    path = Path("bench/results") / f"fanout-{args.events}{'-pinned' if args.pin else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return 0
