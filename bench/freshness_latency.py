@@ -1,9 +1,9 @@
 """Freshness latency: with the daemon running (sensors and automation on), drop one new landing file and
 measure the time until the segments reflect it, split into Dagster overhead and work.
 
-    python -m bench.freshness_latency [--events-per-file 20000] [--workdir bench/work/latency]
+    python -m bench.freshness_latency [--history-events 1000000] [--users 20000] [--events-per-file 20000] [--workdir bench/work/latency]
 
-1. A landing zone is generated and fully materialized once (the steady state).
+1. A landing zone (`--history-events` over 2 days) is generated and fully materialized once (the steady state).
 2. `dagster dev` (webserver + daemon) starts on the same Dagster home with
    PERSONALIZATION_FRESHNESS_SCALE small, so a settled pipeline is "stale" and reacts to new data at once.
 3. One new file (~20k events, the current hour) lands; the landing sensor, the declarative automation and
@@ -43,7 +43,7 @@ def _cli(env, *args):
     subprocess.run([sys.executable, "-m", "personalization_assets.cli", *args], cwd=ROOT, env=env, check=True, capture_output=True)
 
 
-def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
+def run(workdir: Path, events_per_file: int, history_events: int = 1_000_000, users: int = 20_000, timeout_s: float = 900) -> dict:
     if workdir.exists():
         shutil.rmtree(workdir)
     data, home, spare = workdir / "data", workdir / "home", workdir / "spare"
@@ -51,13 +51,13 @@ def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
     env = _env(data, home, "0.02")
     today = datetime.now(timezone.utc).date().isoformat()
     # the steady state: one day of data, fully materialized
-    _cli(env, "generate", "--users", "2000", "--events", "200000", "--seed", "5", "--days", "2", "--all-consent")
+    _cli(env, "generate", "--users", str(users), "--events", str(history_events), "--seed", "5", "--days", "2", "--all-consent")
     _cli(env, "materialize")
     # the file that will land: a generated hour whose events are in the past (so as_of = now includes them)
     spare_env = {**env, "PERSONALIZATION_DATA_DIR": str(spare)}
     # the same population (seed, users), one day further: its people and devices already consented in the
     # steady state, so the new file's events pass the consent filter (new devices consent in the file itself)
-    _cli(spare_env, "generate", "--users", "2000", "--events", str(events_per_file * 72), "--seed", "5", "--days", "3",
+    _cli(spare_env, "generate", "--users", str(users), "--events", str(events_per_file * 72), "--seed", "5", "--days", "3",
          "--end", today, "--all-consent")
     now = datetime.now(timezone.utc)
     hour = now - timedelta(hours=1)
@@ -111,7 +111,7 @@ def run(workdir: Path, events_per_file: int, timeout_s: float = 900) -> dict:
                            "end": round((stats.end_time or t0) - t0, 1), "step_seconds": round(step_time, 1)})
             if (stats.start_time or 0) <= done_at:
                 work += step_time
-        return {"latency_seconds": round(latency, 1), "work_seconds": round(work, 1), "dagster_overhead_seconds": round(latency - work, 1),
+        return {"history_events": history_events, "users": users, "latency_seconds": round(latency, 1), "work_seconds": round(work, 1), "dagster_overhead_seconds": round(latency - work, 1),
                 "events_in_file": len(payload.splitlines()), "runs": sorted(stages, key=lambda s: s["created"])}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -147,9 +147,11 @@ def _reflects(data: Path, ids: set[str]) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events-per-file", type=int, default=20_000)
+    p.add_argument("--history-events", type=int, default=1_000_000, help="events of the settled history (issue #12: 1M)")
+    p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--workdir", default=str(ROOT / "bench" / "work" / "latency"))
     a = p.parse_args(argv)
-    result = run(Path(a.workdir), a.events_per_file)
+    result = run(Path(a.workdir), a.events_per_file, a.history_events, a.users)
     out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%dT%H%M%SZ}-freshness-latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -75,7 +75,8 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "memory_gb": mem, "cpu": cpu, "platform": pyplatform.platform()}
 
 
-def run(events: int, users: int, days: int, workdir: Path, paths: list[str], seed: int = 7, gzip: bool = False) -> dict:
+def run(events: int, users: int, days: int, workdir: Path, paths: list[str], seed: int = 7, gzip: bool = False,
+        all_consent: bool = True) -> dict:
     end = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     data = workdir / "data"
     if workdir.exists():
@@ -85,7 +86,7 @@ def run(events: int, users: int, days: int, workdir: Path, paths: list[str], see
     env.update(PERSONALIZATION_DATA_DIR=str(data), PERSONALIZATION_EVENTS_START=(date.fromisoformat(end) - timedelta(days=days + 3)).isoformat())
     t = time.perf_counter()
     gen_cmd = [sys.executable, "-m", "personalization_assets.cli", "generate", "--users", str(users), "--events", str(events),
-               "--seed", str(seed), "--end", end, "--days", str(days), "--all-consent"] + ([] if gzip else ["--no-gzip"])
+               "--seed", str(seed), "--end", end, "--days", str(days)] + (["--all-consent"] if all_consent else []) + ([] if gzip else ["--no-gzip"])
     subprocess.run(gen_cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     generate_s = round(time.perf_counter() - t, 1)
     landing = data / "landing"
@@ -102,10 +103,16 @@ def run(events: int, users: int, days: int, workdir: Path, paths: list[str], see
     reference = next(iter(totals.values()))
     mismatches = {name: {k: (t[k], reference[k]) for k in COMPARED if t[k] != reference[k]} for name, t in totals.items()}
     mismatches = {k: v for k, v in mismatches.items() if v}
+    if not all_consent:
+        # the default landing plants privacy cases (denials, withdrawals, erasures): the platform keeps fewer events
+        # than the floor and the peer, which apply no consent; the totals are reported, not compared
+        mismatches = {}
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "events": events, "users": users, "days": days, "landing_bytes": landing_bytes, "gzip": gzip, "generate_seconds": generate_s,
-        "machine": machine(), "versions": versions(), "paths": results, "equal_work": not mismatches, "mismatches": mismatches,
+        "landing": "all-consent" if all_consent else "default (privacy cases and requests)",
+        "machine": machine(), "versions": versions(), "paths": results,
+        "equal_work": (not mismatches) if all_consent else None, "mismatches": mismatches,
     }
     if "platform" in results:
         p = results["platform"]["wall_seconds"]
@@ -139,14 +146,17 @@ def markdown(report: dict) -> str:
                  + ", ".join(step(k, v) for k, v in sorted(steps.items(), key=lambda kv: -kv[1]) if v >= 0.1)) if steps else ""
     lines = [
         f"**{report['events']:,} events**, {report['users']:,} users, {report['days']} days "
-        f"({report['landing_bytes'] / 1e6:,.0f} MB of {'gzipped ' if report.get('gzip') else ''}NDJSON) — {report['date']}, {report['machine']['cpus']} CPUs, "
+        f"({report['landing_bytes'] / 1e6:,.0f} MB of {'gzipped ' if report.get('gzip') else ''}NDJSON, {report.get('landing', 'all-consent')} landing) — "
+        f"{report['date']}, {report['machine']['cpus']} CPUs, "
         f"{report['machine']['memory_gb']} GB, {report['machine']['cpu']}; dagster {report['versions']['dagster']}, "
         f"duckdb {report['versions']['duckdb']}",
         "",
         *rows,
         "",
         f"platform/floor = **{ratios.get('platform_over_floor')}×**, peer/platform = **{ratios.get('peer_over_platform')}×**; "
-        f"equal work: **{report['equal_work']}** (sessions, RFM totals, affinity rows identical across paths).",
+        + (f"equal work: **{report['equal_work']}** (sessions, RFM totals, affinity rows identical across paths)."
+         if report["equal_work"] is not None else
+         "equal work: not compared (the default landing's privacy cases make the platform keep fewer events than the paths that apply no consent)."),
         *(["", step_line] if step_line else []),
     ]
     return "\n".join(lines)
@@ -171,16 +181,18 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=str(ROOT / "bench" / "work"))
     p.add_argument("--gzip", action="store_true", default=os.environ.get("BENCH_GZIP") == "1",
                    help="land .jsonl.gz (as CDP S3 destinations do) instead of plain .jsonl; needed for 100M on a 250 GB disk")
+    p.add_argument("--default-landing", action="store_true",
+                   help="the default generator's landing (privacy cases and requests) instead of --all-consent; paths are then not compared")
     p.add_argument("--no-docs", action="store_true")
     a = p.parse_args(argv)
     users = a.users or max(200, a.events // 30)
-    report = run(a.events, users, a.days, Path(a.workdir), a.paths.split(","), gzip=a.gzip)
+    report = run(a.events, users, a.days, Path(a.workdir), a.paths.split(","), gzip=a.gzip, all_consent=not a.default_landing)
     path = write_result(report)
     if not a.no_docs:
         update_docs(report)
     print(markdown(report))
     print(f"\nresult: {path}")
-    if not report["equal_work"]:
+    if report["equal_work"] is False:
         print(f"paths disagree: {report['mismatches']}", file=sys.stderr)
         return 1
     return 0

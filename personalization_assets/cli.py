@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--partitions", help="event hours START..END to rebuild (default: only what is stale: new or changed landing objects and what they touch)")
     m.add_argument("--full-refresh", action="store_true", help="rebuild every asset from the whole landing zone (forget the manifest of objects read)")
     m.add_argument("--verbose", action="store_true", help="stream the run's INFO logs (dbt output included)")
-    m.add_argument("--as-of", help="feature cutoff, ISO 8601 UTC (default: now); fixes the features for comparisons")
+    m.add_argument("--as-of", help="feature cutoff, ISO 8601 UTC (default: the end of the last complete landing hour, so a rerun over the same landing gives the same rows)")
     m.set_defaults(func=_cmd_materialize)
 
     c = sub.add_parser("collect", help="run the event collector (Segment/RudderStack HTTP API) and the preference center")

@@ -571,7 +571,7 @@ def evaluate_feature_tables(context: dg.AssetExecutionContext, lake, layer: str,
     metadata, results = {}, []
     for table, key in keys.items():
         stats = table_stats(lake, layer, table)
-        history = previous_stats(context.instance, key, cfg.history_runs, context.run_id)
+        history = previous_stats(context.instance, key, cfg.history_runs, context.run.run_id)
         metadata[table] = stats_metadata(stats)
         for r in evaluate_partition("", stats, history, cfg):
             if not r.passed:

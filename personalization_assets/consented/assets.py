@@ -239,10 +239,10 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             keys = pa.concat_tables(key_parts) if key_parts else pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())})
             if keys.num_rows and keys["hour"].null_count:
                 raise AssertionError("consented/events: a processed row's landing_hour is not the hour of its raw partition")
-            new_state = cstate.new_state(con, state, plan, keys, policy)
-        # the state is written after every hour it describes: a run killed before this point leaves the old
-        # state, whose fingerprints make the next run redo this run's hours
-        written = lake.write_table(cstate.LAYER, cstate.TABLE, new_state)
+            # the state is written after every hour it describes: a run killed before this point leaves the old
+            # state, whose fingerprints make the next run redo this run's hours. It is merged, under the state's
+            # lock, into the state as other runs left it meanwhile (concurrent backfill runs keep each other's hours)
+            new_state, written = cstate.commit(con, lake, state, plan, keys, policy)
         from personalization_assets.raw.assets import record_run_totals
 
         text_totals_md = text_metadata(text_totals)

@@ -199,6 +199,61 @@ def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None) -> str:
     return ("select distinct epoch_us(landing_hour) as hour_us, key from (" + " union all ".join(parts) + ") where key is not null")
 
 
+def state_lock(lake: LakeStorage):
+    """The state's writer lock (fcntl locally, an S3 lease in the lake): runs build their hours in parallel,
+    and commit their part of the state one at a time (`commit`)."""
+    from personalization_assets.core.hash_chain import TableWriterLock
+
+    return TableWriterLock(lake=lake, name=TABLE, schema=STATE_SCHEMA, table_layer=LAYER).exclusive()
+
+
+def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, fresh: pa.Table, p: Plan, policy) -> list[str]:
+    """Hours of the state as committed meanwhile by other runs (`fresh`) that this run must mark dirty, beyond
+    its own plan: the state's invariant is that a clean hour was built with the signatures the state stores.
+
+    * an hour of this run's `dirty` list stays dirty only if no other run rebuilt it since this run's snapshot;
+    * an hour another run built (clean in `fresh`) holding a key whose stored signature differs from this
+      run's `__sig_new` was built with other privacy inputs than the ones this commit stores: dirty;
+    * every clean hour, if the state was committed under another column policy meanwhile.
+    Sequentially (`fresh` is the snapshot) this is exactly the plan's `dirty` list."""
+    replaced = set(p.build) | set(p.delete) | set(p.retire)
+    con.register("__snap", snapshot)
+    con.register("__fresh", fresh)
+    try:
+        rebuilt = {h for (h,) in con.execute(
+            """select f.hour from __fresh f left join __snap s on s.record = 'hour' and s.hour = f.hour
+               where f.record = 'hour' and (s.hour is null or s.raw_size is distinct from f.raw_size
+                                            or s.raw_version is distinct from f.raw_version)""").fetchall()}
+        meta = [d for (d,) in con.execute("select digest from __fresh where record = 'meta'").fetchall()]
+        if meta and meta != [policy_fingerprint(policy)]:
+            other = {h for (h,) in con.execute(f"select hour from __fresh where record = 'hour' and raw_size <> {DIRTY}").fetchall()}
+        else:
+            other = {h for (h,) in con.execute(
+                f"""with changed as (select o.key from __fresh o left join __sig_new n on n.key = o.key
+                                     where o.record = 'sig' and (n.key is null or n.resolved_subject is distinct from o.resolved_subject
+                                                                 or n.digest is distinct from o.digest)
+                                     union select n.key from __sig_new n anti join (select key from __fresh where record = 'sig') o using (key))
+                    select distinct k.hour from __fresh k semi join changed c on k.key = c.key
+                    where k.record = 'key' and k.hour in (select hour from __fresh where record = 'hour' and raw_size <> {DIRTY})"""
+            ).fetchall()}
+    finally:
+        con.unregister("__snap")
+        con.unregister("__fresh")
+    return sorted(((set(p.dirty) - rebuilt) | (other & set(p.raw))) - replaced)
+
+
+def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table, p: Plan, keys: pa.Table, policy):
+    """Write this run's part of the state under the state lock, on top of the state as it is NOW (another run
+    may have committed since `snapshot` was read: two backfill runs of disjoint ranges both keep their hours).
+    Returns (new state, write result)."""
+    with state_lock(lake):
+        fresh = load_state(lake)
+        dirty = concurrently_dirty(con, snapshot, fresh, p, policy)
+        merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons)
+        out = new_state(con, fresh, merged, keys, policy)
+        return out, lake.write_table(LAYER, TABLE, out)
+
+
 def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table, p: Plan, keys: pa.Table, policy) -> pa.Table:
     """The state after this run: hours built get their fingerprint and index rows; deleted/retired hours
     leave; dirty hours are marked; signatures become the current ones (`__sig_new`)."""

@@ -90,7 +90,7 @@ _SINK_STATE = threading.local()
 
 def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader) -> AccessAuditor:
     """The auditor of one step: `reader` is the reading asset's key."""
-    return AccessAuditor(lake=lake, policy=get_policy(), reader=reader.to_user_string(), run_id=context.run_id, lock_dir=lock_dir(platform))
+    return AccessAuditor(lake=lake, policy=get_policy(), reader=reader.to_user_string(), run_id=context.run.run_id, lock_dir=lock_dir(platform))
 
 
 def reader_of(context) -> str:

@@ -119,10 +119,10 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
         # `verified` means: every partition of every target (quarantines and temp files included) holds none of the
         # subjects — read this run, or verified clean by an earlier run against every other identifier and unchanged since
         rows = [{"request_ids": ",".join(requests), "asset": name, "action": action, "rows_removed": int(removed[name]),
-                 "residual_rows": int(residual[name]), "verified": ok, "erased_at": now, "run_id": context.run_id}
+                 "residual_rows": int(residual[name]), "verified": ok, "erased_at": now, "run_id": context.run.run_id}
                 for name, action in [(t.asset, t.handler["kind"]) for t in targets] + [(TEMP_FILES, "temp_files")]]
         rows += [{"request_ids": ",".join(requests), "asset": name, "action": "retained_as_evidence", "rows_removed": 0,
-                  "residual_rows": 0, "verified": ok, "erased_at": now, "run_id": context.run_id} for name in retained]
+                  "residual_rows": 0, "verified": ok, "erased_at": now, "run_id": context.run.run_id} for name in retained]
         appended, head = log.append(rows)
         # recorded only after the log: a run that dies before this line is followed by one that verifies again
         state_rows = es.write_state(lake, verified, subjects.pseudonyms, settings)
@@ -180,7 +180,7 @@ def retention_log(context: dg.AssetExecutionContext, lake: LakeStorage, platform
                     n = lake.parquet_metadata(layer, table, part).num_rows if lake.exists(layer, table, part) else 0  # footer only
                     lake.delete_partition(layer, table, part)
                     rows.append({"tier": tier, "table": f"{layer}/{table}", "partition": f"{part['date']}-{part.get('hour', '00')}:00",
-                                 "rows_removed": n, "retention_days": days, "cutoff": cutoff, "run_id": context.run_id, "removed_at": now})
+                                 "rows_removed": n, "retention_days": days, "cutoff": cutoff, "run_id": context.run.run_id, "removed_at": now})
     appended, head = log.append(rows)
     return dg.MaterializeResult(metadata={"partitions_removed": appended, "rows_written": appended,
                                           "rows_removed": sum(r["rows_removed"] for r in rows), "head_hash": head})
@@ -253,7 +253,7 @@ def key_rotation_log(context: dg.AssetExecutionContext, lake: LakeStorage, pseud
                 if n:
                     lake.write_table(layer, table, new, partition=part or None)
                     rows.append({"layer": layer, "table": table, "partition": "/".join(f"{k}={v}" for k, v in (part or {}).items()),
-                                 "values_rekeyed": n, "to_version": target, "run_id": context.run_id, "rotated_at": now})
+                                 "values_rekeyed": n, "to_version": target, "run_id": context.run.run_id, "rotated_at": now})
     appended, head = _log(lake, platform, "key_rotation_log", ROTATION_SCHEMA).append(rows)
     return dg.MaterializeResult(metadata={"to_version": target, "tables_rekeyed": appended, "rows_written": appended,
                                           "values_rekeyed": sum(r["values_rekeyed"] for r in rows), "head_hash": head})
