@@ -8,7 +8,8 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
+from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.checks import anomalies
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.core.asset_keys import (

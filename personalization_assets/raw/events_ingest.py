@@ -40,22 +40,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.raw import json_extract
-from personalization_assets.core.tracking_plan import RawEvent
+from personalization_assets.core.schemas import arrow_schema
+from personalization_assets.core.tracking_plan import Quarantine, RawEvent
 
 BOM = b"\xef\xbb\xbf"
 MAX_QUARANTINE_BYTES = 1 << 20  # a whole unreadable file is kept up to 1 MiB; the landing file itself stays
 
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("source_file", pa.string()),
-        ("line_no", pa.int64()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("original_text", pa.string()),
-        ("original_bytes", pa.binary()),
-    ]
-)
+QUARANTINE_SCHEMA = arrow_schema(Quarantine)  # generated from the pandera model (core/schemas.py)
 
 
 @dataclass

@@ -469,6 +469,6 @@ def _empty_raw(old_raw, new_raw) -> pa.Table:
     for t in (new_raw, old_raw):
         if t is not None and t.num_columns:
             return t.slice(0, 0)
-    from personalization_assets.checks.pandera_checks import arrow_schema
+    from personalization_assets.core.schemas import arrow_schema
 
     return arrow_schema(RawEvent).empty_table()
