@@ -111,30 +111,3 @@ def evaluate_model(
         metadata=metadata,
         severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
     )
-
-
-def arrow_schema(model: type[pda.DataFrameModel], overrides: dict[str, pa.DataType] | None = None) -> pa.Schema:
-    """Arrow schema of a pandera model (for empty tables and casts); object columns need overrides."""
-    overrides = overrides or {}
-    fields = []
-    for name, col in model.to_schema().columns.items():
-        if name in overrides:
-            fields.append(pa.field(name, overrides[name]))
-            continue
-        d = str(col.dtype).lower()
-        if "datetime" in d:
-            t = pa.timestamp("us", tz="UTC")
-        elif d == "date":
-            t = pa.date32()
-        elif "float" in d:
-            t = pa.float64()
-        elif "int" in d:
-            t = pa.int64()
-        elif "bool" in d:
-            t = pa.bool_()
-        elif d in ("str", "string", "object"):
-            t = pa.string()
-        else:
-            raise ValueError(f"{model.__name__}.{name}: no Arrow type for {d}; pass an override")
-        fields.append(pa.field(name, t))
-    return pa.schema(fields)

@@ -12,7 +12,8 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from personalization_assets.checks import anomalies
-from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
+from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.consented import state as cstate
 from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, _required_output, consent_events
 from personalization_assets.core.as_of import resolve_as_of

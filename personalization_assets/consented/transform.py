@@ -10,14 +10,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from personalization_assets.checks.pandera_checks import arrow_schema
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.privacy.consent import ASOF_PURPOSES_SQL
 from personalization_assets.privacy.models import ConsentedEvent
 from personalization_assets.core.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 from personalization_assets.core.pseudonymize import Pseudonymizer
 from personalization_assets.privacy.transforms import apply_column_policies, empty_text_stats, output_column, protect_text_columns
 
-CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent, {"purposes": pa.list_(pa.string())})
+CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent)
 
 
 class PolicyContractError(ValueError):

@@ -11,9 +11,20 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from personalization_assets.core.paths import PROJECT_ROOT
 
@@ -151,6 +162,392 @@ class PrivacyPolicy:
         return {c.column for cols in self.columns.values() for c in cols.values() if c.classification == "direct_identifier"}
 
 
+# ------------------------------------------------------------------------------------------------ file models
+# One pydantic model per policy file: the structure (which keys, which types, nested mappings) is declared on
+# the models; the rules that need another file (jurisdiction purposes vs purposes.yaml, columns vs the raw
+# models) read it from the validation context. A validation error becomes a PolicyError worded as before:
+# `<file>: <key path>: <problem>` (see `_policy_error`). The loader then builds the frozen dataclasses above,
+# which are what the rest of the code uses.
+
+
+def _fail(msg: str, at: str = "") -> PydanticCustomError:
+    """A policy problem with our own wording; `at` extends the key path of the value being validated."""
+    return PydanticCustomError("policy", "{msg}", {"msg": msg, "where_suffix": at})
+
+
+def _typed(*types: type) -> BeforeValidator:
+    """isinstance check with today's wording: `must be a int or float, got str '4'.`"""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise _fail(f"must be a {names}, got {type(value).__name__} {value!r}.")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _one_of(allowed: tuple[str, ...], *, optional: bool = False) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if value not in allowed and not (optional and value is None):
+            raise _fail(f"{value!r} is not one of {', '.join(allowed)}.")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _flag(with_value: bool) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise _fail(f"must be true or false, got {value!r}." if with_value else "must be true or false.")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _mapping(message: str | None = None, *, none_is_empty: bool = False) -> BeforeValidator:
+    """A value that must be a mapping; `message` replaces the default `must be a dict, got ...` wording."""
+
+    def check(value: Any) -> Any:
+        if value is None and none_is_empty:
+            return {}
+        if not isinstance(value, dict):
+            raise _fail(message or f"must be a dict, got {type(value).__name__} {value!r}.")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _none_is(default: Any) -> BeforeValidator:
+    return BeforeValidator(lambda v: default if v is None else v)
+
+
+class _File(BaseModel):
+    """Unknown keys (descriptions, owners, comments) are ignored, as the hand parser did."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class PolicyFile(_File):
+    """policy.yaml"""
+
+    version: Annotated[str | int | float, _typed(str, int, float)]
+
+
+class PurposeSpec(_File):
+    categories: Annotated[list, _typed(list)]
+    gpc_denies: Annotated[bool, _flag(False)] = False
+    privacy_request_types: Annotated[
+        dict[str, Annotated[str, _one_of(DECISIONS)]],
+        _mapping("must be a mapping request type -> granted|denied.", none_is_empty=True),
+    ] = Field(default_factory=dict)
+
+    @field_validator("categories")
+    @classmethod
+    def _category_names(cls, cats: list) -> list:
+        if not cats or not all(isinstance(c, str) and c for c in cats):
+            raise _fail("must be a non-empty list of category names.")
+        return cats
+
+
+class PurposesFile(_File):
+    """purposes.yaml: purpose -> consent categories that grant it (+ GPC / privacy request handling)."""
+
+    purposes: Annotated[dict[str, PurposeSpec], _typed(dict)]
+
+    @model_validator(mode="after")
+    def _required(self) -> PurposesFile:
+        for p in REQUIRED_PURPOSES:
+            if p not in self.purposes:
+                raise _fail(f"missing (required purposes: {', '.join(REQUIRED_PURPOSES)}).", f"purposes.{p}")
+        return self
+
+
+class PurposeRuleSpec(_File):
+    basis: Annotated[str, _one_of(BASES)] = Field(None, validate_default=True)
+    no_record: Annotated[str, _one_of(NO_RECORD)] = Field(None, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _is_dict(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _fail(f"must be a dict, got {type(value).__name__} {value!r}.")
+        return value
+
+
+class MatchSpec(_File):
+    countries: Annotated[list, _none_is([])] = Field(default_factory=list)
+    regions: Annotated[list, _none_is([])] = Field(default_factory=list)
+
+
+class JurisdictionSpec(_File):
+    regulation: Any = ""
+    match: Annotated[MatchSpec, _mapping("must be a mapping with countries/regions lists.", none_is_empty=True)] = Field(
+        default_factory=MatchSpec
+    )
+    purposes: Annotated[dict[str, PurposeRuleSpec], _typed(dict)]
+
+    @field_validator("purposes")
+    @classmethod
+    def _declared_purposes(cls, rules: dict[str, PurposeRuleSpec], info: ValidationInfo) -> dict[str, PurposeRuleSpec]:
+        declared = (info.context or {}).get("purposes", REQUIRED_PURPOSES)
+        for p in declared:
+            if p not in rules:
+                raise _fail("missing.", p)
+            if p == "personalization" and rules[p].no_record != "deny":
+                raise _fail(
+                    "must be deny — the platform is fail-closed for personalization (no consent record = no processing).",
+                    f"{p}.no_record",
+                )
+        for p in rules:
+            if p not in declared:
+                raise _fail("unknown purpose (declare it in purposes.yaml).", p)
+        return rules
+
+
+class JurisdictionsFile(_File):
+    """jurisdictions.yaml: legal basis and no-record default per jurisdiction and purpose (context: purposes)."""
+
+    jurisdictions: Annotated[dict[str, JurisdictionSpec], _typed(dict)]
+
+    @model_validator(mode="after")
+    def _default_and_unknown(self) -> JurisdictionsFile:
+        if DEFAULT_JURISDICTION not in self.jurisdictions:
+            raise _fail("missing (it applies when no other jurisdiction matches).", f"jurisdictions.{DEFAULT_JURISDICTION}")
+        if UNKNOWN_JURISDICTION not in self.jurisdictions:
+            raise _fail(
+                "missing (it applies to a subject with no event location and no CRM country). Add "
+                f"`{UNKNOWN_JURISDICTION}:` with `match: {{}}` and `no_record: deny` for every purpose (fail-closed); "
+                "loosen a purpose there only explicitly.",
+                f"jurisdictions.{UNKNOWN_JURISDICTION}",
+            )
+        for name in (DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION):
+            match = self.jurisdictions[name].match
+            if match.countries or match.regions:
+                raise _fail(
+                    f"must be empty ({name} applies when no listed jurisdiction "
+                    f"{'matches' if name == DEFAULT_JURISDICTION else 'can be determined'}; list countries/regions under "
+                    "a named jurisdiction).",
+                    f"jurisdictions.{name}.match",
+                )
+        return self
+
+
+class ColumnSpec(_File):
+    class_: Annotated[str, _one_of(CLASSES)] = Field(None, alias="class", validate_default=True)
+    action: Annotated[str, _one_of(ACTIONS)] = Field(None, validate_default=True)
+    normalize: str | None = None
+    output: Any = None
+    detect_pii: Annotated[bool, _flag(True)] = False
+    neutralize_formulas: Annotated[bool, _flag(True)] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        # `class` present (as None) so that a missing class is reported under its YAML name, not `class_`
+        return {"class": None, **value} if isinstance(value, dict) else {} if value is None else value
+
+    @model_validator(mode="after")
+    def _action_rules(self) -> ColumnSpec:
+        if self.action == "pseudonymize" and self.normalize not in NORMALIZERS:
+            raise _fail(f"{self.normalize!r} is not one of {', '.join(NORMALIZERS)}.", "normalize")
+        if self.class_ == "direct_identifier" and self.action not in ("drop", "pseudonymize"):
+            raise _fail(f"a direct identifier must be dropped or pseudonymized, not {self.action!r}.", "action")
+        for flag in ("detect_pii", "neutralize_formulas"):
+            if getattr(self, flag) and self.action not in TEXT_ACTIONS:
+                raise _fail(
+                    f"only applies to a column that is kept as text (action {' or '.join(TEXT_ACTIONS)}), not to action "
+                    f"{self.action!r}.",
+                    flag,
+                )
+        return self
+
+
+class ClassificationFile(_File):
+    """classification.yaml: class and action of every raw column (context: raw_models, the pandera raw models)."""
+
+    sources: Annotated[
+        dict[str, Annotated[dict[str, ColumnSpec], _mapping("must map column -> {class, action}.")]], _typed(dict)
+    ]
+
+    @model_validator(mode="after")
+    def _matches_raw_models(self, info: ValidationInfo) -> ClassificationFile:
+        for source, model in ((info.context or {}).get("raw_models") or {}).items():
+            schema_cols = model.to_schema().columns
+            listed = self.sources.get(source, {})
+            missing, extra = sorted(set(schema_cols) - set(listed)), sorted(set(listed) - set(schema_cols))
+            if missing:
+                raise _fail(
+                    f"column(s) {', '.join(missing)} of the raw table are not classified (every raw column needs a class "
+                    "and an action, so a new field cannot leak by omission).",
+                    f"sources.{source}",
+                )
+            if extra:
+                raise _fail(f"column(s) {', '.join(extra)} do not exist in the raw table.", f"sources.{source}")
+            for col, spec in listed.items():
+                if (spec.detect_pii or spec.neutralize_formulas) and "str" not in str(schema_cols[col].dtype).lower():
+                    flag = "detect_pii" if spec.detect_pii else "neutralize_formulas"
+                    raise _fail(
+                        f"the raw column is {schema_cols[col].dtype}, not text; remove the flag.", f"sources.{source}.{col}.{flag}"
+                    )
+        return self
+
+
+class RetentionTierSpec(_File):
+    days: Annotated[int, _typed(int)]
+    bucket: Annotated[str, _one_of(("landing", "lake", "ledger"))] = Field(None, validate_default=True)
+    prefix: Any = ""
+    object_lock: Annotated[str | None, _one_of(OBJECT_LOCK_MODES, optional=True)] = None
+
+    @field_validator("days")
+    @classmethod
+    def _positive(cls, days: int) -> int:
+        if days < 1:
+            raise _fail(f"must be >= 1, got {days}.")
+        return days
+
+    @model_validator(mode="after")
+    def _lock_only_on_ledger(self) -> RetentionTierSpec:
+        if (self.object_lock is not None) != (self.bucket == "ledger"):
+            raise _fail(
+                "only a tier of the `ledger` bucket (the Object Lock bucket) can be locked."
+                if self.object_lock
+                else "a tier of the `ledger` bucket must set object_lock (COMPLIANCE or GOVERNANCE).",
+                "object_lock",
+            )
+        return self
+
+
+class RetentionFile(_File):
+    """retention.yaml: days per storage tier; the ledger tier is the Object Lock bucket."""
+
+    tiers: Annotated[dict[str, RetentionTierSpec], _typed(dict)]
+
+    @model_validator(mode="after")
+    def _tiers(self) -> RetentionFile:
+        if sum(t.bucket == "ledger" for t in self.tiers.values()) > 1:
+            raise _fail(
+                "at most one tier may live in the `ledger` bucket (its Object Lock default retention is bucket-wide).", "tiers"
+            )
+        for tier in ("raw", "consented", "features"):
+            if tier not in self.tiers:
+                raise _fail("missing.", f"tiers.{tier}")
+        return self
+
+
+def _hours(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise _fail(
+            "must be a number of hours >= 0 (e.g. 167 = at most one release of each export per 6 days 23 hours), "
+            f"got {value!r}."
+        )
+    return value
+
+
+class BudgetSpec(_File):
+    total_epsilon: Annotated[float, _typed(int, float)]
+    period: Annotated[str, _one_of(("month", "day", "year"))] = Field(None, validate_default=True)
+    min_release_interval_hours: Annotated[float, BeforeValidator(_hours)] = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _is_dict(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _fail(f"must be a dict, got {type(value).__name__} {value!r}.")
+        return value
+
+    @field_validator("total_epsilon")
+    @classmethod
+    def _positive(cls, total: float) -> float:
+        if total <= 0:
+            raise _fail("must be > 0.")
+        return total
+
+
+def _group_names(keys: Any) -> Any:
+    keys = keys or []
+    if not isinstance(keys, list) or not all(isinstance(x, str) for x in keys):
+        raise _fail("must be a list of public group names.")
+    return keys
+
+
+class ReleaseSpec(_File):
+    epsilon: Annotated[float, _typed(int, float)]
+    max_contributions: Annotated[int, _typed(int)]
+    keys: Annotated[list[str], BeforeValidator(_group_names)] = Field(default_factory=list)
+
+    @field_validator("max_contributions")
+    @classmethod
+    def _at_least_one(cls, k: int) -> int:
+        if k < 1:
+            raise _fail("must be >= 1.")
+        return k
+
+
+class DifferentialPrivacyFile(_File):
+    """differential_privacy.yaml: the epsilon budget per period and each release's share of it."""
+
+    budget: BudgetSpec
+    releases: Annotated[dict[str, ReleaseSpec], _typed(dict)]
+
+    @model_validator(mode="after")
+    def _within_budget(self) -> DifferentialPrivacyFile:
+        total = self.budget.total_epsilon
+        for name, release in self.releases.items():
+            if release.epsilon <= 0 or release.epsilon > total:
+                raise _fail(f"must be in (0, total_epsilon={total}], got {release.epsilon}.", f"releases.{name}.epsilon")
+        return self
+
+
+class AssetPurposesFile(_File):
+    """asset_purposes.yaml: the purpose of every sensitive read (context: purposes)."""
+
+    compliance_purposes: Annotated[list, _typed(list)]
+    assets: Annotated[dict[str, Any], _typed(dict)]
+    erasure_exempt: Annotated[list, _none_is([])] = Field(default_factory=list)
+    sensitive_assets: Annotated[list, _none_is([])] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _purposes_and_audit(self, info: ValidationInfo) -> AssetPurposesFile:
+        allowed = tuple(sorted(set((info.context or {}).get("purposes", REQUIRED_PURPOSES)) | set(self.compliance_purposes)))
+        for asset, purpose in self.assets.items():
+            if purpose not in allowed:
+                raise _fail(f"{purpose!r} is not one of {', '.join(allowed)}.", f"assets.{asset}")
+        if not self.sensitive_assets:
+            raise _fail("missing or empty (at least raw/* must be audited).", "sensitive_assets")
+        return self
+
+
+FILE_MODELS: dict[str, type[_File]] = {
+    "policy.yaml": PolicyFile,
+    "purposes.yaml": PurposesFile,
+    "jurisdictions.yaml": JurisdictionsFile,
+    "classification.yaml": ClassificationFile,
+    "retention.yaml": RetentionFile,
+    "differential_privacy.yaml": DifferentialPrivacyFile,
+    "asset_purposes.yaml": AssetPurposesFile,
+}
+
+
+def _policy_error(label: str, exc: ValidationError) -> PolicyError:
+    """The first problem of the file, worded `<file>: <key path>: <problem>` (the hand parser's wording)."""
+    err = exc.errors(include_url=False)[0]
+    ctx = err.get("ctx") or {}
+    where = ".".join([str(part) for part in err["loc"]] + ([ctx["where_suffix"]] if ctx.get("where_suffix") else []))
+    value = err.get("input")
+    if err["type"] == "policy":
+        problem = ctx["msg"]
+    elif err["type"] == "missing":
+        problem = "missing."
+    elif err["type"] in ("model_type", "model_attributes_type"):
+        problem = "must be a mapping."
+    elif err["type"] in ("list_type", "dict_type"):
+        problem = f"must be a {err['type'][:-5]}, got {type(value).__name__} {value!r}."
+    else:  # a pydantic check without our own wording: keep pydantic's
+        problem = f"{err['msg']}, got {value!r}."
+    return PolicyError(f"{label}: {where}: {problem}" if where else f"{label}: {problem}")
+
+
 class _Reader:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -168,203 +565,50 @@ class _Reader:
             raise PolicyError(f"{label}: top level must be a mapping.")
         return label, data
 
-
-def _need(label: str, path: str, mapping: Any, key: str, typ: type | tuple = object) -> Any:
-    if not isinstance(mapping, dict):
-        raise PolicyError(f"{label}: {path}: must be a mapping.")
-    if key not in mapping:
-        raise PolicyError(f"{label}: {path}.{key}: missing." if path else f"{label}: {key}: missing.")
-    value = mapping[key]
-    if typ is not object and not isinstance(value, typ):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        where = f"{path}.{key}" if path else key
-        raise PolicyError(f"{label}: {where}: must be a {names}, got {type(value).__name__} {value!r}.")
-    return value
-
-
-def _one_of(label: str, where: str, value: Any, allowed: tuple) -> Any:
-    if value not in allowed:
-        raise PolicyError(f"{label}: {where}: {value!r} is not one of {', '.join(allowed)}.")
-    return value
+    def parse(self, name: str, context: dict | None = None) -> Any:
+        label, data = self.load(name)
+        try:
+            return FILE_MODELS[name].model_validate(data, context=context or {})
+        except ValidationError as exc:
+            raise _policy_error(label, exc) from None
 
 
 def load_policy(directory: Path | str | None = None, raw_models: dict | None = None) -> PrivacyPolicy:
     directory = Path(directory) if directory else policy_dir()
     r = _Reader(directory)
 
-    label, data = r.load("policy.yaml")
-    version = str(_need(label, "", data, "version", (str, int, float)))
-
-    label, data = r.load("purposes.yaml")
-    purposes: dict[str, Purpose] = {}
-    for name, spec in _need(label, "", data, "purposes", dict).items():
-        where = f"purposes.{name}"
-        cats = _need(label, where, spec, "categories", list)
-        if not cats or not all(isinstance(c, str) and c for c in cats):
-            raise PolicyError(f"{label}: {where}.categories: must be a non-empty list of category names.")
-        prt = spec.get("privacy_request_types", {}) or {}
-        if not isinstance(prt, dict):
-            raise PolicyError(f"{label}: {where}.privacy_request_types: must be a mapping request type -> granted|denied.")
-        for t, d in prt.items():
-            _one_of(label, f"{where}.privacy_request_types.{t}", d, DECISIONS)
-        gpc = spec.get("gpc_denies", False)
-        if not isinstance(gpc, bool):
-            raise PolicyError(f"{label}: {where}.gpc_denies: must be true or false.")
-        purposes[name] = Purpose(name, tuple(c.lower() for c in cats), gpc, dict(prt))
-    for p in REQUIRED_PURPOSES:
-        if p not in purposes:
-            raise PolicyError(f"{label}: purposes.{p}: missing (required purposes: {', '.join(REQUIRED_PURPOSES)}).")
-
-    label, data = r.load("jurisdictions.yaml")
-    jurisdictions: dict[str, Jurisdiction] = {}
-    for name, spec in _need(label, "", data, "jurisdictions", dict).items():
-        where = f"jurisdictions.{name}"
-        match = spec.get("match", {}) or {}
-        if not isinstance(match, dict):
-            raise PolicyError(f"{label}: {where}.match: must be a mapping with countries/regions lists.")
-        rules = {}
-        pspec = _need(label, where, spec, "purposes", dict)
-        for p in purposes:
-            rule = _need(label, f"{where}.purposes", pspec, p, dict)
-            basis = _one_of(label, f"{where}.purposes.{p}.basis", rule.get("basis"), BASES)
-            no_record = _one_of(label, f"{where}.purposes.{p}.no_record", rule.get("no_record"), NO_RECORD)
-            if p == "personalization" and no_record != "deny":
-                raise PolicyError(
-                    f"{label}: {where}.purposes.personalization.no_record: must be deny — the platform is fail-closed "
-                    "for personalization (no consent record = no processing)."
-                )
-            rules[p] = PurposeRule(basis, no_record)
-        for p in pspec:
-            if p not in purposes:
-                raise PolicyError(f"{label}: {where}.purposes.{p}: unknown purpose (declare it in purposes.yaml).")
-        jurisdictions[name] = Jurisdiction(
+    version = str(r.parse("policy.yaml").version)
+    purposes_file: PurposesFile = r.parse("purposes.yaml")
+    purposes = {
+        name: Purpose(name, tuple(c.lower() for c in spec.categories), spec.gpc_denies, dict(spec.privacy_request_types))
+        for name, spec in purposes_file.purposes.items()
+    }
+    jurisdictions_file: JurisdictionsFile = r.parse("jurisdictions.yaml", {"purposes": tuple(purposes)})
+    jurisdictions = {
+        name: Jurisdiction(
             name=name,
-            regulation=str(spec.get("regulation", "")),
-            countries=frozenset(str(c).upper() for c in match.get("countries", []) or []),
-            regions=frozenset(str(c).upper() for c in match.get("regions", []) or []),
-            rules=rules,
+            regulation=str(spec.regulation),
+            countries=frozenset(str(c).upper() for c in spec.match.countries),
+            regions=frozenset(str(c).upper() for c in spec.match.regions),
+            rules={p: PurposeRule(spec.purposes[p].basis, spec.purposes[p].no_record) for p in purposes},
         )
-    if DEFAULT_JURISDICTION not in jurisdictions:
-        raise PolicyError(f"{label}: jurisdictions.default: missing (it applies when no other jurisdiction matches).")
-    if UNKNOWN_JURISDICTION not in jurisdictions:
-        raise PolicyError(
-            f"{label}: jurisdictions.{UNKNOWN_JURISDICTION}: missing (it applies to a subject with no event location and "
-            f"no CRM country). Add `{UNKNOWN_JURISDICTION}:` with `match: {{}}` and `no_record: deny` for every purpose "
-            "(fail-closed); loosen a purpose there only explicitly."
-        )
-    for name in (DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION):
-        if jurisdictions[name].countries or jurisdictions[name].regions:
-            raise PolicyError(
-                f"{label}: jurisdictions.{name}.match: must be empty ({name} applies when no listed jurisdiction "
-                f"{'matches' if name == DEFAULT_JURISDICTION else 'can be determined'}; list countries/regions under a named jurisdiction)."
-            )
-
-    label, data = r.load("classification.yaml")
-    columns: dict[str, dict[str, ColumnPolicy]] = {}
-    for source, cols in _need(label, "", data, "sources", dict).items():
-        columns[source] = {}
-        if not isinstance(cols, dict):
-            raise PolicyError(f"{label}: sources.{source}: must map column -> {{class, action}}.")
-        for col, spec in cols.items():
-            where = f"sources.{source}.{col}"
-            cls = _one_of(label, f"{where}.class", (spec or {}).get("class"), CLASSES)
-            action = _one_of(label, f"{where}.action", spec.get("action"), ACTIONS)
-            normalize = spec.get("normalize")
-            if action == "pseudonymize":
-                _one_of(label, f"{where}.normalize", normalize, NORMALIZERS)
-            if cls == "direct_identifier" and action not in ("drop", "pseudonymize"):
-                raise PolicyError(f"{label}: {where}.action: a direct identifier must be dropped or pseudonymized, not {action!r}.")
-            flags = {}
-            for flag in ("detect_pii", "neutralize_formulas"):
-                value = spec.get(flag, False)
-                if not isinstance(value, bool):
-                    raise PolicyError(f"{label}: {where}.{flag}: must be true or false, got {value!r}.")
-                if value and action not in TEXT_ACTIONS:
-                    raise PolicyError(
-                        f"{label}: {where}.{flag}: only applies to a column that is kept as text "
-                        f"(action {' or '.join(TEXT_ACTIONS)}), not to action {action!r}."
-                    )
-                flags[flag] = value
-            columns[source][col] = ColumnPolicy(col, cls, action, normalize, str(spec.get("output") or col), **flags)
-    if raw_models:
-        for source, model in raw_models.items():
-            declared = set(model.to_schema().columns)
-            listed = set(columns.get(source, {}))
-            missing = sorted(declared - listed)
-            extra = sorted(listed - declared)
-            if missing:
-                raise PolicyError(
-                    f"{label}: sources.{source}: column(s) {', '.join(missing)} of the raw table are not classified "
-                    "(every raw column needs a class and an action, so a new field cannot leak by omission)."
-                )
-            if extra:
-                raise PolicyError(f"{label}: sources.{source}: column(s) {', '.join(extra)} do not exist in the raw table.")
-            schema_cols = model.to_schema().columns
-            for col, cp in columns.get(source, {}).items():
-                if (cp.detect_pii or cp.neutralize_formulas) and "str" not in str(schema_cols[col].dtype).lower():
-                    flag = "detect_pii" if cp.detect_pii else "neutralize_formulas"
-                    raise PolicyError(
-                        f"{label}: sources.{source}.{col}.{flag}: the raw column is {schema_cols[col].dtype}, not text; "
-                        "remove the flag."
-                    )
-
-    label, data = r.load("retention.yaml")
-    retention = {}
-    for name, spec in _need(label, "", data, "tiers", dict).items():
-        days = _need(label, f"tiers.{name}", spec, "days", int)
-        if days < 1:
-            raise PolicyError(f"{label}: tiers.{name}.days: must be >= 1, got {days}.")
-        bucket = _one_of(label, f"tiers.{name}.bucket", spec.get("bucket"), ("landing", "lake", "ledger"))
-        lock = spec.get("object_lock")
-        if lock is not None:
-            lock = _one_of(label, f"tiers.{name}.object_lock", lock, OBJECT_LOCK_MODES)
-        if (lock is not None) != (bucket == "ledger"):
-            raise PolicyError(
-                f"{label}: tiers.{name}.object_lock: "
-                + ("only a tier of the `ledger` bucket (the Object Lock bucket) can be locked."
-                   if lock else "a tier of the `ledger` bucket must set object_lock (COMPLIANCE or GOVERNANCE).")
-            )
-        retention[name] = RetentionTier(name, str(spec.get("prefix", "")), bucket, days, lock)
-    if sum(t.bucket == "ledger" for t in retention.values()) > 1:
-        raise PolicyError(f"{label}: tiers: at most one tier may live in the `ledger` bucket (its Object Lock default "
-                          "retention is bucket-wide).")
-    for tier in ("raw", "consented", "features"):
-        if tier not in retention:
-            raise PolicyError(f"{label}: tiers.{tier}: missing.")
-
-    label, data = r.load("differential_privacy.yaml")
-    budget = _need(label, "", data, "budget", dict)
-    total = float(_need(label, "budget", budget, "total_epsilon", (int, float)))
-    if total <= 0:
-        raise PolicyError(f"{label}: budget.total_epsilon: must be > 0.")
-    period = _one_of(label, "budget.period", budget.get("period"), ("month", "day", "year"))
-    interval = budget.get("min_release_interval_hours", 0)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
-        raise PolicyError(f"{label}: budget.min_release_interval_hours: must be a number of hours >= 0 "
-                          f"(e.g. 167 = at most one release of each export per 6 days 23 hours), got {interval!r}.")
-    releases = {}
-    for name, spec in _need(label, "", data, "releases", dict).items():
-        eps = float(_need(label, f"releases.{name}", spec, "epsilon", (int, float)))
-        k = _need(label, f"releases.{name}", spec, "max_contributions", int)
-        if eps <= 0 or eps > total:
-            raise PolicyError(f"{label}: releases.{name}.epsilon: must be in (0, total_epsilon={total}], got {eps}.")
-        if k < 1:
-            raise PolicyError(f"{label}: releases.{name}.max_contributions: must be >= 1.")
-        keys = spec.get("keys", []) or []
-        if not isinstance(keys, list) or not all(isinstance(x, str) for x in keys):
-            raise PolicyError(f"{label}: releases.{name}.keys: must be a list of public group names.")
-        releases[name] = DpRelease(name, eps, k, tuple(keys))
-
-    label, data = r.load("asset_purposes.yaml")
-    compliance = tuple(_need(label, "", data, "compliance_purposes", list))
-    assets = _need(label, "", data, "assets", dict)
-    allowed = set(purposes) | set(compliance)
-    for asset, purpose in assets.items():
-        _one_of(label, f"assets.{asset}", purpose, tuple(sorted(allowed)))
-    exempt = tuple(data.get("erasure_exempt", []) or [])
-    sensitive = tuple(data.get("sensitive_assets", []) or [])
-    if not sensitive:
-        raise PolicyError(f"{label}: sensitive_assets: missing or empty (at least raw/* must be audited).")
+        for name, spec in jurisdictions_file.jurisdictions.items()
+    }
+    classification: ClassificationFile = r.parse("classification.yaml", {"raw_models": raw_models})
+    columns = {
+        source: {
+            col: ColumnPolicy(col, s.class_, s.action, s.normalize, str(s.output or col), s.detect_pii, s.neutralize_formulas)
+            for col, s in cols.items()
+        }
+        for source, cols in classification.sources.items()
+    }
+    retention_file: RetentionFile = r.parse("retention.yaml")
+    retention = {
+        name: RetentionTier(name, str(t.prefix), t.bucket, t.days, t.object_lock) for name, t in retention_file.tiers.items()
+    }
+    dp: DifferentialPrivacyFile = r.parse("differential_privacy.yaml")
+    releases = {name: DpRelease(name, rel.epsilon, rel.max_contributions, tuple(rel.keys)) for name, rel in dp.releases.items()}
+    assets: AssetPurposesFile = r.parse("asset_purposes.yaml", {"purposes": tuple(purposes)})
 
     return PrivacyPolicy(
         version=version,
@@ -372,15 +616,15 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
         jurisdictions=jurisdictions,
         columns=columns,
         retention=retention,
-        dp_period=period,
-        dp_total_epsilon=total,
+        dp_period=dp.budget.period,
+        dp_total_epsilon=dp.budget.total_epsilon,
         dp_releases=releases,
-        asset_purposes=dict(assets),
-        compliance_purposes=compliance,
-        erasure_exempt=exempt,
-        sensitive_assets=sensitive,
+        asset_purposes=dict(assets.assets),
+        compliance_purposes=tuple(assets.compliance_purposes),
+        erasure_exempt=tuple(assets.erasure_exempt),
+        sensitive_assets=tuple(assets.sensitive_assets),
         directory=str(directory),
-        dp_min_release_interval_hours=float(interval),
+        dp_min_release_interval_hours=float(dp.budget.min_release_interval_hours),
     )
 
 

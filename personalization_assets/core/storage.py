@@ -12,6 +12,11 @@ object, which makes writes atomic and idempotent:
 
 Re-materializing a partition therefore replaces it; a reader never sees a half-written partition.
 
+What differs between a local directory and S3 is written once, in two backends (`_LocalBackend`,
+`_S3Backend`, chosen by the URL): root and filesystem, atomic and exclusive writes, durable landing writes,
+temp files, partition fingerprints, how DuckDB sees a table, and the S3-only conditional requests. The store
+classes (`LandingZone`, `LakeStorage`) are written once on top of them; `is_s3` stays for callers outside.
+
 The append-only logs (consent ledger, audit log, …) live in the lake's *log store* (``LakeStorage.log_store()``):
 the lake itself, or — in production — a separate bucket with S3 Object Lock. A store with an Object Lock mode
 writes each log segment once, with a per-object retention (`If-None-Match: *` + `ObjectLockMode` +
@@ -160,6 +165,12 @@ class _FileStore(dg.ConfigurableResource):
     _s3: object = PrivateAttr(default=None)
 
     @property
+    def _backend(self) -> _LocalBackend | _S3Backend:
+        """What differs between a local directory and S3 (`_LocalBackend` / `_S3Backend`), chosen by the URL.
+        Built on each use (a few attribute reads): a copy of the resource never shares its original's backend."""
+        return _backend_for(self)
+
+    @property
     def is_write_once(self) -> bool:
         return self.object_lock_mode is not None
 
@@ -168,7 +179,7 @@ class _FileStore(dg.ConfigurableResource):
             return
         if self.object_lock_mode not in OBJECT_LOCK_MODES:
             raise ValueError(f"object_lock_mode={self.object_lock_mode!r}: expected one of {', '.join(OBJECT_LOCK_MODES)}")
-        if not self.is_s3:
+        if not self._backend.is_s3:
             raise ValueError(f"object_lock_mode={self.object_lock_mode} needs an s3:// store (Object Lock is an S3 feature); "
                              f"{self.url!r} is a local path")
         if not 1 <= self.object_lock_days <= MAX_OBJECT_LOCK_DAYS:
@@ -197,30 +208,16 @@ class _FileStore(dg.ConfigurableResource):
 
     @property
     def is_s3(self) -> bool:
-        return self.url.startswith("s3://")
+        return self._backend.is_s3
 
     @property
     def root(self) -> str:
         """Root path in the filesystem's own notation (bucket/prefix for S3, absolute path locally)."""
-        if self.is_s3:
-            return self.url[len("s3://") :].rstrip("/")
-        return os.path.abspath(self.url).rstrip("/") or "/"
+        return self._backend.root()
 
     def filesystem(self) -> pafs.FileSystem:
         if self._fs is None:
-            if self.is_s3:
-                kwargs: dict = {"region": self.aws_region}
-                if self.s3_endpoint_url:
-                    endpoint = self.s3_endpoint_url
-                    scheme = "https"
-                    if "://" in endpoint:
-                        scheme, endpoint = endpoint.split("://", 1)
-                    kwargs.update(endpoint_override=endpoint.rstrip("/"), scheme=scheme)
-                if self.aws_access_key_id:
-                    kwargs.update(access_key=self.aws_access_key_id, secret_key=self.aws_secret_access_key)
-                self._fs = pafs.S3FileSystem(**kwargs)
-            else:
-                self._fs = pafs.LocalFileSystem()
+            self._fs = self._backend.filesystem()
         return self._fs
 
     def full_path(self, relative: str) -> str:
@@ -229,7 +226,7 @@ class _FileStore(dg.ConfigurableResource):
 
     def uri(self, relative: str) -> str:
         """Human-readable location for metadata (never contains credentials)."""
-        return ("s3://" if self.is_s3 else "") + self.full_path(relative)
+        return self._backend.scheme + self.full_path(relative)
 
     def list_files(self, relative: str, suffixes: tuple[str, ...] = ()) -> list[FileInfo]:
         fs = self.filesystem()
@@ -257,22 +254,11 @@ class _FileStore(dg.ConfigurableResource):
 
     def local_path(self, relative: str) -> Optional[str]:
         """The file's path on the local disk, when the store is local (lets DuckDB read it directly)."""
-        return None if self.is_s3 else self.full_path(relative)
+        return self._backend.local_path(self.full_path(relative))
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         self._refuse_if_write_once("overwrite", relative)
-        fs = self.filesystem()
-        path = self.full_path(relative)
-        parent = path.rsplit("/", 1)[0]
-        if not self.is_s3:
-            fs.create_dir(parent, recursive=True)
-            with locked_temp_path(parent) as tmp:
-                with fs.open_output_stream(tmp, compression=None) as out:
-                    out.write(data)
-                os.replace(tmp, path)
-        else:
-            with fs.open_output_stream(path, compression=None) as out:
-                out.write(data)
+        self._backend.write_bytes(self.filesystem(), self.full_path(relative), data)
 
     def create_exclusive(self, relative: str, data: bytes) -> bool:
         """Write an object only if it does not exist yet (atomically). Returns False if it already existed.
@@ -285,93 +271,22 @@ class _FileStore(dg.ConfigurableResource):
         Append-only logs use this so two concurrent writers can never overwrite each other's segment.
         """
         self._check_lock_config()
-        path = self.full_path(relative)
-        if not self.is_s3:
-            parent = path.rsplit("/", 1)[0]
-            os.makedirs(parent, exist_ok=True)
-            with locked_temp_path(parent) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                try:
-                    os.link(tmp, path)
-                    return True
-                except FileExistsError:
-                    return False
-        from botocore.exceptions import ClientError
-
-        bucket, _, key = path.partition("/")
-        put = {"Bucket": bucket, "Key": key, "Body": data, "IfNoneMatch": "*", "ChecksumAlgorithm": "SHA256"}
-        if self.object_lock_mode:
-            put.update(ObjectLockMode=self.object_lock_mode,
-                       ObjectLockRetainUntilDate=datetime.now(timezone.utc) + timedelta(days=self.object_lock_days))
-        try:
-            self.s3_client().put_object(**put)
-            return True
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
-                "ResponseMetadata", {}
-            ).get("HTTPStatusCode") in (409, 412):
-                return False
-            if self.object_lock_mode and error.get("Code") == "InvalidRequest" and "lock" in str(error.get("Message", "")).lower():
-                raise ImmutableStoreError(
-                    f"bucket {bucket!r} refused an Object Lock write ({error.get('Message')}). Fix: point "
-                    "PERSONALIZATION_LEDGER_URL at the ledger bucket created by infra/terraform (object_lock_enabled), "
-                    "or create the bucket with Object Lock enabled."
-                ) from exc
-            raise
+        return self._backend.create_exclusive(self.full_path(relative), data)
 
     # --- S3 conditional requests (compare-and-swap on one object); used by the log writer leases ---
-
-    @staticmethod
-    def _precondition_failed(exc) -> bool:
-        code = exc.response.get("Error", {}).get("Code")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404") or status in (404, 409, 412)
 
     def put_conditional(self, relative: str, data: bytes, if_match: str | None = None, if_none_match: bool = False) -> str | None:
         """S3 only: PUT with `If-None-Match: *` (create) or `If-Match: <etag>` (replace exactly that version).
         Returns the new ETag, or None when the condition failed (someone else created or replaced it)."""
-        from botocore.exceptions import ClientError
-
-        if not self.is_s3:
-            raise ValueError("put_conditional is for S3 stores")
-        bucket, _, key = self.full_path(relative).partition("/")
-        kwargs = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
-        try:
-            return self.s3_client().put_object(Bucket=bucket, Key=key, Body=data, **kwargs)["ETag"]
-        except ClientError as exc:
-            if self._precondition_failed(exc):
-                return None
-            raise
+        return self._backend.put_conditional(self.full_path(relative), data, if_match, if_none_match)
 
     def read_with_etag(self, relative: str) -> tuple[bytes, str] | None:
         """S3 only: the object's bytes and ETag, or None if it does not exist."""
-        from botocore.exceptions import ClientError
-
-        bucket, _, key = self.full_path(relative).partition("/")
-        try:
-            obj = self.s3_client().get_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
-        return obj["Body"].read(), obj["ETag"]
+        return self._backend.read_with_etag(self.full_path(relative))
 
     def delete_if_match(self, relative: str, etag: str) -> bool:
         """S3 only: delete the object only if it is still the version `etag` (`If-Match` on DeleteObject)."""
-        from botocore.exceptions import ClientError
-
-        bucket, _, key = self.full_path(relative).partition("/")
-        try:
-            self.s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
-            return True
-        except ClientError as exc:
-            if self._precondition_failed(exc):
-                return False
-            raise
+        return self._backend.delete_if_match(self.full_path(relative), etag)
 
     def delete(self, relative: str) -> None:
         self._refuse_if_write_once("delete", relative)
@@ -395,10 +310,49 @@ class LandingZone(_FileStore):
         directory fsynced so the rename itself survives a power loss. S3: one PUT, which is visible only
         once complete and durable when S3 answers.
         """
-        if self.is_s3:
-            self.write_bytes(relative, data)
-            return
-        path = self.full_path(relative)
+        self._refuse_if_write_once("overwrite", relative)
+        self._backend.write_durable(self.full_path(relative), data)
+
+    def exists(self, relative: str) -> bool:
+        return self.filesystem().get_file_info(self.full_path(relative)).type == pafs.FileType.File
+
+
+# ------------------------------------------------------------------------------------------- backends
+# Where a local directory and an S3 bucket differ, and only there. A store picks its backend from its URL
+# (`s3://` or a path); every _FileStore / LandingZone / LakeStorage method is written once on top of it.
+
+
+class _LocalBackend:
+    """A local directory: atomic writes are a locked temp file renamed into place, an exclusive create is a hard
+    link (fails if the name exists), DuckDB scans the Parquet files natively."""
+
+    is_s3 = False
+    scheme = ""
+
+    def __init__(self, store: _FileStore):
+        self.store = store
+
+    def root(self) -> str:
+        return os.path.abspath(self.store.url).rstrip("/") or "/"
+
+    def filesystem(self) -> pafs.FileSystem:
+        return pafs.LocalFileSystem()
+
+    def local_path(self, path: str) -> Optional[str]:
+        return path
+
+    def lock_path(self, path: str) -> str:
+        return path
+
+    def write_bytes(self, fs: pafs.FileSystem, path: str, data: bytes) -> None:
+        parent = path.rsplit("/", 1)[0]
+        fs.create_dir(parent, recursive=True)
+        with locked_temp_path(parent) as tmp:
+            with fs.open_output_stream(tmp, compression=None) as out:
+                out.write(data)
+            os.replace(tmp, path)
+
+    def write_durable(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
         new_dirs = []  # directories created now: their entries in their parents must be synced too
         d = parent
@@ -426,8 +380,210 @@ class LandingZone(_FileStore):
             finally:
                 os.close(dir_fd)
 
-    def exists(self, relative: str) -> bool:
-        return self.filesystem().get_file_info(self.full_path(relative)).type == pafs.FileType.File
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        parent = path.rsplit("/", 1)[0]
+        os.makedirs(parent, exist_ok=True)
+        with locked_temp_path(parent) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+
+    @contextlib.contextmanager
+    def atomic_target(self, fs: pafs.FileSystem, final: str) -> Iterator[str]:
+        """A path to write a whole file to; it replaces `final` when the block ends without an error."""
+        parent = final.rsplit("/", 1)[0]
+        fs.create_dir(parent, recursive=True)
+        with locked_temp_path(parent, ".parquet.inprogress") as target:
+            yield target
+            os.replace(target, final)
+
+    def temp_files(self, base: str) -> list[FileInfo]:
+        out, prefix_len = [], len(self.store.root) + 1
+        for dirpath, _dirs, names in os.walk(base):
+            for name in names:
+                if name.startswith(_TMP_PREFIX):
+                    p = os.path.join(dirpath, name)
+                    try:
+                        st = os.stat(p)
+                    except FileNotFoundError:
+                        continue
+                    out.append(FileInfo(path=p[prefix_len:].replace(os.sep, "/"), size=st.st_size, mtime_ns=st.st_mtime_ns))
+        return sorted(out, key=lambda f: f.path)
+
+    def partition_fingerprints(self, lake: LakeStorage, layer: str, table: str) -> dict[str, str]:
+        base = lake.table_dir(layer, table) + "/"
+        suffix = "/" + DATA_FILE
+        out = {}
+        for f in lake.partition_files(layer, table):
+            if f.path.startswith(base):
+                try:
+                    st = os.stat(lake.full_path(f.path))
+                except FileNotFoundError:  # deleted since the listing
+                    continue
+                out[f.path[len(base) : -len(suffix)]] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        return out
+
+    def create_view(self, con, name: str, paths: list[str], select: str) -> None:
+        """View `name` over the Parquet files at `paths` (full paths), scanned natively by DuckDB."""
+        files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        con.execute(f'create or replace temp view "{name}" as select {select} from read_parquet([{files}], '
+                    "hive_partitioning = false, union_by_name = true)")
+
+    def _s3_only(self, what: str):
+        raise ValueError(f"{what} is for S3 stores; {self.store.url!r} is a local path")
+
+    def put_conditional(self, path: str, data: bytes, if_match: str | None, if_none_match: bool) -> str | None:
+        self._s3_only("put_conditional")
+
+    def read_with_etag(self, path: str) -> tuple[bytes, str] | None:
+        self._s3_only("read_with_etag")
+
+    def delete_if_match(self, path: str, etag: str) -> bool:
+        self._s3_only("delete_if_match")
+
+
+class _S3Backend:
+    """An s3://bucket/prefix: an object is visible only once its (multipart) PUT completes, so writes go straight
+    to the final key; exclusive creates, compare-and-swap and Object Lock go through the boto3 client (pyarrow
+    cannot send conditional headers); DuckDB reads through a lazily-scanned Arrow dataset."""
+
+    is_s3 = True
+    scheme = "s3://"
+
+    def __init__(self, store: _FileStore):
+        self.store = store
+
+    def root(self) -> str:
+        return self.store.url[len("s3://") :].rstrip("/")
+
+    def filesystem(self) -> pafs.FileSystem:
+        s = self.store
+        kwargs: dict = {"region": s.aws_region}
+        if s.s3_endpoint_url:
+            endpoint = s.s3_endpoint_url
+            scheme = "https"
+            if "://" in endpoint:
+                scheme, endpoint = endpoint.split("://", 1)
+            kwargs.update(endpoint_override=endpoint.rstrip("/"), scheme=scheme)
+        if s.aws_access_key_id:
+            kwargs.update(access_key=s.aws_access_key_id, secret_key=s.aws_secret_access_key)
+        return pafs.S3FileSystem(**kwargs)
+
+    def local_path(self, path: str) -> Optional[str]:
+        return None
+
+    def lock_path(self, path: str) -> str:
+        raise ValueError("lock files are local; an S3 store coordinates with lease objects")
+
+    def write_bytes(self, fs: pafs.FileSystem, path: str, data: bytes) -> None:
+        with fs.open_output_stream(path, compression=None) as out:
+            out.write(data)
+
+    def write_durable(self, path: str, data: bytes) -> None:
+        self.write_bytes(self.store.filesystem(), path, data)  # one PUT: complete and durable when S3 answers
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        store = self.store
+        bucket, _, key = path.partition("/")
+        put = {"Bucket": bucket, "Key": key, "Body": data, "IfNoneMatch": "*", "ChecksumAlgorithm": "SHA256"}
+        if store.object_lock_mode:
+            put.update(ObjectLockMode=store.object_lock_mode,
+                       ObjectLockRetainUntilDate=datetime.now(timezone.utc) + timedelta(days=store.object_lock_days))
+        try:
+            store.s3_client().put_object(**put)
+            return True
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
+                "ResponseMetadata", {}
+            ).get("HTTPStatusCode") in (409, 412):
+                return False
+            if store.object_lock_mode and error.get("Code") == "InvalidRequest" and "lock" in str(error.get("Message", "")).lower():
+                raise ImmutableStoreError(
+                    f"bucket {bucket!r} refused an Object Lock write ({error.get('Message')}). Fix: point "
+                    "PERSONALIZATION_LEDGER_URL at the ledger bucket created by infra/terraform (object_lock_enabled), "
+                    "or create the bucket with Object Lock enabled."
+                ) from exc
+            raise
+
+    @contextlib.contextmanager
+    def atomic_target(self, fs: pafs.FileSystem, final: str) -> Iterator[str]:
+        yield final  # the PUT itself is atomic
+
+    def temp_files(self, base: str) -> list[FileInfo]:
+        return []  # no temp objects: an interrupted multipart upload is aborted by the bucket's lifecycle rule
+
+    def partition_fingerprints(self, lake: LakeStorage, layer: str, table: str) -> dict[str, str]:
+        base = lake.table_dir(layer, table) + "/"
+        suffix = "/" + DATA_FILE
+        bucket, _, prefix = (lake.full_path(base) + "/").partition("/")
+        out = {}
+        for page in self.store.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if not key.endswith(suffix) or any(p.startswith((".", "_")) for p in key[len(prefix):].split("/")):
+                    continue
+                out[key[len(prefix) : -len(suffix)]] = f"{obj['Size']}:{obj['ETag'].strip(chr(34))}"
+        return out
+
+    def create_view(self, con, name: str, paths: list[str], select: str) -> None:
+        dataset = ds.dataset(paths, filesystem=self.store.filesystem(), format="parquet")
+        con.register(f"__ds_{name}", dataset)
+        con.execute(f'create or replace temp view "{name}" as select {select} from "__ds_{name}"')
+
+    @staticmethod
+    def _precondition_failed(exc) -> bool:
+        code = exc.response.get("Error", {}).get("Code")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404") or status in (404, 409, 412)
+
+    def put_conditional(self, path: str, data: bytes, if_match: str | None, if_none_match: bool) -> str | None:
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        kwargs = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        try:
+            return self.store.s3_client().put_object(Bucket=bucket, Key=key, Body=data, **kwargs)["ETag"]
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return None
+            raise
+
+    def read_with_etag(self, path: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            obj = self.store.s3_client().get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return obj["Body"].read(), obj["ETag"]
+
+    def delete_if_match(self, path: str, etag: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            self.store.s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+            return True
+        except ClientError as exc:
+            if self._precondition_failed(exc):
+                return False
+            raise
+
+
+def _backend_for(store: _FileStore) -> _LocalBackend | _S3Backend:
+    return (_S3Backend if store.url.startswith("s3://") else _LocalBackend)(store)
 
 
 def partition_path(partition: Mapping[str, str] | None) -> str:
@@ -542,9 +698,7 @@ class LakeStorage(_FileStore):
 
     def local_lock_path(self, relative: str) -> str:
         """Path of an advisory lock file (holds no data) in a local store."""
-        if self.is_s3:
-            raise ValueError("lock files are local; an S3 store coordinates with lease objects")
-        return self.full_path(relative)
+        return self._backend.lock_path(self.full_path(relative))
 
     def coordination_store(self) -> "LakeStorage":
         """The store that holds the writer locks/leases of the logs in this store: the lake that owns it (a
@@ -563,20 +717,7 @@ class LakeStorage(_FileStore):
 
     def temp_files(self, relative: str = "") -> list[FileInfo]:
         """Temporary files (``_tmp-*``) under the lake: in-progress writes, or leftovers of killed ones."""
-        if self.is_s3:
-            return []
-        base = self.full_path(relative)
-        out, prefix_len = [], len(self.root) + 1
-        for dirpath, _dirs, names in os.walk(base):
-            for name in names:
-                if name.startswith(_TMP_PREFIX):
-                    p = os.path.join(dirpath, name)
-                    try:
-                        st = os.stat(p)
-                    except FileNotFoundError:
-                        continue
-                    out.append(FileInfo(path=p[prefix_len:].replace(os.sep, "/"), size=st.st_size, mtime_ns=st.st_mtime_ns))
-        return sorted(out, key=lambda f: f.path)
+        return self._backend.temp_files(self.full_path(relative))
 
     def sweep_temp_files(self, relative: str = "") -> list[FileInfo]:
         """Delete the temp files whose writer is gone (their lock is free). Returns those deleted. A
@@ -603,7 +744,6 @@ class LakeStorage(_FileStore):
         relative = self.data_file(layer, table, partition)
         self._refuse_if_write_once("replace", relative)
         final = self.full_path(relative)
-        parent = final.rsplit("/", 1)[0]
         if isinstance(data, pa.Table):
             schema = data.schema
             batches: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=256_000)
@@ -614,21 +754,14 @@ class LakeStorage(_FileStore):
             if schema is None:
                 raise ValueError("write_table: pass schema= with an iterable of batches")
             batches = data
-        if self.is_s3:
-            temp = contextlib.nullcontext(final)
-        else:
-            fs.create_dir(parent, recursive=True)
-            temp = locked_temp_path(parent, ".parquet.inprogress")
         rows = 0
-        with temp as target:
+        with self._backend.atomic_target(fs, final) as target:
             with fs.open_output_stream(target, compression=None) as sink:
                 with pq.ParquetWriter(sink, schema, compression="snappy", write_statistics=True) as writer:
                     for batch in batches:
                         if batch.num_rows:
                             writer.write_batch(batch, row_group_size=256_000)
                             rows += batch.num_rows
-            if not self.is_s3:
-                os.replace(target, final)
         size = fs.get_file_info(final).size or 0
         return WriteResult(path=self.uri(relative), rows=rows, bytes=size)
 
@@ -697,27 +830,7 @@ class LakeStorage(_FileStore):
         read): locally `size:mtime_ns:inode` (a rewrite is a new file renamed into place: a new inode, even when two
         rewrites fall in the same timestamp tick), on S3 `size:ETag` (a new object has a new ETag even within the same
         second). Incremental consumers compare it with what they last consumed to find the partitions that changed."""
-        base = self.table_dir(layer, table) + "/"
-        suffix = "/" + DATA_FILE
-        if not self.is_s3:
-            out = {}
-            for f in self.partition_files(layer, table):
-                if f.path.startswith(base):
-                    try:
-                        st = os.stat(self.full_path(f.path))
-                    except FileNotFoundError:  # deleted since the listing
-                        continue
-                    out[f.path[len(base) : -len(suffix)]] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-            return out
-        bucket, _, prefix = (self.full_path(base) + "/").partition("/")
-        out = {}
-        for page in self.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                if not key.endswith(suffix) or any(p.startswith((".", "_")) for p in key[len(prefix):].split("/")):
-                    continue
-                out[key[len(prefix) : -len(suffix)]] = f"{obj['Size']}:{obj['ETag'].strip(chr(34))}"
-        return out
+        return self._backend.partition_fingerprints(self, layer, table)
 
     def register_partitions(self, con, name: str, layer: str, table: str, partitions: list[Mapping[str, str]],
                             empty_schema: pa.Schema, columns: list[str] | None = None) -> None:
@@ -730,14 +843,8 @@ class LakeStorage(_FileStore):
         if not paths:
             con.register(f"__empty_{name}", empty_schema.empty_table())
             con.execute(f'create or replace temp view "{name}" as select {cols} from "__empty_{name}"')
-        elif not self.is_s3:
-            files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-            con.execute(f'create or replace temp view "{name}" as select {cols} from read_parquet([{files}], '
-                        "hive_partitioning = false, union_by_name = true)")
         else:
-            dataset = ds.dataset(paths, filesystem=self.filesystem(), format="parquet")
-            con.register(f"__ds_{name}", dataset)
-            con.execute(f'create or replace temp view "{name}" as select {cols} from "__ds_{name}"')
+            self._backend.create_view(con, name, paths, cols)
 
     def partitions(self, layer: str, table: str) -> list[dict[str, str]]:
         """Partition values present on storage, from the hive-style folder names."""
@@ -780,21 +887,10 @@ class LakeStorage(_FileStore):
         through a lazily-scanned Arrow dataset.
         """
         self._audit_read(layer, table, "*")
-        if not self.is_s3:
-            files = self.partition_files(layer, table)
-            if files:
-                paths = ", ".join("'" + self.full_path(f.path).replace("'", "''") + "'" for f in files)
-                con.execute(
-                    f'create or replace temp view "{name}" as select * from read_parquet([{paths}], '
-                    "hive_partitioning = false, union_by_name = true)"
-                )
-                return True
-        else:
-            dataset = self._dataset(layer, table)
-            if dataset is not None:
-                con.register(f"__ds_{name}", dataset)
-                con.execute(f'create or replace temp view "{name}" as select * from "__ds_{name}"')
-                return True
+        files = self.partition_files(layer, table)
+        if files:
+            self._backend.create_view(con, name, [self.full_path(f.path) for f in files], "*")
+            return True
         if empty_schema is None:
             raise FileNotFoundError(f"lake table {layer}/{table} has no data at {self.uri(self.table_dir(layer, table))}")
         con.register(f"__empty_{name}", empty_schema.empty_table())

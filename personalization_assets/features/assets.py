@@ -15,7 +15,8 @@ from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
 from personalization_assets.features import checks as feature_checks
-from personalization_assets.features.inputs import arrow_schema, consent_state_schema, consented_events_schema
+from personalization_assets.core.schemas import arrow_schema
+from personalization_assets.features.inputs import consent_state_schema, consented_events_schema
 from personalization_assets.features.models import FEATURE_MODELS, EventsClean
 from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of, resolve_as_of
 from personalization_assets.features.sql import (
@@ -205,7 +206,7 @@ def build_feature_assets() -> list:
                 drop_intermediates(con)
 
             events_view = WRITTEN_VIEW.format(table="events_clean")
-            lake.register(con, events_view, LAYER, "events_clean", empty_schema=arrow_schema(EventsClean))
+            lake.register(con, events_view, LAYER, "events_clean", empty_schema=arrow_schema(EventsClean, nullable="model"))
             with timer("derived"):
                 stats.update(build_derived(con, params, events_view, CONSENT_VIEW))
                 for table in DERIVED:
@@ -216,7 +217,7 @@ def build_feature_assets() -> list:
             with timer("checks"):
                 for table in TABLES:
                     if table != "events_clean":
-                        lake.register(con, WRITTEN_VIEW.format(table=table), LAYER, table, empty_schema=arrow_schema(FEATURE_MODELS[table]))
+                        lake.register(con, WRITTEN_VIEW.format(table=table), LAYER, table, empty_schema=arrow_schema(FEATURE_MODELS[table], nullable="model"))
                 coverage = feature_checks.session_coverage(con, events_view, WRITTEN_VIEW.format(table="sessions"))
                 findings = {
                     table: feature_checks.direct_identifier_findings(

@@ -7,7 +7,8 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
+from personalization_assets.checks.pandera_checks import model_check, table_schema
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.core.asset_keys import (
     ACCESS_AUDIT_LOG,

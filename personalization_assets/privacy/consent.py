@@ -24,42 +24,14 @@ import pyarrow.compute  # registers pa.compute
 
 from personalization_assets.privacy.identity import temp_table_from_arrow
 from personalization_assets.core.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
+from personalization_assets.core.schemas import arrow_schema
+from personalization_assets.privacy.models import ConsentLedgerRow, ConsentState
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-LEDGER_SCHEMA = pa.schema(
-    [
-        ("seq", pa.int64()),
-        ("decision_id", pa.string()),
-        ("identifier_pseudonym", pa.string()),
-        ("identifier_kind", pa.string()),
-        ("purpose", pa.string()),
-        ("decision", pa.string()),
-        ("effective_at", pa.timestamp("us", tz="UTC")),
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-        ("source", pa.string()),
-        ("source_ref", pa.string()),
-        ("policy_version", pa.string()),
-        ("jurisdiction", pa.string()),
-        ("jurisdiction_source", pa.string()),
-        ("prev_hash", pa.string()),
-        ("row_hash", pa.string()),
-    ]
-)
-
-STATE_SCHEMA = pa.schema(
-    [
-        ("consent_subject", pa.string()),
-        ("purpose", pa.string()),
-        ("status", pa.string()),
-        ("valid_from", pa.timestamp("us", tz="UTC")),
-        ("valid_to", pa.timestamp("us", tz="UTC")),
-        ("basis", pa.string()),
-        ("jurisdiction", pa.string()),
-        ("jurisdiction_source", pa.string()),
-        ("source", pa.string()),
-    ]
-)
+# the ledger's and the state's Parquet schemas: generated from their pandera models (core/schemas.py)
+LEDGER_SCHEMA = arrow_schema(ConsentLedgerRow)
+STATE_SCHEMA = arrow_schema(ConsentState)
 
 
 def decision_id(source: str, source_ref: str, purpose: str, identifier_kind: str) -> str:

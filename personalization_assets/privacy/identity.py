@@ -23,18 +23,10 @@ import pyarrow as pa
 
 from personalization_assets.core.policies import DEFAULT_JURISDICTION, UNKNOWN_JURISDICTION
 from personalization_assets.core.pseudonymize import Pseudonymizer
+from personalization_assets.core.schemas import arrow_schema
+from personalization_assets.privacy.models import IdentityLink
 
-IDENTITY_SCHEMA = pa.schema(
-    [
-        ("identifier", pa.string()),
-        ("identifier_kind", pa.string()),
-        ("consent_subject", pa.string()),
-        ("linked_users", pa.int64()),
-        ("jurisdiction", pa.string()),
-        ("jurisdiction_source", pa.string()),
-        ("last_seen_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
+IDENTITY_SCHEMA = arrow_schema(IdentityLink)  # generated from the pandera model (core/schemas.py)
 LINK_SCHEMA = pa.schema([("identifier", pa.string()), ("identifier_kind", pa.string()), ("user_pseudonym", pa.string())])
 
 

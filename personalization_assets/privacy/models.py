@@ -112,3 +112,21 @@ class ConsentState(pda.DataFrameModel):
 
     class Config:
         strict = True
+
+
+class IdentityLink(pda.DataFrameModel):
+    """privacy/identity_links: one row per identifier (pseudonym), resolved to its consent subject (privacy/identity.py).
+    The Arrow schema of what identity.py computes (`identity.IDENTITY_SCHEMA`) is generated from this model; the
+    stored table also carries `linked_user_pseudonyms` (list of strings, added by the identity_links asset), hence
+    not strict."""
+
+    identifier: Series[str] = _pseudonym("Identifier pseudonym (user, anonymous or email).", nullable=False)
+    identifier_kind: Series[str] = pda.Field(isin=["user", "anonymous", "email"], description="Kind of identifier.")
+    consent_subject: Series[str] = _pseudonym("Subject whose consent governs the identifier: the user it is linked to when it is linked to exactly one, else itself.", nullable=False)
+    linked_users: Series[pd.Int64Dtype] = pda.Field(ge=0, description="Distinct users an anonymous id or email was seen with (0 for a user id).")
+    jurisdiction: Series[str] = pda.Field(description="The subject's jurisdiction (EU, US-CA, default, unknown, ...).")
+    jurisdiction_source: Series[str] = pda.Field(isin=SUBJECT_JURISDICTION_SOURCES, description="What decided it: event_location, crm_country or unknown.")
+    last_seen_at: Series[UtcTimestamp] = pda.Field(nullable=True, description="Time of the subject's most recent event (null for a subject known only from the CRM).")
+
+    class Config:
+        strict = False

@@ -10,10 +10,10 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import (
-    arrow_schema,
     model_check,
     table_schema,
 )
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.checks import anomalies
 from personalization_assets.core.asset_keys import RAW_EVENTS, RAW_EVENTS_QUARANTINE, RAW_MANIFEST, SIDE_INPUTS_METADATA, SUPPRESSION_LIST
 from personalization_assets.core.pseudonymize import (

@@ -32,11 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.raw import events_ingest
+from personalization_assets.raw.dedup import drop_positions, duplicate_rows
 from personalization_assets.raw.events_ingest import (
     MAX_QUARANTINE_BYTES,
     QUARANTINE_SCHEMA,
     Reject,
 )
+from personalization_assets.raw.validation import order_like_model
 from personalization_assets.raw.layouts import (
     EventObject,
     LandingObject,
@@ -274,13 +276,13 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
         read_by_path[o.obj.path] = 1
     new_raw = pa.table({})
     if valid is not None and valid.num_rows:
-        new_raw = events_ingest._order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]))
+        new_raw = order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]))
         if "cdp_source_id" in RawEvent.to_schema().columns:
             paths = sorted(source_id)
             ids = pc.take(pa.array([source_id[p] for p in paths], pa.string()),
                           pc.index_in(new_raw["source_file"], value_set=pa.array(paths, pa.string())))
             new_raw = new_raw.append_column("cdp_source_id", ids) if "cdp_source_id" not in new_raw.column_names else new_raw
-            new_raw = events_ingest._order_like_model(new_raw)
+            new_raw = order_like_model(new_raw)
         # a receivedAt outside the event partitions (before PERSONALIZATION_EVENTS_START, or past the current hour)
         distinct = pc.unique(new_raw["landing_hour"])
         invalid = [h for h in distinct.to_pylist() if not valid_hour(h)]  # one test per distinct hour, not per row
@@ -396,24 +398,11 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
     else:
         merged = None
     if merged is not None and merged.num_rows:
-        keyed = merged.select(["message_id", "received_at", "source_file", "line_no"]).append_column(
-            "_pos", pa.array(np.arange(merged.num_rows, dtype=np.int64)))
-        con.register("_hour_rows", keyed)
-        try:
-            dups = con.sql(
-                """select _pos, source_file, line_no from (
-                       select *, row_number() over (partition by message_id order by received_at, source_file, line_no) as rn
-                       from _hour_rows) where rn > 1"""
-            ).arrow().read_all()
-        finally:
-            con.unregister("_hour_rows")
-        if dups.num_rows:
-            for d in dups.to_pylist():
-                r = Reject(int(d["line_no"]), "duplicate_message_id", DUPLICATE_DETAIL)
-                q_rows.append((d["source_file"], r, originals.line(d["source_file"], r.line_no)))
-            keep = np.ones(merged.num_rows, dtype=bool)
-            keep[dups["_pos"].to_numpy()] = False
-            merged = merged.filter(pa.array(keep))
+        dups = duplicate_rows(con, merged, ["message_id"], ["received_at", "source_file", "line_no"])
+        for d in dups.to_pylist():
+            r = Reject(int(d["line_no"]), "duplicate_message_id", DUPLICATE_DETAIL)
+            q_rows.append((d["source_file"], r, originals.line(d["source_file"], r.line_no)))
+        merged = drop_positions(merged, dups["_pos"])
         merged = merged.sort_by([("source_file", "ascending"), ("line_no", "ascending")])
     new_q_table = _quarantine_table(q_rows)
     # quarantined records of erased subjects are suppressed too (exact identifiers they still hold)
@@ -469,6 +458,6 @@ def _empty_raw(old_raw, new_raw) -> pa.Table:
     for t in (new_raw, old_raw):
         if t is not None and t.num_columns:
             return t.slice(0, 0)
-    from personalization_assets.checks.pandera_checks import arrow_schema
+    from personalization_assets.core.schemas import arrow_schema
 
     return arrow_schema(RawEvent).empty_table()

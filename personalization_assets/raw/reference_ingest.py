@@ -14,18 +14,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from personalization_assets.raw import json_extract
-from personalization_assets.raw.events_ingest import (
-    LandedFile,
-    Reject,
-    _order_like_model,
-    build_quarantine,
-    flag_duplicate_keys,
-    parse_file,
-    validate_rows,
-    value_checks,
-)
 from personalization_assets.core.tracking_plan import RawCrmProfile
+from personalization_assets.raw import json_extract
+from personalization_assets.raw.dedup import drop_positions, duplicate_rows
+from personalization_assets.raw.landing_files import LandedFile, Reject
+from personalization_assets.raw.parsing import empty_typed, flag_duplicate_keys, parse_file
+from personalization_assets.raw.quarantine import build_quarantine
+from personalization_assets.raw.validation import order_like_model, validate_rows, validation_schema
 
 CRM_COLUMNS = ["user_id", "email", "phone", "first_name", "last_name", "country", "birth_date", "signup_at", "plan", "updated_at"]
 _CRM_TYPES = {"birth_date": "date", "signup_at": "timestamptz", "updated_at": "timestamptz"}
@@ -39,42 +34,17 @@ class SourceResult:
     files: list[str]
 
 
-def _validation_schema(model):
-    import pandera.pandas as pdr
-
-    base = model.to_schema()
-    keep = [c for c in base.columns if c not in ("tags", "source_file")]
-    schema = base.select_columns(keep).add_columns({"_type_errors": pdr.Column(object, nullable=False), "_type_reason": pdr.Column(object, nullable=True)})
-    import copy
-
-    schema = copy.deepcopy(schema)
-    schema.checks = list(schema.checks) + value_checks()
-    return schema
-
-
 def _validate(table: pa.Table, model, quarantine_rows: list, dedup_key: str | None, con) -> pa.Table:
-    schema = _validation_schema(model)
+    schema = validation_schema(model, exclude=("tags", "source_file"))
     # validated a chunk at a time: pandera works on pandas, which holds every string as a Python object
     parts = [validate_rows(table.slice(off, CHUNK_ROWS), schema, quarantine_rows) for off in range(0, table.num_rows, CHUNK_ROWS)]
     valid = pa.concat_tables(parts) if parts else table
     if dedup_key and valid.num_rows:
-        keyed = valid.select([dedup_key, "source_file", "line_no"]).append_column("_pos", pa.array(np.arange(valid.num_rows)))
-        con.register("_ref", keyed)
-        try:
-            dups = con.sql(
-                f"""select _pos, source_file, line_no, "{dedup_key}" as k, kept from (
-                    select *, row_number() over w as rn, first_value(source_file || ':' || line_no) over w as kept
-                    from _ref window w as (partition by "{dedup_key}" order by source_file, line_no)) where rn > 1"""
-            ).arrow().read_all()
-        finally:
-            con.unregister("_ref")
-        if dups.num_rows:
-            keep = np.ones(valid.num_rows, dtype=bool)
-            keep[dups["_pos"].to_numpy()] = False
-            for d in dups.to_pylist():
-                quarantine_rows.append((d["source_file"], Reject(int(d["line_no"]), f"duplicate_{dedup_key}", f"{dedup_key} {d['k']} already kept from {d['kept']}")))
-            valid = valid.filter(pa.array(keep))
-    return _order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]), model)
+        dups = duplicate_rows(con, valid, [dedup_key], ["source_file", "line_no"])
+        for d in dups.to_pylist():
+            quarantine_rows.append((d["source_file"], Reject(int(d["line_no"]), f"duplicate_{dedup_key}", f"{dedup_key} {d[dedup_key]} already kept from {d['kept']}")))
+        valid = drop_positions(valid, dups["_pos"])
+    return order_like_model(valid.drop_columns(["_type_errors", "_type_reason"]), model)
 
 
 def ingest_jsonl_source(
@@ -90,9 +60,7 @@ def ingest_jsonl_source(
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:
-        from personalization_assets.raw.events_ingest import _empty_typed
-
-        table = _empty_typed(con, model).append_column("source_file", pa.array([], pa.string()))
+        table = empty_typed(con, model).append_column("source_file", pa.array([], pa.string()))
     table = flag_duplicate_keys(table, model)
     raw = _validate(table, model, quarantine_rows, dedup_key, con)
     return SourceResult(raw=raw, quarantine=build_quarantine(source, quarantine_rows, by_path), records_read=read, files=sorted(by_path))

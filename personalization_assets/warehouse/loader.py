@@ -22,71 +22,51 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.core.asset_keys import FEATURES_LAYER, FEATURES_LOADED
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.core.storage import LakeStorage
+from personalization_assets.features.models import FEATURE_MODELS
 from personalization_assets.warehouse.resources import SnowflakeWarehouse, arrow_to_frame
 
 LOAD_METHOD_DOC = {"insert": "batched INSERT of bound JSON arrays", "stage": "write_pandas, PUT + COPY INTO"}
 GROUP = "warehouse"
 OWNERS = ["team:data-platform"]
 
-# (column, Snowflake type). Timestamps are UTC and stored as TIMESTAMP_NTZ (see dbt/macros/cross_db.sql).
-FEATURE_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "user_rfm": (
-        ("person_id", "varchar"),
-        ("recency_days", "double"),
-        ("frequency", "bigint"),
-        ("monetary", "double"),
-        ("orders", "bigint"),
-        ("first_seen_at", "timestamp_ntz"),
-        ("last_seen_at", "timestamp_ntz"),
-        ("is_known_user", "boolean"),
-        ("as_of", "timestamp_ntz"),
-    ),
-    "content_affinity": (
-        ("person_id", "varchar"),
-        ("category", "varchar"),
-        ("affinity", "double"),
-        ("events", "bigint"),
-        ("is_top", "boolean"),
-        ("top_category", "varchar"),
-        ("as_of", "timestamp_ntz"),
-    ),
-    "engagement": (
-        ("person_id", "varchar"),
-        ("active_days", "bigint"),
-        ("sessions_per_week", "double"),
-        ("avg_session_dwell_ms", "double"),
-        ("preferred_hour", "bigint"),
-        ("preferred_dow", "bigint"),
-        ("as_of", "timestamp_ntz"),
-    ),
-    "identity_map": (
-        ("identifier", "varchar"),
-        ("identifier_kind", "varchar"),
-        ("person_id", "varchar"),
-        ("component_size", "bigint"),
-        ("is_junk", "boolean"),
-        ("as_of", "timestamp_ntz"),
-    ),
-    "purpose_eligibility": (
-        ("person_id", "varchar"),
-        ("purpose", "varchar"),
-        ("eligible", "boolean"),
-        ("as_of", "timestamp_ntz"),
-    ),
-    "sessions": (
-        ("person_id", "varchar"),
-        ("session_id", "varchar"),
-        ("session_start", "timestamp_ntz"),
-        ("session_end", "timestamp_ntz"),
-        ("events", "bigint"),
-        ("pages", "bigint"),
-        ("dwell_ms", "bigint"),
-        ("landing_content_id", "varchar"),
-        ("converted", "boolean"),
-        ("as_of", "timestamp_ntz"),
-    ),
+# The columns the warehouse loads per feature table: a subset of the table's pandera model
+# (features/models.py), in the model's order; anything else the features layer writes stays in the lake.
+WAREHOUSE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user_rfm": ("person_id", "recency_days", "frequency", "monetary", "orders", "first_seen_at", "last_seen_at", "is_known_user", "as_of"),
+    "content_affinity": ("person_id", "category", "affinity", "events", "is_top", "top_category", "as_of"),
+    "engagement": ("person_id", "active_days", "sessions_per_week", "avg_session_dwell_ms", "preferred_hour", "preferred_dow", "as_of"),
+    "identity_map": ("identifier", "identifier_kind", "person_id", "component_size", "is_junk", "as_of"),
+    "purpose_eligibility": ("person_id", "purpose", "eligible", "as_of"),
+    "sessions": ("person_id", "session_id", "session_start", "session_end", "events", "pages", "dwell_ms", "landing_content_id", "converted", "as_of"),
 }
+# Snowflake type of each Arrow type of the models (core/schemas.py). Timestamps are UTC and stored as
+# TIMESTAMP_NTZ (see dbt/macros/cross_db.sql).
+SNOWFLAKE_TYPES = {
+    pa.string(): "varchar",
+    pa.float64(): "double",
+    pa.int64(): "bigint",
+    pa.bool_(): "boolean",
+    pa.timestamp("us", tz="UTC"): "timestamp_ntz",
+}
+# Where a Snowflake column differs from the model (the one place): user_rfm.recency_days is whole days (Int64)
+# in the model and in the lake, but has always been loaded as DOUBLE; kept so the prod schema does not change.
+SNOWFLAKE_TYPE_OVERRIDES = {("user_rfm", "recency_days"): "double"}
+
+
+def _feature_tables() -> dict[str, tuple[tuple[str, str], ...]]:
+    out = {}
+    for table, columns in WAREHOUSE_COLUMNS.items():
+        schema = arrow_schema(FEATURE_MODELS[table])
+        out[table] = tuple(
+            (c, SNOWFLAKE_TYPE_OVERRIDES.get((table, c)) or SNOWFLAKE_TYPES[schema.field(c).type]) for c in columns
+        )
+    return out
+
+
+# (column, Snowflake type) per table, generated from WAREHOUSE_COLUMNS and the pandera models
+FEATURE_TABLES: dict[str, tuple[tuple[str, str], ...]] = _feature_tables()
 
 
 # pseudonym columns per table: what the erasure run deletes by (privacy/erasure handler below)

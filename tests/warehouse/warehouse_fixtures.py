@@ -21,8 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from personalization_assets.core.schemas import arrow_schema
+from personalization_assets.features.models import FEATURE_MODELS
+
 AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
-TS = pa.timestamp("us", tz="UTC")
 PURPOSES = ("personalization", "analytics", "advertising", "sale_share")
 
 
@@ -81,19 +83,27 @@ def _eligibility(name: str, purpose: str) -> bool:
     return True
 
 
+def _typed(table: str, columns: dict) -> pa.Table:
+    """A fixture table with the Arrow schema of its pandera model (core/schemas.py): exactly the model's columns."""
+    schema = arrow_schema(FEATURE_MODELS[table])
+    if set(columns) != set(schema.names):
+        raise ValueError(f"fixture {table}: columns {sorted(set(columns) ^ set(schema.names))} differ from {FEATURE_MODELS[table].__name__}")
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
 def feature_tables() -> dict[str, pa.Table]:
-    """The six feature tables, typed like the features layer writes them."""
-    as_of = lambda n: pa.array([AS_OF] * n, TS)
-    user_rfm = pa.table(
+    """The six feature tables, typed like the features layer writes them: the types come from the pandera models."""
+    as_of = lambda n: [AS_OF] * n
+    user_rfm = _typed("user_rfm", 
         {
-            "person_id": pa.array([p.person_id for p in CONSENTED], pa.string()),
-            "recency_days": pa.array([p.recency_days for p in CONSENTED], pa.int64()),
-            "frequency": pa.array([p.frequency for p in CONSENTED], pa.int64()),
-            "monetary": pa.array([p.monetary for p in CONSENTED], pa.float64()),
-            "orders": pa.array([p.orders for p in CONSENTED], pa.int64()),
-            "first_seen_at": pa.array([AS_OF - timedelta(days=p.first_seen_days_ago) for p in CONSENTED], TS),
-            "last_seen_at": pa.array([AS_OF - timedelta(days=p.recency_days) for p in CONSENTED], TS),
-            "is_known_user": pa.array([p.known for p in CONSENTED], pa.bool_()),
+            "person_id": [p.person_id for p in CONSENTED],
+            "recency_days": [p.recency_days for p in CONSENTED],
+            "frequency": [p.frequency for p in CONSENTED],
+            "monetary": [p.monetary for p in CONSENTED],
+            "orders": [p.orders for p in CONSENTED],
+            "first_seen_at": [AS_OF - timedelta(days=p.first_seen_days_ago) for p in CONSENTED],
+            "last_seen_at": [AS_OF - timedelta(days=p.recency_days) for p in CONSENTED],
+            "is_known_user": [p.known for p in CONSENTED],
             "as_of": as_of(len(CONSENTED)),
         }
     )
@@ -106,29 +116,29 @@ def feature_tables() -> dict[str, pa.Table]:
         top = min(p.categories, key=lambda c: (-c[1], c[0]))[0]
         for category, n in p.categories:
             affinity_rows.append((p.person_id, category, n / total, float(n), n, category == top, top))
-    content_affinity = pa.table(
+    content_affinity = _typed("content_affinity", 
         {
-            "person_id": pa.array([r[0] for r in affinity_rows], pa.string()),
-            "category": pa.array([r[1] for r in affinity_rows], pa.string()),
-            "affinity": pa.array([r[2] for r in affinity_rows], pa.float64()),
+            "person_id": [r[0] for r in affinity_rows],
+            "category": [r[1] for r in affinity_rows],
+            "affinity": [r[2] for r in affinity_rows],
             # extra column of the features contract: the warehouse does not load it
-            "decayed_weight": pa.array([r[3] for r in affinity_rows], pa.float64()),
-            "events": pa.array([r[4] for r in affinity_rows], pa.int64()),
-            "is_top": pa.array([r[5] for r in affinity_rows], pa.bool_()),
-            "top_category": pa.array([r[6] for r in affinity_rows], pa.string()),
+            "decayed_weight": [r[3] for r in affinity_rows],
+            "events": [r[4] for r in affinity_rows],
+            "is_top": [r[5] for r in affinity_rows],
+            "top_category": [r[6] for r in affinity_rows],
             "as_of": as_of(len(affinity_rows)),
         }
     )
 
-    engagement = pa.table(
+    engagement = _typed("engagement", 
         {
-            "person_id": pa.array([p.person_id for p in CONSENTED], pa.string()),
-            "active_days": pa.array([max(1, p.frequency // 2) for p in CONSENTED], pa.int64()),
-            "sessions": pa.array([max(1, p.frequency) for p in CONSENTED], pa.int64()),
-            "sessions_per_week": pa.array([p.frequency / 13.0 for p in CONSENTED], pa.float64()),
-            "avg_session_dwell_ms": pa.array([60_000.0 + 1000 * i for i, _ in enumerate(CONSENTED)], pa.float64()),
-            "preferred_hour": pa.array([(7 * i) % 24 for i, _ in enumerate(CONSENTED)], pa.int64()),
-            "preferred_dow": pa.array([i % 7 for i, _ in enumerate(CONSENTED)], pa.int64()),
+            "person_id": [p.person_id for p in CONSENTED],
+            "active_days": [max(1, p.frequency // 2) for p in CONSENTED],
+            "sessions": [max(1, p.frequency) for p in CONSENTED],
+            "sessions_per_week": [p.frequency / 13.0 for p in CONSENTED],
+            "avg_session_dwell_ms": [60_000.0 + 1000 * i for i, _ in enumerate(CONSENTED)],
+            "preferred_hour": [(7 * i) % 24 for i, _ in enumerate(CONSENTED)],
+            "preferred_dow": [i % 7 for i, _ in enumerate(CONSENTED)],
             "as_of": as_of(len(CONSENTED)),
         }
     )
@@ -140,24 +150,24 @@ def feature_tables() -> dict[str, pa.Table]:
         identity_rows.append((pseudonym(f"anon-{name}"), "anonymous", pseudonym(name), 2 if name in known_names else 1, False))
         if name in known_names:
             identity_rows.append((pseudonym(f"user-{name}"), "user", pseudonym(name), 2, False))
-    identity_map = pa.table(
+    identity_map = _typed("identity_map", 
         {
-            "identifier": pa.array([r[0] for r in identity_rows], pa.string()),
-            "identifier_kind": pa.array([r[1] for r in identity_rows], pa.string()),
-            "person_id": pa.array([r[2] for r in identity_rows], pa.string()),
-            "component_size": pa.array([r[3] for r in identity_rows], pa.int64()),
-            "is_junk": pa.array([r[4] for r in identity_rows], pa.bool_()),
+            "identifier": [r[0] for r in identity_rows],
+            "identifier_kind": [r[1] for r in identity_rows],
+            "person_id": [r[2] for r in identity_rows],
+            "component_size": [r[3] for r in identity_rows],
+            "is_junk": [r[4] for r in identity_rows],
             "as_of": as_of(len(identity_rows)),
         }
     )
 
     eligibility_rows = [(pseudonym(n), purpose, _eligibility(n, purpose)) for n in everyone for purpose in PURPOSES]
-    purpose_eligibility = pa.table(
+    purpose_eligibility = _typed("purpose_eligibility", 
         {
-            "person_id": pa.array([r[0] for r in eligibility_rows], pa.string()),
-            "purpose": pa.array([r[1] for r in eligibility_rows], pa.string()),
-            "eligible": pa.array([r[2] for r in eligibility_rows], pa.bool_()),
-            "consent_subjects": pa.array([1] * len(eligibility_rows), pa.int64()),
+            "person_id": [r[0] for r in eligibility_rows],
+            "purpose": [r[1] for r in eligibility_rows],
+            "eligible": [r[2] for r in eligibility_rows],
+            "consent_subjects": [1] * len(eligibility_rows),
             "as_of": as_of(len(eligibility_rows)),
         }
     )
@@ -168,17 +178,17 @@ def feature_tables() -> dict[str, pa.Table]:
         session_rows.append(
             (pseudonym(name), hashlib.md5(f"{name}|{i}".encode()).hexdigest(), start, start + timedelta(minutes=12), 5 + i, 2 + i % 3, 60_000 + 500 * i, f"c{i:03d}", i % 4 == 0)
         )
-    sessions = pa.table(
+    sessions = _typed("sessions", 
         {
-            "person_id": pa.array([r[0] for r in session_rows], pa.string()),
-            "session_id": pa.array([r[1] for r in session_rows], pa.string()),
-            "session_start": pa.array([r[2] for r in session_rows], TS),
-            "session_end": pa.array([r[3] for r in session_rows], TS),
-            "events": pa.array([r[4] for r in session_rows], pa.int64()),
-            "pages": pa.array([r[5] for r in session_rows], pa.int64()),
-            "dwell_ms": pa.array([r[6] for r in session_rows], pa.int64()),
-            "landing_content_id": pa.array([r[7] for r in session_rows], pa.string()),
-            "converted": pa.array([r[8] for r in session_rows], pa.bool_()),
+            "person_id": [r[0] for r in session_rows],
+            "session_id": [r[1] for r in session_rows],
+            "session_start": [r[2] for r in session_rows],
+            "session_end": [r[3] for r in session_rows],
+            "events": [r[4] for r in session_rows],
+            "pages": [r[5] for r in session_rows],
+            "dwell_ms": [r[6] for r in session_rows],
+            "landing_content_id": [r[7] for r in session_rows],
+            "converted": [r[8] for r in session_rows],
             "as_of": as_of(len(session_rows)),
         }
     )

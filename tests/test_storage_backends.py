@@ -1,0 +1,85 @@
+"""LakeStorage / LandingZone over a local directory and over S3 (a moto server): what differs between the two is
+in one place (core/storage.py `_LocalBackend` / `_S3Backend`), and the stores behave the same on both."""
+
+from __future__ import annotations
+
+import ast
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from personalization_assets.core import storage
+from personalization_assets.core.storage import LakeStorage, LandingZone
+
+pytestmark = pytest.mark.unit
+
+
+def _public(cls) -> set[str]:
+    return {n for n in vars(cls) if not n.startswith("__")}
+
+
+def test_both_backends_implement_the_same_operations():
+    assert _public(storage._LocalBackend) - {"_s3_only"} == _public(storage._S3Backend) - {"_precondition_failed"}
+
+
+def test_the_stores_branch_on_the_backend_not_on_is_s3():
+    """The store classes used to test `is_s3` eleven times; now only the object-lock check asks (S3-only feature)."""
+    tree = ast.parse(Path(storage.__file__).read_text())
+    uses = []
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in ("_FileStore", "LandingZone", "LakeStorage")):
+        uses += [cls.name for node in ast.walk(cls) if isinstance(node, ast.Attribute) and node.attr == "is_s3"]
+    assert uses == ["_FileStore", "_FileStore"]  # the `is_s3` property itself and the object-lock check
+
+
+def test_s3_only_operations_on_a_local_store_say_so(tmp_path):
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+    for call in (lambda: lake.put_conditional("x", b"1", if_none_match=True), lambda: lake.read_with_etag("x"),
+                 lambda: lake.delete_if_match("x", "etag")):
+        with pytest.raises(ValueError, match="is for S3 stores; .* is a local path"):
+            call()
+
+
+def _exercise(lake: LakeStorage, landing: LandingZone) -> dict:
+    t = pa.table({"k": pa.array([1, 2, 3], pa.int64()), "v": pa.array(["a", "b", "c"])})
+    out = {}
+    out["write"] = lake.write_table("raw", "t", t, {"date": "2026-01-01"}).rows
+    lake.write_table("raw", "t", t.slice(0, 1), {"date": "2026-01-02"})
+    out["partitions"] = sorted(p["date"] for p in lake.partitions("raw", "t"))
+    out["fingerprints"] = sorted(lake.partition_fingerprints("raw", "t"))
+    con = duckdb.connect()
+    out["registered"] = lake.register(con, "view_t", "raw", "t")
+    out["rows"] = con.sql("select count(*), sum(k) from view_t").fetchall()[0]
+    lake.register_partitions(con, "view_p", "raw", "t", [{"date": "2026-01-02"}], t.schema, ["k"])
+    out["partition_rows"] = con.sql("select * from view_p").fetchall()
+    out["empty"] = lake.register(con, "view_none", "raw", "none", empty_schema=t.schema)
+    out["exclusive"] = (lake.create_exclusive("privacy/log/segment=1/data.parquet", b"one"),
+                        lake.create_exclusive("privacy/log/segment=1/data.parquet", b"two"),
+                        lake.read_bytes("privacy/log/segment=1/data.parquet"))
+    lake.write_bytes("misc/blob.bin", b"x1")
+    lake.write_bytes("misc/blob.bin", b"x2")
+    out["blob"] = lake.read_bytes("misc/blob.bin")
+    out["temp_files"] = lake.temp_files()
+    out["deleted"] = (lake.delete_partition("raw", "t", {"date": "2026-01-01"}), lake.delete_partition("raw", "t", {"date": "2026-01-01"}))
+    landing.write_durable("events/date=2026-01-01/hour=00/b.jsonl", b'{"a":1}\n')
+    out["landing"] = ([f.path for f in landing.list_files("events")], landing.exists("events/date=2026-01-01/hour=00/b.jsonl"))
+    out["uri_scheme"] = lake.uri("raw/t").split("://")[0] if "://" in lake.uri("raw/t") else "file"
+    out["local_path"] = lake.local_path("misc/blob.bin") is not None
+    return out
+
+
+def test_the_stores_behave_the_same_locally_and_on_s3(tmp_path, moto_server):
+    import boto3
+
+    bucket = f"t-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="x",
+                 aws_secret_access_key="x").create_bucket(Bucket=bucket)
+    creds = {"s3_endpoint_url": moto_server, "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    local = _exercise(LakeStorage(url=str(tmp_path / "lake")), LandingZone(url=str(tmp_path / "landing")))
+    s3 = _exercise(LakeStorage(url=f"s3://{bucket}/lake", **creds), LandingZone(url=f"s3://{bucket}/landing", **creds))
+    assert (local.pop("uri_scheme"), s3.pop("uri_scheme")) == ("file", "s3")
+    assert (local.pop("local_path"), s3.pop("local_path")) == (True, False)
+    assert local == s3
+    assert local["exclusive"] == (True, False, b"one") and local["rows"] == (4, 7) and local["temp_files"] == []
