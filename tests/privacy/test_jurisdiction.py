@@ -127,8 +127,11 @@ class World:
         return [r for r in self.ledger.to_pylist() if r["source_ref"] == ref]
 
 
-@pytest.fixture
-def world(landing):
+@pytest.fixture(scope="module")
+def world(module_data_dir):
+    """Materialized once per module: every test below only reads it (lake, ledger, pseudonyms)."""
+    landing = module_data_dir / "landing"
+    landing.mkdir()
     return World(_run(landing))
 
 
