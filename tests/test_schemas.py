@@ -45,7 +45,7 @@ def _fresh_copy(module: str, monkeypatch) -> object:
 LAKE_SCHEMAS = [
     ("personalization_assets.privacy.consent", "LEDGER_SCHEMA", privacy_models, "ConsentLedgerRow"),
     ("personalization_assets.privacy.consent", "STATE_SCHEMA", privacy_models, "ConsentState"),
-    ("personalization_assets.privacy.consented", "CONSENTED_EVENT_SCHEMA", privacy_models, "ConsentedEvent"),
+    ("personalization_assets.consented.transform", "CONSENTED_EVENT_SCHEMA", privacy_models, "ConsentedEvent"),
     ("personalization_assets.privacy.identity", "IDENTITY_SCHEMA", privacy_models, "IdentityLink"),
     ("personalization_assets.raw.quarantine", "QUARANTINE_SCHEMA", tracking_plan, "Quarantine"),
     ("personalization_assets.privacy.assets", "RAW_EVENT_SCHEMA", tracking_plan, "RawEvent"),

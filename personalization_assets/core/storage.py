@@ -599,7 +599,7 @@ def partition_path(partition: Mapping[str, str] | None) -> str:
 # sensitive read is recorded on the spot through the registered audit sink before a byte is read, and without
 # a sink it fails. No code path reads a sensitive table during a run without leaving an audit record.
 _DECLARED_READS: dict[tuple[str, str], set[str]] = {}  # (run id, step) -> sensitive assets audited by that step
-_AUDIT_SINK = None  # callable(lake, asset, partition, columns) -> None, registered by privacy.audit
+_AUDIT_SINK = None  # callable(lake, asset, partition, columns) -> None, registered by core.audit
 
 
 class UnauditedReadError(PermissionError):
