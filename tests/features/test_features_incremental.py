@@ -81,11 +81,11 @@ def _iso(t) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _run(lake: LakeStorage, as_of, full_refresh: bool = False) -> dg.ExecuteInProcessResult:
+def _run(lake: LakeStorage, as_of, full_refresh: bool = False, **params) -> dg.ExecuteInProcessResult:
     result = dg.materialize(
         build_feature_assets(),
         resources={"lake": lake, "duckdb": DuckDBEngine(database=":memory:")},
-        run_config={"ops": {"feature_tables": {"config": {"as_of": _iso(as_of), "full_refresh": full_refresh}}}},
+        run_config={"ops": {"feature_tables": {"config": {"as_of": _iso(as_of), "full_refresh": full_refresh, **params}}}},
         raise_on_error=False,
     )
     assert result.success
@@ -120,9 +120,9 @@ def _inputs(lake: LakeStorage) -> tuple[pa.Table, pa.Table]:
     return pa.concat_tables(parts), lake.read_table("privacy", "consent_state")
 
 
-def _reference(lake: LakeStorage, as_of) -> dict[str, pa.Table]:
+def _reference(lake: LakeStorage, as_of, **params) -> dict[str, pa.Table]:
     ev, cs = _inputs(lake)
-    return build(ev.to_pylist(), cs.to_pylist(), as_of=as_of)
+    return build(ev.to_pylist(), cs.to_pylist(), as_of=as_of, **params)
 
 
 def _write_inputs(lake: LakeStorage, events: pa.Table, consent_rows: pa.Table) -> None:
@@ -191,13 +191,13 @@ class _Steps:
     def __init__(self, lake: LakeStorage, label: str):
         self.lake, self.label, self.log, self.previous = lake, label, {}, {}
 
-    def run(self, name: str, as_of) -> None:
+    def run(self, name: str, as_of, **params) -> None:
         before = self.previous  # what the previous run wrote (an erasure run may have purged rows since)
-        md = _partials(_run(self.lake, as_of))
+        md = _partials(_run(self.lake, as_of, **params))
         after = self.previous = _person_rows(self.lake)
         changed = {p for p, rows in after.items() if before.get(p) != rows}
         self.log[name] = {"md": md, "changed": changed, "persons": len(after), "dropped": len(set(before) - set(after))}
-        _assert_same(self.lake, _reference(self.lake, as_of), f"{self.label} {name}")
+        _assert_same(self.lake, _reference(self.lake, as_of, **params), f"{self.label} {name}")
 
 
 @pytest.fixture(scope="module", params=SEEDS)
@@ -265,6 +265,16 @@ def scenario(request, tmp_path_factory):
     # key rotation between runs
     _rotate(lake)
     steps.run("rotation", as_of5)
+
+    # a run that died between the state writes: state_persons is gone (deleted first, written last), another state
+    # table holds leftovers -> nothing of the stored state is trusted
+    lake.delete_partition("features", "state_persons")
+    stale = lake.read_table("features", "state_sessions")
+    lake.write_table("features", "state_sessions", stale.slice(0, stale.num_rows // 2))
+    steps.run("after_crash", as_of5)
+
+    # a session parameter the state depends on changes: every person is recomputed with it
+    steps.run("new_gap", as_of5, session_gap_minutes=20)
     return {"lake": lake, "log": steps.log, "as_of": as_of5, "tmp": tmp_path_factory.mktemp(f"full{seed}")}
 
 
@@ -274,7 +284,7 @@ def test_incremental_equals_one_full_refresh(scenario):
     fresh = LakeStorage(url=str(scenario["tmp"] / "lake"))
     ev, cs = _inputs(lake)
     write_lake(fresh, ev.to_pylist(), cs.to_pylist())
-    md = _partials(_run(fresh, scenario["as_of"], full_refresh=True))
+    md = _partials(_run(fresh, scenario["as_of"], full_refresh=True, session_gap_minutes=20))  # as the last run
     assert md["state"] == "rebuilt: full_refresh" and md["persons_touched"] == md["persons"]
     _assert_same(lake, _lake_tables(fresh), "incremental vs full_refresh")
     for t in ("state_sessions", "state_cells", "state_conversions", "state_subjects", "state_persons"):
@@ -294,10 +304,14 @@ def test_each_run_recomputes_exactly_the_persons_whose_rows_changed(scenario):
     the withdrawn subject's, the stitched device's merged person, the erased subject's component) — not everyone;
     the first run and a key rotation (every pseudonym changed) recompute everyone."""
     log = scenario["log"]
-    assert log["batch1"]["md"]["state"] == "rebuilt: no stored state"
+    assert log["batch1"]["md"]["state"] == log["after_crash"]["md"]["state"] == "rebuilt: no stored state"
+    assert log["new_gap"]["md"]["state"] == "rebuilt: session parameters or state format changed"
     for name, step in log.items():
         md = step["md"]
         assert md["persons"] == step["persons"], name
+        if name in ("after_crash", "new_gap"):
+            assert md["persons_touched"] == md["persons"], name
+            continue
         if name != "batch1":
             assert md["state"] == "reused", name
             # the erasure and rotation jobs purged / re-keyed the stored state: dropped counts against that
