@@ -19,10 +19,10 @@ from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.features.inputs import consent_state_schema, consented_events_schema
 from personalization_assets.features.models import FEATURE_MODELS, EventsClean
 from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of, resolve_as_of
+from personalization_assets.features import partials
 from personalization_assets.features.sql import (
     DERIVED,
     TABLES,
-    build_derived,
     build_events_clean_sql,
     build_identity,
     drop_intermediates,
@@ -99,6 +99,8 @@ class FeatureConfig(dg.Config):
     max_session_hours: int = Field(default=24, description="A session is cut every this many hours from its start.")
     rfm_window_days: int = Field(default=90, description="Window of frequency and monetary: (as_of - days, as_of].")
     half_life_days: float = Field(default=14.0, description="Half-life of an engagement event's weight in content_affinity.")
+    full_refresh: bool = Field(default=False, description="Ignore the stored per-person state (features/state_*) and recompute "
+                               "it for every person (`personalization materialize --full-refresh`).")
 
     def to_params(self, default_as_of: datetime | None = None) -> FeatureParams:
         """`default_as_of` applies when no as_of is configured (the build passes `resolve_as_of`'s value)."""
@@ -128,7 +130,9 @@ def _spec(table: str) -> dg.AssetSpec:
             "privacy/purpose": PURPOSE,
             # how the lineage-driven erasure (privacy/erasure.py) removes a subject before the next rebuild
             "privacy/erasure": {"kind": "lake", "layer": LAYER, "table": table, "partitioned": False,
-                                "columns": ERASURE_COLUMNS[table]},
+                                "columns": ERASURE_COLUMNS[table],
+                                # the per-person state the build folds forward (features/partials.py)
+                                **({"also": partials.erasure_also()} if table == "sessions" else {})},
         },
         tags={"privacy/sensitivity": "pseudonymous"},
     )
@@ -208,7 +212,9 @@ def build_feature_assets() -> list:
             events_view = WRITTEN_VIEW.format(table="events_clean")
             lake.register(con, events_view, LAYER, "events_clean", empty_schema=arrow_schema(EventsClean, nullable="model"))
             with timer("derived"):
-                stats.update(build_derived(con, params, events_view, CONSENT_VIEW))
+                # per-person state: only persons whose events_clean rows changed are recomputed (features/partials.py)
+                stats.update(partials.build_derived_incremental(con, lake, params, events_view, CONSENT_VIEW,
+                                                                full_refresh=config.full_refresh))
                 for table in DERIVED:
                     written[table] = _write(con, lake, table, temp_table(table))
             context.log.info(f"feature build: {stats}")
@@ -249,6 +255,9 @@ def build_feature_assets() -> list:
                              "component_rounds": stats["component_rounds"], "persons": stats["persons"]},
         }
         extra["events_clean"]["stage_seconds"] = dg.MetadataValue.json(timer.seconds)
+        extra["sessions"] = {"partials": dg.MetadataValue.json(
+            {k: stats[k] for k in ("state", "persons", "persons_touched", "persons_reused", "persons_dropped",
+                                   "events_recomputed", "partials_seconds") if k in stats})}
         # row count and null rates from each written file's footer, scored against the previous builds
         anomaly_md, anomaly_results = anomalies.evaluate_feature_tables(context, lake, LAYER, FEATURE_KEYS)
         for table in TABLES:
