@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
@@ -159,6 +160,12 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
     return specs
 
 
+def _build_lock(lake: LakeStorage):
+    from personalization_assets.core.hash_chain import TableWriterLock
+
+    return TableWriterLock(lake=lake, name="feature_build", schema=pa.schema([("unused", pa.string())]), table_layer=LAYER).exclusive()
+
+
 def _write(con, lake: LakeStorage, table: str, source: str) -> WriteResult:
     reader = con.sql(select_output_sql(table, source)).to_arrow_reader(BATCH_ROWS)
     return lake.write_table(LAYER, table, reader)
@@ -197,7 +204,9 @@ def build_feature_assets() -> list:
         policy = feature_checks.load_identifier_policy()
         written: dict[str, WriteResult] = {}
         timer = _StageTimer()
-        with duckdb.get_connection() as con:
+        # one feature build at a time (two CLI runs, a retry racing the original): the published tables and the
+        # per-person state are read and rewritten as one set (fcntl locally, an S3 lease in the lake)
+        with _build_lock(lake), duckdb.get_connection() as con:
             lake.register(con, EVENTS_VIEW, "consented", "events", empty_schema=consented_events_schema())
             lake.register(con, CONSENT_VIEW, "privacy", "consent_state", empty_schema=consent_state_schema())
 
