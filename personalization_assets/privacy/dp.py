@@ -23,8 +23,10 @@ one lock; the ledger refuses a release_id twice).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -164,25 +166,84 @@ class BudgetLedger:
         return self.release(release, run_id, uuid.uuid4().hex, dict, when, gate=False).remaining
 
 
-def dp_counts(keys: list[str], release: DpRelease, key_name: str):
-    """Noisy count of rows per key (each person contributes at most `release.max_contributions` rows).
+@dataclass(frozen=True)
+class CountMeasurement:
+    """One OpenDP measurement for a grouped count release: built once per query shape (key column, ε, contribution
+    bound) and applied to every release of that shape, whatever the number of groups. `scale` is the Laplace noise
+    scale of every released count, `accuracy_95` its 95% accuracy bound, `privacy_loss` OpenDP's privacy map at the
+    contribution bound (≤ ε)."""
+    measurement: object  # opendp.mod.Measurement
+    scale: float
+    accuracy_95: float
+    privacy_loss: float
 
-    Returns (polars DataFrame [key_name, count], noise scale, 95% accuracy bound)."""
+
+def _count_plan(key_name: str):
     import opendp.prelude as dp
     import polars as pl
 
-    dp.enable_features("contrib")
-    lf = pl.LazyFrame({key_name: pl.Series(keys, dtype=pl.String)})
-    ctx = dp.Context.compositor(
-        data=lf,
-        privacy_unit=dp.unit_of(contributions=release.max_contributions),
-        privacy_loss=dp.loss_of(epsilon=release.epsilon),
-        split_evenly_over=1,
-        margins=[dp.polars.Margin(by=[key_name], invariant="keys")],
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # OpenDP's signed-count default notice
-        query = ctx.query().group_by(key_name).agg(dp.len().alias("count"))
-        summary = query.summarize(alpha=0.05)
-        released = query.release().collect().sort(key_name)
-    return released, float(summary["scale"][0]), float(summary["accuracy"][0])
+        return pl.LazyFrame(schema={key_name: pl.String}).group_by(key_name).agg(dp.len().alias("count"))
+
+
+@functools.lru_cache(maxsize=64)
+def count_measurement(key_name: str, epsilon: float, max_contributions: int) -> CountMeasurement:
+    """The measurement `dp_counts` releases with: the same query, domain, privacy unit and loss as
+    `dp.Context.compositor(data, unit_of(contributions=K), loss_of(epsilon=ε), split_evenly_over=1,
+    margins=[Margin(by=[key], invariant="keys")]).query().group_by(key).agg(dp.len())`, whose `resolve()` binary-searches
+    the noise scale (≈1,150 measurements built and checked, twice per release: once for `summarize`, once for
+    `release`). Here the scale is solved once: the L1 sensitivity of a count vector over invariant keys is K, so
+    start from K/ε and move by single floats to the smallest scale OpenDP's own privacy map accepts (the value the
+    binary search converges to), i.e. a handful of measurements, then cached per (key column, ε, K)."""
+    import opendp.prelude as dp
+    import polars as pl
+    from opendp.accuracy import summarize_polars_measurement
+
+    dp.enable_features("contrib")
+    domain = dp.domain_of(pl.LazyFrame(schema={key_name: pl.String}), infer=True)  # the structure only, never data
+    domain = dp.with_margin(domain, dp.polars.Margin(by=[key_name], invariant="keys"))
+    metric, d_in = dp.unit_of(contributions=max_contributions)
+    measure, d_out = dp.loss_of(epsilon=epsilon)
+    plan = _count_plan(key_name)
+
+    def make(scale: float):
+        return dp.m.make_private_lazyframe(input_domain=domain, input_metric=metric, output_measure=measure, lazyframe=plan,
+                                           global_scale=scale)
+
+    def private(scale: float) -> bool:
+        return make(scale).check(d_in, d_out)
+
+    scale = max_contributions / epsilon
+    for _ in range(64):  # OpenDP rounds its map conservatively: K/ε may be a float or two short
+        if private(scale):
+            break
+        scale = math.nextafter(scale, math.inf)
+    else:  # not the map this module expects: let OpenDP search the scale (always correct, just slower)
+        scale = dp.binary_search_param(make, d_in, d_out, T=float)
+    for _ in range(64):  # the smallest accepted float, as OpenDP's binary search finds it (no excess noise)
+        lower = math.nextafter(scale, 0.0)
+        if not private(lower):
+            break
+        scale = lower
+    measurement = make(scale)
+    if not measurement.check(d_in, d_out):  # never released without OpenDP's own check at the contribution bound
+        raise RuntimeError(f"OpenDP refused the count measurement at scale {scale} for epsilon={epsilon}, contributions={max_contributions}")
+    summary = summarize_polars_measurement(measurement, 0.05)
+    return CountMeasurement(measurement, float(summary["scale"][0]), float(summary["accuracy"][0]), float(measurement.map(d_in)))
+
+
+def dp_counts(keys: list[str] | pa.Array, release: DpRelease, key_name: str):
+    """Noisy count of rows per key (each person contributes at most `release.max_contributions` rows): one OpenDP
+    measurement (built once per query shape, see `count_measurement`) applied to the whole input, all groups at once.
+
+    Returns (polars DataFrame [key_name, count], noise scale, 95% accuracy bound)."""
+    import polars as pl
+
+    m = count_measurement(key_name, float(release.epsilon), int(release.max_contributions))
+    column = pl.from_arrow(keys) if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pl.Series(keys, dtype=pl.String)
+    lf = pl.LazyFrame({key_name: column.cast(pl.String)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        released = m.measurement(lf).collect().sort(key_name)
+    return released, m.scale, m.accuracy_95

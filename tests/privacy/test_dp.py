@@ -211,3 +211,125 @@ def test_a_budget_ledger_written_before_release_ids_still_verifies_and_counts(tm
     assert ledger.log.verify().ok and ledger.spent("2026-11") == pytest.approx(0.4)
     ledger.charge(DpRelease("segment_sizes", 0.4, 1), "new", when)
     assert ledger.log.verify().ok and ledger.spent("2026-11") == pytest.approx(0.8)
+
+
+# --- one measurement per release, not one scale search per release (profile: ≈4,600 OpenDP checks per world) ---
+
+import math  # noqa: E402
+
+import opendp.core  # noqa: E402
+import opendp.extras.polars  # noqa: E402
+import opendp.measurements  # noqa: E402
+
+from personalization_assets.privacy import dp as dp_lib  # noqa: E402
+
+
+@pytest.fixture
+def opendp_calls(monkeypatch):
+    """Counts the measurements OpenDP builds (make_private_lazyframe) and checks (measurement_check); the real
+    functions still run (the counters wrap them)."""
+    calls = {"built": 0, "checked": 0}
+
+    def spy(fn, what):
+        def wrapper(*args, **kwargs):
+            calls[what] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(opendp.core, "measurement_check", spy(opendp.core.measurement_check, "checked"))
+    for module in (opendp.measurements, opendp.extras.polars):
+        monkeypatch.setattr(module, "make_private_lazyframe", spy(opendp.measurements.make_private_lazyframe, "built"))
+    return calls
+
+
+def _forget_built_measurements():
+    cache = getattr(dp_lib, "count_measurement", None)
+    if cache is not None:
+        cache.cache_clear()
+
+
+def test_a_release_builds_a_bounded_number_of_measurements_whatever_the_number_of_groups(tmp_path, opendp_calls):
+    """Each export release used to let OpenDP binary-search the noise scale twice (summarize + release): ≈2,300
+    measurements built and checked per release. Now a release builds a few at most, the same number for 7 groups
+    as for 700, none for a later release of the same shape, and charges what it charged before: the policy's ε,
+    Laplace noise of scale K/ε per released count."""
+    from personalization_assets.core.platform import PlatformConfig
+    from personalization_assets.exports.assets import release_counts
+
+    policy = get_policy()
+    release = policy.dp_releases["content_popularity"]
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+    platform = PlatformConfig(data_dir=str(tmp_path))
+    t0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    costs = {}
+    for n_groups, month in ((7, 0), (700, 1)):
+        cats = [f"c{i:04d}" for i in range(n_groups)]
+        keys = [cats[(p + j) % n_groups] for p in range(3000) for j in range(1 + p % release.max_contributions)]
+        _forget_built_measurements()
+        before = dict(opendp_calls)
+        when = t0 + timedelta(days=31 * month)  # a new month: a fresh budget, no release period in force
+        outcome, dropped = release_counts(lake, platform, f"run-{n_groups}", "content_popularity", keys, cats, "category", when)
+        costs[n_groups] = (opendp_calls["built"] - before["built"], opendp_calls["checked"] - before["checked"])
+        assert outcome.payload["keys"] == sorted(set(keys)) and dropped == 0
+        assert outcome.epsilon_spent == release.epsilon and not outcome.reused
+        assert BudgetLedger.open(lake, policy, None).spent(when.strftime("%Y-%m")) == pytest.approx(release.epsilon)
+        assert outcome.payload["noise_scale"] == pytest.approx(release.max_contributions / release.epsilon, rel=1e-12)
+        assert (outcome.payload["epsilon"], outcome.payload["max_contributions"]) == (release.epsilon, release.max_contributions)
+    assert costs[7] == costs[700], costs
+    assert all(built <= 8 and checked <= 8 for built, checked in costs.values()), costs
+    # a later release of the same shape reuses the measurement: nothing built or checked at all
+    before = dict(opendp_calls)
+    dp_counts(["c0001"] * 50 + ["c0002"] * 20, release, "category")
+    assert opendp_calls == before
+
+
+@pytest.mark.parametrize("epsilon,contributions", [(0.4, 1), (0.4, 5), (0.3, 3)])  # the policy's two; K/ε rounded
+def test_the_single_measurement_is_the_one_opendps_context_resolves(epsilon, contributions):
+    """Same privacy semantics as the Context query it replaces: the same noise scale (to the last float), the same
+    95% accuracy, the same privacy map at the contribution bound (≤ ε), the same output schema and keys."""
+    import warnings
+
+    import opendp.prelude as dp
+    import polars as pl
+    from opendp.accuracy import summarize_polars_measurement
+
+    dp.enable_features("contrib")
+    keys = ["news"] * 300 + ["sports"] * 200 + ["tech"] * 5
+    ctx = dp.Context.compositor(data=pl.LazyFrame({"category": pl.Series(keys, dtype=pl.String)}),
+                                privacy_unit=dp.unit_of(contributions=contributions), privacy_loss=dp.loss_of(epsilon=epsilon),
+                                split_evenly_over=1, margins=[dp.polars.Margin(by=["category"], invariant="keys")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        query = ctx.query().group_by("category").agg(dp.len().alias("count"))
+        searched = query.resolve()  # OpenDP's binary search of the scale (once: summarize/release would redo it)
+        expected = summarize_polars_measurement(searched, 0.05)
+        via_context = ctx(searched).collect().sort("category")
+    _forget_built_measurements()
+    m = dp_lib.count_measurement("category", epsilon, contributions)
+    assert m.scale == float(expected["scale"][0]) and m.accuracy_95 == float(expected["accuracy"][0])
+    assert m.privacy_loss == searched.map(contributions) and m.privacy_loss <= epsilon
+    assert math.isclose(m.scale, contributions / epsilon, rel_tol=1e-12)
+    released, scale, accuracy = dp_counts(keys, DpRelease("t", epsilon=epsilon, max_contributions=contributions), "category")
+    assert (scale, accuracy) == (m.scale, m.accuracy_95)
+    assert released.schema == via_context.schema and released["category"].to_list() == via_context["category"].to_list()
+
+
+def test_every_group_gets_its_own_laplace_noise_of_the_declared_scale():
+    """Applying one measurement to all groups must not share noise between them. OpenDP draws from the OS CSPRNG
+    and offers no seed, so this checks the noise's distribution over 3,000 groups with wide (≥5σ) margins: mean 0,
+    the variance of the discrete Laplace of scale K/ε, the probability of exactly 0, and no correlation between groups."""
+    release = DpRelease("t", epsilon=0.4, max_contributions=1)
+    n, true = 3000, 40
+    cats = [f"g{i:05d}" for i in range(n)]
+    released, scale, _ = dp_counts([c for c in cats for _ in range(true)], release, "category")
+    assert released["category"].to_list() == cats
+    noise = [int(c) - true for c in released["count"].to_list()]
+    t = math.exp(-1 / scale)
+    variance = 2 * t / (1 - t) ** 2
+    mean = sum(noise) / n
+    sample_var = sum((x - mean) ** 2 for x in noise) / (n - 1)
+    assert abs(mean) < 5 * math.sqrt(variance / n)
+    assert abs(sample_var / variance - 1) < 0.25
+    assert abs(sum(x == 0 for x in noise) / n - (1 - t) / (1 + t)) < 0.04
+    lag = sum((a - mean) * (b - mean) for a, b in zip(noise, noise[1:])) / ((n - 1) * sample_var)
+    assert abs(lag) < 0.1
