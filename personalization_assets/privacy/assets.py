@@ -11,6 +11,7 @@ from pydantic import Field
 from personalization_assets.checks.pandera_checks import arrow_schema, model_check, table_schema
 from personalization_assets.checks import anomalies
 from personalization_assets.privacy import consent as consent_lib
+from personalization_assets.privacy import ledger_checkpoint
 from personalization_assets.core.asset_keys import (
     ACCESS_AUDIT_LOG,
     CONSENT_LEDGER,
@@ -205,7 +206,8 @@ CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "
     tags={"privacy/sensitivity": "sensitive", "privacy/log-writer": "consent_ledger"},
     check_specs=[
         dg.AssetCheckSpec("hash_chain_intact", asset=CONSENT_LEDGER, blocking=True,
-                          description="Recomputes the chain: fails on any edited, removed, inserted or reordered row."),
+                          description="Recomputes the chain (segments appended since the last verified checkpoint; all of them when "
+                          "a checkpointed segment was rewritten): fails on any edited, removed, inserted or reordered row."),
         model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).spec,
     ],
 )
@@ -218,8 +220,11 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
     # read-decide-append under the ledger's writer lock: a concurrent run (a second CLI, a retry racing the
     # original) waits, then sees this run's rows (and what they consumed) and appends none of them again
     with log.exclusive():
-        before = log.verify()  # also fails on a decision id stored twice
+        # verified from the checkpoint: only segments appended since the last verified run (privacy/ledger_checkpoint.py)
+        checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh)
+        before = checked.status  # also fails on a decision id stored twice
         if before.ok:
+            ledger_checkpoint.write_checkpoint(lake, log, checked.segments)
             # only raw hours changed since the ledger last consumed them (listing first: metadata only); a new policy
             # version decides every hour again (its purposes may map differently)
             current = lake.partition_fingerprints("raw", "events")
@@ -235,22 +240,27 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
             outcome = _append_new_decisions(log, lake, duckdb, pseudonymizer, policy, before.rows,
                                             None if full else [inc.partition_of(p) for p in changed])
             inc.write_consumed(lake, "consent_ledger", current, {"policy_version": policy.version})  # after the append
+            verified = ledger_checkpoint.verify(log, lake)  # the segments just appended
+            if verified.status.ok:
+                ledger_checkpoint.write_checkpoint(lake, log, verified.segments)
     if not before.ok:
         # never append to a broken chain: that would bury the evidence
-        yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or ""})
-        yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=False, metadata={"problem": before.problem or "", "rows": before.rows})
+        yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or "", **checked.metadata()})
+        yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=False, metadata={"problem": before.problem or "", "rows": before.rows,
+                                                                                           **checked.metadata()})
         yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_all())
         return
     appended, by_decision, candidates = outcome
-    after = log.verify()
-    yield dg.MaterializeResult(metadata={
+    after = verified.status
+    yield dg.MaterializeResult(metadata={**checked.metadata(), "segments_verified_after_append": verified.segments_verified,
         "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
         "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
         "candidates_seen": candidates, "policy_version": policy.version,
         "full_refresh": full, "raw_hours": len(current), "raw_hours_read": len(changed),
     })
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
-                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
+                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or "",
+                                        **verified.metadata()})
     # the schema check validates the newest rows (this run's appends first), not the whole history
     yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_recent(min(max(appended, 1), 200_000)))
 
@@ -324,12 +334,10 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
                 where coalesce(u.pseudonym, e.pseudonym) is not null"""
         )
         candidates = consent_lib.candidate_decisions(con, policy, recorded_at=datetime.now(timezone.utc))
-        from personalization_assets.privacy.operations import rekey_table
+        from personalization_assets.privacy.ledger_lookup import recorded_for_candidates
 
-        chain = pseudonymizer.chain()
-        # compare under the current key version
-        existing, _ = rekey_table(log.read_all(["decision_id", "identifier_pseudonym", "identifier_kind", "purpose", "decision", "effective_at",
-                                                "source", "source_ref"]), chain, chain.active)
+        # compare under the current key version, with the stored rows sharing an id or identifier with a candidate only
+        existing = recorded_for_candidates(con, log, pseudonymizer.chain(), "__candidates")
         # a GPC signal decides once, at an identifier's first signal: a signal no earlier than the one already recorded
         # (in an hour read now, or anywhere once the recorded signal's hour is gone) is not a new opt-out
         consent_lib.drop_recorded_gpc(con, existing, "__candidates")
