@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 # steps that find their own stale work and take `full_refresh: true` to rebuild everything
-INCREMENTAL_OPS = ("raw_events", "privacy__identity_links", "privacy__consent_ledger", "consented_events")
+INCREMENTAL_OPS = ("raw_events", "privacy__identity_links", "privacy__consent_ledger", "privacy__consent_state", "consented_events")
 OPERATIONS = dg.AssetSelection.assets(["privacy", "erasure_log"], ["privacy", "retention_log"], ["privacy", "key_rotation_log"])
 
 

@@ -353,40 +353,47 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
     return appended, by_decision, candidates
 
 
+class ConsentStateConfig(dg.Config):
+    full_refresh: bool = False  # rebuild every subject (default: only subjects touched by new ledger rows or identity changes)
+
+
 @dg.asset(
     key=CONSENT_STATE,
     description="Effective consent per subject and purpose as validity intervals [valid_from, valid_to), including the "
     "jurisdiction's no-record default before the first decision (deny for personalization everywhere; deny for every "
     "purpose in the `unknown` jurisdiction: no event location and no CRM country). Each row records the subject's "
-    "jurisdiction and its source. Used for as-of joins.",
-    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS],
+    "jurisdiction and its source. Used for as-of joins. Folded forward: a run recomputes only the subjects touched by "
+    "ledger rows appended since, or whose identity resolution changed (privacy/consent_state_incremental.py); erased "
+    "subjects (suppression list) are never in it.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS, SUPPRESSION_LIST],
     metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentState),
-              "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"]}},
+              "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"],
+                                  "also": [{"layer": "privacy", "table": "consent_state_inputs", "columns": ["identifier", "consent_subject"]}]}},
     check_specs=[
         model_check(CONSENT_STATE, ConsentState, blocking=True).spec,
         dg.AssetCheckSpec("intervals_do_not_overlap", asset=CONSENT_STATE, blocking=True,
                           description="Per subject and purpose, intervals are contiguous and never overlap."),
     ],
 )
-def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
-    from personalization_assets.privacy.operations import rekey_table
+def consent_state(context: dg.AssetExecutionContext, config: ConsentStateConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                  pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    from personalization_assets.privacy import consent_state_incremental as csi
 
     policy = get_policy()
-    auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None)])
+    auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None),
+                                                            ("privacy/suppression_list", None, ["identifier"])])
     # the ledger is immutable: rows written before a key rotation are re-keyed on read
     chain = pseudonymizer.chain()
-    ledger, _ = rekey_table(ledger_log(lake, platform).read_all(["seq", "identifier_pseudonym", "purpose", "decision", "effective_at", "source"]),
-                            chain, chain.active)
     with duckdb.get_connection() as con:
-        con.register("ledger", ledger)
-        lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
-        if "jurisdiction_source" not in {r[0] for r in con.execute("describe identity").fetchall()}:
+        lake.register(con, "__identity_lake", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
+        if "jurisdiction_source" not in {r[0] for r in con.execute("describe __identity_lake").fetchall()}:
             # written by a version that fell back to `default` without a location: its jurisdictions are not trusted
             raise dg.Failure(
                 "privacy/identity_links was written before jurisdiction_source existed (its jurisdictions may be a "
                 "`default` fallback, not fail-closed): materialize privacy/identity_links, then privacy/consent_state."
             )
-        state = consent_lib.build_consent_state(con, policy)
+        outcome = csi.build(con, lake, ledger_log(lake, platform), chain, policy, "__identity_lake", config.full_refresh)
+        state = outcome.state
         con.register("__state", state)
         overlaps = con.execute(
             """select count(*) from (
@@ -395,10 +402,12 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
                  or prev_to is not null and prev_to <> valid_from"""
         ).fetchall()[0][0]
         granted = con.sql("select purpose, count(distinct consent_subject) from __state where status = 'granted' and valid_to is null group by 1").fetchall()
-    written = lake.write_table("privacy", "consent_state", state)
+        written = lake.write_table("privacy", "consent_state", state)
+        csi.write_inputs(con, lake, outcome)  # after the state: a run that dies in between rebuilds from scratch next time
     yield dg.MaterializeResult(metadata=_write_metadata(written, {
         "subjects": pa.compute.count_distinct(state["consent_subject"]).as_py(),
         "currently_granted_by_purpose": dg.MetadataValue.json(dict(granted)),
+        "full_refresh": outcome.mode == "full", **outcome.metadata(),
     }))
     yield model_check(CONSENT_STATE, ConsentState, blocking=True).evaluate(state)
     yield dg.AssetCheckResult(check_name="intervals_do_not_overlap", passed=overlaps == 0, metadata={"violations": int(overlaps)})
