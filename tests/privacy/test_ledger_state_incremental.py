@@ -74,8 +74,28 @@ def ledger_lake(ledger_template, data_dir, monkeypatch):
     defs = defs_for_env()
     # the copy's files are new files: the first run verifies everything and checkpoints it
     md = materializations(_ok(materialize(defs, "key:privacy/consent_ledger")))["privacy/consent_ledger"]
-    assert md["verify_mode"] == "full" and md["appended"] == 0
+    assert md["appended"] == 0 and md.get("verify_mode", "full") == "full"
     return defs
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """Every (segment, rows) whose chain hashes a verification recomputed during the test."""
+    from personalization_assets.core.hash_chain import HashChainedLog
+
+    seen: list[tuple[str, int]] = []
+    real = HashChainedLog._rows_in_storage_order
+
+    def spy(self, segments, batch_rows):
+        for segment in segments:
+            n = 0
+            for row in real(self, [segment], batch_rows):
+                n += 1
+                yield row
+            seen.append((segment, n))
+
+    monkeypatch.setattr(HashChainedLog, "_rows_in_storage_order", spy)
+    return seen
 
 
 def _segment_path(defs, index: int) -> str:
@@ -91,14 +111,18 @@ def _ledger_run(defs, selection="key:privacy/consent_ledger") -> tuple[bool, dic
     return check_results(result)[CHAIN], materializations(result).get("privacy/consent_ledger", {})
 
 
-def test_a_steady_run_verifies_only_the_segment_it_appends(ledger_lake, data_dir):
+def test_a_steady_run_verifies_only_the_segment_it_appends(ledger_lake, data_dir, hashed):
     defs = ledger_lake
     ok, md = _ledger_run(defs)
-    assert ok and md["verify_mode"] == "incremental" and md["segments_verified"] == 0 and md["appended"] == 0
+    assert ok and md["appended"] == 0
+    assert hashed == [], "nothing new: no row hashed again"
+    assert md["verify_mode"] == "incremental" and md["segments_verified"] == 0
     _write(data_dir / "landing", {12: {"a.jsonl": [_grant("g-new", 12, 0, "u-new")]}}, [])
     _ok(materialize(defs, RAW, (H12, H12)))
+    hashed.clear()
     ok, md = _ledger_run(defs)
     assert ok and md["appended"] > 0  # one grant -> a decision per purpose, 3 rows per segment
+    assert sum(n for _, n in hashed) == md["appended"], "only the appended rows are hashed"
     assert md["segments_verified"] == 0 and md["segments_verified_after_append"] == -(-md["appended"] // 3)
     assert md["rows_verified"] == 0
 
@@ -113,8 +137,8 @@ def test_an_edited_row_in_an_old_segment_fails_even_with_its_mtime_put_back(ledg
     pq.write_table(rows.set_column(rows.schema.get_field_index("decision"), "decision", pa.array(decision, pa.string())), path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     ok, md = _ledger_run(defs)
-    assert ok is False and md["verify_reason"] == "segment_rewritten" and md["verify_mode"] == "full"
-    assert "edited" in md["chain_problem"] and md["appended"] == 0
+    assert ok is False and "edited" in md["chain_problem"] and md["appended"] == 0
+    assert md["verify_reason"] == "segment_rewritten" and md["verify_mode"] == "full"
 
 
 @pytest.mark.parametrize("which", ["first", "middle", "last"])
@@ -127,7 +151,7 @@ def test_a_removed_segment_fails(ledger_lake, which):
     os.remove(_segment_path(defs, index))
     ok, md = _ledger_run(defs)
     assert ok is False and md["appended"] == 0
-    assert md["verify_reason"] == "segment_missing" and "missing" in md["chain_problem"]
+    assert md["verify_reason"] == "segment_missing" and "missing" in md["chain_problem"] and md["rows_verified"] == 0
 
 
 def test_an_unreadable_checkpoint_means_a_full_verification(ledger_lake):
