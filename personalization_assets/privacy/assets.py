@@ -402,8 +402,11 @@ def consent_state(context: dg.AssetExecutionContext, config: ConsentStateConfig,
                  or prev_to is not null and prev_to <> valid_from"""
         ).fetchall()[0][0]
         granted = con.sql("select purpose, count(distinct consent_subject) from __state where status = 'granted' and valid_to is null group by 1").fetchall()
+        # inputs removed before the state is replaced and written after it: a run that dies in between leaves no
+        # inputs, and the next run rebuilds from scratch
+        csi.invalidate_inputs(lake)
         written = lake.write_table("privacy", "consent_state", state)
-        csi.write_inputs(con, lake, outcome)  # after the state: a run that dies in between rebuilds from scratch next time
+        csi.write_inputs(con, lake, outcome)
     yield dg.MaterializeResult(metadata=_write_metadata(written, {
         "subjects": pa.compute.count_distinct(state["consent_subject"]).as_py(),
         "currently_granted_by_purpose": dg.MetadataValue.json(dict(granted)),

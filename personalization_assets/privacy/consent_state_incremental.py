@@ -16,7 +16,8 @@ the full rebuild's, row for row (tests/privacy/test_consent_state_incremental.py
 Bookkeeping: `privacy/consent_state_inputs`, written after the state: the identity rows the state was built with
 (identifier, kind, consent subject, jurisdiction and its source: pseudonyms, so it is declared to the erasure plan
 next to consent_state and re-keyed by the rotation job) and, in its schema metadata, the ledger seq and row hash it
-consumed up to, the key version and the policy version. A full rebuild happens on `full_refresh`, a missing or
+consumed up to, the key version and the policy version. It is removed before the state is replaced and written
+after it, so a run that dies in between leaves no inputs (next run: full rebuild). A full rebuild happens on `full_refresh`, a missing or
 unreadable previous state or inputs table, another key version or policy version, or a ledger whose row at the
 consumed seq no longer has the consumed hash (rewritten).
 
@@ -195,6 +196,11 @@ def _without_suppressed(con, state: pa.Table) -> pa.Table:
     finally:
         con.unregister("__cs_out")
     return out.cast(consent_lib.STATE_SCHEMA)
+
+
+def invalidate_inputs(lake: LakeStorage) -> None:
+    """Remove the inputs record before the state is replaced: never a new state next to older inputs."""
+    lake.delete_partition(LAYER, INPUTS)
 
 
 def write_inputs(con, lake: LakeStorage, outcome: Outcome) -> int:

@@ -235,6 +235,9 @@ def test_consent_state_folded_over_batches_equals_a_full_rebuild(data_dir, monke
     erased = materialize(defs, "key:privacy/erasure_log")
     assert check_results(erased)["privacy/erasure_log:subjects_absent_everywhere"] is True
     assert u_erase not in _subjects(defs)
+    inputs = defs.resources["lake"].read_table("privacy", "consent_state_inputs")
+    assert u_erase not in set(inputs["consent_subject"].to_pylist()) | set(inputs["identifier"].to_pylist()), \
+        "the state's bookkeeping (pseudonyms) is an erasure target too"
     _write(landing, {13: {"a.jsonl": [_grant("g-new", 13, 0, "u-new"), _msg("m-steady-13", 13, 5, user="u-steady")]}}, ERASURE)
     md = _tick(defs, (H13, H13))
     assert md["build_mode"] == "incremental" and u_erase not in _subjects(defs), "the erased subject came back"
