@@ -32,6 +32,7 @@ import logging
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.core.storage import LakeStorage
@@ -130,7 +131,7 @@ def build(con, lake: LakeStorage, hlog: HashChainedLog, chain, policy, identity_
         con.execute(f'create or replace temp view identity as select * from "{identity_view}"')
         state = consent_lib.build_consent_state(con, policy)
         state = _without_suppressed(con, state)
-        return Outcome(state, "full", reason, subjects_recomputed=pa.compute.count_distinct(state["consent_subject"]).as_py(),
+        return Outcome(state, "full", reason, subjects_recomputed=pc.count_distinct(state["consent_subject"]).as_py(),
                        ledger_rows_new=head, settings=settings_out)
 
     con.register("__id_old_arrow", prev_inputs)
@@ -166,36 +167,26 @@ def build(con, lake: LakeStorage, hlog: HashChainedLog, chain, policy, identity_
                    select seq, identifier_pseudonym, purpose, decision, effective_at, source from __ledger_keyed
                    where identifier_pseudonym in (select identifier from __affected_ids)""")
     con.execute("create or replace temp view identity as select * from __id_new where consent_subject in (select subject from __affected)")
-    recomputed = consent_lib.build_consent_state(con, policy)
-    con.register("__cs_prev", prev_state)
-    con.register("__cs_recomputed", recomputed)
-    try:
-        cols = ", ".join(consent_lib.STATE_SCHEMA.names)
-        state = con.sql(
-            f"""select {cols} from __cs_prev where consent_subject not in (select subject from __affected)
-                union all
-                select {cols} from __cs_recomputed
-                order by consent_subject, purpose, valid_from"""
-        ).arrow().read_all().cast(consent_lib.STATE_SCHEMA)
-        kept = con.execute("select count(distinct consent_subject) from __cs_prev where consent_subject not in (select subject from __affected)").fetchall()[0][0]
-        changed = con.execute("select count(*) from __id_changed").fetchall()[0][0]
-        new_rows = con.execute("select count(*) from __ledger_all where seq > ?", [consumed]).fetchall()[0][0]
-    finally:
-        con.unregister("__cs_prev")
-        con.unregister("__cs_recomputed")
+    affected = pa.array([v for (v,) in con.execute("select subject from __affected").fetchall()], pa.string())
+    changed = con.execute("select count(*) from __id_changed").fetchall()[0][0]
+    new_rows = con.execute("select count(*) from __ledger_all where seq > ?", [consumed]).fetchall()[0][0]
+    # every other subject keeps its rows (vectorized filter and concatenation: no sort, no copy through DuckDB)
+    keep = pc.invert(pc.is_in(prev_state["consent_subject"], value_set=affected)) if len(affected) else None
+    kept_rows = prev_state.filter(keep) if keep is not None else prev_state
+    recomputed = consent_lib.build_consent_state(con, policy) if len(affected) else consent_lib.STATE_SCHEMA.empty_table()
+    state = pa.concat_tables([kept_rows, recomputed.cast(consent_lib.STATE_SCHEMA)]) if recomputed.num_rows else kept_rows
     state = _without_suppressed(con, state)
     return Outcome(state, "incremental", "previous_state",
-                   subjects_recomputed=pa.compute.count_distinct(recomputed["consent_subject"]).as_py(),
-                   subjects_kept=int(kept), ledger_rows_new=int(new_rows), identifiers_changed=int(changed), settings=settings_out)
+                   subjects_recomputed=pc.count_distinct(recomputed["consent_subject"]).as_py() if recomputed.num_rows else 0,
+                   subjects_kept=pc.count_distinct(kept_rows["consent_subject"]).as_py() if kept_rows.num_rows else 0,
+                   ledger_rows_new=int(new_rows), identifiers_changed=int(changed), settings=settings_out)
 
 
 def _without_suppressed(con, state: pa.Table) -> pa.Table:
-    con.register("__cs_out", state)
-    try:
-        out = con.sql("select * from __cs_out where consent_subject not in (select identifier from __cs_suppressed)").arrow().read_all()
-    finally:
-        con.unregister("__cs_out")
-    return out.cast(consent_lib.STATE_SCHEMA)
+    erased = pa.array([v for (v,) in con.execute("select identifier from __cs_suppressed").fetchall()], pa.string())
+    if not len(erased) or not state.num_rows:
+        return state
+    return state.filter(pc.invert(pc.is_in(state["consent_subject"], value_set=erased))).cast(consent_lib.STATE_SCHEMA)
 
 
 def invalidate_inputs(lake: LakeStorage) -> None:
