@@ -14,7 +14,8 @@ from personalization_assets.automation import conditions, freshness
 from personalization_assets.settings import Settings
 
 # steps that find their own stale work and take `full_refresh: true` to rebuild everything
-INCREMENTAL_OPS = ("raw_events", "privacy__identity_links", "privacy__consent_ledger", "consented_events", "feature_tables")
+INCREMENTAL_OPS = ("raw_events", "privacy__identity_links", "privacy__consent_ledger", "privacy__consent_state", "consented_events",
+                   "feature_tables")
 
 
 def automate(spec: dg.AssetSpec) -> dg.AssetSpec:

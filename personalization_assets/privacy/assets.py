@@ -10,6 +10,7 @@ from dagster_duckdb import DuckDBResource
 from personalization_assets.checks.pandera_checks import model_check, table_schema
 from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.privacy import consent as consent_lib
+from personalization_assets.privacy import ledger_checkpoint
 from personalization_assets.core.asset_keys import (
     ACCESS_AUDIT_LOG,
     CONSENT_LEDGER,
@@ -197,7 +198,8 @@ CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "
     tags={"privacy/sensitivity": "sensitive", "privacy/log-writer": "consent_ledger"},
     check_specs=[
         dg.AssetCheckSpec("hash_chain_intact", asset=CONSENT_LEDGER, blocking=True,
-                          description="Recomputes the chain: fails on any edited, removed, inserted or reordered row."),
+                          description="Recomputes the chain (segments appended since the last verified checkpoint; all of them when "
+                          "a checkpointed segment was rewritten): fails on any edited, removed, inserted or reordered row."),
         model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).spec,
     ],
 )
@@ -210,8 +212,11 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
     # read-decide-append under the ledger's writer lock: a concurrent run (a second CLI, a retry racing the
     # original) waits, then sees this run's rows (and what they consumed) and appends none of them again
     with log.exclusive():
-        before = log.verify()  # also fails on a decision id stored twice
+        # verified from the checkpoint: only segments appended since the last verified run (privacy/ledger_checkpoint.py)
+        checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh)
+        before = checked.status  # also fails on a decision id stored twice
         if before.ok:
+            ledger_checkpoint.write_checkpoint(lake, log, checked.segments)
             # only raw hours changed since the ledger last consumed them (listing first: metadata only); a new policy
             # version decides every hour again (its purposes may map differently)
             current = lake.partition_fingerprints("raw", "events")
@@ -227,22 +232,27 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
             outcome = _append_new_decisions(log, lake, duckdb, pseudonymizer, policy, before.rows,
                                             None if full else [inc.partition_of(p) for p in changed])
             inc.write_consumed(lake, "consent_ledger", current, {"policy_version": policy.version})  # after the append
+            verified = ledger_checkpoint.verify(log, lake)  # the segments just appended
+            if verified.status.ok:
+                ledger_checkpoint.write_checkpoint(lake, log, verified.segments)
     if not before.ok:
         # never append to a broken chain: that would bury the evidence
-        yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or ""})
-        yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=False, metadata={"problem": before.problem or "", "rows": before.rows})
+        yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or "", **checked.metadata()})
+        yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=False, metadata={"problem": before.problem or "", "rows": before.rows,
+                                                                                           **checked.metadata()})
         yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_all())
         return
     appended, by_decision, candidates = outcome
-    after = log.verify()
-    yield dg.MaterializeResult(metadata={
+    after = verified.status
+    yield dg.MaterializeResult(metadata={**checked.metadata(), "segments_verified_after_append": verified.segments_verified,
         "rows_written": appended, "appended": appended, "ledger_rows": after.rows, "segments": after.segments,
         "head_hash": after.head_hash, "appended_by_decision": dg.MetadataValue.json(by_decision),
         "candidates_seen": candidates, "policy_version": policy.version,
         "full_refresh": full, "raw_hours": len(current), "raw_hours_read": len(changed),
     })
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=after.ok,
-                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or ""})
+                              metadata={"rows": after.rows, "head_hash": after.head_hash, "problem": after.problem or "",
+                                        **verified.metadata()})
     # the schema check validates the newest rows (this run's appends first), not the whole history
     yield model_check(CONSENT_LEDGER, ConsentLedgerRow, blocking=True).evaluate(log.read_recent(min(max(appended, 1), 200_000)))
 
@@ -316,12 +326,10 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
                 where coalesce(u.pseudonym, e.pseudonym) is not null"""
         )
         candidates = consent_lib.candidate_decisions(con, policy, recorded_at=datetime.now(timezone.utc))
-        from personalization_assets.privacy.operations import rekey_table
+        from personalization_assets.privacy.ledger_lookup import recorded_for_candidates
 
-        chain = pseudonymizer.chain()
-        # compare under the current key version
-        existing, _ = rekey_table(log.read_all(["decision_id", "identifier_pseudonym", "identifier_kind", "purpose", "decision", "effective_at",
-                                                "source", "source_ref"]), chain, chain.active)
+        # compare under the current key version, with the stored rows sharing an id or identifier with a candidate only
+        existing = recorded_for_candidates(con, log, pseudonymizer.chain(), "__candidates")
         # a GPC signal decides once, at an identifier's first signal: a signal no earlier than the one already recorded
         # (in an hour read now, or anywhere once the recorded signal's hour is gone) is not a new opt-out
         consent_lib.drop_recorded_gpc(con, existing, "__candidates")
@@ -337,40 +345,47 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
     return appended, by_decision, candidates
 
 
+class ConsentStateConfig(dg.Config):
+    full_refresh: bool = False  # rebuild every subject (default: only subjects touched by new ledger rows or identity changes)
+
+
 @dg.asset(
     key=CONSENT_STATE,
     description="Effective consent per subject and purpose as validity intervals [valid_from, valid_to), including the "
     "jurisdiction's no-record default before the first decision (deny for personalization everywhere; deny for every "
     "purpose in the `unknown` jurisdiction: no event location and no CRM country). Each row records the subject's "
-    "jurisdiction and its source. Used for as-of joins.",
-    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS],
+    "jurisdiction and its source. Used for as-of joins. Folded forward: a run recomputes only the subjects touched by "
+    "ledger rows appended since, or whose identity resolution changed (privacy/consent_state_incremental.py); erased "
+    "subjects (suppression list) are never in it.",
+    group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS, SUPPRESSION_LIST],
     metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentState),
-              "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"]}},
+              "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"],
+                                  "also": [{"layer": "privacy", "table": "consent_state_inputs", "columns": ["identifier", "consent_subject"]}]}},
     check_specs=[
         model_check(CONSENT_STATE, ConsentState, blocking=True).spec,
         dg.AssetCheckSpec("intervals_do_not_overlap", asset=CONSENT_STATE, blocking=True,
                           description="Per subject and purpose, intervals are contiguous and never overlap."),
     ],
 )
-def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: DuckDBResource, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
-    from personalization_assets.privacy.operations import rekey_table
+def consent_state(context: dg.AssetExecutionContext, config: ConsentStateConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                  pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    from personalization_assets.privacy import consent_state_incremental as csi
 
     policy = get_policy()
-    auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None)])
+    auditor(context, lake, platform, CONSENT_STATE).record([("privacy/consent_ledger", None, None), ("privacy/identity_links", None, None),
+                                                            ("privacy/suppression_list", None, ["identifier"])])
     # the ledger is immutable: rows written before a key rotation are re-keyed on read
     chain = pseudonymizer.chain()
-    ledger, _ = rekey_table(ledger_log(lake, platform).read_all(["seq", "identifier_pseudonym", "purpose", "decision", "effective_at", "source"]),
-                            chain, chain.active)
     with duckdb.get_connection() as con:
-        con.register("ledger", ledger)
-        lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
-        if "jurisdiction_source" not in {r[0] for r in con.execute("describe identity").fetchall()}:
+        lake.register(con, "__identity_lake", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
+        if "jurisdiction_source" not in {r[0] for r in con.execute("describe __identity_lake").fetchall()}:
             # written by a version that fell back to `default` without a location: its jurisdictions are not trusted
             raise dg.Failure(
                 "privacy/identity_links was written before jurisdiction_source existed (its jurisdictions may be a "
                 "`default` fallback, not fail-closed): materialize privacy/identity_links, then privacy/consent_state."
             )
-        state = consent_lib.build_consent_state(con, policy)
+        outcome = csi.build(con, lake, ledger_log(lake, platform), chain, policy, "__identity_lake", config.full_refresh)
+        state = outcome.state
         con.register("__state", state)
         overlaps = con.execute(
             """select count(*) from (
@@ -379,10 +394,15 @@ def consent_state(context: dg.AssetExecutionContext, lake: LakeStorage, duckdb: 
                  or prev_to is not null and prev_to <> valid_from"""
         ).fetchall()[0][0]
         granted = con.sql("select purpose, count(distinct consent_subject) from __state where status = 'granted' and valid_to is null group by 1").fetchall()
-    written = lake.write_table("privacy", "consent_state", state)
+        # inputs removed before the state is replaced and written after it: a run that dies in between leaves no
+        # inputs, and the next run rebuilds from scratch
+        csi.invalidate_inputs(lake)
+        written = lake.write_table("privacy", "consent_state", state)
+        csi.write_inputs(con, lake, outcome)
     yield dg.MaterializeResult(metadata=_write_metadata(written, {
         "subjects": pa.compute.count_distinct(state["consent_subject"]).as_py(),
         "currently_granted_by_purpose": dg.MetadataValue.json(dict(granted)),
+        "full_refresh": outcome.mode == "full", **outcome.metadata(),
     }))
     yield model_check(CONSENT_STATE, ConsentState, blocking=True).evaluate(state)
     yield dg.AssetCheckResult(check_name="intervals_do_not_overlap", passed=overlaps == 0, metadata={"violations": int(overlaps)})
