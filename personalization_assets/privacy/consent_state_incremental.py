@@ -91,7 +91,7 @@ def _read_previous(lake: LakeStorage, settings: dict[str, str]) -> tuple[pa.Tabl
 
 
 def _suppressed(con, lake: LakeStorage) -> None:
-    from personalization_assets.privacy.consented import SUPPRESSION_SCHEMA
+    from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
 
     lake.register(con, "__cs_suppression_lake", "privacy", "suppression_list", empty_schema=SUPPRESSION_SCHEMA)
     con.execute("create or replace temp table __cs_suppressed as select distinct identifier from __cs_suppression_lake where identifier is not null")

@@ -175,7 +175,7 @@ def _reference(defs) -> list[tuple]:
     from personalization_assets.privacy import consent as consent_lib
     from personalization_assets.privacy.assets import ledger_log
     from personalization_assets.privacy.operations import rekey_table
-    from personalization_assets.privacy.pseudonymize import Pseudonymizer
+    from personalization_assets.core.pseudonymize import Pseudonymizer
 
     lake = defs.resources["lake"]
     pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"],
