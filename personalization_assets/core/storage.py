@@ -416,7 +416,7 @@ class _LocalBackend:
                     out.append(FileInfo(path=p[prefix_len:].replace(os.sep, "/"), size=st.st_size, mtime_ns=st.st_mtime_ns))
         return sorted(out, key=lambda f: f.path)
 
-    def partition_fingerprints(self, lake: LakeStorage, layer: str, table: str) -> dict[str, str]:
+    def partition_fingerprints(self, lake: LakeStorage, layer: str, table: str, strict: bool = False) -> dict[str, str]:
         base = lake.table_dir(layer, table) + "/"
         suffix = "/" + DATA_FILE
         out = {}
@@ -426,7 +426,8 @@ class _LocalBackend:
                     st = os.stat(lake.full_path(f.path))
                 except FileNotFoundError:  # deleted since the listing
                     continue
-                out[f.path[len(base) : -len(suffix)]] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+                ctime = f"{st.st_ctime_ns}:" if strict else ""
+                out[f.path[len(base) : -len(suffix)]] = f"{st.st_size}:{st.st_mtime_ns}:{ctime}{st.st_ino}"
         return out
 
     def create_view(self, con, name: str, paths: list[str], select: str) -> None:
@@ -521,7 +522,7 @@ class _S3Backend:
     def temp_files(self, base: str) -> list[FileInfo]:
         return []  # no temp objects: an interrupted multipart upload is aborted by the bucket's lifecycle rule
 
-    def partition_fingerprints(self, lake: LakeStorage, layer: str, table: str) -> dict[str, str]:
+    def partition_fingerprints(self, lake: LakeStorage, layer: str, table: str, strict: bool = False) -> dict[str, str]:
         base = lake.table_dir(layer, table) + "/"
         suffix = "/" + DATA_FILE
         bucket, _, prefix = (lake.full_path(base) + "/").partition("/")
@@ -825,12 +826,13 @@ class LakeStorage(_FileStore):
     def partition_files(self, layer: str, table: str) -> list[FileInfo]:
         return [f for f in self.list_files(self.table_dir(layer, table)) if f.path.endswith("/" + DATA_FILE)]
 
-    def partition_fingerprints(self, layer: str, table: str) -> dict[str, str]:
+    def partition_fingerprints(self, layer: str, table: str, strict: bool = False) -> dict[str, str]:
         """{partition path ('date=D/hour=H'): fingerprint} of every partition file, from the listing alone (no data
         read): locally `size:mtime_ns:inode` (a rewrite is a new file renamed into place: a new inode, even when two
-        rewrites fall in the same timestamp tick), on S3 `size:ETag` (a new object has a new ETag even within the same
+        rewrites fall in the same timestamp tick) — `strict` adds the ctime, which no user call can set, so an edit in
+        place that puts size and mtime back is seen too (the consent ledger's checkpoint) —, on S3 `size:ETag` (a new object has a new ETag even within the same
         second). Incremental consumers compare it with what they last consumed to find the partitions that changed."""
-        return self._backend.partition_fingerprints(self, layer, table)
+        return self._backend.partition_fingerprints(self, layer, table, strict)
 
     def register_partitions(self, con, name: str, layer: str, table: str, partitions: list[Mapping[str, str]],
                             empty_schema: pa.Schema, columns: list[str] | None = None) -> None:

@@ -26,7 +26,6 @@ next full verification (`full_refresh`, or a missing/unreadable checkpoint), whi
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -79,22 +78,13 @@ class Verification:
 
 
 def segment_fingerprints(hlog: HashChainedLog) -> dict[str, str]:
-    """{segment: fingerprint} from the listing (no data read). Locally the ctime is part of it: a rewrite that
-    puts the old size and mtime back still changes it."""
-    store = hlog.lake
-    fps = store.partition_fingerprints(hlog.layer, hlog.name)
+    """{segment: fingerprint} from the listing (no data read): the lake API's fingerprint, which locally includes
+    the ctime (a rewrite that puts the old size and mtime back still changes it) and on S3 the ETag."""
     out = {}
-    for path, fp in fps.items():
+    for path, fp in hlog.lake.partition_fingerprints(hlog.layer, hlog.name, strict=True).items():
         seg = dict(p.split("=", 1) for p in path.split("/") if "=" in p).get("segment")
-        if not seg:
-            continue
-        if not store.is_s3:
-            try:
-                st = os.stat(store.full_path(store.data_file(hlog.layer, hlog.name, {"segment": seg})))
-            except FileNotFoundError:
-                continue
-            fp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
-        out[seg] = fp
+        if seg:
+            out[seg] = fp
     return out
 
 
