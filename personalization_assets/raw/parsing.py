@@ -431,7 +431,8 @@ def parse_slow_files(con: duckdb.DuckDBPyConnection, files: list[LandedFile], ma
         else:
             table = typed.slice(int(row_first[k]), int(n_rows[k]))
         table = table.append_column("source_file", pa.array([f.path] * table.num_rows, pa.string()))
-        out.append(ParsedFile(table=table, rejects=rejects, fast_path=False))
+        # an empty file counts as read by the fast path, as `parse_file` reports it
+        out.append(ParsedFile(table=table, rejects=rejects, fast_path=f.n_lines == 0))
     return out
 
 
