@@ -41,7 +41,7 @@ EXTRA = [
     ("page_as_string", line(msg(601, context={"page": "x"}))), ("surrogate", b'{"a":"\xed\xa0\x80"}\n'),
     ("overlong_utf8", b'{"a":"\xc0\xaf"}\n'), ("truncated_utf8_at_end", b'{"a":"x"}\xe2\x82\n'),
     ("truncated_utf8_before_crlf", b'{"a":"x"}\xe2\r\n'), ("lone_continuation", b'{"a":"\x80"}\n'),
-    ("whitespace_only", b" \x0b\x0c\t\r\n"),
+    ("whitespace_only", b" \x0b\x0c\t\r\n"), ("leading_whitespace_json", b" \t" + line(msg(602))),
 ]
 KINDS: list[tuple[str, bytes]] = [(n, d) for n, d, _ in CASES] + [(n, d) for n, d, _ in STRICT_CASES] + _generator_kinds() + EXTRA
 
@@ -65,6 +65,10 @@ def _many_files(n_files: int = 48) -> list[ei.LandedFile]:
     files.append(ei.load_file("trunc.jsonl.gz", gz[:-12]))
     files.append(ei.load_file("only_bad.jsonl", b"{x\n\n[1]\n"))
     files.append(ei.load_file("bom_crlf.jsonl", b"\xef\xbb\xbf" + (_good(91_000) + b"\xff{\n" + _good(91_001)).replace(b"\n", b"\r\n")))
+    # many invalid UTF-8 lines among good ones (Latin-1 text): each is found, at its own byte offset
+    latin1 = [(_good(94_000 + j) if j % 3 else line(msg(94_000 + j, event="Caf\u00e9 " * (j % 5 + 1))).replace(b"\\u00e9", b"\xe9"))
+              for j in range(60)]
+    files.append(ei.load_file("latin1.jsonl", b"".join(latin1)))
     files.append(ei.load_file("clean.jsonl", b"".join(_good(92_000 + j) for j in range(5))))
     files.append(ei.load_file("clean_but_null.jsonl", b"".join(_good(93_000 + j) for j in range(3)) + b"null\n"))
     return files
