@@ -7,7 +7,7 @@ This module runs the steps; each step is its own module (see docs/ARCHITECTURE.m
    and its line boundaries are indexed with numpy, so the number of lines read is known independently of
    any parser.
 2. `raw/parsing.py` — the vectorized DuckDB fast path for syntactically clean files, the line-by-line slow
-   path for the others; both feed the same typed projection.
+   path for the others (batched: all of them in one pass); both feed the same typed projection.
 3. `raw/validation.py` — semantic validation (missing ids, unknown types, type violations, timestamp horizon):
    the pandera tracking plan on the typed rows of the whole partition.
 4. `raw/dedup.py` — duplicates of a messageId are kept once per partition (earliest receivedAt); erased

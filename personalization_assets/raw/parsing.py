@@ -5,7 +5,9 @@
   parses, and it yields exactly one record per line.
 * Slow path, for files with any syntactic problem (blank, oversized, invalid UTF-8, malformed JSON, non-object,
   wrong nesting): each line is classified on its own, bad lines are rejected with a reason and good lines go
-  through the same structure with ``json_transform``. Both paths feed the same typed projection
+  through the same structure with ``json_transform``. ``parse_slow_files`` does it for all such files of a
+  batch at once (one registered table, a bounded number of queries, split back per file), with the result
+  ``parse_file`` gives on each. Both paths feed the same typed projection
   (`raw/json_extract.py`), so a record's raw row does not depend on which path read it.
 """
 
