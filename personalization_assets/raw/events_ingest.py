@@ -7,7 +7,7 @@ This module runs the steps; each step is its own module (see docs/ARCHITECTURE.m
    and its line boundaries are indexed with numpy, so the number of lines read is known independently of
    any parser.
 2. `raw/parsing.py` — the vectorized DuckDB fast path for syntactically clean files, the line-by-line slow
-   path for the others; both feed the same typed projection.
+   path for the others (batched: all of them in one pass); both feed the same typed projection.
 3. `raw/validation.py` — semantic validation (missing ids, unknown types, type violations, timestamp horizon):
    the pandera tracking plan on the typed rows of the whole partition.
 4. `raw/dedup.py` — duplicates of a messageId are kept once per partition (earliest receivedAt); erased
@@ -39,7 +39,7 @@ from personalization_assets.raw.dedup import (
     suppressed_mask,
 )
 from personalization_assets.raw.landing_files import BOM, MAX_QUARANTINE_BYTES, LandedFile, Reject, decompress, index_lines, load_file
-from personalization_assets.raw.parsing import ParsedFile, empty_typed, flag_duplicate_keys, is_clean, parse_clean_files, parse_file
+from personalization_assets.raw.parsing import ParsedFile, empty_typed, flag_duplicate_keys, is_clean, parse_clean_files, parse_file, parse_slow_files
 from personalization_assets.raw.quarantine import QUARANTINE_SCHEMA, build_quarantine
 from personalization_assets.raw.validation import (
     NOT_VALIDATED_PER_ROW,
@@ -57,7 +57,7 @@ __all__ = [
     "LandedFile", "ParsedFile", "PartitionResult", "RawEvent", "Reject",
     "build_quarantine", "decompress", "drop_positions", "duplicate_rows", "empty_typed", "event_schema",
     "flag_duplicate_keys", "hour_array", "index_lines", "ingest_event_batch", "ingest_event_files", "is_clean",
-    "load_file", "order_like_model", "parse_clean_files", "parse_file", "parse_validate", "partition_slices",
+    "load_file", "order_like_model", "parse_clean_files", "parse_file", "parse_slow_files", "parse_validate", "partition_slices",
     "semantic_failures", "suppressed_mask", "validate_rows", "validation_schema", "value_checks",
     "with_ingestion_columns",
 ]
@@ -119,17 +119,18 @@ def parse_validate(
         records_read[landed.path] = records_read.get(landed.path, 0) + landed.n_lines + (1 if landed.file_error is not None else 0)
         if is_clean(landed, max_line_bytes):
             clean.append((landed, local_path))
-    fast_tables, _retry = parse_clean_files(con, clean, max_line_bytes)
+    fast_tables, retry = parse_clean_files(con, clean, max_line_bytes)
     fast_paths = set(fast_tables)
-    for landed, local_path, start in items:
-        if landed.path in fast_paths:
+    parsed = _parse_rest(con, items, fast_paths, {f.path for f, _ in retry}, max_line_bytes)
+    for k, (landed, local_path, start) in enumerate(items):
+        if landed.path in fast_paths and k not in parsed:
             table = fast_tables[landed.path]
         else:
-            parsed = parse_file(con, landed, max_line_bytes, local_path)
-            if parsed.fast_path:
+            p = parsed[k]
+            if p.fast_path:
                 fast_paths.add(landed.path)
-            table = parsed.table
-            for r in parsed.rejects:
+            table = p.table
+            for r in p.rejects:
                 quarantine_rows.append((landed.path, r))
         if table.num_rows:
             hours = hour_array(start, table.num_rows)
@@ -151,6 +152,46 @@ def parse_validate(
     # --- semantic validation with the pandera tracking plan
     valid = validate_rows(table, schema, quarantine_rows)
     return valid, quarantine_rows, records_read, fast_paths
+
+
+
+def _parse_rest(
+    con: duckdb.DuckDBPyConnection,
+    items: list[tuple[LandedFile, str | None, datetime]],
+    fast_paths: set[str],
+    retry_paths: set[str],
+    max_line_bytes: int,
+) -> dict[int, ParsedFile]:
+    """Every file the batched fast read did not take, by item index: one batched slow path over all their lines
+    (`parse_slow_files`: a bounded number of queries whatever the number of files), with the same result as
+    `parse_file` on each.
+
+    `parse_file` would first try a clean file alone with the vectorized reader; a file whose lines the slow
+    path all accepts at the syntax level is such a file (the batch failed because of another one), so those are
+    read again together with the fast path, and, should that batch fail too, each alone as before. So is a file
+    whose only rejected lines are a bare `null` (DuckDB's reader reads it as a record of nulls). Any other
+    rejected line fails the vectorized reader (malformed, other non-objects, wrong nesting, repeated plan key,
+    invalid UTF-8: tests/raw/test_batched_slow_path.py), so that file's slow-path result is what `parse_file`
+    gives."""
+    rest = [k for k, (landed, _, _) in enumerate(items) if landed.path not in fast_paths]
+    if not rest:
+        return {}
+    parsed = dict(zip(rest, parse_slow_files(con, [items[k][0] for k in rest], max_line_bytes)))
+    again = [k for k in rest if items[k][0].path in retry_paths and all(map(_read_json_takes, parsed[k].rejects))]
+    if again:
+        tables, _ = parse_clean_files(con, [(items[k][0], items[k][1]) for k in again], max_line_bytes)
+        for k in again:
+            landed, local_path, _ = items[k]
+            if landed.path in tables:
+                parsed[k] = ParsedFile(table=tables[landed.path], rejects=[], fast_path=True)
+            else:
+                parsed[k] = parse_file(con, landed, max_line_bytes, local_path)
+    return parsed
+
+
+
+def _read_json_takes(r: Reject) -> bool:
+    return r.reason == "not_an_object" and r.detail == "a JSON null, not an object"
 
 
 

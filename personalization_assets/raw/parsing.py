@@ -5,7 +5,9 @@
   parses, and it yields exactly one record per line.
 * Slow path, for files with any syntactic problem (blank, oversized, invalid UTF-8, malformed JSON, non-object,
   wrong nesting): each line is classified on its own, bad lines are rejected with a reason and good lines go
-  through the same structure with ``json_transform``. Both paths feed the same typed projection
+  through the same structure with ``json_transform``. ``parse_slow_files`` does it for all such files of a
+  batch at once (one registered table, a bounded number of queries, split back per file), with the result
+  ``parse_file`` gives on each. Both paths feed the same typed projection
   (`raw/json_extract.py`), so a record's raw row does not depend on which path read it.
 """
 
@@ -289,3 +291,161 @@ def empty_typed(con, model=RawEvent) -> pa.Table:
     src = f"(select * from read_json('/dev/null', format='newline_delimited', columns={cols}) limit 0)"
     t = con.sql(f"select {', '.join(select)}, {type_errors} from {src}").arrow().read_all()
     return t.add_column(0, "line_no", pa.array([], pa.int64()))
+
+
+_WHITESPACE = np.zeros(256, bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True  # what bytes.strip() removes
+
+
+def _invalid_utf8_lines(f: LandedFile, skip: np.ndarray) -> dict[int, int]:
+    """Line index -> offset of the first invalid byte in that line (what `codecs.utf_8_decode(line)` reports).
+
+    Runs of lines are decoded at once (C speed; the whole file first); a failure is mapped to its line and
+    decoding resumes at the next line with a short run that doubles while it succeeds, so each bad line costs
+    a few lines' decoding. Lines are separated by ASCII bytes, so a line decodes from a fresh state and its
+    first error is at the same offset as when the line is decoded alone. `skip`: lines already rejected
+    (over-long, blank) whose errors are not reported."""
+    out: dict[int, int] = {}
+    mv, starts, ends, n = memoryview(f.data), f.starts, f.ends, f.n_lines
+    i, run = 0, n
+    while i < n:
+        j = min(n, i + run)
+        lo = int(starts[i])
+        try:
+            codecs.utf_8_decode(mv[lo : int(ends[j - 1])], "strict", True)
+            i, run = j, run * 2
+        except UnicodeDecodeError as exc:
+            at = lo + exc.start
+            bad = i + int(np.searchsorted(starts[i:j], at, side="right")) - 1
+            if not skip[bad]:
+                out[bad] = at - int(starts[bad])
+            i, run = bad + 1, 16
+    return out
+
+
+def parse_slow_files(con: duckdb.DuckDBPyConnection, files: list[LandedFile], max_line_bytes: int, model=RawEvent,
+                     stats: dict | None = None) -> list[ParsedFile]:
+    """The slow path for many files at once, with the results of `parse_file` on each file's slow path
+    (same typed rows, same rejects in the same order), in the order given.
+
+    Every line of every file goes into ONE registered Arrow table (file index, line number, text): over-long,
+    blank and invalid UTF-8 lines are found with numpy over the concatenated bytes, the rest is classified and
+    json-transformed by two DuckDB queries whatever the number of files, then split back per file.
+    `stats["queries"]` counts the DuckDB queries issued."""
+    stats = stats if stats is not None else {}
+    stats.setdefault("queries", 0)
+    if not files:
+        return []
+    counts = np.array([f.n_lines for f in files], np.int64)
+    total = int(counts.sum())
+    sizes = np.array([len(f.data) for f in files], np.int64)
+    bases = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    data = b"".join(f.data for f in files)
+    starts = np.concatenate([f.starts.astype(np.int64) + b for f, b in zip(files, bases)]) if total else np.zeros(0, np.int64)
+    ends = np.concatenate([f.ends.astype(np.int64) + b for f, b in zip(files, bases)]) if total else np.zeros(0, np.int64)
+    file_idx = np.repeat(np.arange(len(files), dtype=np.int32), counts)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    line_no = np.arange(total, dtype=np.int64) - np.repeat(first, counts) + 1
+    lengths = ends - starts
+    too_large = lengths > max_line_bytes
+    # blank (what bytes.strip() empties): empty, or starting with whitespace and holding nothing else; only
+    # lines starting with whitespace (rare) are looked at one by one
+    buf = np.frombuffer(data, dtype=np.uint8)
+    blank = lengths == 0
+    starts_ws = np.flatnonzero(~blank & ~too_large)
+    starts_ws = starts_ws[_WHITESPACE[buf[starts[starts_ws]]]]
+    for gi in starts_ws.tolist():
+        blank[gi] = not data[int(starts[gi]) : int(ends[gi])].strip()
+    bad_utf8 = np.zeros(total, bool)
+    utf8_at: dict[int, int] = {}  # global line index -> offset of the invalid byte
+    for k, f in enumerate(files):
+        if f.n_lines:
+            lo = int(first[k])
+            for i, at in _invalid_utf8_lines(f, (too_large | blank)[lo : lo + f.n_lines]).items():
+                bad_utf8[lo + i] = True
+                utf8_at[lo + i] = at
+    good = ~(too_large | blank | bad_utf8)
+    g = int(good.sum())
+    if g:
+        # the good lines as one string array without a Python loop: a binary array whose offsets alternate
+        # line start / line end (every other value is a separator), then every other value taken
+        offsets = np.column_stack((starts[good], ends[good])).ravel()
+        spans = pa.LargeBinaryArray.from_buffers(pa.large_binary(), 2 * g - 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        text = spans.take(pa.array(np.arange(0, 2 * g - 1, 2, dtype=np.int64))).cast(pa.large_string())
+    else:
+        text = pa.array([], pa.large_string())
+    lines = pa.table({"__f": pa.array(file_idx[good]), "line_no": pa.array(line_no[good]), "line": text})
+    parent_checks = " or ".join(
+        f"coalesce(json_type(line, {json_extract._sql_str('$.' + '.'.join(json_extract._quote(p) for p in path))}) not in ('OBJECT', 'NULL'), false)"
+        for path in json_extract.struct_parent_paths(model)
+    ) or "false"
+    structure = json_extract.json_transform_structure(model)
+    select, type_errors = json_extract.typed_projection(model, root=None)
+    con.register("_slow_lines", lines)
+    try:
+        classified = con.sql(
+            f"""
+            select __f, line_no, line,
+                case when not json_valid(line) then 'malformed_json'
+                     when json_type(line) <> 'OBJECT' then 'not_an_object'
+                     when {parent_checks} then 'wrong_structure'
+                     when {json_extract.plan_key_duplicates_sql(model, 'line')} then 'duplicate_key'
+                end as reason,
+                case when json_valid(line) then json_type(line) end as jtype
+            from _slow_lines
+            """
+        ).arrow().read_all()
+        stats["queries"] += 1
+        con.register("_slow_classified", classified)
+        src = f"(select __f, line_no, unnest(json_transform(line, {json_extract._sql_str(structure)})) from _slow_classified where reason is null)"
+        typed = con.sql(
+            f"select line_no, {', '.join(select)}, {type_errors}, __f from {src} order by __f, line_no"
+        ).arrow().read_all()
+        stats["queries"] += 1
+    finally:
+        con.unregister("_slow_lines")
+        try:
+            con.unregister("_slow_classified")
+        except Exception:
+            pass
+    # --- rejects, per file in the order `_slow_path` gives them: byte-level ones by line, then the classified ones
+    per_file: list[list[Reject]] = [[] for _ in files]
+    for gi in np.flatnonzero(~good).tolist():
+        k, no = int(file_idx[gi]), int(line_no[gi])
+        if too_large[gi]:
+            per_file[k].append(Reject(no, "line_too_large", f"{int(lengths[gi])} bytes > limit {max_line_bytes}"))
+        elif blank[gi]:
+            per_file[k].append(Reject(no, "empty_line", "blank line"))
+        else:
+            per_file[k].append(Reject(no, "invalid_utf8", f"invalid UTF-8 at byte {utf8_at[gi]}"))
+    bad = classified.filter(pc.is_valid(classified["reason"])).select(["__f", "line_no", "reason", "jtype"])
+    bad = bad.sort_by([("__f", "ascending"), ("line_no", "ascending")])
+    for k, no, reason, jtype in zip(*(bad[c].to_pylist() for c in bad.column_names)):
+        per_file[k].append(Reject(int(no), reason, _SLOW_DETAIL[reason].format(jtype=str(jtype).lower())))
+    # --- typed rows: sorted by file, so each file's rows are one slice
+    n_rows = np.bincount(typed["__f"].to_numpy() if typed.num_rows else np.zeros(0, np.int32), minlength=len(files))
+    row_first = np.concatenate(([0], np.cumsum(n_rows)[:-1]))
+    typed = typed.drop_columns(["__f"])
+    empty = None
+    out = []
+    for k, f in enumerate(files):
+        rejects = ([f.file_error] if f.file_error is not None else []) + per_file[k]
+        if f.n_lines == 0:
+            if empty is None:
+                empty = empty_typed(con, model)
+                stats["queries"] += 1
+            table = empty
+        else:
+            table = typed.slice(int(row_first[k]), int(n_rows[k]))
+        table = table.append_column("source_file", pa.array([f.path] * table.num_rows, pa.string()))
+        # an empty file counts as read by the fast path, as `parse_file` reports it
+        out.append(ParsedFile(table=table, rejects=rejects, fast_path=f.n_lines == 0))
+    return out
+
+
+_SLOW_DETAIL = {
+    "malformed_json": "not valid JSON",
+    "not_an_object": "a JSON {jtype}, not an object",
+    "wrong_structure": "a nested field (e.g. context, properties) is not an object",
+    "duplicate_key": "an object repeats a key the tracking plan reads (which value counts is ambiguous)",
+}
