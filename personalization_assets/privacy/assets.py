@@ -349,6 +349,13 @@ class ConsentStateConfig(dg.Config):
     full_refresh: bool = False  # rebuild every subject (default: only subjects touched by new ledger rows or identity changes)
 
 
+def consent_state_lock(lake: LakeStorage):
+    """consent_state's writer lock (fcntl locally, an S3 lease in the lake)."""
+    from personalization_assets.core.hash_chain import TableWriterLock
+
+    return TableWriterLock(lake=lake, name="consent_state_build", schema=pa.schema([("unused", pa.string())]), table_layer="privacy").exclusive()
+
+
 @dg.asset(
     key=CONSENT_STATE,
     description="Effective consent per subject and purpose as validity intervals [valid_from, valid_to), including the "
@@ -376,7 +383,9 @@ def consent_state(context: dg.AssetExecutionContext, config: ConsentStateConfig,
                                                             ("privacy/suppression_list", None, ["identifier"])])
     # the ledger is immutable: rows written before a key rotation are re-keyed on read
     chain = pseudonymizer.chain()
-    with duckdb.get_connection() as con:
+    # one build at a time: the state and its inputs table are read and rewritten as a pair (two runs interleaving
+    # could pair an older state with newer inputs, and the next fold-forward would skip what lies between)
+    with consent_state_lock(lake), duckdb.get_connection() as con:
         lake.register(con, "__identity_lake", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA)
         if "jurisdiction_source" not in {r[0] for r in con.execute("describe __identity_lake").fetchall()}:
             # written by a version that fell back to `default` without a location: its jurisdictions are not trusted

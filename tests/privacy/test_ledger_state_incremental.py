@@ -259,3 +259,27 @@ def test_consent_state_folded_over_batches_equals_a_full_rebuild(data_dir, monke
     md = _tick(defs, (H15, H15))
     assert md["build_mode"] == "incremental" and 0 < md["subjects_recomputed"] <= 3
     assert not any(s.startswith("v1:") for s in _subjects(defs))
+
+
+def test_a_second_consent_state_build_waits_for_the_one_in_progress(ledger_lake):
+    """The state and its inputs table are rewritten as a pair: a build started while another holds consent_state's
+    writer lock waits, then runs on what the first one left."""
+    import os
+    import threading
+    import time
+
+    from personalization_assets.privacy.assets import consent_state_lock
+
+    defs = ledger_lake
+    lake = defs.resources["lake"]
+    _ok(materialize(defs, "key:privacy/identity_links or key:privacy/suppression_list"))
+    out: dict = {}
+    with consent_state_lock(lake):  # another build in progress (its own lock file description, as another process)
+        worker = threading.Thread(target=lambda: out.setdefault("result", materialize(defs, "key:privacy/consent_state", raise_on_error=False)))
+        worker.start()
+        worker.join(timeout=6)
+        assert worker.is_alive() and not lake.exists("privacy", "consent_state")
+        released = time.time()
+    worker.join(timeout=300)
+    assert out["result"].success
+    assert os.path.getmtime(lake.full_path(lake.data_file("privacy", "consent_state"))) >= released
