@@ -1,15 +1,18 @@
-"""Freshness latency: with the daemon running (sensors and automation on), drop one new landing file and
+"""Freshness latency: with the daemon running (sensors and automation on), land the next hour's object and
 measure the time until the segments reflect it, split into Dagster overhead and work.
 
-    python -m bench.freshness_latency [--history-events 1000000] [--users 20000] [--events-per-file 20000] [--workdir bench/work/latency]
+    python -m bench.freshness_latency [--history-events 1000000] [--users 20000] [--workdir bench/work/latency]
 
-1. A landing zone (`--history-events` over 2 days) is generated and fully materialized once (the steady state).
+1. A landing zone (`--history-events` over 2 days up to today) is generated; every landing hour after H (the
+   hour before last) is held back, and the rest is fully materialized once (the steady state).
 2. `dagster dev` (webserver + daemon) starts on the same Dagster home with
    PERSONALIZATION_FRESHNESS_SCALE small, so a settled pipeline is "stale" and reacts to new data at once.
-3. One new file (~20k events, the current hour) lands; the landing sensor, the declarative automation and
-   the freshness policies take it from there, with nobody clicking.
+3. Hour H+1 (the last complete hour, ≈ history/48 events) lands as one object; the landing sensor, the
+   declarative automation and the freshness policies take it from there, with nobody clicking.
 4. Done when `segments/user_segments` is materialized by a run started after the drop and
-   `features/events_clean` contains the new file's messages.
+   `features/events_clean` contains hour H's messages. The features' cutoff is data, not the clock (`as_of` =
+   the start of the newest landing hour): at steady state hour H is landed but after the cutoff; the new
+   hour moves the cutoff to H+1 and completes H. That is what "fresh" means for a consumer of the segments.
 
 Overhead = latency − the summed duration of the steps that did the work (sensor intervals, run queue,
 run launch and process start-up are overhead).
@@ -43,32 +46,46 @@ def _cli(env, *args):
     subprocess.run([sys.executable, "-m", "personalization_assets.cli", *args], cwd=ROOT, env=env, check=True, capture_output=True)
 
 
-def run(workdir: Path, events_per_file: int, history_events: int = 1_000_000, users: int = 20_000, timeout_s: float = 900) -> dict:
+def _hour_start(folder: Path) -> datetime:
+    return datetime.strptime(f"{folder.parent.name[5:]} {folder.name[5:]}", "%Y-%m-%d %H").replace(tzinfo=timezone.utc)
+
+
+def _message_ids(folder: Path) -> set[str]:
+    return {json.loads(line)["messageId"] for f in sorted(folder.glob("*.jsonl.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()}
+
+
+def run(workdir: Path, history_events: int = 1_000_000, users: int = 20_000, timeout_s: float = 900) -> dict:
     if workdir.exists():
         shutil.rmtree(workdir)
-    data, home, spare = workdir / "data", workdir / "home", workdir / "spare"
+    data, home, held = workdir / "data", workdir / "home", workdir / "held"
     home.mkdir(parents=True)
     env = _env(data, home, "0.02")
-    today = datetime.now(timezone.utc).date().isoformat()
-    # the steady state: one day of data, fully materialized
-    _cli(env, "generate", "--users", str(users), "--events", str(history_events), "--seed", "5", "--days", "2", "--all-consent")
-    _cli(env, "materialize")
-    # the file that will land: a generated hour whose events are in the past (so as_of = now includes them)
-    spare_env = {**env, "PERSONALIZATION_DATA_DIR": str(spare)}
-    # the same population (seed, users), one day further: its people and devices already consented in the
-    # steady state, so the new file's events pass the consent filter (new devices consent in the file itself)
-    _cli(spare_env, "generate", "--users", str(users), "--events", str(events_per_file * 72), "--seed", "5", "--days", "3",
-         "--end", today, "--all-consent")
     now = datetime.now(timezone.utc)
-    hour = now - timedelta(hours=1)
-    src_dir = spare / "landing" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
-    candidates = sorted(src_dir.glob("*.jsonl.gz"))
-    if not candidates:
-        raise SystemExit(f"no generated file for {hour:%Y-%m-%d %H}:00")
-    # one file of about events_per_file events: merge the hour's files into one
-    payload = b"".join(gzip.decompress(f.read_bytes()) for f in candidates)
-    new_ids = {json.loads(line)["messageId"] for line in payload.splitlines()}
-    dest = data / "landing" / "events" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}" / f"late-batch-{int(time.time())}.jsonl.gz"
+    # H = the hour before last, the steady state's newest landing hour; H+1 = the last complete hour, the one that lands
+    newest = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    landing_hour = newest + timedelta(hours=1)
+    # a history of two days up to today; every landing hour after H is held back (H+1 lands during the measurement)
+    _cli(env, "generate", "--users", str(users), "--events", str(history_events), "--seed", "5", "--days", "2",
+         "--end", now.date().isoformat(), "--all-consent")
+    events_root = data / "landing" / "events"
+    for folder in sorted(events_root.glob("date=*/hour=*")):
+        if _hour_start(folder) > newest:
+            target = held / folder.relative_to(events_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder), target)
+    _cli(env, "materialize")
+    # the features take as_of = the start of the newest landing hour (data, not the clock): at steady state hour H's
+    # events are landed but not yet in the features; when H+1 lands, as_of moves to its start and they must appear
+    waiting_ids = _message_ids(events_root / f"date={newest:%Y-%m-%d}" / f"hour={newest:%H}")
+    if not waiting_ids or _reflects(data, waiting_ids):
+        raise SystemExit(f"steady state: hour {newest:%Y-%m-%d %H}:00 must be landed and not yet in the features")
+    incoming = held / f"date={landing_hour:%Y-%m-%d}" / f"hour={landing_hour:%H}"
+    files = sorted(incoming.glob("*.jsonl.gz"))
+    if not files:
+        raise SystemExit(f"no generated file for {landing_hour:%Y-%m-%d %H}:00")
+    # the hour lands as one object, as a CDP destination's batch would
+    payload = b"".join(gzip.decompress(f.read_bytes()) for f in files)
+    dest = events_root / f"date={landing_hour:%Y-%m-%d}" / f"hour={landing_hour:%H}" / f"batch-{int(time.time())}.jsonl.gz"
 
     port = 3311
     log = open(workdir / "dagster_dev.log", "w")
@@ -88,7 +105,7 @@ def run(workdir: Path, events_per_file: int, history_events: int = 1_000_000, us
         done_at = None
         while time.time() - t0 < timeout_s:
             event = instance.get_latest_materialization_event(key)
-            if event is not None and event.timestamp > t0 and _reflects(data, new_ids):
+            if event is not None and event.timestamp > t0 and _reflects(data, waiting_ids):
                 done_at = event.timestamp
                 break
             time.sleep(2)
@@ -111,7 +128,8 @@ def run(workdir: Path, events_per_file: int, history_events: int = 1_000_000, us
                            "end": round((stats.end_time or t0) - t0, 1), "step_seconds": round(step_time, 1)})
             if (stats.start_time or 0) <= done_at:
                 work += step_time
-        return {"history_events": history_events, "users": users, "latency_seconds": round(latency, 1), "work_seconds": round(work, 1), "dagster_overhead_seconds": round(latency - work, 1),
+        return {"history_events": history_events, "users": users, "newest_hour_before": f"{newest:%Y-%m-%d %H}:00",
+                "hour_landed": f"{landing_hour:%Y-%m-%d %H}:00", "events_now_visible": len(waiting_ids), "latency_seconds": round(latency, 1), "work_seconds": round(work, 1), "dagster_overhead_seconds": round(latency - work, 1),
                 "events_in_file": len(payload.splitlines()), "runs": sorted(stages, key=lambda s: s["created"])}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -146,12 +164,11 @@ def _reflects(data: Path, ids: set[str]) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events-per-file", type=int, default=20_000)
     p.add_argument("--history-events", type=int, default=1_000_000, help="events of the settled history (issue #12: 1M)")
     p.add_argument("--users", type=int, default=20_000)
     p.add_argument("--workdir", default=str(ROOT / "bench" / "work" / "latency"))
     a = p.parse_args(argv)
-    result = run(Path(a.workdir), a.events_per_file, a.history_events, a.users)
+    result = run(Path(a.workdir), a.history_events, a.users)
     out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%dT%H%M%SZ}-freshness-latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
