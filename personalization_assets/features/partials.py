@@ -156,45 +156,10 @@ def build_user_rfm_from_state_sql(p: FeatureParams, sessions: str, conversions: 
 
 
 def build_engagement_from_state_sql(p: FeatureParams, sessions: str, cells: str) -> str:
-    """features/sql.py build_engagement_sql with its `cells` CTE read from the stored per-hour partials."""
-    return f"""
-        with cells as (select person_id, day, h, n from {cells}),
-        days as (
-            select person_id, count(distinct day) as active_days from cells group by person_id
-        ),
-        hours as (
-            select person_id, h, sum(n) as n from cells group by person_id, h
-        ),
-        weekdays as (
-            select person_id, isodow(day) - 1 as d, sum(n) as n from cells group by person_id, d
-        ),
-        preferred_hour as (
-            select person_id, first(h order by n desc, h) as preferred_hour from hours group by person_id
-        ),
-        preferred_dow as (
-            select person_id, first(d order by n desc, d) as preferred_dow from weekdays group by person_id
-        ),
-        se as (
-            select person_id, count(*) as sessions, avg(dwell_ms) as avg_session_dwell_ms,
-                   min(epoch_us(session_start)) as first_us
-            from {sessions}
-            group by person_id
-        )
-        select
-            se.person_id,
-            days.active_days::bigint as active_days,
-            se.sessions::bigint as sessions,
-            round(se.sessions / greatest(1.0, ({p.as_of_us} - se.first_us) / {float(US_PER_WEEK)!r}), 6)::double as sessions_per_week,
-            round(se.avg_session_dwell_ms, 3)::double as avg_session_dwell_ms,
-            ph.preferred_hour::bigint as preferred_hour,
-            pd.preferred_dow::bigint as preferred_dow,
-            {p.as_of_sql} as as_of
-        from se
-        join days using (person_id)
-        join preferred_hour as ph using (person_id)
-        join preferred_dow as pd using (person_id)
-        order by se.person_id
-    """
+    """features/sql.py's engagement with its `cells` read from the stored per-hour partials."""
+    from personalization_assets.features.sql import engagement_from_cells_sql
+
+    return engagement_from_cells_sql(p, f"select person_id, day, h, n from {cells}", sessions)
 
 
 # --- the incremental derived stage ----------------------------------------------------------------------

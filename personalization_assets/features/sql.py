@@ -415,12 +415,17 @@ def build_content_affinity_sql(p: FeatureParams, events_clean: str = "feat_event
 
 
 def build_engagement_sql(p: FeatureParams, events_clean: str = "feat_events_clean", sessions: str = "feat_sessions") -> str:
-    return f"""
-        with cells as (
-            select person_id, timestamp::date as day, hour(timestamp) as h, count(*) as n
+    cells = f"""select person_id, timestamp::date as day, hour(timestamp) as h, count(*) as n
             from {_q(events_clean)}
-            group by person_id, day, h
-        ),
+            group by person_id, day, h"""
+    return engagement_from_cells_sql(p, cells, sessions)
+
+
+def engagement_from_cells_sql(p: FeatureParams, cells: str, sessions: str) -> str:
+    """Engagement from per person × UTC date × hour event counts (`cells`: a query with person_id, day, h, n):
+    computed from events_clean here, from the stored per-hour partials by features/partials.py."""
+    return f"""
+        with cells as ({cells}),
         days as (
             select person_id, count(distinct day) as active_days from cells group by person_id
         ),
