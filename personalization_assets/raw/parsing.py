@@ -126,6 +126,22 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
 
 
 
+def _classification_sql(model) -> str:
+    """The columns `reason` (why a line of column `line` is rejected before typing: malformed JSON, not an object,
+    a nested object where the plan has a struct, a duplicate key the plan reads; NULL = keep) and `jtype`, for the
+    per-file and the batched slow path alike."""
+    parent_checks = " or ".join(
+        f"coalesce(json_type(line, {json_extract._sql_str('$.' + '.'.join(json_extract._quote(p) for p in path))}) not in ('OBJECT', 'NULL'), false)"
+        for path in json_extract.struct_parent_paths(model)
+    ) or "false"
+    return f"""case when not json_valid(line) then 'malformed_json'
+                     when json_type(line) <> 'OBJECT' then 'not_an_object'
+                     when {parent_checks} then 'wrong_structure'
+                     when {json_extract.plan_key_duplicates_sql(model, 'line')} then 'duplicate_key'
+                end as reason,
+                case when json_valid(line) then json_type(line) end as jtype"""
+
+
 def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: int, model) -> tuple[pa.Table, list[Reject]]:
     rejects: list[Reject] = []
     lengths = f.ends - f.starts
@@ -151,23 +167,8 @@ def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: in
     lines = pa.table({"line_no": pa.array(good_nos, pa.int64()), "line": pa.array(good_lines, pa.string())})
     con.register("_lines", lines)
     try:
-        parent_checks = " or ".join(
-            f"coalesce(json_type(line, {json_extract._sql_str('$.' + '.'.join(json_extract._quote(p) for p in path))}) not in ('OBJECT', 'NULL'), false)"
-            for path in json_extract.struct_parent_paths(model)
-        ) or "false"
         structure = json_extract.json_transform_structure(model)
-        classified = con.sql(
-            f"""
-            select line_no, line,
-                case when not json_valid(line) then 'malformed_json'
-                     when json_type(line) <> 'OBJECT' then 'not_an_object'
-                     when {parent_checks} then 'wrong_structure'
-                     when {json_extract.plan_key_duplicates_sql(model, 'line')} then 'duplicate_key'
-                end as reason,
-                case when json_valid(line) then json_type(line) end as jtype
-            from _lines
-            """
-        )
+        classified = con.sql(f"select line_no, line, {_classification_sql(model)} from _lines")
         con.register("_classified", classified.arrow().read_all())
         bad = con.sql("select line_no, reason, jtype from _classified where reason is not null").fetchall()
         for line_no, reason, jtype in bad:
@@ -375,26 +376,11 @@ def parse_slow_files(con: duckdb.DuckDBPyConnection, files: list[LandedFile], ma
     else:
         text = pa.array([], pa.large_string())
     lines = pa.table({"__f": pa.array(file_idx[good]), "line_no": pa.array(line_no[good]), "line": text})
-    parent_checks = " or ".join(
-        f"coalesce(json_type(line, {json_extract._sql_str('$.' + '.'.join(json_extract._quote(p) for p in path))}) not in ('OBJECT', 'NULL'), false)"
-        for path in json_extract.struct_parent_paths(model)
-    ) or "false"
     structure = json_extract.json_transform_structure(model)
     select, type_errors = json_extract.typed_projection(model, root=None)
     con.register("_slow_lines", lines)
     try:
-        classified = con.sql(
-            f"""
-            select __f, line_no, line,
-                case when not json_valid(line) then 'malformed_json'
-                     when json_type(line) <> 'OBJECT' then 'not_an_object'
-                     when {parent_checks} then 'wrong_structure'
-                     when {json_extract.plan_key_duplicates_sql(model, 'line')} then 'duplicate_key'
-                end as reason,
-                case when json_valid(line) then json_type(line) end as jtype
-            from _slow_lines
-            """
-        ).arrow().read_all()
+        classified = con.sql(f"select __f, line_no, line, {_classification_sql(model)} from _slow_lines").arrow().read_all()
         stats["queries"] += 1
         con.register("_slow_classified", classified)
         src = f"(select __f, line_no, unnest(json_transform(line, {json_extract._sql_str(structure)})) from _slow_classified where reason is null)"
