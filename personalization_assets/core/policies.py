@@ -228,6 +228,17 @@ class _File(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
+class _DictSpec(_File):
+    """A section that must be a mapping (a scalar there is a policy error naming the key, not a crash)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _is_dict(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _fail(f"must be a dict, got {type(value).__name__} {value!r}.")
+        return value
+
+
 class PolicyFile(_File):
     """policy.yaml"""
 
@@ -263,16 +274,9 @@ class PurposesFile(_File):
         return self
 
 
-class PurposeRuleSpec(_File):
+class PurposeRuleSpec(_DictSpec):
     basis: Annotated[str, _one_of(BASES)] = Field(None, validate_default=True)
     no_record: Annotated[str, _one_of(NO_RECORD)] = Field(None, validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _is_dict(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _fail(f"must be a dict, got {type(value).__name__} {value!r}.")
-        return value
 
 
 class MatchSpec(_File):
@@ -444,17 +448,10 @@ def _hours(value: Any) -> Any:
     return value
 
 
-class BudgetSpec(_File):
+class BudgetSpec(_DictSpec):
     total_epsilon: Annotated[float, _typed(int, float)]
     period: Annotated[str, _one_of(("month", "day", "year"))] = Field(None, validate_default=True)
     min_release_interval_hours: Annotated[float, BeforeValidator(_hours)] = 0.0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _is_dict(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _fail(f"must be a dict, got {type(value).__name__} {value!r}.")
-        return value
 
     @field_validator("total_epsilon")
     @classmethod
