@@ -65,15 +65,33 @@ def _module_rank(item) -> int:
     return SLOW_FIRST.index(rel) if rel in SLOW_FIRST else len(SLOW_FIRST)
 
 
+def own_tiers(node) -> set[str]:
+    return {m.name for m in node.own_markers if m.name in TIERS}
+
+
+def tier_of_item(item) -> tuple[str | None, set[str]]:
+    """The closest tier marker wins: the test's own, else its class's, else its module's `pytestmark`, else the
+    directory's (None here). Returns (tier, the tiers found at that level): two at one level are a mistake."""
+    for node in reversed(item.listchain()):
+        tiers = own_tiers(node)
+        if tiers:
+            return (next(iter(tiers)) if len(tiers) == 1 else None), tiers
+    return None, set()
+
+
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_module_rank)  # stable: tests of one module stay together and in their order
-    wrong = []
+    wrong, tier_of = [], {}
     for item in items:
-        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
-        if not tiers:
-            item.add_marker(getattr(pytest.mark, tier_of_path(item.path)))
-        elif len(tiers) > 1:
-            wrong.append(f"{item.nodeid}: {sorted(tiers)}")
+        tier, found = tier_of_item(item)
+        if len(found) > 1:
+            wrong.append(f"{item.nodeid}: {sorted(found)}")
+        tier_of[item.nodeid] = tier or tier_of_path(item.path)
+    # then each test carries its one tier and no other: a module's `unit` does not reach a test marked `integration`
+    for item in items:
+        for node in item.listchain():
+            node.own_markers[:] = [m for m in node.own_markers if m.name not in TIERS]
+        item.add_marker(getattr(pytest.mark, tier_of[item.nodeid]))
     if wrong:
         raise pytest.UsageError("a test must have exactly one tier marker (" + ", ".join(TIERS) + "):\n  " + "\n  ".join(wrong))
 

@@ -4,6 +4,7 @@ layers are exactly the platform, no definition belongs to two layers, and an ass
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 from pathlib import Path
@@ -93,6 +94,8 @@ OLD_MODULE_PATHS = (
     "privacy.hash_chain", "privacy.policies", "privacy.quarantine_match", "privacy.pseudonymize", "privacy.audit", "privacy.keys",
     # moved to their layer's package
     "privacy.consented", "privacy.consented_state", "jobs",
+    # renamed: features/identity.py (connected components) was easy to confuse with privacy/identity.py
+    "features.identity",
 )
 
 
@@ -110,3 +113,26 @@ def test_no_module_aliases_another():
     """No `sys.modules[__name__] = ...` aliasing: a module is imported from the one place it lives."""
     offenders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "sys.modules[__name__]" in p.read_text())
     assert offenders == []
+
+
+def _python_files() -> list[Path]:
+    root = PACKAGE.parent
+    return [p for d in (PACKAGE, root / "tests", root / "bench") for p in d.rglob("*.py")]
+
+
+def test_pa_always_means_pyarrow():
+    """`pa` is pyarrow in every module; pandera is `pda` (issue #17: it meant pandera in 7 modules)."""
+    offenders = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    full = alias.name if isinstance(node, ast.Import) else f"{node.module}.{alias.name}"
+                    if alias.asname == "pa" and not full.startswith("pyarrow"):
+                        offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {full} as pa")
+    assert offenders == []
+
+
+def test_one_identity_module():
+    """One `identity` module: the identity links (privacy/identity.py); the features' graph labelling is `components`."""
+    assert sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("identity.py")) == ["privacy/identity.py"]

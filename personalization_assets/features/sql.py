@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from personalization_assets.features.identity import label_components
+from personalization_assets.features.components import label_components
 from personalization_assets.features.models import FEATURE_MODELS
 from personalization_assets.features.params import PURPOSE, FeatureParams
 

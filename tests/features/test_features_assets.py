@@ -224,6 +224,7 @@ def test_s3_lake_round_trip(moto_server, monkeypatch):
         assert lake.read_table("features", table).equals(pure[table]), table
 
 
+@pytest.mark.integration  # a concurrency test: waits seconds on another build's lock
 def test_a_second_feature_build_waits_for_the_one_in_progress(tmp_path):
     """The published tables and the per-person state are rewritten as one set: a build started while another
     holds the features' writer lock waits, then runs on what the first one left."""

@@ -19,6 +19,9 @@ from tests.raw.hostile import CASES, line, msg
 from tests.raw.test_strict_values import STRICT_CASES
 
 pytestmark = pytest.mark.unit
+# integration tier: the whole-ingestion comparisons (hundreds of files through both paths, ~10 s each) and the
+# per-kind reader test (94 cases, each planning DuckDB's typed JSON extraction a few times: ~0.35 s a case)
+HEAVY = pytest.mark.integration
 
 WINDOW = datetime(2026, 11, 28, 13, tzinfo=timezone.utc)
 MAX_LINE = 32768
@@ -101,6 +104,7 @@ def test_the_corpus_holds_every_bad_line_kind():
     assert {n for n, _ in KINDS} >= {f"gen_{k}_0" for k in bad_lines.CORRUPTIONS}
 
 
+@HEAVY
 def test_batched_slow_path_equals_the_per_file_slow_path(con):
     files = _many_files()
     stats: dict = {}
@@ -138,6 +142,7 @@ def _assert_same_result(a, b):
     assert (a.records_read, a.files, a.fast_path_files) == (b.records_read, b.files, b.fast_path_files)
 
 
+@HEAVY
 def test_ingestion_with_the_batched_slow_path_equals_per_file_parsing(con, monkeypatch):
     files = _many_files()
     batched = _ingest(con, files)
@@ -151,6 +156,7 @@ def test_ingestion_with_the_batched_slow_path_equals_per_file_parsing(con, monke
     assert batched.records_read == batched.raw.num_rows + batched.quarantine.num_rows
 
 
+@HEAVY
 def test_ingestion_of_a_generated_landing_equals_per_file_parsing(con, monkeypatch, tmp_path):
     """The generator's own landing (5% bad lines of every kind over many small files)."""
     from tests.helpers import generate
@@ -209,6 +215,7 @@ def test_parsing_issues_a_bounded_number_of_queries_whatever_the_number_of_files
     assert stats["queries"] == 2
 
 
+@HEAVY
 @pytest.mark.parametrize("i", range(len(KINDS)), ids=[n for n, _ in KINDS])
 def test_the_vectorized_reader_refuses_a_file_exactly_when_the_slow_path_says_so(con, i):
     """`parse_validate` sends a file the batched read refused to the batched slow path and keeps that result
