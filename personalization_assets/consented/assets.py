@@ -208,7 +208,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 if raw.num_rows:
                     hk = con.sql(keys_sql).arrow().read_all()
                     key_parts.append(pa.table({"hour": pa.array([hour_of_us.get(h) for h in hk["hour_us"].to_pylist()], pa.string()),
-                                               "key": hk["key"]}))
+                                               "key": hk["key"], "max_ts": hk["max_ts"]}))
                 for k in totals:
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
@@ -237,7 +237,8 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                         sample.append(part_out)
             for pk in plan.delete:
                 lake.delete_partition("consented", "events", partition_dict(pk))
-            keys = pa.concat_tables(key_parts) if key_parts else pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())})
+            keys = pa.concat_tables(key_parts) if key_parts else pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string()),
+                                                                         "max_ts": pa.array([], pa.int64())})
             if keys.num_rows and keys["hour"].null_count:
                 raise AssertionError("consented/events: a processed row's landing_hour is not the hour of its raw partition")
             # the state is written after every hour it describes: a run killed before this point leaves the old

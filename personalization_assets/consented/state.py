@@ -45,6 +45,13 @@ STATE_SCHEMA = pa.schema([
     ("digest", pa.string()),
     ("raw_size", pa.int64()),
     ("raw_version", pa.string()),
+    # sig: md5 of what a row takes from its subject besides consent (jurisdiction, suppressed), and the subject's
+    # GRANTED intervals themselves (epoch µs, valid_to null = open): a change of these alone reaches only rows
+    # whose event time is at or after the first instant where the old and the new intervals differ
+    ("base_digest", pa.string()),
+    ("intervals", pa.list_(pa.struct([("purpose", pa.string()), ("valid_from", pa.int64()), ("valid_to", pa.int64())]))),
+    # key: the latest event time (epoch µs) among the hour's rows carrying the key
+    ("max_ts", pa.int64()),
 ])
 DIRTY = -1
 
@@ -94,18 +101,52 @@ with anon as (select identifier as key, any_value(consent_subject) as resolved_s
      merged as (select consent_subject, purpose, min(valid_from) as valid_from,
                        case when bool_or(valid_to is null) then null else max(valid_to) end as valid_to
                 from islands group by consent_subject, purpose, island),
-     cs as (select s.key, m.intervals
+     cs as (select s.key, m.intervals, m.iv
             from (select distinct consent_subject as key from consent_state) s
             left join (select consent_subject as key,
                               md5(string_agg(concat_ws('|', purpose, epoch_us(valid_from)::varchar, coalesce(epoch_us(valid_to)::varchar, '-')), ';'
-                                             order by purpose, valid_from, valid_to)) as intervals
+                                             order by purpose, valid_from, valid_to)) as intervals,
+                              list({'purpose': purpose, 'valid_from': epoch_us(valid_from), 'valid_to': epoch_us(valid_to)}
+                                   order by purpose, valid_from, valid_to) as iv
                        from merged group by 1) m using (key)),
      sup as (select distinct identifier as key from suppression),
      keys as (select key from anon union select key from jur union select key from cs union select key from sup)
 select k.key, a.resolved_subject,
-       md5(concat_ws('|', coalesce(j.jurisdiction, '-'), coalesce(cs.intervals, '-'), (s.key is not null)::varchar)) as digest
+       md5(concat_ws('|', coalesce(j.jurisdiction, '-'), coalesce(cs.intervals, '-'), (s.key is not null)::varchar)) as digest,
+       md5(concat_ws('|', coalesce(j.jurisdiction, '-'), (s.key is not null)::varchar)) as base_digest,
+       coalesce(cs.iv, []) as intervals
 from keys k left join anon a using (key) left join jur j using (key) left join cs using (key) left join sup s using (key)
 where k.key is not null
+"""
+
+# Hours holding a key whose signature changed (`__state` the stored state, `__sig_new` the current signatures).
+# A key whose resolution, jurisdiction or suppression changed (or that appeared, left, or has no stored intervals:
+# a state written before they were kept) reaches every hour holding it. A key whose GRANTED intervals alone
+# changed reaches only the hours holding one of its rows at or after `t`, the first instant where the old and the
+# new intervals differ: a row's purposes are the intervals containing its event time (`ASOF_PURPOSES_SQL`), so a
+# row before `t` is unchanged. Merged intervals of one purpose are disjoint, so a differing interval starts to
+# differ at its valid_from, unless the other side has one with the same start: then at the earlier end.
+CHANGED_HOURS_SQL = """
+with old as (select key, resolved_subject, digest, base_digest, intervals from __state where record = 'sig'),
+     changed as (select coalesce(n.key, o.key) as key,
+                        n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject
+                        or o.base_digest is null or o.intervals is null or n.base_digest is distinct from o.base_digest as hard,
+                        n.intervals as n_iv, o.intervals as o_iv
+                 from __sig_new n full outer join old o on n.key = o.key
+                 where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject
+                       or n.digest is distinct from o.digest),
+     soft as (select key, n_iv, o_iv from changed where not hard),
+     n_only as (select key, unnest(n_iv) as iv from soft except select key, unnest(o_iv) from soft),
+     o_only as (select key, unnest(o_iv) as iv from soft except select key, unnest(n_iv) from soft),
+     side as (select key, unnest(n_iv) as iv, 'n' as side from soft union all select key, unnest(o_iv), 'o' from soft),
+     points as (select d.key, case when x.key is null then d.iv.valid_from else least(d.iv.valid_to, x.iv.valid_to) end as t
+                from (select *, 'n' as side from n_only union all select *, 'o' from o_only) d
+                left join side x on x.key = d.key and x.side <> d.side and x.iv.purpose = d.iv.purpose
+                                and x.iv.valid_from = d.iv.valid_from),
+     reach as (select key, true as hard, null::bigint as t from changed where hard
+               union all select key, false, min(t) from points group by key)
+select distinct s.hour from __state s join reach r on s.key = r.key
+where s.record = 'key' and (r.hard or r.t is null or s.max_ts is null or s.max_ts >= r.t)
 """
 
 
@@ -130,7 +171,11 @@ class Plan:
 def load_state(lake: LakeStorage) -> pa.Table:
     if not lake.exists(LAYER, TABLE):
         return STATE_SCHEMA.empty_table()
-    return lake.read_table(LAYER, TABLE).select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
+    table = lake.read_table(LAYER, TABLE)
+    for f in STATE_SCHEMA:  # written before the column existed: unknown (null), which the plan treats conservatively
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
 
 
 def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table, *, policy, active_key_version: str,
@@ -149,13 +194,8 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table, *, 
     reasons["raw_new_or_changed"] = len(new_or_changed)
     stale |= new_or_changed
     # signatures that changed since the hours holding them were built: resolution, jurisdiction, consent, suppression
-    changed_hours = {h for (h,) in con.execute(
-        """with old as (select key, resolved_subject, digest from __state where record = 'sig'),
-                changed as (select coalesce(n.key, o.key) as key from __sig_new n full outer join old o on n.key = o.key
-                            where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject
-                                  or n.digest is distinct from o.digest)
-           select distinct s.hour from __state s semi join changed c on s.key = c.key where s.record = 'key'"""
-    ).fetchall()}
+    # (a consent change only from its first differing instant on: CHANGED_HOURS_SQL)
+    changed_hours = {h for (h,) in con.execute(CHANGED_HOURS_SQL).fetchall()}
     reasons["privacy_inputs_changed"] = len(changed_hours - new_or_changed)
     stale |= changed_hours
     # pseudonyms of another key version in the index: the key changed without the rotation job re-keying this tier
@@ -194,9 +234,10 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table, *, 
 def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None) -> str:
     """(landing_hour epoch µs, key) of the rows `consent_events` just processed (temp tables __cev, __cev_subject)."""
     cols = [user_col, anon_col] + ([email_col] if email_col else [])
-    parts = [f'select landing_hour, "{c}" as key from __cev' for c in cols]
-    parts.append("select c.landing_hour, s.consent_subject from __cev c join __cev_subject s using (__row)")
-    return ("select distinct epoch_us(landing_hour) as hour_us, key from (" + " union all ".join(parts) + ") where key is not null")
+    parts = [f'select landing_hour, "{c}" as key, timestamp from __cev' for c in cols]
+    parts.append("select c.landing_hour, s.consent_subject, c.timestamp from __cev c join __cev_subject s using (__row)")
+    return ("select epoch_us(landing_hour) as hour_us, key, max(epoch_us(timestamp)) as max_ts from ("
+            + " union all ".join(parts) + ") where key is not null group by all")
 
 
 def state_lock(lake: LakeStorage):
@@ -258,6 +299,8 @@ def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table, p: Plan, keys: pa
     """The state after this run: hours built get their fingerprint and index rows; deleted/retired hours
     leave; dirty hours are marked; signatures become the current ones (`__sig_new`)."""
     replaced = set(p.build) | set(p.delete) | set(p.retire)
+    if "max_ts" not in keys.column_names:  # index rows without event times: every signature change reaches them
+        keys = keys.append_column("max_ts", pa.nulls(keys.num_rows, pa.int64()))
     built = pa.table({"hour": pa.array(p.build, pa.string()),
                       "raw_size": pa.array([p.raw[h].size for h in p.build], pa.int64()),
                       "raw_version": pa.array([p.raw[h].version for h in p.build], pa.string())})
@@ -270,19 +313,21 @@ def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table, p: Plan, keys: pa
         out = con.sql(
             f"""
             select 'meta' as record, null::varchar as hour, null::varchar as key, null::varchar as resolved_subject,
-                   '{policy_fingerprint(policy)}' as digest, null::bigint as raw_size, null::varchar as raw_version
+                   '{policy_fingerprint(policy)}' as digest, null::bigint as raw_size, null::varchar as raw_version,
+                   null::varchar as base_digest, null as intervals, null::bigint as max_ts
             union all
-            select 'hour', hour, null, null, null, case when hour in (select hour from __dirty) then {DIRTY} else raw_size end, raw_version
+            select 'hour', hour, null, null, null, case when hour in (select hour from __dirty) then {DIRTY} else raw_size end, raw_version,
+                   null, null, null
             from __state_old where record = 'hour' and hour not in (select hour from __replaced)
             union all
-            select 'hour', hour, null, null, null, raw_size, raw_version from __built
+            select 'hour', hour, null, null, null, raw_size, raw_version, null, null, null from __built
             union all
-            select 'key', hour, key, null, null, null, null
+            select 'key', hour, key, null, null, null, null, null, null, max_ts
             from __state_old where record = 'key' and hour not in (select hour from __replaced)
             union all
-            select 'key', hour, key, null, null, null, null from __keys
+            select 'key', hour, key, null, null, null, null, null, null, max_ts from __keys
             union all
-            select 'sig', null, key, resolved_subject, digest, null, null from __sig_new
+            select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new
             order by record, hour, key
             """
         ).arrow().read_all()

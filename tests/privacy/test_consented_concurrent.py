@@ -53,7 +53,8 @@ def _hours(state: pa.Table) -> dict[str, int]:
 def _con(sigs: dict[str, str]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.register("__s", pa.table({"key": list(sigs), "resolved_subject": pa.nulls(len(sigs), pa.string()), "digest": list(sigs.values())}))
-    con.execute("create temp table __sig_new as select * from __s")
+    # no base digest or intervals: every signature change counts as one reaching all the key's hours
+    con.execute("create temp table __sig_new as select *, null::varchar as base_digest, null::struct(purpose varchar, valid_from bigint, valid_to bigint)[] as intervals from __s")
     return con
 
 

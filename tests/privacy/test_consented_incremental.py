@@ -362,3 +362,65 @@ def test_a_decision_that_reasserts_the_status_in_force_rewrites_no_old_hour(firs
     incremental = _rows(lake)
     _ok(materialize(defs, STATE, (H10, H12)))
     assert _rows(lake) == incremental
+
+
+# ------------------------------------------------------------------------------------------------
+# A consent change reaches only the rows at or after its first differing instant (CHANGED_HOURS_SQL): an hour whose
+# rows of the subject all precede it is not rebuilt, an hour holding a LATER row is, whatever its landing hour.
+
+WITHDRAW_1215 = {12: {"w.jsonl": [_grant("w-steady", 12, 15, "u-steady", prefs=NONE), _msg("m-steady-5", 12, 20, user="u-steady")]}}
+# a row of u-steady received at 11:30 (landing hour 11) whose event time is 12:30: a clock ahead by an hour, within
+# PERSONALIZATION_MAX_FUTURE_MINUTES; after the 12:15 withdrawal, so it must leave hour 11
+SKEWED = {11: {"skew.jsonl": [_msg("m-steady-skew", 12, 30, user="u-steady", received="2026-11-28T11:30:00.000Z")]}}
+
+
+def _fresh_over(tmp_path: Path, monkeypatch, *landings: dict) -> list[tuple]:
+    d = tmp_path / "fresh-over"
+    _env(monkeypatch, d, {"1": KEY_V1})
+    for files in landings:
+        _write(d / "landing", files, [])
+    defs = defs_for_env()
+    _ok(materialize(defs, RAW, (H10, H12)))
+    _ok(materialize(defs, PRIVACY))
+    _ok(materialize(defs, STATE, (H10, H12)))
+    return _rows(defs.resources["lake"])
+
+
+def test_a_consent_change_rebuilds_no_hour_whose_rows_all_precede_it(first_landing, data_dir, tmp_path, monkeypatch):
+    """u-steady's rows of hours 10 and 11 are older than the 12:15 withdrawal: only hour 12 is built (the
+    previous whole-subject signature rebuilt all three), and the rows equal a rebuild from scratch."""
+    defs = first_landing
+    _write(data_dir / "landing", WITHDRAW_1215, [])
+    md = _tick(defs, (H12, H12))
+    assert md["hours_built_list"] == [H12]
+    assert {r["message_id"] for r in _subject_rows(defs, user="u-steady")} == {"m-steady-1", "m-steady-2"}
+    assert _rows(defs.resources["lake"]) == _fresh_over(tmp_path, monkeypatch, FIRST, WITHDRAW_1215)
+
+
+def test_a_consent_change_rebuilds_an_old_landing_hour_holding_a_later_row(data_dir, tmp_path, monkeypatch):
+    """Rows are filed by receivedAt, consent applies at the event time: the hour-11 row timed 12:30 is after the
+    12:15 withdrawal, so hour 11 is rebuilt (a rule by landing hour would keep the row); hour 10 is not."""
+    _env(monkeypatch, data_dir, {"1": KEY_V1})
+    _write(data_dir / "landing", FIRST, [])
+    _write(data_dir / "landing", SKEWED, [])
+    defs = defs_for_env()
+    _tick(defs, (H10, H11))
+    assert "m-steady-skew" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
+    _write(data_dir / "landing", WITHDRAW_1215, [])
+    md = _tick(defs, (H12, H12))
+    assert md["hours_built_list"] == [H11, H12]
+    assert "m-steady-skew" not in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
+    assert _rows(defs.resources["lake"]) == _fresh_over(tmp_path, monkeypatch, FIRST, SKEWED, WITHDRAW_1215)
+
+
+def test_a_state_without_intervals_or_event_times_rebuilds_every_hour_of_a_changed_subject(first_landing, data_dir, tmp_path, monkeypatch):
+    """A state written before the intervals and event times were kept (those columns absent) knows no change
+    point: a consent change reaches every hour holding the subject, as before."""
+    defs = first_landing
+    lake = defs.resources["lake"]
+    old = lake.read_table("consented", "events_state")
+    lake.write_table("consented", "events_state", old.drop_columns(["base_digest", "intervals", "max_ts"]))
+    _write(data_dir / "landing", WITHDRAW_1215, [])
+    md = _tick(defs, (H12, H12))
+    assert md["hours_built_list"] == [H10, H11, H12]
+    assert _rows(lake) == _fresh_over(tmp_path, monkeypatch, FIRST, WITHDRAW_1215)
