@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from personalization_assets.definitions import build_definitions
 from personalization_assets.settings import load_settings
@@ -74,3 +76,15 @@ def generate(landing_dir, users=300, events=20_000, seed=11, bad_fraction=0.01, 
 
 def partition_range(manifest) -> tuple[str, str]:
     return f"{manifest['start']}-00:00", f"{manifest['end']}-23:00"
+
+
+def string_leaves(name: str, col):
+    """Every string inside a column, however nested (lists flattened, struct fields one by one)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        yield name, col
+    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        yield from string_leaves(f"{name}[]", pc.list_flatten(col))
+    elif pa.types.is_struct(col.type):
+        for i in range(col.type.num_fields):
+            yield from string_leaves(f"{name}.{col.type.field(i).name}", col.field(i))

@@ -21,6 +21,7 @@ from tests.helpers import (
     generate,
     materializations,
     materialize,
+    string_leaves,
 )
 
 
@@ -128,18 +129,6 @@ def test_junk_anonymous_id_is_not_merged(world):
     assert linked >= 30 and subject == junk
 
 
-def _string_leaves(name: str, col):
-    """Every string inside a column, however nested (lists flattened, struct fields one by one)."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        yield name, col
-    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        yield from _string_leaves(f"{name}[]", pa.compute.list_flatten(col))
-    elif pa.types.is_struct(col.type):
-        for i in range(col.type.num_fields):
-            yield from _string_leaves(f"{name}.{col.type.field(i).name}", col.field(i))
-
-
 def test_no_raw_identifier_outside_the_raw_tier(world):
     """Scan every output file outside raw/ for the input's identifier values."""
     scan_for_identifiers(world["defs"].resources["lake"], world["root"] / "data" / "landing")
@@ -182,7 +171,7 @@ def scan_for_identifiers(lake, landing_dir):
                 continue  # CMS data about content (author names are public bylines), no subject data
             table = lake.read_table(layer, f.path.split("/")[1], _partition(f.path))
             for field in table.schema:
-                for name, col in _string_leaves(field.name, table[field.name]):
+                for name, col in string_leaves(field.name, table[field.name]):
                     con.register("hay", pa.table({"h": col}))
                     hit = con.execute("select h from hay join needles on h = v or contains(h, v) limit 1").fetchall()
                     assert not hit, f"{f.path}.{name} contains a raw identifier"

@@ -21,7 +21,7 @@ from personalization_assets.csv_safety import is_formula, neutralize_cell, write
 from personalization_assets.privacy.pii import PREFILTER, luhn_ok, redact, redact_columns
 from personalization_assets.core.policies import PolicyError, load_policy
 from personalization_assets.privacy.transforms import strip_url_sql
-from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations
+from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations, string_leaves
 from tests.privacy.test_policies import MODELS, edit, policy_dir  # noqa: F401  (fixture)
 
 # ------------------------------------------------------------------------------------------------ unit
@@ -339,15 +339,11 @@ def test_no_planted_identifier_reaches_consented_features_or_the_warehouse(world
 
     def scan(where: str, table: pa.Table):
         for field in table.schema:
-            col = table[field.name]
-            if pa.types.is_list(field.type):
-                col = pa.compute.list_flatten(col)
-            elif not pa.types.is_string(field.type):
-                continue
-            needles.register("hay", pa.table({"h": col}))
-            hit = needles.execute("select h, v from hay join needles on contains(h, v) limit 1").fetchall()
-            assert not hit, f"{where}.{field.name} holds {hit[0][1]!r}"
-            scanned.add(where.split(":")[0])
+            for name, col in string_leaves(field.name, table[field.name]):
+                needles.register("hay", pa.table({"h": col}))
+                hit = needles.execute("select h, v from hay join needles on contains(h, v) limit 1").fetchall()
+                assert not hit, f"{where}.{name} holds {hit[0][1]!r}"
+                scanned.add(where.split(":")[0])
 
     for layer in ("consented", "features", "exports"):
         for f in lake.list_files(layer):
