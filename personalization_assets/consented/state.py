@@ -143,8 +143,9 @@ with old as (select key, resolved_subject, digest, base_digest, intervals from _
                 from (select *, 'n' as side from n_only union all select *, 'o' from o_only) d
                 left join side x on x.key = d.key and x.side <> d.side and x.iv.purpose = d.iv.purpose
                                 and x.iv.valid_from = d.iv.valid_from),
+     -- a soft key without a point (cannot happen: its intervals differ) would have t null: every hour, fail closed
      reach as (select key, true as hard, null::bigint as t from changed where hard
-               union all select key, false, min(t) from points group by key)
+               union all select soft.key, false, min(points.t) from soft left join points using (key) group by soft.key)
 select distinct s.hour from __state s join reach r on s.key = r.key
 where s.record = 'key' and (r.hard or r.t is null or s.max_ts is null or s.max_ts >= r.t)
 """
