@@ -136,11 +136,12 @@ with old as (select key, resolved_subject, digest, base_digest, intervals from _
                  where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject
                        or n.digest is distinct from o.digest),
      soft as (select key, n_iv, o_iv from changed where not hard),
-     n_only as (select key, unnest(n_iv) as iv from soft except select key, unnest(o_iv) from soft),
-     o_only as (select key, unnest(o_iv) as iv from soft except select key, unnest(n_iv) from soft),
      side as (select key, unnest(n_iv) as iv, 'n' as side from soft union all select key, unnest(o_iv), 'o' from soft),
+     -- the intervals of one side that the other side does not have
+     unmatched as (select * from side anti join side o on o.key = side.key and o.side <> side.side
+                                                          and o.iv is not distinct from side.iv),
      points as (select d.key, case when x.key is null then d.iv.valid_from else least(d.iv.valid_to, x.iv.valid_to) end as t
-                from (select *, 'n' as side from n_only union all select *, 'o' from o_only) d
+                from unmatched d
                 left join side x on x.key = d.key and x.side <> d.side and x.iv.purpose = d.iv.purpose
                                 and x.iv.valid_from = d.iv.valid_from),
      -- a soft key without a point (cannot happen: its intervals differ) would have t null: every hour, fail closed
