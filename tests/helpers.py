@@ -88,3 +88,22 @@ def string_leaves(name: str, col):
     elif pa.types.is_struct(col.type):
         for i in range(col.type.num_fields):
             yield from string_leaves(f"{name}.{col.type.field(i).name}", col.field(i))
+
+
+def build_waits_behind(lock, build, written, wait_s: float = 6) -> tuple[object, float]:
+    """Run `build()` in a thread while holding `lock` (another build in progress, with a lock file description of
+    its own as another process would have): after `wait_s` it must still be waiting with nothing `written()`; once
+    the lock is released it finishes. Returns (its result, the time the lock was released)."""
+    import threading
+    import time
+
+    out: dict = {}
+    with lock:
+        worker = threading.Thread(target=lambda: out.setdefault("result", build()))
+        worker.start()
+        worker.join(timeout=wait_s)
+        assert worker.is_alive() and not written(), "the second build did not wait for the lock"
+        released = time.time()
+    worker.join(timeout=300)
+    return out["result"], released
+

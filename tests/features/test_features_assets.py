@@ -228,22 +228,13 @@ def test_s3_lake_round_trip(moto_server, monkeypatch):
 def test_a_second_feature_build_waits_for_the_one_in_progress(tmp_path):
     """The published tables and the per-person state are rewritten as one set: a build started while another
     holds the features' writer lock waits, then runs on what the first one left."""
-    import threading
-    import time
-
     from personalization_assets.features.assets import _build_lock
+    from tests.helpers import build_waits_behind
 
     lake = LakeStorage(url=str(tmp_path / "lake"))
     ev, consent_rows = scenario()
     write_lake(lake, ev, consent_rows)
-    out: dict = {}
-    with _build_lock(lake):  # another build in progress (a lock file description of its own, as another process)
-        worker = threading.Thread(target=lambda: out.setdefault("result", run(lake)))
-        worker.start()
-        worker.join(timeout=6)
-        assert worker.is_alive() and not lake.exists("features", "events_clean")
-        released = time.time()
-    worker.join(timeout=300)
-    assert out["result"].success
+    result, released = build_waits_behind(_build_lock(lake), lambda: run(lake), lambda: lake.exists("features", "events_clean"))
+    assert result.success
     assert lake.read_table("features", "events_clean").num_rows > 0
     assert all(f.mtime_ns / 1e9 >= released for f in lake.partition_files("features", "events_clean"))

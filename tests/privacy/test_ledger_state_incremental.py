@@ -265,21 +265,14 @@ def test_a_second_consent_state_build_waits_for_the_one_in_progress(ledger_lake)
     """The state and its inputs table are rewritten as a pair: a build started while another holds consent_state's
     writer lock waits, then runs on what the first one left."""
     import os
-    import threading
-    import time
 
     from personalization_assets.privacy.assets import consent_state_lock
+    from tests.helpers import build_waits_behind
 
     defs = ledger_lake
     lake = defs.resources["lake"]
     _ok(materialize(defs, "key:privacy/identity_links or key:privacy/suppression_list"))
-    out: dict = {}
-    with consent_state_lock(lake):  # another build in progress (its own lock file description, as another process)
-        worker = threading.Thread(target=lambda: out.setdefault("result", materialize(defs, "key:privacy/consent_state", raise_on_error=False)))
-        worker.start()
-        worker.join(timeout=6)
-        assert worker.is_alive() and not lake.exists("privacy", "consent_state")
-        released = time.time()
-    worker.join(timeout=300)
-    assert out["result"].success
+    result, released = build_waits_behind(consent_state_lock(lake), lambda: materialize(defs, "key:privacy/consent_state", raise_on_error=False),
+                                          lambda: lake.exists("privacy", "consent_state"))
+    assert result.success
     assert os.path.getmtime(lake.full_path(lake.data_file("privacy", "consent_state"))) >= released
