@@ -65,28 +65,24 @@ def _module_rank(item) -> int:
     return SLOW_FIRST.index(rel) if rel in SLOW_FIRST else len(SLOW_FIRST)
 
 
-def own_tiers(node) -> set[str]:
-    return {m.name for m in node.own_markers if m.name in TIERS}
-
-
-def tier_of_item(item) -> tuple[str | None, set[str]]:
-    """The closest tier marker wins: the test's own, else its class's, else its module's `pytestmark`, else the
-    directory's (None here). Returns (tier, the tiers found at that level): two at one level are a mistake."""
+def closest_tiers(item) -> set[str]:
+    """The tier markers at the closest level that has any: the test's own, else its class's, else its module's
+    `pytestmark` (empty: the directory's tier applies). Two at one level are a mistake."""
     for node in reversed(item.listchain()):
-        tiers = own_tiers(node)
+        tiers = {m.name for m in node.own_markers if m.name in TIERS}
         if tiers:
-            return (next(iter(tiers)) if len(tiers) == 1 else None), tiers
-    return None, set()
+            return tiers
+    return set()
 
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_module_rank)  # stable: tests of one module stay together and in their order
     wrong, tier_of = [], {}
     for item in items:
-        tier, found = tier_of_item(item)
+        found = closest_tiers(item)
         if len(found) > 1:
             wrong.append(f"{item.nodeid}: {sorted(found)}")
-        tier_of[item.nodeid] = tier or tier_of_path(item.path)
+        tier_of[item.nodeid] = min(found) if len(found) == 1 else tier_of_path(item.path)
     # then each test carries its one tier and no other: a module's `unit` does not reach a test marked `integration`
     for item in items:
         for node in item.listchain():
