@@ -292,6 +292,7 @@ def _config_error(settings_cls: type[BaseSettings], exc: ValidationError) -> Con
 # Dagster itself): documented here so that the README's table lists every setting in one place.
 OTHER_SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_POLICY_DIR", "./privacy_policies", "Directory of the privacy policy YAML files (validated at load).", "baked into the image"),
+    SettingDoc("PERSONALIZATION_ANOMALY_CONFIG", "(packaged anomalies.yaml)", "Thresholds, severities and blocking of the data-anomaly checks: a copy of `personalization_assets/checks/anomalies.yaml` to tune them without editing the package (validated at load).", "same, or your tuned copy"),
     SettingDoc("SNOWFLAKE_ACCOUNT / _USER / _PASSWORD / _ROLE / _WAREHOUSE / _DATABASE / _SCHEMA", "(unset)", "Snowflake connection for the warehouse layer (password is secret).", "required"),
     SettingDoc("SNOWFLAKE_HOST / SNOWFLAKE_PORT / SNOWFLAKE_PROTOCOL", "(unset)", "Override the Snowflake endpoint (tests point these at fakesnow).", "unset"),
     SettingDoc("SNOWFLAKE_LOAD_METHOD", "insert", "How feature tables reach Snowflake: `insert` (batched INSERT of bound JSON; works on Snowflake and the fakesnow server) or `stage` (write_pandas: PUT + COPY INTO, faster for very large tables, needs stages).", "`insert` (or `stage`)"),

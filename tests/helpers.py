@@ -107,3 +107,24 @@ def build_waits_behind(lock, build, written, wait_s: float = 6) -> tuple[object,
     worker.join(timeout=300)
     return out["result"], released
 
+
+
+def anomaly_config_file(tmp_path, edit) -> str:
+    """A copy of the packaged anomalies.yaml changed by `edit(doc)` (in place), written under tmp_path: the value
+    for PERSONALIZATION_ANOMALY_CONFIG, the setting users tune the anomaly checks with."""
+    import yaml
+
+    from personalization_assets.checks import anomalies
+
+    doc = yaml.safe_load(anomalies.CONFIG_PATH.read_text(encoding="utf-8"))
+    edit(doc)
+    path = tmp_path / "anomalies.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def block_on_event_anomalies(doc: dict) -> None:
+    """anomalies.yaml edit: every check of the hourly tables blocks (severity error). A blocking check records its
+    pass on hours still warming up, which the non-blocking defaults do not."""
+    for name in ("anomaly_volume", "anomaly_null_rate", "anomaly_quarantine_rate", "anomaly_distinct_subjects"):
+        doc["checks"][name].update(severity="error", blocking=True)

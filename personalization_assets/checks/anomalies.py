@@ -8,15 +8,18 @@ partitions from the Dagster event log (one indexed query for all partitions of a
 with a robust z-score (median / MAD). The feature tables are unpartitioned: each materialization records
 its row count and null rates (read from the Parquet footer, no data scan) and is scored against the
 previous `features.history_runs` materializations. Thresholds and severities: anomalies.yaml beside this
-module (`checks:` for raw/events, `consented_events:` and `features:` select checks and override keys).
+module, or the copy PERSONALIZATION_ANOMALY_CONFIG names (`checks:` for raw/events, `consented_events:` and
+`features:` select checks and override keys).
 
 Results are asset-check evaluations PER PARTITION for the hourly tables (the check specs carry the
 partitions definition), so the UI shows which hour failed; a run that writes several hours emits one
-evaluation per hour (`dg.AssetCheckEvaluation(partition=...)`, see `to_evaluation`).
+evaluation per scored hour (`dg.AssetCheckEvaluation(partition=...)`, see `to_evaluation`). An hour still
+warming up is not scored, and only a blocking check records its pass there (`emit_check_results`).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import warnings
 from collections.abc import Iterable, Mapping
@@ -35,6 +38,7 @@ from personalization_assets.core.asset_keys import SEGMENT_SIZES
 from personalization_assets.core.partitions import PARTITION_FMT, partition_start
 
 CONFIG_PATH = Path(__file__).with_name("anomalies.yaml")
+CONFIG_ENV = "PERSONALIZATION_ANOMALY_CONFIG"
 EVENT_CHECKS = ("anomaly_volume", "anomaly_null_rate", "anomaly_quarantine_rate", "anomaly_distinct_subjects")
 SEGMENT_CHECK = "anomaly_segment_sizes"
 SEVERITIES = {"warn": dg.AssetCheckSeverity.WARN, "error": dg.AssetCheckSeverity.ERROR}
@@ -89,7 +93,7 @@ class AnomalyConfig:
 
 def _num(where: str, value, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise AnomalyConfigError(f"{CONFIG_PATH.name}: {where}={value!r} must be a number >= {minimum}. Fix: edit {CONFIG_PATH}.")
+        raise AnomalyConfigError(f"{config_path().name}: {where}={value!r} must be a number >= {minimum}. Fix: edit {config_path()}.")
     return float(value)
 
 
@@ -119,7 +123,7 @@ def parse_checks(checks_doc: Mapping, where: str) -> dict[str, CheckConfig]:
             )
         for p in REQUIRED_PARAMS[name]:
             if p not in spec:
-                raise AnomalyConfigError(f"{where}.{name}.{p} missing. Fix: set it in {CONFIG_PATH}.")
+                raise AnomalyConfigError(f"{where}.{name}.{p} missing. Fix: set it in {config_path()}.")
             _num(f"checks.{name}.{p}", spec[p])
         checks[name] = CheckConfig(name, str(spec.pop("description", name)).strip(), severity, blocking, spec)
     return checks
@@ -130,13 +134,13 @@ def parse_config(doc: Mapping) -> AnomalyConfig:
     checks_doc = doc.get("checks") or {}
     missing = [name for name in REQUIRED_PARAMS if name not in checks_doc]
     if missing:
-        raise AnomalyConfigError(f"{CONFIG_PATH.name}: checks {missing} missing. Fix: add them under `checks:` in {CONFIG_PATH}.")
+        raise AnomalyConfigError(f"{config_path().name}: checks {missing} missing. Fix: add them under `checks:` in {config_path()}.")
     unknown = sorted(set(checks_doc) - set(REQUIRED_PARAMS))
     if unknown:
-        raise AnomalyConfigError(f"{CONFIG_PATH.name}: unknown checks {unknown}. Fix: use only {sorted(REQUIRED_PARAMS)}.")
-    checks = parse_checks(checks_doc, f"{CONFIG_PATH.name}: checks")
+        raise AnomalyConfigError(f"{config_path().name}: unknown checks {unknown}. Fix: use only {sorted(REQUIRED_PARAMS)}.")
+    checks = parse_checks(checks_doc, f"{config_path().name}: checks")
     if not isinstance(checks["anomaly_null_rate"].params.get("columns", []), list):
-        raise AnomalyConfigError(f"{CONFIG_PATH.name}: checks.anomaly_null_rate.columns must be a list of raw/events columns.")
+        raise AnomalyConfigError(f"{config_path().name}: checks.anomaly_null_rate.columns must be a list of raw/events columns.")
     base = AnomalyConfig(
         weeks=int(_num("history.weeks", history.get("weeks", 4), 1)),
         min_points=int(_num("history.min_points", history.get("min_points", 3), 1)),
@@ -157,7 +161,7 @@ TARGETS = (
 
 
 def _parse_target(name: str, section, base: AnomalyConfig, checks_doc: Mapping, default: Mapping) -> AnomalyConfig:
-    where = f"{CONFIG_PATH.name}: {dict(TARGETS_SECTIONS)[name]}"
+    where = f"{config_path().name}: {dict(TARGETS_SECTIONS)[name]}"
     section = dict(section or {})
     unknown = sorted(set(section) - {"checks", "null_columns", "overrides", "history_runs", "min_points", "min_rows"})
     if unknown:
@@ -168,20 +172,20 @@ def _parse_target(name: str, section, base: AnomalyConfig, checks_doc: Mapping, 
         raise AnomalyConfigError(f"{where}.checks={names!r}. Fix: a list of {allowed}.")
     overrides = section.get("overrides") or {}
     if not isinstance(overrides, Mapping) or any(k not in names for k in overrides):
-        raise AnomalyConfigError(f"{where}.overrides must map checks of {names} to keys to replace. Fix: edit {CONFIG_PATH}.")
+        raise AnomalyConfigError(f"{where}.overrides must map checks of {names} to keys to replace. Fix: edit {config_path()}.")
     merged_doc = {}
     for check in names:
         spec = {k: v for k, v in dict(checks_doc[check] or {}).items() if k != "columns"}
         extra = overrides.get(check) or {}
         if not isinstance(extra, Mapping):
-            raise AnomalyConfigError(f"{where}.overrides.{check} must be a mapping. Fix: edit {CONFIG_PATH}.")
+            raise AnomalyConfigError(f"{where}.overrides.{check} must be a mapping. Fix: edit {config_path()}.")
         spec.update(extra)
         merged_doc[check] = spec
     # validated like the top level (severity/blocking rules, numbers)
     parsed = parse_checks(merged_doc, where)
     columns = section.get("null_columns")
     if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
-        raise AnomalyConfigError(f"{where}.null_columns must be a list of column names (omit it: every column). Fix: edit {CONFIG_PATH}.")
+        raise AnomalyConfigError(f"{where}.null_columns must be a list of column names (omit it: every column). Fix: edit {config_path()}.")
     return AnomalyConfig(
         weeks=base.weeks,
         min_points=int(_num(f"{where}.min_points", section.get("min_points", base.min_points), 1)),
@@ -197,9 +201,25 @@ def _parse_target(name: str, section, base: AnomalyConfig, checks_doc: Mapping, 
 TARGETS_SECTIONS = tuple((name, section) for name, section, _ in TARGETS)
 
 
-@cache
+def config_path() -> Path:
+    """The thresholds file in use: `PERSONALIZATION_ANOMALY_CONFIG` if set (tune the checks without editing the
+    installed package), else anomalies.yaml beside this module."""
+    override = os.environ.get(CONFIG_ENV, "").strip()
+    if not override:
+        return CONFIG_PATH
+    p = Path(override).expanduser()
+    if not p.is_file():
+        raise AnomalyConfigError(f"{CONFIG_ENV}={override!r} is not a file. Fix: point it at a copy of {CONFIG_PATH} (or unset it).")
+    return p
+
+
 def load_config(path: str | None = None) -> AnomalyConfig:
-    p = Path(path) if path else CONFIG_PATH
+    return _load_config(str(Path(path) if path else config_path()))
+
+
+@cache
+def _load_config(path: str) -> AnomalyConfig:
+    p = Path(path)
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -450,12 +470,23 @@ def evaluate_run_partitions(context: dg.AssetExecutionContext, asset_key: dg.Ass
 
 
 def emit_check_results(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, results: list[AnomalyResult], config: AnomalyConfig | None = None):
-    """Yields one evaluation per partition and check, then the (Nothing) outputs of the check specs. A check the
+    """Yields one evaluation per scored partition and check, then the (Nothing) outputs of the check specs. A check the
     run did not select (consented_events run for its state alone, by automation) is recorded all the same, as a
     logged event: never skipped."""
     config = config or load_config()
     selected = context.selected_asset_check_keys
     unselected_blocking_failures = []
+    # an hour without enough history is not scored: a non-blocking check records nothing for it (its statistics are
+    # on the hour's materialization, where later hours find them). A blocking check records its pass, because
+    # automation waits on `check_passed` for blocking checks. One line tells how many hours are warming up.
+    def unscored(r: AnomalyResult) -> bool:
+        return bool(r.metadata.get("warming_up")) and not config.checks[r.check].blocking
+
+    warming = sorted({r.partition for r in results if unscored(r)})
+    if warming:
+        context.log.info(f"{asset_key.to_user_string()}: {len(warming)} hour(s) warming up ({warming[0]} .. {warming[-1]}), fewer than "
+                         f"{config.min_points} weeks of same-hour history: the non-blocking anomaly checks record no evaluation for them")
+        results = [r for r in results if not unscored(r)]
     for result in results:
         if result.passed is False:
             context.log.warning(f"anomaly {asset_key.to_user_string()}:{result.check} on {result.partition or 'this build'}: {result.description}")

@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 
 from personalization_assets.checks import anomalies
-from tests.helpers import defs_for_env, materialize
+from tests.helpers import anomaly_config_file, defs_for_env, materialize
 
 WEEKS = ["2026-10-31", "2026-11-07", "2026-11-14", "2026-11-21"]  # history; the last one is scored, all normal
 DAY = "2026-11-28"
@@ -101,8 +101,8 @@ def test_consented_anomalies_fire_where_raw_is_normal(landing):
             assert result.success
             evaluations = _evaluations(result)
             mine = {k: v for k, v in evaluations.items() if k[0] == CONSENTED and k[2].startswith(day)}
-            # one evaluation per hour written and check
-            assert len(mine) == len(HOURS) * len(consented_checks), sorted(mine)
+            # one evaluation per hour written and check once three weeks of history exist; none while warming up
+            assert len(mine) == (len(HOURS) * len(consented_checks) if w == 3 else 0), (w, sorted(mine))
             assert all(evaluations.values()), f"a normal week raised {[k for k, v in evaluations.items() if not v]}"
             scored = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                       and e.event_specific_data.asset_key.to_user_string() == CONSENTED and e.event_specific_data.check_name.startswith("anomaly_")
@@ -170,21 +170,26 @@ def test_a_blocking_consented_check_stops_downstream(landing, monkeypatch, state
     assert "features/user_rfm" not in built
 
 
-def test_a_run_for_the_state_alone_still_records_each_hours_checks(landing):
+def test_a_run_for_the_state_alone_still_records_each_hours_checks(landing, monkeypatch, tmp_path):
     """Automation requests `consented/events_state` alone (the step then logs each hour it writes): the hours'
-    anomaly evaluations are recorded all the same (logged, per hour), never skipped."""
+    anomaly evaluations are recorded all the same (logged, per hour), never skipped. One week of history is enough
+    here (`history.min_points: 1`, set through PERSONALIZATION_ANOMALY_CONFIG as a user would)."""
+    monkeypatch.setenv("PERSONALIZATION_ANOMALY_CONFIG", anomaly_config_file(tmp_path, lambda doc: doc["history"].update(min_points=1)))
     defs = defs_for_env()
     state_only = SELECTION.replace(" or key:consented/events or ", " or ")
     assert "key:consented/events_state" in state_only and "key:consented/events or" not in state_only
-    write_hour(landing, WEEKS[0], HOURS["volume"], 1, users="u", consent_users="u")
-    write_hour(landing, WEEKS[0], HOURS["null"], 2, users="v", consent_users="v")
     with dg.DagsterInstance.ephemeral() as instance:
-        result = materialize(defs, state_only, (_pk(WEEKS[0], 10), _pk(WEEKS[0], 11)), instance=instance)
-        built = {e.event_specific_data.materialization.partition for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
-                 and e.event_specific_data.materialization.asset_key.to_user_string() == CONSENTED}
-        assert built == {_pk(WEEKS[0], 10), _pk(WEEKS[0], 11)}
-        found = {k for k in _evaluations(result) if k[0] == CONSENTED}
-        assert found == {(CONSENTED, c, pk) for c in ("anomaly_volume", "anomaly_null_rate", "anomaly_distinct_subjects") for pk in built}
+        for w, day in enumerate(WEEKS[:2]):
+            write_hour(landing, day, HOURS["volume"], 1 + 2 * w, users="u", consent_users="u" if w == 0 else "c")
+            write_hour(landing, day, HOURS["null"], 2 + 2 * w, users="v", consent_users="v" if w == 0 else "d")
+            result = materialize(defs, state_only, (_pk(day, 10), _pk(day, 11)), instance=instance)
+            built = {e.event_specific_data.materialization.partition for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+                     and e.event_specific_data.materialization.asset_key.to_user_string() == CONSENTED}
+            assert built == {_pk(day, 10), _pk(day, 11)}
+            found = {k for k in _evaluations(result) if k[0] == CONSENTED}
+            # week 0 warms up (nothing recorded by the non-blocking checks); week 1 is scored against it
+            assert found == (set() if w == 0 else {(CONSENTED, c, pk) for c in ("anomaly_volume", "anomaly_null_rate", "anomaly_distinct_subjects")
+                                                   for pk in built}), (w, found)
         records = instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey(["consented", "events"]), "anomaly_volume"), limit=10)
         assert {r.partition for r in records} == built

@@ -14,7 +14,7 @@ import pytest
 
 from personalization_assets.monitoring.metrics import MetricsPusher
 from tests.conftest import free_port
-from tests.helpers import defs_for_env, materialize
+from tests.helpers import anomaly_config_file, block_on_event_anomalies, defs_for_env, materialize
 from tests.raw.hostile import PARTITION, write_hostile_landing
 
 
@@ -42,9 +42,11 @@ def pushgateway(tmp_path):
         proc.wait(timeout=10)
 
 
-def test_materialization_metrics_reach_the_pushgateway(landing, pushgateway, monkeypatch):
+def test_materialization_metrics_reach_the_pushgateway(landing, pushgateway, monkeypatch, tmp_path):
     write_hostile_landing(landing)
     monkeypatch.setenv("PROMETHEUS_PUSHGATEWAY_URL", pushgateway)
+    # blocking anomaly checks record their pass on an hour still warming up (non-blocking ones record nothing there)
+    monkeypatch.setenv("PERSONALIZATION_ANOMALY_CONFIG", anomaly_config_file(tmp_path, block_on_event_anomalies))
     defs = defs_for_env()
     assert defs.resources["metrics"].pushgateway_url == pushgateway
     with dg.instance_for_test() as instance:
@@ -68,7 +70,7 @@ def test_materialization_metrics_reach_the_pushgateway(landing, pushgateway, mon
     assert q, "quarantine counts by reason"
     assert value("personalization_run_duration_seconds") and value("personalization_runs_failed_total") == [0.0]
     assert value("personalization_dp_budget_remaining_epsilon") == [4.0]
-    # alerts on data: one anomaly result per check for the hour (warming up: passed), and the raw layer's lag
+    # alerts on data: one anomaly result per check for the hour (warming up: a blocking check's pass), and the raw layer's lag
     anomaly = [ln for ln in lines if ln.startswith("personalization_anomaly_check_failed{")]
     assert len(anomaly) == 4 and all(f'partition="{PARTITION}"' in ln and ln.endswith(" 0") for ln in anomaly), anomaly
     lag = [float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("personalization_landing_to_fresh_lag_seconds{") and 'layer="raw"' in ln]
