@@ -68,19 +68,31 @@ PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 TIER ?= integration
 SEED := $(or $(SEED),$(shell echo $$RANDOM))
 
+# Test files (lakes, Dagster homes with their SQLite event logs, TMPDIR) go to a fresh directory on tmpfs when
+# /dev/shm has 6 GB free: Dagster commits every event to SQLite, and on a disk each commit waits for an fsync
+# (about a fifth of a pipeline test's wall time here). Removed after a passing run, kept (path printed) after a
+# failing one. TEST_TMP_BASE=/some/dir puts it elsewhere. TMPDIR is shared like /tmp (mode 1777): the PostgreSQL test's
+# server runs as the postgres user.
+TEST_TMP_BASE ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && [ "$$(df -Pk /dev/shm | awk 'NR==2 {print $$4}')" -gt 6000000 ] && echo /dev/shm || echo $${TMPDIR:-/tmp})
+define run_pytest
+	@tmp=$$(mktemp -d $(TEST_TMP_BASE)/pt.XXXXXX) && chmod 755 $$tmp && mkdir -m 1777 $$tmp/t || exit 1; echo "test files in $$tmp"; \
+	TMPDIR=$$tmp/t $(1) --basetemp=$$tmp/p; rc=$$?; \
+	if [ $$rc -eq 0 ]; then rm -rf $$tmp; else echo "test files kept in $$tmp (remove it when done)"; fi; exit $$rc
+endef
+
 test: $(STAMP) system-deps tools dbt-parse
-	PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests
+	$(call run_pytest,PERSONALIZATION_REQUIRE_INFRA_TOOLS=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests)
 
 test-fast: $(STAMP) dbt-parse
-	$(BIN)/python -m pytest -q -x $(PYTEST_PARALLEL) -m unit tests
+	$(call run_pytest,$(BIN)/python -m pytest -q -x $(PYTEST_PARALLEL) -m unit tests)
 
 test-tier: $(STAMP) dbt-parse
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m $(TIER) tests
+	$(call run_pytest,$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m $(TIER) tests)
 
 # no test may depend on another's side effects: modules and the tests inside each run in a shuffled order
 test-random: $(STAMP) dbt-parse
 	@echo "random order, seed $(SEED) (rerun the same order with SEED=$(SEED))"
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "unit or integration" -p random_order --random-order-bucket=module --random-order-seed=$(SEED) tests
+	$(call run_pytest,$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "unit or integration" -p random_order --random-order-bucket=module --random-order-seed=$(SEED) tests)
 
 bench: $(STAMP) dbt-parse
 	$(BIN)/python -m bench.run
