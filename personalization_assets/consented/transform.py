@@ -77,18 +77,13 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
                 + (f"policy keeps {extra} which the contract lacks; " if extra else "")
                 + (f"contract needs {missing} which the policy drops" if missing else "")
             )
-        select_final = ", ".join(
-            f'c."{n}"' if n not in ("consent_subject", "jurisdiction", "purposes") else {
-                "consent_subject": "s.consent_subject",
-                "jurisdiction": f"coalesce(j.jurisdiction, '{UNKNOWN_JURISDICTION}') as jurisdiction",
-                "purposes": "coalesce(p.purposes, []) as purposes",
-            }[n]
-            for n in CONSENTED_EVENT_SCHEMA.names
-        )
+        # the decision per row, narrow (the wide policy columns stay in __cev and are read once, for the kept rows)
         con.execute(
             f"""
-            create or replace temp table __cev_all as
-            select {select_final}, ({suppressed_expr} or coalesce(s.consent_subject in (select identifier from suppression), false)) as __suppressed
+            create or replace temp table __decision as
+            select c.__row, c.landing_hour, s.consent_subject,
+                   coalesce(j.jurisdiction, '{UNKNOWN_JURISDICTION}') as jurisdiction, coalesce(p.purposes, []) as purposes,
+                   ({suppressed_expr} or coalesce(s.consent_subject in (select identifier from suppression), false)) as __suppressed
             from __cev c
             join __cev_subject s using (__row)
             left join __purposes p using (__row)
@@ -96,19 +91,17 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
                    on j.consent_subject = s.consent_subject
             """
         )
-        counts = con.execute(
-            "select count(*) filter (where __suppressed), count(*) filter (where not __suppressed and len(purposes) = 0), "
-            "count(*) filter (where not __suppressed and len(purposes) > 0) from __cev_all"
-        ).fetchall()[0]
-        out = con.sql(
-            f"select {', '.join(chr(34) + n + chr(34) for n in CONSENTED_EVENT_SCHEMA.names)} from __cev_all "
-            "where not __suppressed and len(purposes) > 0"
-        ).arrow().read_all()
-        # the same split per landing hour (a batch may hold several hourly partitions)
+        # the same split overall and per landing hour (a batch may hold several hourly partitions)
         by_hour = con.execute(
             "select landing_hour, count(*) filter (where __suppressed), count(*) filter (where not __suppressed and len(purposes) = 0), "
-            "count(*) filter (where not __suppressed and len(purposes) > 0) from __cev_all group by 1"
+            "count(*) filter (where not __suppressed and len(purposes) > 0) from __decision group by 1"
         ).fetchall()
+        counts = [sum(row[i] for row in by_hour) for i in (1, 2, 3)]
+        decided = ("consent_subject", "jurisdiction", "purposes")
+        select_final = ", ".join(f'd."{n}"' if n in decided else f'c."{n}"' for n in CONSENTED_EVENT_SCHEMA.names)
+        out = con.sql(
+            f"select {select_final} from __cev c join __decision d using (__row) where not d.__suppressed and len(d.purposes) > 0"
+        ).arrow().read_all()
     finally:
         con.unregister("raw_part")
     text_by_hour = text_stats.pop("by_group", {})
