@@ -86,14 +86,14 @@ def policy_fingerprint(policy) -> str:
 
 SIGNATURES_SQL = """
 with anon as (select identifier as key, any_value(consent_subject) as resolved_subject
-              from identity where identifier_kind = 'anonymous' group by 1),
-     jur as (select consent_subject as key, any_value(jurisdiction) as jurisdiction from identity group by 1),
+              from identity where identifier_kind = 'anonymous' and {bucket:identifier} group by 1),
+     jur as (select consent_subject as key, any_value(jurisdiction) as jurisdiction from identity where {bucket:consent_subject} group by 1),
      -- what a consented row takes from consent_state is the purposes GRANTED at the event's time: the digest covers the
      -- granted intervals only, with touching ones merged. A decision that re-asserts the status in force (a re-grant, a
      -- repeated denial) splits an interval without changing any row, and changes no signature.
      granted as (select consent_subject, purpose, valid_from, valid_to,
                         case when lag(valid_to) over w is not distinct from valid_from then 0 else 1 end as brk
-                 from consent_state where status = 'granted'
+                 from consent_state where status = 'granted' and {bucket:consent_subject}
                  window w as (partition by consent_subject, purpose order by valid_from, valid_to nulls last)),
      islands as (select *, sum(brk) over (partition by consent_subject, purpose order by valid_from, valid_to nulls last
                                           rows between unbounded preceding and current row) as island
@@ -102,14 +102,14 @@ with anon as (select identifier as key, any_value(consent_subject) as resolved_s
                        case when bool_or(valid_to is null) then null else max(valid_to) end as valid_to
                 from islands group by consent_subject, purpose, island),
      cs as (select s.key, m.intervals, m.iv
-            from (select distinct consent_subject as key from consent_state) s
+            from (select distinct consent_subject as key from consent_state where {bucket:consent_subject}) s
             left join (select consent_subject as key,
                               md5(string_agg(concat_ws('|', purpose, epoch_us(valid_from)::varchar, coalesce(epoch_us(valid_to)::varchar, '-')), ';'
                                              order by purpose, valid_from, valid_to)) as intervals,
                               list({'purpose': purpose, 'valid_from': epoch_us(valid_from), 'valid_to': epoch_us(valid_to)}
                                    order by purpose, valid_from, valid_to) as iv
                        from merged group by 1) m using (key)),
-     sup as (select distinct identifier as key from suppression),
+     sup as (select distinct identifier as key from suppression where {bucket:identifier}),
      keys as (select key from anon union select key from jur union select key from cs union select key from sup)
 select k.key, a.resolved_subject,
        md5(concat_ws('|', coalesce(j.jurisdiction, '-'), coalesce(cs.intervals, '-'), (s.key is not null)::varchar)) as digest,
@@ -152,9 +152,31 @@ where s.record = 'key' and (r.hard or r.t is null or s.max_ts is null or s.max_t
 """
 
 
-def current_signatures(con: duckdb.DuckDBPyConnection) -> None:
-    """Temp table `__sig_new(key, resolved_subject, digest)` from the views identity, consent_state, suppression."""
-    con.execute(f"create or replace temp table __sig_new as {SIGNATURES_SQL}")
+# consent_state rows per bucket of the signature query. Its per-subject ordered aggregates (`string_agg`, `list`) keep
+# their state in memory, which DuckDB cannot spill: at 100M events (3.33M subjects, 31M state rows) one pass ran out
+# of a 2 GB memory limit. Every join of the query is on the key, so the keys of one `hash(key) % n` bucket are
+# computed exactly from the rows of that bucket.
+SIGNATURE_BUCKET_ROWS = 2_000_000
+
+
+def _signatures_sql(bucket: int, buckets: int) -> str:
+    def pred(column: str) -> str:
+        return "true" if buckets == 1 else f"hash({column}) % {buckets} = {bucket}"
+
+    sql = SIGNATURES_SQL
+    for column in ("identifier", "consent_subject"):
+        sql = sql.replace("{bucket:" + column + "}", pred(column))
+    return sql
+
+
+def current_signatures(con: duckdb.DuckDBPyConnection, bucket_rows: int = SIGNATURE_BUCKET_ROWS) -> None:
+    """Temp table `__sig_new(key, resolved_subject, digest, base_digest, intervals)` from the views identity,
+    consent_state, suppression; in buckets of keys when consent_state is large (SIGNATURE_BUCKET_ROWS)."""
+    rows = con.execute("select count(*) from consent_state").fetchall()[0][0]
+    buckets = max(1, -(-rows // bucket_rows))
+    con.execute(f"create or replace temp table __sig_new as {_signatures_sql(0, buckets)}")
+    for b in range(1, buckets):
+        con.execute(f"insert into __sig_new {_signatures_sql(b, buckets)}")
 
 
 @dataclass

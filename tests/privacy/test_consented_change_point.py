@@ -70,3 +70,45 @@ def test_a_changed_signature_without_a_differing_interval_fails_closed():
     can be found, so every hour holding the key is rebuilt rather than none."""
     same = {"s": (None, "b", iv(("p", 0, None)))}
     assert reached(same, same, INDEX, digests=("x", "y")) == ["h1", "h2", "h3", "h4"]
+
+
+def test_signatures_in_key_buckets_equal_one_pass():
+    """`current_signatures` splits the keys into hash buckets when consent_state is large (its ordered per-subject
+    aggregates cannot spill). Every source is filtered on the key it contributes, so an anonymous visitor who is her
+    own consent subject (a key both in the identity graph as `anonymous` and in consent_state) is whole in one
+    bucket; a bucketing that hashed the sources differently would give such a key two rows."""
+    from datetime import datetime, timezone
+
+    from personalization_assets.consented.state import current_signatures
+    from personalization_assets.privacy.consent import STATE_SCHEMA as CONSENT_STATE_SCHEMA
+    from personalization_assets.privacy.identity import IDENTITY_SCHEMA
+    from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
+
+    def t(us):
+        return None if us is None else datetime.fromtimestamp(us, timezone.utc)
+
+    identity, state, suppression = [], [], []
+    for i in range(60):
+        anon, user = f"a{i}", f"u{i}"
+        subject = anon if i % 3 == 0 else user  # every third visitor never logs in: her anonymous id is the subject
+        identity.append({"identifier": anon, "identifier_kind": "anonymous", "consent_subject": subject, "jurisdiction": "eu" if i % 2 else "us"})
+        if subject == user:
+            identity.append({"identifier": user, "identifier_kind": "user", "consent_subject": user, "jurisdiction": "eu" if i % 2 else "us"})
+        for start, end, status in ((0, 100, "granted"), (100, 200 + i, "granted"), (200 + i, None, "denied" if i % 4 else "granted")):
+            state.append({"consent_subject": subject, "purpose": "personalization", "status": status, "valid_from": t(start), "valid_to": t(end)})
+        if i % 7 == 0:
+            suppression.append({"identifier": anon if i % 2 else user, "identifier_kind": "anonymous" if i % 2 else "user"})
+    con = duckdb.connect()
+    for name, rows, schema in (("identity", identity, IDENTITY_SCHEMA), ("consent_state", state, CONSENT_STATE_SCHEMA),
+                               ("suppression", suppression, SUPPRESSION_SCHEMA)):
+        con.register(f"__{name}", pa.Table.from_pylist(rows, schema=schema))
+        con.execute(f"create temp table {name} as select * from __{name}")
+
+    def signatures(bucket_rows):
+        current_signatures(con, bucket_rows=bucket_rows)
+        return sorted(con.sql("select * from __sig_new").arrow().read_all().to_pylist(), key=lambda r: r["key"])
+
+    one = signatures(10**9)
+    keys = {r["identifier"] for r in identity} | {r["consent_subject"] for r in state} | {r["identifier"] for r in suppression}
+    assert len(one) == len({r["key"] for r in one}) and {r["key"] for r in one} == keys  # one row per key, every key
+    assert signatures(7) == one  # 26 buckets

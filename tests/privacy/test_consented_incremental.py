@@ -335,6 +335,29 @@ def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landin
     assert H11 in {r["hour"] for r in after.to_pylist() if r["record"] == "key"}
 
 
+def test_signatures_in_key_buckets_equal_one_pass(first_landing):
+    """current_signatures splits its keys into hash buckets when consent_state is large (its ordered per-subject
+    aggregates keep their state in memory, which ran out of 2 GB at 100M events): together the buckets hold exactly
+    the rows of one pass."""
+    import duckdb
+
+    from personalization_assets.consented import state as cstate
+    from personalization_assets.consented.assets import _register_privacy_views
+
+    con = duckdb.connect()
+    _register_privacy_views(con, first_landing.resources["lake"])
+    rows = con.execute("select count(*) from consent_state").fetchall()[0][0]
+    assert rows >= 5
+
+    def signatures(bucket_rows):
+        cstate.current_signatures(con, bucket_rows=bucket_rows)
+        return sorted(con.sql("select * from __sig_new").arrow().read_all().to_pylist(), key=lambda r: r["key"])
+
+    one = signatures(rows)  # one bucket
+    assert len({r["key"] for r in one}) == len(one) and any(r["intervals"] for r in one) and any(r["resolved_subject"] for r in one)
+    assert signatures(max(1, rows // 5)) == one  # five buckets or more
+
+
 def test_a_decision_that_reasserts_the_status_in_force_rewrites_no_old_hour(first_landing, data_dir):
     """A subject's rows depend on the purposes granted at each event's time, not on how the ledger split the intervals:
     a re-grant of what is already granted (and a repeated denial) splits an interval in privacy/consent_state but
