@@ -70,7 +70,7 @@ SEED := $(or $(SEED),$(shell echo $$RANDOM))
 
 # Test files (lakes, Dagster homes with their SQLite event logs, TMPDIR) go to a fresh directory on tmpfs when
 # /dev/shm has 6 GB free: Dagster commits every event to SQLite, and on a disk each commit waits for an fsync
-# (about a fifth of a pipeline test's wall time here). Removed after a passing run, kept (path printed) after a
+# (a fifth of a pipeline test's wall time while the disk was busy; little on an idle one). Removed after a passing run, kept (path printed) after a
 # failing one. TEST_TMP_BASE=/some/dir puts it elsewhere. TMPDIR is shared like /tmp (mode 1777): the PostgreSQL test's
 # server runs as the postgres user.
 TEST_TMP_BASE ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && [ "$$(df -Pk /dev/shm | awk 'NR==2 {print $$4}')" -gt 6000000 ] && echo /dev/shm || echo $${TMPDIR:-/tmp})
