@@ -126,5 +126,7 @@ def anomaly_config_file(tmp_path, edit) -> str:
 def block_on_event_anomalies(doc: dict) -> None:
     """anomalies.yaml edit: every check of the hourly tables blocks (severity error). A blocking check records its
     pass on hours still warming up, which the non-blocking defaults do not."""
-    for name in ("anomaly_volume", "anomaly_null_rate", "anomaly_quarantine_rate", "anomaly_distinct_subjects"):
+    from personalization_assets.checks.anomalies import EVENT_CHECKS
+
+    for name in EVENT_CHECKS:
         doc["checks"][name].update(severity="error", blocking=True)
