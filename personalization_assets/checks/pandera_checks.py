@@ -53,6 +53,24 @@ class ModelCheck:
     def evaluate(self, data: pa.Table | pd.DataFrame, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0) -> dg.AssetCheckResult:
         return evaluate_model(self.asset_key, self.model, data, sample_rows=sample_rows, seed=seed, blocking=self.blocking)
 
+    def evaluate_duckdb(self, con, table: str, schema: pa.Schema, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0) -> dg.AssetCheckResult:
+        """`evaluate` on DuckDB table `table` (created whole, never deleted from: its rowids are 0..n-1) as Arrow
+        `schema`, fetching only the rows validated: the same deterministic sample `evaluate` takes of the same rows."""
+        n = int(con.execute(f"select count(*) from {table}").fetchall()[0][0])
+        if n <= sample_rows:
+            return self.evaluate(con.sql(f"select * from {table} order by rowid").arrow().read_all().cast(schema), sample_rows, seed)
+        con.register("__sample_rowids", pa.table({"i": sample_indices(n, sample_rows, seed)}))
+        try:
+            sample = con.sql(f"select t.* from {table} t semi join __sample_rowids s on t.rowid = s.i order by t.rowid").arrow().read_all().cast(schema)
+        finally:
+            con.unregister("__sample_rowids")
+        return evaluate_model(self.asset_key, self.model, sample, blocking=self.blocking, rows_total=n)
+
+
+def sample_indices(n: int, sample_rows: int, seed: int) -> np.ndarray:
+    """The positions of the deterministic sample of `sample_rows` of `n` rows, ascending."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=sample_rows, replace=False))
+
 
 def model_check(asset_key, model, blocking: bool) -> ModelCheck:
     return ModelCheck(dg.AssetKey.from_coercible(asset_key), model, blocking)
@@ -79,12 +97,16 @@ def evaluate_model(
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     seed: int = 0,
     blocking: bool = False,
+    rows_total: int | None = None,
 ) -> dg.AssetCheckResult:
-    """Validate (a deterministic sample of) the data; failures carry counts and the first cases."""
+    """Validate (a deterministic sample of) the data; failures carry counts and the first cases.
+    `rows_total`: the data is already that sample, of a table of this many rows."""
     n = data.num_rows if isinstance(data, pa.Table) else len(data)
     sampled = n > sample_rows
-    if sampled:
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=sample_rows, replace=False))
+    if rows_total is not None:
+        n, sampled = rows_total, rows_total > n
+    elif sampled:
+        idx = sample_indices(n, sample_rows, seed)
         data = data.take(pa.array(idx)) if isinstance(data, pa.Table) else data.iloc[idx]
     df = _to_pandas(data) if isinstance(data, pa.Table) else data
     schema = model.to_schema()

@@ -45,6 +45,10 @@ RAW_EVENT_SCHEMA = arrow_schema(RawEvent)
 LAYER_PRIVACY = "privacy"
 RAW_CRM_SCHEMA = arrow_schema(RawCrmProfile)
 RAW_REQUEST_SCHEMA = arrow_schema(RawPrivacyRequest)
+# the stored privacy/identity_links: the identity columns and each identifier's linked user pseudonyms
+IDENTITY_LINKS_SCHEMA = IDENTITY_SCHEMA.append(pa.field("linked_user_pseudonyms", pa.list_(pa.string())))
+# large tables are streamed from DuckDB to Parquet in batches of this many rows (one row group each)
+STREAM_BATCH_ROWS = 256_000
 
 
 def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
@@ -153,20 +157,19 @@ def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfi
             lake.delete_partition(LAYER_PRIVACY, PARTIALS_TABLE, part)
         lake.register(con, "__partials", LAYER_PRIVACY, PARTIALS_TABLE, empty_schema=PARTIAL_SCHEMA)
         lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
-        identity, links = identity_from_partials(con, pseudonymizer, jurisdiction_case_sql(policy), "__partials")
-        con.register("identity_t", identity)
-        con.register("links_t", links)
+        identity_from_partials(con, pseudonymizer, jurisdiction_case_sql(policy), "__partials")
+        ambiguous = con.execute("select count(*) from __identity where linked_users > 1").fetchall()[0][0]
+        # streamed from DuckDB into the Parquet file: the table is never held whole in Python (millions of rows at 100M)
         table = con.sql(
-            """select i.*, coalesce(l.users, []) as linked_user_pseudonyms
-               from identity_t i left join (select identifier, identifier_kind, list(user_pseudonym order by user_pseudonym) as users
-                                            from links_t group by 1, 2) l using (identifier, identifier_kind)
+            f"""select {', '.join(f'i."{c}"' for c in IDENTITY_SCHEMA.names)}, coalesce(l.users, []) as linked_user_pseudonyms
+               from __identity i left join (select identifier, identifier_kind, list(user_pseudonym order by user_pseudonym) as users
+                                            from __links group by 1, 2) l using (identifier, identifier_kind)
                order by identifier_kind, identifier"""
-        ).arrow().read_all()
-        ambiguous = con.execute("select count(*) from identity_t where linked_users > 1").fetchall()[0][0]
-    written = lake.write_table("privacy", "identity_links", table)
+        )
+        written = lake.write_table("privacy", "identity_links", table.to_arrow_reader(STREAM_BATCH_ROWS).cast(IDENTITY_LINKS_SCHEMA))
     inc.write_consumed(lake, "identity_links", current, {"key_version": active})  # after the output: a crash re-processes
     return dg.MaterializeResult(metadata=_write_metadata(written, {
-        "identifiers": table.num_rows,
+        "identifiers": written.rows,
         "ambiguous_identifiers_not_merged": int(ambiguous),
         "key_version": active,
         "dev_key": pseudonymizer.is_dev_key,
@@ -394,26 +397,28 @@ def consent_state(context: dg.AssetExecutionContext, config: ConsentStateConfig,
                 "`default` fallback, not fail-closed): materialize privacy/identity_links, then privacy/consent_state."
             )
         outcome = csi.build(con, lake, ledger_log(lake, platform), chain, policy, "__identity_lake", config.full_refresh)
-        state = outcome.state
-        con.register("__state", state)
+        state = outcome.table  # a DuckDB temp table: tens of millions of rows at 100M events, never held in Python
         overlaps = con.execute(
-            """select count(*) from (
+            f"""select count(*) from (
                  select valid_from, lag(valid_to) over (partition by consent_subject, purpose order by valid_from) as prev_to
-                 from __state) where prev_to is null and valid_from > timestamptz '1970-01-01 00:00:00+00'
+                 from {state}) where prev_to is null and valid_from > timestamptz '1970-01-01 00:00:00+00'
                  or prev_to is not null and prev_to <> valid_from"""
         ).fetchall()[0][0]
-        granted = con.sql("select purpose, count(distinct consent_subject) from __state where status = 'granted' and valid_to is null group by 1").fetchall()
+        granted = con.sql(f"select purpose, count(distinct consent_subject) from {state} where status = 'granted' and valid_to is null group by 1").fetchall()
+        subjects = con.execute(f"select count(distinct consent_subject) from {state}").fetchall()[0][0]
+        model_result = model_check(CONSENT_STATE, ConsentState, blocking=True).evaluate_duckdb(con, state, consent_lib.STATE_SCHEMA)
         # inputs removed before the state is replaced and written after it: a run that dies in between leaves no
         # inputs, and the next run rebuilds from scratch
         csi.invalidate_inputs(lake)
-        written = lake.write_table("privacy", "consent_state", state)
+        written = lake.write_table("privacy", "consent_state",
+                                   con.sql(f"select * from {state}").to_arrow_reader(STREAM_BATCH_ROWS).cast(consent_lib.STATE_SCHEMA))
         csi.write_inputs(con, lake, outcome)
     yield dg.MaterializeResult(metadata=_write_metadata(written, {
-        "subjects": pa.compute.count_distinct(state["consent_subject"]).as_py(),
+        "subjects": int(subjects),
         "currently_granted_by_purpose": dg.MetadataValue.json(dict(granted)),
         "full_refresh": outcome.mode == "full", **outcome.metadata(),
     }))
-    yield model_check(CONSENT_STATE, ConsentState, blocking=True).evaluate(state)
+    yield model_result
     yield dg.AssetCheckResult(check_name="intervals_do_not_overlap", passed=overlaps == 0, metadata={"violations": int(overlaps)})
 
 
@@ -431,7 +436,7 @@ def suppression_list(context: dg.AssetExecutionContext, lake: LakeStorage, duckd
     )
     with duckdb.get_connection() as con:
         lake.register(con, "raw_requests", "raw", "privacy_requests", empty_schema=RAW_REQUEST_SCHEMA)
-        lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_SCHEMA.append(pa.field("linked_user_pseudonyms", pa.list_(pa.string()))))
+        lake.register(con, "identity", "privacy", "identity_links", empty_schema=IDENTITY_LINKS_SCHEMA)
         # the tracking plan quarantines requests with blank, too-short or malformed identifiers; a raw table
         # written before that rule existed may still hold some: they never reach the suppression list
         n = MIN_SUBJECT_IDENTIFIER_CHARS

@@ -226,14 +226,26 @@ def policy_defaults_table(policy: PrivacyPolicy) -> pa.Table:
 
 
 def build_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -> pa.Table:
-    """From views `ledger` and `identity` build the interval table (STATE_SCHEMA).
+    """From views `ledger` and `identity` build the interval table (STATE_SCHEMA), as an Arrow table.
 
     A subject's jurisdiction and its source come from `identity`; a subject with no identity row (known only
     from the ledger), or whose jurisdiction the policy no longer lists, gets the `unknown` jurisdiction."""
+    create_consent_state(con, policy, "__consent_state_built")
+    try:
+        return con.sql("select * from __consent_state_built").arrow().read_all().cast(STATE_SCHEMA)
+    finally:
+        con.execute("drop table if exists __consent_state_built")
+
+
+def create_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, name: str) -> None:
+    """`build_consent_state` into DuckDB temp table `name` (the STATE_SCHEMA columns, in their order), ordered by
+    subject, purpose and valid_from. It stays in DuckDB, which spills under its memory limit: the platform's
+    state has tens of millions of rows at 100M events, and is streamed from there into its Parquet file."""
     con.register("__defaults", policy_defaults_table(policy))
     try:
-        state = con.sql(
+        con.execute(
             f"""
+            create or replace temp table "{name}" as
             with subjects as (
                 select consent_subject,
                        any_value({{'j': jurisdiction, 's': jurisdiction_source}}) as js
@@ -293,16 +305,17 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy) -
                 left join firsts f on f.consent_subject = a.consent_subject and f.purpose = df.purpose
                 where f.first_at is null or f.first_at > timestamptz '1970-01-01 00:00:00+00'
             )
-            select consent_subject, purpose, status, valid_from, valid_to, basis, jurisdiction, jurisdiction_source, source from defaults
-            union all
-            select d.consent_subject, d.purpose, d.status, d.valid_from, d.valid_to, d.basis, a.jurisdiction, a.jurisdiction_source, d.source
-            from decided d join all_subjects a using (consent_subject)
+            select {", ".join(STATE_SCHEMA.names)} from (
+                select consent_subject, purpose, status, valid_from, valid_to, basis, jurisdiction, jurisdiction_source, source from defaults
+                union all
+                select d.consent_subject, d.purpose, d.status, d.valid_from, d.valid_to, d.basis, a.jurisdiction, a.jurisdiction_source, d.source
+                from decided d join all_subjects a using (consent_subject)
+            )
             order by consent_subject, purpose, valid_from
             """
-        ).arrow().read_all()
+        )
     finally:
         con.unregister("__defaults")
-    return state.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
 
 
 ASOF_PURPOSES_SQL = """

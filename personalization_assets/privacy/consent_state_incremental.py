@@ -32,7 +32,6 @@ import logging
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.core.storage import LakeStorage
@@ -54,9 +53,13 @@ INPUTS_SCHEMA = pa.schema([
 _ID_COLS = ", ".join(INPUTS_SCHEMA.names)
 
 
+STATE_TABLE = "__cs_state"  # the DuckDB temp table `build` leaves the state in
+_STATE_COLS = ", ".join(consent_lib.STATE_SCHEMA.names)
+
+
 @dataclass
 class Outcome:
-    state: pa.Table
+    table: str  # DuckDB temp table holding the state (STATE_SCHEMA columns): stream it, never hold it in Python
     mode: str  # incremental | full
     reason: str
     subjects_recomputed: int = 0
@@ -71,23 +74,27 @@ class Outcome:
                 "identifiers_changed": self.identifiers_changed}
 
 
-def _read_previous(lake: LakeStorage, settings: dict[str, str]) -> tuple[pa.Table | None, pa.Table | None, dict, str]:
+def _load_previous(con, lake: LakeStorage, settings: dict[str, str]) -> tuple[dict, str]:
+    """Copy the previous state and inputs into temp tables `__cs_prev` and `__id_old`; returns (their recorded
+    settings, "previous_state"), or ({}, why not) when there is nothing to fold onto (then: full rebuild)."""
     if not lake.exists(LAYER, TABLE):
-        return None, None, {}, "no_previous_state"
+        return {}, "no_previous_state"
     if not lake.exists(LAYER, INPUTS):
-        return None, None, {}, "no_previous_inputs"
+        return {}, "no_previous_inputs"
     try:
-        inputs = lake.read_table(LAYER, INPUTS)
-        meta = {k.decode()[len(_META):]: v.decode() for k, v in (inputs.schema.metadata or {}).items() if k.decode().startswith(_META)}
-        inputs = inputs.select(INPUTS_SCHEMA.names).cast(INPUTS_SCHEMA)
-        state = lake.read_table(LAYER, TABLE).select(consent_lib.STATE_SCHEMA.names).cast(consent_lib.STATE_SCHEMA)
+        schema = lake.schema(LAYER, INPUTS)
+        meta = {k.decode()[len(_META):]: v.decode() for k, v in (schema.metadata or {}).items() if k.decode().startswith(_META)}
+        for name, want in settings.items():
+            if meta.get(name) != want:
+                return {}, f"{name}_changed"
+        lake.register(con, "__cs_prev_inputs_lake", LAYER, INPUTS)
+        con.execute(f"create or replace temp table __id_old as select {_ID_COLS} from __cs_prev_inputs_lake")
+        lake.register(con, "__cs_prev_state_lake", LAYER, TABLE)
+        con.execute(f"create or replace temp table __cs_prev as select {_STATE_COLS} from __cs_prev_state_lake")
     except Exception as exc:  # noqa: BLE001 - never fold onto something unreadable: rebuild
         log.warning("privacy/consent_state or its inputs are unreadable (%s): full rebuild", exc)
-        return None, None, {}, "previous_unreadable"
-    for name, want in settings.items():
-        if meta.get(name) != want:
-            return None, None, {}, f"{name}_changed"
-    return state, inputs, meta, "previous_state"
+        return {}, "previous_unreadable"
+    return meta, "previous_state"
 
 
 def _suppressed(con, lake: LakeStorage) -> None:
@@ -97,9 +104,14 @@ def _suppressed(con, lake: LakeStorage) -> None:
     con.execute("create or replace temp table __cs_suppressed as select distinct identifier from __cs_suppression_lake where identifier is not null")
 
 
+def _count_subjects(con, table: str) -> int:
+    return int(con.execute(f"select count(distinct consent_subject) from {table}").fetchall()[0][0])
+
+
 def build(con, lake: LakeStorage, hlog: HashChainedLog, chain, policy, identity_view: str, full_refresh: bool) -> Outcome:
-    """The consent state (STATE_SCHEMA), folded forward from the previous one when it can be. `identity_view`: a
-    DuckDB view of privacy/identity_links. Registers temp views `ledger` and `identity` (what build_consent_state reads)."""
+    """The consent state (STATE_SCHEMA), folded forward from the previous one when it can be, left in DuckDB temp
+    table STATE_TABLE. `identity_view`: a DuckDB view of privacy/identity_links. Registers temp views `ledger` and
+    `identity` (what build_consent_state reads)."""
     settings = {"format": FORMAT, "key_version": str(chain.active), "policy_version": policy.version}
     register_ledger(con, hlog)
     n_rekey = rekey_map(con, chain, "__ledger_all")
@@ -114,29 +126,29 @@ def build(con, lake: LakeStorage, hlog: HashChainedLog, chain, policy, identity_
     head_hash = con.execute("select row_hash from __ledger_all where seq = ?", [head]).fetchall() if head else []
     settings_out = {**settings, "ledger_seq": str(head), "ledger_head_hash": head_hash[0][0] if head_hash else ""}
 
-    prev_state, prev_inputs, meta, reason = (None, None, {}, "full_refresh") if full_refresh else _read_previous(lake, settings)
+    meta, reason = ({}, "full_refresh") if full_refresh else _load_previous(con, lake, settings)
+    previous = reason == "previous_state"
     consumed = 0
-    if prev_state is not None:
+    if previous:
         try:
             consumed = int(meta.get("ledger_seq", ""))
         except ValueError:
-            prev_state, reason = None, "inputs_without_ledger_seq"
-    if prev_state is not None and consumed:
+            previous, reason = False, "inputs_without_ledger_seq"
+    if previous and consumed:
         stored = con.execute("select row_hash from __ledger_all where seq = ?", [consumed]).fetchall()
         if len(stored) != 1 or stored[0][0] != meta.get("ledger_head_hash"):
-            prev_state, reason = None, "ledger_rewritten"
+            previous, reason = False, "ledger_rewritten"
+    not_erased = "consent_subject not in (select identifier from __cs_suppressed)"
 
-    if prev_state is None:
+    if not previous:
         con.execute("create or replace temp view ledger as select seq, identifier_pseudonym, purpose, decision, effective_at, source from __ledger_keyed")
         con.execute(f'create or replace temp view identity as select * from "{identity_view}"')
-        state = consent_lib.build_consent_state(con, policy)
-        state = _without_suppressed(con, state)
-        return Outcome(state, "full", reason, subjects_recomputed=pc.count_distinct(state["consent_subject"]).as_py(),
+        consent_lib.create_consent_state(con, policy, "__cs_built")
+        con.execute(f"create or replace temp table {STATE_TABLE} as select * from __cs_built where {not_erased}")
+        con.execute("drop table __cs_built")
+        return Outcome(STATE_TABLE, "full", reason, subjects_recomputed=_count_subjects(con, STATE_TABLE),
                        ledger_rows_new=head, settings=settings_out)
 
-    con.register("__id_old_arrow", prev_inputs)
-    con.execute("create or replace temp table __id_old as select * from __id_old_arrow")
-    con.unregister("__id_old_arrow")
     con.execute(f"""create or replace temp table __id_changed as
                     select distinct identifier from (
                         (select {_ID_COLS} from __id_new except select {_ID_COLS} from __id_old)
@@ -167,26 +179,21 @@ def build(con, lake: LakeStorage, hlog: HashChainedLog, chain, policy, identity_
                    select seq, identifier_pseudonym, purpose, decision, effective_at, source from __ledger_keyed
                    where identifier_pseudonym in (select identifier from __affected_ids)""")
     con.execute("create or replace temp view identity as select * from __id_new where consent_subject in (select subject from __affected)")
-    affected = pa.array([v for (v,) in con.execute("select subject from __affected").fetchall()], pa.string())
+    n_affected = con.execute("select count(*) from __affected").fetchall()[0][0]
     changed = con.execute("select count(*) from __id_changed").fetchall()[0][0]
     new_rows = con.execute("select count(*) from __ledger_all where seq > ?", [consumed]).fetchall()[0][0]
-    # every other subject keeps its rows (vectorized filter and concatenation: no sort, no copy through DuckDB)
-    keep = pc.invert(pc.is_in(prev_state["consent_subject"], value_set=affected)) if len(affected) else None
-    kept_rows = prev_state.filter(keep) if keep is not None else prev_state
-    recomputed = consent_lib.build_consent_state(con, policy) if len(affected) else consent_lib.STATE_SCHEMA.empty_table()
-    state = pa.concat_tables([kept_rows, recomputed.cast(consent_lib.STATE_SCHEMA)]) if recomputed.num_rows else kept_rows
-    state = _without_suppressed(con, state)
-    return Outcome(state, "incremental", "previous_state",
-                   subjects_recomputed=pc.count_distinct(recomputed["consent_subject"]).as_py() if recomputed.num_rows else 0,
-                   subjects_kept=pc.count_distinct(kept_rows["consent_subject"]).as_py() if kept_rows.num_rows else 0,
+    # every other subject keeps its rows, the affected ones are recomputed; all in DuckDB
+    con.execute(f"create or replace temp table __cs_kept as select * from __cs_prev where consent_subject not in (select subject from __affected)")
+    if n_affected:
+        consent_lib.create_consent_state(con, policy, "__cs_recomputed")
+    else:
+        con.execute("create or replace temp table __cs_recomputed as select * from __cs_prev limit 0")
+    con.execute(f"""create or replace temp table {STATE_TABLE} as
+                    select {_STATE_COLS} from (select * from __cs_kept union all select * from __cs_recomputed) where {not_erased}""")
+    recomputed, kept = _count_subjects(con, "__cs_recomputed"), _count_subjects(con, "__cs_kept")
+    con.execute("drop table __cs_prev; drop table __cs_kept; drop table __cs_recomputed")
+    return Outcome(STATE_TABLE, "incremental", "previous_state", subjects_recomputed=recomputed, subjects_kept=kept,
                    ledger_rows_new=int(new_rows), identifiers_changed=int(changed), settings=settings_out)
-
-
-def _without_suppressed(con, state: pa.Table) -> pa.Table:
-    erased = pa.array([v for (v,) in con.execute("select identifier from __cs_suppressed").fetchall()], pa.string())
-    if not len(erased) or not state.num_rows:
-        return state
-    return state.filter(pc.invert(pc.is_in(state["consent_subject"], value_set=erased))).cast(consent_lib.STATE_SCHEMA)
 
 
 def invalidate_inputs(lake: LakeStorage) -> None:

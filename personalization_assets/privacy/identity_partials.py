@@ -27,8 +27,6 @@ import duckdb
 import pyarrow as pa
 
 from personalization_assets.privacy.identity import (
-    IDENTITY_SCHEMA,
-    LINK_SCHEMA,
     crm_country_jurisdiction_sql,
     pseudonymize_column,
 )
@@ -120,13 +118,16 @@ def hour_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, raw_view: s
     return table.cast(pa.schema([("partition", pa.string()), *PARTIAL_SCHEMA]))
 
 
-def identity_from_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, jurisdiction_sql: str, partials_view: str) -> tuple[pa.Table, pa.Table]:
-    """(identity table, link table) — the same as `build_identity_links` over the events the partials in view
-    `partials_view` (PARTIAL_SCHEMA) were computed from, and view `raw_crm`."""
+def identity_from_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, jurisdiction_sql: str, partials_view: str) -> None:
+    """Create DuckDB temp tables `__identity` (IDENTITY_SCHEMA columns) and `__links` (LINK_SCHEMA): the same as
+    `build_identity_links` over the events the partials in view `partials_view` (PARTIAL_SCHEMA) were computed
+    from, and view `raw_crm`. They stay in DuckDB (which spills under its memory limit): at 100M events the
+    identity table has millions of rows, which must not be held in Python."""
     pseudonymize_column(con, pz, "raw_crm", "user_id", "id", "__m_crm_user")
     pseudonymize_column(con, pz, "raw_crm", "email", "email", "__m_crm_email")
-    links = con.sql(
+    con.execute(
         f"""
+        create or replace temp table __links as
         select distinct identifier, identifier_kind, user_pseudonym from (
             select identifier, identifier_kind, user_pseudonym from "{partials_view}" where row_kind = 'link'
             union all
@@ -134,10 +135,10 @@ def identity_from_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, ju
             from raw_crm c join __m_crm_user u on u.value = c.user_id join __m_crm_email e on e.value = c.email
         )
         """
-    ).arrow().read_all()
-    con.register("__links", links)
-    identity = con.sql(
+    )
+    con.execute(
         f"""
+        create or replace temp table __identity as
         with seen as (
             select identifier, identifier_kind, max(last_seen_at) as last_seen_at,
                    arg_max({{'t': located_at, 'c': country, 'r': region}}, (located_at, country, region))
@@ -193,8 +194,5 @@ def identity_from_partials(con: duckdb.DuckDBPyConnection, pz: Pseudonymizer, ju
                     when from_crm is not null then 'crm_country' else 'unknown' end as jurisdiction_source,
                last_seen_at
         from decided
-        order by identifier_kind, identifier
         """
-    ).arrow().read_all()
-    con.unregister("__links")
-    return identity.cast(IDENTITY_SCHEMA), links.cast(LINK_SCHEMA)
+    )

@@ -172,6 +172,46 @@ def test_unique_keys_are_checked(valid_tables):
     assert not model_check(FEATURE_KEYS["purpose_eligibility"], FEATURE_MODELS["purpose_eligibility"], True).evaluate(doubled).passed
 
 
+def test_a_duckdb_table_is_checked_on_the_same_sample_as_its_arrow_copy():
+    """`evaluate_duckdb` (consent_state: the table stays in DuckDB) fetches only the sampled rows, by rowid. It must
+    validate the rows `evaluate` samples from the same table: a broken row outside the sample passes both, one inside
+    fails both, and the totals are the table's."""
+    import duckdb
+    import numpy as np
+
+    from personalization_assets.checks.pandera_checks import sample_indices
+    from personalization_assets.core.asset_keys import CONSENT_STATE
+    from personalization_assets.privacy.consent import STATE_SCHEMA
+    from personalization_assets.privacy.models import ConsentState
+
+    n, k = 400, 25
+    t = pa.table({"consent_subject": [pseudo(f"u{i}") for i in range(n)], "purpose": ["personalization"] * n,
+                  "status": ["granted"] * n, "valid_from": [ts("2026-01-01 00:00")] * n, "valid_to": [None] * n,
+                  "basis": ["decision"] * n, "jurisdiction": ["EU"] * n, "jurisdiction_source": ["event_location"] * n,
+                  "source": ["cmp_event"] * n}, schema=STATE_SCHEMA)
+    inside = int(sample_indices(n, k, 0)[3])
+    outside = int(np.setdiff1d(np.arange(n), sample_indices(n, k, 0))[0])
+    check = model_check(CONSENT_STATE, ConsentState, blocking=True)
+    con = duckdb.connect()
+    for row, fails in ((None, False), (outside, False), (inside, True)):
+        status = ["granted"] * n
+        if row is not None:
+            status[row] = "maybe"
+        table = t.set_column(t.column_names.index("status"), "status", pa.array(status, pa.string()))
+        con.register("table_arrow", table)
+        con.execute("create or replace temp table state as select * from table_arrow")
+        on_arrow = check.evaluate(table, sample_rows=k)
+        on_duckdb = check.evaluate_duckdb(con, "state", STATE_SCHEMA, sample_rows=k)
+        assert on_arrow.passed == on_duckdb.passed == (not fails), row
+        assert on_duckdb.metadata["rows_total"].value == n and on_duckdb.metadata["rows_validated"].value == k
+        assert on_duckdb.metadata["sampled"].value is True
+    # at most sample_rows: every row is validated, so the row outside the sample fails too
+    con.register("table_arrow", t.set_column(t.column_names.index("status"), "status",
+                                             pa.array(["maybe" if i == outside else "granted" for i in range(n)], pa.string())))
+    con.execute("create or replace temp table state as select * from table_arrow")
+    assert not check.evaluate_duckdb(con, "state", STATE_SCHEMA, sample_rows=n).passed
+
+
 def test_config_and_definitions(tmp_path):
     now = datetime(2026, 3, 1, 12, 30, 45, 999_999, tzinfo=UTC)
     assert parse_as_of(None, now=now) == datetime(2026, 3, 1, 12, 30, 45, tzinfo=UTC)
