@@ -15,7 +15,7 @@ from personalization_assets.checks import anomalies
 from personalization_assets.checks.pandera_checks import model_check, table_schema
 from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.consented import state as cstate
-from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, _required_output, consent_events
+from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, _required_output, consent_events, prepare_lookups
 from personalization_assets.core.as_of import resolve_as_of
 from personalization_assets.core.asset_keys import (
     CONSENT_STATE,
@@ -187,6 +187,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         retention = policy.retention.get("raw")
         with duckdb.get_connection() as con:
             _register_privacy_views(con, lake)
+            prepare_lookups(con)
             cstate.current_signatures(con)
             state = cstate.load_state(lake)
             requested = _requested_hours(context, partitions_def)

@@ -1,7 +1,8 @@
 """raw -> consented: pseudonymize by policy, resolve the consent subject, keep what consent allows.
 
 Pure functions over a DuckDB connection. Expected views: `identity` (privacy/identity_links),
-`consent_state` (privacy/consent_state), `suppression` (privacy/suppression_list, column `identifier`).
+`consent_state` (privacy/consent_state), `suppression` (privacy/suppression_list, column `identifier`), and
+the per-subject lookups `prepare_lookups` derives from them once per run (every batch joins those instead).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from personalization_assets.core.schemas import arrow_schema
-from personalization_assets.privacy.consent import ASOF_PURPOSES_SQL
+from personalization_assets.privacy.consent import ASOF_PURPOSES_LOOKUP_SQL, SUBJECT_GRANTED_SQL
 from personalization_assets.privacy.models import ConsentedEvent
 from personalization_assets.core.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 from personalization_assets.core.pseudonymize import Pseudonymizer
@@ -34,12 +35,31 @@ def _required_output(policy: PrivacyPolicy, source: str, column: str) -> str:
     return out
 
 
+LOOKUPS = ("__subject_granted", "__subject_jurisdiction", "__anon_subject")
+
+
+def prepare_lookups(con: duckdb.DuckDBPyConnection) -> None:
+    """From the views `identity` and `consent_state`, the compact tables `consent_events` joins, built once per run:
+    per subject its granted intervals (SUBJECT_GRANTED_SQL) and its jurisdiction; per anonymous identifier linked to
+    a user its consent subject (an unlinked one is its own subject, which is the fallback anyway). At 100M events
+    joining the full tables in every batch (millions of interval and identity rows, aggregated again each time) was
+    most of the consented step."""
+    con.execute(f"create or replace temp table __subject_granted as {SUBJECT_GRANTED_SQL}")
+    con.execute("create or replace temp table __subject_jurisdiction as "
+                "select consent_subject, any_value(jurisdiction) as jurisdiction from identity group by 1")
+    con.execute("create or replace temp table __anon_subject as select identifier, consent_subject from identity "
+                "where identifier_kind = 'anonymous' and consent_subject <> identifier")
+
+
 def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer) -> tuple[pa.Table, dict]:
     """One raw partition -> consented rows (ConsentedEvent) and counts for metadata.
 
     `pii_redacted` / `formulas_neutralized` count over every row of the partition that went through the
     policy (before the consent filter): what would have leaked, per column and kind."""
     stats = {"raw_rows": raw.num_rows}
+    present = {r[0] for r in con.execute("select table_name from duckdb_tables() where temporary").fetchall()}
+    if not set(LOOKUPS) <= present:
+        raise RuntimeError("consent_events: call prepare_lookups(con) once the identity, consent_state and suppression views are registered")
     if raw.num_rows == 0:
         return CONSENTED_EVENT_SCHEMA.empty_table(), {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
     raw = raw.append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
@@ -59,10 +79,10 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
             select c.__row, c.timestamp,
                    coalesce(c."{user_out}", i.consent_subject, c."{anon_out}") as consent_subject
             from __cev c
-            left join identity i on i.identifier = c."{anon_out}" and i.identifier_kind = 'anonymous'
+            left join __anon_subject i on i.identifier = c."{anon_out}"
             """
         )
-        con.execute(f"create or replace temp table __purposes as {ASOF_PURPOSES_SQL.format(events='__cev_subject')}")
+        con.execute(f"create or replace temp table __purposes as {ASOF_PURPOSES_LOOKUP_SQL.format(events='__cev_subject', lookup='__subject_granted')}")
         email_out = output_column(cols, "trait_email")
         suppress_cols = [c for c in (user_out, anon_out, email_out) if c]
         # coalesce: `NULL in (...)` is NULL, and a NULL flag would silently drop the row from both branches
@@ -87,8 +107,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
             from __cev c
             join __cev_subject s using (__row)
             left join __purposes p using (__row)
-            left join (select consent_subject, any_value(jurisdiction) as jurisdiction from identity group by 1) j
-                   on j.consent_subject = s.consent_subject
+            left join __subject_jurisdiction j on j.consent_subject = s.consent_subject
             """
         )
         # the same split overall and per landing hour (a batch may hold several hourly partitions)

@@ -318,6 +318,22 @@ def create_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, 
         con.unregister("__defaults")
 
 
+# The same as-of rule over a per-subject lookup (the consented step's batches): each subject's GRANTED intervals in
+# one row, so a batch probes one row per subject instead of every interval row of consent_state (31M rows at 100M
+# events, each batch re-reading them cost most of the step). Only rows with at least one granted purpose come out;
+# a missing row means no purpose (tests/privacy/test_consent_asof.py compares it with ASOF_PURPOSES_SQL).
+SUBJECT_GRANTED_SQL = """
+    select consent_subject, list({'purpose': purpose, 'valid_from': valid_from, 'valid_to': valid_to}) as granted
+    from consent_state where status = 'granted' group by 1
+"""
+ASOF_PURPOSES_LOOKUP_SQL = """
+    select __row, list(g.purpose order by g.purpose) as purposes
+    from (select e.__row, e.timestamp, unnest(s.granted) as g
+          from {events} e join {lookup} s using (consent_subject))
+    where timestamp >= g.valid_from and (g.valid_to is null or timestamp < g.valid_to)
+    group by __row
+"""
+
 ASOF_PURPOSES_SQL = """
     select e.__row, list(s.purpose order by s.purpose) filter (where s.status = 'granted') as purposes
     from {events} e

@@ -75,6 +75,44 @@ def test_event_kept_iff_consent_in_force_at_event_time(decisions, event_minutes)
         assert t1 == f2
 
 
+# per subject and purpose: contiguous intervals from the epoch, each (minutes after T0 where it ends, status)
+_intervals = st.lists(st.tuples(st.integers(0, 300), st.sampled_from(["granted", "denied"])), max_size=4)
+_subject_state = st.dictionaries(st.sampled_from(["personalization", "analytics", "advertising"]), _intervals, max_size=3)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_subject_state, min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 4), st.integers(-20, 320)), min_size=1, max_size=25))
+def test_the_per_subject_lookup_gives_the_as_of_join(states, events):
+    """The consented step's batches use SUBJECT_GRANTED_SQL + ASOF_PURPOSES_LOOKUP_SQL instead of joining every
+    interval row: per event the same granted purposes, and a row only where there is one. Subject 4 has no state;
+    interval ends land exactly on event times (end exclusive, start inclusive)."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    rows = []
+    for i, per_purpose in enumerate(states):
+        for purpose, cuts in per_purpose.items():
+            start = epoch
+            ends = sorted({m for m, _ in cuts})
+            statuses = [st_ for _, st_ in cuts][:len(ends)] + ["granted"]
+            for j, end in enumerate(ends + [None]):
+                stop = None if end is None else T0 + timedelta(minutes=end)
+                if stop is not None and stop <= start:
+                    continue
+                rows.append({"consent_subject": f"s{i}", "purpose": purpose, "status": statuses[j], "valid_from": start,
+                             "valid_to": stop, "basis": "decision", "jurisdiction": "EU", "jurisdiction_source": "unknown",
+                             "source": "cmp_event"})
+                start = stop
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register("consent_state", pa.Table.from_pylist(rows, schema=c.STATE_SCHEMA))
+    con.register("ev", pa.table({"__row": list(range(len(events))), "consent_subject": [f"s{s}" for s, _ in events],
+                                 "timestamp": pa.array([T0 + timedelta(minutes=m) for _, m in events], pa.timestamp("us", tz="UTC"))}))
+    con.execute(f"create temp table lookup as {c.SUBJECT_GRANTED_SQL}")
+    joined = {r: p for r, p in con.sql(c.ASOF_PURPOSES_SQL.format(events="ev")).fetchall() if p}
+    looked_up = dict(con.sql(c.ASOF_PURPOSES_LOOKUP_SQL.format(events="ev", lookup="lookup")).fetchall())
+    assert looked_up == joined
+
+
 def test_withdrawal_applies_from_its_time_and_earlier_events_stay():
     got, _ = kept([(10, "granted", "cmp_event"), (100, "withdrawn", "cmp_event")], [5, 10, 50, 99, 100, 150])
     assert got == [False, True, True, True, False, False]

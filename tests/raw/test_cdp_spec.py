@@ -309,7 +309,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     the write-key hash, routing and bookkeeping JSON) do not, and the group's email links no identity."""
     from personalization_assets.privacy.assets import RAW_CRM_SCHEMA
     from personalization_assets.privacy.consent import STATE_SCHEMA
-    from personalization_assets.consented.transform import consent_events
+    from personalization_assets.consented.transform import consent_events, prepare_lookups
     from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
     from personalization_assets.privacy.identity import (
         build_identity_links,
@@ -340,6 +340,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     }, schema=STATE_SCHEMA)
     for name, table in (("identity", identity), ("consent_state", state), ("suppression", SUPPRESSION_SCHEMA.empty_table())):
         con.register(name, table)
+    prepare_lookups(con)
     out, stats = consent_events(con, raw, policy, pz)
     assert stats["kept"] == raw.num_rows == out.num_rows
     cols = set(out.column_names)
