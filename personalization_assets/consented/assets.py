@@ -76,6 +76,11 @@ def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):
         yield batch
 
 
+def hour_us(pk: str) -> int:
+    """An hourly partition key's start in epoch microseconds (a consented row's landing_hour)."""
+    return int(partition_start(pk).timestamp()) * 1_000_000
+
+
 def _register_privacy_views(con, lake: LakeStorage):
     """Load identity links, consent state and suppression list into DuckDB temp tables once per run: every
     batch joins them, and re-scanning the lake files (over the network on S3) per batch costs more than holding them."""
@@ -177,7 +182,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         audit = auditor(context, lake, platform, CONSENTED_EVENTS)
         totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
         text_totals: dict = {"pii_redacted": {}, "formulas_neutralized": {}}
-        violations, sample, key_parts = [], [], []
+        violations, sample = [], []
         hour_stats: dict[str, dict] = {}  # anomaly statistics of each hour written
         columns = [c for c, cp in policy.columns["events"].items() if cp.action != "drop"]
         cols = policy.columns["events"]
@@ -189,7 +194,9 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             _register_privacy_views(con, lake)
             prepare_lookups(con)
             cstate.current_signatures(con)
-            state = cstate.load_state(lake)
+            state = cstate.load_state_into(con, lake, "__state_snapshot")
+            # this run's index rows (hour, key, max_ts), kept in DuckDB: tens of millions of rows at 100M events
+            con.execute("create or replace temp table __run_keys (hour varchar, key varchar, max_ts bigint)")
             requested = _requested_hours(context, partitions_def)
             events_selected = CONSENTED_EVENTS in context.selected_asset_keys
             # a partitioned run that selected consented/events yields its output (one materialization per hour of the
@@ -200,16 +207,18 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                                valid_key=valid_key, raw_retention_days=retention.days if retention else None)
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")
-            hour_of_us = {int(partition_start(pk).timestamp()) * 1_000_000: pk for pk in plan.build}
             for batch in _row_batches(lake, plan.build, CONSENT_BATCH_ROWS):
                 audit.record([(RAW_EVENTS.to_user_string(), pk, columns) for pk in batch])
                 parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
                 raw = pa.concat_tables(parts)
                 out, stats = consent_events(con, raw, policy, pseudonymizer)
                 if raw.num_rows:
-                    hk = con.sql(keys_sql).arrow().read_all()
-                    key_parts.append(pa.table({"hour": pa.array([hour_of_us.get(h) for h in hk["hour_us"].to_pylist()], pa.string()),
-                                               "key": hk["key"], "max_ts": hk["max_ts"]}))
+                    # a row whose landing_hour is not one of the batch's hours gets a null hour: refused below
+                    con.register("__batch_hours", pa.table({"hour_us": pa.array([hour_us(pk) for pk in batch], pa.int64()),
+                                                            "hour": pa.array(batch, pa.string())}))
+                    con.execute(f"insert into __run_keys select m.hour, k.key, k.max_ts from ({keys_sql}) k "
+                                "left join __batch_hours m on m.hour_us = k.hour_us")
+                    con.unregister("__batch_hours")
                 for k in totals:
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
@@ -238,14 +247,12 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                         sample.append(part_out)
             for pk in plan.delete:
                 lake.delete_partition("consented", "events", partition_dict(pk))
-            keys = pa.concat_tables(key_parts) if key_parts else pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string()),
-                                                                         "max_ts": pa.array([], pa.int64())})
-            if keys.num_rows and keys["hour"].null_count:
+            if con.execute("select count(*) from __run_keys where hour is null").fetchall()[0][0]:
                 raise AssertionError("consented/events: a processed row's landing_hour is not the hour of its raw partition")
             # the state is written after every hour it describes: a run killed before this point leaves the old
             # state, whose fingerprints make the next run redo this run's hours. It is merged, under the state's
             # lock, into the state as other runs left it meanwhile (concurrent backfill runs keep each other's hours)
-            new_state, written = cstate.commit(con, lake, state, plan, keys, policy)
+            state_rows, written = cstate.commit(con, lake, state, plan, "__run_keys", policy)
         from personalization_assets.raw.assets import record_run_totals
 
         text_totals_md = text_metadata(text_totals)
@@ -260,7 +267,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 "hours_retired_by_raw_retention": len(plan.retire), "hours_marked_dirty": len(plan.dirty),
                 "stale_hours_by_reason": dg.MetadataValue.json(plan.reasons),
                 "hours_built_list": dg.MetadataValue.json(plan.build[:500]), "hours_deleted_list": dg.MetadataValue.json(plan.delete[:500]),
-                "raw_rows_read": totals["raw_rows"], "rows_written": totals["kept"], "state_rows": new_state.num_rows,
+                "raw_rows_read": totals["raw_rows"], "rows_written": totals["kept"], "state_rows": state_rows,
                 "path": written.path, "key_version": key_version, **text_metadata(text_totals),
             })
         if events_selected:

@@ -202,12 +202,49 @@ def load_state(lake: LakeStorage) -> pa.Table:
     return table.select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
 
 
-def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table, *, policy, active_key_version: str,
+# the DuckDB type of each state column (a state written before a column existed gets it as null)
+_DUCKDB_TYPES = {"raw_size": "bigint", "max_ts": "bigint",
+                 "intervals": "struct(purpose varchar, valid_from bigint, valid_to bigint)[]"}
+
+
+def load_state_into(con: duckdb.DuckDBPyConnection, lake: LakeStorage, name: str) -> str:
+    """The stored state as DuckDB temp table `name` (STATE_SCHEMA columns); returns `name`. At 100M events the index
+    has tens of millions of rows: the step keeps it in DuckDB (spilled under its memory limit), never in Python."""
+    if not lake.exists(LAYER, TABLE):
+        cols = ", ".join(f"null::{_DUCKDB_TYPES.get(f.name, 'varchar')} as {f.name}" for f in STATE_SCHEMA)
+        con.execute(f"create or replace temp table {name} as select {cols} limit 0")
+        return name
+    lake.register(con, f"{name}_lake", LAYER, TABLE)
+    present = {r[0] for r in con.execute(f"describe {name}_lake").fetchall()}
+    cols = ", ".join(f.name if f.name in present else f"null::{_DUCKDB_TYPES.get(f.name, 'varchar')} as {f.name}" for f in STATE_SCHEMA)
+    con.execute(f"create or replace temp table {name} as select {cols} from {name}_lake")
+    return name
+
+
+def _bind(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | str) -> None:
+    """View `name` over an Arrow table or a DuckDB table (by its name)."""
+    if isinstance(data, str):
+        con.execute(f"create or replace temp view {name} as select * from {data}")
+    else:
+        con.register(f"{name}_arrow", data)
+        con.execute(f"create or replace temp view {name} as select * from {name}_arrow")
+
+
+def _unbind(con: duckdb.DuckDBPyConnection, *names: str) -> None:
+    for name in names:
+        con.execute(f"drop view if exists {name}")
+        try:
+            con.unregister(f"{name}_arrow")
+        except Exception:  # noqa: BLE001 - bound to a DuckDB table: nothing registered
+            pass
+
+
+def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | str, *, policy, active_key_version: str,
          requested: list[str] | None, full_refresh: bool, valid_key, raw_retention_days: int | None,
          now: datetime | None = None) -> Plan:
     """Decide the hours to build/delete. Needs the privacy views loaded and `__sig_new` computed."""
     raw = {pk: fp for pk, fp in raw_fingerprints(lake).items() if valid_key(pk)}
-    con.register("__state", state)
+    _bind(con, "__state", state)
     stored_hours = {h: RawHour(s, v) for h, s, v in con.execute(
         "select hour, raw_size, raw_version from __state where record = 'hour'").fetchall()}
     present = consented_hours(lake)
@@ -272,7 +309,7 @@ def state_lock(lake: LakeStorage):
     return TableWriterLock(lake=lake, name=TABLE, schema=STATE_SCHEMA, table_layer=LAYER).exclusive()
 
 
-def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, fresh: pa.Table, p: Plan, policy) -> list[str]:
+def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table | str, fresh: pa.Table | str, p: Plan, policy) -> list[str]:
     """Hours of the state as committed meanwhile by other runs (`fresh`) that this run must mark dirty, beyond
     its own plan: the state's invariant is that a clean hour was built with the signatures the state stores.
 
@@ -282,8 +319,8 @@ def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, fresh
     * every clean hour, if the state was committed under another column policy meanwhile.
     Sequentially (`fresh` is the snapshot) this is exactly the plan's `dirty` list."""
     replaced = set(p.build) | set(p.delete) | set(p.retire)
-    con.register("__snap", snapshot)
-    con.register("__fresh", fresh)
+    _bind(con, "__snap", snapshot)
+    _bind(con, "__fresh", fresh)
     try:
         rebuilt = {h for (h,) in con.execute(
             """select f.hour from __fresh f left join __snap s on s.record = 'hour' and s.hour = f.hour
@@ -302,43 +339,59 @@ def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table, fresh
                     where k.record = 'key' and k.hour in (select hour from __fresh where record = 'hour' and raw_size <> {DIRTY})"""
             ).fetchall()}
     finally:
-        con.unregister("__snap")
-        con.unregister("__fresh")
+        _unbind(con, "__snap", "__fresh")
     return sorted(((set(p.dirty) - rebuilt) | (other & set(p.raw))) - replaced)
 
 
-def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table, p: Plan, keys: pa.Table, policy):
+STREAM_BATCH_ROWS = 256_000
+
+
+def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table | str, p: Plan, keys: pa.Table | str, policy):
     """Write this run's part of the state under the state lock, on top of the state as it is NOW (another run
     may have committed since `snapshot` was read: two backfill runs of disjoint ranges both keep their hours).
-    Returns (new state, write result)."""
+    `snapshot` and `keys` (hour, key, max_ts): Arrow tables or DuckDB tables by name. The new state is built in
+    DuckDB and streamed into its file. Returns (rows of the new state, write result)."""
     with state_lock(lake):
-        fresh = load_state(lake)
+        fresh = load_state_into(con, lake, "__state_fresh")
         dirty = concurrently_dirty(con, snapshot, fresh, p, policy)
         merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons)
-        out = new_state(con, fresh, merged, keys, policy)
-        return out, lake.write_table(LAYER, TABLE, out)
+        out = new_state_table(con, fresh, merged, keys, policy, "__state_out")
+        written = lake.write_table(LAYER, TABLE, con.sql(f"select * from {out}").to_arrow_reader(STREAM_BATCH_ROWS).cast(STATE_SCHEMA))
+        con.execute("drop table __state_fresh; drop table __state_out")
+        return written.rows, written
 
 
-def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table, p: Plan, keys: pa.Table, policy) -> pa.Table:
-    """The state after this run: hours built get their fingerprint and index rows; deleted/retired hours
-    leave; dirty hours are marked; signatures become the current ones (`__sig_new`)."""
+def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Plan, keys: pa.Table | str, policy) -> pa.Table:
+    """`new_state_table` as an Arrow table (small states: tests)."""
+    name = new_state_table(con, state, p, keys, policy, "__state_new_arrow")
+    try:
+        return con.sql(f"select * from {name}").arrow().read_all().cast(STATE_SCHEMA)
+    finally:
+        con.execute(f"drop table {name}")
+
+
+def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Plan, keys: pa.Table | str, policy, name: str) -> str:
+    """The state after this run, as DuckDB temp table `name` (returned): hours built get their fingerprint and
+    index rows; deleted/retired hours leave; dirty hours are marked; signatures become the current ones
+    (`__sig_new`). `keys`: the index rows of the hours built (hour, key[, max_ts])."""
     replaced = set(p.build) | set(p.delete) | set(p.retire)
-    if "max_ts" not in keys.column_names:  # index rows without event times: every signature change reaches them
+    if not isinstance(keys, str) and "max_ts" not in keys.column_names:  # index rows without event times: every signature change reaches them
         keys = keys.append_column("max_ts", pa.nulls(keys.num_rows, pa.int64()))
     built = pa.table({"hour": pa.array(p.build, pa.string()),
                       "raw_size": pa.array([p.raw[h].size for h in p.build], pa.int64()),
                       "raw_version": pa.array([p.raw[h].version for h in p.build], pa.string())})
-    con.register("__state_old", state)
+    _bind(con, "__state_old", state)
+    _bind(con, "__keys", keys)
     con.register("__built", built)
-    con.register("__keys", keys)
     con.register("__replaced", pa.table({"hour": pa.array(sorted(replaced), pa.string())}))
     con.register("__dirty", pa.table({"hour": pa.array(p.dirty, pa.string())}))
     try:
-        out = con.sql(
+        con.execute(
             f"""
+            create or replace temp table {name} as
             select 'meta' as record, null::varchar as hour, null::varchar as key, null::varchar as resolved_subject,
                    '{policy_fingerprint(policy)}' as digest, null::bigint as raw_size, null::varchar as raw_version,
-                   null::varchar as base_digest, null as intervals, null::bigint as max_ts
+                   null::varchar as base_digest, null::{_DUCKDB_TYPES["intervals"]} as intervals, null::bigint as max_ts
             union all
             select 'hour', hour, null, null, null, case when hour in (select hour from __dirty) then {DIRTY} else raw_size end, raw_version,
                    null, null, null
@@ -354,8 +407,9 @@ def new_state(con: duckdb.DuckDBPyConnection, state: pa.Table, p: Plan, keys: pa
             select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new
             order by record, hour, key
             """
-        ).arrow().read_all()
+        )
     finally:
-        for name in ("__state_old", "__built", "__keys", "__replaced", "__dirty"):
-            con.unregister(name)
-    return out.cast(STATE_SCHEMA)
+        _unbind(con, "__state_old", "__keys")
+        for n in ("__built", "__replaced", "__dirty"):
+            con.unregister(n)
+    return name

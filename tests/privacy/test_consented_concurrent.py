@@ -70,9 +70,14 @@ class _MemoryLake:
     def read_table(self, layer, table):
         return self.state
 
+    def register(self, con, name, layer, table, empty_schema=None):
+        con.register(f"{name}_memory", self.state)
+        con.execute(f"create or replace temp view {name} as select * from {name}_memory")
+        return True
+
     def write_table(self, layer, table, data):
-        self.state = data
-        return None
+        self.state = data.read_all() if isinstance(data, pa.RecordBatchReader) else data
+        return type("Written", (), {"rows": self.state.num_rows})()
 
 
 RAW = {"h1": (10, "a"), "h2": (20, "b"), "h3": (30, "c")}
