@@ -15,7 +15,7 @@ from personalization_assets.checks import anomalies
 from personalization_assets.checks.pandera_checks import model_check, table_schema
 from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.consented import state as cstate
-from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, _required_output, consent_events, prepare_lookups
+from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, LOOKUPS, _required_output, consent_events, prepare_lookups
 from personalization_assets.core.as_of import resolve_as_of
 from personalization_assets.core.asset_keys import (
     CONSENT_STATE,
@@ -88,6 +88,12 @@ def _register_privacy_views(con, lake: LakeStorage):
                                 ("suppression", "suppression_list", SUPPRESSION_SCHEMA)):
         lake.register(con, f"__lake_{name}", "privacy", table, empty_schema=schema)
         con.execute(f'create or replace temp table "{name}" as select * from "__lake_{name}"')
+
+
+def drop_privacy_views(con) -> None:
+    """Drop what `_register_privacy_views` and `prepare_lookups` created (the signatures `__sig_new` stay)."""
+    for name in ("identity", "consent_state", "suppression", *LOOKUPS):
+        con.execute(f'drop table if exists "{name}"')
 
 
 CONSENTED_STATE_DESCRIPTION = (
@@ -205,6 +211,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             plan = cstate.plan(con, lake, state, policy=policy, active_key_version=key_version,
                                requested=requested, full_refresh=config.full_refresh,
                                valid_key=valid_key, raw_retention_days=retention.days if retention else None)
+            state = cstate.snapshot_hours(con, state)
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")
             for batch in _row_batches(lake, plan.build, CONSENT_BATCH_ROWS):
@@ -252,6 +259,8 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             # the state is written after every hour it describes: a run killed before this point leaves the old
             # state, whose fingerprints make the next run redo this run's hours. It is merged, under the state's
             # lock, into the state as other runs left it meanwhile (concurrent backfill runs keep each other's hours)
+            # the per-run copies of the privacy tables are done with: free DuckDB's memory for the commit
+            drop_privacy_views(con)
             state_rows, written = cstate.commit(con, lake, state, plan, "__run_keys", policy)
         from personalization_assets.raw.assets import record_run_totals
 

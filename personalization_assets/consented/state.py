@@ -207,9 +207,10 @@ _DUCKDB_TYPES = {"raw_size": "bigint", "max_ts": "bigint",
                  "intervals": "struct(purpose varchar, valid_from bigint, valid_to bigint)[]"}
 
 
-def load_state_into(con: duckdb.DuckDBPyConnection, lake: LakeStorage, name: str) -> str:
+def load_state_into(con: duckdb.DuckDBPyConnection, lake: LakeStorage, name: str, copy: bool = True) -> str:
     """The stored state as DuckDB temp table `name` (STATE_SCHEMA columns); returns `name`. At 100M events the index
-    has tens of millions of rows: the step keeps it in DuckDB (spilled under its memory limit), never in Python."""
+    has tens of millions of rows: the step keeps it in DuckDB (spilled under its memory limit), never in Python.
+    `copy=False`: a view over the file instead (only under the state's lock, where no other run replaces it)."""
     if not lake.exists(LAYER, TABLE):
         cols = ", ".join(f"null::{_DUCKDB_TYPES.get(f.name, 'varchar')} as {f.name}" for f in STATE_SCHEMA)
         con.execute(f"create or replace temp table {name} as select {cols} limit 0")
@@ -217,8 +218,23 @@ def load_state_into(con: duckdb.DuckDBPyConnection, lake: LakeStorage, name: str
     lake.register(con, f"{name}_lake", LAYER, TABLE)
     present = {r[0] for r in con.execute(f"describe {name}_lake").fetchall()}
     cols = ", ".join(f.name if f.name in present else f"null::{_DUCKDB_TYPES.get(f.name, 'varchar')} as {f.name}" for f in STATE_SCHEMA)
-    con.execute(f"create or replace temp table {name} as select {cols} from {name}_lake")
+    con.execute(f"create or replace temp {'table' if copy else 'view'} {name} as select {cols} from {name}_lake")
     return name
+
+
+def _drop(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop temp table or view `name` (`load_state_into` makes either)."""
+    views = con.execute("select 1 from duckdb_views() where temporary and view_name = ?", [name]).fetchall()
+    con.execute(f"drop {'view' if views else 'table'} if exists {name}")
+
+
+def snapshot_hours(con: duckdb.DuckDBPyConnection, snapshot: str) -> str:
+    """Once the plan is made, all the commit needs of the snapshot is its hour rows (`concurrently_dirty`): keep
+    those, drop the rest (the index and signatures: most of the state). Returns the new table's name."""
+    con.execute("drop view if exists __state")
+    con.execute(f"create or replace temp table {snapshot}_hours as select * from {snapshot} where record = 'hour'")
+    _drop(con, snapshot)
+    return f"{snapshot}_hours"
 
 
 def _bind(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table | str) -> None:
@@ -352,12 +368,13 @@ def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table
     `snapshot` and `keys` (hour, key, max_ts): Arrow tables or DuckDB tables by name. The new state is built in
     DuckDB and streamed into its file. Returns (rows of the new state, write result)."""
     with state_lock(lake):
-        fresh = load_state_into(con, lake, "__state_fresh")
+        fresh = load_state_into(con, lake, "__state_fresh", copy=False)
         dirty = concurrently_dirty(con, snapshot, fresh, p, policy)
         merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons)
         out = new_state_table(con, fresh, merged, keys, policy, "__state_out")
         written = lake.write_table(LAYER, TABLE, con.sql(f"select * from {out}").to_arrow_reader(STREAM_BATCH_ROWS).cast(STATE_SCHEMA))
-        con.execute("drop table __state_fresh; drop table __state_out")
+        _drop(con, fresh)
+        con.execute("drop table __state_out")
         return written.rows, written
 
 
@@ -405,8 +422,7 @@ def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Pl
             select 'key', hour, key, null, null, null, null, null, null, max_ts from __keys
             union all
             select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new
-            order by record, hour, key
-            """
+            """  # not sorted: at 100M a sort of tens of millions of rows with nested columns ran out of DuckDB's memory
         )
     finally:
         _unbind(con, "__state_old", "__keys")
