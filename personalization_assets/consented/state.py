@@ -34,7 +34,7 @@ import duckdb
 import pyarrow as pa
 
 from personalization_assets.core.partitions import PARTITION_FMT, partition_key_for_path
-from personalization_assets.core.storage import LakeStorage
+from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
 STATE_SCHEMA = pa.schema([
@@ -359,9 +359,6 @@ def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table | str,
     return sorted(((set(p.dirty) - rebuilt) | (other & set(p.raw))) - replaced)
 
 
-STREAM_BATCH_ROWS = 256_000
-
-
 def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table | str, p: Plan, keys: pa.Table | str, policy):
     """Write this run's part of the state under the state lock, on top of the state as it is NOW (another run
     may have committed since `snapshot` was read: two backfill runs of disjoint ranges both keep their hours).
@@ -372,7 +369,7 @@ def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table
         dirty = concurrently_dirty(con, snapshot, fresh, p, policy)
         merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons)
         out = new_state_table(con, fresh, merged, keys, policy, "__state_out")
-        written = lake.write_table(LAYER, TABLE, con.sql(f"select * from {out}").to_arrow_reader(STREAM_BATCH_ROWS).cast(STATE_SCHEMA))
+        written = lake.write_table(LAYER, TABLE, con.sql(f"select * from {out}").to_arrow_reader(ROW_GROUP_ROWS).cast(STATE_SCHEMA))
         _drop(con, fresh)
         con.execute("drop table __state_out")
         return written.rows, written

@@ -126,6 +126,8 @@ def _delete_if_writer_gone(path: str, mtime_ns: int) -> bool:
 
 OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 MAX_OBJECT_LOCK_DAYS = 36_500  # S3 accepts retention periods of up to 100 years
+# rows per Parquet row group of every lake file; DuckDB results are streamed into `write_table` in batches of this size
+ROW_GROUP_ROWS = 256_000
 
 
 class ImmutableStoreError(RuntimeError):
@@ -747,7 +749,7 @@ class LakeStorage(_FileStore):
         final = self.full_path(relative)
         if isinstance(data, pa.Table):
             schema = data.schema
-            batches: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=256_000)
+            batches: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=ROW_GROUP_ROWS)
         elif isinstance(data, pa.RecordBatchReader):
             schema = data.schema
             batches = data
@@ -761,7 +763,7 @@ class LakeStorage(_FileStore):
                 with pq.ParquetWriter(sink, schema, compression="snappy", write_statistics=True) as writer:
                     for batch in batches:
                         if batch.num_rows:
-                            writer.write_batch(batch, row_group_size=256_000)
+                            writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
                             rows += batch.num_rows
         size = fs.get_file_info(final).size or 0
         return WriteResult(path=self.uri(relative), rows=rows, bytes=size)

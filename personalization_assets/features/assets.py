@@ -32,7 +32,7 @@ from personalization_assets.features.sql import (
 )
 from personalization_assets.checks import anomalies
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.core.storage import LakeStorage, WriteResult
+from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage, WriteResult
 from personalization_assets.core.asset_keys import CONSENT_STATE, CONSENTED_EVENTS, CONSENTED_EVENTS_STATE
 
 GROUP = "features"
@@ -50,7 +50,6 @@ IDENTIFIER_CHECK = "no_direct_identifier_columns"
 EVENTS_VIEW = "consented_events"
 CONSENT_VIEW = "consent_state"
 WRITTEN_VIEW = "features_{table}_written"
-BATCH_ROWS = 256_000
 STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
 DESCRIPTIONS = {
@@ -167,7 +166,7 @@ def _build_lock(lake: LakeStorage):
 
 
 def _write(con, lake: LakeStorage, table: str, source: str) -> WriteResult:
-    reader = con.sql(select_output_sql(table, source)).to_arrow_reader(BATCH_ROWS)
+    reader = con.sql(select_output_sql(table, source)).to_arrow_reader(ROW_GROUP_ROWS)
     return lake.write_table(LAYER, table, reader)
 
 

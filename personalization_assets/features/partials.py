@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 
+from personalization_assets.core.storage import ROW_GROUP_ROWS
 from personalization_assets.features.params import FeatureParams
 from personalization_assets.features.sql import (
     _create,
@@ -249,7 +250,7 @@ def build_derived_incremental(con, lake, p: FeatureParams, events_clean: str, co
     for table in STATE_TABLES:
         con.execute(f"drop view if exists {OLD.format(table=table)}")
     for table in STATE_TABLES:
-        lake.write_table(LAYER, table, con.sql(f"select * from {NEW.format(table=table)}").to_arrow_reader(256_000))
+        lake.write_table(LAYER, table, con.sql(f"select * from {NEW.format(table=table)}").to_arrow_reader(ROW_GROUP_ROWS))
     write_s = round(time.monotonic() - t3, 2)
     for name in (FINGERPRINTS, KEEP, TOUCHED, *(NEW.format(table=t) for t in STATE_TABLES)):
         con.execute(f"drop table if exists {name}")

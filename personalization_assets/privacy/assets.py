@@ -36,7 +36,7 @@ from personalization_assets.core.policies import UNKNOWN_JURISDICTION, get_polic
 from personalization_assets.core.pseudonymize import Pseudonymizer
 from personalization_assets.core.tracking_plan import CONSENT_EVENT, EMAIL_PATTERN, MIN_SUBJECT_IDENTIFIER_CHARS, RawCrmProfile, RawEvent, RawPrivacyRequest
 from personalization_assets.resources import PlatformConfig
-from personalization_assets.core.storage import LakeStorage
+from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 
 GROUP = "privacy"
 OWNERS = ["team:privacy-engineering"]
@@ -47,8 +47,6 @@ RAW_CRM_SCHEMA = arrow_schema(RawCrmProfile)
 RAW_REQUEST_SCHEMA = arrow_schema(RawPrivacyRequest)
 # the stored privacy/identity_links: the identity columns and each identifier's linked user pseudonyms
 IDENTITY_LINKS_SCHEMA = IDENTITY_SCHEMA.append(pa.field("linked_user_pseudonyms", pa.list_(pa.string())))
-# large tables are streamed from DuckDB to Parquet in batches of this many rows (one row group each)
-STREAM_BATCH_ROWS = 256_000
 
 
 def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
@@ -166,7 +164,7 @@ def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfi
                                             from __links group by 1, 2) l using (identifier, identifier_kind)
                order by identifier_kind, identifier"""
         )
-        written = lake.write_table("privacy", "identity_links", table.to_arrow_reader(STREAM_BATCH_ROWS).cast(IDENTITY_LINKS_SCHEMA))
+        written = lake.write_table("privacy", "identity_links", table.to_arrow_reader(ROW_GROUP_ROWS).cast(IDENTITY_LINKS_SCHEMA))
     inc.write_consumed(lake, "identity_links", current, {"key_version": active})  # after the output: a crash re-processes
     return dg.MaterializeResult(metadata=_write_metadata(written, {
         "identifiers": written.rows,
@@ -411,7 +409,7 @@ def consent_state(context: dg.AssetExecutionContext, config: ConsentStateConfig,
         # inputs, and the next run rebuilds from scratch
         csi.invalidate_inputs(lake)
         written = lake.write_table("privacy", "consent_state",
-                                   con.sql(f"select * from {state}").to_arrow_reader(STREAM_BATCH_ROWS).cast(consent_lib.STATE_SCHEMA))
+                                   con.sql(f"select * from {state}").to_arrow_reader(ROW_GROUP_ROWS).cast(consent_lib.STATE_SCHEMA))
         csi.write_inputs(con, lake, outcome)
     yield dg.MaterializeResult(metadata=_write_metadata(written, {
         "subjects": int(subjects),
