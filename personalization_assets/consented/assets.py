@@ -82,8 +82,9 @@ def hour_us(pk: str) -> int:
 
 
 def _register_privacy_views(con, lake: LakeStorage):
-    """Load identity links, consent state and suppression list into DuckDB temp tables once per run: every
-    batch joins them, and re-scanning the lake files (over the network on S3) per batch costs more than holding them."""
+    """Load identity links, consent state and suppression list into DuckDB temp tables once per run: the
+    signatures, the per-subject lookups (`prepare_lookups`, which the batches join) and the suppression test of
+    every batch read them, and re-scanning the lake files (over the network on S3) each time costs more."""
     for name, table, schema in (("identity", "identity_links", IDENTITY_SCHEMA), ("consent_state", "consent_state", consent_lib.STATE_SCHEMA),
                                 ("suppression", "suppression_list", SUPPRESSION_SCHEMA)):
         lake.register(con, f"__lake_{name}", "privacy", table, empty_schema=schema)
