@@ -65,13 +65,28 @@ def parse_key_map(raw: str, active: str | None = None) -> tuple[dict[str, bytes]
 
 
 def ensure_dev_keys(data_dir: Path) -> tuple[str, bool]:
-    """Return the dev key map JSON (creating it once). The bool says whether it was just created."""
+    """Return the dev key map JSON (creating it once). The bool says whether it was just created.
+
+    Processes that start at once on a fresh data directory (test workers, two CLI runs) all end with the one key
+    that won: the file is written whole under a private name and hard-linked into place, which either creates it
+    complete or fails because another process's is there (then that one is read). Creating it in place with
+    O_EXCL let the loser fail, or read it half written."""
     path = Path(data_dir) / DEV_KEY_FILE
     if path.exists():
         return path.read_text(), False
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps({"1": secrets.token_hex(32)})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(raw)
+    tmp = path.with_name(f".{DEV_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text(), False
+    finally:
+        os.unlink(tmp)
     return raw, True
