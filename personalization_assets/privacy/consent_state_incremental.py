@@ -182,16 +182,16 @@ def build(con, lake: LakeStorage, hlog: HashChainedLog, chain, policy, identity_
     n_affected = con.execute("select count(*) from __affected").fetchall()[0][0]
     changed = con.execute("select count(*) from __id_changed").fetchall()[0][0]
     new_rows = con.execute("select count(*) from __ledger_all where seq > ?", [consumed]).fetchall()[0][0]
-    # every other subject keeps its rows, the affected ones are recomputed; all in DuckDB
-    con.execute(f"create or replace temp table __cs_kept as select * from __cs_prev where consent_subject not in (select subject from __affected)")
+    # every other subject keeps its rows, the affected ones are recomputed; all in DuckDB, the kept rows not copied
+    kept_rows = "select * from __cs_prev where consent_subject not in (select subject from __affected)"
     if n_affected:
         consent_lib.create_consent_state(con, policy, "__cs_recomputed")
     else:
         con.execute("create or replace temp table __cs_recomputed as select * from __cs_prev limit 0")
     con.execute(f"""create or replace temp table {STATE_TABLE} as
-                    select {_STATE_COLS} from (select * from __cs_kept union all select * from __cs_recomputed) where {not_erased}""")
-    recomputed, kept = _count_subjects(con, "__cs_recomputed"), _count_subjects(con, "__cs_kept")
-    con.execute("drop table __cs_prev; drop table __cs_kept; drop table __cs_recomputed")
+                    select {_STATE_COLS} from ({kept_rows} union all select * from __cs_recomputed) where {not_erased}""")
+    recomputed, kept = _count_subjects(con, "__cs_recomputed"), _count_subjects(con, f"({kept_rows})")
+    con.execute("drop table __cs_prev; drop table __cs_recomputed")
     return Outcome(STATE_TABLE, "incremental", "previous_state", subjects_recomputed=recomputed, subjects_kept=kept,
                    ledger_rows_new=int(new_rows), identifiers_changed=int(changed), settings=settings_out)
 
