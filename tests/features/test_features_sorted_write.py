@@ -1,0 +1,115 @@
+"""events_clean sorted a range of persons at a time: same rows, same order as the one ORDER BY, no files left."""
+
+import os
+import random
+import subprocess
+import sys
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pytest
+
+from personalization_assets.features import assets as feature_assets
+from personalization_assets.features import build_feature_assets, sorted_write
+from personalization_assets.features.assets import FEATURE_KEYS
+from personalization_assets.resources import DuckDBEngine
+from personalization_assets.core.storage import LakeStorage
+from tests.features.feature_fixtures import event, granted_all, write_lake
+
+AS_OF = "2026-01-12T00:00:00Z"
+
+
+def _scenario(seed: int = 7) -> tuple[list[dict], list[dict]]:
+    """~400 events of 60 people over four days: anonymous visits stitched by logins, same-second events (the
+    message id breaks the tie), re-delivered copies."""
+    rnd = random.Random(seed)
+    ev, subjects = [], set()
+    for p in range(60):
+        anon, user = f"a{p}", (f"u{p}" if p % 3 else None)
+        subjects.update({anon, user} - {None})
+        for _ in range(rnd.randint(1, 12)):
+            at = f"2026-01-0{rnd.randint(5, 8)} {rnd.randint(0, 23):02d}:{rnd.choice([0, 0, 30]):02d}"
+            logged_in = user is not None and rnd.random() < 0.5
+            ev.append(event(at=at, anon=anon, user=user if logged_in else None, category=rnd.choice(["news", "tech"])))
+            if rnd.random() < 0.1:  # the same message again, received an hour later
+                again = dict(ev[-1])
+                again["received_at"] = again["received_at"].replace(hour=(again["received_at"].hour + 1) % 24)
+                ev.append(again)
+    return ev, granted_all(*sorted(subjects))
+
+
+def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> tuple[pa.Table, dict, list]:
+    lake = LakeStorage(url=str(tmp_path / name / "lake"))
+    ev, consent_rows = scenario
+    write_lake(lake, ev, consent_rows)
+    spill = tmp_path / name / "duckdb"
+    spill.mkdir(parents=True)
+    monkeypatch.setattr(feature_assets, "SORT_RANGE_ROWS", range_rows)
+    result = dg.materialize(
+        build_feature_assets(),
+        resources={"lake": lake, "duckdb": DuckDBEngine(database=":memory:", connection_config={"temp_directory": str(spill)})},
+        run_config={"ops": {"feature_tables": {"config": {"as_of": AS_OF}}}},
+    )
+    md = result.asset_materializations_for_node("feature_tables")
+    events_md = next(m.metadata for m in md if m.asset_key == FEATURE_KEYS["events_clean"])
+    return lake.read_table("features", "events_clean"), events_md, list(spill.iterdir())
+
+
+def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatch):
+    scenario = _scenario()  # once: the fixtures number message ids as they make them
+    one, one_md, _ = _build(tmp_path, "one", scenario, sorted_write.RANGE_ROWS, monkeypatch)
+    ranged, ranged_md, left = _build(tmp_path, "ranged", scenario, 40, monkeypatch)
+    assert one_md["sort_ranges"].value == 1
+    assert ranged_md["sort_ranges"].value >= 8  # ~400 eligible copies in ranges of ~40 rows
+    assert ranged.num_rows == one.num_rows > 300
+    assert ranged.schema == one.schema
+    # the same rows in the same order (a hash-bucketed sort keeps each person together but breaks this)
+    assert ranged.to_pylist() == one.to_pylist()
+    keys = [(r["person_id"], r["timestamp"], r["message_id"]) for r in ranged.to_pylist()]
+    assert keys == sorted(keys)
+    assert [p for p in left if p.name.startswith("sorted-ranges-")] == []  # the range files are gone
+
+
+def _write(con, boundaries, source):
+    out = []
+    sorted_write.write_sorted(con, source, ["k", "t"], lambda r: out.extend(r.read_all().to_pylist()),
+                              range_key="k", boundaries=boundaries, project=lambda rows: f"select k, t from {rows}",
+                              batch_rows=1000)
+    return out
+
+
+def test_boundaries_split_by_value_and_null_keys_sort_last(tmp_path):
+    con = duckdb.connect()
+    con.execute(f"set temp_directory = '{tmp_path}'")
+    con.execute("create table src as select * from (values ('b', 2), (null, 1), ('a', 3), ('c''q', 1), ('a', 1), ('b', 1)) v(k, t)")
+    bounds = sorted_write.range_boundaries(con, "select k from src", "k", 3)
+    assert bounds == sorted(set(bounds)) and 1 <= len(bounds) <= 2
+    expected = _write(con, [], "select * from src")
+    assert expected[-1]["k"] is None
+    assert _write(con, bounds, "select * from src") == expected
+    # boundaries that do not occur in the data, a quote in one, a range left empty
+    assert _write(con, ["a", "aa", "b", "c'q", "zz"], "select * from src") == expected
+    assert _write(con, ["x"], "select * from src where false") == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_range_count():
+    assert sorted_write.range_count(0) == 1
+    assert sorted_write.range_count(sorted_write.RANGE_ROWS) == 1
+    assert sorted_write.range_count(sorted_write.RANGE_ROWS + 1) == 2
+    assert sorted_write.range_count(100_000_000, 4_000_000) == 25
+
+
+def test_range_files_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    gone = tmp_path / f"sorted-ranges-{int(dead.stdout)}-x1"
+    alive = tmp_path / f"sorted-ranges-{os.getppid()}-x2"
+    mine = tmp_path / f"sorted-ranges-{os.getpid()}-x3"
+    other = tmp_path / "duckdb_temp_storage-0.tmp"
+    for folder in (gone, alive, mine):
+        (folder / "__range=0").mkdir(parents=True)
+        (folder / "__range=0" / "data_0.parquet").write_bytes(b"x")
+    other.write_bytes(b"spill")
+    assert sorted_write.sweep_leftovers(tmp_path) == [gone]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name, other.name])
