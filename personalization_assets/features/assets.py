@@ -20,11 +20,10 @@ from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.features.inputs import consent_state_schema, consented_events_schema
 from personalization_assets.features.models import FEATURE_MODELS, EventsClean
 from personalization_assets.features.params import PURPOSE, FeatureParams, parse_as_of, resolve_as_of
-from personalization_assets.features import partials, sorted_write
+from personalization_assets.features import partials, person_ranges
 from personalization_assets.features.sql import (
     DERIVED,
     TABLES,
-    build_events_clean_sql,
     build_identity,
     drop_intermediates,
     select_output_sql,
@@ -49,7 +48,7 @@ IDENTIFIER_CHECK = "no_direct_identifier_columns"
 
 EVENTS_VIEW = "consented_events"
 # rows per person range of the events_clean sort (a module setting, so a test can force several ranges on small data)
-SORT_RANGE_ROWS = sorted_write.RANGE_ROWS
+SORT_RANGE_ROWS = person_ranges.RANGE_ROWS
 CONSENT_VIEW = "consent_state"
 WRITTEN_VIEW = "features_{table}_written"
 STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
@@ -174,16 +173,10 @@ def _write(con, lake: LakeStorage, table: str, source: str) -> WriteResult:
 
 def _write_events_clean(con, lake: LakeStorage, params: FeatureParams, rows_estimate: int) -> tuple[WriteResult, int]:
     """events_clean into the lake in (person_id, timestamp, message_id) order; returns the write and the number of
-    person ranges it was sorted in (1 = one ORDER BY)."""
-    ranges = sorted_write.range_count(rows_estimate, SORT_RANGE_ROWS)
-    identities = f"select person_id from {temp_table('identity_map')}"
-    boundaries = sorted_write.range_boundaries(con, identities, "person_id", ranges)
-    written = sorted_write.write_sorted(
-        con, build_events_clean_sql(params, EVENTS_VIEW, ordered=False), ["person_id", "timestamp", "message_id"],
-        lambda reader: lake.write_table(LAYER, "events_clean", reader),
-        range_key="person_id", boundaries=boundaries, project=lambda rows: select_output_sql("events_clean", rows),
-        batch_rows=ROW_GROUP_ROWS)
-    return written, len(boundaries) + 1
+    person ranges it was sorted in (1 = one query)."""
+    return person_ranges.write_events_clean(
+        con, params, EVENTS_VIEW, rows_estimate, lambda reader: lake.write_table(LAYER, "events_clean", reader),
+        batch_rows=ROW_GROUP_ROWS, range_rows=SORT_RANGE_ROWS)
 
 
 def _result(table: str, written: WriteResult, params: FeatureParams, extra: dict) -> dg.MaterializeResult:
@@ -230,7 +223,7 @@ def build_feature_assets() -> list:
                 written["identity_map"] = _write(con, lake, "identity_map", temp_table("identity_map"))
             with timer("events_clean"):
                 # the only history-sized table: streamed from the query into the lake, never held in memory, and
-                # sorted a range of persons at a time when it is large (features/sorted_write.py)
+                # sorted a range of persons at a time when it is large (features/person_ranges.py)
                 written["events_clean"], stats["events_clean_ranges"] = _write_events_clean(con, lake, params, stats["eligible_copies"])
                 drop_intermediates(con)
 

@@ -19,6 +19,7 @@ step on its own. The exact definitions are written up in docs/ARCHITECTURE.md, s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -42,13 +43,40 @@ US_PER_WEEK = 7 * US_PER_DAY
 
 # intermediate temp tables
 GRANTED = "feat_granted_subjects"
+DUPLICATED = "feat_duplicated_messages"
+PERSON_INDEX = "feat_person_index"
+IDENTITY_HASH = "feat_identity_hash"
+# the identifier's hash in build_identity_hash_sql and build_events_clean_keyed_sql (one template: a test narrows it
+# to force collisions)
+KEY_HASH = "hash({})"
 ID_TUPLES = "feat_id_tuples"
 ID_NODES = "feat_id_nodes"
 ID_EDGES = "feat_id_edges"
 ID_KEPT_EDGES = "feat_id_kept_edges"
 ID_JUNK = "feat_id_junk"
 ID_LABELS = "feat_id_labels"
-INTERMEDIATE = (GRANTED, ID_TUPLES, ID_NODES, ID_EDGES, ID_KEPT_EDGES, ID_JUNK, ID_LABELS)
+# the identity stage's own tables (dropped when the identity map is built: they would hold DuckDB memory while
+# events_clean streams) and those events_clean still reads (dropped after it)
+IDENTITY_INTERMEDIATE = (ID_TUPLES, ID_NODES, ID_EDGES, ID_KEPT_EDGES, ID_JUNK, ID_LABELS)
+INTERMEDIATE = (GRANTED, DUPLICATED, *IDENTITY_INTERMEDIATE)
+
+
+@contextmanager
+def joins_as_written(con):
+    """Run the enclosed queries with their joins in the written order: the event history is always the left
+    (probe) side and the small tables (granted subjects, duplicated ids, the identity map) the right (build) side.
+
+    DuckDB estimates a filtered Parquet view of the event history far too low (~800k rows for 100M: default
+    selectivities per predicate), and its join-order and build-side optimizers then build the hash table on the
+    event stream. At 100M events that spilled the whole history to disk (5 GB of spill for a count that needs
+    none, 20-46 GB in events_clean) before failing with "failed to pin block"."""
+    previous = con.execute("select current_setting('disabled_optimizers')").fetchall()[0][0] or ""
+    names = sorted({*filter(None, (n.strip() for n in previous.split(","))), "join_order", "build_side_probe_side"})
+    con.execute(f"set disabled_optimizers = '{','.join(names)}'")
+    try:
+        yield
+    finally:
+        con.execute(f"set disabled_optimizers = '{previous}'")
 
 
 def temp_table(table: str) -> str:
@@ -121,14 +149,27 @@ WIDE_COLUMNS = (
 IDENTITY_COLUMNS = ("anonymous_pseudonym", "user_pseudonym", "previous_pseudonym", "consent_subject")
 
 
+def build_duplicated_sql(p: FeatureParams, events_view: str, granted_table: str = GRANTED) -> str:
+    """The message ids with more than one eligible copy (a few percent of the messages, none in most runs)."""
+    return f"""
+        select message_id
+        from {_q(events_view)} as e
+        semi join {granted_table} as g using (consent_subject)
+        where {_visible(p)} and list_contains(e.purposes, '{PURPOSE}')
+        group by message_id having count(*) > 1
+    """
+
+
 def build_candidates_sql(p: FeatureParams, events_view: str, granted_table: str = GRANTED,
-                         columns: tuple[str, ...] = WIDE_COLUMNS) -> str:
+                         columns: tuple[str, ...] = WIDE_COLUMNS, duplicated: str = DUPLICATED) -> str:
     """Eligible events, one copy per message_id, plus `within_late_bound`.
 
     Kept copy: earliest received_at; ties: earliest landing_hour, then the rest of the row.
     within_late_bound: timestamp >= landing_hour - late_bound_days (of the kept copy).
-    Only messages that occur more than once go through the ranking window (a few percent of the rows);
-    the rest pass straight through, so the wide rows are never sorted by message_id.
+    Only messages that occur more than once (`duplicated`, a temp table of build_duplicated_sql) go through the
+    ranking window; the rest pass straight through, so the wide rows are never sorted by message_id. The event
+    history is read as a stream: no part of this query holds it (at 100M events, a common table expression
+    referenced three times was materialized and spilled 46 GB).
     """
     late_us = p.late_bound_days * US_PER_DAY
     select = ", ".join(columns) + f", epoch_us(timestamp) >= epoch_us(landing_hour) - {late_us} as within_late_bound"
@@ -139,16 +180,13 @@ def build_candidates_sql(p: FeatureParams, events_view: str, granted_table: str 
             where {_visible(p)} and list_contains(e.purposes, '{PURPOSE}')
         )"""
     return f"""
-        with duplicated as (
-            select message_id from {eligible} group by message_id having count(*) > 1
-        )
         select {select}
         from {eligible} as single_copy
-        anti join duplicated using (message_id)
+        anti join {duplicated} using (message_id)
         union all
         select {select}
         from {eligible} as copies
-        semi join duplicated using (message_id)
+        semi join {duplicated} using (message_id)
         qualify row_number() over (
             partition by message_id
             order by received_at, landing_hour, timestamp, type, event, consent_subject,
@@ -265,22 +303,64 @@ def build_identity_map_sql(p: FeatureParams, nodes: str = ID_NODES, labels: str 
 def build_events_clean_sql(p: FeatureParams, events_view: str, identity_map: str = "feat_identity_map",
                            granted_table: str = GRANTED, ordered: bool = True) -> str:
     """Kept, in-bound messages with their person (identity of user, else anonymous pseudonym)."""
-    candidates = build_candidates_sql(p, events_view, granted_table)
     order = "order by person_id, a.timestamp, a.message_id" if ordered else ""
     return f"""
-        with accepted as (
-            select *, coalesce(user_pseudonym, anonymous_pseudonym, previous_pseudonym, consent_subject) as identity_key
-            from ({candidates})
-            where within_late_bound
-        )
-        select
-            a.message_id, m.person_id, a.consent_subject, a.type, a.event,
-            a.timestamp, a.received_at, a.landing_hour, a.content_id, a.category, a.price, a.currency, a.dwell_ms,
-            a.page_url, {p.as_of_sql} as as_of
+        {_accepted_sql(p, events_view, granted_table)}
+        select {_events_clean_columns("m.person_id")}, {p.as_of_sql} as as_of
         from accepted as a
         join {identity_map} as m on m.identifier = a.identity_key
         {order}
     """
+
+
+def build_events_clean_keyed_sql(p: FeatureParams, events_view: str, identity_hash: str = IDENTITY_HASH,
+                                 granted_table: str = GRANTED) -> str:
+    """build_events_clean_sql's rows, unordered, with the person's number (`person_idx`, build_person_index_sql)
+    instead of its id, found through the 64-bit hash of the identifier (`identity_hash`): the join holds a number
+    pair per identifier instead of two 67-character pseudonyms. Exact only when no two identifiers of the map share
+    a hash (`identity_hashes_unique`); every accepted event's identity key is an identifier of the map."""
+    return f"""
+        {_accepted_sql(p, events_view, granted_table)}
+        select {_events_clean_columns("m.person_idx")}, {p.as_of_sql} as as_of
+        from accepted as a
+        join {identity_hash} as m on m.identifier_hash = {KEY_HASH.format("a.identity_key")}
+    """
+
+
+def _accepted_sql(p: FeatureParams, events_view: str, granted_table: str) -> str:
+    return f"""
+        with accepted as (
+            select *, coalesce(user_pseudonym, anonymous_pseudonym, previous_pseudonym, consent_subject) as identity_key
+            from ({build_candidates_sql(p, events_view, granted_table)})
+            where within_late_bound
+        )"""
+
+
+def _events_clean_columns(person: str) -> str:
+    return f"""a.message_id, {person}, a.consent_subject, a.type, a.event,
+            a.timestamp, a.received_at, a.landing_hour, a.content_id, a.category, a.price, a.currency, a.dwell_ms,
+            a.page_url"""
+
+
+def build_person_index_sql(identity_map: str = "feat_identity_map") -> str:
+    """Every person of the identity map numbered 0.. in person_id order (NULL last, as ORDER BY puts it)."""
+    return f"""
+        select person_id, (row_number() over (order by person_id) - 1)::bigint as person_idx
+        from (select distinct person_id from {identity_map})
+    """
+
+
+def build_identity_hash_sql(identity_map: str = "feat_identity_map", person_index: str = PERSON_INDEX) -> str:
+    """identifier -> person as two numbers: the identifier's 64-bit hash and its person's person_idx."""
+    return f"""
+        select {KEY_HASH.format("m.identifier")} as identifier_hash, x.person_idx
+        from {identity_map} as m join {person_index} as x on x.person_id is not distinct from m.person_id
+    """
+
+
+def identity_hashes_unique(con, identity_hash: str = IDENTITY_HASH) -> bool:
+    total, distinct = con.execute(f"select count(*), count(distinct identifier_hash) from {identity_hash}").fetchall()[0]
+    return int(total) == int(distinct)
 
 
 # --- sessions -----------------------------------------------------------------------------------------
@@ -513,12 +593,13 @@ def build_identity(con, p: FeatureParams, events_view: str = "consented_events",
     con.execute("SET TimeZone = 'UTC'")  # date/hour/weekday features are UTC
     stats: dict[str, int] = {}
     _create(con, GRANTED, build_granted_subjects_sql(p, consent_view))
-    counts = con.execute(build_input_counts_sql(p, events_view)).fetchall()[0]
+    with joins_as_written(con):  # the three scans of the event history
+        counts = con.execute(build_input_counts_sql(p, events_view)).fetchall()[0]
+        _create(con, DUPLICATED, build_duplicated_sql(p, events_view))
+        _create(con, ID_TUPLES, build_identity_tuples_sql(p, events_view))
     names = ("events_in_lake", "after_as_of", "without_personalization_purpose", "subject_not_granted_at_as_of", "eligible_copies")
     stats.update({n: int(v or 0) for n, v in zip(names, counts, strict=True)})
     stats["granted_subjects"] = _count(con, GRANTED)
-
-    _create(con, ID_TUPLES, build_identity_tuples_sql(p, events_view))
     messages, late = con.execute(
         f"select coalesce(sum(messages), 0), coalesce(sum(messages) filter (where not within_late_bound), 0) from {ID_TUPLES}"
     ).fetchall()[0]
@@ -539,6 +620,8 @@ def build_identity(con, p: FeatureParams, events_view: str = "consented_events",
     stats["junk_user"] = int(junk.get("user", 0))
     stats["identifiers"] = _count(con, temp_table("identity_map"))
     stats["persons"] = int(con.execute(f"select count(distinct person_id) from {temp_table('identity_map')}").fetchall()[0][0])
+    for name in IDENTITY_INTERMEDIATE:
+        con.execute(f"drop table if exists {name}")
     return stats
 
 
@@ -575,7 +658,8 @@ def compute_features(con, params: FeatureParams, events_view: str = "consented_e
     """
     build = FeatureBuild(params=params)
     build.stats.update(build_identity(con, params, events_view, consent_view))
-    _create(con, temp_table("events_clean"), build_events_clean_sql(params, events_view))
+    with joins_as_written(con):
+        _create(con, temp_table("events_clean"), build_events_clean_sql(params, events_view))
     build.stats["events_clean_rows"] = _count(con, temp_table("events_clean"))
     build.stats["identity_map_rows"] = _count(con, temp_table("identity_map"))
     build.stats.update(build_derived(con, params, temp_table("events_clean"), consent_view))

@@ -1,4 +1,4 @@
-"""events_clean sorted a range of persons at a time: same rows, same order as the one ORDER BY, no files left."""
+"""events_clean sorted a range of persons at a time: same rows, same order as the one query, no files left."""
 
 import os
 import random
@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from personalization_assets.features import assets as feature_assets
-from personalization_assets.features import build_feature_assets, sorted_write
+from personalization_assets.features import build_feature_assets, person_ranges
+from personalization_assets.features import sql as feature_sql
 from personalization_assets.features.assets import FEATURE_KEYS
 from personalization_assets.resources import DuckDBEngine
 from personalization_assets.core.storage import LakeStorage
@@ -58,7 +59,7 @@ def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> tuple
 
 def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatch):
     scenario = _scenario()  # once: the fixtures number message ids as they make them
-    one, one_md, _ = _build(tmp_path, "one", scenario, sorted_write.RANGE_ROWS, monkeypatch)
+    one, one_md, _ = _build(tmp_path, "one", scenario, person_ranges.RANGE_ROWS, monkeypatch)
     ranged, ranged_md, left = _build(tmp_path, "ranged", scenario, 40, monkeypatch)
     assert one_md["sort_ranges"].value == 1
     assert ranged_md["sort_ranges"].value >= 8  # ~400 eligible copies in ranges of ~40 rows
@@ -71,34 +72,22 @@ def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatc
     assert [p for p in left if p.name.startswith("sorted-ranges-")] == []  # the range files are gone
 
 
-def _write(con, boundaries, source):
-    out = []
-    sorted_write.write_sorted(con, source, ["k", "t"], lambda r: out.extend(r.read_all().to_pylist()),
-                              range_key="k", boundaries=boundaries, project=lambda rows: f"select k, t from {rows}",
-                              batch_rows=1000)
-    return out
-
-
-def test_boundaries_split_by_value_and_null_keys_sort_last(tmp_path):
-    con = duckdb.connect()
-    con.execute(f"set temp_directory = '{tmp_path}'")
-    con.execute("create table src as select * from (values ('b', 2), (null, 1), ('a', 3), ('c''q', 1), ('a', 1), ('b', 1)) v(k, t)")
-    bounds = sorted_write.range_boundaries(con, "select k from src", "k", 3)
-    assert bounds == sorted(set(bounds)) and 1 <= len(bounds) <= 2
-    expected = _write(con, [], "select * from src")
-    assert expected[-1]["k"] is None
-    assert _write(con, bounds, "select * from src") == expected
-    # boundaries that do not occur in the data, a quote in one, a range left empty
-    assert _write(con, ["a", "aa", "b", "c'q", "zz"], "select * from src") == expected
-    assert _write(con, ["x"], "select * from src where false") == []
-    assert list(tmp_path.iterdir()) == []
+def test_identifiers_sharing_a_hash_fall_back_to_the_one_query(tmp_path, monkeypatch):
+    """A real collision: the identifier hash is cut to two bits on both sides of the join, so identifiers of the
+    map share values (joined on it, events would multiply across persons)."""
+    scenario = _scenario()
+    one, _, _ = _build(tmp_path, "one", scenario, person_ranges.RANGE_ROWS, monkeypatch)
+    monkeypatch.setattr(feature_sql, "KEY_HASH", "(hash({}) % 4)")
+    collided, md, _ = _build(tmp_path, "collided", scenario, 40, monkeypatch)
+    assert md["sort_ranges"].value == 1
+    assert collided.to_pylist() == one.to_pylist()
 
 
 def test_range_count():
-    assert sorted_write.range_count(0) == 1
-    assert sorted_write.range_count(sorted_write.RANGE_ROWS) == 1
-    assert sorted_write.range_count(sorted_write.RANGE_ROWS + 1) == 2
-    assert sorted_write.range_count(100_000_000, 4_000_000) == 25
+    assert person_ranges.range_count(0) == 1
+    assert person_ranges.range_count(person_ranges.RANGE_ROWS) == 1
+    assert person_ranges.range_count(person_ranges.RANGE_ROWS + 1) == 2
+    assert person_ranges.range_count(100_000_000, 4_000_000) == 25
 
 
 def test_range_files_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_path):
@@ -111,5 +100,5 @@ def test_range_files_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_pat
         (folder / "__range=0").mkdir(parents=True)
         (folder / "__range=0" / "data_0.parquet").write_bytes(b"x")
     other.write_bytes(b"spill")
-    assert sorted_write.sweep_leftovers(tmp_path) == [gone]
+    assert person_ranges.sweep_leftovers(tmp_path) == [gone]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name, other.name])
