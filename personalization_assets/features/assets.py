@@ -232,7 +232,7 @@ def build_feature_assets() -> list:
             with timer("derived"):
                 # per-person state: only persons whose events_clean rows changed are recomputed (features/partials.py)
                 stats.update(partials.build_derived_incremental(con, lake, params, events_view, CONSENT_VIEW,
-                                                                full_refresh=config.full_refresh))
+                                                                full_refresh=config.full_refresh, range_rows=SORT_RANGE_ROWS))
                 for table in DERIVED:
                     written[table] = _write(con, lake, table, temp_table(table))
             context.log.info(f"feature build: {stats}")
@@ -275,7 +275,7 @@ def build_feature_assets() -> list:
         }
         extra["events_clean"]["stage_seconds"] = dg.MetadataValue.json(timer.seconds)
         extra["sessions"] = {"partials": dg.MetadataValue.json(
-            {k: stats[k] for k in ("state", "persons", "persons_touched", "persons_reused", "persons_dropped",
+            {k: stats[k] for k in ("state", "person_ranges", "persons", "persons_touched", "persons_reused", "persons_dropped",
                                    "events_recomputed", "partials_seconds") if k in stats})}
         # row count and null rates from each written file's footer, scored against the previous builds
         anomaly_md, anomaly_results = anomalies.evaluate_feature_tables(context, lake, LAYER, FEATURE_KEYS)

@@ -37,6 +37,7 @@ import time
 
 from personalization_assets.core.storage import ROW_GROUP_ROWS
 from personalization_assets.features.params import FeatureParams
+from personalization_assets.features.person_ranges import RANGE_ROWS, person_range_bounds, range_predicates
 from personalization_assets.features.sql import (
     _create,
     _count,
@@ -46,6 +47,7 @@ from personalization_assets.features.sql import (
     build_content_affinity_sql,
     build_purpose_eligibility_sql,
     build_sessions_sql,
+    joins_as_written,
     temp_table,
     US_PER_DAY,
     US_PER_WEEK,
@@ -181,7 +183,8 @@ def _load_old_state(con, lake, key: str) -> str | None:
 
 
 def build_derived_incremental(con, lake, p: FeatureParams, events_clean: str, consent_view: str,
-                              identity_map: str = "feat_identity_map", full_refresh: bool = False) -> dict:
+                              identity_map: str = "feat_identity_map", full_refresh: bool = False,
+                              range_rows: int = RANGE_ROWS) -> dict:
     """Stage 3 of the build with the per-person state: the derived tables as temp tables (`feat_<table>`, like
     features/sql.py build_derived) and the new state written to the lake. Returns stats for the metadata."""
     t0 = time.monotonic()
@@ -199,10 +202,8 @@ def build_derived_incremental(con, lake, p: FeatureParams, events_clean: str, co
     else:
         _create(con, KEEP, f"select person_id from {FINGERPRINTS} where false")
     _create(con, TOUCHED, f"select person_id from {FINGERPRINTS} anti join {KEEP} using (person_id)")
-    con.execute(f"""
-        create or replace temp view {TOUCHED_EVENTS} as
-        select * from {_q(events_clean)} semi join {TOUCHED} using (person_id)
-    """)
+    ranges = person_range_bounds(
+        con, f"select person_id, events from {FINGERPRINTS} semi join {TOUCHED} using (person_id)", range_rows)
     fingerprint_s = round(time.monotonic() - t0, 2)
 
     t1 = time.monotonic()
@@ -214,16 +215,30 @@ def build_derived_incremental(con, lake, p: FeatureParams, events_clean: str, co
     }
     order = {"state_sessions": "person_id, session_start", "state_cells": "person_id, day, h",
              "state_conversions": "person_id, timestamp, message_id", "state_subjects": "person_id, consent_subject"}
-    for table, sql in fresh.items():
-        if reason is None:
-            kept = f"select * from {OLD.format(table=table)} semi join {KEEP} using (person_id)"
-            sql = f"select * from ({kept}) union all by name select * from ({sql})"
-        _create(con, NEW.format(table=table), f"select * from ({sql}) order by {order[table]}")
+    # a range of persons at a time (one range unless the recomputed persons have more than range_rows events):
+    # events_clean is sorted by person, so a range reads only its row groups, and each range's windows and sorts
+    # hold 1/k of the history. Ranges follow person_id order and each is inserted in order: the tables are the same.
+    with joins_as_written(con):
+        for i, where in enumerate(range_predicates(ranges)):
+            con.execute(f"""
+                create or replace temp view {TOUCHED_EVENTS} as
+                select * from {_q(events_clean)} semi join {TOUCHED} using (person_id) where {where}
+            """)
+            for table, sql in fresh.items():
+                if reason is None:
+                    kept = f"select * from {OLD.format(table=table)} semi join {KEEP} using (person_id) where {where}"
+                    sql = f"select * from ({kept}) union all by name select * from ({sql})"
+                ordered = f"select * from ({sql}) order by {order[table]}"
+                if i == 0:
+                    _create(con, NEW.format(table=table), ordered)
+                else:
+                    con.execute(f"insert into {NEW.format(table=table)} {ordered}")
     _create(con, NEW.format(table="state_persons"),
             f"select person_id, events, fingerprint, '{key}' as state_key from {FINGERPRINTS} order by person_id")
     recompute_s = round(time.monotonic() - t1, 2)
 
     stats = {
+        "person_ranges": len(ranges) + 1,
         "persons": _count(con, FINGERPRINTS),
         "persons_touched": _count(con, TOUCHED),
         "persons_reused": _count(con, KEEP),

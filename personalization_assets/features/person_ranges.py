@@ -143,6 +143,37 @@ def _write_ranges(con, p: FeatureParams, events_view: str, persons_per_range: in
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def person_range_bounds(con, persons_sql: str, range_rows: int = RANGE_ROWS) -> list[str]:
+    """Increasing person_id boundaries cutting the persons of `persons_sql` (person_id, events) into ranges of
+    about `range_rows` events, in person_id order; [] when they fit in one range."""
+    total = con.execute(f"select coalesce(sum(events), 0) from ({persons_sql})").fetchall()[0][0]
+    if int(total) <= range_rows:
+        return []
+    rows = con.execute(f"""
+        select min(person_id) as lower
+        from (
+            select person_id, (sum(events) over (order by person_id rows unbounded preceding) - events) // {int(range_rows)} as piece
+            from ({persons_sql}) where person_id is not null
+        )
+        group by piece having piece > 0 order by lower
+    """).fetchall()
+    return [r[0] for r in rows]
+
+
+def range_predicates(bounds: list[str]) -> list[str]:
+    """SQL predicates on person_id, one per range of `bounds` in order; together they take every row once (a NULL
+    person_id falls in the last)."""
+    if not bounds:
+        return ["true"]
+    edges = [None, *bounds, None]
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        parts = ([f"person_id >= {_literal(lo)}"] if lo is not None else []) + ([f"person_id < {_literal(hi)}"] if hi is not None else [])
+        where = " and ".join(parts)
+        out.append(f"({where} or person_id is null)" if hi is None else where)
+    return out
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 

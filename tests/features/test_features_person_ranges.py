@@ -12,6 +12,7 @@ import pytest
 
 from personalization_assets.features import assets as feature_assets
 from personalization_assets.features import build_feature_assets, person_ranges
+from personalization_assets.features import partials
 from personalization_assets.features import sql as feature_sql
 from personalization_assets.features.assets import FEATURE_KEYS
 from personalization_assets.resources import DuckDBEngine
@@ -40,6 +41,12 @@ def _scenario(seed: int = 7) -> tuple[list[dict], list[dict]]:
     return ev, granted_all(*sorted(subjects))
 
 
+def _tables(lake: LakeStorage) -> dict[str, list]:
+    """Every table the feature build writes (published and per-person state), as rows in file order."""
+    names = [*feature_sql.TABLES, *partials.STATE_TABLES]
+    return {t: lake.read_table("features", t).to_pylist() for t in names}
+
+
 def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> tuple[pa.Table, dict, list]:
     lake = LakeStorage(url=str(tmp_path / name / "lake"))
     ev, consent_rows = scenario
@@ -54,7 +61,12 @@ def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> tuple
     )
     md = result.asset_materializations_for_node("feature_tables")
     events_md = next(m.metadata for m in md if m.asset_key == FEATURE_KEYS["events_clean"])
+    _build.partials[name] = next(m.metadata for m in md if m.asset_key == FEATURE_KEYS["sessions"])["partials"].value
+    _build.lakes[name] = lake
     return lake.read_table("features", "events_clean"), events_md, list(spill.iterdir())
+
+
+_build.lakes, _build.partials = {}, {}
 
 
 def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatch):
@@ -70,6 +82,12 @@ def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatc
     keys = [(r["person_id"], r["timestamp"], r["message_id"]) for r in ranged.to_pylist()]
     assert keys == sorted(keys)
     assert [p for p in left if p.name.startswith("sorted-ranges-")] == []  # the range files are gone
+    # the per-person state and the derived tables, built a range of persons at a time, are the same tables
+    assert _build.partials["one"]["person_ranges"] == 1
+    assert _build.partials["ranged"]["person_ranges"] >= 8
+    one_tables, ranged_tables = _tables(_build.lakes["one"]), _tables(_build.lakes["ranged"])
+    for table, rows in one_tables.items():
+        assert ranged_tables[table] == rows, table
 
 
 def test_identifiers_sharing_a_hash_fall_back_to_the_one_query(tmp_path, monkeypatch):
