@@ -242,7 +242,11 @@ def build_feature_assets() -> list:
                 for table in TABLES:
                     if table != "events_clean":
                         lake.register(con, WRITTEN_VIEW.format(table=table), LAYER, table, empty_schema=arrow_schema(FEATURE_MODELS[table], nullable="model"))
-                coverage = feature_checks.session_coverage(con, events_view, WRITTEN_VIEW.format(table="sessions"))
+                sessions_view = WRITTEN_VIEW.format(table="sessions")
+                # a range of persons at a time on a large history (both files are sorted by person)
+                ranges = person_ranges.range_predicates(person_ranges.person_range_bounds(
+                    con, f'select person_id, sum(events) as events from "{sessions_view}" group by person_id', SORT_RANGE_ROWS))
+                coverage = feature_checks.session_coverage(con, events_view, sessions_view, ranges)
                 findings = {
                     table: feature_checks.direct_identifier_findings(
                         con, WRITTEN_VIEW.format(table=table), _written_columns(lake, table), policy)

@@ -30,33 +30,44 @@ def read_sample(lake: LakeStorage, layer: str, table: str, max_rows: int = SAMPL
 # --- sessions cover every event exactly once --------------------------------------------------------
 
 
-def session_coverage(con, events_view: str, sessions_view: str) -> dict[str, int]:
+def session_coverage(con, events_view: str, sessions_view: str, ranges: list[str] | None = None) -> dict[str, int]:
     """Counts proving each event lies in exactly one session of its person.
 
     An ASOF join finds, per event, the person's last session starting at or before it; the event is
     covered when it is not after that session's end. With no two sessions of a person overlapping, a
     covered event is in exactly one session. Also compares the sessions' event counts with the events.
+    `ranges`: person_id predicates that together take every row once (features/person_ranges.py
+    range_predicates); the counts are summed over them, so each join holds one range of persons.
     """
-    row = con.sql(
-        f"""
-        with matched as (
-            select e.timestamp, s.session_start, s.session_end
-            from "{events_view}" as e
-            asof left join "{sessions_view}" as s
-              on e.person_id = s.person_id and e.timestamp >= s.session_start
-        ),
-        ordered as (
-            select session_start, lag(session_end) over (partition by person_id order by session_start) as previous_end
-            from "{sessions_view}"
-        )
-        select
-            (select count(*) from matched) as events,
-            (select count(*) from matched where session_start is null or timestamp > session_end) as events_outside_sessions,
-            (select count(*) from ordered where previous_end >= session_start) as overlapping_sessions,
-            (select coalesce(sum(events), 0) from "{sessions_view}") as events_counted_in_sessions
-        """
-    ).fetchall()[0]
-    events, outside, overlapping, counted = (int(v) for v in row)
+    totals = [0, 0, 0, 0]
+    for where in ranges or ["true"]:
+        row = con.sql(
+            f"""
+            with ev as (select person_id, timestamp from "{events_view}" where {where}),
+            se as (select person_id, session_start, session_end, events from "{sessions_view}" where {where}),
+            matched as (
+                select e.timestamp, s.session_start, s.session_end
+                from ev as e
+                asof left join se as s
+                  on e.person_id = s.person_id and e.timestamp >= s.session_start
+            ),
+            ordered as (
+                select session_start, lag(session_end) over (partition by person_id order by session_start) as previous_end
+                from se
+            )
+            select
+                m.events, m.events_outside_sessions,
+                (select count(*) from ordered where previous_end >= session_start) as overlapping_sessions,
+                (select coalesce(sum(events), 0) from se) as events_counted_in_sessions
+            from (  -- `matched` read once: a common table expression read twice is materialized (the whole history)
+                select count(*) as events,
+                       count(*) filter (where session_start is null or timestamp > session_end) as events_outside_sessions
+                from matched
+            ) as m
+            """
+        ).fetchall()[0]
+        totals = [t + int(v) for t, v in zip(totals, row, strict=True)]
+    events, outside, overlapping, counted = totals
     return {
         "events": events,
         "events_outside_sessions": outside,

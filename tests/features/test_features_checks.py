@@ -1,14 +1,18 @@
 """The cross-layer checks as functions: identifier policy, session coverage, sampled read-back."""
 
+from functools import partial
+
 import pyarrow as pa
+import pytest
 
 from personalization_assets.features.checks import (
     direct_identifier_findings,
     is_pseudonym,
     load_identifier_policy,
     read_sample,
-    session_coverage,
+    session_coverage as coverage,
 )
+from personalization_assets.features.person_ranges import range_predicates
 from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import build, connect, event, granted_all, pseudo
 
@@ -37,10 +41,14 @@ def test_direct_identifier_findings():
     assert is_pseudonym(pseudo("x")) and not is_pseudonym("v1:abc") and not is_pseudonym(None)
 
 
-def test_session_coverage_detects_gaps_and_overlaps():
+@pytest.mark.parametrize("split", [False, True], ids=["one_range", "person_ranges"])
+def test_session_coverage_detects_gaps_and_overlaps(split):
     ev = [event(at=f"2026-01-05 {h:02d}:00", user="u1") for h in (8, 9, 10)] + [event(at="2026-01-05 08:10", user="u2")]
     out = build(ev, granted_all("u1", "u2"))
     con = connect()
+    # the two persons in two ranges (whichever sorts first): the counts are summed over the ranges
+    ranges = range_predicates([max(pseudo("u1"), pseudo("u2"))]) if split else None
+    session_coverage = partial(coverage, ranges=ranges)
     con.register("events", out["events_clean"])
     sessions = out["sessions"]
     con.register("sessions", sessions)
