@@ -22,6 +22,10 @@ A large build (more than `range_rows` eligible copies) instead:
 Person numbers follow person_id order and a range holds every row of its persons, so the file holds the same rows
 in the same order as the one query. The range files live in the DuckDB temp directory (local disk, also when the
 lake is S3) and are removed when the write ends; those of a process killed mid-write are removed by the next one.
+
+Once events_clean is written in person order, later stages cut the persons into person_id ranges of about
+`range_rows` events (`person_range_bounds`, `range_predicates`): the per-person state (features/partials.py) and the
+session coverage check (features/checks.py) read a range's row groups only and hold 1/k of the history at a time.
 """
 
 from __future__ import annotations
