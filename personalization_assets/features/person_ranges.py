@@ -36,8 +36,9 @@ import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from itertools import pairwise
+from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
@@ -171,7 +172,7 @@ def range_predicates(bounds: list[str]) -> list[str]:
         return ["true"]
     edges = [None, *bounds, None]
     out = []
-    for lo, hi in zip(edges, edges[1:]):
+    for lo, hi in pairwise(edges):
         parts = ([f"person_id >= {_literal(lo)}"] if lo is not None else []) + ([f"person_id < {_literal(hi)}"] if hi is not None else [])
         where = " and ".join(parts)
         out.append(f"({where} or person_id is null)" if hi is None else where)

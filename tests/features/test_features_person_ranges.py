@@ -4,19 +4,21 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import dagster as dg
-import duckdb
 import pyarrow as pa
-import pytest
 
+from personalization_assets.core.storage import LakeStorage
 from personalization_assets.features import assets as feature_assets
-from personalization_assets.features import build_feature_assets, person_ranges
-from personalization_assets.features import partials
+from personalization_assets.features import (
+    build_feature_assets,
+    partials,
+    person_ranges,
+)
 from personalization_assets.features import sql as feature_sql
 from personalization_assets.features.assets import FEATURE_KEYS
 from personalization_assets.resources import DuckDBEngine
-from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import event, granted_all, write_lake
 
 AS_OF = "2026-01-12T00:00:00Z"
@@ -47,7 +49,16 @@ def _tables(lake: LakeStorage) -> dict[str, list]:
     return {t: lake.read_table("features", t).to_pylist() for t in names}
 
 
-def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> tuple[pa.Table, dict, list]:
+@dataclass
+class Built:
+    lake: LakeStorage
+    events_clean: pa.Table
+    events_md: dict  # events_clean's materialization metadata
+    partials: dict  # sessions' `partials` metadata
+    spill_dir: list  # what is left in DuckDB's temp directory
+
+
+def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> Built:
     lake = LakeStorage(url=str(tmp_path / name / "lake"))
     ev, consent_rows = scenario
     write_lake(lake, ev, consent_rows)
@@ -59,33 +70,28 @@ def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> tuple
         resources={"lake": lake, "duckdb": DuckDBEngine(database=":memory:", connection_config={"temp_directory": str(spill)})},
         run_config={"ops": {"feature_tables": {"config": {"as_of": AS_OF}}}},
     )
-    md = result.asset_materializations_for_node("feature_tables")
-    events_md = next(m.metadata for m in md if m.asset_key == FEATURE_KEYS["events_clean"])
-    _build.partials[name] = next(m.metadata for m in md if m.asset_key == FEATURE_KEYS["sessions"])["partials"].value
-    _build.lakes[name] = lake
-    return lake.read_table("features", "events_clean"), events_md, list(spill.iterdir())
-
-
-_build.lakes, _build.partials = {}, {}
+    md = {m.asset_key: m.metadata for m in result.asset_materializations_for_node("feature_tables")}
+    return Built(lake, lake.read_table("features", "events_clean"), md[FEATURE_KEYS["events_clean"]],
+                 md[FEATURE_KEYS["sessions"]]["partials"].value, list(spill.iterdir()))
 
 
 def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatch):
     scenario = _scenario()  # once: the fixtures number message ids as they make them
-    one, one_md, _ = _build(tmp_path, "one", scenario, person_ranges.RANGE_ROWS, monkeypatch)
-    ranged, ranged_md, left = _build(tmp_path, "ranged", scenario, 40, monkeypatch)
-    assert one_md["sort_ranges"].value == 1
-    assert ranged_md["sort_ranges"].value >= 8  # ~400 eligible copies in ranges of ~40 rows
-    assert ranged.num_rows == one.num_rows > 300
-    assert ranged.schema == one.schema
+    one = _build(tmp_path, "one", scenario, person_ranges.RANGE_ROWS, monkeypatch)
+    ranged = _build(tmp_path, "ranged", scenario, 40, monkeypatch)
+    assert one.events_md["sort_ranges"].value == 1
+    assert ranged.events_md["sort_ranges"].value >= 8  # ~400 eligible copies in ranges of ~40 rows
+    assert ranged.events_clean.num_rows == one.events_clean.num_rows > 300
+    assert ranged.events_clean.schema == one.events_clean.schema
     # the same rows in the same order (a hash-bucketed sort keeps each person together but breaks this)
-    assert ranged.to_pylist() == one.to_pylist()
-    keys = [(r["person_id"], r["timestamp"], r["message_id"]) for r in ranged.to_pylist()]
+    assert ranged.events_clean.to_pylist() == one.events_clean.to_pylist()
+    keys = [(r["person_id"], r["timestamp"], r["message_id"]) for r in ranged.events_clean.to_pylist()]
     assert keys == sorted(keys)
-    assert [p for p in left if p.name.startswith("sorted-ranges-")] == []  # the range files are gone
+    assert [p for p in ranged.spill_dir if p.name.startswith("sorted-ranges-")] == []  # the range files are gone
     # the per-person state and the derived tables, built a range of persons at a time, are the same tables
-    assert _build.partials["one"]["person_ranges"] == 1
-    assert _build.partials["ranged"]["person_ranges"] >= 8
-    one_tables, ranged_tables = _tables(_build.lakes["one"]), _tables(_build.lakes["ranged"])
+    assert one.partials["person_ranges"] == 1
+    assert ranged.partials["person_ranges"] >= 8
+    one_tables, ranged_tables = _tables(one.lake), _tables(ranged.lake)
     for table, rows in one_tables.items():
         assert ranged_tables[table] == rows, table
 
@@ -94,11 +100,11 @@ def test_identifiers_sharing_a_hash_fall_back_to_the_one_query(tmp_path, monkeyp
     """A real collision: the identifier hash is cut to two bits on both sides of the join, so identifiers of the
     map share values (joined on it, events would multiply across persons)."""
     scenario = _scenario()
-    one, _, _ = _build(tmp_path, "one", scenario, person_ranges.RANGE_ROWS, monkeypatch)
+    one = _build(tmp_path, "one", scenario, person_ranges.RANGE_ROWS, monkeypatch)
     monkeypatch.setattr(feature_sql, "KEY_HASH", "(hash({}) % 4)")
-    collided, md, _ = _build(tmp_path, "collided", scenario, 40, monkeypatch)
-    assert md["sort_ranges"].value == 1
-    assert collided.to_pylist() == one.to_pylist()
+    collided = _build(tmp_path, "collided", scenario, 40, monkeypatch)
+    assert collided.events_md["sort_ranges"].value == 1
+    assert collided.events_clean.to_pylist() == one.events_clean.to_pylist()
 
 
 def test_range_count():
