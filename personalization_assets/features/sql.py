@@ -7,7 +7,8 @@ No Dagster here (features/assets.py wires lake I/O). The build runs in three sta
    -> `feat_identity_map`.
 2. `build_events_clean_sql`: the eligible events, one copy per message_id, late ones dropped, with
    their person_id. This is the only table as long as the event history: the asset streams it straight
-   into the lake, tests materialize it as a temp table.
+   into the lake (a large build a range of persons at a time: features/person_ranges.py), tests
+   materialize it as a temp table.
 3. `build_derived` reads events_clean (a lake view or the temp table) column-wise and builds the
    per-session and per-person tables: sessions -> user_rfm, engagement; content_affinity;
    purpose_eligibility (+ consent state).
