@@ -56,14 +56,18 @@ from personalization_assets.features.sql import (
     select_output_sql,
     temp_table,
 )
+from personalization_assets.features.sql import _list as _quoted_list
 
 log = logging.getLogger(__name__)
+
+
+def _quoted(value: str) -> str:
+    return _quoted_list([value])  # a SQL string literal, quotes doubled
 
 # a range holds about this many rows: its sort stays within DuckDB's memory limit (2 GB by default) or spills little
 RANGE_ROWS = 4_000_000
 _PREFIX = "sorted-ranges-"
 _RANGE = "__range"
-ORDER = ("person_id", "timestamp", "message_id")
 
 T = TypeVar("T")
 
@@ -109,7 +113,7 @@ def _write_ranges(con, p: FeatureParams, events_view: str, persons_per_range: in
     folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
     try:
         keyed = build_events_clean_keyed_sql(p, events_view)
-        # the range files need no order (each range is sorted when read back): without it DuckDB streams the copy
+        # the range files need no order (each range is sorted when read back), so DuckDB need not keep any
         preserve = con.execute("select current_setting('preserve_insertion_order')").fetchall()[0][0]
         con.execute("set preserve_insertion_order = false")
         try:
@@ -122,7 +126,7 @@ def _write_ranges(con, p: FeatureParams, events_view: str, persons_per_range: in
         present = sorted(int(d.name.split("=", 1)[1]) for d in folder.glob(f"{_RANGE}=*") if d.is_dir())
 
         def ordered(i: int) -> pa.RecordBatchReader:
-            files = _literal(str(folder / f"{_RANGE}={i}" / "*.parquet"))
+            files = _quoted(str(folder / f"{_RANGE}={i}" / "*.parquet"))
             lo, hi = i * persons_per_range, (i + 1) * persons_per_range
             rows = f"""(
                 select e.* exclude (person_idx, {_RANGE}), x.person_id
@@ -173,14 +177,10 @@ def range_predicates(bounds: list[str]) -> list[str]:
     edges = [None, *bounds, None]
     out = []
     for lo, hi in pairwise(edges):
-        parts = ([f"person_id >= {_literal(lo)}"] if lo is not None else []) + ([f"person_id < {_literal(hi)}"] if hi is not None else [])
+        parts = ([f"person_id >= {_quoted(lo)}"] if lo is not None else []) + ([f"person_id < {_quoted(hi)}"] if hi is not None else [])
         where = " and ".join(parts)
         out.append(f"({where} or person_id is null)" if hi is None else where)
     return out
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _temp_base(con) -> Path:
