@@ -90,6 +90,39 @@ def string_leaves(name: str, col):
             yield from string_leaves(f"{name}.{col.type.field(i).name}", col.field(i))
 
 
+def first_contained(needles: list[str], leaves: list[tuple[str, pa.Array]]) -> tuple[str, str, str] | None:
+    """The first (leaf name, string, needle) where a string of `leaves` contains a needle, or None. Exact, in one
+    DuckDB query whose cost grows with the characters of the strings, not with strings x needles: a string
+    containing needle v contains v's first k characters (k = the shortest needle's length) at some position,
+    so every k-character window of every distinct string is joined, by hash, to the needles' k-character
+    prefixes, and each candidate is then compared whole."""
+    import duckdb
+
+    needles = sorted({v for v in needles if v})
+    if not needles or not leaves:
+        return None
+    k = min(len(v) for v in needles)
+    names = pa.array([name for name, col in leaves for _ in range(len(col))], pa.string()).dictionary_encode()
+    strings = pa.concat_arrays([col.cast(pa.string()) for _, col in leaves])
+    con = duckdb.connect()
+    try:
+        con.register("leaves", pa.table({"leaf": names, "h": strings}))
+        con.register("needles", pa.table({"v": needles}))
+        hit = con.execute(f"""
+            with hay as (select distinct h from leaves where length(h) >= {k}),
+            windows as (select h, unnest(range(1, length(h) - {k} + 2)) as i from hay),
+            found as (
+                select w.h, n.v from windows w join needles n on substr(w.h, w.i, {k}) = left(n.v, {k})
+                where substr(w.h, w.i, length(n.v)) = n.v
+                limit 1
+            )
+            select l.leaf::varchar, f.h, f.v from found f join leaves l on l.h = f.h limit 1
+        """).fetchall()
+    finally:
+        con.close()
+    return hit[0] if hit else None
+
+
 def build_waits_behind(lock, build, written, wait_s: float = 6) -> tuple[object, float]:
     """Run `build()` in a thread while holding `lock` (another build in progress, with a lock file description of
     its own as another process would have): after `wait_s` it must still be waiting with nothing `written()`; once
