@@ -18,6 +18,7 @@ import base64
 import json
 import multiprocessing as mp
 import os
+import signal
 import shutil
 import socket
 import statistics
@@ -112,12 +113,17 @@ def bench_collector(messages: int, clients: int, batch: int, work: Path) -> dict
         ctx = mp.get_context("spawn")
         with ctx.Manager() as manager:
             barrier = manager.Barrier(clients + 1)
-            with ctx.Pool(clients) as pool:
+            # the workers take SIGTERM's default back: a parent started with SIGINT ignored (a background job)
+            # may have had SIGTERM mapped to it by Dagster's interrupt handling, and an ignored disposition
+            # survives exec, so the pool's terminate() on an error would wait forever for its workers
+            with ctx.Pool(clients, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
                 pending = pool.map_async(_client, [(url, c, per_client, batch, barrier) for c in range(clients)])
                 barrier.wait()
                 t = time.perf_counter()
                 results = pending.get()
                 elapsed = time.perf_counter() - t
+                pool.close()  # done: let the workers exit on their own
+                pool.join()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
