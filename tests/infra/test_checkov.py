@@ -32,25 +32,29 @@ def checkov() -> str:
 
 def _run(checkov: str, args: list[str], cwd: Path = REPO_ROOT) -> list[dict]:
     import os
+    import tempfile
 
-    result = subprocess.run(
-        [checkov, *args],
-        cwd=cwd,
-        # checkov gives up parsing a file after 10 s; on a busy 2-core machine (the suite runs in parallel)
-        # a small file can take that long, which shows up as a parsing error, not a verdict
-        env={**os.environ, "HCL_PARSE_TIMEOUT_SEC": "120"},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    # checkov exits 1 when a check fails and 0 otherwise; anything else is a crash.
-    assert result.returncode in (0, 1), (
-        f"checkov crashed ({result.returncode}):\n{result.stderr[-4000:]}"
-    )
-    out = result.stdout.strip()
-    assert out, f"checkov printed nothing:\n{result.stderr[-4000:]}"
-    parsed = json.loads(out)
+    with tempfile.TemporaryDirectory() as out_dir:
+        result = subprocess.run(
+            # the report is read from the file checkov writes, not its stdout: a run's stdout was once cut at
+            # 128 KiB (a full report is ~130 KiB) on a loaded machine, and parsed as truncated JSON
+            [checkov, *args, "--output-file-path", out_dir],
+            cwd=cwd,
+            # checkov gives up parsing a file after 10 s; on a busy 2-core machine (the suite runs in parallel)
+            # a small file can take that long, which shows up as a parsing error, not a verdict
+            env={**os.environ, "HCL_PARSE_TIMEOUT_SEC": "120"},
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        # checkov exits 1 when a check fails and 0 otherwise; anything else is a crash.
+        assert result.returncode in (0, 1), (
+            f"checkov crashed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+        report = Path(out_dir) / "results_json.json"
+        assert report.is_file(), f"checkov wrote no report:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        parsed = json.loads(report.read_text())
     reports = parsed if isinstance(parsed, list) else [parsed]
     return [r for r in reports if isinstance(r, dict) and "check_type" in r]
 
