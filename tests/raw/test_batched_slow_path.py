@@ -215,16 +215,34 @@ def test_parsing_issues_a_bounded_number_of_queries_whatever_the_number_of_files
     assert stats["queries"] == 2
 
 
+def _kind_file(i: int) -> ei.LandedFile:
+    return ei.load_file(f"k{i:03d}.jsonl", _good(1) + KINDS[i][1] + _good(2))
+
+
+@pytest.fixture(scope="module")
+def slow_by_kind():
+    """Each kind's file through the batched slow path, all in one batch (a file's result in a batch is its result
+    alone: test_batched_slow_path_equals_the_per_file_slow_path)."""
+    import duckdb
+
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")
+    try:
+        return parsing.parse_slow_files(c, [_kind_file(i) for i in range(len(KINDS))], MAX_LINE)
+    finally:
+        c.close()
+
+
 @HEAVY
 @pytest.mark.parametrize("i", range(len(KINDS)), ids=[n for n, _ in KINDS])
-def test_the_vectorized_reader_refuses_a_file_exactly_when_the_slow_path_says_so(con, i):
+def test_the_vectorized_reader_refuses_a_file_exactly_when_the_slow_path_says_so(con, slow_by_kind, i):
     """`parse_validate` sends a file the batched read refused to the batched slow path and keeps that result
     when a line was rejected there; read alone, such a file must also fail the vectorized reader (else its
     accounting would differ from `parse_file`), except a bare `null`, which DuckDB reads as a record of nulls
     (that file is read again on the fast path)."""
-    name, data = KINDS[i]
-    f = ei.load_file("k.jsonl", _good(1) + data + _good(2))
-    (slow,) = parsing.parse_slow_files(con, [f], MAX_LINE)
+    name = KINDS[i][0]
+    f = _kind_file(i)
+    slow = slow_by_kind[i]
     alone = parsing.parse_file(con, f, MAX_LINE)
     if not ei.is_clean(f, MAX_LINE):
         assert not alone.fast_path
