@@ -17,12 +17,15 @@ and the assets run again) and compared, row for row, with a fresh lake built onc
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from tests.conftest import local_environment
 from tests.helpers import check_results, defs_for_env, materialize, materializations
 
 H10, H11, H12 = "2026-11-28-10:00", "2026-11-28-11:00", "2026-11-28-12:00"
@@ -142,14 +145,28 @@ def _fresh(tmp_path: Path, monkeypatch, keys, active=None):
     return defs
 
 
-@pytest.fixture
-def first_landing(data_dir, monkeypatch):
-    _env(monkeypatch, data_dir, {"1": KEY_V1})
-    _write(data_dir / "landing", FIRST, [])
-    defs = defs_for_env()
-    md = _tick(defs, (H10, H11))
+@pytest.fixture(scope="module")
+def first_landing_built(tmp_path_factory, clean_env_module):
+    """The first landing built once per module (its data dir and Dagster home); each test gets a copy."""
+    root = tmp_path_factory.mktemp("first_landing")
+    local_environment(root, clean_env_module)
+    _env(clean_env_module, root / "data", {"1": KEY_V1})
+    _write(root / "data" / "landing", FIRST, [])
+    md = _tick(defs_for_env(), (H10, H11))
     assert md["build_mode"] == "incremental" and md["hours_built"] == 2
-    return defs
+    return root
+
+
+@pytest.fixture
+def first_landing(first_landing_built, data_dir, monkeypatch):
+    """The first landing ingested and the consented tier built: a private copy of `first_landing_built`, so the
+    tests change it in any order. The consent ledger's checkpoint names the log's location and file identities,
+    so the copy's first run re-verifies the (small) ledger chain in full, as after a restore from backup; what
+    these tests compare, the consented tier, does not depend on it."""
+    shutil.copytree(first_landing_built / "data", data_dir, dirs_exist_ok=True)
+    shutil.copytree(first_landing_built / "dagster_home", os.environ["DAGSTER_HOME"], dirs_exist_ok=True)
+    _env(monkeypatch, data_dir, {"1": KEY_V1})
+    return defs_for_env()
 
 
 def _pz(value: str) -> str:
