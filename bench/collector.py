@@ -18,8 +18,8 @@ import base64
 import json
 import multiprocessing as mp
 import os
-import signal
 import shutil
+import signal
 import socket
 import statistics
 import subprocess

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import local_environment
-from tests.helpers import check_results, defs_for_env, materialize, materializations
+from tests.helpers import check_results, defs_for_env, materializations, materialize
 
 H10, H11, H12 = "2026-11-28-10:00", "2026-11-28-11:00", "2026-11-28-12:00"
 KEY_V1 = "1f" * 32

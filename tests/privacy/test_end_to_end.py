@@ -9,7 +9,6 @@ from datetime import datetime
 
 import dagster as dg
 import duckdb
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,8 +16,8 @@ from personalization_assets.cli import landing_partition_keys
 from tests.helpers import (
     PIPELINE,
     check_results,
-    first_contained,
     defs_for_env,
+    first_contained,
     generate,
     materializations,
     materialize,
@@ -254,10 +253,10 @@ def test_consented_hours_record_their_own_figures(world):
 def test_planted_consent_stories_in_features(own_world):
     """landing -> raw -> privacy (the pipeline run of `world`) -> features at an explicit as_of (on a copy of the
     world: the feature tables are rewritten): the feature tables tell the planted subjects' stories."""
-    from personalization_assets.features import build_feature_assets
     from personalization_assets.core.pseudonymize import Pseudonymizer
-    from personalization_assets.resources import DuckDBEngine
     from personalization_assets.core.storage import LakeStorage
+    from personalization_assets.features import build_feature_assets
+    from personalization_assets.resources import DuckDBEngine
 
     assert own_world["result"].success
     data_dir, manifest = own_world["root"] / "data", own_world["manifest"]
