@@ -206,9 +206,10 @@ def sdk_capture():
     server.stop()
 
 
-# A full collection (every object the process holds, ~600k) costs about 0.4 s of CPU: after each of ~130 modules
-# that was about a minute of `make test`, for a few thousand objects each time. It runs once the frozen set has
-# grown by this many objects since the last one (what modules left behind in cycles), so memory stays bounded.
+# A full collection (every object the process holds, ~600k) cost 0.4-0.7 s of CPU after each module (measured on a
+# shared machine), for a few thousand objects each time; 25 unit modules took ~3 s less CPU without it. It runs once
+# the frozen set has grown by this many objects since the last one (what modules left behind in cycles), so memory
+# stays bounded.
 FULL_COLLECT_AFTER_GROWTH = 100_000
 _frozen_after_full_collect = [0]
 

@@ -6,10 +6,15 @@ import duckdb
 import pytest
 
 
-@pytest.fixture
-def con():
+def utc_connection() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the session defaults ingestion relies on (UTC)."""
     c = duckdb.connect()
     c.execute("SET TimeZone = 'UTC'")
+    return c
+
+
+@pytest.fixture
+def con():
+    c = utc_connection()
     yield c
     c.close()

@@ -15,6 +15,7 @@ from personalization_assets.core.tracking_plan import RawEvent
 from personalization_assets.generator import bad_lines
 from personalization_assets.raw import events_ingest as ei
 from personalization_assets.raw import parsing
+from tests.raw.conftest import utc_connection
 from tests.raw.hostile import CASES, line, msg
 from tests.raw.test_strict_values import STRICT_CASES
 
@@ -223,10 +224,7 @@ def _kind_file(i: int) -> ei.LandedFile:
 def slow_by_kind():
     """Each kind's file through the batched slow path, all in one batch (a file's result in a batch is its result
     alone: test_batched_slow_path_equals_the_per_file_slow_path)."""
-    import duckdb
-
-    c = duckdb.connect()
-    c.execute("SET TimeZone = 'UTC'")
+    c = utc_connection()
     try:
         return parsing.parse_slow_files(c, [_kind_file(i) for i in range(len(KINDS))], MAX_LINE)
     finally:
