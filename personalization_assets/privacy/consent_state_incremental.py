@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from personalization_assets.core.hash_chain import HashChainedLog
-from personalization_assets.core.storage import LakeStorage
+from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.privacy.ledger_lookup import register_ledger, rekey_map
 
@@ -202,8 +202,10 @@ def invalidate_inputs(lake: LakeStorage) -> None:
 
 
 def write_inputs(con, lake: LakeStorage, outcome: Outcome) -> int:
-    """Record what the state was built from. Call only after the state is written."""
-    table = con.sql(f"select {_ID_COLS} from __id_new order by identifier, identifier_kind").arrow().read_all().cast(INPUTS_SCHEMA)
-    table = table.replace_schema_metadata({f"{_META}{k}": str(v) for k, v in outcome.settings.items()})
-    lake.write_table(LAYER, INPUTS, table)
-    return table.num_rows
+    """Record what the state was built from. Call only after the state is written.
+
+    Streamed in row groups: at 100M events the inputs are 8.4M identifiers, 1.3 GB as one Arrow table on top of
+    DuckDB's sort, which made this the step's peak (4.0 GB)."""
+    schema = INPUTS_SCHEMA.with_metadata({f"{_META}{k}": str(v) for k, v in outcome.settings.items()})
+    reader = con.sql(f"select {_ID_COLS} from __id_new order by identifier, identifier_kind").to_arrow_reader(ROW_GROUP_ROWS)
+    return lake.write_table(LAYER, INPUTS, reader.cast(schema)).rows
