@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from personalization_assets.core.memory import release_freed_memory
 from personalization_assets.core.platform import PlatformConfig
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonym_keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
@@ -41,10 +42,14 @@ class DuckDBEngine(DuckDBResource):
 
     @contextmanager
     def get_connection(self):
-        with super().get_connection() as con:
-            # TimeZone needs the ICU extension, which is loaded only after connect
-            con.execute("SET TimeZone = 'UTC'")
-            yield con
+        try:
+            with super().get_connection() as con:
+                # TimeZone needs the ICU extension, which is loaded only after connect
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
+        finally:
+            # the connection's memory is freed now: give it back before the next step allocates elsewhere
+            release_freed_memory()
 
 
 def duckdb_engine(settings: Settings) -> DuckDBEngine:
