@@ -13,9 +13,15 @@ from pydantic import Field
 
 from personalization_assets.checks import anomalies
 from personalization_assets.checks.pandera_checks import model_check, table_schema
-from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.consented import state as cstate
-from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, LOOKUPS, _required_output, consent_events, prepare_lookups
+from personalization_assets.consented.transform import (
+    CONSENTED_EVENT_SCHEMA,
+    LOOKUPS,
+    _required_output,
+    consent_events,
+    kept_rows_of_hour,
+    prepare_lookups,
+)
 from personalization_assets.core.as_of import resolve_as_of
 from personalization_assets.core.asset_keys import (
     CONSENT_STATE,
@@ -33,6 +39,7 @@ from personalization_assets.core.audit import auditor
 from personalization_assets.core.partitions import partition_dict, partition_start
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonymize import Pseudonymizer
+from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.core.storage import LakeStorage
 from personalization_assets.core.tracking_plan import RawContent, RawCrmProfile
 from personalization_assets.privacy import consent as consent_lib
@@ -218,9 +225,15 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             for batch in _row_batches(lake, plan.build, CONSENT_BATCH_ROWS):
                 audit.record([(RAW_EVENTS.to_user_string(), pk, columns) for pk in batch])
                 parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
+                raw_rows = [t.num_rows for t in parts]
                 raw = pa.concat_tables(parts)
-                out, stats = consent_events(con, raw, policy, pseudonymizer)
-                if raw.num_rows:
+                del parts
+                # the kept rows stay in DuckDB (__kept) and come back one hour at a time: the batch is not held in
+                # Arrow whole next to its per-hour copies
+                _, stats = consent_events(con, raw, policy, pseudonymizer, keep_in="__kept")
+                n_raw = raw.num_rows
+                del raw
+                if n_raw:
                     # a row whose landing_hour is not one of the batch's hours gets a null hour: refused below
                     con.register("__batch_hours", pa.table({"hour_us": pa.array([hour_us(pk) for pk in batch], pa.int64()),
                                                             "hour": pa.array(batch, pa.string())}))
@@ -231,15 +244,14 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
                 by_hour = {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
-                for pk, part_raw in zip(batch, parts):
-                    hour = pa.scalar(partition_start(pk), pa.timestamp("us", tz="UTC"))
-                    part_out = out.filter(pa.compute.equal(out["landing_hour"], hour)) if len(batch) > 1 else out
+                for pk, hour_raw_rows in zip(batch, raw_rows):
+                    part_out = kept_rows_of_hour(con, "__kept", partition_start(pk))
                     lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
                     split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
-                    hour_stats[pk] = anomalies.partition_stats(part_out, part_raw.num_rows, 0, anomaly_config.null_columns, ("consent_subject",))
+                    hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))
                     # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
                     hour_md = {
-                        "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": part_raw.num_rows,
+                        "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": hour_raw_rows,
                         "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
                         "key_version": key_version, "build_mode": plan.mode,
                         **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"])),
@@ -249,10 +261,12 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                         context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
                     else:
                         context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
-                    if part_out.num_rows > part_raw.num_rows:
+                    if part_out.num_rows > hour_raw_rows:
                         violations.append(pk)
                     if sum(t.num_rows for t in sample) < 200_000:
                         sample.append(part_out)
+                    del part_out
+                con.execute("drop table __kept")
             for pk in plan.delete:
                 lake.delete_partition("consented", "events", partition_dict(pk))
             if con.execute("select count(*) from __run_keys where hour is null").fetchall()[0][0]:

@@ -11,12 +11,20 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from personalization_assets.core.schemas import arrow_schema
-from personalization_assets.privacy.consent import ASOF_PURPOSES_LOOKUP_SQL, SUBJECT_GRANTED_SQL
-from personalization_assets.privacy.models import ConsentedEvent
 from personalization_assets.core.policies import UNKNOWN_JURISDICTION, PrivacyPolicy
 from personalization_assets.core.pseudonymize import Pseudonymizer
-from personalization_assets.privacy.transforms import apply_column_policies, empty_text_stats, output_column, protect_text_columns
+from personalization_assets.core.schemas import arrow_schema
+from personalization_assets.privacy.consent import (
+    ASOF_PURPOSES_LOOKUP_SQL,
+    SUBJECT_GRANTED_SQL,
+)
+from personalization_assets.privacy.models import ConsentedEvent
+from personalization_assets.privacy.transforms import (
+    apply_column_policies,
+    empty_text_stats,
+    output_column,
+    protect_text_columns,
+)
 
 CONSENTED_EVENT_SCHEMA = arrow_schema(ConsentedEvent)
 
@@ -51,8 +59,13 @@ def prepare_lookups(con: duckdb.DuckDBPyConnection) -> None:
                 "where identifier_kind = 'anonymous' and consent_subject <> identifier")
 
 
-def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer) -> tuple[pa.Table, dict]:
-    """One raw partition -> consented rows (ConsentedEvent) and counts for metadata.
+def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer,
+                   keep_in: str | None = None) -> tuple[pa.Table | None, dict]:
+    """One raw partition (or several hours) -> consented rows (ConsentedEvent) and counts for metadata.
+
+    `keep_in`: leave the kept rows in DuckDB temp table `keep_in` (with `__row`, the raw row's index) instead of
+    returning them (None is returned): `kept_rows_of_hour` then reads one hour at a time, so a batch of hours never
+    sits in Arrow whole next to its per-hour copies (at 100M events, 400k rows were about 1 GB).
 
     `pii_redacted` / `formulas_neutralized` count over every row of the partition that went through the
     policy (before the consent filter): what would have leaked, per column and kind."""
@@ -61,6 +74,11 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
     if not set(LOOKUPS) <= present:
         raise RuntimeError("consent_events: call prepare_lookups(con) once the identity, consent_state and suppression views are registered")
     if raw.num_rows == 0:
+        if keep_in:
+            con.register("__empty_consented", CONSENTED_EVENT_SCHEMA.empty_table())
+            con.execute(f"create or replace temp table {keep_in} as select *, 0::bigint as __row from __empty_consented")
+            con.unregister("__empty_consented")
+            return None, {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
         return CONSENTED_EVENT_SCHEMA.empty_table(), {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
     raw = raw.append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     con.register("raw_part", raw)
@@ -118,9 +136,12 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         counts = [sum(row[i] for row in by_hour) for i in (1, 2, 3)]
         decided = ("consent_subject", "jurisdiction", "purposes")
         select_final = ", ".join(f'd."{n}"' if n in decided else f'c."{n}"' for n in CONSENTED_EVENT_SCHEMA.names)
-        out = con.sql(
-            f"select {select_final} from __cev c join __decision d using (__row) where not d.__suppressed and len(d.purposes) > 0"
-        ).arrow().read_all()
+        kept = "from __cev c join __decision d using (__row) where not d.__suppressed and len(d.purposes) > 0"
+        if keep_in:
+            con.execute(f"create or replace temp table {keep_in} as select {select_final}, c.__row {kept}")
+            out = None
+        else:
+            out = con.sql(f"select {select_final} {kept}").arrow().read_all()
     finally:
         con.unregister("raw_part")
     text_by_hour = text_stats.pop("by_group", {})
@@ -129,4 +150,11 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
     stats["by_hour"] = {h: {"suppressed": int(a), "no_consent": int(b), "kept": int(c), **text_by_hour.get(h, empty)} for h, a, b, c in by_hour}
     if stats["suppressed"] + stats["no_consent"] + stats["kept"] != raw.num_rows:
         raise AssertionError(f"consented/events lost rows: {stats} (every raw row must be kept, excluded for consent, or suppressed)")
-    return out.cast(CONSENTED_EVENT_SCHEMA), stats
+    return (out.cast(CONSENTED_EVENT_SCHEMA) if out is not None else None), stats
+
+
+def kept_rows_of_hour(con: duckdb.DuckDBPyConnection, name: str, hour) -> pa.Table:
+    """The rows of one landing hour that `consent_events(..., keep_in=name)` kept, in raw order."""
+    cols = ", ".join(f'"{n}"' for n in CONSENTED_EVENT_SCHEMA.names)
+    return con.sql(f"select {cols} from {name} where landing_hour = $hour order by __row",
+                   params={"hour": hour}).to_arrow_table().cast(CONSENTED_EVENT_SCHEMA)
