@@ -309,7 +309,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     the write-key hash, routing and bookkeeping JSON) do not, and the group's email links no identity."""
     from personalization_assets.privacy.assets import RAW_CRM_SCHEMA
     from personalization_assets.privacy.consent import STATE_SCHEMA
-    from personalization_assets.consented.transform import consent_events, prepare_lookups
+    from personalization_assets.consented.transform import consent_events, kept_rows_of_hour, prepare_lookups
     from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
     from personalization_assets.privacy.identity import (
         build_identity_links,
@@ -343,6 +343,25 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     prepare_lookups(con)
     out, stats = consent_events(con, raw, policy, pz)
     assert stats["kept"] == raw.num_rows == out.num_rows
+    # the asset's way: the kept rows stay in DuckDB and come back hour by hour: the same rows, each hour in raw order
+    # (the landing's rows spread over two hours, alternately, so that an hour's rows are not all of them)
+    lh = raw["landing_hour"].to_pylist()
+    two_hours = raw.set_column(raw.schema.get_field_index("landing_hour"), raw.schema.field("landing_hour"),
+                               pa.array([h + timedelta(hours=i % 2) for i, h in enumerate(lh)], raw.schema.field("landing_hour").type))
+    whole, whole_stats = consent_events(con, two_hours, policy, pz)
+    _, kept_stats = consent_events(con, two_hours, policy, pz, keep_in="__kept_test")
+    assert {k: v for k, v in kept_stats.items() if k != "by_hour"} == {k: v for k, v in whole_stats.items() if k != "by_hour"}
+    hours = sorted(set(two_hours["landing_hour"].to_pylist()))
+    by_hour = [kept_rows_of_hour(con, "__kept_test", h) for h in hours]
+    assert len(hours) == 2 and all(t.num_rows for t in by_hour) and all(t.schema == whole.schema for t in by_hour)
+
+    def as_sorted_json(tables):
+        return sorted(json.dumps(r, default=str, sort_keys=True) for t in tables for r in t.to_pylist())
+
+    assert as_sorted_json(by_hour) == as_sorted_json([whole])
+    raw_hours = list(zip(two_hours["message_id"].to_pylist(), two_hours["landing_hour"].to_pylist()))
+    for h, t in zip(hours, by_hour):
+        assert t["message_id"].to_pylist() == [m for m, mh in raw_hours if mh == h]  # every row is kept here: the whole hour
     cols = set(out.column_names)
     assert {"group_pseudonym", "timestamp_source", "request_ip_prefix", "context_library_name", "channel", "cdp_source_id"} <= cols
     dropped = {"group_id", "group_traits", "rudder_id", "write_key_sha256", "integrations", "cdp_metadata", "version", "project_id",
