@@ -36,7 +36,9 @@ def run(data_dir: str, end: str, after_ingestion: bool = False) -> dict:
     as_of = as_of_for(end).isoformat()
     everything_but_operations = "not (key:privacy/erasure_log or key:privacy/retention_log or key:privacy/key_rotation_log or group:exports)"
     if after_ingestion:
-        everything_but_operations = f"{everything_but_operations} and not key:raw/events"
+        # the whole multi-asset of the events' ingestion: selecting any of its keys runs it (as a full refresh here,
+        # which deletes every raw hour before re-reading the landing zone)
+        everything_but_operations += " and not (key:raw/events or key:raw/events_quarantine or key:raw/landing_manifest)"
     t0 = time.perf_counter()
     with RssSampler() as rss:
         ok, text, result = run_materialize(everything_but_operations, defs=defs, echo=lambda *_: None,
