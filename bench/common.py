@@ -110,6 +110,11 @@ class RssSampler:
         self._sample()
 
     @property
+    def method(self) -> str:
+        """How the samples were taken (recorded in result files, so figures from the two methods are not mixed)."""
+        return f"VmHWM reset every {self.interval} s (exact)" if self.exact else f"VmRSS every {self.interval} s (misses short peaks)"
+
+    @property
     def peak_mb(self) -> float:
         return round(max((mb for _, mb in self.samples), default=0.0), 1)
 

@@ -65,7 +65,7 @@ def run(data_dir: str, end: str, after_ingestion: bool = False) -> dict:
     totals = _totals(lake)
     raw_events = sum(lake.parquet_metadata("raw", "events", p).num_rows for p in lake.partitions("raw", "events"))
     return {"path": "platform", "events": raw_events, "stages": stages, "steps": steps, "step_peak_rss_mb": step_rss, "totals": totals,
-            "sampled_peak_rss_mb": rss.peak_mb}
+            "sampled_peak_rss_mb": rss.peak_mb, "rss_sampling": rss.method}
 
 
 def _totals(lake) -> dict:

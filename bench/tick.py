@@ -69,7 +69,8 @@ def run(events: int, users: int, days: int, workdir: Path, seed: int = 7) -> dic
         if not ok:
             raise SystemExit(f"{phase} failed:\n{text}")
         timing = run_steps(instance, result.run_id)
-        out[phase] = {"wall_s": round(wall, 2), "peak_rss_mb": max((mb for _, mb in rss.samples), default=None), "steps_s": timing.seconds(),
+        out[phase] = {"wall_s": round(wall, 2), "peak_rss_mb": max((mb for _, mb in rss.samples), default=None), "rss_sampling": rss.method,
+                      "steps_s": timing.seconds(),
                       "partitions_materialized": {k: (len(v), v[:6]) for k, v in timing.partitions.items()}}
     out["tick_over_full"] = round(out["tick"]["wall_s"] / out["full_build"]["wall_s"], 3)
     out["tick_2_over_full"] = round(out["tick_2"]["wall_s"] / out["full_build"]["wall_s"], 3)
