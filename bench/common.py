@@ -73,7 +73,7 @@ class RssSampler:
 
     Each sample is the kernel's high-water mark (VmHWM) since the previous sample, which is then reset: the exact
     peak of the interval, even of a spike shorter than it, or of one while a C call holds the GIL and this thread
-    cannot run (a VmRSS read every 0.25 s missed by 5 GB a peak of 8.8 GB that lasted seconds). Where the mark cannot
+    cannot run (a VmRSS read sees neither). Where the mark cannot
     be reset (not Linux, no /proc), the sample is the current VmRSS, as before. `samples` holds (time, MB): the
     peak of the interval that ended at that time."""
 

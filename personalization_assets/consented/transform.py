@@ -74,12 +74,13 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
     if not set(LOOKUPS) <= present:
         raise RuntimeError("consent_events: call prepare_lookups(con) once the identity, consent_state and suppression views are registered")
     if raw.num_rows == 0:
-        if keep_in:
-            con.register("__empty_consented", CONSENTED_EVENT_SCHEMA.empty_table())
-            con.execute(f"create or replace temp table {keep_in} as select *, 0::bigint as __row from __empty_consented")
-            con.unregister("__empty_consented")
-            return None, {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
-        return CONSENTED_EVENT_SCHEMA.empty_table(), {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
+        nothing = {**stats, "kept": 0, "no_consent": 0, "suppressed": 0, "pii_redacted": {}, "formulas_neutralized": {}}
+        if not keep_in:
+            return CONSENTED_EVENT_SCHEMA.empty_table(), nothing
+        con.register("__empty_consented", CONSENTED_EVENT_SCHEMA.empty_table())
+        con.execute(f"create or replace temp table {keep_in} as select *, 0::bigint as __row from __empty_consented")
+        con.unregister("__empty_consented")
+        return None, nothing
     raw = raw.append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     con.register("raw_part", raw)
     try:

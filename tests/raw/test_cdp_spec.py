@@ -362,6 +362,10 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     raw_hours = list(zip(two_hours["message_id"].to_pylist(), two_hours["landing_hour"].to_pylist()))
     for h, t in zip(hours, by_hour):
         assert t["message_id"].to_pylist() == [m for m, mh in raw_hours if mh == h]  # every row is kept here: the whole hour
+    # an empty batch leaves an empty table of the same columns (an hour whose raw file holds no row)
+    _, empty_stats = consent_events(con, two_hours.slice(0, 0), policy, pz, keep_in="__kept_empty")
+    empty = kept_rows_of_hour(con, "__kept_empty", hours[0])
+    assert empty_stats["kept"] == 0 and empty.num_rows == 0 and empty.schema == whole.schema
     cols = set(out.column_names)
     assert {"group_pseudonym", "timestamp_source", "request_ip_prefix", "context_library_name", "channel", "cdp_source_id"} <= cols
     dropped = {"group_id", "group_traits", "rudder_id", "write_key_sha256", "integrations", "cdp_metadata", "version", "project_id",
