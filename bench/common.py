@@ -83,10 +83,6 @@ class RssSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._started, self.exact = time.time(), False
 
-    @staticmethod
-    def current_mb() -> float | None:
-        return _status_mb("VmRSS")
-
     def _sample(self) -> None:
         mb = _status_mb("VmHWM" if self.exact else "VmRSS")
         if self.exact:
