@@ -132,7 +132,8 @@ def record_run_totals(context: dg.AssetExecutionContext, asset: str, totals: dic
 
 
 class IngestConfig(dg.Config):
-    full_refresh: bool = Field(default=False, description="Forget the manifest and rebuild raw/events from every landing object.")
+    full_refresh: bool = Field(default=False, description="Re-read every landing object and rewrite raw/events in place "
+                               "(each hour readable until rewritten); rows of objects gone from the landing zone are removed.")
 
 
 def ingestion_lock(lake: LakeStorage):

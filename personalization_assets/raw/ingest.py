@@ -10,9 +10,11 @@ it holds. A touched hour is rewritten as a merge:
     + the new rows for that hour  ->  one copy per messageId (earliest receivedAt, then file, then line);
                                       the others quarantined as duplicate_message_id
 
-which is also exactly what a full rebuild computes (a full refresh is this code with an empty manifest), so
-a sequence of incremental runs equals one rebuild over the union of their objects. Re-reading an object
-replaces its earlier contribution, which makes a rerun after a crash (manifest not yet updated) idempotent.
+which is also exactly what a full rebuild computes, so a sequence of incremental runs equals one rebuild over the
+union of their objects. Re-reading an object replaces its earlier contribution, which makes a rerun after a crash
+(manifest not yet updated) idempotent. A full refresh re-reads every object and rewrites the hours in place (each
+keeps its rows until a batch reaches it); objects re-read although unchanged are marked in the manifest first, so an
+interrupted refresh or rebuild is finished by the next run (see `ingest_landing`).
 
 Accounting: every listed object is read (status `read`), quarantined (`quarantined`: outside the layout,
 unsupported suffix, layout disabled), a reference-source object, or reserved (the generator's own files,
@@ -200,46 +202,114 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     event_side: list = list(plan.events) + [r for r in plan.rejected if r.source in ("events", "landing")]
     # objects of a reference source that the plan rejected are quarantined by that source's own asset
     outcome.objects_reference += sum(1 for r in plan.rejected if r.source not in ("events", "landing"))
+    manifest = read_manifest(lake)
+    landed = {o.obj.path for o in event_side}
+    manifest_rows = {row["path"]: row for row in manifest.to_pylist()}
+    # The stored hours are rewritten in place, never emptied first: until a batch reaches an hour, readers see the
+    # hour as it was. Before any hour changes, every object this run re-reads although the manifest has it unchanged
+    # is marked in the manifest (durably): a run killed midway leaves them marked, and the next run, whatever its
+    # options, re-reads them and finishes what this one started (a full refresh resumes as a full refresh).
     if full_refresh:
-        for part in lake.partitions("raw", "events"):
-            lake.delete_partition("raw", "events", part)
-        for part in lake.partitions("raw", "events_quarantine"):
-            lake.delete_partition("raw", "events_quarantine", part)
-        manifest = MANIFEST_SCHEMA.empty_table()
-    else:
-        manifest = read_manifest(lake)
-    known = {row["path"]: row for row in manifest.select(["path", "fingerprint", "hours"]).to_pylist()}
+        _mark(manifest_rows, set(manifest_rows), REFRESH_MARK, lake)
+    refresh = any(_mark_of(row["fingerprint"]) == REFRESH_MARK for row in manifest_rows.values())
+    if refresh and not full_refresh:
+        log("resuming an interrupted full refresh (the manifest still marks objects it had not re-read)")
+    outcome.full_refresh = full_refresh or refresh
     to_read = []
     for o in event_side:
-        prev = known.get(o.obj.path)
+        prev = manifest_rows.get(o.obj.path)
         if prev is None:
             outcome.objects_new += 1
             to_read.append(o)
-        elif prev["fingerprint"] != o.obj.fingerprint:
+        elif _unmarked(prev["fingerprint"]) != o.obj.fingerprint:
             outcome.objects_changed += 1
             to_read.append(o)
-        elif rebuild_hours and set(prev["hours"] or []) & rebuild_hours:
+        elif _mark_of(prev["fingerprint"]) or (rebuild_hours and set(prev["hours"] or []) & rebuild_hours):
             outcome.objects_rebuilt += 1
             to_read.append(o)
         else:
             outcome.objects_unchanged += 1
     reread = {o.obj.path for o in to_read}
-    previous_hours = {p: set(known[p]["hours"] or []) for p in reread if p in known}
-    manifest_rows = {row["path"]: row for row in manifest.to_pylist()}
+    _mark(manifest_rows, reread, REREAD_MARK, lake)
+    previous_hours = {p: set(manifest_rows[p]["hours"] or []) for p in reread if p in manifest_rows}
+    # Which stored rows of a rewritten hour stay. Incremental: all but those of objects still to be re-read
+    # (`pending`). Full refresh: only those of objects already re-read by it (`done`, which a resumed refresh takes
+    # from the manifest), so rows of objects gone from the landing zone, or of files no manifest row names, go too.
+    pending = set(reread)
+    done = {p for p in manifest_rows if p in landed and p not in reread} if refresh else None
+    # a full refresh also rewrites the hours only such rows hold: the hours of vanished objects and partitions that
+    # no manifest row accounts for (the first batch rewrites them; an hour left with no row is deleted)
+    vanished = [p for p in manifest_rows if p not in landed] if refresh else []
+    extra_hours: set[str] = set()
+    if refresh:
+        for p in vanished:
+            extra_hours |= set(manifest_rows[p]["hours"] or [])
+        accounted = {h for row in manifest_rows.values() for h in (row["hours"] or [])}
+        for table in ("events", "events_quarantine"):
+            extra_hours |= {k for k in map(_partition_key, lake.partitions("raw", table)) if k} - accounted
     originals = _Originals(landing)
-    pending = set(reread)  # re-read objects whose earlier rows are still stored (removed from any hour rewritten)
-    for batch in _batches(to_read, _estimated):
+    batches = _batches(to_read, _estimated) or ([[]] if extra_hours else [])
+    for batch in batches:
         _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
-                      suppressed, pseudonymizer, run_id, valid_hour, log, on_hour)
+                      suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done, extra_hours=extra_hours)
+        extra_hours = set()
         pending -= {o.obj.path for o in batch}
-        # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks
+        if done is not None:
+            done |= {o.obj.path for o in batch}
+        # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks or marks
         _write_manifest(lake, manifest_rows)
         originals.files.clear()
-    if not to_read and (full_refresh or not lake.exists("raw", MANIFEST_TABLE)):
+    if vanished:  # their rows are gone from every hour: the manifest forgets them last
+        for p in vanished:
+            del manifest_rows[p]
+        _write_manifest(lake, manifest_rows)
+    if not batches and (refresh or not lake.exists("raw", MANIFEST_TABLE)):
         _write_manifest(lake, manifest_rows)
     in_manifest = set(read_manifest(lake)["path"].to_pylist())  # what was durably recorded, not what we meant to record
     outcome.objects_unaccounted = [o.obj.path for o in event_side if o.obj.path not in in_manifest]
     return outcome
+
+
+# Manifest fingerprints of objects a run will re-read although they are unchanged carry a mark while it runs: the
+# object then no longer matches its manifest row, so a run that is interrupted is finished by the next one.
+REFRESH_MARK = "refresh-pending:"  # a full refresh: every object, and the cleanup of what the landing zone no longer holds
+REREAD_MARK = "reread-pending:"    # the objects of hours asked for again (`rebuild_hours`)
+
+
+def _mark(manifest_rows: dict, paths: set[str], mark: str, lake) -> None:
+    """Mark the manifest rows of `paths` (an unchanged object's fingerprint keeps its value after the mark) and, if any
+    row changed, write the manifest before anything else is written."""
+    changed = False
+    for p in paths & set(manifest_rows):
+        row = manifest_rows[p]
+        fp = f"{mark}{_unmarked(row['fingerprint'])}"
+        if _mark_of(row["fingerprint"]) != REFRESH_MARK and row["fingerprint"] != fp:  # a refresh mark stays
+            manifest_rows[p] = {**row, "fingerprint": fp}
+            changed = True
+    if changed:
+        _write_manifest(lake, manifest_rows)
+
+
+def _partition_key(part: dict) -> str | None:
+    """The hourly partition key of a stored partition's folder values, None for a folder that is not one."""
+    try:
+        key = f"{part['date']}-{part['hour']}:00"
+        partition_dict(key)
+        return key
+    except (KeyError, ValueError):
+        return None
+
+
+def _mark_of(fingerprint: str | None) -> str | None:
+    for mark in (REFRESH_MARK, REREAD_MARK):
+        if fingerprint and fingerprint.startswith(mark):
+            return mark
+    return None
+
+
+def _unmarked(fingerprint: str | None) -> str | None:
+    mark = _mark_of(fingerprint)
+    return fingerprint[len(mark):] if mark else fingerprint
 
 
 def _write_manifest(lake, rows: dict) -> None:
@@ -248,7 +318,8 @@ def _write_manifest(lake, rows: dict) -> None:
 
 
 def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
-                  previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None) -> None:
+                  previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None,
+                  done: set[str] | None = None, extra_hours: set[str] = frozenset()) -> None:
     events = [o for o in batch if isinstance(o, EventObject)]
     rejected = [o for o in batch if isinstance(o, RejectedObject)]
     object_hour = {o.obj.path: o.object_hour for o in batch}
@@ -312,9 +383,12 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
         touched.add(hk)
     for o in batch:
         touched |= previous_hours.get(o.obj.path, set())
+    touched |= extra_hours
+    # stored rows that stay in a rewritten hour (see ingest_landing): all but `pending`, or (a full refresh) only `done`
+    stays = ("drop", pa.array(sorted(pending), pa.string())) if done is None else ("keep", pa.array(sorted(done), pa.string()))
     routed = 0
     for pk in sorted(touched):
-        routed += _merge_hour(con, pk, raw_by_hour.get(pk), q_by_hour.get(pk, []), lake, outcome, per_object, pending,
+        routed += _merge_hour(con, pk, raw_by_hour.get(pk), q_by_hour.get(pk, []), lake, outcome, per_object, stays,
                               {o.obj.path for o in batch}, originals, suppressed, pseudonymizer, on_hour)
     # every record read was filed under some hour (nothing lost between parsing and the merge)
     outcome.unaccounted_records += sum(read_by_path.values()) - routed
@@ -356,24 +430,30 @@ def _first_valid(valid_hour, hour: datetime) -> datetime:
     return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
-def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outcome: IngestOutcome, per_object, reread: set[str],
+def _stays(source_file, stays: tuple[str, pa.Array]):
+    """Mask of the stored rows that stay: ("drop", files) keeps every other file's rows, ("keep", files) only theirs."""
+    kind, files = stays
+    inside = pc.fill_null(pc.is_in(source_file, value_set=files), False)
+    return pc.invert(inside) if kind == "drop" else inside
+
+
+def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outcome: IngestOutcome, per_object, stays: tuple[str, pa.Array],
                 batch_paths: set[str], originals: _Originals, suppressed, pseudonymizer, on_hour=None) -> int:
     part = partition_dict(pk)
     stats = outcome.hours.setdefault(pk, HourStats())
-    reread_arr = pa.array(sorted(reread), pa.string())
     before = removed = 0
     old_raw = None
     if lake.exists("raw", "events", part):
         old_raw = lake.read_table("raw", "events", part)
         before += old_raw.num_rows
-        keep = pc.invert(pc.is_in(old_raw["source_file"], value_set=reread_arr))
+        keep = _stays(old_raw["source_file"], stays)
         removed += old_raw.num_rows - (pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
         old_raw = old_raw.filter(keep)
     old_q = None
     if lake.exists("raw", "events_quarantine", part):
         old_q = lake.read_table("raw", "events_quarantine", part).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
         before += old_q.num_rows
-        keep = pc.invert(pc.is_in(old_q["source_file"], value_set=reread_arr))
+        keep = _stays(old_q["source_file"], stays)
         removed += old_q.num_rows - (pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
         old_q = old_q.filter(keep)
     raw_old_n = 0 if old_raw is None else old_raw.num_rows

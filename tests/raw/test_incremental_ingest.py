@@ -145,6 +145,34 @@ def test_rebuilding_hours_rereads_only_their_objects(landing, data_dir):
     assert (out.objects_rebuilt, out.objects_read, sorted(out.hours)) == (1, 1, ["2026-11-28-15:00"])
 
 
+def test_a_rebuild_of_hours_that_fails_midway_is_finished_by_the_next_plain_run(landing, data_dir, monkeypatch):
+    """Rebuilding hours re-reads objects the manifest has unchanged; the first hour rewritten drops the stored rows of
+    every object still to be re-read. If the run dies there, those objects stay marked in the manifest, so the next
+    plain run re-reads them instead of taking them as unchanged (which would lose their rows)."""
+    _many_objects(landing, n_objects=8)  # hours 0-7, one object each; each also repeats two messages of the one before
+    _obj(landing, "events/date=2026-11-28/hour=02/late.jsonl.gz", [_m(70_000 + i, 3) for i in range(5)])  # rows in hour 3
+    _run()
+    clean = _tables(_lake(data_dir))
+    monkeypatch.setattr(ingest, "BATCH_BYTES", 1)  # one object per batch
+    real, calls = ingest._merge_hour, []
+
+    def dies_in_the_second_batch(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) > 1 and args[1] != calls[0]:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_merge_hour", dies_in_the_second_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(rebuild_hours={"2026-11-28-02:00", "2026-11-28-03:00"})
+    monkeypatch.setattr(ingest, "_merge_hour", real)
+    assert _manifest_marks(data_dir)["reread-pending"] >= 1
+    finish = _run()
+    assert finish.objects_rebuilt >= 1 and finish.unaccounted_records == 0
+    assert _manifest_marks(data_dir) == Counter({"plain": 9})
+    assert _tables(_lake(data_dir)) == clean
+
+
 def _message_ids(data_dir, hour: int) -> Counter:
     import pyarrow.parquet as pq
 
@@ -171,7 +199,8 @@ ingest.BATCH_BYTES = int(sys.argv[1])
 r = defs_for_env().resources
 con = duckdb.connect(); con.execute("SET TimeZone = 'UTC'")
 with ingestion_lock(r["lake"]):
-    out = ingest.ingest_landing(con, r["landing"], r["lake"], r["platform"], run_id=sys.argv[2])
+    out = ingest.ingest_landing(con, r["landing"], r["lake"], r["platform"], run_id=sys.argv[2], full_refresh="full" in sys.argv[3:],
+                                log=lambda m: print(m, flush=True))
 print("UNACCOUNTED", out.unaccounted_records, len(out.objects_unaccounted))
 """
 
@@ -184,9 +213,66 @@ def _many_objects(landing, n_objects: int = 40, per: int = 400):
         _obj(landing, f"events/date=2026-11-28/hour={hour:02d}/o{k:03d}.jsonl.gz", msgs)
 
 
-def _spawn(batch_bytes: int, tag: str):
+def _spawn(batch_bytes: int, tag: str, *options: str):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    return subprocess.Popen([sys.executable, "-c", RUNNER, str(batch_bytes), tag], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", RUNNER, str(batch_bytes), tag, *options], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _clean_build(data_dir) -> dict:
+    """The raw tables one incremental run over the landing zone writes into an empty lake (the lake is replaced)."""
+    import shutil
+
+    shutil.rmtree(_lake(data_dir) / "raw", ignore_errors=True)
+    _run()
+    return _tables(_lake(data_dir))
+
+
+def _manifest_marks(data_dir) -> Counter:
+    import pyarrow.parquet as pq
+
+    return Counter(fp.split(":", 1)[0] if fp.startswith(("refresh-pending:", "reread-pending:")) else "plain"
+                   for fp in pq.read_table(_lake(data_dir) / "raw/landing_manifest/data.parquet")["fingerprint"].to_pylist())
+
+
+def test_a_full_refresh_rewrites_hours_in_place_and_drops_what_the_landing_zone_no_longer_holds(landing, data_dir, monkeypatch):
+    """Readers of raw/events during a full refresh see every hour (as it was, until a batch rewrites it): the
+    refresh never empties the lake first. What no landing object accounts for goes: the rows of an object deleted
+    from the landing zone, and a partition no manifest row names."""
+    import shutil
+
+    _many_objects(landing, n_objects=24)
+    _run()
+    hours_before = {k for k in _tables(_lake(data_dir)) if k.startswith("events/")}
+    assert len(hours_before) == 12
+    # gone from the landing zone: the only object of hour 11 holding its two messages, and an orphan partition
+    _obj(landing, "events/date=2026-11-28/hour=11/solo.jsonl.gz", [_m(90_000, 11), _m(90_001, 11)])
+    _run()
+    (landing / "events/date=2026-11-28/hour=11/solo.jsonl.gz").unlink()
+    orphan = _lake(data_dir) / "raw/events/date=2026-11-27/hour=05"
+    shutil.copytree(_lake(data_dir) / "raw/events/date=2026-11-28/hour=03", orphan)
+    monkeypatch.setattr(ingest, "BATCH_BYTES", 100_000)  # one or two objects per batch
+    seen: list[set[str]] = []
+
+    def on_hour(pk, rows):
+        seen.append({k for k in _tables(_lake(data_dir)) if k.startswith("events/")})
+
+    defs = defs_for_env()
+    r = defs.resources
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    batches = []
+    out = ingest.ingest_landing(con, r["landing"], r["lake"], r["platform"], run_id="refresh", full_refresh=True, on_hour=on_hour,
+                                log=batches.append)
+    con.close()
+    assert len([b for b in batches if b.startswith("batch:")]) > 10
+    # when the first hour was written, every other hour was still there (the orphan, removed by the first batch, aside)
+    assert seen[0] >= hours_before
+    assert out.full_refresh and out.unaccounted_records == 0 and not out.objects_unaccounted and out.objects_rebuilt == 24
+    refreshed = _tables(_lake(data_dir))
+    assert not (orphan / "data.parquet").exists()
+    assert "m-90000" not in str(refreshed)
+    assert _manifest_marks(data_dir) == Counter({"plain": 24})
+    assert refreshed == _clean_build(data_dir)
 
 
 @pytest.mark.parametrize("kill_after", [2.0])
@@ -203,6 +289,36 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_build(landing, data_dir, kill
     after_crash = _tables(_lake(data_dir))
     _run(full_refresh=True)
     assert _tables(_lake(data_dir)) == after_crash
+
+
+def test_sigkill_mid_full_refresh_then_an_incremental_run_finishes_it(landing, data_dir):
+    """A full refresh killed after a few batches leaves its intent in the manifest (marked fingerprints): the next
+    plain run re-reads exactly the objects it had not reached and removes what the landing zone no longer holds, so
+    the lake equals a clean build. Unmarked, the objects not yet reached would count as unchanged while the hours
+    already rewritten had dropped their rows."""
+    _many_objects(landing, n_objects=30)
+    _obj(landing, "events/date=2026-11-28/hour=11/solo.jsonl.gz", [_m(90_000, 11)])
+    _run()
+    (landing / "events/date=2026-11-28/hour=11/solo.jsonl.gz").unlink()
+    proc = _spawn(100_000, "killed", "full")
+    batches = 0
+    for raw_line in proc.stdout:  # killed once three batches are durable
+        batches += raw_line.startswith(b"batch:")
+        if batches == 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert batches == 3, proc.stderr.read().decode()[-2000:]
+    marks = _manifest_marks(data_dir)
+    assert marks["refresh-pending"] > 1 and marks["plain"] >= 3, marks  # some objects re-read, some not yet, the gone one marked
+    rerun = _spawn(100_000, "rerun")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    assert b"resuming an interrupted full refresh" in out and b"UNACCOUNTED 0 0" in out
+    after = _tables(_lake(data_dir))
+    assert _manifest_marks(data_dir) == Counter({"plain": 30})
+    assert "m-90000" not in str(after)
+    assert after == _clean_build(data_dir)
 
 
 def test_two_runs_at_once_equal_one(landing, data_dir):
