@@ -179,12 +179,12 @@ class CountMeasurement:
 
 
 def _count_plan(key_name: str):
-    import opendp.prelude as dp
     import polars as pl
+    from opendp.extras.polars import dp_len
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # OpenDP's signed-count default notice
-        return pl.LazyFrame(schema={key_name: pl.String}).group_by(key_name).agg(dp.len().alias("count"))
+        return pl.LazyFrame(schema={key_name: pl.String}).group_by(key_name).agg(dp_len().alias("count"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -196,19 +196,25 @@ def count_measurement(key_name: str, epsilon: float, max_contributions: int) -> 
     `release`). Here the scale is solved once: the L1 sensitivity of a count vector over invariant keys is K, so
     start from K/ε and move by single floats to the smallest scale OpenDP's own privacy map accepts (the value the
     binary search converges to), i.e. a handful of measurements, then cached per (key column, ε, K)."""
-    import opendp.prelude as dp
+    # the modules themselves, not `opendp.prelude`: the prelude imports every extra, scikit-learn's included (about
+    # 1.3 s of start-up in each process that releases, for nothing this module uses)
+    import opendp.measurements
     import polars as pl
     from opendp.accuracy import summarize_polars_measurement
+    from opendp.context import domain_of, loss_of, unit_of
+    from opendp.domains import with_margin
+    from opendp.extras.polars import Margin
+    from opendp.mod import binary_search_param, enable_features
 
-    dp.enable_features("contrib")
-    domain = dp.domain_of(pl.LazyFrame(schema={key_name: pl.String}), infer=True)  # the structure only, never data
-    domain = dp.with_margin(domain, dp.polars.Margin(by=[key_name], invariant="keys"))
-    metric, d_in = dp.unit_of(contributions=max_contributions)
-    measure, d_out = dp.loss_of(epsilon=epsilon)
+    enable_features("contrib")
+    domain = domain_of(pl.LazyFrame(schema={key_name: pl.String}), infer=True)  # the structure only, never data
+    domain = with_margin(domain, Margin(by=[key_name], invariant="keys"))
+    metric, d_in = unit_of(contributions=max_contributions)
+    measure, d_out = loss_of(epsilon=epsilon)
     plan = _count_plan(key_name)
 
     def make(scale: float):
-        return dp.m.make_private_lazyframe(input_domain=domain, input_metric=metric, output_measure=measure, lazyframe=plan,
+        return opendp.measurements.make_private_lazyframe(input_domain=domain, input_metric=metric, output_measure=measure, lazyframe=plan,
                                            global_scale=scale)
 
     def private(scale: float) -> bool:
@@ -220,7 +226,7 @@ def count_measurement(key_name: str, epsilon: float, max_contributions: int) -> 
             break
         scale = math.nextafter(scale, math.inf)
     else:  # not the map this module expects: let OpenDP search the scale (always correct, just slower)
-        scale = dp.binary_search_param(make, d_in, d_out, T=float)
+        scale = binary_search_param(make, d_in, d_out, T=float)
     for _ in range(64):  # the smallest accepted float, as OpenDP's binary search finds it (no excess noise)
         lower = math.nextafter(scale, 0.0)
         if not private(lower):
