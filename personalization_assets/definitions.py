@@ -39,7 +39,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     )
     data = dg.Definitions.merge(data, privacy.defs(settings, lineage=data))
     defs = dg.Definitions.merge(data, automation.defs(settings, platform=data))
-    return defs.map_resolved_asset_specs(func=automation.automate)
+    inputs_of_step = automation.step_inputs(data)
+    return defs.map_resolved_asset_specs(func=lambda spec: automation.automate(spec, inputs_of_step))
 
 
 defs = build_definitions()

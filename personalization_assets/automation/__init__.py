@@ -18,11 +18,30 @@ INCREMENTAL_OPS = ("raw_events", "privacy__identity_links", "privacy__consent_le
                    "feature_tables")
 
 
-def automate(spec: dg.AssetSpec) -> dg.AssetSpec:
-    """Freshness policies and automation conditions, from the defaults in `automation/` (one place)."""
+def step_inputs(platform: dg.Definitions) -> dict[dg.AssetKey, frozenset[dg.AssetKey]]:
+    """For each output of a step that writes several assets and cannot run a subset: the step's inputs (deps of any
+    of its outputs, outside the step) that are not that output's own deps."""
+    graph = platform.resolve_asset_graph()
+    out: dict[dg.AssetKey, frozenset[dg.AssetKey]] = {}
+    for assets_def in {id(node.assets_def): node.assets_def for node in graph.asset_nodes}.values():
+        keys = set(assets_def.keys)
+        if len(keys) < 2 or assets_def.can_subset:
+            continue
+        inputs = {p for k in keys for p in graph.get(k).parent_keys} - keys
+        for k in keys:
+            out[k] = frozenset(inputs - set(graph.get(k).parent_keys))
+    return out
+
+
+def automate(spec: dg.AssetSpec, inputs_of_step: dict[dg.AssetKey, frozenset[dg.AssetKey]] | None = None) -> dg.AssetSpec:
+    """Freshness policies and automation conditions, from the defaults in `automation/` (one place). `inputs_of_step`
+    (`step_inputs`): an output of a step that cannot run a subset also waits for the inputs of the step's other outputs."""
+    condition = conditions.condition_for(spec.key)
+    if condition is not None and inputs_of_step:
+        condition = conditions.for_step_output(condition, inputs_of_step.get(spec.key, frozenset()))
     return spec.replace_attributes(
         freshness_policy=freshness.policy_for(spec.key) or spec.freshness_policy,
-        automation_condition=conditions.condition_for(spec.key) or spec.automation_condition,
+        automation_condition=condition or spec.automation_condition,
     )
 
 

@@ -11,6 +11,9 @@
 * features/*, segments/* — `freshness_driven`: when the asset's freshness policy is failing or about to
                        fail (WARN) AND an upstream has new data since the asset was last requested, never
                        while it or an upstream is in progress, never past a failed blocking check.
+* an output of a step that writes several assets and cannot run a subset (features/* are one step) — its condition
+                       `& whole_step_inputs_safe`: requesting one output runs the whole step, so no input of ANY of
+                       the step's outputs may be in progress or past a failed blocking check (`for_step_output`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,22 @@ def freshness_driven() -> dg.AutomationCondition:
     # in ONE run instead of one run (and one launch) per layer
     new_data = (_NEW_UPSTREAM | AC.any_deps_match(AC.will_be_requested())).with_label("upstream_has_or_gets_new_data")
     return (stale & new_data & _SAFE).with_label("freshness_driven")
+
+
+def for_step_output(condition: dg.AutomationCondition, other_inputs) -> dg.AutomationCondition:
+    """`condition` of one output of a step that cannot run a subset, where `other_inputs` are the step's inputs that are
+    not this output's own deps. Dagster evaluates each output's condition over its own deps, and requesting one output
+    runs the whole step: without this, an output whose deps were settled launched the step while an input of another
+    output was still being written (features/purpose_eligibility, whose deps are settled, launched the features step
+    while consented/events_state, read by features/events_clean, was being rewritten)."""
+    if not other_inputs:
+        return condition
+    blocking_ok = AC.all_checks_match(AC.check_passed() | AC.will_be_requested(), blocking_only=True)
+    safe = None
+    for key in sorted(other_inputs, key=lambda k: k.to_user_string()):
+        one = AC.asset_matches(key, ~AC.in_progress() & blocking_ok)
+        safe = one if safe is None else safe & one
+    return (condition & safe.with_label("whole_step_inputs_safe")).with_label(condition.get_label())
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition | None:

@@ -157,3 +157,92 @@ def test_runtime_raw_hour_requests_the_unpartitioned_consented_step(data_dir):
         report(instance, dg.AssetKey(["privacy", "consent_state"]), passed=False)
         r = tick(instance, r.cursor)
         assert r.get_num_requested(state) == 0, "never past a failed blocking check of consent_state"
+
+
+# ------------------------------------------------------------------------------------------------
+# a step that writes several assets (features/* are one step) runs only when no input OF THE STEP is in progress
+
+@dg.asset(key=["upstream", "writer_state"])
+def writer_state():  # stands for consented/events_state: written by a long step of another run
+    return None
+
+
+@dg.asset(key=["upstream", "side_input"], check_specs=[dg.AssetCheckSpec("valid", asset=["upstream", "side_input"], blocking=True)])
+def side_input():  # stands for privacy/consent_state: materialized early in that same run
+    yield dg.MaterializeResult()
+    yield dg.AssetCheckResult(check_name="valid", passed=CHECK_OK["value"])
+
+
+FIRST, SECOND = dg.AssetKey(["features", "first_output"]), dg.AssetKey(["features", "second_output"])
+
+
+@dg.multi_asset(specs=[dg.AssetSpec(FIRST, deps=[writer_state]), dg.AssetSpec(SECOND, deps=[FIRST, side_input])])
+def one_step():  # not subsettable: requesting one output requests the step
+    yield dg.MaterializeResult(asset_key=FIRST)
+    yield dg.MaterializeResult(asset_key=SECOND)
+
+
+def _automated(defs: dg.Definitions) -> dg.Definitions:
+    """The product's wiring (definitions.py): conditions by layer, each step output also waiting for its step's inputs."""
+    from personalization_assets.automation import automate, step_inputs
+
+    inputs = step_inputs(defs)
+    return defs.map_resolved_asset_specs(func=lambda spec: automate(spec, inputs))
+
+
+STEP_DEFS = _automated(dg.Definitions(assets=[writer_state, side_input, one_step]))
+
+
+def _step_tick(instance, cursor=None):
+    return dg.evaluate_automation_conditions(defs=STEP_DEFS, instance=instance, cursor=cursor)
+
+
+def _materialize_all(instance):
+    for key in (writer_state, side_input):
+        dg.materialize([key], instance=instance)
+    dg.materialize([one_step], instance=instance, selection=[FIRST, SECOND])
+    for key in (FIRST, SECOND):
+        report_freshness_state(instance, key, FreshnessState.FAIL, FreshnessState.UNKNOWN)
+
+
+def test_a_multi_asset_step_waits_while_an_input_of_any_of_its_outputs_is_in_progress(instance):
+    """features/events_clean reads consented/events_state; features/purpose_eligibility (same step) does not, but reads
+    privacy/consent_state, which the consented run materializes before its long consented step. Each output's
+    condition looked at its own deps only, so the second output let the whole step through, and the step read the
+    consented hours while they were being rewritten (bench/freshness_latency: the features run was requested at
+    21.4 s, the consented run ended at 33.3 s)."""
+    _materialize_all(instance)
+    r = _step_tick(instance)
+    job = STEP_DEFS.resolve_implicit_global_asset_job_def()
+    run = instance.create_run_for_job(job_def=job, asset_selection=frozenset({writer_state.key}), status=dg.DagsterRunStatus.STARTED)
+    dg.materialize([side_input], instance=instance)  # new data for the second output, whose own deps are not in progress
+    r = _step_tick(instance, r.cursor)
+    assert [r.get_num_requested(k) for k in (FIRST, SECOND)] == [0, 0], "an input of the step is being written"
+    # the writer's run ends and its asset is materialized: now the step is requested, as one step
+    instance.report_run_canceled(run)
+    dg.materialize([writer_state], instance=instance)
+    r = _step_tick(instance, r.cursor)
+    assert [r.get_num_requested(k) for k in (FIRST, SECOND)] == [1, 1]
+
+
+def test_a_multi_asset_step_waits_while_an_input_of_any_of_its_outputs_failed_a_blocking_check(instance):
+    _materialize_all(instance)
+    r = _step_tick(instance)
+    CHECK_OK["value"] = False
+    dg.materialize([side_input], instance=instance, raise_on_error=False)
+    dg.materialize([writer_state], instance=instance)  # new data for the first output, whose own deps passed their checks
+    r = _step_tick(instance, r.cursor)
+    assert [r.get_num_requested(k) for k in (FIRST, SECOND)] == [0, 0], "never past a failed blocking check of a step input"
+
+
+def test_the_real_features_step_waits_for_the_consented_step(data_dir):
+    """On the real definitions: every features output carries the inputs of the whole features step."""
+    from personalization_assets.automation import step_inputs
+    from tests.helpers import defs_for_env
+
+    defs = defs_for_env()
+    graph = defs.resolve_asset_graph()
+    inputs = step_inputs(defs)
+    eligibility = dg.AssetKey(["features", "purpose_eligibility"])
+    assert dg.AssetKey(["consented", "events_state"]) in inputs[eligibility]
+    assert "whole_step_inputs_safe" in str(graph.get(eligibility).automation_condition.get_snapshot())
