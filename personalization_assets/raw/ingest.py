@@ -43,7 +43,6 @@ from personalization_assets.raw.events_ingest import (
 from personalization_assets.raw.validation import order_like_model
 from personalization_assets.raw.layouts import (
     EventObject,
-    LandingObject,
     RejectedObject,
     list_landing,
     plan_landing,
@@ -130,16 +129,6 @@ def read_manifest(lake) -> pa.Table:
         return MANIFEST_SCHEMA.empty_table()
     t = lake.read_table("raw", MANIFEST_TABLE)
     return t.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
-
-
-def pending_objects(landing, lake, events_layout: str) -> list[LandingObject]:
-    """Event-side objects (events or quarantined) not yet in the manifest or changed since: what a run would read.
-    Cheap (a listing and the manifest); the landing sensor uses it."""
-    plan = plan_landing(list_landing(landing), events_layout)
-    manifest = read_manifest(lake)
-    known = dict(zip(manifest["path"].to_pylist(), manifest["fingerprint"].to_pylist()))
-    candidates = [e.obj for e in plan.events] + [r.obj for r in plan.rejected if r.source in ("events", "landing")]
-    return [o for o in candidates if known.get(o.path) != o.fingerprint]
 
 
 class _Originals:
