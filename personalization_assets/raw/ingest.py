@@ -14,7 +14,8 @@ which is also exactly what a full rebuild computes, so a sequence of incremental
 union of their objects. Re-reading an object replaces its earlier contribution, which makes a rerun after a crash
 (manifest not yet updated) idempotent. A full refresh re-reads every object and rewrites the hours in place (each
 keeps its rows until a batch reaches it); objects re-read although unchanged are marked in the manifest first, so an
-interrupted refresh or rebuild is finished by the next run (see `ingest_landing`).
+interrupted refresh or rebuild is finished by the next run, or started over if what it had read changed meanwhile
+(see `ingest_landing` and `_start_refresh`).
 
 Accounting: every listed object is read (status `read`), quarantined (`quarantined`: outside the layout,
 unsupported suffix, layout disabled), a reference-source object, or reserved (the generator's own files,
@@ -192,18 +193,26 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     # objects of a reference source that the plan rejected are quarantined by that source's own asset
     outcome.objects_reference += sum(1 for r in plan.rejected if r.source not in ("events", "landing"))
     manifest = read_manifest(lake)
-    landed = {o.obj.path for o in event_side}
+    landed = {o.obj.path: o.obj.fingerprint for o in event_side}
     manifest_rows = {row["path"]: row for row in manifest.to_pylist()}
-    # The stored hours are rewritten in place, never emptied first: until a batch reaches an hour, readers see the
-    # hour as it was. Before any hour changes, every object this run re-reads although the manifest has it unchanged
-    # is marked in the manifest (durably): a run killed midway leaves them marked, and the next run, whatever its
-    # options, re-reads them and finishes what this one started (a full refresh resumes as a full refresh).
-    if full_refresh:
-        _mark(manifest_rows, set(manifest_rows), REFRESH_MARK, lake)
-    refresh = any(_mark_of(row["fingerprint"]) == REFRESH_MARK for row in manifest_rows.values())
-    if refresh and not full_refresh:
-        log("resuming an interrupted full refresh (the manifest still marks objects it had not re-read)")
-    outcome.full_refresh = full_refresh or refresh
+    # The stored hours are rewritten in place, never emptied first: until a batch reaches an hour, readers see it as it
+    # was. Before any hour changes, every object a run re-reads although the manifest has it unchanged is marked in
+    # the manifest (durably): a run killed midway leaves the objects it had not reached marked, and the next run,
+    # whatever its options, re-reads them. A full refresh marks every object with the fingerprint it has when the
+    # refresh starts; the next run resumes the refresh if nothing it had read or stored has changed since, and starts
+    # it over otherwise (a changed or deleted object may have displaced other objects' copies of a message into
+    # quarantine, where a resume would leave them).
+    refresh = full_refresh
+    if not full_refresh and any(_mark_of(row["fingerprint"]) == REFRESH_MARK for row in manifest_rows.values()):
+        changed = [p for p, row in manifest_rows.items() if landed.get(p) != _unmarked(row["fingerprint"])]
+        stray = [] if changed else sorted(_hours_with_rows_outside(lake, set(manifest_rows)))
+        refresh = bool(changed or stray)
+        log(f"restarting an interrupted full refresh: {(changed + stray)[0]} changed since it started" if refresh else
+            "resuming an interrupted full refresh (the manifest still marks the objects it had not re-read)")
+        outcome.full_refresh = True
+    if refresh:  # started, or started over
+        outcome.full_refresh = True
+        _start_refresh(con, lake, manifest_rows, landed, outcome, log)
     to_read = []
     for o in event_side:
         prev = manifest_rows.get(o.obj.path)
@@ -219,40 +228,27 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
         else:
             outcome.objects_unchanged += 1
     reread = {o.obj.path for o in to_read}
-    _mark(manifest_rows, reread, REREAD_MARK, lake)
+    _mark(manifest_rows, {p: landed[p] for p in reread if p in manifest_rows and not _mark_of(manifest_rows[p]["fingerprint"])},
+          REREAD_MARK, lake)
     previous_hours = {p: set(manifest_rows[p]["hours"] or []) for p in reread if p in manifest_rows}
     # Which stored rows of a rewritten hour stay. Incremental: all but those of objects still to be re-read
     # (`pending`). Full refresh: only those of objects already re-read by it (`done`, which a resumed refresh takes
-    # from the manifest), so rows of objects gone from the landing zone, or of files no manifest row names, go too.
+    # from the manifest), so rows of any other file go too.
     pending = set(reread)
-    done = {p for p in manifest_rows if p in landed and p not in reread} if refresh else None
-    # a full refresh also rewrites the hours only such rows hold: the hours of vanished objects and partitions that
-    # no manifest row accounts for (the first batch rewrites them; an hour left with no row is deleted)
-    vanished = [p for p in manifest_rows if p not in landed] if refresh else []
-    extra_hours: set[str] = set()
-    if refresh:
-        for p in vanished:
-            extra_hours |= set(manifest_rows[p]["hours"] or [])
-        accounted = {h for row in manifest_rows.values() for h in (row["hours"] or [])}
-        for table in ("events", "events_quarantine"):
-            extra_hours |= {k for k in map(_partition_key, lake.partitions("raw", table)) if k} - accounted
+    in_refresh = outcome.full_refresh
+    done = {p for p in manifest_rows if p in landed and p not in reread} if in_refresh else None
     originals = _Originals(landing)
-    batches = _batches(to_read, _estimated) or ([[]] if extra_hours else [])
+    batches = _batches(to_read, _estimated)
     for batch in batches:
         _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
-                      suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done, extra_hours=extra_hours)
-        extra_hours = set()
+                      suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done)
         pending -= {o.obj.path for o in batch}
         if done is not None:
             done |= {o.obj.path for o in batch}
         # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks or marks
         _write_manifest(lake, manifest_rows)
         originals.files.clear()
-    if vanished:  # their rows are gone from every hour: the manifest forgets them last
-        for p in vanished:
-            del manifest_rows[p]
-        _write_manifest(lake, manifest_rows)
-    if not batches and (refresh or not lake.exists("raw", MANIFEST_TABLE)):
+    if not batches and (in_refresh or not lake.exists("raw", MANIFEST_TABLE)):
         _write_manifest(lake, manifest_rows)
     in_manifest = set(read_manifest(lake)["path"].to_pylist())  # what was durably recorded, not what we meant to record
     outcome.objects_unaccounted = [o.obj.path for o in event_side if o.obj.path not in in_manifest]
@@ -265,28 +261,86 @@ REFRESH_MARK = "refresh-pending:"  # a full refresh: every object, and the clean
 REREAD_MARK = "reread-pending:"    # the objects of hours asked for again (`rebuild_hours`)
 
 
-def _mark(manifest_rows: dict, paths: set[str], mark: str, lake) -> None:
-    """Mark the manifest rows of `paths` (an unchanged object's fingerprint keeps its value after the mark) and, if any
-    row changed, write the manifest before anything else is written."""
+def _mark(manifest_rows: dict, fingerprints: dict[str, str], mark: str, lake) -> None:
+    """Set the manifest fingerprint of each path in `fingerprints` to `mark` + the given fingerprint and, if any row
+    changed, write the manifest before anything else is written."""
     changed = False
-    for p in paths & set(manifest_rows):
+    for p, fingerprint in fingerprints.items():
         row = manifest_rows[p]
-        fp = f"{mark}{_unmarked(row['fingerprint'])}"
-        if _mark_of(row["fingerprint"]) != REFRESH_MARK and row["fingerprint"] != fp:  # a refresh mark stays
-            manifest_rows[p] = {**row, "fingerprint": fp}
+        if row["fingerprint"] != f"{mark}{fingerprint}":
+            manifest_rows[p] = {**row, "fingerprint": f"{mark}{fingerprint}"}
             changed = True
     if changed:
         _write_manifest(lake, manifest_rows)
 
 
+def _start_refresh(con, lake, manifest_rows: dict, landed: dict[str, str], outcome: IngestOutcome, log) -> None:
+    """The start of a full refresh, before any batch. (1) Every object of the landing zone in the manifest is marked
+    with its current fingerprint. (2) Every stored partition that is not a canonical hour some manifest row names is
+    deleted unread (files no manifest row accounts for; `hour=5`, `hour=xx`, a file at the table root; unreadable
+    files among them): an object whose rows belong there re-creates the hour. (3) Objects gone from the landing zone
+    leave every hour they fed (their rows dropped, the hour's duplicates decided again over what stays; the batches then
+    rewrite those hours from the objects they re-read), then the manifest forgets them. Each step is idempotent, so a
+    refresh that dies here starts over cleanly."""
+    _mark(manifest_rows, {p: fp for p, fp in landed.items() if p in manifest_rows}, REFRESH_MARK, lake)
+    accounted = {h for row in manifest_rows.values() for h in (row["hours"] or [])}
+    for table in ("events", "events_quarantine"):
+        for part in lake.partitions("raw", table):
+            if _partition_key(part) not in accounted or not _readable(lake, table, part):
+                lake.delete_partition("raw", table, part)
+    gone = sorted(p for p in manifest_rows if p not in landed)
+    if gone:
+        log(f"full refresh: {len(gone)} object(s) gone from the landing zone leave the hours they fed")
+        stays = ("drop", pa.array(gone, pa.string()))
+        hours = sorted({h for p in gone for h in (manifest_rows[p]["hours"] or [])})
+        for pk in hours:
+            _merge_hour(con, pk, None, [], lake, outcome, defaultdict(lambda: {"raw": 0, "q": 0, "s": 0, "hours": set()}), stays,
+                        set(), _NoOriginals(), None, None)
+        for p in gone:
+            del manifest_rows[p]
+        _write_manifest(lake, manifest_rows)
+
+
+def _readable(lake, table: str, part: dict) -> bool:
+    """The partition's Parquet footer opens and its schema names the source file of each row."""
+    try:
+        return "source_file" in lake.parquet_metadata("raw", table, part).schema.names
+    except (OSError, ValueError):  # pyarrow.ArrowInvalid is a ValueError
+        return False
+
+
+class _NoOriginals:
+    """No object is read when only stored rows are dropped from an hour: duplicates found among the rows that stay
+    were already decided when those rows were stored, so no original bytes are needed."""
+
+    def line(self, path: str, line_no: int) -> bytes | None:
+        return None
+
+
 def _partition_key(part: dict) -> str | None:
-    """The hourly partition key of a stored partition's folder values, None for a folder that is not one."""
+    """The hourly partition key of a stored partition's folder values; None unless the folders are exactly the
+    canonical `date=YYYY-MM-DD/hour=HH` (`hour=5` is not hour 05: reading it as such would merge two folders)."""
     try:
         key = f"{part['date']}-{part['hour']}:00"
-        partition_dict(key)
-        return key
+        return key if part == partition_dict(key) else None
     except (KeyError, ValueError):
         return None
+
+
+def _hours_with_rows_outside(lake, files: set[str]) -> set[str]:
+    """Stored hours holding a row of raw/events or raw/events_quarantine whose source file is not in `files` (reads
+    the `source_file` column only)."""
+    allowed = pa.array(sorted(files), pa.string())
+    out = set()
+    for table in ("events", "events_quarantine"):
+        for part in lake.partitions("raw", table):
+            key = _partition_key(part)
+            if key is None or key in out:
+                continue
+            column = lake.read_table("raw", table, part, columns=["source_file"])["source_file"]
+            if not pc.all(pc.fill_null(pc.is_in(column, value_set=allowed), False), min_count=0).as_py():
+                out.add(key)
+    return out
 
 
 def _mark_of(fingerprint: str | None) -> str | None:
@@ -308,7 +362,7 @@ def _write_manifest(lake, rows: dict) -> None:
 
 def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
                   previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None,
-                  done: set[str] | None = None, extra_hours: set[str] = frozenset()) -> None:
+                  done: set[str] | None = None) -> None:
     events = [o for o in batch if isinstance(o, EventObject)]
     rejected = [o for o in batch if isinstance(o, RejectedObject)]
     object_hour = {o.obj.path: o.object_hour for o in batch}
@@ -372,7 +426,6 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
         touched.add(hk)
     for o in batch:
         touched |= previous_hours.get(o.obj.path, set())
-    touched |= extra_hours
     # stored rows that stay in a rewritten hour (see ingest_landing): all but `pending`, or (a full refresh) only `done`
     stays = ("drop", pa.array(sorted(pending), pa.string())) if done is None else ("keep", pa.array(sorted(done), pa.string()))
     routed = 0

@@ -321,6 +321,97 @@ def test_sigkill_mid_full_refresh_then_an_incremental_run_finishes_it(landing, d
     assert after == _clean_build(data_dir)
 
 
+class _Killed(Exception):
+    pass
+
+
+def _run_dying_after(monkeypatch, merges: int, **kw) -> None:
+    """A run that dies after `merges` hour merges (what a kill -9 between two hour writes leaves on disk)."""
+    real, done = ingest._merge_hour, []
+
+    def merge(*args, **kwargs):
+        if len(done) == merges:
+            raise _Killed()
+        done.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_merge_hour", merge)
+    try:
+        with pytest.raises(_Killed):
+            _run(**kw)
+    finally:
+        monkeypatch.setattr(ingest, "_merge_hour", real)
+
+
+def _displacing_landing(landing) -> None:
+    # hour 13: b holds an EARLIER copy of m-0 than a, so a's copy is quarantined as a duplicate
+    _obj(landing, "events/date=2026-11-28/hour=13/a.jsonl.gz", [_m(0, 13, 30), _m(10, 13)])
+    _obj(landing, "events/date=2026-11-28/hour=13/b.jsonl.gz", [_m(0, 13, 10), _m(1, 13)])
+    _obj(landing, "events/date=2026-11-28/hour=15/z.jsonl.gz", [_m(2, 15)])
+
+
+@pytest.mark.parametrize("change", ["delete", "rewrite"])
+def test_an_interrupted_refresh_starts_over_when_an_object_it_read_changed(landing, data_dir, monkeypatch, change):
+    """The interrupted refresh had re-read a and b (b's copy of m-0 kept, a's quarantined). b is then deleted, or
+    rewritten without m-0: resuming would keep a's copy in quarantine and lose m-0; the next run starts over."""
+    _displacing_landing(landing)
+    _run()
+    monkeypatch.setattr(ingest, "BATCH_BYTES", 1)  # one object per batch: a, b, then z
+    _run_dying_after(monkeypatch, 2, full_refresh=True)
+    b = landing / "events/date=2026-11-28/hour=13/b.jsonl.gz"
+    b.unlink() if change == "delete" else _obj(landing, "events/date=2026-11-28/hour=13/b.jsonl.gz", [_m(1, 13)])
+    logs: list[str] = []
+    defs = defs_for_env()
+    con = duckdb.connect()
+    out = ingest.ingest_landing(con, defs.resources["landing"], defs.resources["lake"], defs.resources["platform"], run_id="next",
+                                log=logs.append)
+    con.close()
+    assert any(m.startswith("restarting an interrupted full refresh") for m in logs), logs
+    assert out.full_refresh and out.unaccounted_records == 0 and not out.objects_unaccounted
+    after = _tables(_lake(data_dir))
+    assert "'m-0'" in str(after["events/date=2026-11-28/hour=13"])
+    assert after == _clean_build(data_dir)
+
+
+def test_an_interrupted_refresh_starts_over_when_a_new_object_it_was_reading_is_gone(landing, data_dir, monkeypatch):
+    """A new object was being read when the refresh died (its rows in one hour, the manifest without it), then it is
+    deleted from the landing zone: its rows are in an hour other objects name, so only a look at what is stored finds
+    them; the next run starts the refresh over."""
+    _displacing_landing(landing)
+    _run()
+    _obj(landing, "events/date=2026-11-28/hour=13/c.jsonl.gz", [_m(0, 13, 1), _m(20, 15)])  # new: the earliest m-0
+    monkeypatch.setattr(ingest, "BATCH_BYTES", 1)
+    _run_dying_after(monkeypatch, 3, full_refresh=True)  # a, b, then c's hour 13 written: killed before its hour 15
+    (landing / "events/date=2026-11-28/hour=13/c.jsonl.gz").unlink()
+    out = _run()
+    assert out.full_refresh and out.unaccounted_records == 0
+    assert "c.jsonl.gz" not in str(_tables(_lake(data_dir)))
+    assert _tables(_lake(data_dir)) == _clean_build(data_dir)
+
+
+def test_a_full_refresh_deletes_stored_files_that_are_not_canonical_hours(landing, data_dir):
+    """`hour=5` is not hour 05 (read as one, it was merged with the real hour and wiped it); folders that are no hour
+    and unreadable files go, as they did when a refresh emptied the lake first."""
+    import shutil
+
+    _displacing_landing(landing)
+    _obj(landing, "events/date=2026-11-28/hour=05/e.jsonl.gz", [_m(30, 5), _m(31, 5)])
+    _run()
+    events = _lake(data_dir) / "raw/events"
+    real = events / "date=2026-11-28/hour=05"
+    junk = [events / "date=2026-11-28/hour=5", events / "date=2026-11-28/hour=xx", events / "date=2026-11-28/x=1"]
+    for folder in junk:
+        shutil.copytree(real, folder)
+    (events / "data.parquet").write_bytes((real / "data.parquet").read_bytes())
+    (_lake(data_dir) / "raw/events/date=2026-11-28/hour=15/data.parquet").write_bytes(b"not parquet")  # an accounted hour
+    out = _run(full_refresh=True)
+    assert out.unaccounted_records == 0
+    assert not any((f / "data.parquet").exists() for f in junk) and not (events / "data.parquet").exists()
+    after = _tables(_lake(data_dir))
+    assert sum(after["events/date=2026-11-28/hour=05"].values()) == 2 and sum(after["events/date=2026-11-28/hour=15"].values()) == 1
+    assert after == _clean_build(data_dir)
+
+
 def test_two_runs_at_once_equal_one(landing, data_dir):
     _many_objects(landing, n_objects=20)
     a, b = _spawn(300_000, "a"), _spawn(300_000, "b")
