@@ -112,6 +112,7 @@ class HashChainedLog:
     unique_key: str | None = None  # column whose values may be stored only once (e.g. "decision_id")
     lease_seconds: float = 60.0  # S3 writer lease lifetime (renewed every third of it while held)
     lock_timeout: float = 900.0  # how long `exclusive` waits for another writer
+    duckdb_config: dict | None = None  # memory limit and spill directory of the DuckDB aggregation (core.platform.duckdb_spill_config)
     last_append_seq: int = field(default=0, init=False)  # head seq after this handle's last append
 
     @property
@@ -384,11 +385,19 @@ class HashChainedLog:
                                    f"({self.unique_key} {value}): the same record was appended twice", seq)
         return ChainStatus(True, n, len(segs), prev)
 
-    def _first_duplicate(self, segments: list[str], batch_rows: int) -> tuple[int, str, int] | None:
-        """(number of repeated ids, first repeated id, seq of its second occurrence) or None. DuckDB
-        aggregates the id column streamed segment by segment (spills to disk; memory not bound to the log)."""
+    def duckdb_connection(self):
+        """A DuckDB connection with this log's memory limit and spill directory (`duckdb_config`). Without them a
+        whole-log aggregation held every id in memory: 6.2 GB for the 13.4M decisions of the 100M-event ledger."""
         import duckdb
 
+        config = dict(self.duckdb_config or {})
+        if config.get("temp_directory"):
+            os.makedirs(config["temp_directory"], exist_ok=True)
+        return duckdb.connect(config=config)
+
+    def _first_duplicate(self, segments: list[str], batch_rows: int) -> tuple[int, str, int] | None:
+        """(number of repeated ids, first repeated id, seq of its second occurrence) or None. DuckDB
+        aggregates the id column streamed segment by segment (within `duckdb_config`'s memory limit, spilling beyond)."""
         cols = ["seq", self.unique_key]
         schema = pa.schema([self.schema.field(c) for c in cols])
 
@@ -399,7 +408,7 @@ class HashChainedLog:
                         yield pa.Table.from_batches([batch]).select(cols).cast(schema).combine_chunks().to_batches()[0]
 
         reader = pa.RecordBatchReader.from_batches(schema, batches())
-        con = duckdb.connect()
+        con = self.duckdb_connection()
         try:
             con.register("ids", reader)
             row = con.execute(

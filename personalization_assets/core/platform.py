@@ -17,6 +17,13 @@ class PlatformConfig(dg.ConfigurableResource):
     horizon_days: int = 30
     max_future_minutes: int = 24 * 60
     events_layout: str = Field(default="auto", description="PERSONALIZATION_EVENTS_LAYOUT: auto | hive | segment-s3 | rudderstack-s3.")
+    duckdb_memory_limit: str = Field(default="2GB", description="PERSONALIZATION_DUCKDB_MEMORY_LIMIT: DuckDB's memory limit (it spills beyond).")
+
+
+def duckdb_spill_config(platform: PlatformConfig) -> dict[str, str]:
+    """DuckDB settings for a connection opened outside the `duckdb` resource: the same memory limit and spill
+    directory (a bare `duckdb.connect()` may take 80% of the machine's memory and never spill)."""
+    return {"memory_limit": platform.duckdb_memory_limit, "temp_directory": str(Path(platform.data_dir) / "tmp" / "duckdb")}
 
 
 def lock_dir(platform: PlatformConfig) -> str:

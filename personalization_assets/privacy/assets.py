@@ -22,7 +22,7 @@ from personalization_assets.core.asset_keys import (
     SUPPRESSION_LIST,
 )
 from personalization_assets.core.audit import audit_log, auditor
-from personalization_assets.core.platform import lock_dir
+from personalization_assets.core.platform import duckdb_spill_config, lock_dir
 from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.privacy.identity import (
@@ -50,7 +50,8 @@ IDENTITY_LINKS_SCHEMA = IDENTITY_SCHEMA.append(pa.field("linked_user_pseudonyms"
 
 
 def ledger_log(lake: LakeStorage, platform: PlatformConfig) -> HashChainedLog:
-    return HashChainedLog(lake=lake.log_store(), name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform), unique_key="decision_id")
+    return HashChainedLog(lake=lake.log_store(), name="consent_ledger", schema=consent_lib.LEDGER_SCHEMA, lock_dir=lock_dir(platform),
+                          unique_key="decision_id", duckdb_config=duckdb_spill_config(platform))
 
 
 def _spec(key, description, model=None, deps=(), partitions_def=None, kinds=("parquet",), sensitive=False, erasure=None, extra_md=None):

@@ -89,6 +89,7 @@ def build_resources(settings: Settings) -> dict:
             horizon_days=settings.horizon_days,
             max_future_minutes=settings.max_future_minutes,
             events_layout=settings.events_layout,
+            duckdb_memory_limit=settings.duckdb_memory_limit,
         ),
     }
     resources["pseudonymizer"] = pseudonymizer(settings)
