@@ -336,7 +336,7 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
         # (in an hour read now, or anywhere once the recorded signal's hour is gone) is not a new opt-out
         consent_lib.drop_recorded_gpc(con, existing, "__candidates")
         consent_lib.new_ledger_rows(con, existing, "__candidates", "__fresh")
-        del existing
+        con.execute(f'drop table "{existing}"')
         by_decision = dict(con.execute("select decision, count(*) from __fresh group by 1 order by 1").fetchall())
         # appended in ledger order, one segment per LEDGER_SEGMENT_ROWS: memory bounded by a segment, not the history
         appended, checked = 0, head_seq

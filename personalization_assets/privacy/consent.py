@@ -152,18 +152,17 @@ def candidate_decisions(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, r
     return con.execute("select count(*) from __candidates").fetchall()[0][0]
 
 
-def drop_recorded_gpc(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates") -> int:
+def drop_recorded_gpc(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, candidates: str = "__candidates") -> int:
     """Remove from `candidates` the GPC decisions of an identifier and purpose whose ledger (`existing`, with
     identifier_kind, source and source_ref) already holds a GPC decision at an earlier or the same (time, message
     id): the opt-out is the identifier's FIRST signal, and that one is recorded. A run that reads only the raw
     hours that changed therefore decides what a scan of every hour decides; and an identifier whose recorded first
     signal was removed by retention or erasure does not get a second "first" opt-out. Returns the rows removed."""
-    gpc = existing.filter(pa.compute.equal(existing["source"], "gpc_signal")).select(
-        ["identifier_pseudonym", "identifier_kind", "purpose", "effective_at", "source_ref"])
-    if gpc.num_rows == 0:
-        return 0
-    con.register("__recorded_gpc", gpc)
+    gpc_columns = ["identifier_pseudonym", "identifier_kind", "purpose", "effective_at", "source_ref"]
+    view = _existing_view(con, existing, "__recorded_gpc", gpc_columns, gpc_only=True)
     try:
+        if con.execute("select count(*) from __recorded_gpc").fetchall()[0][0] == 0:
+            return 0
         before = con.execute(f'select count(*) from "{candidates}"').fetchall()[0][0]
         con.execute(
             f"""delete from "{candidates}" c
@@ -175,15 +174,39 @@ def drop_recorded_gpc(con: duckdb.DuckDBPyConnection, existing: pa.Table, candid
         )
         return before - con.execute(f'select count(*) from "{candidates}"').fetchall()[0][0]
     finally:
-        con.unregister("__recorded_gpc")
+        view.close()
 
 
-def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidates: str = "__candidates", into: str = "__fresh") -> int:
+class _View:
+    def __init__(self, con, name: str, registered: bool):
+        self.con, self.name, self.registered = con, name, registered
+
+    def close(self) -> None:
+        if self.registered:
+            self.con.unregister(self.name)
+        else:
+            self.con.execute(f'drop view if exists "{self.name}"')
+
+
+def _existing_view(con, existing, name: str, columns: list[str], gpc_only: bool = False) -> _View:
+    """`existing` (the stored ledger rows to compare with: a DuckDB table's name, or an Arrow table) as view `name`
+    with `columns`. A DuckDB table stays in DuckDB (memory-limited, spills): a full refresh compares every stored
+    row, 13.4M at 100M events, which as one Arrow table held about 6 GB."""
+    if isinstance(existing, str):
+        where = " where source = 'gpc_signal'" if gpc_only else ""
+        con.execute(f'create or replace temp view "{name}" as select {", ".join(columns)} from "{existing}"{where}')
+        return _View(con, name, registered=False)
+    table = existing.filter(pa.compute.equal(existing["source"], "gpc_signal")) if gpc_only else existing
+    con.register(name, table.select(columns))
+    return _View(con, name, registered=True)
+
+
+def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, candidates: str = "__candidates", into: str = "__fresh") -> int:
     """Candidates (a DuckDB table, see `candidate_decisions`) not yet in the ledger (`existing`, compared by
     decision_id; a repeated candidate counts once), with `denied` after an earlier grant of the same
     identifier and purpose labelled `withdrawn`, into temp table `into` (CANDIDATE_SCHEMA). Returns their
     number; read them in ledger order with `LEDGER_ORDER_SQL`."""
-    con.register("__existing", existing.select(["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"]))
+    view = _existing_view(con, existing, "__existing", ["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"])
     try:
         con.execute(
             f"""
@@ -208,7 +231,7 @@ def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table, candidat
             """
         )
     finally:
-        con.unregister("__existing")
+        view.close()
     return con.execute(f'select count(*) from "{into}"').fetchall()[0][0]
 
 

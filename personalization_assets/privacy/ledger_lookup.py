@@ -46,17 +46,20 @@ def rekey_map(con, chain, view: str, column: str = "identifier_pseudonym", into:
     return len(mapping)
 
 
-def recorded_for_candidates(con, hlog: HashChainedLog, chain, candidates: str = "__candidates") -> pa.Table:
-    """The stored ledger rows (COLUMNS, identifiers re-keyed to the active version) sharing a decision id or an
-    identifier with the DuckDB table `candidates`: all that `drop_recorded_gpc` and `new_ledger_rows` compare."""
+def recorded_for_candidates(con, hlog: HashChainedLog, chain, candidates: str = "__candidates", into: str = "__recorded") -> str:
+    """Temp table `into`: the stored ledger rows (COLUMNS, identifiers re-keyed to the active version) sharing a
+    decision id or an identifier with the DuckDB table `candidates`: all that `drop_recorded_gpc` and
+    `new_ledger_rows` compare. It stays in DuckDB (within its memory limit, spilling beyond): on a full refresh every
+    stored row qualifies. Returns its name."""
     register_ledger(con, hlog)
     n = rekey_map(con, chain, "__ledger_all")
     ident = "coalesce(m.new, l.identifier_pseudonym)" if n else "l.identifier_pseudonym"
     join = 'left join "__ledger_rekey" m on m.old = l.identifier_pseudonym' if n else ""
     cols = ", ".join(f"{ident} as identifier_pseudonym" if c == "identifier_pseudonym" else f"l.{c}" for c in COLUMNS)
-    table = con.sql(
-        f"""select {cols} from __ledger_all l {join}
+    con.execute(
+        f"""create or replace temp table "{into}" as
+            select {cols} from __ledger_all l {join}
             where l.decision_id in (select decision_id from "{candidates}")
                or {ident} in (select identifier_pseudonym from "{candidates}")"""
-    ).arrow().read_all()
-    return table.cast(pa.schema([LEDGER_SCHEMA.field(c) for c in COLUMNS]))
+    )
+    return into

@@ -187,6 +187,11 @@ def test_denied_after_grant_is_recorded_as_withdrawn_and_duplicates_are_skipped(
     con.execute("create temp table later as select *, 0 as __ord from __later")
     ledger = pa.Table.from_pylist([{**r, "seq": i, "prev_hash": "", "row_hash": ""} for i, r in enumerate(fresh, 1)], schema=c.LEDGER_SCHEMA)
     assert [r["decision"] for r in new_rows(ledger, "later")] == ["withdrawn"]
+    # the ledger step passes the stored rows as a DuckDB table (they stay within DuckDB's memory limit): same answers
+    con.register("__ledger_rows", ledger)
+    con.execute("create temp table stored as select * from __ledger_rows")
+    assert [r["decision"] for r in new_rows("stored", "later")] == ["withdrawn"]
+    assert new_rows("stored", "cands") == []
 
 
 _CATEGORIES = sorted({cat for p in get_policy().purposes.values() for cat in p.categories} | {"functional", "other"})
