@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import hashlib
 import json
 from datetime import datetime, timezone
@@ -159,8 +161,7 @@ def drop_recorded_gpc(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, 
     hours that changed therefore decides what a scan of every hour decides; and an identifier whose recorded first
     signal was removed by retention or erasure does not get a second "first" opt-out. Returns the rows removed."""
     gpc_columns = ["identifier_pseudonym", "identifier_kind", "purpose", "effective_at", "source_ref"]
-    view = _existing_view(con, existing, "__recorded_gpc", gpc_columns, gpc_only=True)
-    try:
+    with _existing_view(con, existing, "__recorded_gpc", gpc_columns, gpc_only=True):
         if con.execute("select count(*) from __recorded_gpc").fetchall()[0][0] == 0:
             return 0
         before = con.execute(f'select count(*) from "{candidates}"').fetchall()[0][0]
@@ -173,32 +174,27 @@ def drop_recorded_gpc(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, 
                       and (e.effective_at < c.effective_at or (e.effective_at = c.effective_at and e.source_ref <= c.source_ref)))"""
         )
         return before - con.execute(f'select count(*) from "{candidates}"').fetchall()[0][0]
-    finally:
-        view.close()
 
 
-class _View:
-    def __init__(self, con, name: str, registered: bool):
-        self.con, self.name, self.registered = con, name, registered
-
-    def close(self) -> None:
-        if self.registered:
-            self.con.unregister(self.name)
-        else:
-            self.con.execute(f'drop view if exists "{self.name}"')
-
-
-def _existing_view(con, existing, name: str, columns: list[str], gpc_only: bool = False) -> _View:
+@contextmanager
+def _existing_view(con, existing, name: str, columns: list[str], gpc_only: bool = False):
     """`existing` (the stored ledger rows to compare with: a DuckDB table's name, or an Arrow table) as view `name`
-    with `columns`. A DuckDB table stays in DuckDB (memory-limited, spills): a full refresh compares every stored
-    row, 13.4M at 100M events, which as one Arrow table held about 6 GB."""
+    with `columns`, for the duration of the block. A DuckDB table stays in DuckDB (memory-limited, spills): a full
+    refresh compares every stored row, 13.4M at 100M events, which as one Arrow table held about 6 GB."""
     if isinstance(existing, str):
         where = " where source = 'gpc_signal'" if gpc_only else ""
         con.execute(f'create or replace temp view "{name}" as select {", ".join(columns)} from "{existing}"{where}')
-        return _View(con, name, registered=False)
+        try:
+            yield
+        finally:
+            con.execute(f'drop view if exists "{name}"')
+        return
     table = existing.filter(pa.compute.equal(existing["source"], "gpc_signal")) if gpc_only else existing
     con.register(name, table.select(columns))
-    return _View(con, name, registered=True)
+    try:
+        yield
+    finally:
+        con.unregister(name)
 
 
 def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, candidates: str = "__candidates", into: str = "__fresh") -> int:
@@ -206,8 +202,7 @@ def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, ca
     decision_id; a repeated candidate counts once), with `denied` after an earlier grant of the same
     identifier and purpose labelled `withdrawn`, into temp table `into` (CANDIDATE_SCHEMA). Returns their
     number; read them in ledger order with `LEDGER_ORDER_SQL`."""
-    view = _existing_view(con, existing, "__existing", ["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"])
-    try:
+    with _existing_view(con, existing, "__existing", ["decision_id", "identifier_pseudonym", "purpose", "decision", "effective_at"]):
         con.execute(
             f"""
             create or replace temp table "{into}" as
@@ -230,8 +225,6 @@ def new_ledger_rows(con: duckdb.DuckDBPyConnection, existing: pa.Table | str, ca
             from fresh f left join first_grant g using (identifier_pseudonym, purpose)
             """
         )
-    finally:
-        view.close()
     return con.execute(f'select count(*) from "{into}"').fetchall()[0][0]
 
 

@@ -209,7 +209,7 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
         refresh = bool(changed or stray)
         log(f"restarting an interrupted full refresh: {(changed + stray)[0]} changed since it started" if refresh else
             "resuming an interrupted full refresh (the manifest still marks the objects it had not re-read)")
-        outcome.full_refresh = True
+        outcome.full_refresh = True  # resumed or started over: the batches keep only rows the refresh re-read
     if refresh:  # started, or started over
         outcome.full_refresh = True
         _start_refresh(con, lake, manifest_rows, landed, outcome, log)
@@ -277,8 +277,9 @@ def _mark(manifest_rows: dict, fingerprints: dict[str, str], mark: str, lake) ->
 def _start_refresh(con, lake, manifest_rows: dict, landed: dict[str, str], outcome: IngestOutcome, log) -> None:
     """The start of a full refresh, before any batch. (1) Every object of the landing zone in the manifest is marked
     with its current fingerprint. (2) Every stored partition that is not a canonical hour some manifest row names is
-    deleted unread (files no manifest row accounts for; `hour=5`, `hour=xx`, a file at the table root; unreadable
-    files among them): an object whose rows belong there re-creates the hour. (3) Objects gone from the landing zone
+    deleted unread (files no manifest row accounts for; `hour=5`, `hour=xx`, a file at the table root), and so is one
+    whose footer does not open or names no `source_file`: every object is re-read, and one whose rows belong there
+    re-creates the hour. (3) Objects gone from the landing zone
     leave every hour they fed (their rows dropped, the hour's duplicates decided again over what stays; the batches then
     rewrite those hours from the objects they re-read), then the manifest forgets them. Each step is idempotent, so a
     refresh that dies here starts over cleanly."""
