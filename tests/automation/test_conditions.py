@@ -246,3 +246,44 @@ def test_the_real_features_step_waits_for_the_consented_step(data_dir):
     eligibility = dg.AssetKey(["features", "purpose_eligibility"])
     assert dg.AssetKey(["consented", "events_state"]) in inputs[eligibility]
     assert "whole_step_inputs_safe" in str(graph.get(eligibility).automation_condition.get_snapshot())
+
+
+def test_the_real_features_step_runs_when_its_inputs_settle_and_waits_while_the_consented_step_runs(data_dir):
+    """On the real definitions, ticks with runless events: the whole-step rule does not stop the features for good (its
+    hourly input consented/events included), and a run writing consented/events_state holds every features output."""
+    from tests.helpers import defs_for_env
+
+    defs = defs_for_env()
+    graph = defs.resolve_asset_graph()
+    features = [k for k in graph.get_all_asset_keys() if k.path[0] == "features"]
+    state = dg.AssetKey(["consented", "events_state"])
+
+    def materialized(instance, key):
+        node = graph.get(key)
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition="2026-11-28-13:00" if node.partitions_def else None))
+        for check in node.check_keys:
+            instance.report_runless_asset_event(dg.AssetCheckEvaluation(asset_key=key, check_name=check.name, passed=True))
+
+    def tick(instance, cursor):
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=dg.AssetSelection.groups("features"), cursor=cursor)
+
+    def new_upstream_data(instance):
+        materialized(instance, dg.AssetKey(["privacy", "consent_state"]))
+        materialized(instance, state)
+
+    with dg.instance_for_test() as instance:
+        for key in graph.get_all_asset_keys():
+            materialized(instance, key)
+        for key in features:
+            report_freshness_state(instance, key, FreshnessState.FAIL, FreshnessState.UNKNOWN)
+        r = tick(instance, tick(instance, None).cursor)
+        assert r.total_requested == 0, "nothing new upstream"
+        run = instance.create_run_for_job(job_def=defs.resolve_implicit_global_asset_job_def(), asset_selection=frozenset({state}),
+                                          status=dg.DagsterRunStatus.STARTED)
+        materialized(instance, dg.AssetKey(["privacy", "consent_state"]))  # updated early in that run
+        r = tick(instance, r.cursor)
+        assert [r.get_num_requested(k) for k in features] == [0] * len(features), "consented/events_state is being written"
+        instance.report_run_canceled(run)
+        new_upstream_data(instance)
+        r = tick(instance, r.cursor)
+        assert [r.get_num_requested(k) for k in features] == [1] * len(features), "settled: the whole step, once"
