@@ -20,10 +20,18 @@ class PlatformConfig(dg.ConfigurableResource):
     duckdb_memory_limit: str = Field(default="2GB", description="PERSONALIZATION_DUCKDB_MEMORY_LIMIT: DuckDB's memory limit (it spills beyond).")
 
 
+def duckdb_limits(data_dir: str | Path, memory_limit: str) -> dict[str, str]:
+    """DuckDB's memory limit and spill directory (`<data_dir>/tmp/duckdb`, created): the `duckdb` resource's
+    connections and any connection opened outside it (a bare `duckdb.connect()` may take 80% of the machine's memory
+    and never spill)."""
+    tmp = Path(data_dir) / "tmp" / "duckdb"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {"memory_limit": memory_limit, "temp_directory": str(tmp)}
+
+
 def duckdb_spill_config(platform: PlatformConfig) -> dict[str, str]:
-    """DuckDB settings for a connection opened outside the `duckdb` resource: the same memory limit and spill
-    directory (a bare `duckdb.connect()` may take 80% of the machine's memory and never spill)."""
-    return {"memory_limit": platform.duckdb_memory_limit, "temp_directory": str(Path(platform.data_dir) / "tmp" / "duckdb")}
+    """`duckdb_limits` of the platform's settings, for a connection opened outside the `duckdb` resource."""
+    return duckdb_limits(platform.data_dir, platform.duckdb_memory_limit)
 
 
 def lock_dir(platform: PlatformConfig) -> str:

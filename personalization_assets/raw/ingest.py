@@ -203,16 +203,16 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     # it over otherwise (a changed or deleted object may have displaced other objects' copies of a message into
     # quarantine, where a resume would leave them).
     refresh = full_refresh
-    if not full_refresh and any(_mark_of(row["fingerprint"]) == REFRESH_MARK for row in manifest_rows.values()):
+    interrupted = not full_refresh and any(_mark_of(row["fingerprint"]) == REFRESH_MARK for row in manifest_rows.values())
+    if interrupted:
         changed = [p for p, row in manifest_rows.items() if landed.get(p) != _unmarked(row["fingerprint"])]
         stray = [] if changed else sorted(_hours_with_rows_outside(lake, set(manifest_rows)))
         refresh = bool(changed or stray)
         log(f"restarting an interrupted full refresh: {(changed + stray)[0]} changed since it started" if refresh else
             "resuming an interrupted full refresh (the manifest still marks the objects it had not re-read)")
-        outcome.full_refresh = True  # resumed or started over: the batches keep only rows the refresh re-read
     if refresh:  # started, or started over
-        outcome.full_refresh = True
         _start_refresh(con, lake, manifest_rows, landed, outcome, log)
+    outcome.full_refresh = full_refresh or interrupted  # the batches then keep only rows the refresh re-read
     to_read = []
     for o in event_side:
         prev = manifest_rows.get(o.obj.path)

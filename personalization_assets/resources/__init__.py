@@ -20,7 +20,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from personalization_assets.core.memory import release_freed_memory
-from personalization_assets.core.platform import PlatformConfig
+from personalization_assets.core.platform import PlatformConfig, duckdb_limits
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonym_keys import DEV_KEY_FILE, DEV_KEY_WARNING, ensure_dev_keys
 from personalization_assets.core.pseudonymize import Pseudonymizer
@@ -53,15 +53,9 @@ class DuckDBEngine(DuckDBResource):
 
 
 def duckdb_engine(settings: Settings) -> DuckDBEngine:
-    tmp = settings.data_dir / "tmp" / "duckdb"
-    tmp.mkdir(parents=True, exist_ok=True)
     return DuckDBEngine(
         database=":memory:",
-        connection_config={
-            "memory_limit": settings.duckdb_memory_limit,
-            "temp_directory": str(tmp),
-            "preserve_insertion_order": True,
-        },
+        connection_config={**duckdb_limits(settings.data_dir, settings.duckdb_memory_limit), "preserve_insertion_order": True},
     )
 
 
