@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -47,6 +48,12 @@ GENESIS = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "row_hash")
 LEASE_FILE = "_writer.lease"  # leading underscore: ignored by listings and Parquet dataset discovery
 LOCK_FILE = "_writer.lock"
+HEAD_FILE = "_head.json"  # the head hint (see HashChainedLog._hinted_head)
+
+
+def _segment_name(first_seq: int) -> str:
+    """A segment is named by the seq of its first row, zero-padded so that names sort in chain order."""
+    return f"{first_seq:012d}"
 
 
 class DuplicateRecordError(RuntimeError):
@@ -154,14 +161,68 @@ class HashChainedLog:
         return pa.concat_tables(tables[::-1]) if tables else self.schema.empty_table()
 
     def head(self) -> tuple[int, str]:
+        """(seq, row_hash) of the last row, (0, GENESIS) for an empty log. From the head hint when it checks out
+        (no listing: an append costs the same on a log of ten segments or of a million), else from the listing."""
+        hinted = self._hinted_head()
+        return hinted if hinted is not None else self._listed_head()
+
+    def _listed_head(self) -> tuple[int, str]:
         segs = self.segments()
         if not segs:
             return 0, GENESIS
-        last = self.lake.read_table(self.layer, self.name, {"segment": segs[-1]}, columns=["seq", "row_hash"])
+        return self._segment_head(segs[-1]) or (0, GENESIS)
+
+    def _segment_head(self, segment: str) -> tuple[int, str] | None:
+        """(seq, row_hash) of the last row of one segment, None if it is empty."""
+        last = self.lake.read_table(self.layer, self.name, {"segment": segment}, columns=["seq", "row_hash"])
         if last.num_rows == 0:
-            return 0, GENESIS
+            return None
         i = int(pa.compute.index(last["seq"], pa.compute.max(last["seq"])).as_py())
         return int(last["seq"][i].as_py()), last["row_hash"][i].as_py()
+
+    # --- the head hint: where the last append ended, so that an append does not list every segment ---
+
+    def _hint_location(self) -> tuple[LakeStorage, str]:
+        """The hint is coordination, not evidence: it lives with the writer lock (in the lake, also when the log
+        is in a write-once bucket), and is only ever a hint: `_hinted_head` checks it against the segments."""
+        store = self._coordination()
+        return store, f"{store.table_dir(self.layer, self.name)}/{HEAD_FILE}"
+
+    def _log_uri(self) -> str:
+        return self.lake.uri(self.lake.table_dir(self.layer, self.name))
+
+    def _hinted_head(self) -> tuple[int, str] | None:
+        """The head from the hint, or None (then the listing decides). The hint is trusted only if the segment it
+        names exists and ends with exactly its (seq, hash); segments appended after it (a writer that died between
+        its segment and the hint, or lost its lease) are followed by name: the segment after seq N is `segment=N+1`."""
+        store, relative = self._hint_location()
+        try:
+            raw = store.read_marker(relative)
+            if raw is None:
+                return None
+            hint = json.loads(raw)
+            seq, head_hash, segment = int(hint["seq"]), str(hint["hash"]), str(hint["segment"])
+            if hint.get("log") != self._log_uri() or seq < 1:
+                return None
+        except (ValueError, KeyError, TypeError, OSError):
+            return None  # unreadable or of another log: list
+        if not self.lake.exists(self.layer, self.name, {"segment": segment}) or self._segment_head(segment) != (seq, head_hash):
+            return None
+        while self.lake.exists(self.layer, self.name, {"segment": _segment_name(seq + 1)}):
+            nxt = self._segment_head(_segment_name(seq + 1))
+            if nxt is None or nxt[0] <= seq:
+                return None  # not a well-formed continuation: list (verify reports what is wrong)
+            seq, head_hash = nxt
+        return seq, head_hash
+
+    def _write_hint(self, seq: int, head_hash: str, segment: str) -> None:
+        """Record where this append ended (under the writer lock). A failure only costs the next append a listing."""
+        store, relative = self._hint_location()
+        body = json.dumps({"log": self._log_uri(), "seq": seq, "hash": head_hash, "segment": segment}).encode()
+        try:
+            store.write_bytes(relative, body)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("%s/%s: head hint not written (%s); the next append lists the log", self.layer, self.name, exc)
 
     # --- the writer lock ---
 
@@ -331,9 +392,10 @@ class HashChainedLog:
                 chained = chained.set_column(chained.schema.get_field_index("row_hash"), "row_hash", pa.array(hashes, pa.string()))
                 buf = io.BytesIO()
                 pq.write_table(chained, buf)
-                relative = self.lake.data_file(self.layer, self.name, {"segment": f"{first:012d}"})
+                relative = self.lake.data_file(self.layer, self.name, {"segment": _segment_name(first)})
                 if self.lake.create_exclusive(relative, buf.getvalue()):
                     self.last_append_seq = seq + n
+                    self._write_hint(seq + n, prev, _segment_name(first))
                     return n, prev
                 # the head moved under us (a writer that lost its lease): re-read it and re-check the ids
                 time.sleep(random.uniform(0.001, 0.05))

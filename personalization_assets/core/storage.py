@@ -668,6 +668,16 @@ class LakeStorage(_FileStore):
         self._audit_path(relative)
         return super().read_bytes(relative)
 
+    def read_marker(self, relative: str) -> bytes | None:
+        """A small control object that holds no table data (e.g. a log's head hint), or None when it does not exist.
+        Like a listing or a Parquet footer, this is not an audited read."""
+        if self.filesystem().get_file_info(self.full_path(relative)).type != pafs.FileType.File:
+            return None
+        try:
+            return super().read_bytes(relative)
+        except FileNotFoundError:  # removed between the two calls
+            return None
+
     def local_path(self, relative: str) -> Optional[str]:
         self._audit_path(relative)  # a local path hands the data to whoever opens it
         return super().local_path(relative)

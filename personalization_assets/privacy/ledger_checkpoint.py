@@ -1,4 +1,5 @@
-"""A verified checkpoint of the consent ledger, so that a run re-verifies only the segments appended since.
+"""A verified checkpoint of a hash-chained log (the consent ledger, the access audit log), so that a run re-verifies
+only the segments appended since.
 
 `HashChainedLog.verify` recomputes the whole chain (a sha256 per row, in Python): its cost grows with the history.
 The checkpoint, one small lake table `privacy/consent_ledger_checkpoint` replaced whole after each successful

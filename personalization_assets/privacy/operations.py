@@ -77,8 +77,13 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
             yield dg.AssetCheckResult(check_name="subjects_absent_everywhere", passed=True, metadata={"subjects": 0})
             return
         audit = auditor(context, lake, platform, ERASURE_LOG)
+        # every table the run may read, declared in one append before any is read: the targets and the tables their
+        # handlers also clean (`also`, e.g. privacy/identity_partials). An undeclared one was recorded once per
+        # partition read (one audit segment each: 130-300 per run at 1M events)
+        lake_targets = [t for t in targets if t.handler["kind"] in ("raw", "quarantine", "lake")]
         audit.record([(SUPPRESSION_LIST.to_user_string(), None, None)]
-                     + [(t.asset, "*", None) for t in targets if t.handler["kind"] in ("raw", "quarantine", "lake")])
+                     + list(dict.fromkeys((name, "*", None) for t in lake_targets
+                                          for name in [t.asset] + [erasure.table_name(h) for h in erasure.lake_tables(t)])))
         suppression = lake.read_table("privacy", "suppression_list")
         requests = sorted(set(suppression["request_id"].to_pylist()))
         # every lookup is by pseudonym of an exact, normalized identifier: no raw value is needed or held

@@ -49,6 +49,61 @@ def test_side_reads_of_the_privacy_tables_are_audited(landing):
     assert audit_log(lake, None).verify().ok
 
 
+def _segments_of(lake: LakeStorage, run_id: str, reader: str) -> list[str]:
+    log = audit_log(lake, None)
+    return [s for s in log.segments() if any(r["run_id"] == run_id and r["reader"] == reader
+                                             for r in log._read_segment(s, log.schema).to_pylist())]
+
+
+def test_a_run_adds_audit_segments_per_step_not_per_partition_and_the_log_is_verified_from_its_checkpoint(landing):
+    """The erasure run declares every table it cleans (also the `also` tables, e.g. privacy/identity_partials) in one
+    append: each partition it read was an audit segment of its own (130-300 per run at 1M events), and the audit log,
+    verified whole on every run, grew without bound. Then the log is verified from its checkpoint: a run checks what
+    was appended since the last one, and a rewritten old segment still fails the check."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import check_results, materializations
+
+    manifest = generate(landing, users=120, events=4_000, days=1)
+    defs = defs_for_env()
+    parts = partition_range(manifest)
+    # everything but the privacy operations: the erasure run below is the first, so it reads every partition
+    materialize(defs, "(group:raw or group:privacy or group:consented) and not (key:privacy/erasure_log or key:privacy/retention_log "
+                "or key:privacy/key_rotation_log)", parts)
+    lake = defs.resources["lake"]
+    assert len(lake.partitions("privacy", "identity_partials")) > 1 and not lake.exists("privacy", "erasure_state")
+    assert lake.read_table("privacy", "suppression_list").num_rows > 0  # the landing holds erasure requests
+    first = materialize(defs, "key:privacy/access_audit_log")
+    md = materializations(first)["privacy/access_audit_log"]
+    assert check_results(first)["privacy/access_audit_log:hash_chain_intact"]
+    assert md["rows"] > 0
+
+    erased = materialize(defs, "key:privacy/erasure_log")
+    rows = [r for r in _audit_rows(lake) if r["run_id"] == erased.run_id and r["reader"] == "privacy/erasure_log"]
+    partials = [r["partition"] for r in rows if r["asset"] == "privacy/identity_partials"]
+    assert partials == ["*"], partials  # declared once, not recorded per partition read
+    scope = materializations(erased)["privacy/erasure_log"]["scope"]
+    assert scope["partitions_checked_against_whole_list"] > len(lake.partitions("privacy", "identity_partials")), scope
+    assert len(_segments_of(lake, erased.run_id, "privacy/erasure_log")) == 1
+
+    second = materialize(defs, "key:privacy/access_audit_log")
+    md2 = materializations(second)["privacy/access_audit_log"]
+    assert check_results(second)["privacy/access_audit_log:hash_chain_intact"]
+    assert md2["verify_mode"] == "incremental" and md2["segments_verified"] == md2["segments"] - md["segments"] >= 1, (md, md2)
+    assert md2["rows"] == audit_log(lake, None).verify().rows
+
+    # an edited row in a segment verified earlier: the segment's fingerprint changed, the whole chain is verified again
+    log = audit_log(lake, None)
+    path = lake.full_path(lake.data_file("privacy", "access_audit_log", {"segment": log.segments()[0]}))
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("purpose"), "purpose", pa.array(["analytics"] * table.num_rows)), path)
+    third = materialize(defs, "key:privacy/access_audit_log", raise_on_error=False)
+    md3 = materializations(third).get("privacy/access_audit_log", {})
+    assert check_results(third)["privacy/access_audit_log:hash_chain_intact"] is False
+    assert md3.get("verify_reason") == "segment_rewritten", md3
+
+
 @dg.asset(key=["features", "sneaky"])
 def sneaky(lake: LakeStorage):
     """Reads raw events without recording the reads: as a table, then as the file's bytes."""

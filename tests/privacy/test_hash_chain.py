@@ -184,3 +184,87 @@ def test_the_consent_ledgers_whole_log_aggregation_runs_within_the_platforms_duc
         con.close()
     assert limit.replace(" ", "").upper() in ("286.1MIB", "300.0MB", "300MB"), limit
     assert spill == str(data_dir / "tmp" / "duckdb") and os.path.isdir(spill)
+
+
+# --- the head hint: an append costs the same on a long log as on a short one --------------------------------------
+
+
+def _long_log(tmp_path, segments: int) -> HashChainedLog:
+    log = HashChainedLog(lake=LakeStorage(url=str(tmp_path / "lake")), name="consent_ledger", schema=LEDGER_SCHEMA)
+    for i in range(1, segments + 1):
+        log.append([row(i)])
+    return log
+
+
+def test_an_append_does_not_list_the_log(tmp_path, monkeypatch):
+    """The access audit log gains a segment per audited step: listing every segment on every append made each run
+    slower than the one before. The head comes from the hint, checked against the segment it names."""
+    log = _long_log(tmp_path, 25)
+    listings = []
+    real = LakeStorage.partitions
+
+    def counting(self, layer, table):
+        listings.append((layer, table))
+        return real(self, layer, table)
+
+    monkeypatch.setattr(LakeStorage, "partitions", counting)
+    assert log.append([row(26)])[0] == 1 and log.last_append_seq == 26
+    assert log.head()[0] == 26
+    assert listings == [], listings  # neither the append nor head() listed the segments
+    monkeypatch.undo()
+    status = log.verify()
+    assert status.ok and status.rows == 26 and status.segments == 26
+
+
+def _hint_file(log: HashChainedLog):
+    store, relative = log._hint_location()
+    return store.full_path(relative)
+
+
+def test_a_writer_that_died_before_its_hint_is_followed(tmp_path, monkeypatch):
+    """Segments appended after the hint (the writer died between its segment and the hint) are followed by name."""
+    log = _long_log(tmp_path, 3)
+    monkeypatch.setattr(HashChainedLog, "_write_hint", lambda self, *a: None)  # two appends leave no hint
+    log.append([row(4), row(5)])
+    log.append([row(6)])
+    monkeypatch.undo()
+    assert log.head() == log._listed_head() and log.head()[0] == 6
+    log.append([row(7)])
+    status = log.verify()
+    assert status.ok and status.rows == 7, status
+    assert [r["decision_id"] for r in log.read_all().to_pylist()] == [f"d{i}" for i in range(1, 8)]
+
+
+@pytest.mark.parametrize("tamper", ["segment_removed", "wrong_hash", "another_log", "garbage", "log_removed"])
+def test_a_hint_that_does_not_check_out_is_ignored(tmp_path, tamper):
+    """The hint is coordination, never evidence: when the segment it names is gone or ends differently, or the hint
+    is of another log or unreadable, the head comes from the listing."""
+    import json
+    import shutil
+
+    log = _long_log(tmp_path, 4)
+    hint_path = _hint_file(log)
+    hint = json.loads(open(hint_path).read())
+    assert hint["seq"] == 4 and hint["segment"] == "000000000004"
+    if tamper == "segment_removed":
+        shutil.rmtree(os.path.dirname(_segment_file(log, -1)))
+        expected = (3, log._segment_head("000000000003")[1])
+    elif tamper == "log_removed":
+        shutil.rmtree(log.lake.full_path(log.lake.table_dir("privacy", log.name)))
+        expected = (0, "0" * 64)
+    else:
+        expected = log._listed_head()
+        if tamper == "wrong_hash":
+            hint["hash"] = "f" * 64
+        elif tamper == "another_log":
+            hint["log"] = "s3://elsewhere/lake/privacy/consent_ledger"
+        body = b"{not json" if tamper == "garbage" else json.dumps(hint).encode()
+        with open(hint_path, "wb") as f:
+            f.write(body)
+    assert log._hinted_head() is None
+    assert log.head() == expected
+    # and the next append chains on from the real head
+    log.append([row(10)])
+    assert log.head()[0] == expected[0] + 1
+    if tamper in ("wrong_hash", "another_log", "garbage", "log_removed"):
+        assert log.verify().ok
