@@ -181,6 +181,20 @@ def _mask(lake, con, pz: Pseudonymizer, target: Target, h: dict, table: pa.Table
     raise ErasurePlanError(f"{target.asset}: handler kind {kind!r} is not a lake handler")
 
 
+def _match_columns(h: dict) -> list[str]:
+    """The columns a handler's match reads: the identifier columns (raw, lake), or the quarantined record's text."""
+    if h["kind"] == "quarantine":
+        return ["original_text"]
+    return list(h["columns"])
+
+
+def _read_for_match(lake: LakeStorage, layer: str, name: str, part: dict | None, h: dict) -> pa.Table:
+    """Only the columns the match reads (the footer says which exist): the check of a partition reads its identifier
+    columns, not the whole row; a partition that holds a subject is read whole to be rewritten."""
+    present = set(lake.schema(layer, name, part).names)
+    return lake.read_table(layer, name, part, columns=[c for c in _match_columns(h) if c in present])
+
+
 def _count(mask: pa.Array) -> int:
     return pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
 
@@ -227,10 +241,12 @@ def erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, 
         else:
             scan.full += 1
         part = partition_of(path) or None
-        table = lake.read_table(layer, name, part)
-        mask = _mask(lake, con, pz, target, h, table, ids) if table.num_rows else None
-        n = _count(mask) if mask is not None else 0
+        table = _read_for_match(lake, layer, name, part, h)
+        n = _count(_mask(lake, con, pz, target, h, table, ids)) if table.num_rows else 0
         if n:
+            table = lake.read_table(layer, name, part)  # the whole rows, to rewrite the partition without the subjects'
+            mask = _mask(lake, con, pz, target, h, table, ids)
+            n = _count(mask)
             lake.write_table(layer, name, table.filter(pc.invert(mask)), partition=part)
             scan.removed += n
             rewritten.append(path)
@@ -243,7 +259,7 @@ def erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, 
             part = partition_of(path) or None
             if path not in after:
                 continue  # deleted meanwhile: holds nothing
-            table = lake.read_table(layer, name, part)
+            table = _read_for_match(lake, layer, name, part, h)
             r = _count(_mask(lake, con, pz, target, h, table, pseudonyms)) if table.num_rows else 0
             scan.residual += r
             if r == 0 and after[path] is not None:
