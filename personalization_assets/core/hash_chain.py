@@ -42,13 +42,13 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from personalization_assets.core.storage import LakeStorage
+from personalization_assets.core.storage import LOG_HEAD_FILE, LakeStorage
 
 GENESIS = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "row_hash")
 LEASE_FILE = "_writer.lease"  # leading underscore: ignored by listings and Parquet dataset discovery
 LOCK_FILE = "_writer.lock"
-HEAD_FILE = "_head.json"  # the head hint (see HashChainedLog._hinted_head)
+HEAD_FILE = LOG_HEAD_FILE  # the head hint (see HashChainedLog._hinted_head)
 
 
 def _segment_name(first_seq: int) -> str:

@@ -130,6 +130,10 @@ MAX_OBJECT_LOCK_DAYS = 36_500  # S3 accepts retention periods of up to 100 years
 ROW_GROUP_ROWS = 256_000
 
 
+# objects of the lake that hold no table data and are read without an audit row (`LakeStorage.read_marker`)
+LOG_HEAD_FILE = "_head.json"  # where a hash-chained log ends (core/hash_chain.py)
+CONTROL_OBJECTS = (LOG_HEAD_FILE,)
+
 class ImmutableStoreError(RuntimeError):
     """A replace or delete was attempted on a write-once (Object Lock) store."""
 
@@ -669,8 +673,10 @@ class LakeStorage(_FileStore):
         return super().read_bytes(relative)
 
     def read_marker(self, relative: str) -> bytes | None:
-        """A small control object that holds no table data (e.g. a log's head hint), or None when it does not exist.
-        Like a listing or a Parquet footer, this is not an audited read."""
+        """A control object that holds no table data (`CONTROL_OBJECTS`: a log's head hint), or None when it does not
+        exist. Like a listing or a Parquet footer, this is not an audited read, so any other path is refused."""
+        if relative.rsplit("/", 1)[-1] not in CONTROL_OBJECTS:
+            raise ValueError(f"read_marker reads control objects {CONTROL_OBJECTS} only, not {relative!r}: data goes through the audited reads")
         if self.filesystem().get_file_info(self.full_path(relative)).type != pafs.FileType.File:
             return None
         try:

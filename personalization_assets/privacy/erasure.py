@@ -185,7 +185,7 @@ def _match_columns(h: dict) -> list[str]:
     """The columns a handler's match reads: the identifier columns (raw, lake), or the quarantined record's text."""
     if h["kind"] == "quarantine":
         return ["original_text"]
-    return list(h["columns"])
+    return list(dict.fromkeys(h["columns"]))  # a column named twice is read once
 
 
 def _read_for_match(lake: LakeStorage, layer: str, name: str, part: dict | None, h: dict) -> pa.Table:

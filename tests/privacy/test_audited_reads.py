@@ -204,3 +204,16 @@ def test_the_scan_catches_a_planted_bypass(tmp_path):
     assert any("full_path" in f for f in found) and any("filesystem" in f for f in found)
     assert any("SQL" in f for f in found)
     assert not any(f.endswith(" read_table()") and "pq." not in f for f in found)  # the API call itself is fine
+
+
+def test_the_unaudited_marker_read_refuses_anything_but_a_control_object(tmp_path):
+    """`read_marker` (a log's head hint: no table data) is not audited, so it must not hand out data files."""
+    import pyarrow as pa
+
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+    lake.write_table("raw", "events", pa.table({"user_id": ["alice@example.com"]}), partition={"date": "2026-11-28", "hour": "13"})
+    data = lake.data_file("raw", "events", {"date": "2026-11-28", "hour": "13"})
+    for path in (data, "raw/events/_tmp-x", "privacy/consent_ledger/_writer.lease"):
+        with pytest.raises(ValueError, match="control objects"):
+            lake.read_marker(path)
+    assert lake.read_marker("privacy/consent_ledger/_head.json") is None  # absent: None, not an error
