@@ -134,6 +134,7 @@ ROW_GROUP_ROWS = 256_000
 LOG_HEAD_FILE = "_head.json"  # where a hash-chained log ends (core/hash_chain.py)
 CONTROL_OBJECTS = (LOG_HEAD_FILE,)
 
+
 class ImmutableStoreError(RuntimeError):
     """A replace or delete was attempted on a write-once (Object Lock) store."""
 

@@ -2,8 +2,8 @@
 only the segments appended since.
 
 `HashChainedLog.verify` recomputes the whole chain (a sha256 per row, in Python): its cost grows with the history.
-The checkpoint, one small lake table `privacy/consent_ledger_checkpoint` replaced whole after each successful
-verification, records per verified segment: its name, its listing fingerprint (locally size + mtime + ctime + inode —
+The checkpoint, one small lake table `privacy/<log>_checkpoint` (e.g. `privacy/consent_ledger_checkpoint`) replaced
+whole after each successful verification, records per verified segment: its name, its listing fingerprint (locally size + mtime + ctime + inode —
 a rewrite, even one that restores the mtime, changes the ctime; on S3 size + ETag), its first seq, its row count and
 the chain hash after its last row. It holds no pseudonym (hashes and counts only).
 
