@@ -14,6 +14,11 @@ run. Its rows have a `record` kind:
   or not) — exactly what its rows depend on: a decision re-asserting the status in force changes no signature. Values that are
   pseudonyms are stored as such (never hashed), and the digest holds none: the key rotation job re-keys
   this table with the rest of the consented tier, and a rotation then changes no signature.
+  The signatures of suppressed identifiers (an erasure request named them) are computed, so that a newly
+  suppressed identifier makes its hours stale, but not stored: the stored state never holds the pseudonym of an
+  erased subject (it did after every run, and the erasure run then rewrote the whole state to remove it again).
+  On the next run such an identifier is "new" again and reaches the hours that still hold it: none once the
+  erasure run has removed its rows and index entries.
 * ``meta``: the fingerprint of the events column policy (classification.yaml) the hours were built with.
 
 A run compares the current signatures with the stored ones (a DuckDB join over identifiers, no event read),
@@ -169,6 +174,9 @@ def _signatures_sql(bucket: int, buckets: int) -> str:
     return sql
 
 
+SUPPRESSED_KEYS = "__sig_suppressed"
+
+
 def current_signatures(con: duckdb.DuckDBPyConnection, bucket_rows: int = SIGNATURE_BUCKET_ROWS) -> None:
     """Temp table `__sig_new(key, resolved_subject, digest, base_digest, intervals)` from the views identity,
     consent_state, suppression; in buckets of keys when consent_state is large (SIGNATURE_BUCKET_ROWS)."""
@@ -177,6 +185,8 @@ def current_signatures(con: duckdb.DuckDBPyConnection, bucket_rows: int = SIGNAT
     con.execute(f"create or replace temp table __sig_new as {_signatures_sql(0, buckets)}")
     for b in range(1, buckets):
         con.execute(f"insert into __sig_new {_signatures_sql(b, buckets)}")
+    # the keys whose signatures the commit does not store (module doc)
+    con.execute(f"create or replace temp table {SUPPRESSED_KEYS} as select distinct identifier as key from suppression where identifier is not null")
 
 
 @dataclass
@@ -220,6 +230,10 @@ def load_state_into(con: duckdb.DuckDBPyConnection, lake: LakeStorage, name: str
     cols = ", ".join(f.name if f.name in present else f"null::{_DUCKDB_TYPES.get(f.name, 'varchar')} as {f.name}" for f in STATE_SCHEMA)
     con.execute(f"create or replace temp {'table' if copy else 'view'} {name} as select {cols} from {name}_lake")
     return name
+
+
+def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("select 1 from duckdb_tables() where temporary and table_name = ?", [name]).fetchall())
 
 
 def _drop(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -419,6 +433,7 @@ def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Pl
             select 'key', hour, key, null, null, null, null, null, null, max_ts from __keys
             union all
             select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new
+            {f"where key not in (select key from {SUPPRESSED_KEYS})" if _exists(con, SUPPRESSED_KEYS) else ""}
             """  # not sorted: at 100M a sort of tens of millions of rows with nested columns ran out of DuckDB's memory
         )
     finally:

@@ -160,6 +160,19 @@ def test_a_rerun_with_nothing_new_reads_no_partition_and_says_why_it_is_still_a_
     assert not any(re.match(r"^v[0-9]+:", v or "") for v in values)
 
 
+def test_the_consented_state_does_not_store_an_erased_pseudonym_again(built):
+    """The consented step rewrites its state on every run; the signature of a suppressed identifier used to be
+    written back each time, and the next erasure run rewrote the whole state (history-sized) to remove it again."""
+    lake = built.resources["lake"]
+    erased = set(lake.read_table("privacy", "suppression_list")["identifier"].to_pylist())
+    assert erased
+    materialize(built, "key:consented/events_state")  # a tick of the consented step: nothing to build, state committed
+    state = lake.read_table("consented", "events_state", columns=["record", "key", "resolved_subject"])
+    assert state.num_rows and not erased & (set(state["key"].to_pylist()) | set(state["resolved_subject"].to_pylist()))
+    md = _erase(built)
+    assert "consented/events_state" not in md["rows_removed_per_asset"]
+
+
 def test_a_new_request_removes_the_subject_from_old_unchanged_partitions(built, data_dir, reads):
     lake = built.resources["lake"]
     user = _active_user(lake)
