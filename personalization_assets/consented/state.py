@@ -14,11 +14,11 @@ run. Its rows have a `record` kind:
   or not) — exactly what its rows depend on: a decision re-asserting the status in force changes no signature. Values that are
   pseudonyms are stored as such (never hashed), and the digest holds none: the key rotation job re-keys
   this table with the rest of the consented tier, and a rotation then changes no signature.
-  The signatures of suppressed identifiers (an erasure request named them) are computed, so that a newly
-  suppressed identifier makes its hours stale, but not stored: the stored state never holds the pseudonym of an
-  erased subject (it did after every run, and the erasure run then rewrote the whole state to remove it again).
-  On the next run such an identifier is "new" again and reaches the hours that still hold it: none once the
-  erasure run has removed its rows and index entries.
+  The signature of a suppressed identifier (an erasure request named it) is stored only while an index row
+  still holds the identifier (then it works as before: a newly suppressed identifier changes signature and its
+  hours are rebuilt without its rows, once). Once the erasure run has removed its rows and index entries, the
+  state no longer stores it: before, the consented step wrote the erased pseudonym back on every run and the
+  erasure run rewrote the whole state to remove it again.
 * ``meta``: the fingerprint of the events column policy (classification.yaml) the hours were built with.
 
 A run compares the current signatures with the stored ones (a DuckDB join over identifiers, no event read),
@@ -185,7 +185,7 @@ def current_signatures(con: duckdb.DuckDBPyConnection, bucket_rows: int = SIGNAT
     con.execute(f"create or replace temp table __sig_new as {_signatures_sql(0, buckets)}")
     for b in range(1, buckets):
         con.execute(f"insert into __sig_new {_signatures_sql(b, buckets)}")
-    # the keys whose signatures the commit does not store (module doc)
+    # suppressed keys: the commit stores their signatures only while an index row holds them (module doc)
     con.execute(f"create or replace temp table {SUPPRESSED_KEYS} as select distinct identifier as key from suppression where identifier is not null")
 
 
@@ -413,7 +413,19 @@ def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Pl
     con.register("__built", built)
     con.register("__replaced", pa.table({"hour": pa.array(sorted(replaced), pa.string())}))
     con.register("__dirty", pa.table({"hour": pa.array(p.dirty, pa.string())}))
+    sig_filter = ""
     try:
+        if _exists(con, SUPPRESSED_KEYS):
+            # suppressed keys no index row of the new state holds any more: their signatures are not stored (module
+            # doc). Joined from the index side: the suppressed keys are few, the index rows many (build on the few)
+            con.execute(f"""create or replace temp table __sig_drop as
+                select key from {SUPPRESSED_KEYS}
+                except
+                select o.key from __state_old o join {SUPPRESSED_KEYS} s on o.key = s.key
+                where o.record = 'key' and o.hour not in (select hour from __replaced)
+                except
+                select k.key from __keys k join {SUPPRESSED_KEYS} s on k.key = s.key""")
+            sig_filter = "where key not in (select key from __sig_drop)"
         con.execute(
             f"""
             create or replace temp table {name} as
@@ -432,12 +444,12 @@ def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Pl
             union all
             select 'key', hour, key, null, null, null, null, null, null, max_ts from __keys
             union all
-            select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new
-            {f"where key not in (select key from {SUPPRESSED_KEYS})" if _exists(con, SUPPRESSED_KEYS) else ""}
+            select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new {sig_filter}
             """  # not sorted: at 100M a sort of tens of millions of rows with nested columns ran out of DuckDB's memory
         )
     finally:
         _unbind(con, "__state_old", "__keys")
         for n in ("__built", "__replaced", "__dirty"):
             con.unregister(n)
+        con.execute("drop table if exists __sig_drop")
     return name

@@ -173,6 +173,31 @@ def test_the_consented_state_does_not_store_an_erased_pseudonym_again(built):
     assert "consented/events_state" not in md["rows_removed_per_asset"]
 
 
+def test_a_new_suppression_rebuilds_its_hours_once_and_the_state_forgets_it_after_the_erasure(built, data_dir):
+    """Before the erasure run removes a newly suppressed subject, the consented step drops its rows (once, not on
+    every run); after it, the state holds nothing of the subject and a consented run rebuilds nothing."""
+    lake = built.resources["lake"]
+    user = _active_user(lake)
+    pz = _pz(user)
+    assert _consented_rows(lake, pz) > 0
+    _request(data_dir, "r-unerased", user)
+    materialize(built, REQUESTS)
+    built_hours = []
+    for _ in range(2):  # the consented step alone, twice, no erasure run in between
+        md = materializations(materialize(built, "key:consented/events_state"))["consented/events_state"]
+        built_hours.append(md["hours_built"])
+        assert _consented_rows(lake, pz) == 0
+    assert built_hours[0] > 0 and built_hours[1] == 0
+    _erase(built)
+    # the first consented run after it rebuilds the raw hours the erasure rewrote; the next one has nothing to do
+    reasons = materializations(materialize(built, "key:consented/events_state"))["consented/events_state"]["stale_hours_by_reason"]
+    assert reasons["privacy_inputs_changed"] == 0
+    assert materializations(materialize(built, "key:consented/events_state"))["consented/events_state"]["hours_built"] == 0
+    state = lake.read_table("consented", "events_state", columns=["key", "resolved_subject"])
+    assert pz not in set(state["key"].to_pylist()) | set(state["resolved_subject"].to_pylist())
+    assert "consented/events_state" not in _erase(built)["rows_removed_per_asset"]
+
+
 def test_a_new_request_removes_the_subject_from_old_unchanged_partitions(built, data_dir, reads):
     lake = built.resources["lake"]
     user = _active_user(lake)
