@@ -73,7 +73,7 @@ def measure(lake, sizes: list[int], repeats: int) -> list[dict]:
         listing = _timed(append_listing, repeats)
         whole = _timed(lambda: log.verify(), max(1, repeats // 2))
         ckpt = ledger_checkpoint.verify(log, lake)
-        ledger_checkpoint.write_checkpoint(lake, log, ckpt.segments)
+        ledger_checkpoint.write_checkpoint(lake, log, ckpt)
 
         def incremental():
             nonlocal n
@@ -81,7 +81,7 @@ def measure(lake, sizes: list[int], repeats: int) -> list[dict]:
             n += 1
             v = ledger_checkpoint.verify(log, lake)
             assert v.status.ok and v.mode == "incremental", v
-            ledger_checkpoint.write_checkpoint(lake, log, v.segments)
+            ledger_checkpoint.write_checkpoint(lake, log, v)
 
         inc = _timed(incremental, repeats)
         out.append({"segments": size, "build_s": round(build_s, 1), "append_with_hint_s": with_hint, "append_listing_s": listing,

@@ -437,6 +437,28 @@ class _LocalBackend:
                 out[f.path[len(base) : -len(suffix)]] = f"{st.st_size}:{st.st_mtime_ns}:{ctime}{st.st_ino}"
         return out
 
+    def partition_fingerprints_after(self, lake: LakeStorage, layer: str, table: str, strict: bool, after: str | None,
+                                     limit: int | None) -> dict[str, str]:
+        # one directory read (names only), then a stat of the chosen partitions' files: not of every partition
+        base = lake.full_path(lake.table_dir(layer, table))
+        try:
+            names = [e.name for e in os.scandir(base) if e.is_dir() and "=" in e.name and not e.name.startswith((".", "_"))]
+        except FileNotFoundError:
+            return {}
+        out: dict[str, str] = {}
+        for name in sorted(names, key=_listing_order):
+            if after is not None and _listing_order(name) <= _listing_order(after):
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                st = os.stat(os.path.join(base, name, DATA_FILE))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            ctime = f"{st.st_ctime_ns}:" if strict else ""
+            out[name] = f"{st.st_size}:{st.st_mtime_ns}:{ctime}{st.st_ino}"
+        return out
+
     def create_view(self, con, name: str, paths: list[str], select: str) -> None:
         """View `name` over the Parquet files at `paths` (full paths), scanned natively by DuckDB."""
         files = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
@@ -542,6 +564,27 @@ class _S3Backend:
                 out[key[len(prefix) : -len(suffix)]] = f"{obj['Size']}:{obj['ETag'].strip(chr(34))}"
         return out
 
+    def partition_fingerprints_after(self, lake: LakeStorage, layer: str, table: str, strict: bool, after: str | None,
+                                     limit: int | None) -> dict[str, str]:
+        # S3 lists keys in UTF-8 order from StartAfter: a request per 1,000 partitions after `after`, not per table
+        base = lake.table_dir(layer, table) + "/"
+        suffix = "/" + DATA_FILE
+        bucket, _, prefix = (lake.full_path(base) + "/").partition("/")
+        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        if after is not None:
+            kwargs["StartAfter"] = prefix + after + "/~"  # past every key of partition `after` ('~' sorts after its files)
+        out: dict[str, str] = {}
+        for page in self.store.s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                rel = key[len(prefix):]
+                if not key.endswith(suffix) or rel.count("/") != 1 or rel.startswith((".", "_")):
+                    continue
+                if limit is not None and len(out) >= limit:
+                    return out
+                out[rel[: -len(suffix)]] = f"{obj['Size']}:{obj['ETag'].strip(chr(34))}"
+        return out
+
     def create_view(self, con, name: str, paths: list[str], select: str) -> None:
         dataset = ds.dataset(paths, filesystem=self.store.filesystem(), format="parquet")
         con.register(f"__ds_{name}", dataset)
@@ -592,6 +635,12 @@ class _S3Backend:
 
 def _backend_for(store: _FileStore) -> _LocalBackend | _S3Backend:
     return (_S3Backend if store.url.startswith("s3://") else _LocalBackend)(store)
+
+
+def _listing_order(name: str) -> bytes:
+    """The order in which S3 lists the keys under partition `name` ('name/...' in UTF-8): the local listing sorts the
+    same way, so that 'after' means the same on both stores."""
+    return (name + "/").encode()
 
 
 def partition_path(partition: Mapping[str, str] | None) -> str:
@@ -852,6 +901,14 @@ class LakeStorage(_FileStore):
         place that puts size and mtime back is seen too (the consent ledger's checkpoint) —, on S3 `size:ETag` (a new object has a new ETag even within the same
         second). Incremental consumers compare it with what they last consumed to find the partitions that changed."""
         return self._backend.partition_fingerprints(self, layer, table, strict)
+
+    def partition_fingerprints_after(self, layer: str, table: str, after: str | None = None, limit: int | None = None,
+                                     strict: bool = False) -> dict[str, str]:
+        """Like `partition_fingerprints`, for a table of one partition level ('segment=000000000042'), but only the
+        partitions after `after` (None: from the first) in listing order (a partition's path followed by '/', in
+        UTF-8 order: S3's key order), at most `limit` of them. Its cost follows what it returns, not the table: the
+        append-only logs' checkpoint lists what was appended since it, and a bounded window of the older segments."""
+        return self._backend.partition_fingerprints_after(self, layer, table, strict, after, limit)
 
     def register_partitions(self, con, name: str, layer: str, table: str, partitions: list[Mapping[str, str]],
                             empty_schema: pa.Schema, columns: list[str] | None = None) -> None:

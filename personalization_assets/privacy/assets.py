@@ -224,7 +224,7 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
         checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh)
         before = checked.status  # also fails on a decision id stored twice
         if before.ok:
-            ledger_checkpoint.write_checkpoint(lake, log, checked.segments)
+            ledger_checkpoint.write_checkpoint(lake, log, checked)
             # only raw hours changed since the ledger last consumed them (listing first: metadata only); a new policy
             # version decides every hour again (its purposes may map differently)
             current = lake.partition_fingerprints("raw", "events")
@@ -242,7 +242,7 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
             inc.write_consumed(lake, "consent_ledger", current, {"policy_version": policy.version})  # after the append
             verified = ledger_checkpoint.verify(log, lake)  # the segments just appended
             if verified.status.ok:
-                ledger_checkpoint.write_checkpoint(lake, log, verified.segments)
+                ledger_checkpoint.write_checkpoint(lake, log, verified)
     if not before.ok:
         # never append to a broken chain: that would bury the evidence
         yield dg.MaterializeResult(metadata={"appended": 0, "chain_problem": before.problem or "", **checked.metadata()})
@@ -506,7 +506,7 @@ def access_audit_log(context: dg.AssetExecutionContext, config: AuditLogConfig, 
     checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh)
     status = checked.status
     if status.ok:
-        ledger_checkpoint.write_checkpoint(lake, log, checked.segments)
+        ledger_checkpoint.write_checkpoint(lake, log, checked)
     yield dg.MaterializeResult(metadata={"rows": status.rows, "segments": status.segments, "head_hash": status.head_hash, "rows_written": 0,
                                          **checked.metadata()})
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=status.ok, metadata={"rows": status.rows, "problem": status.problem or "",

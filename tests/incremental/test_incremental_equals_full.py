@@ -79,6 +79,9 @@ EXCLUDED = {
     "privacy/consent_ledger_checkpoint": "incremental bookkeeping (ledger segment fingerprints, chain hashes, times)",
     # of the audit log above, which every run (a rerun too) extends with its own reads
     "privacy/access_audit_log_checkpoint": "incremental bookkeeping (audit log segment fingerprints, chain hashes, times)",
+    # the per-segment rows of the two checkpoints above (their heads), in blocks of seqs
+    "privacy/consent_ledger_checkpoint_segments": "incremental bookkeeping (ledger segment fingerprints, chain hashes, times)",
+    "privacy/access_audit_log_checkpoint_segments": "incremental bookkeeping (audit log segment fingerprints, chain hashes, times)",
     "privacy/consent_state_inputs": "incremental bookkeeping (identity rows and ledger seq consent_state was built from)",
 }
 # The consent ledger is append-only and hash-chained: the same DECISIONS must be in both, not the same chain.
