@@ -164,11 +164,11 @@ def _block(first_seq: int) -> dict[str, str]:
 
 def read_head(lake: LakeStorage, hlog: HashChainedLog) -> tuple[Head | None, str]:
     table = checkpoint_table(hlog.name)
-    if not lake.exists(LAYER, table):
-        return None, "checkpoint_missing"
     try:
-        t = lake.read_table(LAYER, table)
+        t = lake.read_table(LAYER, table)  # no existence check first: one request less on S3
         meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
+    except FileNotFoundError:
+        return None, "checkpoint_missing"
     except Exception as exc:  # noqa: BLE001 - unreadable: never trusted, everything is verified again
         log.warning("%s/%s is unreadable (%s): the log is verified in full", LAYER, table, exc)
         return None, "checkpoint_unreadable"
@@ -201,14 +201,19 @@ def _segment_rows(lake: LakeStorage, hlog: HashChainedLog, first: int | None = N
         parts = lake.partitions(LAYER, table)
     out = []
     for part in parts:
-        if not lake.exists(LAYER, table, part):
-            continue
-        t = lake.read_table(LAYER, table, part).select(CHECKPOINT_SCHEMA.names).cast(CHECKPOINT_SCHEMA)
-        for r in t.to_pylist():
+        t = _read_block(lake, table, part)
+        for r in ([] if t is None else t.to_pylist()):
             if (first is None or r["first_seq"] >= first) and (last is None or r["first_seq"] <= last):
                 out.append(Segment(r["segment"], r["fingerprint"], int(r["first_seq"]), int(r["rows"]), r["head_hash"]))
     out.sort(key=lambda s: s.first_seq)
     return out
+
+
+def _read_block(lake: LakeStorage, table: str, part: dict[str, str]) -> pa.Table | None:
+    try:
+        return lake.read_table(LAYER, table, part).select(CHECKPOINT_SCHEMA.names).cast(CHECKPOINT_SCHEMA)
+    except FileNotFoundError:  # a block not written yet (or removed: its segments then read as inserted)
+        return None
 
 
 def write_checkpoint(lake: LakeStorage, hlog: HashChainedLog, verified: Verification) -> None:
@@ -227,7 +232,7 @@ def write_checkpoint(lake: LakeStorage, hlog: HashChainedLog, verified: Verifica
     for block, new in sorted(by_block.items()):
         part = {"block": block}
         keep: list[Segment] = []
-        if verified.mode != "full" and lake.exists(LAYER, table, part):
+        if verified.mode != "full":
             first_new = min(s.first_seq for s in new)
             keep = [s for s in _segment_rows(lake, hlog, int(block) * BLOCK_SEQS, int(block) * BLOCK_SEQS + BLOCK_SEQS - 1)
                     if s.first_seq < first_new]

@@ -94,7 +94,7 @@ def built(lake, monkeypatch):
     log = _log(lake)
     _grow(log, SEGMENTS)
     first = _run(log, lake)
-    assert first.status.ok and first.mode == "full" and first.status.segments == SEGMENTS
+    assert first.status.ok and first.mode == "full" and first.reason == "checkpoint_missing" and first.status.segments == SEGMENTS
     return log
 
 
