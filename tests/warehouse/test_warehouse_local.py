@@ -33,24 +33,19 @@ DBT_MODELS = {
 BY_ID = {p.person_id: p for p in CONSENTED}
 
 
-def ntile5(ordered_ids: list[str]) -> dict[str, int]:
-    """SQL ntile(5) over an ordered list: the first n % 5 buckets get one row more."""
-    base, extra = divmod(len(ordered_ids), 5)
-    out, i = {}, 0
-    for bucket in range(1, 6):
-        size = base + (1 if bucket <= extra else 0)
-        for pid in ordered_ids[i : i + size]:
-            out[pid] = bucket
-        i += size
-    return out
+def value_quintiles(values: dict[str, float]) -> dict[str, int]:
+    """The quintile of each value, worst = smallest first: 1 + floor(5 * (rank - 1) / n), rank = 1 + the number of
+    strictly smaller values, so equal values share a score (models/marts/user_segments.yml)."""
+    n = len(values)
+    return {i: 1 + (5 * sum(1 for w in values.values() if w < v)) // n for i, v in values.items()}
 
 
 def expected_segments() -> dict[str, tuple]:
     """The rules of models/marts/user_segments.yml, re-implemented on the fixture persons."""
     ids = [p.person_id for p in KNOWN]
-    r = ntile5(sorted(ids, key=lambda i: (-BY_ID[i].recency_days, i)))
-    f = ntile5(sorted(ids, key=lambda i: (BY_ID[i].frequency, i)))
-    m = ntile5(sorted(ids, key=lambda i: (BY_ID[i].monetary, i)))
+    r = value_quintiles({i: -BY_ID[i].recency_days for i in ids})
+    f = value_quintiles({i: BY_ID[i].frequency for i in ids})
+    m = value_quintiles({i: BY_ID[i].monetary for i in ids})
     out = {}
     for i in ids:
         p = BY_ID[i]
@@ -116,6 +111,7 @@ def test_dbt_unit_tests_ran_and_are_recorded(local_build):
     assert unit == {
         ("segments/user_segments", "test_user_segments_rfm_scores_and_segment_names"): "pass",
         ("segments/user_segments", "test_user_segments_lifecycle_boundaries"): "pass",
+        ("segments/user_segments", "test_user_segments_scores_do_not_depend_on_person_id"): "pass",
         ("segments/segment_membership", "test_segment_membership_types_and_affinity_threshold"): "pass",
         ("segments/advertising_audience", "test_advertising_audience_only_sale_share_eligible"): "pass",
         ("segments/segment_sizes", "test_segment_sizes_counts_members_per_segment"): "pass",
@@ -127,19 +123,18 @@ def test_user_segments_one_row_per_known_user_with_expected_scores(local_build):
     assert [r[0] for r in rows] == sorted(p.person_id for p in KNOWN)
     assert {r[0] for r in rows}.isdisjoint({pseudonym(n) for n in ("a01", "a02", *NOT_CONSENTED)})
     for position in (1, 2, 3):  # r, f, m
-        scores = Counter(r[position] for r in rows)
-        assert set(scores) == {1, 2, 3, 4, 5}
-        assert sorted(scores.values(), reverse=True) == [4, 3, 3, 3, 3]  # 16 users: ntile puts the extra row first
+        assert set(Counter(r[position] for r in rows)) == {1, 2, 3, 4, 5}
+    # the zero spenders (k04, k09, k14) share the lowest m_score, whatever their pseudonyms
+    assert {r[3] for r in rows if BY_ID[r[0]].monetary == 0} == {1}
     assert {r[0]: r[1:7] for r in rows} == expected_segments()
     assert all(r[7].replace(tzinfo=None) == AS_OF.replace(tzinfo=None) for r in rows)
 
 
 def test_tie_and_edge_cases(local_build):
     seg = {r[0]: r for r in local_build.marts["user_segments"]}
-    first, second = sorted([pseudonym("k10"), pseudonym("k11")])
-    # identical R, F and M: the smaller person_id ranks first, so it never gets a better score
-    assert all(a <= b for a, b in zip(seg[first][1:4], seg[second][1:4]))
-    assert seg[first][1:4] != seg[second][1:4]  # in this fixture the tie straddles a quintile boundary
+    # identical R, F and M: the same scores and segment, whichever pseudonym sorts first (splitting the tie by
+    # person_id, as ntile() did, gave them different scores here: the tie straddles a quintile boundary)
+    assert seg[pseudonym("k10")][1:5] == seg[pseudonym("k11")][1:5]
     assert seg[pseudonym("k15")][6] == "new"  # first seen 5 days before as_of
     assert seg[pseudonym("k04")][5] is None  # no content events, no top category
 

@@ -3,7 +3,7 @@ for the warehouse tests.
 
 20 persons, snapshot AS_OF:
 - k01..k16: known users with personalization consent (in user_rfm, content_affinity, engagement);
-  k10 and k11 have identical RFM values (a tie, broken by person_id), k15 is a new user (first seen
+  k10 and k11 have identical RFM values (a tie: they share their scores), k15 is a new user (first seen
   5 days before AS_OF), k04 has no content events (no top category);
 - a01, a02: anonymous-only persons (personalization consent, but is_known_user = false);
 - n01, n02: no personalization consent (only in purpose_eligibility, identity_map and sessions);

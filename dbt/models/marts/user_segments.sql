@@ -36,7 +36,9 @@ top_categories as (
 
 ),
 
--- quintiles, 5 = best; ties (and nulls, ranked worst) are broken by person_id, so scores are deterministic
+-- quintiles by value, 5 = best, nulls ranked worst; equal values share a score (macros/scoring.sql): no tie is
+-- broken by person_id, so the scores do not depend on the pseudonymization key (the same with every machine's
+-- development key, and unchanged by a key rotation)
 scored as (
 
     select
@@ -44,9 +46,9 @@ scored as (
         recency_days,
         first_seen_at,
         as_of,
-        ntile(5) over (order by recency_days desc nulls first, person_id) as r_score,
-        ntile(5) over (order by frequency asc nulls first, person_id) as f_score,
-        ntile(5) over (order by monetary asc nulls first, person_id) as m_score
+        {{ value_quintile('recency_days desc nulls first') }} as r_score,
+        {{ value_quintile('frequency asc nulls first') }} as f_score,
+        {{ value_quintile('monetary asc nulls first') }} as m_score
     from known_users
 
 ),
