@@ -174,6 +174,11 @@ class EnvSettings(BaseSettings):
     duckdb_memory_limit: str = Field("2GB", validation_alias="PERSONALIZATION_DUCKDB_MEMORY_LIMIT",
                                      description="Memory limit of the DuckDB engine used for transforms; above it DuckDB spills to disk.",
                                      json_schema_extra=_doc("2GB", "size to the run pod"))
+    log_recheck_segments: int = Field(1000, ge=1, validation_alias="PERSONALIZATION_LOG_RECHECK_SEGMENTS",
+                                      description="Older segments of the consent ledger and the audit log whose listing fingerprints each "
+                                      "verification compares with its checkpoint, in turn: an edited or removed segment is found within "
+                                      "ceil(segments / this) runs (`--full-refresh`: at once).",
+                                      json_schema_extra=_doc("1000", "same (one S3 list request)"))
     alert_webhook_url: str | None = Field(None, validation_alias="PERSONALIZATION_ALERT_WEBHOOK_URL",
                                           description="Run-failure alerts are POSTed here as JSON.", json_schema_extra=_doc("(unset)", "recommended"))
     pushgateway_url: str | None = Field(None, validation_alias="PROMETHEUS_PUSHGATEWAY_URL",
@@ -353,6 +358,7 @@ class Settings:
     horizon_days: int
     max_future_minutes: int
     duckdb_memory_limit: str
+    log_recheck_segments: int
     alert_webhook_url: str | None
     pushgateway_url: str | None
     has_static_aws_credentials: bool
@@ -529,6 +535,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         horizon_days=raw.horizon_days,
         max_future_minutes=raw.max_future_minutes,
         duckdb_memory_limit=raw.duckdb_memory_limit,
+        log_recheck_segments=raw.log_recheck_segments,
         alert_webhook_url=raw.alert_webhook_url,
         pushgateway_url=raw.pushgateway_url,
         has_static_aws_credentials=raw.aws_access_key_id_set and raw.aws_secret_access_key_set,

@@ -221,7 +221,7 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
     # original) waits, then sees this run's rows (and what they consumed) and appends none of them again
     with log.exclusive():
         # verified from the checkpoint: only segments appended since the last verified run (privacy/ledger_checkpoint.py)
-        checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh)
+        checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh, recheck_segments=platform.log_recheck_segments)
         before = checked.status  # also fails on a decision id stored twice
         if before.ok:
             ledger_checkpoint.write_checkpoint(lake, log, checked)
@@ -240,7 +240,7 @@ def consent_ledger(context: dg.AssetExecutionContext, config: ConsentLedgerConfi
             outcome = _append_new_decisions(log, lake, duckdb, pseudonymizer, policy, before.rows,
                                             None if full else [inc.partition_of(p) for p in changed])
             inc.write_consumed(lake, "consent_ledger", current, {"policy_version": policy.version})  # after the append
-            verified = ledger_checkpoint.verify(log, lake)  # the segments just appended
+            verified = ledger_checkpoint.verify(log, lake, recheck_segments=platform.log_recheck_segments)  # the segments just appended
             if verified.status.ok:
                 ledger_checkpoint.write_checkpoint(lake, log, verified)
     if not before.ok:
@@ -503,7 +503,7 @@ def access_audit_log(context: dg.AssetExecutionContext, config: AuditLogConfig, 
     # every run reads sensitive data, so this log grows with every run: verified from its checkpoint, a run checks what
     # was appended since the last one, not the whole history (privacy/ledger_checkpoint.py, as for the consent ledger)
     log = audit_log(lake, lock_dir(platform))
-    checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh)
+    checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh, recheck_segments=platform.log_recheck_segments)
     status = checked.status
     if status.ok:
         ledger_checkpoint.write_checkpoint(lake, log, checked)

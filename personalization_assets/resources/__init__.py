@@ -84,6 +84,7 @@ def build_resources(settings: Settings) -> dict:
             max_future_minutes=settings.max_future_minutes,
             events_layout=settings.events_layout,
             duckdb_memory_limit=settings.duckdb_memory_limit,
+            log_recheck_segments=settings.log_recheck_segments,
         ),
     }
     resources["pseudonymizer"] = pseudonymizer(settings)

@@ -226,3 +226,22 @@ def test_the_first_format_is_verified_in_full_once(lake):
     v = _run(log, lake)
     assert v.status.ok and v.mode == "full" and v.reason == "checkpoint_format_changed"
     assert _run(log, lake).mode == "incremental"
+
+
+def test_the_audit_log_asset_rechecks_the_configured_window(data_dir, monkeypatch):
+    """PERSONALIZATION_LOG_RECHECK_SEGMENTS reaches the verification of privacy/access_audit_log (Dagster run)."""
+    from personalization_assets.core.audit import audit_log
+    from tests.helpers import check_results, defs_for_env, materialize, materializations
+
+    monkeypatch.setenv("PERSONALIZATION_LOG_RECHECK_SEGMENTS", "3")
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    _grow(audit_log(lake, None), 12)
+    runs = []
+    for _ in range(3):
+        result = materialize(defs, "key:privacy/access_audit_log")
+        assert check_results(result)["privacy/access_audit_log:hash_chain_intact"]
+        runs.append(materializations(result)["privacy/access_audit_log"])
+    assert runs[0]["verify_mode"] == "full"
+    assert [r["verify_mode"] for r in runs[1:]] == ["incremental"] * 2
+    assert [r["segments_rechecked"] for r in runs[1:]] == [3, 3]
