@@ -845,10 +845,12 @@ class LakeStorage(_FileStore):
         partition: Mapping[str, str] | None = None,
         columns: list[str] | None = None,
     ) -> pa.Table:
-        """Read one partition (or the single file of an unpartitioned table)."""
+        """Read one partition (or the single file of an unpartitioned table). The file is opened once: a writer that
+        replaces it meanwhile (a new file renamed into place) cannot mix its footer with the old file's pages."""
         self._audit_read(layer, table, partition_path(partition) or None, columns)
         path = self.full_path(self.data_file(layer, table, partition))
-        return pq.read_table(path, filesystem=self.filesystem(), columns=columns)
+        with self.filesystem().open_input_file(path) as f:
+            return pq.read_table(f, columns=columns)
 
     def parquet_metadata(self, layer: str, table: str, partition: Mapping[str, str] | None = None) -> pq.FileMetaData:
         """The Parquet footer of one partition (row count, schema) without reading its data."""

@@ -503,10 +503,11 @@ def access_audit_log(context: dg.AssetExecutionContext, config: AuditLogConfig, 
     # every run reads sensitive data, so this log grows with every run: verified from its checkpoint, a run checks what
     # was appended since the last one, not the whole history (privacy/ledger_checkpoint.py, as for the consent ledger)
     log = audit_log(lake, lock_dir(platform))
-    checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh, recheck_segments=platform.log_recheck_segments)
-    status = checked.status
-    if status.ok:
-        ledger_checkpoint.write_checkpoint(lake, log, checked)
+    with ledger_checkpoint.checkpoint_lock(lake, log):  # not the log's writer lock: appends go on meanwhile
+        checked = ledger_checkpoint.verify(log, lake, full=config.full_refresh, recheck_segments=platform.log_recheck_segments)
+        status = checked.status
+        if status.ok:
+            ledger_checkpoint.write_checkpoint(lake, log, checked)
     yield dg.MaterializeResult(metadata={"rows": status.rows, "segments": status.segments, "head_hash": status.head_hash, "rows_written": 0,
                                          **checked.metadata()})
     yield dg.AssetCheckResult(check_name="hash_chain_intact", passed=status.ok, metadata={"rows": status.rows, "problem": status.problem or "",

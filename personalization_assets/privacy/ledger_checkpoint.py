@@ -216,6 +216,17 @@ def _read_block(lake: LakeStorage, table: str, part: dict[str, str]) -> pa.Table
         return None
 
 
+def checkpoint_lock(lake: LakeStorage, hlog: HashChainedLog):
+    """One verification-and-checkpoint of the log at a time (fcntl locally, an S3 lease in the lake), for a log whose
+    verification does not hold the log's writer lock (the access audit log: every step appends to it). Two at once
+    are safe without it, but one could record a shorter block than the other's head, and the next runs would verify
+    everything again to settle it."""
+    from personalization_assets.core.hash_chain import TableWriterLock
+
+    return TableWriterLock(lake=lake, name=checkpoint_table(hlog.name), schema=pa.schema([("unused", pa.string())]),
+                           table_layer=LAYER).exclusive()
+
+
 def write_checkpoint(lake: LakeStorage, hlog: HashChainedLog, verified: Verification) -> None:
     """Record a successful verification: the blocks its segments fall in (all of them after a full one), then the
     head. A run killed in between leaves block rows after the head: they are ignored and rewritten."""
