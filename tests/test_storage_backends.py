@@ -127,3 +127,30 @@ def test_a_read_is_never_torn_by_a_concurrent_replace(tmp_path):
         stop.set()
         writer.join(30)
     assert errors == [], f"{len(errors)} torn reads, e.g. {errors[:2]}"
+
+
+def test_an_exclusive_create_is_untouched_once_visible(tmp_path, monkeypatch):
+    """A log segment's listing fingerprint includes its ctime. Created by a hard link, the segment was visible with
+    two links until the temporary name was removed, which changed its ctime: a verification listing in between
+    recorded a fingerprint that did not last, and the next run verified the whole log again. Now the temporary file
+    is renamed into place exclusively: visible with one link, never touched again."""
+    import os
+
+    from personalization_assets.core import storage
+
+    lake = storage.LakeStorage(url=str(tmp_path / "lake"))
+    final = lake.full_path("privacy/log/segment=000000000001/data.parquet")
+    seen = []
+    real_unlink = os.unlink
+
+    def unlink(path, *a, **kw):
+        if os.path.exists(final):
+            seen.append(os.stat(final).st_nlink)
+        return real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(storage.os, "unlink", unlink)
+    assert lake.create_exclusive("privacy/log/segment=000000000001/data.parquet", b"one") is True
+    assert lake.create_exclusive("privacy/log/segment=000000000001/data.parquet", b"two") is False
+    assert open(final, "rb").read() == b"one" and os.stat(final).st_nlink == 1
+    assert all(n == 1 for n in seen), f"the segment was visible with {seen} links"
+    assert not [p for p in os.listdir(os.path.dirname(final)) if p != "data.parquet"], "a temporary file was left"

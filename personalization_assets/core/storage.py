@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import fnmatch
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -95,6 +96,39 @@ def locked_temp_path(parent: str, suffix: str = "") -> Iterator[str]:
             os.unlink(path)  # still there when the block did not rename it into place
     finally:
         os.close(fd)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_renameat2 = None  # libc's renameat2, looked up once (None: not looked up yet; False: unavailable)
+
+
+def _rename_noreplace(src: str, dst: str) -> bool | None:
+    """Rename `src` to `dst` only if `dst` does not exist (Linux renameat2 RENAME_NOREPLACE): True when renamed,
+    False when `dst` exists, None when this system or file system cannot (the caller falls back to a hard link)."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = (fn, ctypes)
+        except (AttributeError, OSError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return None
+    fn, ctypes = _renameat2
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return None
+    raise OSError(err, os.strerror(err), dst)
 
 
 def _delete_if_writer_gone(path: str, mtime_ns: int) -> bool:
@@ -270,7 +304,9 @@ class _FileStore(dg.ConfigurableResource):
     def create_exclusive(self, relative: str, data: bytes) -> bool:
         """Write an object only if it does not exist yet (atomically). Returns False if it already existed.
 
-        Local: hard-link a fully written temp file into place (link fails if the name exists). S3: a PUT
+        Local: rename a fully written temp file into place exclusively (renameat2 RENAME_NOREPLACE; a hard link,
+        which fails if the name exists, where the file system cannot), so the file is never touched once
+        visible (its listing fingerprint, ctime included, stays what a reader first saw). S3: a PUT
         with `If-None-Match: *` (S3 conditional writes) through the client of dagster-aws's S3Resource,
         because pyarrow cannot send it. On a write-once store the same PUT also locks the object
         (`ObjectLockMode`, `ObjectLockRetainUntilDate` = now + object_lock_days, with the SHA-256 checksum
@@ -395,6 +431,12 @@ class _LocalBackend:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            # an exclusive rename: once the segment is visible nothing touches its inode again (a hard link followed
+            # by the removal of the temporary name changed its ctime after it was visible, so a listing in between
+            # saw a fingerprint that did not last); a hard link where the file system cannot
+            renamed = _rename_noreplace(tmp, path)
+            if renamed is not None:
+                return renamed
             try:
                 os.link(tmp, path)
                 return True
