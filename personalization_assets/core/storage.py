@@ -483,14 +483,15 @@ class _LocalBackend:
                                      limit: int | None) -> dict[str, str]:
         # one directory read (names only), then a stat of the chosen partitions' files: not of every partition
         base = lake.full_path(lake.table_dir(layer, table))
+        floor = None if after is None else _listing_order(after)
         try:
-            names = [e.name for e in os.scandir(base) if e.is_dir() and "=" in e.name and not e.name.startswith((".", "_"))]
+            with os.scandir(base) as entries:
+                names = [e.name for e in entries if "=" in e.name and e.name[0] not in "._"
+                         and (floor is None or _listing_order(e.name) > floor)]
         except FileNotFoundError:
             return {}
         out: dict[str, str] = {}
-        for name in sorted(names, key=_listing_order):
-            if after is not None and _listing_order(name) <= _listing_order(after):
-                continue
+        for name in sorted(names, key=_listing_order):  # only those after `after`: a few on a steady run
             if limit is not None and len(out) >= limit:
                 break
             try:
@@ -679,10 +680,11 @@ def _backend_for(store: _FileStore) -> _LocalBackend | _S3Backend:
     return (_S3Backend if store.url.startswith("s3://") else _LocalBackend)(store)
 
 
-def _listing_order(name: str) -> bytes:
-    """The order in which S3 lists the keys under partition `name` ('name/...' in UTF-8): the local listing sorts the
-    same way, so that 'after' means the same on both stores."""
-    return (name + "/").encode()
+def _listing_order(name: str) -> str:
+    """The order in which S3 lists the keys under partition `name` ('name/...' in UTF-8 byte order, which is code
+    point order: plain string comparison): the local listing sorts the same way, so that 'after' means the same on
+    both stores."""
+    return name + "/"
 
 
 def partition_path(partition: Mapping[str, str] | None) -> str:

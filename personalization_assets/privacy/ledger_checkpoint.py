@@ -127,8 +127,8 @@ class Verification:
                 "rows_verified": self.rows_verified, "segments_rechecked": self.segments_rechecked}
 
 
-def _order(name: str) -> bytes:
-    return (f"{_SEGMENT}={name}/").encode()  # the listing order (storage._listing_order)
+def _order(name: str) -> str:
+    return f"{_SEGMENT}={name}/"  # the listing order (storage._listing_order)
 
 
 def _listed(hlog: HashChainedLog, after: str | None = None, limit: int | None = None) -> dict[str, str]:
