@@ -112,6 +112,7 @@ def test_dbt_unit_tests_ran_and_are_recorded(local_build):
         ("segments/user_segments", "test_user_segments_rfm_scores_and_segment_names"): "pass",
         ("segments/user_segments", "test_user_segments_lifecycle_boundaries"): "pass",
         ("segments/user_segments", "test_user_segments_scores_do_not_depend_on_person_id"): "pass",
+        ("segments/user_segments", "test_user_segments_recency_within_a_day"): "pass",
         ("segments/segment_membership", "test_segment_membership_types_and_affinity_threshold"): "pass",
         ("segments/advertising_audience", "test_advertising_audience_only_sale_share_eligible"): "pass",
         ("segments/segment_sizes", "test_segment_sizes_counts_members_per_segment"): "pass",

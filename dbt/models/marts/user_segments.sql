@@ -20,6 +20,7 @@ known_users as (
         frequency,
         monetary,
         first_seen_at,
+        last_seen_at,
         as_of
     from rfm
     where is_known_user
@@ -38,7 +39,8 @@ top_categories as (
 
 -- quintiles by value, 5 = best, nulls ranked worst; equal values share a score (macros/scoring.sql): no tie is
 -- broken by person_id, so the scores do not depend on the pseudonymization key (the same with every machine's
--- development key, and unchanged by a key rotation)
+-- development key, and unchanged by a key rotation). Recency in whole days ties most users who came back today,
+-- so within a day it ranks by the exact time last seen
 scored as (
 
     select
@@ -46,7 +48,7 @@ scored as (
         recency_days,
         first_seen_at,
         as_of,
-        {{ value_quintile('recency_days desc nulls first') }} as r_score,
+        {{ value_quintile('recency_days desc nulls first, last_seen_at asc nulls first') }} as r_score,
         {{ value_quintile('frequency asc nulls first') }} as f_score,
         {{ value_quintile('monetary asc nulls first') }} as m_score
     from known_users
