@@ -42,7 +42,6 @@ the checkpoint consistently could hide an edit from incremental runs until the n
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
