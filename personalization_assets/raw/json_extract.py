@@ -227,14 +227,16 @@ ISO_STRICT = (
 )
 
 
-def timestamp_problem(text_sql: str, label: str) -> str:
+def timestamp_problem(text_sql: str, label: str, parsed: str | None = None) -> str:
     """SQL: NULL, or '<reason>: <detail>' for a timestamp string that DuckDB parses but a strict ISO 8601
     reader would not take: no offset or a date only (`timestamp_without_offset`), or an offset no place has
-    (`timestamp_offset_out_of_range`). Clean values pay one regex; the reason is worked out only for the rest."""
+    (`timestamp_offset_out_of_range`). Clean values pay one regex; the reason is worked out only for the rest.
+    `parsed`: SQL of `try_cast(text_sql as timestamptz)` when the caller has it already."""
+    parsed = parsed or f"try_cast({text_sql} as timestamptz)"
     without = _sql_str(f"timestamp_without_offset: {label} has no UTC offset (ISO 8601 date and time with Z or ±hh:mm required)")
     out_of_range = _sql_str(f"timestamp_offset_out_of_range: {label} has a UTC offset outside -12:00..+14:00")
     return (
-        f"case when not regexp_matches({text_sql}, {_sql_str(ISO_STRICT)}) and try_cast({text_sql} as timestamptz) is not null "
+        f"case when not regexp_matches({text_sql}, {_sql_str(ISO_STRICT)}) and {parsed} is not null "
         f"then case when regexp_matches({text_sql}, {_sql_str(ISO_WITH_OFFSET)}) then {out_of_range} else {without} end end"
     )
 
@@ -261,40 +263,83 @@ def _struct(code: str, detail_sql: str) -> str:
     return f"({_sql_str(code + ': ')} || {detail_sql})"
 
 
-def _path_value_and_errors(v: str, kind: str, label: str) -> tuple[str, list[str]]:
+class _Leaves:
+    """Per JSON leaf of a projection, its `json_type`, its text and its casts, each computed once per row in an inner
+    projection that the outer expressions refer to by alias (a leaf's type is otherwise parsed again by every
+    expression that tests it: its value, each of its checks, each column that reads it). `None` stands for the
+    single-level form, every expression spelled out in place."""
+
+    def __init__(self):
+        self.inner: dict[str, str] = {}  # alias -> SQL over the source's columns
+
+    def _alias(self, v: str, what: str, sql: str) -> str:
+        alias = _quote(f"{v}#{what}")
+        self.inner.setdefault(alias, sql)
+        return alias
+
+    def jtype(self, v: str) -> str:
+        return self._alias(v, "type", f"json_type({v})")
+
+    def text(self, v: str) -> str:
+        return self._alias(v, "text", f"({v} ->> '$')")
+
+    def cast(self, v: str, sql_type: str) -> str:
+        # try_cast never fails, so computing it on every row (not only where the JSON type matches) is safe
+        return self._alias(v, sql_type, f"try_cast({self.text(v)} as {sql_type})")
+
+    def select(self) -> str:
+        return ", ".join(f"{sql} as {alias}" for alias, sql in self.inner.items())
+
+
+class _Inline:
+    """The single-level form of `_Leaves`: each expression in place."""
+
+    def jtype(self, v: str) -> str:
+        return f"json_type({v})"
+
+    def text(self, v: str) -> str:
+        return f"({v} ->> '$')"
+
+    def cast(self, v: str, sql_type: str) -> str:
+        return f"try_cast({self.text(v)} as {sql_type})"
+
+
+def _path_value_and_errors(v: str, kind: str, label: str, leaves: _Leaves | _Inline | None = None) -> tuple[str, list[str]]:
     """(SQL of the typed value at JSON expression `v`, SQL of its error entries) for one path of a given kind."""
+    leaves = leaves or _Inline()
     allowed = ", ".join(_sql_str(t) for t in _KIND_JSON_TYPES[kind])
-    ok = f"json_type({v}) in ({allowed})"
-    text = f"({v} ->> '$')"
+    jtype = leaves.jtype(v)
+    ok = f"{jtype} in ({allowed})"
+    text = leaves.text(v)
     if kind == "string":
         value = f"case when {ok} then {text} end"
     elif kind == "timestamp":
-        value = f"case when {ok} then try_cast({text} as timestamptz) end"
+        value = f"case when {ok} then {leaves.cast(v, 'timestamptz')} end"
     elif kind == "number":
-        value = f"case when {ok} then try_cast({text} as double) end"
+        value = f"case when {ok} then {leaves.cast(v, 'double')} end"
     elif kind == "integer":
-        value = f"case when {ok} then try_cast({text} as bigint) end"
+        value = f"case when {ok} then {leaves.cast(v, 'bigint')} end"
     elif kind == "boolean":
         value = f"case when {ok} then ({text})::boolean end"
     else:  # object / array kept as JSON text
         value = f"case when {ok} then ({v})::varchar end"
     errors = []
-    bad = f"json_type({v}) is not null and json_type({v}) <> 'NULL' and not ({ok})"
+    bad = f"{jtype} is not null and {jtype} <> 'NULL' and not ({ok})"
     errors.append(f"case when {bad} then {_struct('wrong_type', _sql_str(label + ' must be ' + kind))} end")
     if kind == "timestamp":
         errors.append(
-            f"case when {ok} and try_cast({text} as timestamptz) is null "
+            f"case when {ok} and {leaves.cast(v, 'timestamptz')} is null "
             f"then {_struct('wrong_type', _sql_str(label + ' is not an ISO-8601 timestamp'))} end"
         )
-        errors.append(f"case when {ok} then {timestamp_problem(text, label)} end")
+        errors.append(f"case when {ok} then {timestamp_problem(text, label, parsed=leaves.cast(v, 'timestamptz'))} end")
     if kind == "number":
         errors.append(
-            f"case when {ok} and not isfinite(try_cast({text} as double)) "
+            f"case when {ok} and not isfinite({leaves.cast(v, 'double')}) "
             f"then {_struct('non_finite_number', _sql_str(label + ' is not a finite number: ') + ' || ' + text)} end"
         )
     if kind == "integer":
         errors.append(
-            f"case when {ok} and try_cast({text} as bigint) is null "
+            f"case when {ok} and {leaves.cast(v, 'bigint')} is null "
             f"then {_struct('wrong_type', _sql_str(label + ' is out of range'))} end"
         )
     if kind in ("object", "array"):
@@ -331,7 +376,8 @@ def _fill(model, template: str, read_value, where: str) -> str:
         raise ValueError(f"{model.__name__}.{where}: {{{exc.args[0]}}} is not a JSON column of the model") from None
 
 
-def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s") -> tuple[list[str], str]:
+def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s",
+                     leaves: _Leaves | None = None) -> tuple[list[str], str]:
     """SELECT expressions casting each JSON leaf under `root` to the model's type, plus `_type_errors`
     (details of every value problem) and `_type_reason` (the reason code of the first, one of VALUE_REASONS).
 
@@ -343,6 +389,8 @@ def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s") ->
     duplicates in objects the plan reads field by field are caught while parsing, see events_ingest).
 
     `fallback`, `only_if` and `derive` (module doc) are applied here too, so both parsing paths share them.
+    With `leaves`, the expressions refer to each leaf's type, text and casts by alias, and `leaves` collects the
+    inner projection that defines them (`typed_select` puts the two together).
     """
     cols = {c.name: c for c in json_columns(model)}
     read: dict[str, str] = {}
@@ -360,13 +408,13 @@ def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s") ->
             raise ValueError(f"{model.__name__}.{name}: only_if refers back to itself")
         resolving.add(name)
         col = cols[name]
-        value, _ = _path_value_and_errors(_access(root, col.path), col.kind, ".".join(col.path))
+        value, _ = _path_value_and_errors(_access(root, col.path), col.kind, ".".join(col.path), leaves)
         cond = _fill(model, col.only_if, read_value, f"{name}.only_if") if col.only_if else None
         checked.setdefault((col.path, col.kind), []).append(cond)
         if cond:
             value = f"case when {cond} then {value} end"
         if col.fallback:
-            fb_value, _ = _path_value_and_errors(_access(root, col.fallback), col.kind, ".".join(col.fallback))
+            fb_value, _ = _path_value_and_errors(_access(root, col.fallback), col.kind, ".".join(col.fallback), leaves)
             checked.setdefault((col.fallback, col.kind), []).append(None)
             if col.kind == "object":
                 value = (f"case when ({value}) is not null and ({fb_value}) is not null "
@@ -386,7 +434,7 @@ def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s") ->
     for d in derived_columns(model):
         select.append(f"{_fill(model, d.derive, read_value, f'{d.name}.derive')} as {_quote(d.name)}")
     for (path, kind), conds in checked.items():
-        _, path_errors = _path_value_and_errors(_access(root, path), kind, ".".join(path))
+        _, path_errors = _path_value_and_errors(_access(root, path), kind, ".".join(path), leaves)
         if None not in conds:
             either = " or ".join(dict.fromkeys(conds))
             path_errors = [f"case when {either} then {e} end" for e in path_errors]
@@ -398,3 +446,13 @@ def typed_projection(model: type[pda.DataFrameModel], root: str | None = "s") ->
         f"split_part(_type_errors[1], ': ', 1) as _type_reason"
     )
     return select, type_errors
+
+
+def typed_select(model: type[pda.DataFrameModel], source: str, keep: tuple[str, ...] = ()) -> str:
+    """SQL: `typed_projection` of the top-level JSON columns of `source` (a table expression: read_json's rows, or
+    json_transform's unnested), preceded by the columns `keep` of `source`. Two levels: the inner one computes each
+    leaf's type, text and casts once per row, the outer one the typed values and `_type_errors` from them (the
+    same values and errors as the single-level projection, a fraction of the JSON parsing)."""
+    leaves = _Leaves()
+    select, type_errors = typed_projection(model, root=None, leaves=leaves)
+    return f"select {''.join(k + ', ' for k in keep)}{', '.join(select)}, {type_errors} from (select *, {leaves.select()} from {source})"

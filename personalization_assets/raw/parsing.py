@@ -38,8 +38,7 @@ class ParsedFile:
 
 
 def _typed_sql(source: str, model) -> str:
-    select, type_errors = json_extract.typed_projection(model, root=None)
-    return f"select {', '.join(select)}, {type_errors} from {source}"
+    return json_extract.typed_select(model, source)
 
 
 
@@ -65,8 +64,7 @@ def _fast_path_many(con: duckdb.DuckDBPyConnection, local_paths: list[str], mode
         f"read_json({files}, format='newline_delimited', columns={cols}, compression='none', "
         f"maximum_object_size={max_object}, filename='__file')"
     )
-    select, type_errors = json_extract.typed_projection(model, root=None)
-    return con.sql(f"select __file, {', '.join(select)}, {type_errors} from {src}").arrow().read_all()
+    return con.sql(json_extract.typed_select(model, src, keep=("__file",))).arrow().read_all()
 
 
 
@@ -180,8 +178,7 @@ def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: in
             }[reason]
             rejects.append(Reject(int(line_no), reason, detail))
         src = f"(select line_no, unnest(json_transform(line, {json_extract._sql_str(structure)})) from _classified where reason is null)"
-        select, type_errors = json_extract.typed_projection(model, root=None)
-        table = con.sql(f"select line_no, {', '.join(select)}, {type_errors} from {src} order by line_no").arrow().read_all()
+        table = con.sql(f"{json_extract.typed_select(model, src, keep=('line_no',))} order by line_no").arrow().read_all()
     finally:
         con.unregister("_lines")
         try:
@@ -286,11 +283,10 @@ def flag_duplicate_keys(table: pa.Table, model=RawEvent) -> pa.Table:
 
 
 def empty_typed(con, model=RawEvent) -> pa.Table:
-    select, type_errors = json_extract.typed_projection(model, root=None)
     cols = json_extract.read_json_columns(model)
     # an empty relation with the right types: a zero-row VALUES cast through the same projection
     src = f"(select * from read_json('/dev/null', format='newline_delimited', columns={cols}) limit 0)"
-    t = con.sql(f"select {', '.join(select)}, {type_errors} from {src}").arrow().read_all()
+    t = con.sql(json_extract.typed_select(model, src)).arrow().read_all()
     return t.add_column(0, "line_no", pa.array([], pa.int64()))
 
 
@@ -377,7 +373,6 @@ def parse_slow_files(con: duckdb.DuckDBPyConnection, files: list[LandedFile], ma
         text = pa.array([], pa.large_string())
     lines = pa.table({"__f": pa.array(file_idx[good]), "line_no": pa.array(line_no[good]), "line": text})
     structure = json_extract.json_transform_structure(model)
-    select, type_errors = json_extract.typed_projection(model, root=None)
     con.register("_slow_lines", lines)
     try:
         classified = con.sql(f"select __f, line_no, line, {_classification_sql(model)} from _slow_lines").arrow().read_all()
@@ -385,7 +380,7 @@ def parse_slow_files(con: duckdb.DuckDBPyConnection, files: list[LandedFile], ma
         con.register("_slow_classified", classified)
         src = f"(select __f, line_no, unnest(json_transform(line, {json_extract._sql_str(structure)})) from _slow_classified where reason is null)"
         typed = con.sql(
-            f"select line_no, {', '.join(select)}, {type_errors}, __f from {src} order by __f, line_no"
+            f"{json_extract.typed_select(model, src, keep=('line_no', '__f'))} order by __f, line_no"
         ).arrow().read_all()
         stats["queries"] += 1
     finally:
