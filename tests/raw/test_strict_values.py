@@ -8,14 +8,17 @@ offset at all, or a bare date."""
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 
+import pyarrow as pa
 import pytest
 
 from personalization_assets.raw import events_ingest as ei
 from personalization_assets.raw import reference_ingest as ri
-from personalization_assets.core.tracking_plan import RawContent
-from tests.raw.hostile import line, msg
+from personalization_assets.core.tracking_plan import RawContent, RawEvent
+from personalization_assets.raw import json_extract
+from tests.raw.hostile import hostile_bytes, line, msg
 
 pytestmark = pytest.mark.unit
 
@@ -150,9 +153,6 @@ def _every_kind_in_every_column() -> list[bytes]:
     """For each JSON path the tracking plan reads, one message per JSON kind at that path: a string (plain, with
     escapes, an ISO timestamp, one without offset), integers (small, negative zero, beyond 64 bits), a double, an
     exponent, a boolean, null, an object (with a repeated key) and an array."""
-    from personalization_assets.raw import json_extract
-    from personalization_assets.core.tracking_plan import RawEvent
-
     values = ['"plain"', '"esc\\"aped\\\\ \\u00e9 \\/"', '"2026-11-28T13:05:00+01:00"', '"2026-11-28T13:05:00"',
               "7", "-0", "18446744073709551616", "1.5", "1E2", "true", "false", "null",
               '{"a": 1, "b": "x"}', '{"a": 1, "a": 2}', '[1, "x"]']
@@ -176,11 +176,6 @@ def test_the_two_level_projection_equals_the_single_level_one(con):
     """The ingestion projection computes each JSON leaf's type, text and casts once per row (`typed_select`); it
     must give exactly the single-level projection's values and `_type_errors`, also on values of every JSON kind
     in every column the plan reads."""
-    from personalization_assets.raw import json_extract
-    from personalization_assets.core.tracking_plan import RawEvent
-    from tests.raw.hostile import hostile_bytes
-    import pyarrow as pa
-
     corpus = [c[1].rstrip(b"\n") for c in STRICT_CASES] + hostile_bytes().splitlines() + _every_kind_in_every_column()
     texts = []
     for b in corpus:
@@ -200,6 +195,6 @@ def test_the_two_level_projection_equals_the_single_level_one(con):
     assert two_level.schema == reference.schema
     # NaN (a quarantined price) compares unequal to itself: compare its repr
     def rows(t):
-        return [{k: ("nan" if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in t.to_pylist()]
+        return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in t.to_pylist()]
 
     assert rows(two_level) == rows(reference)
