@@ -416,10 +416,7 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
     touched: set[str] = set()
     raw_by_hour: dict[str, pa.Table] = {}
     if new_raw.num_rows:
-        keys = pc.strftime(new_raw["landing_hour"], format="%Y-%m-%d-%H:00", locale="C").to_pylist()
-        key_arr = pa.array(keys, pa.string())
-        for k in sorted(set(keys)):
-            raw_by_hour[k] = new_raw.filter(pc.equal(key_arr, k))
+        raw_by_hour = _split_by_hour(new_raw)
         touched |= set(raw_by_hour)
     q_by_hour: dict[str, list] = defaultdict(list)
     for hk, path, r, orig in new_q:
@@ -454,6 +451,28 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
         else:
             outcome.objects_quarantined += 1
     log(f"batch: {len(batch)} objects, {sum(read_by_path.values())} records -> {len(touched)} hours")
+
+
+def _split_by_hour(table: pa.Table) -> dict[str, pa.Table]:
+    """The rows of `table` per landing hour (partition key), each hour's rows in their order in `table`. One stable
+    sort by hour and one take, then slices (a filter per hour read the whole batch once per hour it spans)."""
+    hours = pc.floor_temporal(table["landing_hour"].combine_chunks(), unit="hour")
+    order = pc.sort_indices(hours)  # stable: rows of one hour keep their order
+    ordered = table.take(order)
+    runs = pc.run_end_encode(hours.take(order))
+    out, start = {}, 0
+    for hour, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist()):
+        out[hour.strftime("%Y-%m-%d-%H:00")] = ordered.slice(start, end - start)
+        start = end
+    return out
+
+
+def _sorted_by_file_and_line(table: pa.Table) -> pa.Table:
+    """`table` ordered by (source_file, line_no), without a copy when it already is (new rows of one batch are)."""
+    order = pc.sort_indices(table, sort_keys=[("source_file", "ascending"), ("line_no", "ascending")])
+    if np.array_equal(order.to_numpy(), np.arange(table.num_rows)):
+        return table
+    return table.take(order)
 
 
 def _clamp(hour: datetime, valid_hour) -> datetime:
@@ -526,7 +545,7 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
             r = Reject(int(d["line_no"]), "duplicate_message_id", DUPLICATE_DETAIL)
             q_rows.append((d["source_file"], r, originals.line(d["source_file"], r.line_no)))
         merged = drop_positions(merged, dups["_pos"])
-        merged = merged.sort_by([("source_file", "ascending"), ("line_no", "ascending")])
+        merged = _sorted_by_file_and_line(merged)
     new_q_table = _quarantine_table(q_rows)
     # quarantined records of erased subjects are suppressed too (exact identifiers they still hold)
     from personalization_assets.core.quarantine_match import suppress_quarantine
