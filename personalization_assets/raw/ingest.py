@@ -455,11 +455,15 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
 
 def _split_by_hour(table: pa.Table) -> dict[str, pa.Table]:
     """The rows of `table` per landing hour (partition key), each hour's rows in their order in `table`. One stable
-    sort by hour and one take, then slices (a filter per hour read the whole batch once per hour it spans)."""
+    sort by hour and (unless the rows are in hour order already) one take, then slices: a filter per hour read the
+    whole batch once per hour it spans."""
     hours = pc.floor_temporal(table["landing_hour"].combine_chunks(), unit="hour")
     order = pc.sort_indices(hours)  # stable: rows of one hour keep their order
-    ordered = table.take(order)
-    runs = pc.run_end_encode(hours.take(order))
+    if np.array_equal(order.to_numpy(), np.arange(len(hours))):  # files in hour order (the usual case): no copy
+        ordered = table
+    else:
+        ordered, hours = table.take(order), hours.take(order)
+    runs = pc.run_end_encode(hours)
     out, start = {}, 0
     for hour, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist()):
         out[hour.strftime("%Y-%m-%d-%H:00")] = ordered.slice(start, end - start)
