@@ -19,7 +19,7 @@ from personalization_assets.consented.transform import (
     LOOKUPS,
     _required_output,
     consent_events,
-    kept_rows_of_hour,
+    kept_rows_by_hour,
     prepare_lookups,
 )
 from personalization_assets.core.as_of import resolve_as_of
@@ -244,8 +244,10 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
                 by_hour = {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
-                for pk, hour_raw_rows in zip(batch, raw_rows):
-                    part_out = kept_rows_of_hour(con, "__kept", partition_start(pk))
+                # the batch's hours in order (plan.build is sorted), streamed from one ordered query: nothing else may
+                # use the connection in this loop (the iterator comes first in zip, so that it is run to its end)
+                kept_hours = kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch])
+                for part_out, pk, hour_raw_rows in zip(kept_hours, batch, raw_rows):
                     lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
                     split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
                     hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))

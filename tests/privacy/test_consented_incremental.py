@@ -464,3 +464,40 @@ def test_a_state_without_intervals_or_event_times_rebuilds_every_hour_of_a_chang
     md = _tick(defs, (H12, H12))
     assert md["hours_built_list"] == [H10, H11, H12]
     assert _rows(lake) == _fresh_over(tmp_path, monkeypatch, FIRST, WITHDRAW_1215)
+
+
+def test_kept_rows_come_back_hour_by_hour_in_raw_order():
+    """The consented step writes each hour from one ordered stream of the batch's kept rows: each requested hour
+    gets exactly its rows in raw order, also across stream batches; an hour without kept rows gets an empty table;
+    rows of an hour not requested are not handed to another hour; hours out of order are refused."""
+    from datetime import datetime, timedelta, timezone
+
+    import duckdb
+
+    from personalization_assets.consented.transform import CONSENTED_EVENT_SCHEMA, kept_rows_by_hour
+
+    con = duckdb.connect()
+    con.execute("set timezone = 'UTC'")
+    h0 = datetime(2026, 11, 28, 10, tzinfo=timezone.utc)
+    hours = [h0 + timedelta(hours=i) for i in range(5)]
+    # rows of hours 0, 1, 3 and 4 (hour 2 kept nothing), interleaved, with __row out of order within an hour
+    rows = [(h, r) for r, h in enumerate([0, 1, 3, 0, 4, 1, 0, 3, 4, 4, 0, 1])]
+    rows.reverse()
+    cols = {name: pa.nulls(len(rows), CONSENTED_EVENT_SCHEMA.field(name).type) for name in CONSENTED_EVENT_SCHEMA.names}
+    cols["message_id"] = pa.array([f"m{r}" for _, r in rows])
+    cols["landing_hour"] = pa.array([hours[h] for h, _ in rows], CONSENTED_EVENT_SCHEMA.field("landing_hour").type)
+    table = pa.table({**cols, "__row": pa.array([r for _, r in rows], pa.int64())})
+    con.register("kept_arrow", table)
+    con.execute("create temp table kept as select * from kept_arrow")
+
+    expected = {h: [f"m{r}" for hh, r in sorted(rows, key=lambda x: x[1]) if hh == h] for h in range(5)}
+    for batch_rows in (1, 2, 100):
+        got = list(kept_rows_by_hour(con, "kept", hours, batch_rows=batch_rows))
+        assert [t["message_id"].to_pylist() for t in got] == [expected[h] for h in range(5)], batch_rows
+        assert all(t.schema == CONSENTED_EVENT_SCHEMA for t in got)
+        con.execute("select 1").fetchall()  # the stream was run to its end: the connection is free
+    # hour 3 not requested: its rows go nowhere (the step's key index refuses them), hour 4 still gets its own
+    got = list(kept_rows_by_hour(con, "kept", [hours[0], hours[4]]))
+    assert [t["message_id"].to_pylist() for t in got] == [expected[0], expected[4]]
+    with pytest.raises(ValueError, match="ascending"):
+        list(kept_rows_by_hour(con, "kept", [hours[1], hours[0]]))

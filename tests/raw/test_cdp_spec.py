@@ -309,7 +309,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     the write-key hash, routing and bookkeeping JSON) do not, and the group's email links no identity."""
     from personalization_assets.privacy.assets import RAW_CRM_SCHEMA
     from personalization_assets.privacy.consent import STATE_SCHEMA
-    from personalization_assets.consented.transform import consent_events, kept_rows_of_hour, prepare_lookups
+    from personalization_assets.consented.transform import consent_events, kept_rows_by_hour, prepare_lookups
     from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
     from personalization_assets.privacy.identity import (
         build_identity_links,
@@ -352,7 +352,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
     _, kept_stats = consent_events(con, two_hours, policy, pz, keep_in="__kept_test")
     assert {k: v for k, v in kept_stats.items() if k != "by_hour"} == {k: v for k, v in whole_stats.items() if k != "by_hour"}
     hours = sorted(set(two_hours["landing_hour"].to_pylist()))
-    by_hour = [kept_rows_of_hour(con, "__kept_test", h) for h in hours]
+    by_hour = list(kept_rows_by_hour(con, "__kept_test", hours, batch_rows=3))  # small batches: an hour spans several
     assert len(hours) == 2 and all(t.num_rows for t in by_hour) and all(t.schema == whole.schema for t in by_hour)
 
     def as_sorted_json(tables):
@@ -364,7 +364,7 @@ def test_consented_tier_applies_the_classification_to_the_new_columns(con, lande
         assert t["message_id"].to_pylist() == [m for m, mh in raw_hours if mh == h]  # every row is kept here: the whole hour
     # an empty batch leaves an empty table of the same columns (an hour whose raw file holds no row)
     _, empty_stats = consent_events(con, two_hours.slice(0, 0), policy, pz, keep_in="__kept_empty")
-    empty = kept_rows_of_hour(con, "__kept_empty", hours[0])
+    [empty] = kept_rows_by_hour(con, "__kept_empty", hours[:1])
     assert empty_stats["kept"] == 0 and empty.num_rows == 0 and empty.schema == whole.schema
     cols = set(out.column_names)
     assert {"group_pseudonym", "timestamp_source", "request_ip_prefix", "context_library_name", "channel", "cdp_source_id"} <= cols
