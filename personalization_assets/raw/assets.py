@@ -22,6 +22,7 @@ from personalization_assets.core.pseudonymize import (
 )
 from personalization_assets.core.quarantine_match import suppress_quarantine
 from personalization_assets.raw import events_ingest, ingest, reference_ingest
+from personalization_assets.raw.landing_files import direct_path
 from personalization_assets.raw.layouts import list_landing, plan_landing
 from personalization_assets.core.partitions import (
     PARTITION_FMT,
@@ -93,8 +94,7 @@ def _load(landing: LandingZone, files) -> list[tuple[events_ingest.LandedFile, s
     for f in files:
         landed = events_ingest.load_file(f.path, landing.read_bytes(f.path))
         local = landing.local_path(f.path)
-        # DuckDB may read the original file only if it is exactly what we indexed (plain, no BOM)
-        usable = local if (local and not f.path.endswith(".gz") and landed.data[:3] != events_ingest.BOM) else None
+        usable = direct_path(landed, local)
         loaded.append((landed, usable))
     return loaded
 

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from personalization_assets.raw import events_ingest
+from personalization_assets.raw.landing_files import direct_path
 from personalization_assets.raw.dedup import drop_positions, duplicate_rows
 from personalization_assets.raw.events_ingest import (
     MAX_QUARANTINE_BYTES,
@@ -373,7 +374,7 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
         landed = events_ingest.load_file(o.obj.path, landing.read_bytes(o.obj.path))
         originals.files[o.obj.path] = landed
         local = landing.local_path(o.obj.path)
-        usable = local if (local and not o.obj.path.endswith(".gz") and landed.data[:3] != events_ingest.BOM) else None
+        usable = direct_path(landed, local)
         items.append((landed, usable, o.object_hour))
         outcome.layouts[o.layout] += 1
     if items:

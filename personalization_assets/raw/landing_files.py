@@ -89,6 +89,17 @@ def index_lines(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 
+def direct_path(landed: LandedFile, local: str | None) -> str | None:
+    """The landing object's own local path when DuckDB may read it in place of `landed.data`: plain, or gzip (DuckDB
+    decompresses `.gz` itself, with every member, so no decompressed copy is written to disk). None for a remote
+    object or one whose decoded text starts with a byte-order mark. The parsers compare DuckDB's row count with the
+    lines indexed here and fall back to the decoded text when they differ or DuckDB fails (e.g. zero padding after
+    the last gzip member, which gzip(1) and `decompress` tolerate)."""
+    if local is None or landed.data[:3] == BOM:
+        return None
+    return local
+
+
 def load_file(path: str, raw: bytes) -> LandedFile:
     data, err = decompress(path, raw)
     if data.startswith(BOM):

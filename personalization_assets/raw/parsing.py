@@ -49,7 +49,7 @@ def _fast_path(con: duckdb.DuckDBPyConnection, local_path: str, model, max_line_
     max_object = max(4 * max_line_bytes, 1 << 20)
     src = (
         f"read_json({json_extract._sql_str(local_path)}, format='newline_delimited', columns={cols}, "
-        f"compression='none', maximum_object_size={max_object})"
+        f"compression='auto', maximum_object_size={max_object})"
     )
     return con.sql(_typed_sql(src, model)).arrow().read_all()
 
@@ -61,7 +61,7 @@ def _fast_path_many(con: duckdb.DuckDBPyConnection, local_paths: list[str], mode
     max_object = max(4 * max_line_bytes, 1 << 20)
     files = "[" + ", ".join(json_extract._sql_str(p) for p in local_paths) + "]"
     src = (
-        f"read_json({files}, format='newline_delimited', columns={cols}, compression='none', "
+        f"read_json({files}, format='newline_delimited', columns={cols}, compression='auto', "
         f"maximum_object_size={max_object}, filename='__file')"
     )
     return con.sql(json_extract.typed_select(model, src, keep=("__file",))).arrow().read_all()
@@ -86,7 +86,7 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
     try:
         local = []
         for i, (f, path) in enumerate(files):
-            if path is None:  # compressed, remote or BOM-prefixed: an exact uncompressed copy
+            if path is None:  # remote or BOM-prefixed: an exact uncompressed copy
                 path = os.path.join(tmpdir, f"{i:06d}.jsonl")
                 with open(path, "wb") as out:
                     out.write(f.data)
@@ -192,7 +192,8 @@ def _slow_path(con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: in
 def parse_file(
     con: duckdb.DuckDBPyConnection, f: LandedFile, max_line_bytes: int, local_path: str | None = None, model=RawEvent
 ) -> ParsedFile:
-    """Parse one landed file. `local_path` may point at an identical uncompressed copy on disk."""
+    """Parse one landed file. `local_path` may point at the same content on disk: plain, or a `.gz` object
+    (`landing_files.direct_path`)."""
     rejects: list[Reject] = []
     if f.file_error is not None:
         rejects.append(f.file_error)
