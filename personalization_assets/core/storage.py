@@ -857,9 +857,12 @@ class LakeStorage(_FileStore):
         relative = self.data_file(layer, table, partition)
         self._refuse_if_write_once("replace", relative)
         final = self.full_path(relative)
-        if isinstance(data, pa.Table):
-            schema = data.schema
-            batches: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=ROW_GROUP_ROWS)
+        whole = data if isinstance(data, pa.Table) else None
+        if whole is not None:
+            # written as a table: row groups of ROW_GROUP_ROWS across its chunks (batch by batch, a table of many
+            # small chunks, e.g. slices of a bigger one, became as many small row groups: larger files)
+            schema = whole.schema
+            batches: Iterable[pa.RecordBatch] = []
         elif isinstance(data, pa.RecordBatchReader):
             schema = data.schema
             batches = data
@@ -871,6 +874,9 @@ class LakeStorage(_FileStore):
         with self._backend.atomic_target(fs, final) as target:
             with fs.open_output_stream(target, compression=None) as sink:
                 with pq.ParquetWriter(sink, schema, compression="snappy", write_statistics=True) as writer:
+                    if whole is not None and whole.num_rows:
+                        writer.write_table(whole, row_group_size=ROW_GROUP_ROWS)
+                        rows = whole.num_rows
                     for batch in batches:
                         if batch.num_rows:
                             writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
