@@ -22,6 +22,7 @@ import dagster as dg
 from dagster_dbt import DbtCliInvocation, DbtCliResource, dbt_assets
 
 from personalization_assets.warehouse.project import dbt_project
+from personalization_assets.warehouse.resources import warehouse_file_lock
 from personalization_assets.warehouse.translator import WarehouseDbtTranslator
 
 
@@ -150,16 +151,19 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
         target_path = invocation_target_path(context)
         seed_partial_parse(parse_cache_dir, target_path)
         with scoped_environ(dbt_env):
-            invocation = dbt.cli(["build"], context=context, raise_on_error=False, target_path=target_path)
             if duckdb_path is None:
                 # Snowflake: dagster-dbt queries each relation as its model completes
+                invocation = dbt.cli(["build"], context=context, raise_on_error=False, target_path=target_path)
                 yield from invocation.stream().fetch_row_counts()
             else:
                 # DuckDB: the dbt subprocess holds the file's write lock while it runs, and dagster-dbt's own
                 # row counting would keep the file open in this process afterwards (blocking the eraser and
-                # readers). Count after dbt exits, through a read-only ATTACH, and attach the counts.
-                events = list(invocation.stream())
-                counts = {name: n for (_, name), n in duckdb_row_counts(duckdb_path).items()}
+                # readers). Count after dbt exits, through a read-only ATTACH, and attach the counts. One run at a
+                # time builds the file: another run's dbt step waits here instead of failing on DuckDB's lock.
+                with warehouse_file_lock(duckdb_path, log=context.log):
+                    invocation = dbt.cli(["build"], context=context, raise_on_error=False, target_path=target_path)
+                    events = list(invocation.stream())
+                    counts = {name: n for (_, name), n in duckdb_row_counts(duckdb_path).items()}
                 yield from (_with_row_count(ev, counts) for ev in events)
         save_partial_parse(target_path, parse_cache_dir)
         yield from unit_test_observations(invocation, invocation.manifest, translator)

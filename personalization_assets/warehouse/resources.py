@@ -15,9 +15,14 @@ dbt connects on its own from `dbt/profiles.yml`, which reads the same `SNOWFLAKE
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
+import logging
 import os
+import random
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +97,57 @@ def _chunks(values: Iterable[str], size: int = ERASE_CHUNK) -> Iterator[list[str
         yield chunk
 
 
+_log = logging.getLogger(__name__)
+WAREHOUSE_LOCK_TIMEOUT_S = 900.0
+_held_warehouse_locks = threading.local()
+
+
+class WarehouseBusy(RuntimeError):
+    pass
+
+
+@contextmanager
+def warehouse_file_lock(path: str | Path, *, shared: bool = False, timeout: float | None = None, log=None):
+    """Serialize access to the local warehouse file across processes: an exclusive lock for the dbt build and the
+    eraser's deletes, a shared one for readers. DuckDB lets one process hold a database file for writing and refuses
+    every other open meanwhile ("Could not set lock on file"): two runs ticking at once failed in the second one's
+    dbt step or row count (found by a concurrency attack) instead of waiting. A `flock` on `<file>.lock`, next to the
+    file; re-entrant within a thread (a holder that reads again does not wait for itself). On timeout: WarehouseBusy,
+    naming the lock file."""
+    lock_path = f"{path}.lock"
+    held = getattr(_held_warehouse_locks, "paths", None)
+    if held is None:
+        held = _held_warehouse_locks.paths = set()
+    if lock_path in held:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    limit = WAREHOUSE_LOCK_TIMEOUT_S if timeout is None else timeout
+    with open(lock_path, "a") as fh:
+        deadline, waited = time.monotonic() + limit, False
+        while True:
+            try:
+                fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    for logger in (_log, log):
+                        if logger is not None:
+                            logger.info(f"waiting for another run's use of the warehouse file ({lock_path})")
+                waited = True
+                if time.monotonic() > deadline:
+                    raise WarehouseBusy(
+                        f"the local warehouse {path} was held by another run for over {limit:.0f} s ({lock_path}); "
+                        "retry when it has finished") from None
+                time.sleep(random.uniform(0.02, 0.2))
+        held.add(lock_path)
+        try:
+            yield
+        finally:
+            held.discard(lock_path)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class DuckDBWarehouse(dg.ConfigurableResource):
     """The local warehouse file (written by dbt-duckdb). Only used to erase subjects from its tables."""
 
@@ -105,6 +161,10 @@ class DuckDBWarehouse(dg.ConfigurableResource):
             return 0
         import duckdb
 
+        with warehouse_file_lock(self.path, shared=not apply):
+            return self._erase(duckdb, relations, pseudonyms, apply)
+
+    def _erase(self, duckdb, relations, pseudonyms: set[str], apply: bool) -> int:
         total = 0
         con = duckdb.connect(self.path, read_only=not apply)
         try:
@@ -379,15 +439,16 @@ def query_warehouse(settings: Settings, snowflake: "SnowflakeWarehouse | None", 
             return []
         # attach read-only into a fresh in-memory database: works even while this process holds the file
         # open with another configuration (dagster-dbt's row counts go through dbt-duckdb's connection)
-        con = duckdb.connect(":memory:")
-        try:
-            path = str(settings.warehouse_path).replace("'", "''")
-            con.execute(f"attach '{path}' as wh (read_only)")
-            return [tuple(r) for r in con.execute(sql.replace("from segments.", "from wh.segments.")).fetchall()]
-        except duckdb.CatalogException:
-            return []
-        finally:
-            con.close()
+        with warehouse_file_lock(settings.warehouse_path, shared=True):
+            con = duckdb.connect(":memory:")
+            try:
+                path = str(settings.warehouse_path).replace("'", "''")
+                con.execute(f"attach '{path}' as wh (read_only)")
+                return [tuple(r) for r in con.execute(sql.replace("from segments.", "from wh.segments.")).fetchall()]
+            except duckdb.CatalogException:
+                return []
+            finally:
+                con.close()
     if snowflake is None:
         return []
     # the resource as definitions build it holds dg.EnvVar fields: resolve them outside a run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import replace
 
@@ -318,3 +319,87 @@ def test_duckdb_eraser_deletes_a_subject_from_the_marts(local_build, tmp_path):
     # locally the feature tables are read in place, never copied: nothing stored to erase
     loader_spec = next(iter(build_features_loaded_asset("local").specs))
     assert eraser.erase(_handler(loader_spec), subject, apply=False) == 0
+
+
+_HOLD_WAREHOUSE = """
+import sys, time
+import duckdb
+from personalization_assets.warehouse.resources import warehouse_file_lock
+path, mode, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with warehouse_file_lock(path, shared=mode == "shared"):
+    con = duckdb.connect(path, read_only=mode == "shared")
+    print("held", flush=True)
+    time.sleep(seconds)
+    con.close()
+"""
+
+
+def _hold_warehouse(path, mode: str, seconds: float):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_WAREHOUSE, str(path), mode, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_warehouse_build_waits_for_the_first(dbt_manifest, tmp_path):
+    """Two runs ticking at once on one data dir: DuckDB lets one process hold the warehouse file for writing and
+    refuses every other open ("Could not set lock on file"), so the second run's dbt step failed (a concurrency
+    attack found it). The dbt step now takes the warehouse file lock: it waits for the other holder, then builds.
+    The other run is a child process holding the lock and the file open for writing, as a dbt build does."""
+    import duckdb
+
+    from personalization_assets.core.storage import LakeStorage
+    from personalization_assets.settings import load_settings
+    from personalization_assets import warehouse as warehouse_layer
+
+    write_feature_lake(tmp_path / "data")
+    wh = tmp_path / "data" / "warehouse.duckdb"
+    duckdb.connect(str(wh)).close()
+    waits: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: waits.append(record.getMessage())
+    lock_log = logging.getLogger("personalization_assets.warehouse.resources")
+    lock_log.addHandler(handler)
+    lock_log.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            isolated_env(mp, tmp_path / "data", tmp_path / "dbt_target")
+            defs = warehouse_layer.defs(load_settings())
+            # the other run: from just before this run starts until well after its dbt step would have started
+            holder = _hold_warehouse(wh, "exclusive", 10)
+            result = dg.materialize(
+                list(defs.assets), resources={"lake": LakeStorage(url=str(tmp_path / "data" / "lake")), **defs.resources},
+                raise_on_error=False)
+    finally:
+        lock_log.removeHandler(handler)
+    assert holder.wait(timeout=60) == 0
+    assert any("waiting for another run's use of the warehouse file" in m for m in waits)  # they did overlap
+    assert result.success
+    assert "segments/user_segments" in set(materializations(result))
+
+
+def test_warehouse_readers_share_the_file_and_wait_for_a_writer(tmp_path):
+    """Readers (the segment sizes, the exports, the eraser's verification) hold the lock shared: several at once; a
+    reader facing a writer waits, and past its timeout fails naming the lock file (not DuckDB's lock error)."""
+    import duckdb
+
+    from personalization_assets.warehouse.resources import WarehouseBusy, warehouse_file_lock
+
+    wh = tmp_path / "warehouse.duckdb"
+    duckdb.connect(str(wh)).close()
+    reader = _hold_warehouse(wh, "shared", 3)
+    with warehouse_file_lock(wh, shared=True, timeout=1):  # a second reader at the same time
+        pass
+    with pytest.raises(WarehouseBusy, match="warehouse.duckdb.lock"):
+        with warehouse_file_lock(wh, timeout=0.5):  # a writer waits for the reader
+            pass
+    assert reader.wait(timeout=30) == 0
+    writer = _hold_warehouse(wh, "exclusive", 3)
+    with pytest.raises(WarehouseBusy, match="held by another run"):
+        with warehouse_file_lock(wh, shared=True, timeout=0.5):
+            pass
+    with warehouse_file_lock(wh, shared=True, timeout=30):  # waits for the writer, then reads
+        assert duckdb.connect(str(wh), read_only=True).execute("select 1").fetchall() == [(1,)]
+    assert writer.wait(timeout=30) == 0
