@@ -154,3 +154,24 @@ def test_an_exclusive_create_is_untouched_once_visible(tmp_path, monkeypatch):
     assert open(final, "rb").read() == b"one" and os.stat(final).st_nlink == 1
     assert all(n == 1 for n in seen), f"the segment was visible with {seen} links"
     assert not [p for p in os.listdir(os.path.dirname(final)) if p != "data.parquet"], "a temporary file was left"
+
+
+def test_a_table_of_many_chunks_is_written_in_full_row_groups(tmp_path):
+    """A table made of slices (an hour cut out of a batch, the kept rows of an hour from a stream) is written in row
+    groups of ROW_GROUP_ROWS across its chunks, not one per chunk: the file does not depend on how the table was
+    assembled (written batch by batch, hours of raw/events were 7.5% larger and split in small row groups)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
+
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+    whole = pa.table({"n": pa.array(range(3000), pa.int64()), "s": pa.array([f"v{i % 7}" for i in range(3000)])})
+    pieces = pa.concat_tables([whole.slice(i, 250) for i in range(0, 3000, 250)])
+    assert pieces["n"].num_chunks == 12
+    a, b = lake.write_table("raw", "whole", whole), lake.write_table("raw", "pieces", pieces)
+    ma, mb = pq.ParquetFile(a.path).metadata, pq.ParquetFile(b.path).metadata
+    assert ma.num_row_groups == mb.num_row_groups == 1 and a.bytes == b.bytes and b.rows == 3000
+    big = pa.concat_tables([pa.table({"n": pa.array(range(k * 1000, (k + 1) * 1000), pa.int64())}) for k in range(ROW_GROUP_ROWS // 1000 + 1)])
+    mc = pq.ParquetFile(lake.write_table("raw", "big", big).path).metadata
+    assert [mc.row_group(i).num_rows for i in range(mc.num_row_groups)] == [ROW_GROUP_ROWS, 1000]
