@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
+from personalization_assets.core.file_locks import flock_within
 from personalization_assets.core.storage import LOG_HEAD_FILE, LakeStorage
 
 GENESIS = "0" * 64
@@ -260,15 +261,8 @@ class HashChainedLog:
         path = store.local_lock_path(f"{store.table_dir(self.layer, self.name)}/{LOCK_FILE}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as fh:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LogLockTimeout(f"{self.layer}/{self.name}: another writer held {path} for over {self.lock_timeout:.0f} s") from None
-                    time.sleep(random.uniform(0.005, 0.05))
+            if not flock_within(fh, self.lock_timeout):
+                raise LogLockTimeout(f"{self.layer}/{self.name}: another writer held {path} for over {self.lock_timeout:.0f} s")
             try:
                 yield
             finally:

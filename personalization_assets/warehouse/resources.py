@@ -19,10 +19,8 @@ import fcntl
 import importlib.metadata
 import logging
 import os
-import random
 import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from dagster_dbt import DbtCliResource
 from packaging import version
 from pydantic import Field
 
+from personalization_assets.core.file_locks import flock_within
 from personalization_assets.settings import Settings
 from personalization_assets.warehouse.project import dbt_project
 
@@ -123,23 +122,16 @@ def warehouse_file_lock(path: str | Path, *, shared: bool = False, timeout: floa
         return
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
     limit = WAREHOUSE_LOCK_TIMEOUT_S if timeout is None else timeout
+
+    def waiting():
+        for logger in (_log, log):
+            if logger is not None:
+                logger.info(f"waiting for another run's use of the warehouse file ({lock_path})")
+
     with open(lock_path, "a") as fh:
-        deadline, waited = time.monotonic() + limit, False
-        while True:
-            try:
-                fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    for logger in (_log, log):
-                        if logger is not None:
-                            logger.info(f"waiting for another run's use of the warehouse file ({lock_path})")
-                waited = True
-                if time.monotonic() > deadline:
-                    raise WarehouseBusy(
-                        f"the local warehouse {path} was held by another run for over {limit:.0f} s ({lock_path}); "
-                        "retry when it has finished") from None
-                time.sleep(random.uniform(0.02, 0.2))
+        if not flock_within(fh, limit, shared=shared, on_wait=waiting):
+            raise WarehouseBusy(f"the local warehouse {path} was held by another run for over {limit:.0f} s ({lock_path}); "
+                                "retry when it has finished")
         held.add(lock_path)
         try:
             yield
