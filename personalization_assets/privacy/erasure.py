@@ -45,7 +45,11 @@ PERSONAL_SOURCES = (RAW_EVENTS, RAW_CRM, RAW_REQUESTS)
 ERASURE_LOG_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
+        # the requests this run verified for the first time (new since the last run that verified; '' when none).
+        # Rows written before 2026-12-07 list every request in force instead, and have no requests_* values.
         ("request_ids", pa.string()),
+        ("requests_in_force", pa.int64()),  # requests in the suppression list this run verified against
+        ("requests_digest", pa.string()),  # sha256 of their ids, sorted, one per line (`requests_digest`)
         ("asset", pa.string()),
         ("action", pa.string()),
         ("rows_removed", pa.int64()),

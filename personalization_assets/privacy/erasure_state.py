@@ -10,6 +10,9 @@ its log rows. Its rows have a `record` kind:
   rewritten while (or after) it was read has another fingerprint next run and is verified again.
 * ``identifier``: sha256 of each suppression identifier every recorded partition was verified against (the
   suppression list at the start of the run). Digests, not the pseudonyms: this table is no second copy of the list.
+* ``request``: sha256 of each request id a run has verified (its check passed): the erasure log lists a request
+  in the run that first verifies it, not in every run after (a state written before this record existed, or one
+  ignored for another key version or plan, has none: that run lists every request again).
 
 Schema metadata holds what a verification depends on besides the data: the state format, the active pseudonym key
 version (a raw target is matched by pseudonymizing its values with it; a rotation re-keys the lake) and a digest of
@@ -64,6 +67,7 @@ def plan_digest(targets) -> str:
 class ErasureState:
     verified: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (asset, layer/table) -> {partition: fp}
     identifiers: set[str] = field(default_factory=set)  # digests
+    requests: set[str] = field(default_factory=set)  # digests of the request ids verified by an earlier run
 
     def known(self, asset: str, table: str) -> dict[str, str]:
         return self.verified.get((asset, table), {})
@@ -93,17 +97,22 @@ def read_state(lake: LakeStorage, settings: dict[str, str]) -> tuple[ErasureStat
             state.verified.setdefault((r["asset"], r["table"]), {})[r["partition"] or ""] = r["value"]
         elif r["record"] == "identifier" and r["value"]:
             state.identifiers.add(r["value"])
+        elif r["record"] == "request" and r["value"]:
+            state.requests.add(r["value"])
     return state, "used"
 
 
 def write_state(lake: LakeStorage, verified: dict[tuple[str, str], dict[str, str]], identifiers: set[str],
-                settings: dict[str, str]) -> int:
-    """Replace the state (one object). Call only after the run's log rows are appended. Returns the row count."""
+                settings: dict[str, str], requests: set[str] = frozenset()) -> int:
+    """Replace the state (one object). Call only after the run's log rows are appended. `requests`: digests
+    (`identifier_digest`) of the request ids verified so far. Returns the row count."""
     now = datetime.now(timezone.utc)
     rows = [{"record": "partition", "asset": a, "table": tb, "partition": p, "value": fp, "verified_at": now}
             for (a, tb), parts in sorted(verified.items()) for p, fp in sorted(parts.items())]
     rows += [{"record": "identifier", "asset": None, "table": None, "partition": None, "value": d, "verified_at": now}
              for d in sorted(identifier_digest(i) for i in identifiers)]
+    rows += [{"record": "request", "asset": None, "table": None, "partition": None, "value": d, "verified_at": now}
+             for d in sorted(requests)]
     schema = STATE_SCHEMA.with_metadata({f"{_META}{k}": str(v) for k, v in settings.items()})
     lake.write_table(LAYER, TABLE, pa.Table.from_pylist(rows, schema=schema))
     return len(rows)

@@ -3,6 +3,7 @@
 Each writes an append-only, hash-chained log in the privacy tier recording what it did.
 """
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -40,6 +41,12 @@ ROTATION_SCHEMA = pa.schema(
     [("seq", pa.int64()), ("layer", pa.string()), ("table", pa.string()), ("partition", pa.string()), ("values_rekeyed", pa.int64()),
      ("to_version", pa.string()), ("run_id", pa.string()), ("rotated_at", pa.timestamp("us", tz="UTC")), ("prev_hash", pa.string()), ("row_hash", pa.string())]
 )
+
+
+def requests_digest(request_ids) -> str:
+    """sha256 of the request ids, sorted, one per line: what the erasure log's `requests_digest` holds. An auditor
+    with the list of requests received by a date recomputes it to check what a run verified against."""
+    return hashlib.sha256("\n".join(sorted(request_ids)).encode()).hexdigest()
 
 
 def _log(lake, platform, name, schema) -> HashChainedLog:
@@ -123,14 +130,22 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
         ok = all(v == 0 for v in residual.values())
         # `verified` means: every partition of every target (quarantines and temp files included) holds none of the
         # subjects — read this run, or verified clean by an earlier run against every other identifier and unchanged since
-        rows = [{"request_ids": ",".join(requests), "asset": name, "action": action, "rows_removed": int(removed[name]),
-                 "residual_rows": int(residual[name]), "verified": ok, "erased_at": now, "run_id": context.run.run_id}
+        # the log names a request in the run that first verifies it, and every run states how many requests it verified
+        # against and their digest: a run with nothing new appends no copy of the whole list (one per target and run
+        # grew with requests × runs: ~21 bytes × requests a run, on top of each row's hash)
+        digests = {r: es.identifier_digest(r) for r in requests}
+        verified_before = state.requests if state is not None else set()
+        first = [r for r in requests if digests[r] not in verified_before]
+        common = {"request_ids": ",".join(first), "requests_in_force": len(requests), "requests_digest": requests_digest(requests),
+                  "verified": ok, "erased_at": now, "run_id": context.run.run_id}
+        rows = [{**common, "asset": name, "action": action, "rows_removed": int(removed[name]), "residual_rows": int(residual[name])}
                 for name, action in [(t.asset, t.handler["kind"]) for t in targets] + [(TEMP_FILES, "temp_files")]]
-        rows += [{"request_ids": ",".join(requests), "asset": name, "action": "retained_as_evidence", "rows_removed": 0,
-                  "residual_rows": 0, "verified": ok, "erased_at": now, "run_id": context.run.run_id} for name in retained]
+        rows += [{**common, "asset": name, "action": "retained_as_evidence", "rows_removed": 0, "residual_rows": 0} for name in retained]
         appended, head = log.append(rows)
-        # recorded only after the log: a run that dies before this line is followed by one that verifies again
-        state_rows = es.write_state(lake, verified, subjects.pseudonyms, settings)
+        # recorded only after the log: a run that dies before this line is followed by one that verifies (and lists) again
+        still_listed = set(digests.values())
+        state_rows = es.write_state(lake, verified, subjects.pseudonyms, settings,
+                                    requests=still_listed if ok else verified_before & still_listed)
         read_full = sum(s.full for s in scans.values())
         read_new = sum(s.new_ids for s in scans.values())
         skipped = sum(s.skipped for s in scans.values())
@@ -139,7 +154,8 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
                  "partitions_rewritten": sum(s.rewritten for s in scans.values()),
                  "tables_without_fingerprints": sorted(a for a, s in scans.items() if not s.fingerprints)}
         yield dg.MaterializeResult(metadata={
-            "requests": len(requests), "subject_identifiers": len(subjects.pseudonyms), "rows_written": appended,
+            "requests": len(requests), "requests_first_verified": len(first) if ok else 0,
+            "subject_identifiers": len(subjects.pseudonyms), "rows_written": appended,
             "rows_removed_per_asset": dg.MetadataValue.json({k: v for k, v in removed.items() if v}),
             "retained_as_evidence": dg.MetadataValue.json(retained), "head_hash": head,
             "scope": dg.MetadataValue.json(scope), "state_rows": state_rows,

@@ -160,6 +160,72 @@ def test_a_rerun_with_nothing_new_reads_no_partition_and_says_why_it_is_still_a_
     assert not any(re.match(r"^v[0-9]+:", v or "") for v in values)
 
 
+def _log_rows(lake) -> list[dict]:
+    return [r for seg in lake.partitions("privacy", "erasure_log") for r in lake.read_table("privacy", "erasure_log", seg).to_pylist()]
+
+
+def _runs(rows) -> list[list[dict]]:
+    """The log's rows grouped by run, in log order."""
+    out: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        out.setdefault(r["run_id"], []).append(r)
+    return list(out.values())
+
+
+def test_the_log_names_a_request_in_the_run_that_first_verifies_it_not_in_every_run(built, data_dir):
+    """Each run used to copy every request id into each of its rows (one per target): the log grew with requests ×
+    runs at a tick every few minutes. A request is now named once, by the run that first verifies it; every run
+    states how many requests it verified against and their digest, which an auditor recomputes from the list."""
+    from personalization_assets.privacy.operations import requests_digest
+
+    lake = built.resources["lake"]
+    listed = sorted(set(lake.read_table("privacy", "suppression_list")["request_id"].to_pylist()))
+    assert len(listed) >= 2
+    _erase(built)  # a second run: nothing new
+    user = _active_user(lake)
+    _request(data_dir, "r-named-once", user)
+    materialize(built, REQUESTS)
+    md = _erase(built)
+    assert md["requests_first_verified"] == 1
+    _erase(built)
+    runs = _runs(_log_rows(lake))
+    assert len(runs) == 4
+    for run in runs:
+        assert len({(r["request_ids"], r["requests_in_force"], r["requests_digest"]) for r in run}) == 1, "one value per run"
+        assert all(r["verified"] for r in run)
+    first, idle, late, idle_again = (run[0] for run in runs)
+    assert sorted(first["request_ids"].split(",")) == listed
+    assert idle["request_ids"] == "" and idle_again["request_ids"] == ""
+    assert late["request_ids"] == "r-named-once"
+    assert [first["requests_in_force"], idle["requests_in_force"], late["requests_in_force"]] == [len(listed), len(listed), len(listed) + 1]
+    assert first["requests_digest"] == idle["requests_digest"] == requests_digest(listed)
+    assert late["requests_digest"] == idle_again["requests_digest"] == requests_digest(listed + ["r-named-once"])
+    # what is named over the log is exactly the requests in force, each once
+    named = [i for run in runs for i in run[0]["request_ids"].split(",") if i]
+    assert sorted(named) == sorted(listed + ["r-named-once"])
+
+
+def test_a_request_is_named_again_until_a_run_verifies_it(built, data_dir):
+    """A run whose check fails (a residual) has not verified its new request: the next run names it again."""
+    lake = built.resources["lake"]
+    user = _active_user(lake)
+    _request(data_dir, "r-unverified", user)
+    materialize(built, REQUESTS)
+    # a live writer's temp file (unsearchable) makes the run's residual non-zero
+    from personalization_assets.core.storage import locked_temp_path
+
+    hour = _hours(lake)[0]
+    with locked_temp_path(lake.full_path(f"raw/events/date={hour['date']}/hour={hour['hour']}"), ".parquet.inprogress"):
+        result = materialize(built, ERASE, raise_on_error=False)
+    assert check_results(result)[CHECK] is False
+    failed = materializations(result)["privacy/erasure_log"]
+    assert failed["requests_first_verified"] == 0
+    _erase(built)
+    runs = _runs(_log_rows(lake))
+    assert [run[0]["request_ids"] for run in runs[-2:]] == ["r-unverified", "r-unverified"]
+    assert [run[0]["verified"] for run in runs[-2:]] == [False, True]
+
+
 def test_the_consented_state_does_not_store_an_erased_pseudonym_again(built):
     """The consented step rewrites its state on every run; the signature of a suppressed identifier used to be
     written back each time, and the next erasure run rewrote the whole state (history-sized) to remove it again."""

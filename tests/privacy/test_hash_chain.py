@@ -268,3 +268,36 @@ def test_a_hint_that_does_not_check_out_is_ignored(tmp_path, tamper):
     assert log.head()[0] == expected[0] + 1
     if tamper in ("wrong_hash", "another_log", "garbage", "log_removed"):
         assert log.verify().ok
+
+
+def test_the_erasure_logs_new_columns_extend_a_chain_written_without_them(tmp_path):
+    """Erasure logs of deployments before `requests_in_force` / `requests_digest` existed: their segments were hashed
+    without the columns. Appending rows that carry them keeps the chain valid, the old rows read as null, and an
+    edit of a new column in a new row is caught."""
+    import pyarrow as pa
+
+    from personalization_assets.privacy.erasure import ERASURE_LOG_SCHEMA
+
+    old_schema = pa.schema([f for f in ERASURE_LOG_SCHEMA if not f.name.startswith("requests_")])
+    lake = LakeStorage(url=str(tmp_path / "lake"))
+
+    def rows(n, **extra):
+        return [{"request_ids": "r1,r2", "asset": f"a{i}", "action": "lake", "rows_removed": 0, "residual_rows": 0, "verified": True,
+                 "erased_at": T, "run_id": "run", **extra} for i in range(n)]
+
+    HashChainedLog(lake=lake, name="erasure_log", schema=old_schema).append(rows(3))
+    log = HashChainedLog(lake=lake, name="erasure_log", schema=ERASURE_LOG_SCHEMA)
+    log.append(rows(2, request_ids="", requests_in_force=2, requests_digest="d" * 64))
+    status = log.verify()
+    assert status.ok and status.rows == 5
+    table = log.read_all()
+    assert table["requests_in_force"].to_pylist() == [None, None, None, 2, 2]
+    from personalization_assets.privacy.ledger_checkpoint import verify as verify_checkpointed
+
+    assert verify_checkpointed(log, lake).status.ok
+    path = _segment_file(log, -1)
+    tampered = pq.read_table(path).to_pylist()
+    tampered[0]["requests_in_force"] = 1
+    pq.write_table(pa.Table.from_pylist(tampered, schema=pq.read_schema(path)), path)
+    bad = log.verify()
+    assert not bad.ok and bad.first_bad_seq == 4
