@@ -90,6 +90,20 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return df
 
 
+def _str_types_checked_by_arrow(schema: pda.DataFrameSchema, arrow: pa.Schema) -> pda.DataFrameSchema:
+    """`schema` without pandera's element-wise type check of the `str` columns that are Arrow string columns.
+
+    An Arrow string column holds only strings and nulls, and `_to_pandas` turns it into an object column of exactly
+    those: pandera's `str` check (a Python call per element) cannot fail on it, and was two thirds of validating a
+    200,000-row sample of consented events (2.1 of 3.3 s). Every other check of those columns (nullable, patterns,
+    allowed values) still runs; a column of another Arrow type keeps its type check and fails it."""
+    from pandera.engines import pandas_engine
+
+    by_arrow = {f.name for f in arrow if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
+    names = [n for n, col in schema.columns.items() if n in by_arrow and isinstance(col.dtype, pandas_engine.NpString)]
+    return schema.update_columns({n: {"dtype": None} for n in names}) if names else schema
+
+
 def evaluate_model(
     asset_key,
     model: type[pda.DataFrameModel],
@@ -108,8 +122,10 @@ def evaluate_model(
     elif sampled:
         idx = sample_indices(n, sample_rows, seed)
         data = data.take(pa.array(idx)) if isinstance(data, pa.Table) else data.iloc[idx]
-    df = _to_pandas(data) if isinstance(data, pa.Table) else data
     schema = model.to_schema()
+    if isinstance(data, pa.Table):
+        schema = _str_types_checked_by_arrow(schema, data.schema)
+    df = _to_pandas(data) if isinstance(data, pa.Table) else data
     metadata: dict = {"rows_total": n, "rows_validated": len(df), "sampled": sampled}
     try:
         schema.validate(df, lazy=True)

@@ -278,3 +278,31 @@ def test_a_second_feature_build_waits_for_the_one_in_progress(tmp_path):
     assert result.success
     assert lake.read_table("features", "events_clean").num_rows > 0
     assert all(f.mtime_ns / 1e9 >= released for f in lake.partition_files("features", "events_clean"))
+
+
+def test_str_columns_of_arrow_data_keep_every_check_but_the_element_type():
+    """Pandera's `str` type check (a Python call per element) is skipped for Arrow string columns, which can hold
+    nothing else. Each other check of such a column still fails a bad value, and a `str` column that arrives as
+    another Arrow type still fails its type check, as does the same data given as a pandas frame."""
+    import pandera.pandas as pda
+    from pandera.typing import Series
+
+    class M(pda.DataFrameModel):
+        code: Series[str] = pda.Field(str_matches=r"^v1:[0-9a-f]{4}$")
+        kind: Series[str] = pda.Field(isin=["a", "b"])
+        note: Series[str] = pda.Field(nullable=True)
+
+    def check(table):
+        return model_check("t", M, blocking=True).evaluate(table)
+
+    good = pa.table({"code": ["v1:00ab", "v1:ffff"], "kind": ["a", "b"], "note": [None, "x"]})
+    assert check(good).passed
+    assert not check(good.set_column(0, "code", pa.array(["v1:00ab", "nope"]))).passed  # pattern
+    assert not check(good.set_column(1, "kind", pa.array(["a", "c"]))).passed  # allowed values
+    assert not check(good.set_column(1, "kind", pa.array(["a", None], pa.string()))).passed  # not nullable
+    as_ints = good.set_column(2, "note", pa.array([1, 2], pa.int64()))
+    result = check(as_ints)
+    assert not result.passed and "dtype('str')" in str(result.metadata["failed_checks"].value)
+    frame = good.to_pandas()
+    frame["note"] = [None, 3]
+    assert not model_check("t", M, blocking=True).evaluate(frame).passed  # pandas input: element types still checked
