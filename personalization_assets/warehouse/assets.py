@@ -105,6 +105,14 @@ def invocation_target_path(context: dg.AssetExecutionContext) -> Path:
     return base / f"warehouse_dbt-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
 
 
+def remove_invocation_folder(target_path: Path) -> None:
+    """Delete a successful invocation's target folder once its artifacts were read (run_results, the partial-parse
+    state saved): each `dbt build` wrote ~5 MB there (compiled and run SQL, manifest, run_results) and nothing
+    removed it — at a tick every 5 minutes, 1.4 GB a day in dbt/target. A failed build's folder is kept (its path
+    is logged) for inspection."""
+    shutil.rmtree(target_path, ignore_errors=True)
+
+
 def seed_partial_parse(cache_dir: str | None, target_path: Path) -> bool:
     """Put the previous run's partial-parse state into this invocation's target folder. dagster-dbt would copy
     dbt/target's, written by `dbt parse` at packaging time with another profile and environment (data dir,
@@ -169,6 +177,8 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
         yield from unit_test_observations(invocation, invocation.manifest, translator)
         error = invocation.get_error()
         if error is not None:
+            context.log.warning(f"dbt's artifacts of this failed build are kept for inspection: {target_path}")
             raise error
+        remove_invocation_folder(target_path)
 
     return warehouse_dbt
