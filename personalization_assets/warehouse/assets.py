@@ -9,6 +9,7 @@ The manifest (dbt/target/manifest.json) must exist when `build_dbt_assets` is ca
 (or `dagster-dbt project prepare-and-package --file personalization_assets/warehouse/project.py`).
 """
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -113,14 +114,34 @@ def remove_invocation_folder(target_path: Path) -> None:
     shutil.rmtree(target_path, ignore_errors=True)
 
 
-def seed_partial_parse(cache_dir: str | None, target_path: Path) -> bool:
-    """Put the previous run's partial-parse state into this invocation's target folder. dagster-dbt would copy
-    dbt/target's, written by `dbt parse` at packaging time with another profile and environment (data dir,
-    lake URL): dbt rejects it ("Unable to do partial parsing because profile has changed") and re-parses the
-    whole project on every run. dbt itself validates the state (project files, vars, env vars, profile)."""
+def project_fingerprint(project_dir: Path | None = None) -> str:
+    """sha256 of the dbt project's files (relative path and bytes of every file outside target/, logs/ and hidden
+    folders): which project a partial-parse state was saved for. ~30 small files: milliseconds."""
+    root = Path(project_dir or dbt_project.project_dir)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("target", "logs") or any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _cached_state(cache_dir: str, fingerprint: str) -> Path:
+    return Path(cache_dir) / f"partial_parse-{fingerprint[:32]}.msgpack"
+
+
+def seed_partial_parse(cache_dir: str | None, target_path: Path, fingerprint: str) -> bool:
+    """Put the partial-parse state a previous run saved FOR THIS PROJECT CONTENT (`project_fingerprint`) into this
+    invocation's target folder. dagster-dbt would copy dbt/target's, written by `dbt parse` at packaging time with
+    another profile and environment (data dir, lake URL): dbt rejects it ("Unable to do partial parsing because
+    profile has changed") and re-parses the whole project on every run. dbt validates the rest (vars, env vars,
+    profile), but trusts a schema file whose modification time equals the one it recorded without reading it: a
+    state saved by another checkout of the project (an older version run on the same data dir) made dbt keep that
+    version's unit tests for the current files, and the build failed on them until the state was deleted."""
     if not cache_dir:
         return False
-    cached = Path(cache_dir) / PARTIAL_PARSE
+    cached = _cached_state(cache_dir, fingerprint)
     if not cached.exists():
         return False
     target_path.mkdir(parents=True, exist_ok=True)
@@ -128,16 +149,21 @@ def seed_partial_parse(cache_dir: str | None, target_path: Path) -> bool:
     return True
 
 
-def save_partial_parse(target_path: Path, cache_dir: str | None) -> None:
-    """Keep this invocation's partial-parse state for the next run (atomic replace: concurrent runs never see
-    half a file; the last writer wins, and any of them is a valid state for dbt to check)."""
+def save_partial_parse(target_path: Path, cache_dir: str | None, fingerprint: str) -> None:
+    """Keep this invocation's partial-parse state for the next run of the same project content (atomic replace:
+    concurrent runs never see half a file; the last writer wins, and any of them is a valid state for dbt to check).
+    States of other project content are removed."""
     fresh = target_path / PARTIAL_PARSE
     if not cache_dir or not fresh.exists():
         return
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(cache_dir) / f".{PARTIAL_PARSE}.{uuid.uuid4().hex}"
     shutil.copyfile(fresh, tmp)
-    os.replace(tmp, Path(cache_dir) / PARTIAL_PARSE)
+    keep = _cached_state(cache_dir, fingerprint)
+    os.replace(tmp, keep)
+    for other in [*Path(cache_dir).glob("partial_parse-*.msgpack"), Path(cache_dir) / PARTIAL_PARSE]:
+        if other != keep:
+            other.unlink(missing_ok=True)
 
 
 @cache
@@ -157,7 +183,8 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
     )
     def warehouse_dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource):
         target_path = invocation_target_path(context)
-        seed_partial_parse(parse_cache_dir, target_path)
+        fingerprint = project_fingerprint()
+        seed_partial_parse(parse_cache_dir, target_path, fingerprint)
         with scoped_environ(dbt_env):
             if duckdb_path is None:
                 # Snowflake: dagster-dbt queries each relation as its model completes
@@ -180,7 +207,7 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
                             yield event
                     counts = {name: n for (_, name), n in duckdb_row_counts(duckdb_path).items()}
                 yield from (_with_row_count(ev, counts) for ev in held)
-        save_partial_parse(target_path, parse_cache_dir)
+        save_partial_parse(target_path, parse_cache_dir, fingerprint)
         yield from unit_test_observations(invocation, invocation.manifest, translator)
         error = invocation.get_error()
         if error is not None:

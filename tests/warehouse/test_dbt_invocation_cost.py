@@ -87,7 +87,10 @@ def test_the_second_dbt_run_reuses_the_first_runs_parse(dbt_manifest, tmp_path):
     assert not [m for m in second if "Unable to do partial parsing" in m], [m for m in second if "partial" in m.lower()]
     assert any("Partial parsing enabled" in m for m in second), [m for m in second if "pars" in m.lower()][:10]
     # the state is kept with the data, not in the code's dbt/target
-    assert (tmp_path / "data" / "dbt_state" / "partial_parse.msgpack").exists()
+    from personalization_assets.warehouse.assets import project_fingerprint
+
+    assert [p.name for p in (tmp_path / "data" / "dbt_state").glob("partial_parse*")] == [
+        f"partial_parse-{project_fingerprint()[:32]}.msgpack"]
 
 
 def test_a_successful_build_leaves_no_invocation_folder_and_a_failed_one_keeps_it(dbt_manifest, tmp_path):
@@ -116,3 +119,93 @@ def test_a_successful_build_leaves_no_invocation_folder_and_a_failed_one_keeps_i
             assert result.success
             assert list((tmp_path / "dbt_target").glob(f"warehouse_dbt-{result.run_id[:7]}-*")) == []
         assert len(list((tmp_path / "dbt_target").glob("warehouse_dbt-*"))) == 1  # the failed build's only
+
+
+def _project_copy(dest, description: str):
+    """A copy of the dbt project whose user_segments model carries `description` (a schema-file-only change)."""
+    import shutil
+
+    from personalization_assets.warehouse.project import dbt_project
+
+    shutil.copytree(dbt_project.project_dir, dest, ignore=shutil.ignore_patterns("target", "logs"))
+    yml = dest / "models" / "marts" / "user_segments.yml"
+    text = yml.read_text()
+    marker = "  - name: user_segments\n    description: |\n      "
+    assert marker in text
+    yml.write_text(text.replace(marker, marker + f"{description}. ", 1))
+    return dest
+
+
+def _parse(project, target, cache_dir, seed):
+    """`dbt parse` of `project` into `target`, with the partial-parse state seeding `seed` (the platform's, or one that
+    ignores the project content) and saving as the dbt step does; returns user_segments' description in the manifest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from personalization_assets.warehouse.assets import project_fingerprint, save_partial_parse
+
+    fingerprint = project_fingerprint(project)
+    seed(cache_dir, target, fingerprint)
+    dbt = Path(sys.executable).parent / "dbt"
+    proc = subprocess.run([str(dbt), "parse", "--project-dir", str(project), "--profiles-dir", str(project), "--target", "local",
+                           "--target-path", str(target)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    save_partial_parse(target, cache_dir, fingerprint)
+    manifest = json.loads((target / "manifest.json").read_text())
+    return manifest["nodes"]["model.personalization.user_segments"]["description"].split(".")[0]
+
+
+def _seed_ignoring_content(cache_dir, target, fingerprint):
+    """The naive seeding: whatever state the data dir holds, whichever project saved it."""
+    cached = sorted(__import__("pathlib").Path(cache_dir).glob("partial_parse*.msgpack"))
+    if cached:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "partial_parse.msgpack").write_bytes(cached[-1].read_bytes())
+
+
+@pytest.mark.parametrize("seeding", ["platform", "naive"])
+def test_a_partial_parse_state_of_another_checkout_never_reaches_this_one(tmp_path, monkeypatch, seeding):
+    """Two checkouts of the project (two versions) on one data dir, run alternately: A, B, A. dbt trusts a schema file
+    whose modification time equals the one it recorded without reading it, and B's state carried A's time for the file
+    B had changed: A's third parse kept B's schema (its unit tests, its descriptions). Measured: after an older
+    checkout ran dbt on this data dir, the current code's build failed on the older unit tests until the state was
+    deleted. States are now kept per project content (`project_fingerprint`)."""
+    from personalization_assets.warehouse.assets import seed_partial_parse
+
+    isolated_env(monkeypatch, tmp_path / "data", tmp_path / "unused_target")
+    a = _project_copy(tmp_path / "a", "version A")
+    b = _project_copy(tmp_path / "b", "version B")
+    cache = str(tmp_path / "data" / "dbt_state")
+    seed = seed_partial_parse if seeding == "platform" else _seed_ignoring_content
+    assert _parse(a, tmp_path / "t1", cache, seed) == "version A"
+    assert _parse(b, tmp_path / "t2", cache, seed) == "version B"
+    third = _parse(a, tmp_path / "t3", cache, seed)
+    if seeding == "platform":
+        assert third == "version A"
+    else:  # what dbt does with a state of another checkout: the reason for keying the state by content
+        assert third == "version B"
+
+
+def test_the_state_is_kept_per_project_content_not_per_modification_time(tmp_path):
+    from personalization_assets.warehouse.assets import project_fingerprint, save_partial_parse, seed_partial_parse
+
+    a = _project_copy(tmp_path / "a", "version A")
+    before = project_fingerprint(a)
+    yml = a / "models" / "marts" / "user_segments.yml"
+    stat = yml.stat()
+    yml.write_text(yml.read_text().replace("version A", "version Z"))
+    import os
+
+    os.utime(yml, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same modification time, other content
+    after = project_fingerprint(a)
+    assert after != before
+    (a / "target").mkdir()
+    (a / "target" / "anything.json").write_text("{}")  # artifacts are not the project
+    assert project_fingerprint(a) == after
+    target, cache = tmp_path / "t", str(tmp_path / "cache")
+    target.mkdir()
+    (target / "partial_parse.msgpack").write_bytes(b"state of A")
+    save_partial_parse(target, cache, before)
+    assert not seed_partial_parse(cache, tmp_path / "t2", after) and not (tmp_path / "t2").exists()
+    assert seed_partial_parse(cache, tmp_path / "t3", before) and (tmp_path / "t3" / "partial_parse.msgpack").read_bytes() == b"state of A"
