@@ -14,8 +14,8 @@ from personalization_assets.automation import conditions, freshness
 from personalization_assets.settings import Settings
 
 # steps that find their own stale work and take `full_refresh: true` to rebuild everything
-INCREMENTAL_OPS = ("raw_events", "privacy__identity_links", "privacy__consent_ledger", "privacy__consent_state", "consented_events",
-                   "feature_tables")
+INCREMENTAL_OPS = ("raw_events", "raw_crm_profiles", "raw_content_catalog", "raw_privacy_requests", "privacy__identity_links",
+                   "privacy__consent_ledger", "privacy__consent_state", "consented_events", "feature_tables")
 
 
 def step_inputs(platform: dg.Definitions) -> dict[dg.AssetKey, frozenset[dg.AssetKey]]:

@@ -136,6 +136,55 @@ class IngestConfig(dg.Config):
                                "(each hour readable until rewritten); rows of objects gone from the landing zone are removed.")
 
 
+class ReferenceConfig(dg.Config):
+    full_refresh: bool = Field(default=False, description="Re-read the source's landing objects even when they, the "
+                               "suppression list and the settings are the ones the stored tables were built from.")
+
+
+# what a reference source's tables were built from, in their Parquet footers (`reference_inputs_digest`)
+INPUTS_META = b"personalization.inputs"
+COUNTS_META = b"personalization.counts"
+REFERENCE_FORMAT = "1"  # bump when the reference ingestion's rules change: every source is read again once
+
+
+def reference_inputs_digest(table: str, objects, rejected, suppressed: set[str], key_version: str, platform) -> str:
+    """sha256 of everything a reference source's raw and quarantine tables are a function of: its landing objects
+    (path and fingerprint: ETag, else size and mtime — the events manifest's identity of an object) and the reason of
+    each one not read, the suppression list (erased subjects are dropped at ingestion), the pseudonym key version
+    (the suppression match), the line size limit and the layout setting."""
+    import hashlib
+
+    h = hashlib.sha256(f"{REFERENCE_FORMAT}|{table}|{key_version}|{platform.max_line_bytes}|{platform.events_layout}\n".encode())
+    for o in sorted(objects, key=lambda o: o.path):
+        h.update(f"read|{o.path}|{o.fingerprint}\n".encode())
+    for r in sorted(rejected, key=lambda r: r.obj.path):
+        h.update(f"rejected|{r.obj.path}|{r.obj.fingerprint}|{r.reason}\n".encode())
+    h.update(hashlib.sha256("\n".join(sorted(suppressed)).encode()).digest())
+    return h.hexdigest()
+
+
+def _stored_inputs(lake: LakeStorage, table: str) -> tuple[str | None, dict]:
+    """(digest, counts) both tables of a reference source were written with, from their footers; (None, {}) unless
+    both name the same digest and still hold the rows they were written with (another step, e.g. the erasure run,
+    may have rewritten one since: then the source is read again)."""
+    import json
+
+    digests, counts, rows = [], {}, []
+    for name in (table, f"{table}_quarantine"):
+        if not lake.exists("raw", name):
+            return None, {}
+        footer = lake.parquet_metadata("raw", name)
+        meta = footer.schema.to_arrow_schema().metadata or {}
+        digests.append(meta.get(INPUTS_META))
+        rows.append(footer.num_rows)
+        if name == table and COUNTS_META in meta:
+            counts = json.loads(meta[COUNTS_META])
+    if (digests[0] is None or digests[0] != digests[1] or not counts
+            or [counts.get("raw_rows"), counts.get("quarantined")] != rows):
+        return None, {}
+    return digests[0].decode(), counts
+
+
 def ingestion_lock(lake: LakeStorage):
     from personalization_assets.core.hash_chain import TableWriterLock
 
@@ -291,6 +340,22 @@ _DEDUP = {"content_catalog": "content_id", "privacy_requests": "request_id"}
 _SUPPRESS_RAW = {"crm_profiles": {"user_id": "id", "email": "email", "phone": "phone"}}
 
 
+def _unchanged_reference(lake: LakeStorage, table: str, key, qkey, model, counts: dict, files: int):
+    """What a reference asset yields when its inputs are the stored tables' own: the same figures, checks evaluated on
+    the stored tables (read back: the raw table for the model check, the quarantine's footer for its count)."""
+    raw = lake.read_table("raw", table)
+    quarantined = counts["quarantined"]
+    reasons = _reasons(lake.read_table("raw", f"{table}_quarantine", columns=["reason"]))
+    meta = {"inputs_unchanged": True, "files_read": 0, "files_unchanged": files}
+    yield dg.MaterializeResult(asset_key=key, metadata={
+        "dagster/row_count": raw.num_rows, "rows_written": 0, "records_read": counts["records_read"], "quarantined": quarantined,
+        "suppressed_erased_subjects": counts["suppressed"], "quarantine_by_reason": dg.MetadataValue.json(reasons), **meta})
+    yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantined, "rows_written": 0,
+                                                         "by_reason": dg.MetadataValue.json(reasons), **meta})
+    yield reconciliation_result(key, counts["records_read"], raw.num_rows, quarantined, counts["suppressed"])
+    yield model_check(key, model, blocking=True).evaluate(raw)
+
+
 def _with_rejected_objects(landing: LandingZone, source: str, rejected, quarantine: pa.Table, read: int) -> tuple[pa.Table, int]:
     """Landing objects of a reference source that are not read (raw/layouts.py: wrong suffix, ...) are records
     too: one quarantine row each with the plan's reason and detail and the object's first bytes; they count as read."""
@@ -321,13 +386,21 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
         ],
         retry_policy=STORAGE_RETRY,
     )
-    def _asset(context: dg.AssetExecutionContext, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource, platform: PlatformConfig,
-               pseudonymizer: Pseudonymizer):
+    def _asset(context: dg.AssetExecutionContext, config: ReferenceConfig, landing: LandingZone, lake: LakeStorage, duckdb: DuckDBResource,
+               platform: PlatformConfig, pseudonymizer: Pseudonymizer):
         # every object under landing/<dir>/ is read or quarantined with its reason (raw/layouts.py), '.'/'_' names included
         plan = plan_landing(list_landing(landing, landing_dir), platform.events_layout)
         files = plan.reference[landing_dir]
         rejected = [r for r in plan.rejected if r.source == landing_dir]
         all_files = sorted([*files, *(r.obj for r in rejected)], key=lambda f: f.path)
+        suppressed = load_suppressed(lake)
+        digest = reference_inputs_digest(table, files, rejected, suppressed, str(pseudonymizer.chain().active), platform)
+        stored, counts = _stored_inputs(lake, table)
+        if stored == digest and not config.full_refresh:
+            # the same objects, suppression list and settings as the stored tables: nothing to read (a tick every few
+            # minutes re-read and rewrote the whole source each time). The checks are evaluated on the stored tables.
+            yield from _unchanged_reference(lake, table, key, qkey, model, counts, len(all_files))
+            return
         loaded = _load(landing, files)
         with duckdb.get_connection() as con:
             if source == "crm":
@@ -335,7 +408,6 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
             else:
                 result = reference_ingest.ingest_jsonl_source(con, source, loaded, model, platform.max_line_bytes, dedup_key=_DEDUP.get(table))
             quarantine, read = _with_rejected_objects(landing, source, rejected, result.quarantine, result.records_read)
-            suppressed = load_suppressed(lake)
             raw, n_suppressed = result.raw, 0
             if suppressed and table in _SUPPRESS_RAW and raw.num_rows:
                 mask, _ = rows_matching_pseudonyms(raw, _SUPPRESS_RAW[table], suppressed, pseudonymizer.pseudonymize_values)
@@ -343,8 +415,14 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 raw = raw.filter(pc.invert(mask)) if n_suppressed else raw
             quarantine, q_suppressed = suppress_quarantine(con, quarantine, suppressed, pseudonymizer)
             n_suppressed += q_suppressed
-        written = lake.write_table("raw", table, raw)
-        q_written = lake.write_table("raw", f"{table}_quarantine", quarantine)
+        import json
+
+        counts = {"records_read": read, "suppressed": n_suppressed, "raw_rows": raw.num_rows, "quarantined": quarantine.num_rows}
+        # the raw table first, the quarantine last: both footers must name the digest before a run trusts them
+        written = lake.write_table("raw", table, raw.replace_schema_metadata(
+            {**(raw.schema.metadata or {}), INPUTS_META: digest.encode(), COUNTS_META: json.dumps(counts).encode()}))
+        q_written = lake.write_table("raw", f"{table}_quarantine", quarantine.replace_schema_metadata(
+            {**(quarantine.schema.metadata or {}), INPUTS_META: digest.encode()}))
         reasons = _reasons(quarantine)
         yield dg.MaterializeResult(
             asset_key=key,
@@ -355,7 +433,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 "quarantined": quarantine.num_rows,
                 "suppressed_erased_subjects": n_suppressed,
                 "quarantine_by_reason": dg.MetadataValue.json(reasons),
-                "files_read": len(all_files),
+                "files_read": len(all_files), "inputs_unchanged": False,
                 "source_files": dg.MetadataValue.json([landing.uri(f.path) for f in all_files[:100]]),
                 "path": written.path,
             },

@@ -76,3 +76,76 @@ def test_landing_sensor_sees_every_reference_object(landing):
     assert set(first) == {"privacy_requests"}
     (landing / "privacy_requests" / ".DS_Store").write_bytes(b"junk")
     assert landing_state(zone)["sources"]["privacy_requests"] != first["privacy_requests"]
+
+
+CRM_HEADER = "user_id,email,phone,first_name,last_name,country,birth_date,signup_at,plan,updated_at\n"
+
+
+def _crm_row(user: str, plan: str = "free") -> str:
+    return f"{user},{user}@x.example,,Ann,A,DE,1990-01-02,2025-01-01T00:00:00Z,{plan},2025-01-01T00:00:00Z\n"
+
+
+def test_a_reference_source_whose_inputs_did_not_change_is_not_read_again(landing, monkeypatch):
+    """A tick every few minutes re-read and rewrote each reference source whole. With the same objects, suppression
+    list and settings as the stored tables, the source is not read (its checks run on the stored tables); a changed
+    object, a new one, a new erasure, a table rewritten by another step or `full_refresh` read it again."""
+    import os
+
+    from personalization_assets.raw import assets as raw_assets
+
+    (landing / "crm").mkdir()
+    export = landing / "crm" / "export.csv"
+    export.write_text(CRM_HEADER + _crm_row("u1") + _crm_row("u2") + "broken line\n")
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    loads = []
+    real_load = raw_assets._load
+    monkeypatch.setattr(raw_assets, "_load", lambda landing_zone, files: loads.append(len(files)) or real_load(landing_zone, files))
+
+    def run(config=None):
+        result = materialize(defs, "key:raw/crm_profiles", run_config=config)
+        checks = check_results(result)
+        assert checks["raw/crm_profiles:reconciliation"] is True and checks["raw/crm_profiles:pandera_RawCrmProfile"] is True
+        return materializations(result)["raw/crm_profiles"]
+
+    first = run()
+    assert loads == [1] and first["inputs_unchanged"] is False and first["quarantined"] == 1
+    mtime = os.stat(lake.full_path(lake.data_file("raw", "crm_profiles"))).st_mtime_ns
+    again = run()
+    assert loads == [1], "read again although nothing changed"
+    assert again["inputs_unchanged"] is True and again["records_read"] == first["records_read"] and again["quarantined"] == 1
+    assert os.stat(lake.full_path(lake.data_file("raw", "crm_profiles"))).st_mtime_ns == mtime, "rewritten"
+    # a changed object (same name, other bytes)
+    export.write_text(CRM_HEADER + _crm_row("u1", "pro") + _crm_row("u2") + "broken line\n")
+    assert run()["inputs_unchanged"] is False and loads == [1, 1]
+    assert sorted(r["plan"] for r in lake.read_table("raw", "crm_profiles").to_pylist()) == ["free", "pro"]
+    # a new object
+    (landing / "crm" / "late.csv").write_text(CRM_HEADER + _crm_row("u3"))
+    assert run()["inputs_unchanged"] is False and loads == [1, 1, 2]
+    assert run()["inputs_unchanged"] is True and loads == [1, 1, 2]
+    # another step rewrote the table (fewer rows than written): read again, the reconciliation stays exact
+    table = lake.read_table("raw", "crm_profiles")
+    lake.write_table("raw", "crm_profiles", table.slice(0, 1))
+    assert run()["inputs_unchanged"] is False and loads == [1, 1, 2, 2]
+    # full refresh
+    assert run({"ops": {"raw_crm_profiles": {"config": {"full_refresh": True}}}})["inputs_unchanged"] is False
+    assert loads == [1, 1, 2, 2, 2]
+
+
+def test_a_new_erasure_makes_the_reference_source_read_again_without_the_subject(landing, monkeypatch):
+    from personalization_assets.raw import assets as raw_assets
+
+    (landing / "crm").mkdir()
+    (landing / "crm" / "export.csv").write_text(CRM_HEADER + _crm_row("u1") + _crm_row("u2"))
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    materialize(defs, "key:raw/crm_profiles")
+    digest = lake.schema("raw", "crm_profiles").metadata[raw_assets.INPUTS_META]
+    (landing / "privacy_requests").mkdir()
+    (landing / "privacy_requests" / "r.jsonl").write_text(json.dumps(
+        {"request_id": "r1", "type": "erasure", "user_id": "u2", **{k: v for k, v in REQ.items() if k != "type"}}) + "\n")
+    materialize(defs, "key:raw/privacy_requests or key:raw/events or key:privacy/identity_links or key:privacy/suppression_list")
+    md = materializations(materialize(defs, "key:raw/crm_profiles"))["raw/crm_profiles"]
+    assert md["inputs_unchanged"] is False and md["suppressed_erased_subjects"] == 1
+    assert [r["user_id"] for r in lake.read_table("raw", "crm_profiles").to_pylist()] == ["u1"]
+    assert lake.schema("raw", "crm_profiles").metadata[raw_assets.INPUTS_META] != digest
