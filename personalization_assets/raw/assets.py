@@ -1,6 +1,8 @@
 """The raw lake: landing files -> validated, partitioned Parquet + quarantine (group `raw`)."""
 
 
+import hashlib
+import json
 from collections import Counter
 
 import dagster as dg
@@ -152,8 +154,6 @@ def reference_inputs_digest(table: str, objects, rejected, suppressed: set[str],
     (path and fingerprint: ETag, else size and mtime — the events manifest's identity of an object) and the reason of
     each one not read, the suppression list (erased subjects are dropped at ingestion), the pseudonym key version
     (the suppression match), the line size limit and the layout setting."""
-    import hashlib
-
     h = hashlib.sha256(f"{REFERENCE_FORMAT}|{table}|{key_version}|{platform.max_line_bytes}|{platform.events_layout}\n".encode())
     for o in sorted(objects, key=lambda o: o.path):
         h.update(f"read|{o.path}|{o.fingerprint}\n".encode())
@@ -167,8 +167,6 @@ def _stored_inputs(lake: LakeStorage, table: str) -> tuple[str | None, dict]:
     """(digest, counts) both tables of a reference source were written with, from their footers; (None, {}) unless
     both name the same digest and still hold the rows they were written with (another step, e.g. the erasure run,
     may have rewritten one since: then the source is read again)."""
-    import json
-
     digests, counts, rows = [], {}, []
     for name in (table, f"{table}_quarantine"):
         if not lake.exists("raw", name):
@@ -341,8 +339,8 @@ _SUPPRESS_RAW = {"crm_profiles": {"user_id": "id", "email": "email", "phone": "p
 
 
 def _unchanged_reference(lake: LakeStorage, table: str, key, qkey, model, counts: dict, files: int):
-    """What a reference asset yields when its inputs are the stored tables' own: the same figures, checks evaluated on
-    the stored tables (read back: the raw table for the model check, the quarantine's footer for its count)."""
+    """What a reference asset yields when its inputs are the stored tables' own: the figures they were written with
+    (`counts`, checked against their footers by `_stored_inputs`), the checks evaluated on the stored tables."""
     raw = lake.read_table("raw", table)
     quarantined = counts["quarantined"]
     reasons = _reasons(lake.read_table("raw", f"{table}_quarantine", columns=["reason"]))
@@ -415,8 +413,6 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 raw = raw.filter(pc.invert(mask)) if n_suppressed else raw
             quarantine, q_suppressed = suppress_quarantine(con, quarantine, suppressed, pseudonymizer)
             n_suppressed += q_suppressed
-        import json
-
         counts = {"records_read": read, "suppressed": n_suppressed, "raw_rows": raw.num_rows, "quarantined": quarantine.num_rows}
         # the raw table first, the quarantine last: both footers must name the digest before a run trusts them
         written = lake.write_table("raw", table, raw.replace_schema_metadata(
