@@ -149,3 +149,31 @@ def test_a_new_erasure_makes_the_reference_source_read_again_without_the_subject
     assert md["inputs_unchanged"] is False and md["suppressed_erased_subjects"] == 1
     assert [r["user_id"] for r in lake.read_table("raw", "crm_profiles").to_pylist()] == ["u1"]
     assert lake.schema("raw", "crm_profiles").metadata[raw_assets.INPUTS_META] != digest
+
+
+def test_a_run_that_died_between_the_two_writes_is_redone(landing):
+    """The raw table is written before its quarantine: a run that dies in between leaves the raw table of the new
+    inputs beside the quarantine of the old ones. The next run reads the source again instead of trusting the pair."""
+    from personalization_assets.raw import assets as raw_assets
+
+    (landing / "crm").mkdir()
+    export = landing / "crm" / "export.csv"
+    export.write_text(CRM_HEADER + _crm_row("u1") + "broken line\n")
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    materialize(defs, "key:raw/crm_profiles")
+    export.write_text(CRM_HEADER + _crm_row("u1") + _crm_row("u2") + "broken line\n" + "another broken line\n")
+    # what the dying run left: its raw table (new rows, its digest and counts), the old quarantine
+    with_new_inputs = materialize(defs, "key:raw/crm_profiles")
+    assert materializations(with_new_inputs)["raw/crm_profiles"]["inputs_unchanged"] is False
+    new_raw = lake.read_table("raw", "crm_profiles")
+    export.write_text(CRM_HEADER + _crm_row("u1") + "broken line\n")
+    materialize(defs, "key:raw/crm_profiles")  # back to the old inputs: old raw + old quarantine
+    export.write_text(CRM_HEADER + _crm_row("u1") + _crm_row("u2") + "broken line\n" + "another broken line\n")
+    lake.write_table("raw", "crm_profiles", new_raw)  # the new raw table, then the run died
+    assert lake.schema("raw", "crm_profiles").metadata[raw_assets.INPUTS_META] != \
+        lake.schema("raw", "crm_profiles_quarantine").metadata[raw_assets.INPUTS_META]
+    md = materializations(materialize(defs, "key:raw/crm_profiles"))["raw/crm_profiles"]
+    assert md["inputs_unchanged"] is False and md["quarantined"] == 2
+    assert lake.parquet_metadata("raw", "crm_profiles_quarantine").num_rows == 2
+    assert materializations(materialize(defs, "key:raw/crm_profiles"))["raw/crm_profiles"]["inputs_unchanged"] is True
