@@ -46,6 +46,7 @@ def automate(spec: dg.AssetSpec, inputs_of_step: dict[dg.AssetKey, frozenset[dg.
 
 
 def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
+    from personalization_assets.automation.carried import carried_downstream
     from personalization_assets.automation.schedules import build_schedules
     from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
     from personalization_assets.core.partitions import events_partitions
@@ -54,6 +55,7 @@ def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
     from personalization_assets.privacy.operations import OPERATIONS
 
     partitions = events_partitions(settings.events_start)
+    carried = carried_downstream(platform)  # what a landing run takes along when it is due
     automation_sensors = [
         dg.AutomationConditionSensorDefinition(
             f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5,
@@ -76,8 +78,8 @@ def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
                    key=lambda k: k.to_user_string())
     return dg.Definitions(
         jobs=[full_refresh],
-        schedules=build_schedules(partitions, dg.AssetSelection.groups("features", "segments", "warehouse")),
-        sensors=[build_landing_sensor(partitions), run_failure_alert, fail_dead_cli_runs_sensor, *automation_sensors,
+        schedules=build_schedules(partitions, dg.AssetSelection.groups("features", "segments", "warehouse"), carried),
+        sensors=[build_landing_sensor(partitions, carried), run_failure_alert, fail_dead_cli_runs_sensor, *automation_sensors,
                  *build_metrics_sensors(fresh)],
         resources={
             "alert_webhook": AlertWebhook(url=dg.EnvVar("PERSONALIZATION_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from personalization_assets.automation.carried import Carried
 from personalization_assets.automation.sensors import (
     LANDING_TARGET,
     landing_state,
@@ -20,7 +21,7 @@ from personalization_assets.resources import PlatformConfig
 from personalization_assets.core.storage import LandingZone
 
 
-def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection) -> list:
+def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection, carried: Carried | None = None) -> list:
     @dg.schedule(
         name="landing_extraction_every_5_minutes",
         cron_schedule="*/5 * * * *",
@@ -33,7 +34,7 @@ def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: 
     )
     def landing_extraction(context: dg.ScheduleEvaluationContext, landing: LandingZone, platform: PlatformConfig):
         state = landing_state(landing, events_layout=getattr(platform, "events_layout", "auto"))
-        requests = run_requests_for(state, {}, context.instance, with_followers=True)
+        requests = run_requests_for(state, {}, context.instance, with_followers=True, carried=carried)
         if not requests:
             return dg.SkipReason("no changed landing files without an ingestion run")
         return requests

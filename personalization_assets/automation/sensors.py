@@ -14,6 +14,7 @@ from pydantic import Field
 from personalization_assets.core.asset_keys import (
     CONSENT_LEDGER,
     CONSENT_STATE,
+    CONSENTED_EVENTS,
     CONSENTED_EVENTS_STATE,
     IDENTITY_LINKS,
     RAW_EVENTS,
@@ -21,8 +22,9 @@ from personalization_assets.core.asset_keys import (
     RAW_MANIFEST,
     SUPPRESSION_LIST,
 )
-from personalization_assets.resources import PlatformConfig
+from personalization_assets.automation.carried import CARRIED_GROUPS, Carried
 from personalization_assets.core.storage import FileInfo, LandingZone
+from personalization_assets.resources import PlatformConfig
 
 log = logging.getLogger("personalization.alerts")
 
@@ -35,8 +37,10 @@ FOLLOWERS = (
 REFERENCE_SOURCES = {"crm": "crm_profiles", "catalog": "content_catalog", "privacy_requests": "privacy_requests"}
 DIGEST_TAG = "personalization/landing-digest"
 STREAMING_TAG = "personalization/streaming"
-# what the landing sensor and its schedule backstop may request (a run request outside its target cannot launch)
-LANDING_TARGET = dg.AssetSelection.groups("raw") | dg.AssetSelection.assets(*FOLLOWERS)
+# what the landing sensor and its schedule backstop may request (a run request outside its target cannot launch):
+# ingestion, its followers, and what a landing run carries when it is due (automation/carried.py)
+LANDING_TARGET = (dg.AssetSelection.groups("raw") | dg.AssetSelection.assets(*FOLLOWERS)
+                  | dg.AssetSelection.groups(*CARRIED_GROUPS))
 
 
 def files_digest(files: list[FileInfo]) -> str:
@@ -82,7 +86,11 @@ def _materialized_after_files(instance, pk: str | None, newest_file_ns: int, key
     return bool(records) and records[0].timestamp * 1e9 > newest_file_ns
 
 
-def run_requests_for(state: dict, previous: dict, instance=None, with_followers: bool = False) -> list[dg.RunRequest]:
+def run_requests_for(state: dict, previous: dict, instance=None, with_followers: bool = False,
+                     carried: Carried | None = None) -> list[dg.RunRequest]:
+    """The runs the landing zone's change asks for. `with_followers`: the events run brings the privacy state and the
+    consented tier along; `carried` (with followers and an instance): also the features, warehouse and segments
+    that are due (automation/carried.py)."""
     requests = []
     newest = state.get("newest_ns", {})
     digest = state["events"].get(EVENTS_STATE)
@@ -95,6 +103,8 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
             # in steady streaming it brings the consent state and the consented hours along (one launch instead of three;
             # tagged: the run queue runs one such run at a time, as they all rebuild the unpartitioned consent state)
             selection = [RAW_MANIFEST, RAW_EVENTS, RAW_EVENTS_QUARANTINE, *(FOLLOWERS if with_followers else ())]
+            if with_followers and carried is not None and instance is not None:
+                selection += carried.due(instance, written=[*selection, CONSENTED_EVENTS])
             requests.append(dg.RunRequest(run_key=tag, asset_selection=selection,
                                           tags={DIGEST_TAG: tag, "personalization/trigger": "landing",
                                                 **({STREAMING_TAG: "1"} if with_followers else {})}))
@@ -118,22 +128,24 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
     return requests
 
 
-def build_landing_sensor(partitions_def: dg.PartitionsDefinition) -> dg.SensorDefinition:
+def build_landing_sensor(partitions_def: dg.PartitionsDefinition, carried: Carried | None = None) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_arrival",
         description="Detects new or changed objects in the landing zone (local directory or S3 prefix, every layout) and "
         "requests one incremental ingestion run (it reads only what its manifest lacks and rewrites the hours those objects "
         "touch) and the changed reference sources. The cursor holds a digest of the objects; it is only advanced together "
         "with the run requests, so a crash between two ticks loses nothing.",
-        # 5 s is the sensor daemon's own loop floor; one listing per tick (a LIST per 1000 keys on S3)
-        minimum_interval_seconds=5,
+        # evaluated on every loop of the sensor daemon (whose loop takes at least 5 s): an interval of 5 s, equal to the
+        # loop's, skipped every loop that began a moment less than 5 s after the last tick (a tick every 10 s then).
+        # One listing per tick (a LIST per 1000 keys on S3).
+        minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         target=LANDING_TARGET,
     )
     def landing_arrival(context: dg.SensorEvaluationContext, landing: LandingZone, platform: PlatformConfig):
         previous = json.loads(context.cursor) if context.cursor else {}
         state = landing_state(landing, events_layout=getattr(platform, "events_layout", "auto"))
-        requests = run_requests_for(state, previous, context.instance, with_followers=True)
+        requests = run_requests_for(state, previous, context.instance, with_followers=True, carried=carried)
         cursor = json.dumps({"events": state["events"], "sources": state["sources"]})
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new landing files"), cursor=cursor)

@@ -29,6 +29,11 @@ def _tick(defs, instance, cursor=None):
 
 INGEST = ("raw/landing_manifest", "raw/events", "raw/events_quarantine")
 FOLLOWERS = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events_state")
+FEATURES = ("features/content_affinity", "features/engagement", "features/events_clean", "features/identity_map",
+            "features/purpose_eligibility", "features/sessions", "features/user_rfm")
+WAREHOUSE = ("warehouse/features_loaded", "warehouse/stg_content_affinity", "warehouse/stg_engagement", "warehouse/stg_identity_map",
+             "warehouse/stg_purpose_eligibility", "warehouse/stg_sessions", "warehouse/stg_user_rfm")
+SEGMENTS = ("segments/advertising_audience", "segments/segment_membership", "segments/segment_sizes", "segments/user_segments")
 
 
 def _selection(r) -> tuple:
@@ -43,10 +48,12 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
     defs = defs_for_env()
     with dg.instance_for_test() as instance:
         requests, cursor = _tick(defs, instance)
-        got = sorted((r.partition_key or "", _selection(r)) for r in requests)
+        got = sorted((r.partition_key or "", _selection(r)[:8]) for r in requests)
         # one unpartitioned run: it reads what its manifest lacks and files each message under its receivedAt hour;
-        # it brings the consent state and the consented hours along
+        # it brings the consent state and the consented hours along, and (never materialized: due) everything to the segments
         assert got == sorted([("", (*INGEST, *FOLLOWERS)), ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine"))])
+        events_run = next(r for r in requests if len(r.asset_selection) > 2)
+        assert sorted(_selection(events_run)[8:]) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
         # same objects, next tick: nothing
         again, cursor2 = _tick(defs, instance, cursor)
         assert again == []
@@ -57,7 +64,7 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
         _write(landing, "2026-11-28", "14", "b.jsonl.gz", 3, 200)
         _write(landing, "2026-11-20", "02", "late.jsonl.gz", 2, 300)
         later, _ = _tick(defs, instance, cursor2)
-        assert [_selection(r) for r in later] == [(*INGEST, *FOLLOWERS)]
+        assert [_selection(r)[:8] for r in later] == [(*INGEST, *FOLLOWERS)]
         assert later[0].run_key not in {r.run_key for r in requests}
 
 
@@ -133,3 +140,47 @@ def test_every_request_of_the_sensor_and_the_schedule_is_launchable_by_its_job(l
             for r in requests:
                 assert set(r.asset_selection) <= job_keys, (job_name, set(r.asset_selection) - job_keys)
                 assert r.tags.get(STREAMING_TAG) == "1"
+
+
+def _keys(names) -> list[dg.AssetKey]:
+    return [dg.AssetKey.from_user_string(n) for n in names]
+
+
+def test_the_landing_run_carries_features_and_segments_only_when_their_policies_say_they_are_due(landing):
+    """The landing run takes the features, the warehouse load and the segments along when their freshness policy is
+    WARN or FAIL or they were never materialized (automation/carried.py) — not on every new object, not a subset of the
+    features step, not while another run may write them, not a model whose parents this run does not write."""
+    import dataclasses
+    import time
+
+    from personalization_assets.automation.carried import carried_downstream
+
+    _write(landing, "2026-11-28", "13", "a.jsonl.gz", 5)
+    defs = defs_for_env()
+    carried = carried_downstream(defs)
+    written = _keys((*INGEST, *FOLLOWERS, "consented/events"))
+    names = lambda keys: sorted(k.to_user_string() for k in keys)  # noqa: E731
+    with dg.instance_for_test() as instance:
+        assert names(carried.due(instance, written)) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))  # never materialized
+        assert carried.due(instance, written=[]) == []  # a run that writes none of their inputs carries nothing
+        for key in carried.order:
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        now = time.time()
+        assert carried.due(instance, written, now=now) == []  # fresh: the automation's freshness-driven wait holds
+        # the features' warn window (20 min) passed, the warehouse's and segments' (45 min) not; features/events_clean's
+        # own window is 45 min, but the features are one step: all of it goes
+        assert names(carried.due(instance, written, now=now + 21 * 60)) == sorted(FEATURES)
+        assert names(carried.due(instance, written, now=now + 46 * 60)) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
+        # the sensor: fresh -> ingestion and its followers only
+        requests, _ = _tick(defs, instance)
+        assert [_selection(r) for r in requests] == [(*INGEST, *FOLLOWERS)]
+        # warehouse models and segments due while the features are not: nobody writes their inputs in this run
+        features_never_due = dataclasses.replace(carried, warn_seconds={
+            k: (10**9 if k.path[0] == "features" else 0) for k in carried.order})
+        assert features_never_due.due(instance, written, now=now) == []
+        # a queued run that will write a carried asset: nothing is carried (two runs would write the features at once)
+        job = defs.resolve_implicit_global_asset_job_def()
+        run = instance.create_run_for_job(job_def=job, asset_selection=frozenset(_keys(FEATURES)))
+        assert carried.due(instance, written, now=now + 46 * 60) == []
+        instance.report_run_canceled(run)
+        assert carried.due(instance, written, now=now + 46 * 60) != []
