@@ -39,23 +39,29 @@ def tier_of_path(path: Path) -> str:
     return DIRECTORY_TIERS.get(rel.parts[0], DEFAULT_TIER) if len(rel.parts) > 1 else DEFAULT_TIER
 
 
-# The slowest modules (measured: pytest --durations, 2 workers), heaviest first. `make test` hands whole modules
-# to its two workers (--dist loadfile) in collection order, each worker taking the next module when it is free:
-# starting with the longest ones keeps one long module from starting last while the other worker idles.
+# The slowest modules (measured: pytest --durations on a clean clone, 3 workers), heaviest first. `make test` hands
+# whole modules to its workers (--dist loadfile) in collection order, each worker taking the next module when it is
+# free: starting with the longest ones keeps one long module from starting last while the other workers idle.
 # A module missing here keeps its place after these; the list only orders, it never selects.
 SLOW_FIRST = (
     "tests/incremental/test_incremental_equals_full.py",
-    "tests/privacy/test_end_to_end.py",
-    "tests/privacy/test_consented_incremental.py",
-    "tests/privacy/test_incremental_privacy.py",
-    "tests/warehouse/test_warehouse_local.py",
     "tests/privacy/test_concurrency.py",
-    "tests/ui/test_webserver_ui.py",
-    "tests/ui/test_partition_metadata_ui.py",
     "tests/warehouse/test_prod_rehearsal.py",
-    "tests/raw/test_cdp_layouts_e2e.py",
+    "tests/warehouse/test_warehouse_local.py",
+    "tests/raw/test_incremental_ingest.py",
+    "tests/privacy/test_consented_incremental.py",
+    "tests/warehouse/test_dbt_invocation_cost.py",
+    "tests/raw/test_batched_slow_path.py",
     "tests/privacy/test_object_lock.py",
+    "tests/privacy/test_s3_privacy.py",
+    "tests/bench/test_harness.py",
+    "tests/privacy/test_end_to_end.py",
+    "tests/ui/test_partition_metadata_ui.py",
     "tests/privacy/test_pii_redaction.py",
+    "tests/warehouse/test_warehouse_prod.py",
+    "tests/infra/test_checkov.py",
+    "tests/ui/test_webserver_ui.py",
+    "tests/raw/test_cdp_layouts_e2e.py",
     "tests/privacy/test_erasure_exact.py",
 )
 

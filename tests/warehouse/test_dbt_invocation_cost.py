@@ -64,44 +64,30 @@ def _dbt_log_messages(target_dir) -> list[str]:
     return out
 
 
-def test_the_second_dbt_run_reuses_the_first_runs_parse(dbt_manifest, tmp_path):
+def test_a_dbt_build_reuses_the_last_runs_parse_and_leaves_no_invocation_folder_unless_it_failed(dbt_manifest, tmp_path):
+    """Two builds on one data dir: a failed one (no feature tables yet), then a successful one.
+
+    * The second reuses the first's parse ("Partial parsing enabled", never "Unable to do partial parsing"): the
+      state is kept with the data, keyed by the project's content, not in the code's dbt/target.
+    * Each `dbt build` writes ~5 MB into its own target folder; nothing removed them (1.4 GB a day at a tick every
+      5 minutes). A successful build's folder is removed once read; a failed build's is kept for inspection and its
+      path logged."""
+    from personalization_assets import warehouse as warehouse_layer
     from personalization_assets.core.storage import LakeStorage
     from personalization_assets.settings import load_settings
-    from personalization_assets import warehouse as warehouse_layer
-
-    write_feature_lake(tmp_path / "data")
-    targets = []
-    with pytest.MonkeyPatch.context() as mp:
-        isolated_env(mp, tmp_path / "data", tmp_path / "dbt_target")
-        from personalization_assets.warehouse import assets as warehouse_assets
-
-        mp.setattr(warehouse_assets, "remove_invocation_folder", lambda path: None)  # this test reads dbt.log there
-        defs = warehouse_layer.defs(load_settings())
-        resources = {"lake": LakeStorage(url=str(tmp_path / "data" / "lake")), **defs.resources}
-        for _ in range(2):
-            result = dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)
-            assert result.success
-            targets += [p for p in (tmp_path / "dbt_target").glob(f"warehouse_dbt-{result.run_id[:7]}-*")]
-    assert len(targets) == 2, targets
-    second = _dbt_log_messages(targets[1])
-    assert not [m for m in second if "Unable to do partial parsing" in m], [m for m in second if "partial" in m.lower()]
-    assert any("Partial parsing enabled" in m for m in second), [m for m in second if "pars" in m.lower()][:10]
-    # the state is kept with the data, not in the code's dbt/target
+    from personalization_assets.warehouse import assets as warehouse_assets
     from personalization_assets.warehouse.assets import project_fingerprint
 
-    assert [p.name for p in (tmp_path / "data" / "dbt_state").glob("partial_parse*")] == [
-        f"partial_parse-{project_fingerprint()[:32]}.msgpack"]
+    removed: list[tuple[str, list[str]]] = []
+    remove = warehouse_assets.remove_invocation_folder
 
-
-def test_a_successful_build_leaves_no_invocation_folder_and_a_failed_one_keeps_it(dbt_manifest, tmp_path):
-    """Each `dbt build` writes ~5 MB into its own target folder; nothing removed them (1.4 GB a day at a tick every
-    5 minutes). A successful build's folder is removed once read; a failed build's is kept for inspection."""
-    from personalization_assets import warehouse as warehouse_layer
-    from personalization_assets.core.storage import LakeStorage
-    from personalization_assets.settings import load_settings
+    def read_then_remove(path):  # the successful build's dbt.log, read before its folder goes
+        removed.append((path.name, _dbt_log_messages(path)))
+        remove(path)
 
     with pytest.MonkeyPatch.context() as mp:
         isolated_env(mp, tmp_path / "data", tmp_path / "dbt_target")
+        mp.setattr(warehouse_assets, "remove_invocation_folder", read_then_remove)
         defs = warehouse_layer.defs(load_settings())
         resources = {"lake": LakeStorage(url=str(tmp_path / "data" / "lake")), **defs.resources}
         dbt_assets = [a for a in defs.assets if "warehouse_dbt" in a.node_def.name]
@@ -111,13 +97,20 @@ def test_a_successful_build_leaves_no_invocation_folder_and_a_failed_one_keeps_i
         assert not failed.success
         kept = list((tmp_path / "dbt_target").glob(f"warehouse_dbt-{failed.run_id[:7]}-*"))
         assert len(kept) == 1 and (kept[0] / "run_results.json").exists()
+        assert not removed
         messages = [entry.user_message for entry in instance.all_logs(failed.run_id)]
         assert any(str(kept[0]) in m for m in messages), "the kept folder's path is logged"
         write_feature_lake(tmp_path / "data")
         result = dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)
         assert result.success
-        assert list((tmp_path / "dbt_target").glob(f"warehouse_dbt-{result.run_id[:7]}-*")) == []
-        assert len(list((tmp_path / "dbt_target").glob("warehouse_dbt-*"))) == 1  # the failed build's only
+    assert list((tmp_path / "dbt_target").glob(f"warehouse_dbt-{result.run_id[:7]}-*")) == []
+    assert len(list((tmp_path / "dbt_target").glob("warehouse_dbt-*"))) == 1  # the failed build's only
+    assert [name.startswith(f"warehouse_dbt-{result.run_id[:7]}") for name, _ in removed] == [True]
+    second = removed[0][1]
+    assert not [m for m in second if "Unable to do partial parsing" in m], [m for m in second if "partial" in m.lower()]
+    assert any("Partial parsing enabled" in m for m in second), [m for m in second if "pars" in m.lower()][:10]
+    assert [p.name for p in (tmp_path / "data" / "dbt_state").glob("partial_parse*")] == [
+        f"partial_parse-{project_fingerprint()[:32]}.msgpack"]
 
 
 def _project_copy(dest, description: str):
