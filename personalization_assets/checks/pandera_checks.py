@@ -128,7 +128,7 @@ def evaluate_model(
     df = _to_pandas(data) if isinstance(data, pa.Table) else data
     metadata: dict = {"rows_total": n, "rows_validated": len(df), "sampled": sampled}
     try:
-        schema.validate(df, lazy=True)
+        schema.validate(df, lazy=True, inplace=isinstance(data, pa.Table))  # df is our own copy: no second one
         passed = True
     except pda.errors.SchemaErrors as exc:
         passed = False
