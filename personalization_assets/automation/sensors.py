@@ -133,8 +133,10 @@ def build_landing_sensor(partitions_def: dg.PartitionsDefinition, carried: Carri
         name="landing_arrival",
         description="Detects new or changed objects in the landing zone (local directory or S3 prefix, every layout) and "
         "requests one incremental ingestion run (it reads only what its manifest lacks and rewrites the hours those objects "
-        "touch) and the changed reference sources. The cursor holds a digest of the objects; it is only advanced together "
-        "with the run requests, so a crash between two ticks loses nothing.",
+        "touch) and the changed reference sources. The ingestion run brings the privacy state and the consented tier along, "
+        "and the features, the warehouse load and the segments when their freshness policies say they are due. The cursor "
+        "holds a digest of the objects; it is only advanced together with the run requests, so a crash between two ticks "
+        "loses nothing.",
         # evaluated on every loop of the sensor daemon (whose loop takes at least 5 s): an interval of 5 s, equal to the
         # loop's, skipped every loop that began a moment less than 5 s after the last tick (a tick every 10 s then).
         # One listing per tick (a LIST per 1000 keys on S3).

@@ -184,3 +184,18 @@ def test_the_landing_run_carries_features_and_segments_only_when_their_policies_
         assert carried.due(instance, written, now=now + 46 * 60) == []
         instance.report_run_canceled(run)
         assert carried.due(instance, written, now=now + 46 * 60) != []
+
+
+def test_live_runs_beyond_the_listing_limit_count_as_writing_the_carried_assets(landing):
+    """A wide backfill in the queue: ingestion runs alone do not stop the carrying, but more live runs than the
+    listing reads are not ruled out, so nothing is carried."""
+    from personalization_assets.automation.carried import _live_run_touches, carried_downstream
+
+    defs = defs_for_env()
+    keys = carried_downstream(defs).keys
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        for _ in range(3):
+            instance.create_run_for_job(job_def=job, asset_selection=frozenset(_keys(INGEST)))
+        assert not _live_run_touches(instance, keys, limit=4)
+        assert _live_run_touches(instance, keys, limit=3)
