@@ -14,6 +14,7 @@ from pydantic import Field
 from personalization_assets.core.asset_keys import (
     CONSENT_LEDGER,
     CONSENT_STATE,
+    CONSENTED_CRM,
     CONSENTED_EVENTS,
     CONSENTED_EVENTS_STATE,
     IDENTITY_LINKS,
@@ -33,6 +34,9 @@ EVENTS_STATE = "landing"  # the cursor's key for the events side of the landing 
 FOLLOWERS = (
     IDENTITY_LINKS, CONSENT_LEDGER, SUPPRESSION_LIST, CONSENT_STATE,
     CONSENTED_EVENTS_STATE,  # its step rewrites the stale consented/events hours (logged at runtime)
+    # rebuilt on every change of the consent state anyway (automation `derived_state`): here instead of in a run of
+    # its own, whose process start-up competed with this run's steps for the cores
+    CONSENTED_CRM,
 )
 REFERENCE_SOURCES = {"crm": "crm_profiles", "catalog": "content_catalog", "privacy_requests": "privacy_requests"}
 DIGEST_TAG = "personalization/landing-digest"

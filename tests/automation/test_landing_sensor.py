@@ -28,7 +28,8 @@ def _tick(defs, instance, cursor=None):
 
 
 INGEST = ("raw/landing_manifest", "raw/events", "raw/events_quarantine")
-FOLLOWERS = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events_state")
+FOLLOWERS = ("privacy/identity_links", "privacy/consent_ledger", "privacy/suppression_list", "privacy/consent_state", "consented/events_state",
+             "consented/crm_profiles")
 FEATURES = ("features/content_affinity", "features/engagement", "features/events_clean", "features/identity_map",
             "features/purpose_eligibility", "features/sessions", "features/user_rfm")
 WAREHOUSE = ("warehouse/features_loaded", "warehouse/stg_content_affinity", "warehouse/stg_engagement", "warehouse/stg_identity_map",
@@ -48,12 +49,12 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
     defs = defs_for_env()
     with dg.instance_for_test() as instance:
         requests, cursor = _tick(defs, instance)
-        got = sorted((r.partition_key or "", _selection(r)[:8]) for r in requests)
+        got = sorted((r.partition_key or "", _selection(r)[:9]) for r in requests)
         # one unpartitioned run: it reads what its manifest lacks and files each message under its receivedAt hour;
         # it brings the consent state and the consented hours along, and (never materialized: due) everything to the segments
         assert got == sorted([("", (*INGEST, *FOLLOWERS)), ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine"))])
         events_run = next(r for r in requests if len(r.asset_selection) > 2)
-        assert sorted(_selection(events_run)[8:]) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
+        assert sorted(_selection(events_run)[9:]) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
         # same objects, next tick: nothing
         again, cursor2 = _tick(defs, instance, cursor)
         assert again == []
@@ -64,7 +65,7 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
         _write(landing, "2026-11-28", "14", "b.jsonl.gz", 3, 200)
         _write(landing, "2026-11-20", "02", "late.jsonl.gz", 2, 300)
         later, _ = _tick(defs, instance, cursor2)
-        assert [_selection(r)[:8] for r in later] == [(*INGEST, *FOLLOWERS)]
+        assert [_selection(r)[:9] for r in later] == [(*INGEST, *FOLLOWERS)]
         assert later[0].run_key not in {r.run_key for r in requests}
 
 
