@@ -42,7 +42,6 @@ from personalization_assets.features.sql import (
     _create,
     _count,
     _is_conversion,
-    _list,
     _q,
     build_content_affinity_sql,
     build_purpose_eligibility_sql,
@@ -50,8 +49,6 @@ from personalization_assets.features.sql import (
     joins_as_written,
     temp_table,
     US_PER_DAY,
-    US_PER_WEEK,
-    PAGE_TYPES,
 )
 
 LAYER = "features"

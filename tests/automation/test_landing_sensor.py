@@ -4,7 +4,6 @@ objects again -> nothing; the cursor survives a restart; a late object for an ol
 from __future__ import annotations
 
 import gzip
-import json
 
 import dagster as dg
 

@@ -30,7 +30,7 @@ from personalization_assets.privacy.operations import rekey_table
 from personalization_assets.resources import DuckDBEngine
 from personalization_assets.core.storage import LakeStorage
 from tests.features.feature_fixtures import (
-    build, consent, consent_table, event, events_table, granted_all, pseudo, ts, write_lake,
+    build, consent, event, granted_all, pseudo, ts, write_lake,
 )
 
 # one seed in the suite (each build is a Dagster materialization); more with FEATURE_INCREMENTAL_SEEDS=11,29,...

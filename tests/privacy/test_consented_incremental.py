@@ -271,7 +271,6 @@ def test_range_leaves_stale_hours_outside_it_dirty_for_the_next_run(first_landin
 
 @pytest.mark.parametrize("with_rotation_job", [True, False])
 def test_key_rotation_between_runs(first_landing, data_dir, tmp_path, monkeypatch, with_rotation_job):
-    defs = first_landing
     keys = {"1": KEY_V1, "2": secrets.token_hex(32)}
     _env(monkeypatch, data_dir, keys, active="2")
     rotated = defs_for_env()

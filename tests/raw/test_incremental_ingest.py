@@ -13,7 +13,6 @@ import time
 from collections import Counter
 
 import duckdb
-import pyarrow as pa
 import pytest
 
 from personalization_assets.raw import ingest
