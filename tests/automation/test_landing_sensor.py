@@ -33,6 +33,7 @@ FEATURES = ("features/content_affinity", "features/engagement", "features/events
             "features/purpose_eligibility", "features/sessions", "features/user_rfm")
 WAREHOUSE = ("warehouse/features_loaded", "warehouse/stg_content_affinity", "warehouse/stg_engagement", "warehouse/stg_identity_map",
              "warehouse/stg_purpose_eligibility", "warehouse/stg_sessions", "warehouse/stg_user_rfm")
+OWN_ASSETS = len(INGEST) + len(FOLLOWERS)  # the ingestion run's own assets come first in its selection, then the carried ones
 SEGMENTS = ("segments/advertising_audience", "segments/segment_membership", "segments/segment_sizes", "segments/user_segments")
 
 
@@ -48,12 +49,12 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
     defs = defs_for_env()
     with dg.instance_for_test() as instance:
         requests, cursor = _tick(defs, instance)
-        got = sorted((r.partition_key or "", _selection(r)[:9]) for r in requests)
+        got = sorted((r.partition_key or "", _selection(r)[:OWN_ASSETS]) for r in requests)
         # one unpartitioned run: it reads what its manifest lacks and files each message under its receivedAt hour;
         # it brings the consent state and the consented hours along, and (never materialized: due) everything to the segments
         assert got == sorted([("", (*INGEST, *FOLLOWERS)), ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine"))])
         events_run = next(r for r in requests if len(r.asset_selection) > 2)
-        assert sorted(_selection(events_run)[9:]) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
+        assert sorted(_selection(events_run)[OWN_ASSETS:]) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
         # same objects, next tick: nothing
         again, cursor2 = _tick(defs, instance, cursor)
         assert again == []
@@ -64,7 +65,7 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
         _write(landing, "2026-11-28", "14", "b.jsonl.gz", 3, 200)
         _write(landing, "2026-11-20", "02", "late.jsonl.gz", 2, 300)
         later, _ = _tick(defs, instance, cursor2)
-        assert [_selection(r)[:9] for r in later] == [(*INGEST, *FOLLOWERS)]
+        assert [_selection(r)[:OWN_ASSETS] for r in later] == [(*INGEST, *FOLLOWERS)]
         assert later[0].run_key not in {r.run_key for r in requests}
 
 
@@ -93,7 +94,7 @@ def test_schedule_backstop_skips_objects_that_already_have_a_run(landing):
         when = datetime(2026, 11, 28, 14, 5, tzinfo=timezone.utc)
         ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources, repository_def=defs.get_repository_def())
         data = schedule.evaluate_tick(ctx)
-        assert [_selection(r)[:3] for r in data.run_requests] == [INGEST]
+        assert [_selection(r)[:len(INGEST)] for r in data.run_requests] == [INGEST]
         req = data.run_requests[0]
         # a run for that digest exists (e.g. launched by the sensor): the schedule stays quiet
         job = defs.resolve_implicit_global_asset_job_def()
@@ -118,7 +119,7 @@ def test_objects_ingested_before_the_sensor_first_ran_are_not_requested_again(la
         time.sleep(0.01)
         _write(landing, "2026-11-28", "13", "b.jsonl.gz", 3, 50)
         later, _ = _tick(defs, instance, cursor)
-        assert [_selection(r)[:3] for r in later] == [INGEST]
+        assert [_selection(r)[:len(INGEST)] for r in later] == [INGEST]
 
 
 def test_every_request_of_the_sensor_and_the_schedule_is_launchable_by_its_job(landing):
