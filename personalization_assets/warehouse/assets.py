@@ -5,11 +5,18 @@ unit test stops the model before it is written. Data tests are reported as Dagst
 severity error). dagster-dbt does not report unit tests, so their results are read back from
 run_results.json and recorded as asset observations on the tested model (`dbt/unit_test`).
 
+Unit tests check the models' SQL on fixed inputs, not the data: once every unit test passed for one project
+content, dbt version and adapter (`unit_tests_marker`), the following builds of that content exclude them
+(`--exclude-resource-type unit_test`, as dbt's documentation advises for production). The first build after a
+change of the project, dbt or the adapter runs them again, as does every build without the marker (a data dir
+without it, a failed unit test).
+
 The manifest (dbt/target/manifest.json) must exist when `build_dbt_assets` is called: `make dbt-parse`
 (or `dagster-dbt project prepare-and-package --file personalization_assets/warehouse/project.py`).
 """
 
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import uuid
@@ -166,6 +173,45 @@ def save_partial_parse(target_path: Path, cache_dir: str | None, fingerprint: st
             other.unlink(missing_ok=True)
 
 
+UNIT_TESTS_MARKER = "unit_tests_passed-{key}"
+
+
+def unit_tests_marker(cache_dir: str | None, fingerprint: str, env: str) -> Path | None:
+    """Where a build records that every unit test passed for this project content (`project_fingerprint`), target
+    environment, dbt-core and adapter version (each can change what a unit test's SQL returns). None: no cache dir,
+    the unit tests run in every build."""
+    if not cache_dir:
+        return None
+    adapter = "dbt-snowflake" if env == "prod" else "dbt-duckdb"
+    versions = []
+    for dist in ("dbt-core", adapter, "duckdb" if env != "prod" else "snowflake-connector-python"):
+        try:
+            versions.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist}=?")
+    key = hashlib.sha256("|".join([fingerprint, env, *versions]).encode()).hexdigest()[:32]
+    return Path(cache_dir) / UNIT_TESTS_MARKER.format(key=key)
+
+
+def all_unit_tests_passed(run_results: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
+    """Every unit test of the manifest has a result in this build and each one passed (a project without unit
+    tests: False, nothing to record)."""
+    expected = set(manifest.get("unit_tests", {}))
+    statuses = {r["unique_id"]: r["status"] for r in run_results.get("results", []) if r["unique_id"] in expected}
+    return bool(expected) and set(statuses) == expected and all(s == "pass" for s in statuses.values())
+
+
+def record_unit_tests_passed(marker: Path, run_id: str) -> None:
+    """Write `marker` (atomic replace) and remove the markers of other project contents or versions."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.parent / f".{marker.name}.{uuid.uuid4().hex}"
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, marker)
+    for other in marker.parent.glob(UNIT_TESTS_MARKER.format(key="*")):
+        if other != marker:
+            other.unlink(missing_ok=True)
+
+
 @cache
 def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb_path: str | None = None,
                      parse_cache_dir: str | None = None) -> dg.AssetsDefinition:
@@ -185,10 +231,16 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
         target_path = invocation_target_path(context)
         fingerprint = project_fingerprint()
         seed_partial_parse(parse_cache_dir, target_path, fingerprint)
+        marker = unit_tests_marker(parse_cache_dir, fingerprint, env)
+        run_unit_tests = marker is None or not marker.exists()
+        args = ["build"] if run_unit_tests else ["build", "--exclude-resource-type", "unit_test"]
+        if not run_unit_tests:
+            context.log.info(f"dbt unit tests not run: all passed for this project content and dbt/adapter versions (run "
+                             f"{marker.read_text().strip()[:8]}); they run again when the project or a version changes")
         with scoped_environ(dbt_env):
             if duckdb_path is None:
                 # Snowflake: dagster-dbt queries each relation as its model completes
-                invocation = dbt.cli(["build"], context=context, raise_on_error=False, target_path=target_path)
+                invocation = dbt.cli(args, context=context, raise_on_error=False, target_path=target_path)
                 yield from invocation.stream().fetch_row_counts()
             else:
                 # DuckDB: the dbt subprocess holds the file's write lock while it runs, and dagster-dbt's own
@@ -198,7 +250,7 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
                 # Only the models' outputs wait for the counts: the test results (most of the ~150 events) are recorded
                 # while dbt still runs, instead of all of them after it (≈ 3 s of event writes at the end of the step).
                 with warehouse_file_lock(duckdb_path, log=context.log):
-                    invocation = dbt.cli(["build"], context=context, raise_on_error=False, target_path=target_path)
+                    invocation = dbt.cli(args, context=context, raise_on_error=False, target_path=target_path)
                     held = []
                     for event in invocation.stream():
                         if isinstance(event, (dg.Output, dg.AssetMaterialization)):
@@ -210,6 +262,12 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
         save_partial_parse(target_path, parse_cache_dir, fingerprint)
         yield from unit_test_observations(invocation, invocation.manifest, translator)
         error = invocation.get_error()
+        if run_unit_tests and marker is not None and error is None:
+            try:
+                if all_unit_tests_passed(invocation.get_artifact("run_results.json"), invocation.manifest):
+                    record_unit_tests_passed(marker, context.run.run_id)
+            except FileNotFoundError:
+                pass
         if error is not None:
             context.log.warning(f"dbt's artifacts of this failed build are kept for inspection: {target_path}")
             raise error

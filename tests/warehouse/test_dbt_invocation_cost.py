@@ -54,6 +54,23 @@ def test_the_local_dbt_resource_does_not_load_the_dbt_adapter_in_process(monkeyp
     assert type(resource).model_fields["in_process_adapter"].default is True
 
 
+def _unit_test_observations(result) -> list:
+    return [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+            and "dbt/unit_test" in e.event_specific_data.asset_observation.metadata]
+
+
+def test_unit_tests_count_as_passed_only_when_every_one_of_the_manifest_passed():
+    from personalization_assets.warehouse.assets import all_unit_tests_passed
+
+    manifest = {"unit_tests": {"unit_test.p.a": {}, "unit_test.p.b": {}}}
+    ok = {"results": [{"unique_id": "unit_test.p.a", "status": "pass"}, {"unique_id": "unit_test.p.b", "status": "pass"},
+                      {"unique_id": "model.p.m", "status": "success"}]}
+    assert all_unit_tests_passed(ok, manifest)
+    assert not all_unit_tests_passed({"results": ok["results"][:1]}, manifest)  # one was excluded or skipped
+    assert not all_unit_tests_passed({"results": [{**ok["results"][0], "status": "fail"}, ok["results"][1]]}, manifest)
+    assert not all_unit_tests_passed(ok, {"unit_tests": {}})
+
+
 def _dbt_log_messages(target_dir) -> list[str]:
     out = []
     for line in (target_dir / "dbt.log").read_text().splitlines():
@@ -100,12 +117,24 @@ def test_a_dbt_build_reuses_the_last_runs_parse_and_leaves_no_invocation_folder_
         assert not removed
         messages = [entry.user_message for entry in instance.all_logs(failed.run_id)]
         assert any(str(kept[0]) in m for m in messages), "the kept folder's path is logged"
+        # the failed build ran no complete, passing set of unit tests: nothing recorded
+        assert not list((tmp_path / "data" / "dbt_state").glob("unit_tests_passed-*"))
         write_feature_lake(tmp_path / "data")
         result = dg.materialize(list(defs.assets), resources=resources, raise_on_error=False)
         assert result.success
+        assert len(_unit_test_observations(result)) == 7, "the first successful build of this project content runs the unit tests"
+        # the next build of the same project content leaves them out (they test SQL on fixed inputs, not the data)
+        again = dg.materialize(dbt_assets, resources=resources, raise_on_error=False, instance=instance)
+        assert again.success
+        assert _unit_test_observations(again) == []
+        assert any("dbt unit tests not run" in e.user_message for e in instance.all_logs(again.run_id))
+        assert [p.name for p in (tmp_path / "data" / "dbt_state").glob("unit_tests_passed-*")] == [
+            warehouse_assets.unit_tests_marker(str(tmp_path / "data" / "dbt_state"), project_fingerprint(), "local").name]
+        # another project content (or dbt / adapter version) has another marker: its first build runs them again
+        assert warehouse_assets.unit_tests_marker("d", "other", "local") != warehouse_assets.unit_tests_marker("d", project_fingerprint(), "local")
     assert list((tmp_path / "dbt_target").glob(f"warehouse_dbt-{result.run_id[:7]}-*")) == []
     assert len(list((tmp_path / "dbt_target").glob("warehouse_dbt-*"))) == 1  # the failed build's only
-    assert [name.startswith(f"warehouse_dbt-{result.run_id[:7]}") for name, _ in removed] == [True]
+    assert [name.split("-")[1] for name, _ in removed] == [result.run_id[:7], again.run_id[:7]]
     second = removed[0][1]
     assert not [m for m in second if "Unable to do partial parsing" in m], [m for m in second if "partial" in m.lower()]
     assert any("Partial parsing enabled" in m for m in second), [m for m in second if "pars" in m.lower()][:10]
