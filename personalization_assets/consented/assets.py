@@ -21,6 +21,8 @@ from personalization_assets.consented.transform import (
     consent_events,
     kept_rows_by_hour,
     prepare_lookups,
+    rows_carrying,
+    rows_not_carrying,
 )
 from personalization_assets.core.as_of import resolve_as_of
 from personalization_assets.core.asset_keys import (
@@ -222,18 +224,30 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             state = cstate.snapshot_hours(con, state)
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")
-            for batch in _row_batches(lake, plan.build, CONSENT_BATCH_ROWS):
-                audit.record([(RAW_EVENTS.to_user_string(), pk, columns) for pk in batch])
-                parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
-                raw_rows = [t.num_rows for t in parts]
-                raw = pa.concat_tables(parts)
-                del parts
-                # the kept rows stay in DuckDB (__kept) and come back one hour at a time: the batch is not held in
-                # Arrow whole next to its per-hour copies
+            written_rows = {"rows": 0, "redecided": 0, "read": 0}
+
+            def write_hour(pk: str, part_out: pa.Table, hour_raw_rows: int, hour_md: dict):
+                """Write one consented hour and log its materialization (or add its figures to the range's output)."""
+                lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
+                hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))
+                # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
+                hour_md = {"dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": hour_raw_rows,
+                           **hour_md, "key_version": key_version, **anomalies.stats_metadata(hour_stats[pk])}
+                if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
+                    context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
+                else:
+                    context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
+                if part_out.num_rows > hour_raw_rows:
+                    violations.append(pk)
+                if sum(t.num_rows for t in sample) < 200_000:
+                    sample.append(part_out)
+                written_rows["rows"] += part_out.num_rows
+
+            def decide(raw: pa.Table, batch: list[str]) -> dict:
+                """consent_events over `raw` (rows of the batch's hours), its index rows into __run_keys; the kept rows
+                stay in DuckDB table __kept. Returns the decisions' counts per landing hour (naive UTC)."""
                 _, stats = consent_events(con, raw, policy, pseudonymizer, keep_in="__kept")
-                n_raw = raw.num_rows
-                del raw
-                if n_raw:
+                if raw.num_rows:
                     # a row whose landing_hour is not one of the batch's hours gets a null hour: refused below
                     con.register("__batch_hours", pa.table({"hour_us": pa.array([hour_us(pk) for pk in batch], pa.int64()),
                                                             "hour": pa.array(batch, pa.string())}))
@@ -243,32 +257,56 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 for k in totals:
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
-                by_hour = {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
+                return {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
+
+            def read_raw(batch: list[str]) -> tuple[pa.Table, list[int]]:
+                audit.record([(RAW_EVENTS.to_user_string(), pk, columns) for pk in batch])
+                parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
+                written_rows["read"] += sum(t.num_rows for t in parts)
+                return pa.concat_tables(parts), [t.num_rows for t in parts]
+
+            patched = set(plan.patch)
+            for batch in _row_batches(lake, [pk for pk in plan.build if pk not in patched], CONSENT_BATCH_ROWS):
+                raw, raw_rows = read_raw(batch)
+                # the kept rows stay in DuckDB (__kept) and come back one hour at a time: the batch is not held in
+                # Arrow whole next to its per-hour copies
+                by_hour = decide(raw, batch)
+                del raw
                 # the batch's hours in order (plan.build is sorted), streamed from one ordered query: nothing else may
                 # use the connection in this loop (the iterator comes first in zip, so that it is run to its end)
                 kept_hours = kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch])
                 for part_out, pk, hour_raw_rows in zip(kept_hours, batch, raw_rows):
-                    lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
                     split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
-                    hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))
-                    # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
-                    hour_md = {
-                        "dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": hour_raw_rows,
+                    write_hour(pk, part_out, hour_raw_rows, {
                         "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
-                        "key_version": key_version, "build_mode": plan.mode,
-                        **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"])),
-                        **anomalies.stats_metadata(hour_stats[pk]),
-                    }
-                    if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
-                        context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
-                    else:
-                        context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
-                    if part_out.num_rows > hour_raw_rows:
-                        violations.append(pk)
-                    if sum(t.num_rows for t in sample) < 200_000:
-                        sample.append(part_out)
+                        "build_mode": plan.mode,
+                        **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"]))})
                     del part_out
                 con.execute("drop table __kept")
+            # hours stale only because some keys' signatures changed: the rows carrying one of those keys are decided
+            # again, the others are kept as stored (their decisions read nothing that changed)
+            changed = (con.sql(f"select key from {cstate.CHANGED_KEYS}").arrow().read_all().column(0).combine_chunks()
+                       if plan.patch else None)
+            for batch in _row_batches(lake, plan.patch, CONSENT_BATCH_ROWS):
+                raw, raw_rows = read_raw(batch)
+                subset = raw.take(rows_carrying(con, raw, policy, pseudonymizer, cstate.CHANGED_KEYS))
+                del raw
+                by_hour = decide(subset, batch)
+                written_rows["redecided"] += subset.num_rows
+                audit.record([(CONSENTED_EVENTS.to_user_string(), pk, None) for pk in batch])
+                stored = {pk: lake.read_table("consented", "events", partition_dict(pk)) for pk in batch}
+                new_rows = list(kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch]))
+                con.execute("drop table __kept")
+                for pk, fresh, hour_raw_rows in zip(batch, new_rows, raw_rows):
+                    kept_as_stored = rows_not_carrying(stored.pop(pk), policy, changed).select(CONSENTED_EVENT_SCHEMA.names)
+                    part_out = pa.concat_tables([kept_as_stored.cast(CONSENTED_EVENT_SCHEMA), fresh])
+                    split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
+                    write_hour(pk, part_out, hour_raw_rows, {
+                        "build_mode": "patch", "rows_kept_as_stored": kept_as_stored.num_rows,
+                        "rows_decided_again": sum(split.get(k, 0) for k in ("kept", "no_consent", "suppressed")),
+                        "decided_again_kept": split.get("kept", 0), "decided_again_excluded_no_consent": split.get("no_consent", 0),
+                        "decided_again_excluded_suppressed": split.get("suppressed", 0)})
+                    del part_out
             for pk in plan.delete:
                 lake.delete_partition("consented", "events", partition_dict(pk))
             if con.execute("select count(*) from __run_keys where hour is null").fetchall()[0][0]:
@@ -282,18 +320,19 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         from personalization_assets.raw.assets import record_run_totals
 
         text_totals_md = text_metadata(text_totals)
-        record_run_totals(context, CONSENTED_EVENTS.to_user_string(), {"partitions": len(plan.build), "raw_rows_read": totals["raw_rows"],
-                                                        "rows_written": totals["kept"], "excluded_no_consent": totals["no_consent"],
+        record_run_totals(context, CONSENTED_EVENTS.to_user_string(), {"partitions": len(plan.build), "raw_rows_read": written_rows["read"],
+                                                        "rows_written": written_rows["rows"], "hours_patched": len(plan.patch),
+                                                        "rows_decided_again_in_patched_hours": written_rows["redecided"], "excluded_no_consent": totals["no_consent"],
                                                         "excluded_suppressed": totals["suppressed"],
                                                         "pii_redacted": text_totals_md["pii_redacted_total"],
                                                         "formulas_neutralized": sum(text_totals["formulas_neutralized"].values())})
         if CONSENTED_EVENTS_STATE in context.selected_asset_keys:
             yield dg.MaterializeResult(asset_key=CONSENTED_EVENTS_STATE, metadata={
-                "build_mode": plan.mode, "hours_built": len(plan.build), "hours_deleted": len(plan.delete),
+                "build_mode": plan.mode, "hours_built": len(plan.build), "hours_patched": len(plan.patch), "hours_deleted": len(plan.delete),
                 "hours_retired_by_raw_retention": len(plan.retire), "hours_marked_dirty": len(plan.dirty),
                 "stale_hours_by_reason": dg.MetadataValue.json(plan.reasons),
-                "hours_built_list": dg.MetadataValue.json(plan.build[:500]), "hours_deleted_list": dg.MetadataValue.json(plan.delete[:500]),
-                "raw_rows_read": totals["raw_rows"], "rows_written": totals["kept"], "state_rows": state_rows,
+                "hours_built_list": dg.MetadataValue.json(plan.build[:500]), "hours_patched_list": dg.MetadataValue.json(plan.patch[:500]), "hours_deleted_list": dg.MetadataValue.json(plan.delete[:500]),
+                "raw_rows_read": written_rows["read"], "rows_written": written_rows["rows"], "state_rows": state_rows,
                 "path": written.path, "key_version": key_version, **text_metadata(text_totals),
             })
         if events_selected:

@@ -156,6 +156,15 @@ select distinct s.hour from __state s join reach r on s.key = r.key
 where s.record = 'key' and (r.hard or r.t is null or s.max_ts is null or s.max_ts >= r.t)
 """
 
+# The keys whose signature changed (any reach): a patched hour re-decides the rows carrying one of them (`Plan.patch`)
+CHANGED_KEYS_SQL = """
+with old as (select key, resolved_subject, digest from __state where record = 'sig')
+select coalesce(n.key, o.key) as key
+from __sig_new n full outer join old o on n.key = o.key
+where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject or n.digest is distinct from o.digest
+"""
+CHANGED_KEYS = "__sig_changed_keys"
+
 
 # consent_state rows per bucket of the signature query. Its per-subject ordered aggregates (`string_agg`, `list`) keep
 # their state in memory, which DuckDB cannot spill: at 100M events (3.33M subjects, 31M state rows) one pass ran out
@@ -200,6 +209,10 @@ class Plan:
     dirty: list[str]  # stale hours outside an explicit range: rebuilt by the next run
     raw: dict[str, RawHour]
     reasons: dict[str, int] = field(default_factory=dict)  # why hours were stale (counts, for metadata)
+    # hours of `build` stale only because keys' signatures changed (raw hour unchanged, consented hour present, same key
+    # version and column policy): only the rows carrying a changed key (CHANGED_KEYS) are decided again and merged into
+    # the stored hour; their index rows are merged with the stored ones (`new_state_table`)
+    patch: list[str] = field(default_factory=list)
 
 
 def load_state(lake: LakeStorage) -> pa.Table:
@@ -309,6 +322,10 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | st
         gone -= expired
     delete = gone
 
+    patch: set[str] = set()
+    if not (full_refresh or requested is not None or other_version or policy_changed):
+        patch = (changed_hours - new_or_changed) & set(stored_hours) & present & set(raw)
+        con.execute(f"create or replace temp table {CHANGED_KEYS} as {CHANGED_KEYS_SQL}")
     if full_refresh:
         mode, build = "full_refresh", set(raw)
     elif requested is not None:
@@ -319,7 +336,7 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | st
         mode, build = "incremental", stale
     dirty = stale - build if mode == "range" else set()
     return Plan(mode=mode, build=sorted(build), delete=sorted(delete), retire=sorted(retire - set(build)),
-                dirty=sorted(dirty), raw=raw, reasons=reasons)
+                dirty=sorted(dirty), raw=raw, reasons=reasons, patch=sorted(patch & build))
 
 
 def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None) -> str:
@@ -381,7 +398,8 @@ def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table
     with state_lock(lake):
         fresh = load_state_into(con, lake, "__state_fresh", copy=False)
         dirty = concurrently_dirty(con, snapshot, fresh, p, policy)
-        merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons)
+        merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons,
+                      patch=p.patch)
         out = new_state_table(con, fresh, merged, keys, policy, "__state_out")
         written = lake.write_table(LAYER, TABLE, con.sql(f"select * from {out}").to_arrow_reader(ROW_GROUP_ROWS).cast(STATE_SCHEMA))
         _drop(con, fresh)
@@ -413,6 +431,7 @@ def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Pl
     con.register("__built", built)
     con.register("__replaced", pa.table({"hour": pa.array(sorted(replaced), pa.string())}))
     con.register("__dirty", pa.table({"hour": pa.array(p.dirty, pa.string())}))
+    con.register("__patched", pa.table({"hour": pa.array(p.patch, pa.string())}))
     sig_filter = ""
     try:
         if _exists(con, SUPPRESSED_KEYS):
@@ -442,14 +461,22 @@ def new_state_table(con: duckdb.DuckDBPyConnection, state: pa.Table | str, p: Pl
             select 'key', hour, key, null, null, null, null, null, null, max_ts
             from __state_old where record = 'key' and hour not in (select hour from __replaced)
             union all
-            select 'key', hour, key, null, null, null, null, null, null, max_ts from __keys
+            select 'key', hour, key, null, null, null, null, null, null, max_ts from __keys where hour not in (select hour from __patched)
+            union all
+            -- a patched hour: its stored index rows (the rows not decided again are still there) and this run's rows
+            -- of the rows decided again, one per key (the later event time; unknown if either is)
+            select 'key', hour, key, null, null, null, null, null, null,
+                   case when bool_or(max_ts is null) then null else max(max_ts) end
+            from (select hour, key, max_ts from __state_old where record = 'key' and hour in (select hour from __patched)
+                  union all select hour, key, max_ts from __keys where hour in (select hour from __patched))
+            group by hour, key
             union all
             select 'sig', null, key, resolved_subject, digest, null, null, base_digest, intervals, null from __sig_new {sig_filter}
             """  # not sorted: at 100M a sort of tens of millions of rows with nested columns ran out of DuckDB's memory
         )
     finally:
         _unbind(con, "__state_old", "__keys")
-        for n in ("__built", "__replaced", "__dirty"):
+        for n in ("__built", "__replaced", "__dirty", "__patched"):
             con.unregister(n)
         con.execute("drop table if exists __sig_drop")
     return name

@@ -158,6 +158,46 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
     return (out.cast(CONSENTED_EVENT_SCHEMA) if out is not None else None), stats
 
 
+ID_COLUMNS = ("user_id", "anonymous_id", "trait_email")  # what consent resolution and suppression read of a raw row
+
+
+def rows_carrying(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer, keys: str) -> pa.Array:
+    """Indices (ascending) of the rows of `raw` that carry one of the keys of DuckDB table `keys` (column `key`): as
+    their user, anonymous or email pseudonym, or as the consent subject the lookups resolve them to now — every row
+    whose decision may depend on one of those keys' signatures (`consent_events` reads nothing else of a row's
+    identity). Pseudonymizes the identifier columns only. Needs `prepare_lookups`."""
+    cols = policy.columns["events"]
+    ids = {c: cols[c] for c in ID_COLUMNS if c in cols and cols[c].action == "pseudonymize" and c in raw.column_names}
+    user_out, anon_out = _required_output(policy, "events", "user_id"), _required_output(policy, "events", "anonymous_id")
+    narrow = raw.select(list(ids)).append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+    con.register("__raw_ids", narrow)
+    try:
+        selects, joins = apply_column_policies(con, "__raw_ids", ids, pz)
+        carried = " or ".join(f'p."{ids[c].output}" in (select key from {keys})' for c in ids)
+        rows = con.sql(
+            f"""with p as (select r.__row, {', '.join(selects)} from __raw_ids r {' '.join(joins)})
+                select p.__row from p left join __anon_subject i on i.identifier = p."{anon_out}"
+                where {carried}
+                   or coalesce(p."{user_out}", i.consent_subject, p."{anon_out}") in (select key from {keys})
+                order by p.__row""").arrow().read_all()
+    finally:
+        con.unregister("__raw_ids")
+    return rows.column(0).combine_chunks() if rows.num_rows else pa.array([], pa.int64())
+
+
+def rows_not_carrying(table: pa.Table, policy: PrivacyPolicy, keys: pa.Array) -> pa.Table:
+    """The rows of a stored consented hour that carry none of `keys` (user, anonymous or email pseudonym, consent
+    subject): the rows `rows_carrying` does not select in its raw hour, kept as they are."""
+    cols = policy.columns["events"]
+    names = [cols[c].output for c in ID_COLUMNS if c in cols and cols[c].action == "pseudonymize"] + ["consent_subject"]
+    hit = None
+    for name in dict.fromkeys(names):
+        if name in table.column_names:
+            m = pc.fill_null(pc.is_in(table.column(name), value_set=keys), False)
+            hit = m if hit is None else pc.or_(hit, m)
+    return table if hit is None else table.filter(pc.invert(hit))
+
+
 def kept_rows_by_hour(con: duckdb.DuckDBPyConnection, name: str, hours: list[datetime], batch_rows: int = 65_536) -> Iterator[pa.Table]:
     """For each of `hours` (ascending), the rows `consent_events(..., keep_in=name)` kept in that landing hour, in raw
     order (an hour without kept rows: an empty table). One ordered query over the batch, streamed and cut where the

@@ -63,6 +63,8 @@ FIRST = {  # landing folder hour -> file name -> messages
         _grant("g-stitch", 10, 1, "u-stitch"),
         _msg("m-anon-1", 10, 30, anon="anon-s"), _msg("m-anon-2", 10, 31, anon="anon-s"),
         _msg("m-late-1", 10, 30, user="u-late"),
+        # u-late's device without the user id: its consent subject is u-late only through the identity link
+        _msg("m-late-anon", 10, 40, anon="anon-of-u-late"),
         _grant("g-wd", 10, 0, "u-wd"), _msg("m-wd-1", 10, 30, user="u-wd"),
         _grant("g-erase", 10, 0, "u-erase"), _msg("m-erase-1", 10, 30, user="u-erase"),
         _grant("g-steady", 10, 0, "u-steady"), _msg("m-steady-1", 10, 40, user="u-steady"),
@@ -207,13 +209,16 @@ def test_incremental_runs_equal_a_full_rebuild(first_landing, data_dir, tmp_path
     assert {r["message_id"] for r in stitched} >= {"m-anon-1", "m-anon-2", "m-anon-3"}
     assert all(r["consent_subject"] == u_stitch for r in stitched)
     assert {r["message_id"] for r in _subject_rows(defs, user="u-late")} >= {"m-late-1"}
+    assert [r["consent_subject"] for r in _subject_rows(defs, anon="anon-of-u-late") if r["message_id"] == "m-late-anon"] == [_pz("u-late")]
     assert {r["message_id"] for r in _subject_rows(defs, user="u-wd")} == {"m-wd-1"}, "withdrawn at 11:00"
     assert _subject_rows(defs, user="u-erase") == [], "erased subject's rows are gone"
     assert "m-steady-3" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
 
-    # hour 10 was rebuilt although no raw data of hour 10 changed
+    # hour 10 was rebuilt although no raw data of hour 10 changed: patched (only the rows carrying a changed key
+    # decided again: the stitched anonymous id, the late grant, the withdrawal, the erased user); 11 and 12 whole
     assert md["build_mode"] == "incremental"
     assert set(md["hours_built_list"]) == {H10, H11, H12}
+    assert md["hours_patched_list"] == [H10]
     assert md["stale_hours_by_reason"]["privacy_inputs_changed"] >= 1
 
 
