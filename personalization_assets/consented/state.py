@@ -22,7 +22,7 @@ run. Its rows have a `record` kind:
 * ``meta``: the fingerprint of the events column policy (classification.yaml) the hours were built with.
 
 A run compares the current signatures with the stored ones (a DuckDB join over identifiers, no event read),
-and the hours to rebuild are: raw hours new or changed, hours holding an identifier whose signature changed,
+and the hours to rebuild are (an hour stale only through a changed signature is patched instead: `Plan.patch`): raw hours new or changed, hours holding an identifier whose signature changed,
 every hour when the pseudonym key version changed without the rotation job (the index still holds
 pseudonyms of another version) or the column policy changed. Raw hours gone are deleted from the
 consented tier (unless the raw retention removed them: then the consented hour lives on to its own
