@@ -226,8 +226,10 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                              f"stale: {plan.reasons}")
             written_rows = {"rows": 0, "redecided": 0, "read": 0}
 
-            def write_hour(pk: str, part_out: pa.Table, hour_raw_rows: int, hour_md: dict):
-                """Write one consented hour and log its materialization (or add its figures to the range's output)."""
+            def write_hour(pk: str, part_out: pa.Table, hour_raw_rows: int, hour_md: dict, decided: pa.Table | None = None):
+                """Write one consented hour and log its materialization (or add its figures to the range's output).
+                `decided`: the rows of the hour this run decided (default: all of them), which the contract check samples:
+                the rows a patch keeps as stored were checked by the run that decided them."""
                 lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
                 hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))
                 # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
@@ -240,7 +242,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 if part_out.num_rows > hour_raw_rows:
                     violations.append(pk)
                 if sum(t.num_rows for t in sample) < 200_000:
-                    sample.append(part_out)
+                    sample.append(part_out if decided is None else decided)
                 written_rows["rows"] += part_out.num_rows
 
             def decide(raw: pa.Table, batch: list[str]) -> dict:
@@ -305,7 +307,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                         "build_mode": "patch", "rows_kept_as_stored": kept_as_stored.num_rows,
                         "rows_decided_again": sum(split.get(k, 0) for k in ("kept", "no_consent", "suppressed")),
                         "decided_again_kept": split.get("kept", 0), "decided_again_excluded_no_consent": split.get("no_consent", 0),
-                        "decided_again_excluded_suppressed": split.get("suppressed", 0)})
+                        "decided_again_excluded_suppressed": split.get("suppressed", 0)}, decided=fresh)
                     del part_out
             for pk in plan.delete:
                 lake.delete_partition("consented", "events", partition_dict(pk))
