@@ -232,11 +232,15 @@ def build_dbt_assets(env: str, dbt_env: tuple[tuple[str, str], ...] = (), duckdb
         fingerprint = project_fingerprint()
         seed_partial_parse(parse_cache_dir, target_path, fingerprint)
         marker = unit_tests_marker(parse_cache_dir, fingerprint, env)
-        run_unit_tests = marker is None or not marker.exists()
+        try:  # read, not just tested: a build of another project version on this data dir may remove it meanwhile
+            passed_in = marker.read_text().strip() if marker is not None else None
+        except FileNotFoundError:
+            passed_in = None
+        run_unit_tests = passed_in is None
         args = ["build"] if run_unit_tests else ["build", "--exclude-resource-type", "unit_test"]
         if not run_unit_tests:
             context.log.info(f"dbt unit tests not run: all passed for this project content and dbt/adapter versions (run "
-                             f"{marker.read_text().strip()[:8]}); they run again when the project or a version changes")
+                             f"{passed_in[:8]}); they run again when the project or a version changes")
         with scoped_environ(dbt_env):
             if duckdb_path is None:
                 # Snowflake: dagster-dbt queries each relation as its model completes
