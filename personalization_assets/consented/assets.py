@@ -4,6 +4,7 @@ the subject's consent allows it, as of the event's time (events) or the features
 Reads the raw tables and the privacy layer's identity links, consent state and suppression list (declared
 dependencies); the features build on it."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
 
 import dagster as dg
@@ -225,20 +226,33 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")
             written_rows = {"rows": 0, "redecided": 0, "read": 0}
+            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consented-writer")
+            pending: list = []  # (write future, hour, metadata) of hours submitted and not yet logged, oldest first
+
+            def log_written(keep: int) -> None:
+                """Log the hours whose writes are done, oldest first, until at most `keep` are pending; a failed write
+                raises here, before its hour is logged."""
+                while len(pending) > keep:
+                    future, pk, hour_md = pending.pop(0)
+                    future.result()
+                    if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
+                        context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
+                    else:
+                        context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
 
             def write_hour(pk: str, part_out: pa.Table, hour_raw_rows: int, hour_md: dict, decided: pa.Table | None = None):
                 """Write one consented hour and log its materialization (or add its figures to the range's output).
                 `decided`: the rows of the hour this run decided (default: all of them), which the contract check samples:
                 the rows a patch keeps as stored were checked by the run that decided them."""
-                lake.write_table("consented", "events", part_out, partition=partition_dict(pk))
+                # the Parquet encoding (pyarrow, outside the GIL) runs in the writer thread while this thread logs the
+                # previous hour and prepares the next; an hour is logged only once its file is in place
+                future = writer.submit(lake.write_table, "consented", "events", part_out, partition=partition_dict(pk))
                 hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))
                 # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
                 hour_md = {"dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": hour_raw_rows,
                            **hour_md, "key_version": key_version, **anomalies.stats_metadata(hour_stats[pk])}
-                if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
-                    context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
-                else:
-                    context.log_event(dg.AssetMaterialization(asset_key=CONSENTED_EVENTS, partition=pk, metadata=hour_md))
+                pending.append((future, pk, hour_md))
+                log_written(keep=1)
                 if part_out.num_rows > hour_raw_rows:
                     violations.append(pk)
                 if sum(t.num_rows for t in sample) < 200_000:
@@ -267,48 +281,52 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 written_rows["read"] += sum(t.num_rows for t in parts)
                 return pa.concat_tables(parts), [t.num_rows for t in parts]
 
-            patched = set(plan.patch)
-            for batch in _row_batches(lake, [pk for pk in plan.build if pk not in patched], CONSENT_BATCH_ROWS):
-                raw, raw_rows = read_raw(batch)
-                # the kept rows stay in DuckDB (__kept) and come back one hour at a time: the batch is not held in
-                # Arrow whole next to its per-hour copies
-                by_hour = decide(raw, batch)
-                del raw
-                # the batch's hours in order (plan.build is sorted), streamed from one ordered query: nothing else may
-                # use the connection in this loop (the iterator comes first in zip, so that it is run to its end)
-                kept_hours = kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch])
-                for part_out, pk, hour_raw_rows in zip(kept_hours, batch, raw_rows):
-                    split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
-                    write_hour(pk, part_out, hour_raw_rows, {
-                        "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
-                        "build_mode": plan.mode,
-                        **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"]))})
-                    del part_out
-                con.execute("drop table __kept")
-            # hours stale only because some keys' signatures changed: the rows carrying one of those keys are decided
-            # again, the others are kept as stored (their decisions read nothing that changed)
-            changed = (con.sql(f"select key from {cstate.CHANGED_KEYS}").arrow().read_all().column(0).combine_chunks()
-                       if plan.patch else None)
-            for batch in _row_batches(lake, plan.patch, CONSENT_BATCH_ROWS):
-                raw, raw_rows = read_raw(batch)
-                subset = raw.take(rows_carrying(con, raw, policy, pseudonymizer, cstate.CHANGED_KEYS))
-                del raw
-                by_hour = decide(subset, batch)
-                written_rows["redecided"] += subset.num_rows
-                audit.record([(CONSENTED_EVENTS.to_user_string(), pk, None) for pk in batch])
-                stored = {pk: lake.read_table("consented", "events", partition_dict(pk)) for pk in batch}
-                new_rows = list(kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch]))
-                con.execute("drop table __kept")
-                for pk, fresh, hour_raw_rows in zip(batch, new_rows, raw_rows):
-                    kept_as_stored = rows_not_carrying(stored.pop(pk), policy, changed).select(CONSENTED_EVENT_SCHEMA.names)
-                    part_out = pa.concat_tables([kept_as_stored.cast(CONSENTED_EVENT_SCHEMA), fresh])
-                    split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
-                    write_hour(pk, part_out, hour_raw_rows, {
-                        "build_mode": "patch", "rows_kept_as_stored": kept_as_stored.num_rows,
-                        "rows_decided_again": sum(split.get(k, 0) for k in ("kept", "no_consent", "suppressed")),
-                        "decided_again_kept": split.get("kept", 0), "decided_again_excluded_no_consent": split.get("no_consent", 0),
-                        "decided_again_excluded_suppressed": split.get("suppressed", 0)}, decided=fresh)
-                    del part_out
+            try:
+                patched = set(plan.patch)
+                for batch in _row_batches(lake, [pk for pk in plan.build if pk not in patched], CONSENT_BATCH_ROWS):
+                    raw, raw_rows = read_raw(batch)
+                    # the kept rows stay in DuckDB (__kept) and come back one hour at a time: the batch is not held in
+                    # Arrow whole next to its per-hour copies
+                    by_hour = decide(raw, batch)
+                    del raw
+                    # the batch's hours in order (plan.build is sorted), streamed from one ordered query: nothing else may
+                    # use the connection in this loop (the iterator comes first in zip, so that it is run to its end)
+                    kept_hours = kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch])
+                    for part_out, pk, hour_raw_rows in zip(kept_hours, batch, raw_rows):
+                        split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
+                        write_hour(pk, part_out, hour_raw_rows, {
+                            "excluded_no_consent": split.get("no_consent", 0), "excluded_suppressed": split.get("suppressed", 0),
+                            "build_mode": plan.mode,
+                            **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"]))})
+                        del part_out
+                    con.execute("drop table __kept")
+                # hours stale only because some keys' signatures changed: the rows carrying one of those keys are decided
+                # again, the others are kept as stored (their decisions read nothing that changed)
+                changed = (con.sql(f"select key from {cstate.CHANGED_KEYS}").arrow().read_all().column(0).combine_chunks()
+                           if plan.patch else None)
+                for batch in _row_batches(lake, plan.patch, CONSENT_BATCH_ROWS):
+                    raw, raw_rows = read_raw(batch)
+                    subset = raw.take(rows_carrying(con, raw, policy, pseudonymizer, cstate.CHANGED_KEYS))
+                    del raw
+                    by_hour = decide(subset, batch)
+                    written_rows["redecided"] += subset.num_rows
+                    audit.record([(CONSENTED_EVENTS.to_user_string(), pk, None) for pk in batch])
+                    stored = {pk: lake.read_table("consented", "events", partition_dict(pk)) for pk in batch}
+                    new_rows = list(kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch]))
+                    con.execute("drop table __kept")
+                    for pk, fresh, hour_raw_rows in zip(batch, new_rows, raw_rows):
+                        kept_as_stored = rows_not_carrying(stored.pop(pk), policy, changed).select(CONSENTED_EVENT_SCHEMA.names)
+                        part_out = pa.concat_tables([kept_as_stored.cast(CONSENTED_EVENT_SCHEMA), fresh])
+                        split = by_hour.get(partition_start(pk).replace(tzinfo=None), {})
+                        write_hour(pk, part_out, hour_raw_rows, {
+                            "build_mode": "patch", "rows_kept_as_stored": kept_as_stored.num_rows,
+                            "rows_decided_again": sum(split.get(k, 0) for k in ("kept", "no_consent", "suppressed")),
+                            "decided_again_kept": split.get("kept", 0), "decided_again_excluded_no_consent": split.get("no_consent", 0),
+                            "decided_again_excluded_suppressed": split.get("suppressed", 0)}, decided=fresh)
+                        del part_out
+                log_written(keep=0)
+            finally:
+                writer.shutdown(wait=True)  # on an error too: no write is still running once the step ends
             for pk in plan.delete:
                 lake.delete_partition("consented", "events", partition_dict(pk))
             if con.execute("select count(*) from __run_keys where hour is null").fetchall()[0][0]:
