@@ -505,3 +505,31 @@ def test_kept_rows_come_back_hour_by_hour_in_raw_order():
     assert [t["message_id"].to_pylist() for t in got] == [expected[0], expected[4]]
     with pytest.raises(ValueError, match="ascending"):
         list(kept_rows_by_hour(con, "kept", [hours[1], hours[0]]))
+
+
+def test_a_failed_hour_write_fails_the_step_unlogged_and_the_next_run_completes_it(first_landing, data_dir, tmp_path, monkeypatch):
+    """Hours are encoded and written in a writer thread while the step logs the previous hour: a write that fails
+    there must fail the step (a thread's exception is easily lost: the state would then be committed with the hour
+    recorded as built), and the next run must redo what the failed one left."""
+    from personalization_assets.core.partitions import partition_dict
+    from personalization_assets.core.storage import LakeStorage
+
+    defs = first_landing
+    _write(data_dir / "landing", SECOND, ERASURE)
+    _ok(materialize(defs, RAW, (H11, H12)))
+    _ok(materialize(defs, PRIVACY))
+    real = LakeStorage.write_table
+
+    def failing(self, layer, table, data, partition=None, schema=None):
+        if (layer, table) == ("consented", "events") and dict(partition or {}) == partition_dict(H11):
+            raise OSError("No space left on device")
+        return real(self, layer, table, data, partition=partition, schema=schema)
+
+    with monkeypatch.context() as m:
+        m.setattr(LakeStorage, "write_table", failing)
+        failed = materialize(defs, STATE, raise_on_error=False)
+    assert not failed.success
+    assert "No space left on device" in str(failed.failure_data_for_node("consented_events").error)
+    md = materializations(_ok(materialize(defs, STATE)))["consented/events_state"]
+    assert H11 in md["hours_built_list"]
+    assert _rows(defs.resources["lake"]) == _rows(_fresh(tmp_path, monkeypatch, {"1": KEY_V1}).resources["lake"])
