@@ -131,6 +131,9 @@ where k.key is not null
 # new intervals differ: a row's purposes are the intervals containing its event time (`ASOF_PURPOSES_SQL`), so a
 # row before `t` is unchanged. Merged intervals of one purpose are disjoint, so a differing interval starts to
 # differ at its valid_from, unless the other side has one with the same start: then at the earlier end.
+# A key whose stored signature (`o`) differs from the current one (`n`), or that is on one side only
+SIGNATURE_CHANGED = ("n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject "
+                     "or n.digest is distinct from o.digest")
 CHANGED_HOURS_SQL = """
 with old as (select key, resolved_subject, digest, base_digest, intervals from __state where record = 'sig'),
      changed as (select coalesce(n.key, o.key) as key,
@@ -138,8 +141,7 @@ with old as (select key, resolved_subject, digest, base_digest, intervals from _
                         or o.base_digest is null or o.intervals is null or n.base_digest is distinct from o.base_digest as hard,
                         n.intervals as n_iv, o.intervals as o_iv
                  from __sig_new n full outer join old o on n.key = o.key
-                 where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject
-                       or n.digest is distinct from o.digest),
+                 where {changed}),
      soft as (select key, n_iv, o_iv from changed where not hard),
      side as (select key, unnest(n_iv) as iv, 'n' as side from soft union all select key, unnest(o_iv), 'o' from soft),
      -- the intervals of one side that the other side does not have
@@ -154,14 +156,12 @@ with old as (select key, resolved_subject, digest, base_digest, intervals from _
                union all select soft.key, false, min(points.t) from soft left join points using (key) group by soft.key)
 select distinct s.hour from __state s join reach r on s.key = r.key
 where s.record = 'key' and (r.hard or r.t is null or s.max_ts is null or s.max_ts >= r.t)
-"""
+""".replace("{changed}", SIGNATURE_CHANGED)
 
 # The keys whose signature changed (any reach): a patched hour re-decides the rows carrying one of them (`Plan.patch`)
-CHANGED_KEYS_SQL = """
+CHANGED_KEYS_SQL = f"""
 with old as (select key, resolved_subject, digest from __state where record = 'sig')
-select coalesce(n.key, o.key) as key
-from __sig_new n full outer join old o on n.key = o.key
-where n.key is null or o.key is null or n.resolved_subject is distinct from o.resolved_subject or n.digest is distinct from o.digest
+select coalesce(n.key, o.key) as key from __sig_new n full outer join old o on n.key = o.key where {SIGNATURE_CHANGED}
 """
 CHANGED_KEYS = "__sig_changed_keys"
 
@@ -325,6 +325,7 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | st
     patch: set[str] = set()
     if not (full_refresh or requested is not None or other_version or policy_changed):
         patch = (changed_hours - new_or_changed) & set(stored_hours) & present & set(raw)
+    if patch:
         con.execute(f"create or replace temp table {CHANGED_KEYS} as {CHANGED_KEYS_SQL}")
     if full_refresh:
         mode, build = "full_refresh", set(raw)

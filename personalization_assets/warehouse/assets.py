@@ -156,21 +156,26 @@ def seed_partial_parse(cache_dir: str | None, target_path: Path, fingerprint: st
     return True
 
 
+def _publish(keep: Path, write, others) -> None:
+    """Write `keep` through `write(temp path)` and rename it into place (concurrent runs never see half a file; the
+    last writer wins), then remove the files `others()` lists but `keep` (what other project contents or versions left)."""
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    tmp = keep.parent / f".{keep.name}.{uuid.uuid4().hex}"
+    write(tmp)
+    os.replace(tmp, keep)
+    for other in others():
+        if other != keep:
+            other.unlink(missing_ok=True)
+
+
 def save_partial_parse(target_path: Path, cache_dir: str | None, fingerprint: str) -> None:
-    """Keep this invocation's partial-parse state for the next run of the same project content (atomic replace:
-    concurrent runs never see half a file; the last writer wins, and any of them is a valid state for dbt to check).
-    States of other project content are removed."""
+    """Keep this invocation's partial-parse state for the next run of the same project content (any of concurrent
+    runs' states is a valid one for dbt to check). States of other project content are removed."""
     fresh = target_path / PARTIAL_PARSE
     if not cache_dir or not fresh.exists():
         return
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(cache_dir) / f".{PARTIAL_PARSE}.{uuid.uuid4().hex}"
-    shutil.copyfile(fresh, tmp)
-    keep = _cached_state(cache_dir, fingerprint)
-    os.replace(tmp, keep)
-    for other in [*Path(cache_dir).glob("partial_parse-*.msgpack"), Path(cache_dir) / PARTIAL_PARSE]:
-        if other != keep:
-            other.unlink(missing_ok=True)
+    _publish(_cached_state(cache_dir, fingerprint), lambda tmp: shutil.copyfile(fresh, tmp),
+             lambda: [*Path(cache_dir).glob("partial_parse-*.msgpack"), Path(cache_dir) / PARTIAL_PARSE])
 
 
 UNIT_TESTS_MARKER = "unit_tests_passed-{key}"
@@ -202,14 +207,8 @@ def all_unit_tests_passed(run_results: Mapping[str, Any], manifest: Mapping[str,
 
 
 def record_unit_tests_passed(marker: Path, run_id: str) -> None:
-    """Write `marker` (atomic replace) and remove the markers of other project contents or versions."""
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.parent / f".{marker.name}.{uuid.uuid4().hex}"
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, marker)
-    for other in marker.parent.glob(UNIT_TESTS_MARKER.format(key="*")):
-        if other != marker:
-            other.unlink(missing_ok=True)
+    """Write `marker` (naming the run) and remove the markers of other project contents or versions."""
+    _publish(marker, lambda tmp: tmp.write_text(run_id + "\n"), lambda: marker.parent.glob(UNIT_TESTS_MARKER.format(key="*")))
 
 
 @cache
