@@ -507,7 +507,7 @@ def test_kept_rows_come_back_hour_by_hour_in_raw_order():
         list(kept_rows_by_hour(con, "kept", [hours[1], hours[0]]))
 
 
-def test_a_failed_hour_write_fails_the_step_unlogged_and_the_next_run_completes_it(first_landing, data_dir, tmp_path, monkeypatch):
+def test_a_failed_hour_write_fails_the_step_and_the_next_run_completes_it(first_landing, data_dir, tmp_path, monkeypatch):
     """Hours are encoded and written in a writer thread while the step logs the previous hour: a write that fails
     there must fail the step (a thread's exception is easily lost: the state would then be committed with the hour
     recorded as built), and the next run must redo what the failed one left."""
