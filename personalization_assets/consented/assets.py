@@ -197,7 +197,8 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                          pseudonymizer: Pseudonymizer, platform: PlatformConfig):
         policy = get_policy()
         audit = auditor(context, lake, platform, CONSENTED_EVENTS)
-        totals = {"raw_rows": 0, "kept": 0, "no_consent": 0, "suppressed": 0}
+        # raw rows read, consented rows written, rows decided again in patched hours; exclusions of the rows decided
+        totals = {"read": 0, "written": 0, "decided_again": 0, "no_consent": 0, "suppressed": 0}
         text_totals: dict = {"pii_redacted": {}, "formulas_neutralized": {}}
         violations, sample = [], []
         hour_stats: dict[str, dict] = {}  # anomaly statistics of each hour written
@@ -225,7 +226,6 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             state = cstate.snapshot_hours(con, state)
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")
-            written_rows = {"rows": 0, "redecided": 0, "read": 0}
             writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consented-writer")
             pending: list = []  # (write future, hour, metadata) of hours submitted and not yet logged, oldest first
 
@@ -257,7 +257,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     violations.append(pk)
                 if sum(t.num_rows for t in sample) < 200_000:
                     sample.append(part_out if decided is None else decided)
-                written_rows["rows"] += part_out.num_rows
+                totals["written"] += part_out.num_rows
 
             def decide(raw: pa.Table, batch: list[str]) -> dict:
                 """consent_events over `raw` (rows of the batch's hours), its index rows into __run_keys; the kept rows
@@ -270,7 +270,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     con.execute(f"insert into __run_keys select m.hour, k.key, k.max_ts from ({keys_sql}) k "
                                 "left join __batch_hours m on m.hour_us = k.hour_us")
                     con.unregister("__batch_hours")
-                for k in totals:
+                for k in ("no_consent", "suppressed"):
                     totals[k] += stats[k]
                 add_text_stats(text_totals, stats)
                 return {(h.astimezone(timezone.utc).replace(tzinfo=None) if h.tzinfo else h): v for h, v in stats.get("by_hour", {}).items()}
@@ -278,7 +278,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             def read_raw(batch: list[str]) -> tuple[pa.Table, list[int]]:
                 audit.record([(RAW_EVENTS.to_user_string(), pk, columns) for pk in batch])
                 parts = [lake.read_table("raw", "events", partition_dict(pk), columns=columns) for pk in batch]
-                written_rows["read"] += sum(t.num_rows for t in parts)
+                totals["read"] += sum(t.num_rows for t in parts)
                 return pa.concat_tables(parts), [t.num_rows for t in parts]
 
             try:
@@ -309,7 +309,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     subset = raw.take(rows_carrying(con, raw, policy, pseudonymizer, cstate.CHANGED_KEYS))
                     del raw
                     by_hour = decide(subset, batch)
-                    written_rows["redecided"] += subset.num_rows
+                    totals["decided_again"] += subset.num_rows
                     audit.record([(CONSENTED_EVENTS.to_user_string(), pk, None) for pk in batch])
                     stored = {pk: lake.read_table("consented", "events", partition_dict(pk)) for pk in batch}
                     new_rows = list(kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch]))
@@ -340,9 +340,9 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         from personalization_assets.raw.assets import record_run_totals
 
         text_totals_md = text_metadata(text_totals)
-        record_run_totals(context, CONSENTED_EVENTS.to_user_string(), {"partitions": len(plan.build), "raw_rows_read": written_rows["read"],
-                                                        "rows_written": written_rows["rows"], "hours_patched": len(plan.patch),
-                                                        "rows_decided_again_in_patched_hours": written_rows["redecided"], "excluded_no_consent": totals["no_consent"],
+        record_run_totals(context, CONSENTED_EVENTS.to_user_string(), {"partitions": len(plan.build), "raw_rows_read": totals["read"],
+                                                        "rows_written": totals["written"], "hours_patched": len(plan.patch),
+                                                        "rows_decided_again_in_patched_hours": totals["decided_again"], "excluded_no_consent": totals["no_consent"],
                                                         "excluded_suppressed": totals["suppressed"],
                                                         "pii_redacted": text_totals_md["pii_redacted_total"],
                                                         "formulas_neutralized": sum(text_totals["formulas_neutralized"].values())})
@@ -352,7 +352,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 "hours_retired_by_raw_retention": len(plan.retire), "hours_marked_dirty": len(plan.dirty),
                 "stale_hours_by_reason": dg.MetadataValue.json(plan.reasons),
                 "hours_built_list": dg.MetadataValue.json(plan.build[:500]), "hours_patched_list": dg.MetadataValue.json(plan.patch[:500]), "hours_deleted_list": dg.MetadataValue.json(plan.delete[:500]),
-                "raw_rows_read": written_rows["read"], "rows_written": written_rows["rows"], "state_rows": state_rows,
+                "raw_rows_read": totals["read"], "rows_written": totals["written"], "state_rows": state_rows,
                 "path": written.path, "key_version": key_version, **text_metadata(text_totals),
             })
         if events_selected:

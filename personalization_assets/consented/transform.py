@@ -161,13 +161,18 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
 ID_COLUMNS = ("user_id", "anonymous_id", "trait_email")  # what consent resolution and suppression read of a raw row
 
 
+def _id_policies(policy: PrivacyPolicy) -> dict:
+    """The column policies of the pseudonymized identifier columns (raw column -> policy; output: `.output`)."""
+    cols = policy.columns["events"]
+    return {c: cols[c] for c in ID_COLUMNS if c in cols and cols[c].action == "pseudonymize"}
+
+
 def rows_carrying(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer, keys: str) -> pa.Array:
     """Indices (ascending) of the rows of `raw` that carry one of the keys of DuckDB table `keys` (column `key`): as
     their user, anonymous or email pseudonym, or as the consent subject the lookups resolve them to now — every row
     whose decision may depend on one of those keys' signatures (`consent_events` reads nothing else of a row's
     identity). Pseudonymizes the identifier columns only. Needs `prepare_lookups`."""
-    cols = policy.columns["events"]
-    ids = {c: cols[c] for c in ID_COLUMNS if c in cols and cols[c].action == "pseudonymize" and c in raw.column_names}
+    ids = {c: cp for c, cp in _id_policies(policy).items() if c in raw.column_names}
     user_out, anon_out = _required_output(policy, "events", "user_id"), _required_output(policy, "events", "anonymous_id")
     narrow = raw.select(list(ids)).append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     con.register("__raw_ids", narrow)
@@ -188,8 +193,7 @@ def rows_carrying(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privacy
 def rows_not_carrying(table: pa.Table, policy: PrivacyPolicy, keys: pa.Array) -> pa.Table:
     """The rows of a stored consented hour that carry none of `keys` (user, anonymous or email pseudonym, consent
     subject): the rows `rows_carrying` does not select in its raw hour, kept as they are."""
-    cols = policy.columns["events"]
-    names = [cols[c].output for c in ID_COLUMNS if c in cols and cols[c].action == "pseudonymize"] + ["consent_subject"]
+    names = [cp.output for cp in _id_policies(policy).values()] + ["consent_subject"]
     hit = None
     for name in dict.fromkeys(names):
         if name in table.column_names:
