@@ -3,11 +3,12 @@ measure the time until the segments reflect it, split into Dagster overhead and 
 
     python -m bench.freshness_latency [--history-events 1000000] [--users 20000] [--workdir bench/work/latency]
 
-1. A landing zone (`--history-events` over 2 days up to today) is generated; every landing hour after H (the
-   hour before last) is held back, and the rest is fully materialized once (the steady state).
+1. A landing zone (`--history-events` over the 2 days ending yesterday, seeded: the same data whatever the time of
+   day) is generated; the hour after H (H = yesterday 22:00) is held back, and the rest is fully materialized
+   once (the steady state).
 2. `dagster dev` (webserver + daemon) starts on the same Dagster home with
    PERSONALIZATION_FRESHNESS_SCALE small, so a settled pipeline is "stale" and reacts to new data at once.
-3. Hour H+1 (the last complete hour, ≈ history/48 events) lands as one object; the landing sensor, the
+3. Hour H+1 (yesterday 23:00, ≈ 17.7k events of a 1M history) lands as one object; the landing sensor, the
    declarative automation and the freshness policies take it from there, with nobody clicking.
 4. Done when `segments/user_segments` is materialized by a run started after the drop and
    `features/events_clean` contains hour H's messages. The features' cutoff is data, not the clock (`as_of` =
@@ -60,13 +61,16 @@ def run(workdir: Path, history_events: int = 1_000_000, users: int = 20_000, tim
     data, home, held = workdir / "data", workdir / "home", workdir / "held"
     home.mkdir(parents=True)
     env = _env(data, home, "0.02")
-    now = datetime.now(timezone.utc)
-    # H = the hour before last, the steady state's newest landing hour; H+1 = the last complete hour, the one that lands
-    newest = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    # the same data in every run, whatever the time of day: two whole days ending yesterday (seeded), of which H =
+    # yesterday 22:00 is the steady state's newest landing hour and H+1 = yesterday 23:00 the hour that lands. (It
+    # was "the last complete hour" of today: the history then held only the hours of today so far — 58 % of
+    # `history_events` at 05:00 UTC — and the landed hour 7k to 27k events, following the generator's day curve.)
+    end = datetime.now(timezone.utc).date() - timedelta(days=1)
+    newest = datetime(end.year, end.month, end.day, 22, tzinfo=timezone.utc)
     landing_hour = newest + timedelta(hours=1)
-    # a history of two days up to today; every landing hour after H is held back (H+1 lands during the measurement)
+    # every landing hour after H is held back (H+1 lands during the measurement)
     _cli(env, "generate", "--users", str(users), "--events", str(history_events), "--seed", "5", "--days", "2",
-         "--end", now.date().isoformat(), "--all-consent")
+         "--end", end.isoformat(), "--all-consent")
     events_root = data / "landing" / "events"
     for folder in sorted(events_root.glob("date=*/hour=*")):
         if _hour_start(folder) > newest:
