@@ -299,7 +299,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                             "build_mode": plan.mode,
                             **text_metadata(split if "pii_redacted" in split else empty_text_stats(policy.columns["events"]))})
                         del part_out
-                    con.execute("drop table __kept")
+                    con.execute("drop view __kept")
                 # hours stale only because some keys' signatures changed: the rows carrying one of those keys are decided
                 # again, the others are kept as stored (their decisions read nothing that changed)
                 changed = (con.sql(f"select key from {cstate.CHANGED_KEYS}").arrow().read_all().column(0).combine_chunks()
@@ -313,7 +313,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                     audit.record([(CONSENTED_EVENTS.to_user_string(), pk, None) for pk in batch])
                     stored = {pk: lake.read_table("consented", "events", partition_dict(pk)) for pk in batch}
                     new_rows = list(kept_rows_by_hour(con, "__kept", [partition_start(pk) for pk in batch]))
-                    con.execute("drop table __kept")
+                    con.execute("drop view __kept")
                     for pk, fresh, hour_raw_rows in zip(batch, new_rows, raw_rows):
                         kept_as_stored = rows_not_carrying(stored.pop(pk), policy, changed).select(CONSENTED_EVENT_SCHEMA.names)
                         part_out = pa.concat_tables([kept_as_stored.cast(CONSENTED_EVENT_SCHEMA), fresh])

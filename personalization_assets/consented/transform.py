@@ -67,9 +67,11 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
                    keep_in: str | None = None) -> tuple[pa.Table | None, dict]:
     """One raw partition (or several hours) -> consented rows (ConsentedEvent) and counts for metadata.
 
-    `keep_in`: leave the kept rows in DuckDB temp table `keep_in` (with `__row`, the raw row's index) instead of
+    `keep_in`: leave the kept rows in DuckDB, as temp view `keep_in` (with `__row`, the raw row's index), instead of
     returning them (None is returned): `kept_rows_by_hour` then hands them out one hour at a time, so a batch of hours never
-    sits in Arrow whole next to its per-hour copies (at 100M events, 400k rows were about 1 GB).
+    sits in Arrow whole next to its per-hour copies (at 100M events, 400k rows were about 1 GB). A view over this call's
+    temp tables, not a copy of the kept rows (a second wide materialization of the batch): it is read before the next
+    call replaces them, and dropped with `drop view`.
 
     `pii_redacted` / `formulas_neutralized` count over every row of the partition that went through the
     policy (before the consent filter): what would have leaked, per column and kind."""
@@ -82,8 +84,9 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         if not keep_in:
             return CONSENTED_EVENT_SCHEMA.empty_table(), nothing
         con.register("__empty_consented", CONSENTED_EVENT_SCHEMA.empty_table())
-        con.execute(f"create or replace temp table {keep_in} as select *, 0::bigint as __row from __empty_consented")
+        con.execute("create or replace temp table __kept_none as select *, 0::bigint as __row from __empty_consented")
         con.unregister("__empty_consented")
+        con.execute(f"create or replace temp view {keep_in} as select * from __kept_none")
         return None, nothing
     raw = raw.append_column("__row", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     con.register("raw_part", raw)
@@ -143,7 +146,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         select_final = ", ".join(f'd."{n}"' if n in decided else f'c."{n}"' for n in CONSENTED_EVENT_SCHEMA.names)
         kept = "from __cev c join __decision d using (__row) where not d.__suppressed and len(d.purposes) > 0"
         if keep_in:
-            con.execute(f"create or replace temp table {keep_in} as select {select_final}, c.__row {kept}")
+            con.execute(f"create or replace temp view {keep_in} as select {select_final}, c.__row {kept}")
             out = None
         else:
             out = con.sql(f"select {select_final} {kept}").arrow().read_all()
