@@ -21,7 +21,7 @@ import pyarrow as pa
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.core.platform import PlatformConfig, lock_dir
 from personalization_assets.core.policies import PrivacyPolicy, get_policy
-from personalization_assets.core.storage import LakeStorage, declare_audited_reads, register_audit_sink
+from personalization_assets.core.storage import LakeStorage, declare_audited_partitions, declare_audited_reads, register_audit_sink
 
 AUDIT_SCHEMA = pa.schema(
     [
@@ -86,6 +86,26 @@ class AccessAuditor:
 
 
 _SINK_STATE = threading.local()
+
+
+def record_partition_reads(lake: LakeStorage, partitions: list[tuple[str, str]]) -> int:
+    """Record, in one append and before they happen, the current step's reads of these (asset, partition path)
+    pairs (whole rows), and cover exactly those partitions for the rest of the step: a step that reads many
+    partitions one by one (the ingestion's merge of the hours a batch touches) appends once instead of once per
+    read. Outside a run nothing is audited, as for any read. Returns the rows appended."""
+    import dagster as dg
+
+    sensitive = [(a, p) for a, p in partitions if lake.is_sensitive(*a.split("/", 1))]
+    try:
+        context = dg.OpExecutionContext.get()
+    except dg.DagsterInvariantViolationError:
+        return 0
+    if not sensitive:
+        return 0
+    n = AccessAuditor(lake=lake, policy=get_policy(), reader=reader_of(context), run_id=context.run.run_id,
+                      lock_dir=lake.lock_dir).record([(a, p, None) for a, p in sensitive], declare=False)
+    declare_audited_partitions(sensitive)
+    return n
 
 
 def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader) -> AccessAuditor:

@@ -700,6 +700,8 @@ def partition_path(partition: Mapping[str, str] | None) -> str:
 # sensitive read is recorded on the spot through the registered audit sink before a byte is read, and without
 # a sink it fails. No code path reads a sensitive table during a run without leaving an audit record.
 _DECLARED_READS: dict[tuple[str, str], set[str]] = {}  # (run id, step) -> sensitive assets audited by that step
+# (run id, step) -> (asset, partition path) pairs audited by that step: reads of exactly those partitions are covered
+_DECLARED_PARTITIONS: dict[tuple[str, str], set[tuple[str, str]]] = {}
 _AUDIT_SINK = None  # callable(lake, asset, partition, columns) -> None, registered by core.audit
 
 
@@ -730,6 +732,14 @@ def declare_audited_reads(assets) -> None:
         _DECLARED_READS.setdefault(step, set()).update(assets)
 
 
+def declare_audited_partitions(partitions) -> None:
+    """The current step has appended audit rows for reads of these (asset, partition path) pairs: its reads of
+    exactly those partitions are covered (other partitions of the asset are still recorded when read)."""
+    step = current_step()
+    if step is not None:
+        _DECLARED_PARTITIONS.setdefault(step, set()).update(partitions)
+
+
 class LakeStorage(_FileStore):
     """The Parquet lake: one object per partition, atomic and idempotent writes."""
 
@@ -751,7 +761,7 @@ class LakeStorage(_FileStore):
             return
         step = current_step()
         asset = f"{layer}/{table}"
-        if step is None or asset in _DECLARED_READS.get(step, ()):
+        if step is None or asset in _DECLARED_READS.get(step, ()) or (asset, partition or "") in _DECLARED_PARTITIONS.get(step, ()):
             return
         if _AUDIT_SINK is None:
             raise UnauditedReadError(f"read of sensitive table {asset} during a run, but no audit sink is registered")

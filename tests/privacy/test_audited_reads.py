@@ -104,6 +104,31 @@ def test_a_run_adds_audit_segments_per_step_not_per_partition_and_the_log_is_ver
     assert md3.get("verify_reason") == "segment_rewritten", md3
 
 
+def test_the_ingestion_records_the_stored_hours_it_merges_in_one_append(landing):
+    """A full refresh over a built lake reads every stored hour (raw rows and quarantine) to merge the objects it
+    re-reads into it; each of those reads was an audit append of its own (336 at 1M events, 1.8 s of the step). The
+    merges' reads are recorded before any happens, one row per partition, in one append per batch; reads of other
+    partitions are still recorded by the lake when they happen."""
+    from personalization_assets.core.storage import partition_path
+
+    manifest = generate(landing, users=120, events=4_000, days=1)
+    defs = defs_for_env()
+    parts = partition_range(manifest)
+    materialize(defs, "key:raw/events", parts)
+    lake = defs.resources["lake"]
+    stored = {(f"raw/{t}", partition_path(p)) for t in ("events", "events_quarantine") for p in lake.partitions("raw", t)}
+    assert len(stored) > 24  # a day of hours, and quarantined lines in some of them
+    refresh = materialize(defs, "key:raw/events", parts, run_config={"ops": {"raw_events": {"config": {"full_refresh": True}}}})
+    rows = [r for r in _audit_rows(lake) if r["run_id"] == refresh.run_id and r["reader"] == "raw/events"]
+    merged = [(r["asset"], r["partition"]) for r in rows if r["asset"] in ("raw/events", "raw/events_quarantine")]
+    assert set(merged) == stored and len(merged) == len(stored), sorted(set(merged) ^ stored)[:5]
+    log = audit_log(lake, None)
+    merge_segments = [seg for seg in _segments_of(lake, refresh.run_id, "raw/events")
+                      if any(r["asset"] != "raw/landing_manifest" for r in log._read_segment(seg, log.schema).to_pylist())]
+    assert len(merge_segments) == 1  # one batch (each read an append of its own before: 48 here)
+    assert log.verify().ok
+
+
 @dg.asset(key=["features", "sneaky"])
 def sneaky(lake: LakeStorage):
     """Reads raw events without recording the reads: as a table, then as the file's bytes."""
