@@ -106,9 +106,9 @@ def test_a_run_adds_audit_segments_per_step_not_per_partition_and_the_log_is_ver
 
 def test_the_ingestion_records_the_stored_hours_it_merges_in_one_append(landing):
     """A full refresh over a built lake reads every stored hour (raw rows and quarantine) to merge the objects it
-    re-reads into it; each of those reads was an audit append of its own (336 at 1M events, 1.8 s of the step). The
-    merges' reads are recorded before any happens, one row per partition, in one append per batch; reads of other
-    partitions are still recorded by the lake when they happen."""
+    re-reads into it; each of those reads was an audit append of its own (336 at a full refresh of a built 1M-event
+    lake). The merges' reads are recorded before any happens, one row per partition, in one append per batch; reads
+    of other partitions are still recorded by the lake when they happen."""
     from personalization_assets.core.storage import partition_path
 
     manifest = generate(landing, users=120, events=4_000, days=1)
