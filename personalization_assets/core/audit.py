@@ -102,8 +102,7 @@ def record_partition_reads(lake: LakeStorage, partitions: list[tuple[str, str]])
         return 0
     if not sensitive:
         return 0
-    n = AccessAuditor(lake=lake, policy=get_policy(), reader=reader_of(context), run_id=context.run.run_id,
-                      lock_dir=lake.lock_dir).record([(a, p, None) for a, p in sensitive], declare=False)
+    n = _step_auditor(lake, context).record([(a, p, None) for a, p in sensitive], declare=False)
     declare_audited_partitions(sensitive)
     return n
 
@@ -111,6 +110,11 @@ def record_partition_reads(lake: LakeStorage, partitions: list[tuple[str, str]])
 def auditor(context, lake: LakeStorage, platform: PlatformConfig, reader) -> AccessAuditor:
     """The auditor of one step: `reader` is the reading asset's key."""
     return AccessAuditor(lake=lake, policy=get_policy(), reader=reader.to_user_string(), run_id=context.run.run_id, lock_dir=lock_dir(platform))
+
+
+def _step_auditor(lake: LakeStorage, context) -> AccessAuditor:
+    """The auditor of the running step when the lake records a read itself: the step's asset reads."""
+    return AccessAuditor(lake=lake, policy=get_policy(), reader=reader_of(context), run_id=context.run.run_id, lock_dir=lake.lock_dir)
 
 
 def reader_of(context) -> str:
@@ -133,8 +137,7 @@ def _audit_undeclared_read(lake: LakeStorage, asset: str, partition: str | None,
     _SINK_STATE.active = True
     try:
         context = dg.OpExecutionContext.get()
-        AccessAuditor(lake=lake, policy=get_policy(), reader=reader_of(context), run_id=context.run.run_id,
-                      lock_dir=lake.lock_dir).record([(asset, partition, columns)], declare=False)
+        _step_auditor(lake, context).record([(asset, partition, columns)], declare=False)
     finally:
         _SINK_STATE.active = False
 
