@@ -31,6 +31,7 @@ __all__ = ["ConfigError", "PROJECT_ROOT", "EnvSettings", "Settings", "SETTINGS_D
 ENVIRONMENTS = ("local", "prod")
 EVENT_LAYOUTS = ("auto", "hive", "segment-s3", "rudderstack-s3")  # raw/layouts.py reads each one
 OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE", "NONE")
+MAX_LANDING_READ_CONCURRENCY = 64
 
 SNOWFLAKE_REQUIRED = (
     "SNOWFLAKE_ACCOUNT",
@@ -165,6 +166,10 @@ class EnvSettings(BaseSettings):
     max_line_bytes: int = Field(32 * 1024, validation_alias="PERSONALIZATION_MAX_LINE_BYTES",
                                 description="Lines longer than this are quarantined (the CDPs' per-message limit).",
                                 json_schema_extra=_doc("32768", "same"))
+    landing_read_concurrency: int = Field(8, validation_alias="PERSONALIZATION_LANDING_READ_CONCURRENCY",
+                                          description="Landing objects ingestion reads and decompresses at once (the next batch's while the "
+                                          "current one is parsed); on S3 each read is a request whose latency this hides. 1 = one at a time.",
+                                          json_schema_extra=_doc("8", "8; more for many small objects (collector flushes)"))
     horizon_days: int = Field(30, validation_alias="PERSONALIZATION_HORIZON_DAYS",
                               description="Events whose time is more than this many days before their landing hour are quarantined.",
                               json_schema_extra=_doc("30", "same"))
@@ -268,6 +273,15 @@ class EnvSettings(BaseSettings):
     def _max_line_bytes(cls, v):
         return _int_value("PERSONALIZATION_MAX_LINE_BYTES", v, 32 * 1024, minimum=256)
 
+    @field_validator("landing_read_concurrency", mode="before")
+    @classmethod
+    def _landing_read_concurrency(cls, v):
+        value = _int_value("PERSONALIZATION_LANDING_READ_CONCURRENCY", v, 8)
+        if value > MAX_LANDING_READ_CONCURRENCY:
+            raise ConfigError(f"PERSONALIZATION_LANDING_READ_CONCURRENCY={value} is above the maximum {MAX_LANDING_READ_CONCURRENCY} "
+                              f"(each read holds a decompressed object in memory). Fix: set it between 1 and {MAX_LANDING_READ_CONCURRENCY}.")
+        return value
+
     @field_validator("horizon_days", mode="before")
     @classmethod
     def _horizon_days(cls, v):
@@ -367,6 +381,7 @@ class Settings:
     ledger_object_lock: str | None = None  # COMPLIANCE | GOVERNANCE | None
     ledger_retention_days: int = 0
     events_layout: str = "auto"  # auto | hive | segment-s3 | rudderstack-s3 (raw/layouts.py)
+    landing_read_concurrency: int = 8  # landing objects read at once by ingestion (raw/ingest.py _Prefetch)
     secrets_from_aws: tuple[str, ...] = ()  # names of the variables loaded from Secrets Manager (never values)
     pseudonym_active_version_set: bool = False  # PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION is set (read by dg.EnvVar)
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -531,6 +546,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         aws_region=raw.aws_region,
         events_start=raw.events_start,
         events_layout=raw.events_layout,
+        landing_read_concurrency=raw.landing_read_concurrency,
         max_line_bytes=raw.max_line_bytes,
         horizon_days=raw.horizon_days,
         max_future_minutes=raw.max_future_minutes,

@@ -17,6 +17,8 @@ class PlatformConfig(dg.ConfigurableResource):
     horizon_days: int = 30
     max_future_minutes: int = 24 * 60
     events_layout: str = Field(default="auto", description="PERSONALIZATION_EVENTS_LAYOUT: auto | hive | segment-s3 | rudderstack-s3.")
+    landing_read_concurrency: int = Field(default=8, ge=1, description="PERSONALIZATION_LANDING_READ_CONCURRENCY: landing objects "
+                                          "ingestion reads and decompresses at once (raw/ingest.py).")
     duckdb_memory_limit: str = Field(default="2GB", description="PERSONALIZATION_DUCKDB_MEMORY_LIMIT: DuckDB's memory limit (it spills beyond).")
     log_recheck_segments: int = Field(default=1000, ge=1, description="PERSONALIZATION_LOG_RECHECK_SEGMENTS: older log segments re-checked "
                                       "against the checkpoint per verification (privacy/ledger_checkpoint.py).")

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -133,6 +133,52 @@ def read_manifest(lake) -> pa.Table:
         return MANIFEST_SCHEMA.empty_table()
     t = lake.read_table("raw", MANIFEST_TABLE)
     return t.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+
+
+def _load(landing, path: str) -> events_ingest.LandedFile:
+    return events_ingest.load_file(path, landing.read_bytes(path))
+
+
+class _Prefetch:
+    """Reads and decompresses the event objects of a batch and of the next one, `concurrency` at a time, while the
+    batch before is parsed and merged (PERSONALIZATION_LANDING_READ_CONCURRENCY). On S3 every object is a request
+    whose latency one-at-a-time reading paid once per object (thousands per hour from a busy collector); gzip and the
+    requests release the GIL, so the reads also overlap DuckDB's parse locally.
+
+    Only reads: nothing is written or recorded before the batch loop consumes a file, in batch order, so a crash or a
+    failed read leaves the state exactly as the sequential loop would (a failed read raises where the loop takes that
+    file). At most two batches are in memory (`BATCH_BYTES` each). `concurrency` 1 reads each file when it is taken."""
+
+    def __init__(self, landing, batches: list[list], concurrency: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.landing, self.batches = landing, batches
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="landing-read") if concurrency > 1 else None
+        self.futures: dict[int, dict] = {}
+        if self.pool is not None:
+            landing.filesystem()  # one client, created before the threads share it
+
+    def _submit(self, i: int) -> None:
+        if self.pool is not None and i < len(self.batches) and i not in self.futures:
+            self.futures[i] = {o.obj.path: self.pool.submit(_load, self.landing, o.obj.path)
+                               for o in self.batches[i] if isinstance(o, EventObject)}
+
+    def batch(self, i: int) -> dict[str, Callable[[], events_ingest.LandedFile]] | None:
+        """Batch i's files (each call returns the file or raises its read's error); starts reading batch i + 1."""
+        if self.pool is None:
+            return None
+        self._submit(i)
+        self._submit(i + 1)
+        return {path: future.result for path, future in self.futures.pop(i).items()}
+
+    def __enter__(self) -> "_Prefetch":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # a failed batch: the next one's reads are not used
+        self.futures.clear()
+        return False
 
 
 class _Originals:
@@ -242,15 +288,16 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     done = {p for p in manifest_rows if p in landed and p not in reread} if in_refresh else None
     originals = _Originals(landing)
     batches = _batches(to_read, _estimated)
-    for batch in batches:
-        _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
-                      suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done)
-        pending -= {o.obj.path for o in batch}
-        if done is not None:
-            done |= {o.obj.path for o in batch}
-        # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks or marks
-        _write_manifest(lake, manifest_rows)
-        originals.files.clear()
+    with _Prefetch(landing, batches, getattr(platform, "landing_read_concurrency", 1)) as prefetch:
+        for i, batch in enumerate(batches):
+            _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
+                          suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done, loaded=prefetch.batch(i))
+            pending -= {o.obj.path for o in batch}
+            if done is not None:
+                done |= {o.obj.path for o in batch}
+            # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks or marks
+            _write_manifest(lake, manifest_rows)
+            originals.files.clear()
     if not batches and (in_refresh or not lake.exists("raw", MANIFEST_TABLE)):
         _write_manifest(lake, manifest_rows)
     in_manifest = set(read_manifest(lake)["path"].to_pylist())  # what was durably recorded, not what we meant to record
@@ -366,14 +413,15 @@ def _write_manifest(lake, rows: dict) -> None:
 
 def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
                   previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None,
-                  done: set[str] | None = None) -> None:
+                  done: set[str] | None = None, loaded: Mapping[str, Callable[[], events_ingest.LandedFile]] | None = None) -> None:
+    """`loaded`: each event object's path -> its loaded file (`_Prefetch.batch`; read here when absent)."""
     events = [o for o in batch if isinstance(o, EventObject)]
     rejected = [o for o in batch if isinstance(o, RejectedObject)]
     object_hour = {o.obj.path: o.object_hour for o in batch}
     source_id = {o.obj.path: o.source_id for o in events}
     items = []
     for o in events:
-        landed = events_ingest.load_file(o.obj.path, landing.read_bytes(o.obj.path))
+        landed = loaded[o.obj.path]() if loaded is not None else _load(landing, o.obj.path)
         originals.files[o.obj.path] = landed
         local = landing.local_path(o.obj.path)
         usable = direct_path(landed, local)

@@ -83,6 +83,7 @@ def build_resources(settings: Settings) -> dict:
             horizon_days=settings.horizon_days,
             max_future_minutes=settings.max_future_minutes,
             events_layout=settings.events_layout,
+            landing_read_concurrency=settings.landing_read_concurrency,
             duckdb_memory_limit=settings.duckdb_memory_limit,
             log_recheck_segments=settings.log_recheck_segments,
         ),
