@@ -76,7 +76,7 @@ def machine() -> dict:
 
 
 def run(events: int, users: int, days: int, workdir: Path, paths: list[str], seed: int = 7, gzip: bool = False,
-        all_consent: bool = True) -> dict:
+        all_consent: bool = True, settings: dict[str, str] | None = None) -> dict:
     end = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
     data = workdir / "data"
     if workdir.exists():
@@ -84,6 +84,7 @@ def run(events: int, users: int, days: int, workdir: Path, paths: list[str], see
     data.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSONALIZATION_", "SNOWFLAKE_", "DAGSTER_HOME"))}
     env.update(PERSONALIZATION_DATA_DIR=str(data), PERSONALIZATION_EVENTS_START=(date.fromisoformat(end) - timedelta(days=days + 3)).isoformat())
+    env.update(settings or {})  # --setting: the platform's settings for a side-by-side run (recorded in the result)
     t = time.perf_counter()
     gen_cmd = [sys.executable, "-m", "personalization_assets.cli", "generate", "--users", str(users), "--events", str(events),
                "--seed", str(seed), "--end", end, "--days", str(days)] + (["--all-consent"] if all_consent else []) + ([] if gzip else ["--no-gzip"])
@@ -183,10 +184,17 @@ def main(argv=None) -> int:
                    help="land .jsonl.gz (as CDP S3 destinations do) instead of plain .jsonl; needed for 100M on a 250 GB disk")
     p.add_argument("--default-landing", action="store_true",
                    help="the default generator's landing (privacy cases and requests) instead of --all-consent; paths are then not compared")
+    p.add_argument("--setting", action="append", default=[], metavar="PERSONALIZATION_NAME=VALUE",
+                   help="a platform setting for this run (repeatable), e.g. PERSONALIZATION_LANDING_READ_CONCURRENCY=1")
     p.add_argument("--no-docs", action="store_true")
     a = p.parse_args(argv)
+    settings = dict(item.split("=", 1) for item in a.setting)
+    if any(not k.startswith("PERSONALIZATION_") for k in settings):
+        p.error("--setting takes PERSONALIZATION_NAME=VALUE")
     users = a.users or max(200, a.events // 30)
-    report = run(a.events, users, a.days, Path(a.workdir), a.paths.split(","), gzip=a.gzip, all_consent=not a.default_landing)
+    report = run(a.events, users, a.days, Path(a.workdir), a.paths.split(","), gzip=a.gzip, all_consent=not a.default_landing,
+                 settings=settings)
+    report["settings"] = settings
     path = write_result(report)
     if not a.no_docs:
         update_docs(report)
