@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,14 +28,10 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_KEY = "bench-write-key-000001"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _message(client: int, i: int) -> dict:
@@ -97,7 +92,7 @@ def _count_landed(landing: Path) -> int:
 
 
 def bench_collector(messages: int, clients: int, batch: int, work: Path) -> dict:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PERSONALIZATION_DATA_DIR": str(work / "data"),
            "PERSONALIZATION_LANDING_URL": str(work / "data" / "landing"), "PERSONALIZATION_LAKE_URL": str(work / "data" / "lake"),
            "PERSONALIZATION_COLLECTOR_WRITE_KEYS": WRITE_KEY, "DAGSTER_HOME": str(work)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import socket
 import sys
 import threading
 import time
@@ -36,6 +37,13 @@ class Timer:
             yield
         finally:
             self.stages[name] = round(time.perf_counter() - t, 3)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def peak_rss_mb(at_least: float = 0.0) -> float:

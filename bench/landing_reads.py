@@ -25,7 +25,6 @@ import gzip
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -33,14 +32,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "bench-landing"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LatencyProxy:
@@ -49,7 +44,7 @@ class LatencyProxy:
 
     def __init__(self, upstream_port: int, latency_s: float):
         self.upstream_port, self.latency_s = upstream_port, latency_s
-        self.port = _free_port()
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -110,8 +105,9 @@ def _cut_landing(source: Path, target: Path, lines_per_object: int) -> int:
 
 
 def _upload(landing: Path, endpoint: str) -> None:
-    import boto3
     from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
 
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench")
     s3.create_bucket(Bucket=BUCKET)
@@ -165,7 +161,7 @@ def run(workdir: Path, events: int, lines_per_object: int, latency_ms: float, co
     subprocess.run([sys.executable, "-m", "personalization_assets.cli", "generate", "--events", str(events), "--users",
                     str(max(1000, events // 40)), "--days", "2", "--seed", "11"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     objects = _cut_landing(generated, landing, lines_per_object)
-    moto_port = _free_port()
+    moto_port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     server.start()
     proxy = LatencyProxy(moto_port, latency_ms / 1000)
