@@ -55,16 +55,26 @@ def _fast_path(con: duckdb.DuckDBPyConnection, local_path: str, model, max_line_
 
 
 
-def _fast_path_many(con: duckdb.DuckDBPyConnection, local_paths: list[str], model, max_line_bytes: int) -> pa.Table:
-    """One vectorized read over many clean files (per-query overhead paid once); rows keep file order."""
+def _fast_path_many(con: duckdb.DuckDBPyConnection, local_paths: list[str], model, max_line_bytes: int,
+                    with_file: bool = True) -> pa.Table:
+    """One vectorized read over many clean files (per-query overhead paid once); rows keep file order. `with_file`:
+    a column `__file` names each row's file."""
     cols = json_extract.read_json_columns(model)
     max_object = max(4 * max_line_bytes, 1 << 20)
     files = "[" + ", ".join(json_extract._sql_str(p) for p in local_paths) + "]"
+    filename = ", filename='__file'" if with_file else ""
     src = (
         f"read_json({files}, format='newline_delimited', columns={cols}, compression='auto', "
-        f"maximum_object_size={max_object}, filename='__file')"
+        f"maximum_object_size={max_object}{filename})"
     )
-    return con.sql(json_extract.typed_select(model, src, keep=("__file",))).arrow().read_all()
+    return con.sql(json_extract.typed_select(model, src, keep=("__file",) if with_file else ())).arrow().read_all()
+
+
+def _located(part: pa.Table, path: str) -> pa.Table:
+    """A file's typed rows with their `line_no` (1..n, file order) and `source_file`."""
+    n = part.num_rows
+    part = part.add_column(0, "line_no", pa.array(np.arange(1, n + 1, dtype=np.int64)))
+    return part.append_column("source_file", pa.array([path] * n, pa.string()))
 
 
 
@@ -99,7 +109,7 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
                 if not f.data.endswith(b"\n"):
                     out.write(b"\n")
         try:
-            table = _fast_path_many(con, [joined], model, max_line_bytes).drop_columns(["__file"])
+            table = _fast_path_many(con, [joined], model, max_line_bytes, with_file=False)
         except (duckdb.Error, OSError, pa.ArrowException):  # errors may surface while streaming the result
             return {}, files  # some file is not clean after all: per file, then line by line
         if table.num_rows != sum(f.n_lines for f, _ in files):
@@ -110,11 +120,8 @@ def parse_clean_files(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFi
         shutil.rmtree(tmpdir, ignore_errors=True)
     counts = np.array([f.n_lines for f, _ in files], dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    out = {}
-    for (f, _), offset, n in zip(files, offsets.tolist(), counts.tolist()):
-        part = table.slice(offset, n).add_column(0, "line_no", pa.array(np.arange(1, n + 1, dtype=np.int64)))
-        out[f.path] = part.append_column("source_file", pa.array([f.path] * n, pa.string()))
-    return out, []
+    return {f.path: _located(table.slice(offset, n), f.path)
+            for (f, _), offset, n in zip(files, offsets.tolist(), counts.tolist())}, []
 
 
 def _parse_named(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, str | None]], tmpdir: str, max_line_bytes: int,
@@ -151,8 +158,7 @@ def _parse_named(con: duckdb.DuckDBPyConnection, files: list[tuple[LandedFile, s
         if n != f.n_lines:
             retry.append((f, path))
             continue
-        part = part.drop_columns(["__file"]).add_column(0, "line_no", pa.array(np.arange(1, n + 1, dtype=np.int64)))
-        out[f.path] = part.append_column("source_file", pa.array([f.path] * n, pa.string()))
+        out[f.path] = _located(part.drop_columns(["__file"]), f.path)
     return out, retry
 
 
