@@ -25,6 +25,7 @@ suppressed record of an erased subject; the run checks this on the actual tables
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -159,14 +160,16 @@ class _Prefetch:
             landing.filesystem()  # one client, created before the threads share it
 
     def _submit(self, i: int) -> None:
-        if self.pool is not None and i < len(self.batches) and i not in self.futures:
+        if i < len(self.batches) and i not in self.futures:
             self.futures[i] = {o.obj.path: self.pool.submit(_load, self.landing, o.obj.path)
                                for o in self.batches[i] if isinstance(o, EventObject)}
 
-    def batch(self, i: int) -> dict[str, Callable[[], events_ingest.LandedFile]] | None:
-        """Batch i's files (each call returns the file or raises its read's error); starts reading batch i + 1."""
+    def batch(self, i: int) -> dict[str, Callable[[], events_ingest.LandedFile]]:
+        """Batch i's files: each call returns the file or raises its read's error (one at a time: the call reads it).
+        Starts reading batch i + 1."""
         if self.pool is None:
-            return None
+            return {o.obj.path: functools.partial(_load, self.landing, o.obj.path)
+                    for o in self.batches[i] if isinstance(o, EventObject)}
         self._submit(i)
         self._submit(i + 1)
         return {path: future.result for path, future in self.futures.pop(i).items()}
@@ -192,7 +195,7 @@ class _Originals:
         f = self.files.get(path)
         if f is None:
             try:
-                f = events_ingest.load_file(path, self.landing.read_bytes(path))
+                f = _load(self.landing, path)
             except (FileNotFoundError, OSError):
                 return None
             self.files[path] = f
@@ -413,15 +416,15 @@ def _write_manifest(lake, rows: dict) -> None:
 
 def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
                   previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None,
-                  done: set[str] | None = None, loaded: Mapping[str, Callable[[], events_ingest.LandedFile]] | None = None) -> None:
-    """`loaded`: each event object's path -> its loaded file (`_Prefetch.batch`; read here when absent)."""
+                  done: set[str] | None = None, *, loaded: Mapping[str, Callable[[], events_ingest.LandedFile]]) -> None:
+    """`loaded`: each event object's path -> a call returning its loaded file (`_Prefetch.batch`)."""
     events = [o for o in batch if isinstance(o, EventObject)]
     rejected = [o for o in batch if isinstance(o, RejectedObject)]
     object_hour = {o.obj.path: o.object_hour for o in batch}
     source_id = {o.obj.path: o.source_id for o in events}
     items = []
     for o in events:
-        landed = loaded[o.obj.path]() if loaded is not None else _load(landing, o.obj.path)
+        landed = loaded[o.obj.path]()
         originals.files[o.obj.path] = landed
         local = landing.local_path(o.obj.path)
         usable = direct_path(landed, local)
