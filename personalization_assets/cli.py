@@ -228,7 +228,7 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     # a multi-asset (e.g. raw/events + its quarantine) is always materialized whole
     # default: everything except the key rotation and the retention run, which have their own job and daily schedule
     # (a tick must not re-key or scan every table); the erasure run stays: privacy requests are processed every time
-    routine = dg.AssetSelection.assets(KEY_ROTATION_LOG, RETENTION_LOG)
+    routine = dg.AssetSelection.assets(*(k for k in (KEY_ROTATION_LOG, RETENTION_LOG) if graph.has(k)))
     selection = dg.AssetSelection.from_string(select).required_multi_asset_neighbors() if select else dg.AssetSelection.all() - routine
     keys = selection.resolve(graph)
     if not keys:
@@ -251,8 +251,10 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         start, end = present[0], present[-1]
         tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
         echo(f"Materializing {len(keys)} assets; event partitions {start} .. {end}")
-    else:
+    elif select or full_refresh or run_config:
         echo(f"Materializing {len(keys)} assets" + (" (full refresh)" if full_refresh else ""))
+    else:
+        echo(f"Bringing {len(keys)} assets up to date: the landing sources first, then whatever their changes make stale")
     if instance is None:
         instance = open_instance()
     job = defs.resolve_implicit_global_asset_job_def()
@@ -261,22 +263,70 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     merged_ops = {**(run_config or {}).get("ops", {})}
     for op, cfg in extra.get("ops", {}).items():
         merged_ops[op] = {"config": {**merged_ops.get(op, {}).get("config", {}), **cfg["config"]}}
+    configured = bool(merged_ops)
     run_config = {**(run_config or {}), **({"ops": merged_ops} if merged_ops else {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
-    import uuid
+    from personalization_assets.automation import staleness
 
-    from personalization_assets.monitoring.cli_runs import cli_run_tags, heartbeat
+    fingerprint = staleness.platform_fingerprint()
+    tags = {**tags, staleness.FINGERPRINT_TAG: fingerprint}
 
-    # tagged with this process and kept alive by a heartbeat: if the process dies, the next CLI start or
-    # the fail_dead_cli_runs sensor marks the run failed instead of leaving it STARTED
-    run_id = str(uuid.uuid4())
-    with heartbeat(instance, run_id):
-        result = job.execute_in_process(instance=instance, asset_selection=list(keys), tags={**tags, **cli_run_tags()}, raise_on_error=False,
-                                        run_config=run_config, run_id=run_id)
-    layers = summarize(result.all_events, group_lookup(defs))
+    def execute(run_keys):
+        import uuid
+
+        from personalization_assets.monitoring.cli_runs import cli_run_tags, heartbeat
+
+        # tagged with this process and kept alive by a heartbeat: if the process dies, the next CLI start or
+        # the fail_dead_cli_runs sensor marks the run failed instead of leaving it STARTED
+        run_id = str(uuid.uuid4())
+        with heartbeat(instance, run_id):
+            return job.execute_in_process(instance=instance, asset_selection=list(run_keys), tags={**tags, **cli_run_tags()},
+                                          raise_on_error=False, run_config=run_config, run_id=run_id)
+
+    if select or partitions or ranged or configured:
+        # a selection, a partition range, a full refresh or an explicit configuration runs what it names
+        results, plan = [execute(keys)], None
+    else:
+        # no selection: the root steps (they find what landed), then only the steps whose inputs changed
+        roots = staleness.root_keys(graph, keys)
+        results, plan = [execute(roots)], None
+        if results[0].success:  # downstream of a root whose blocking check failed is held by the plan
+            plan = staleness.stale_assets(instance, graph, keys - roots, fingerprint)
+            if plan.stale:
+                results.append(execute(set(plan.stale)))
+    outcome = MaterializeRuns(results, plan)
+    layers = summarize(outcome.all_events, group_lookup(defs))
     text = format_summary(layers)
-    blocking_failed = _failed_blocking_checks(result, graph)
-    ok = result.success and not blocking_failed
-    return ok, text, result
+    if plan is not None:
+        text += "\n\nWhat this run did beyond the landing sources:\n" + "\n".join(plan.describe() or ["  nothing: every asset is up to date"])
+    # an asset held by a failed blocking check of an earlier run is not up to date: the invocation fails until it passes
+    held = bool(plan is not None and plan.held)
+    return outcome.success and not held and not _failed_blocking_checks(outcome, graph), text, outcome
+
+
+class MaterializeRuns:
+    """The runs of one `personalization materialize`: one run, or (no selection) the root steps' run and the run of
+    the stale steps. `plan`: what was stale, held or up to date (automation/staleness.py)."""
+
+    def __init__(self, results: list, plan=None):
+        self.results = results
+        self.plan = plan
+
+    @property
+    def success(self) -> bool:
+        return all(r.success for r in self.results)
+
+    @property
+    def all_events(self) -> list:
+        return [ev for r in self.results for ev in r.all_events]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.results]
+
+    @property
+    def run_id(self) -> str:
+        """The last run (the one that built the marts, when any)."""
+        return self.results[-1].run_id
 
 
 def _failed_blocking_checks(result, graph) -> list[str]:
@@ -301,11 +351,16 @@ def _cmd_materialize(args) -> int:
         failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         for e in failures:
             print(f"FAILED step {e.step_key}: {e.event_specific_data.error.message.strip()[:500]}", file=sys.stderr)
-        print(f"Run {result.run_id} FAILED (see the UI: make dev)", file=sys.stderr)
+        print(f"{_runs(result)} FAILED (see the UI: make dev)", file=sys.stderr)
         return 1
     _print_segment_sizes(result)
-    print(f"Run {result.run_id} succeeded. Browse the lineage: `make dev`, then open http://127.0.0.1:3000")
+    print(f"{_runs(result)} succeeded. Browse the lineage: `make dev`, then open http://127.0.0.1:3000")
     return 0
+
+
+def _runs(result) -> str:
+    ids = result.run_ids
+    return f"Run {ids[0]}" if len(ids) == 1 else f"Runs {', '.join(ids)}"
 
 
 def _print_segment_sizes(result) -> None:

@@ -286,7 +286,10 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                                                   "objects_read": outcome.objects_read, "objects_quarantined": outcome.objects_quarantined,
                                                   "suppressed": outcome.suppressed})
         context.log.info(f"ingestion: {summary}")
-        yield dg.MaterializeResult(asset_key=RAW_MANIFEST, metadata={
+        # versioned by what the tables hold (the manifest records every object read into them): a run that found
+        # nothing new keeps the version, so the steps downstream are not stale (automation/staleness.py)
+        version = dg.DataVersion(outcome.manifest_digest)
+        yield dg.MaterializeResult(asset_key=RAW_MANIFEST, data_version=version, metadata={
             **summary, "files_read": outcome.objects_read + outcome.objects_quarantined,
             "hours": dg.MetadataValue.json(sorted(outcome.hours)[:500]),
             "layouts": dg.MetadataValue.json(dict(outcome.layouts)),
@@ -302,11 +305,12 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
                 if key in selected:
                     yield dg.MaterializeResult(asset_key=key)
         elif RAW_EVENTS in selected:
-            yield dg.MaterializeResult(asset_key=RAW_EVENTS, metadata={
+            yield dg.MaterializeResult(asset_key=RAW_EVENTS, data_version=version, metadata={
                 "hours_rewritten": len(outcome.hours), "records_read": outcome.records_read, "rows_written": rows_written,
                 "quarantined": quarantined, "suppressed_erased_subjects": outcome.suppressed})
         if not in_range and RAW_EVENTS_QUARANTINE in selected:
-            yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE, metadata={"hours_rewritten": len(outcome.hours), "rows_written": quarantined})
+            yield dg.MaterializeResult(asset_key=RAW_EVENTS_QUARANTINE, data_version=version,
+                                       metadata={"hours_rewritten": len(outcome.hours), "rows_written": quarantined})
         yield dg.AssetCheckResult(asset_key=RAW_EVENTS, check_name="reconciliation", passed=outcome.unaccounted_records == 0,
                                   metadata={"records_read": outcome.records_read, "suppressed_rows": outcome.suppressed,
                                             "rows_replaced": outcome.rows_removed, "unaccounted": outcome.unaccounted_records,
@@ -338,17 +342,17 @@ _DEDUP = {"content_catalog": "content_id", "privacy_requests": "request_id"}
 _SUPPRESS_RAW = {"crm_profiles": {"user_id": "id", "email": "email", "phone": "phone"}}
 
 
-def _unchanged_reference(lake: LakeStorage, table: str, key, qkey, model, counts: dict, files: int):
+def _unchanged_reference(lake: LakeStorage, table: str, key, qkey, model, counts: dict, files: int, version: dg.DataVersion):
     """What a reference asset yields when its inputs are the stored tables' own: the figures they were written with
     (`counts`, checked against their footers by `_stored_inputs`), the checks evaluated on the stored tables."""
     raw = lake.read_table("raw", table)
     quarantined = counts["quarantined"]
     reasons = _reasons(lake.read_table("raw", f"{table}_quarantine", columns=["reason"]))
     meta = {"inputs_unchanged": True, "files_read": 0, "files_unchanged": files}
-    yield dg.MaterializeResult(asset_key=key, metadata={
+    yield dg.MaterializeResult(asset_key=key, data_version=version, metadata={
         "dagster/row_count": raw.num_rows, "rows_written": 0, "records_read": counts["records_read"], "quarantined": quarantined,
         "suppressed_erased_subjects": counts["suppressed"], "quarantine_by_reason": dg.MetadataValue.json(reasons), **meta})
-    yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantined, "rows_written": 0,
+    yield dg.MaterializeResult(asset_key=qkey, data_version=version, metadata={"dagster/row_count": quarantined, "rows_written": 0,
                                                          "by_reason": dg.MetadataValue.json(reasons), **meta})
     yield reconciliation_result(key, counts["records_read"], raw.num_rows, quarantined, counts["suppressed"])
     yield model_check(key, model, blocking=True).evaluate(raw)
@@ -394,10 +398,12 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
         suppressed = load_suppressed(lake)
         digest = reference_inputs_digest(table, files, rejected, suppressed, str(pseudonymizer.chain().active), platform)
         stored, counts = _stored_inputs(lake, table)
+        # the tables are a function of their inputs' digest: it is their data version (automation/staleness.py)
+        version = dg.DataVersion(digest)
         if stored == digest and not config.full_refresh:
             # the same objects, suppression list and settings as the stored tables: nothing to read (a tick every few
             # minutes re-read and rewrote the whole source each time). The checks are evaluated on the stored tables.
-            yield from _unchanged_reference(lake, table, key, qkey, model, counts, len(all_files))
+            yield from _unchanged_reference(lake, table, key, qkey, model, counts, len(all_files), version)
             return
         loaded = _load(landing, files)
         with duckdb.get_connection() as con:
@@ -422,6 +428,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
         reasons = _reasons(quarantine)
         yield dg.MaterializeResult(
             asset_key=key,
+            data_version=version,
             metadata={
                 "dagster/row_count": raw.num_rows,
                 "rows_written": raw.num_rows,
@@ -434,7 +441,7 @@ def _reference_asset(table: str, landing_dir: str, source: str, suffixes, model,
                 "path": written.path,
             },
         )
-        yield dg.MaterializeResult(asset_key=qkey, metadata={"dagster/row_count": quarantine.num_rows, "rows_written": quarantine.num_rows, "by_reason": dg.MetadataValue.json(reasons), "path": q_written.path})
+        yield dg.MaterializeResult(asset_key=qkey, data_version=version, metadata={"dagster/row_count": quarantine.num_rows, "rows_written": quarantine.num_rows, "by_reason": dg.MetadataValue.json(reasons), "path": q_written.path})
         yield reconciliation_result(key, read, raw.num_rows, quarantine.num_rows, n_suppressed)
         yield model_check(key, model, blocking=True).evaluate(raw)
 

@@ -26,6 +26,8 @@ suppressed record of an erased subject; the run checks this on the actual tables
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -117,6 +119,9 @@ class IngestOutcome:
     hours: dict = field(default_factory=dict)  # partition key -> HourStats
     full_refresh: bool = False
     layouts: Counter = field(default_factory=Counter)
+    # digest of the manifest as recorded at the end of the run: raw/events' data version (an object read, re-read
+    # or forgotten changes a row; a run that found nothing new leaves it as it was)
+    manifest_digest: str = ""
 
     def summary(self) -> dict:
         return {
@@ -134,6 +139,15 @@ def read_manifest(lake) -> pa.Table:
         return MANIFEST_SCHEMA.empty_table()
     t = lake.read_table("raw", MANIFEST_TABLE)
     return t.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+
+
+def table_digest(table: pa.Table) -> str:
+    """A digest of a small table's rows in order (the manifest: one row per landing object)."""
+    h = hashlib.sha256()
+    for name in table.column_names:
+        h.update(name.encode() + b"\0")
+        h.update(json.dumps(table.column(name).to_pylist(), default=str, separators=(",", ":")).encode())
+    return h.hexdigest()
 
 
 def _load(landing, path: str) -> events_ingest.LandedFile:
@@ -303,7 +317,9 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
             originals.files.clear()
     if not batches and (in_refresh or not lake.exists("raw", MANIFEST_TABLE)):
         _write_manifest(lake, manifest_rows)
-    in_manifest = set(read_manifest(lake)["path"].to_pylist())  # what was durably recorded, not what we meant to record
+    recorded = read_manifest(lake)  # what was durably recorded, not what we meant to record
+    in_manifest = set(recorded["path"].to_pylist())
+    outcome.manifest_digest = table_digest(recorded)
     outcome.objects_unaccounted = [o.obj.path for o in event_side if o.obj.path not in in_manifest]
     return outcome
 

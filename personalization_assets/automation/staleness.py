@@ -1,0 +1,202 @@
+"""What `personalization materialize` with no selection runs: the steps whose inputs changed, not every step.
+
+The platform is ticked every few minutes and most ticks find nothing new. Running every step on such a tick
+rebuilt the features and the warehouse from unchanged inputs (20 s at 1M events, O(history)). Dagster already
+records, on every materialization, the data version of each input it read (`dagster/input_data_version/<key>`,
+`dagster/input_event_pointer/<key>`); this module compares those with the inputs' latest materializations.
+
+A CLI run without a selection therefore goes in two phases (cli.py `run_materialize`):
+
+1. the **root steps** (assets with no upstream asset: the ingestion of each landing source, the access audit
+   log) always run: only they can find new landing objects. Each ingestion step versions its tables by what they
+   hold (raw/assets.py: the landing manifest's digest for the events, the inputs' digest for the reference
+   sources), so a root that found nothing new keeps its data version;
+2. every other selected asset runs if it is **stale** (`stale_assets`), in graph order:
+   - it was never materialized, or
+   - the run that last materialized it ran other code, policies or settings (`platform_fingerprint`, a tag on
+     every CLI run; a run without the tag — the daemon's, an older CLI's — counts as other code), or
+   - an input's latest materialization is not the one it read (`input_event_pointer`) and carries another data
+     version (a data version equal to the one read, e.g. a root that re-ran on unchanged landing, is not a
+     change; Dagster's default version `INITIAL` never counts as equal), or
+   - an input is stale itself (it will be rebuilt in this run).
+   An output of a step that cannot run a subset takes the whole step along.
+   An asset whose input (not rebuilt in this run) has a failed blocking check is **held**, as Dagster holds it
+   inside one run: it is not run and is reported with the check.
+
+Everything else is reported as up to date. `--select`, `--partitions`, `--full-refresh` and an explicit
+configuration (`--as-of`) run what they name, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+FINGERPRINT_TAG = "personalization/platform_fingerprint"
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_VERSION_TAG = "dagster/input_data_version/{}"
+INPUT_POINTER_TAG = "dagster/input_event_pointer/{}"
+# Dagster's version of a materialization that has none of its own: equal versions say nothing
+UNVERSIONED = frozenset({"INITIAL", "NULL", ""})
+
+_SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv", ".md")
+_SKIP_DIRS = frozenset({"__pycache__", "target", "logs", "dbt_packages", ".pytest_cache"})
+_SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
+
+
+def _source_files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(_SOURCE_SUFFIXES) and not f.startswith("."))
+    return out
+
+
+def platform_fingerprint() -> str:
+    """A digest of what, besides the data, decides the tables: the package's code, the privacy policies, the dbt
+    project and the `PERSONALIZATION_*` / `DBT_*` settings (secrets left out: their names hold KEY, SECRET, ...;
+    the pseudonym key's version enters through the reference sources' input digest)."""
+    from personalization_assets.core.policies import policy_dir
+    from personalization_assets.warehouse.project import DBT_PROJECT_DIR
+
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for label, root in (("package", package), ("policies", policy_dir()), ("dbt", DBT_PROJECT_DIR)):
+        for path in _source_files(root):
+            h.update(f"{label}/{path.relative_to(root).as_posix()}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    for name in sorted(os.environ):
+        if name.startswith(("PERSONALIZATION_", "DBT_")) and not any(w in name for w in _SECRET_WORDS):
+            h.update(f"env/{name}={os.environ[name]}\0".encode())
+    return h.hexdigest()[:32]
+
+
+def root_keys(graph, keys) -> set[dg.AssetKey]:
+    """The selected assets whose step reads no other asset (the landing sources' ingestion, the audit log)."""
+    out = set()
+    for key in keys:
+        own = set(graph.assets_def_for_key(key).keys)
+        if not any(p not in own for k in own for p in graph.get(k).parent_keys):
+            out.add(key)
+    return out
+
+
+@dataclass
+class StalePlan:
+    stale: dict[dg.AssetKey, str] = field(default_factory=dict)   # key -> why it runs
+    held: dict[dg.AssetKey, str] = field(default_factory=dict)    # key -> the failed blocking check that holds it
+    fresh: set[dg.AssetKey] = field(default_factory=set)          # up to date
+
+    def describe(self) -> list[str]:
+        lines = [f"  runs: {k.to_user_string()} ({why})" for k, why in sorted(self.stale.items(), key=lambda kv: kv[0].to_user_string())]
+        lines += [f"  held: {k.to_user_string()} ({why})" for k, why in sorted(self.held.items(), key=lambda kv: kv[0].to_user_string())]
+        if self.fresh:
+            lines.append(f"  up to date: {len(self.fresh)} assets")
+        return lines
+
+
+def _failed_blocking_checks(instance, graph, keys) -> dict[dg.AssetKey, str]:
+    """For each key: the name of a blocking check whose latest evaluation failed."""
+    specs = {}
+    for key in keys:
+        for spec in graph.assets_def_for_key(key).check_specs:
+            if spec.asset_key == key and spec.blocking:
+                specs[spec.key] = spec
+    failed = {}
+    for check_key in sorted(specs, key=lambda c: c.to_user_string()):
+        record = instance.get_latest_asset_check_evaluation_record(check_key)
+        # a check only planned (its run still going, or stopped before it) holds nothing here; as in a run, a failure
+        # of severity WARN does not hold
+        if record is None or record.status.value != "FAILED":
+            continue
+        event = record.event.dagster_event if record.event is not None else None
+        evaluation = event.event_specific_data if event is not None else None
+        if getattr(evaluation, "severity", dg.AssetCheckSeverity.ERROR) == dg.AssetCheckSeverity.ERROR:
+            failed.setdefault(check_key.asset_key, check_key.name)
+    return failed
+
+
+def stale_assets(instance, graph, keys, fingerprint: str) -> StalePlan:
+    """Which of `keys` must run (see the module docstring). Their inputs outside `keys` (the root steps, run just
+    before) are taken as they are now: latest materializations and latest check evaluations."""
+    keys = set(keys)
+    def inputs(key):  # an output of a step that runs whole reads its step's other outputs within the step
+        assets_def = graph.assets_def_for_key(key)
+        return {p for p in graph.get(key).parent_keys if assets_def.can_subset or p not in assets_def.keys}
+
+    parents = {k: inputs(k) for k in keys}
+    relevant = keys | {p for ps in parents.values() for p in ps}
+    records = {}
+    for rec in instance.get_asset_records(list(relevant)):
+        records[rec.asset_entry.asset_key] = rec.asset_entry.last_materialization_record
+    run_ids = {r.event_log_entry.run_id for k, r in records.items() if r is not None and k in keys}
+    prints = {run.run_id: run.tags.get(FINGERPRINT_TAG) for run in instance.get_runs(filters=dg.RunsFilter(run_ids=sorted(run_ids)))} if run_ids else {}
+    blocked = _failed_blocking_checks(instance, graph, relevant)
+
+    # a step that cannot run a subset is decided as one: all its selected outputs run, or are held, or none
+    def step_of(key):
+        assets_def = graph.assets_def_for_key(key)
+        return [k for k in assets_def.keys if k in keys] if not assets_def.can_subset else [key]
+
+    order = [k for k in graph.toposorted_asset_keys if k in keys]
+    stale: dict[dg.AssetKey, str] = {}
+    while True:  # until no step turns stale (a step's output may precede another step's input in the key order)
+        held: dict[dg.AssetKey, str] = {}
+        added = False
+        for key in order:
+            if key in stale or key in held:
+                continue
+            step = step_of(key)
+            why_held = next(filter(None, (_held_by(parents[k], blocked, stale, held) for k in step)), None)
+            if why_held:
+                held.update({k: why_held for k in step})
+                continue
+            why = next(((k, w) for k in step if (w := _why_stale(k, records, parents[k], stale, prints, fingerprint))), None)
+            if why:
+                first, reason = why
+                stale.update({k: reason if k == first else f"written by the same step as {first.to_user_string()}"
+                              for k in step if k not in stale})
+                added = True
+        if not added:
+            break
+    return StalePlan(stale=stale, held=held, fresh=keys - set(stale) - set(held))
+
+
+def _held_by(parents, blocked, stale, held) -> str | None:
+    """Why an asset may not run: an input that is not rebuilt in this run has a failed blocking check, or is held.
+    (An input rebuilt in this run has its checks evaluated again; Dagster holds the asset in the run if one fails.)"""
+    for parent in sorted(parents, key=lambda p: p.to_user_string()):
+        if parent in held:
+            return f"{parent.to_user_string()} is held"
+        if parent in blocked and parent not in stale:
+            return f"blocking check {blocked[parent]} of {parent.to_user_string()} failed"
+    return None
+
+
+def _why_stale(key, records, parents, stale, prints, fingerprint) -> str | None:
+    record = records.get(key)
+    if record is None:
+        return "never materialized"
+    if prints.get(record.event_log_entry.run_id) != fingerprint:
+        return "last built by other code, policies or settings"
+    tags = record.asset_materialization.tags or {}
+    for parent in sorted(parents, key=lambda p: p.to_user_string()):
+        name = parent.to_user_string()
+        if parent in stale:
+            return f"{name} is rebuilt"
+        current = records.get(parent)
+        if current is None:
+            continue  # nothing to read yet; its first materialization will be newer than this one's pointer
+        if tags.get(INPUT_POINTER_TAG.format(name)) == str(current.storage_id):
+            continue
+        version = (current.asset_materialization.tags or {}).get(DATA_VERSION_TAG, "")
+        if version not in UNVERSIONED and tags.get(INPUT_VERSION_TAG.format(name)) == version:
+            continue
+        return f"{name} changed"
+    return None

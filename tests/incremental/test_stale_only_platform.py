@@ -1,0 +1,80 @@
+"""The platform's own graph: `personalization materialize` with no selection on a landing zone with nothing new runs
+the landing sources' ingestion and nothing else (the features and the warehouse are not rebuilt from unchanged
+inputs), and one more landed hour rebuilds exactly what reads raw/events (automation/staleness.py).
+
+Needs the ingestion steps' data versions (raw/assets.py): each ingestion re-runs on every invocation, so a version
+that followed the run (Dagster's default) would make everything downstream stale every time."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from personalization_assets.core.asset_keys import RAW_EVENTS
+from tests.helpers import generate
+from tests.incremental.conftest import run
+
+pytestmark = [pytest.mark.integration, pytest.mark.incremental, pytest.mark.timeout(600)]
+
+END = "2026-11-28"
+
+
+def _built(result) -> set[str]:
+    return {ev.event_specific_data.materialization.asset_key.to_user_string()
+            for ev in result.all_events if ev.event_type_value == "ASSET_MATERIALIZATION"}
+
+
+def _files(root) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_reads_it(incremental_env, tmp_path):
+    env = incremental_env
+    staging = tmp_path / "staging"
+    generate(staging, users=120, events=2_500, seed=5, bad_fraction=0.0, days=1, end=END)
+    # without the generated erasure requests: the first run puts their subjects on the suppression list after the
+    # reference sources were ingested (their quarantine and the CRM drop erased subjects' records), so the run after
+    # it ingests those once more and rebuilds what follows — right, and the subject of the privacy tests, not this one
+    shutil.rmtree(staging / "privacy_requests")
+    shutil.copytree(staging, env.landing, dirs_exist_ok=True)
+    held_back = sorted((env.landing / "events").glob(f"date={END}/hour=23/*"))
+    assert held_back, "the generator wrote the last hour"
+    parked = tmp_path / "parked"
+    parked.mkdir()
+    for f in held_back:
+        shutil.move(str(f), parked / f.name)
+
+    ok, text, first = run(env, None)
+    assert ok, text
+    assert len(first.run_ids) == 2 and first.plan.stale and not first.plan.held
+    warehouse = {"segments/user_segments", "features/events_clean", "privacy/erasure_log"}
+    assert warehouse <= _built(first)
+
+    before = _files(env.lake / "features")
+    ok, text, idle = run(env, None)
+    assert ok, text
+    roots = {k.to_user_string() for k in first.plan.fresh | set(first.plan.stale)}
+    assert len(idle.run_ids) == 1 and not idle.plan.stale, idle.plan.describe()
+    assert _built(idle) and all(k.startswith(("raw/", "privacy/access_audit_log")) for k in _built(idle)), _built(idle)
+    assert {k.to_user_string() for k in idle.plan.fresh} == roots
+    assert _files(env.lake / "features") == before, "the features were not rewritten"
+
+    for f in held_back:
+        shutil.move(str(parked / f.name), f)
+    ok, text, tick = run(env, None)
+    assert ok, text
+    from personalization_assets.definitions import build_definitions
+
+    graph = build_definitions().resolve_asset_graph()
+    reads_raw_events = {k.to_user_string() for k in dg.AssetSelection.assets(RAW_EVENTS).downstream().resolve(graph)}
+    stale = {k.to_user_string() for k in tick.plan.stale}
+    assert stale == reads_raw_events & roots, sorted(stale ^ (reads_raw_events & roots))
+    assert "consented/content_catalog" in {k.to_user_string() for k in tick.plan.fresh}  # its landing did not change
+    clean = run(env, None)[2]
+    assert not clean.plan.stale
+    as_of = {ev.event_specific_data.materialization.metadata["as_of"].value for ev in tick.all_events
+             if ev.event_type_value == "ASSET_MATERIALIZATION"
+             and ev.event_specific_data.materialization.asset_key.to_user_string() == "features/events_clean"}
+    assert as_of == {f"{END}T23:00:00+00:00"}, "the features moved to the landed hour"
