@@ -154,12 +154,13 @@ class RunSteps:
         return {k: round(t.seconds, ndigits) for k, t in self.steps.items()}
 
 
-def run_steps(instance, run_id: str) -> RunSteps:
-    """Read a run's event log once: when each successful step started and ended, and which partitions it
-    materialized per asset (sorted)."""
+def run_steps(instance, *run_ids: str) -> RunSteps:
+    """Read the runs' event logs once: when each successful step started and ended, and which partitions they
+    materialized per asset (sorted). Several runs: those of one `personalization materialize` (MaterializeRuns.run_ids:
+    the landing sources' run, then the stale steps' run), whose steps are disjoint."""
     starts: dict[str, float] = {}
     out = RunSteps()
-    for entry in instance.all_logs(run_id):
+    for entry in (e for run_id in run_ids for e in instance.all_logs(run_id)):
         ev = entry.dagster_event
         if ev is None:
             continue

@@ -1,7 +1,8 @@
 """Tick cost: after a full build of D days, land ONE more hour and run `personalization materialize` (no
-selection: everything stale), twice (two held-back hours: the first tick also settles the hours the full build's
-erasure run rewrote; the second is the steady state). Reports both wall times, their ratio, per-step seconds of both runs and
-which partitions the tick touched.
+selection: the landing sources, then whatever their changes made stale), twice (two held-back hours: the first
+tick also settles the hours the full build's erasure run rewrote; the second is the steady state), then once more
+with nothing landed (`idle`, most ticks of a deployment). Reports the wall times, their ratios to the full build,
+per-step seconds and which partitions each run touched.
 
     python -m bench.tick [--events 1000000] [--days 7] [--workdir bench/work/tick]
 
@@ -59,7 +60,8 @@ def run(events: int, users: int, days: int, workdir: Path, seed: int = 7) -> dic
     defs = build_definitions()
     instance = open_instance()
     out = {"events": events, "users": users, "days": days, "held_back_objects": len(held_back)}
-    for phase in ("full_build", "tick", "tick_2"):
+    # "idle": one more run with nothing landed (most ticks of a deployment): the landing sources' ingestion only
+    for phase in ("full_build", "tick", "tick_2", "idle"):
         for f in ticks.get(phase, []):
             shutil.move(str(tick_dir / f.name), f)
         t0 = time.perf_counter()
@@ -68,12 +70,16 @@ def run(events: int, users: int, days: int, workdir: Path, seed: int = 7) -> dic
         wall = time.perf_counter() - t0
         if not ok:
             raise SystemExit(f"{phase} failed:\n{text}")
-        timing = run_steps(instance, result.run_id)
+        timing = run_steps(instance, *result.run_ids)
         out[phase] = {"wall_s": round(wall, 2), "peak_rss_mb": max((mb for _, mb in rss.samples), default=None), "rss_sampling": rss.method,
                       "steps_s": timing.seconds(),
-                      "partitions_materialized": {k: (len(v), v[:6]) for k, v in timing.partitions.items()}}
+                      "partitions_materialized": {k: (len(v), v[:6]) for k, v in timing.partitions.items()},
+                      "runs": len(result.run_ids),
+                      "assets_stale": len(result.plan.stale) if result.plan else None,
+                      "assets_up_to_date": len(result.plan.fresh) if result.plan else None}
     out["tick_over_full"] = round(out["tick"]["wall_s"] / out["full_build"]["wall_s"], 3)
     out["tick_2_over_full"] = round(out["tick_2"]["wall_s"] / out["full_build"]["wall_s"], 3)
+    out["idle_over_full"] = round(out["idle"]["wall_s"] / out["full_build"]["wall_s"], 3)
     return out
 
 

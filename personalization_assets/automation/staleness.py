@@ -43,7 +43,7 @@ INPUT_POINTER_TAG = "dagster/input_event_pointer/{}"
 # Dagster's version of a materialization that has none of its own: equal versions say nothing
 UNVERSIONED = frozenset({"INITIAL", "NULL", ""})
 
-_SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv", ".md")
+_SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv")
 _SKIP_DIRS = frozenset({"__pycache__", "target", "logs", "dbt_packages", ".pytest_cache"})
 _SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
 
@@ -93,9 +93,17 @@ class StalePlan:
     held: dict[dg.AssetKey, str] = field(default_factory=dict)    # key -> the failed blocking check that holds it
     fresh: set[dg.AssetKey] = field(default_factory=set)          # up to date
 
-    def describe(self) -> list[str]:
-        lines = [f"  runs: {k.to_user_string()} ({why})" for k, why in sorted(self.stale.items(), key=lambda kv: kv[0].to_user_string())]
-        lines += [f"  held: {k.to_user_string()} ({why})" for k, why in sorted(self.held.items(), key=lambda kv: kv[0].to_user_string())]
+    def describe(self, listed: int = 8) -> list[str]:
+        """One line per reason: what ran (or is held) for it."""
+        lines = []
+        for verb, reasons in (("runs", self.stale), ("held", self.held)):
+            by_reason: dict[str, list[str]] = {}
+            for key, why in reasons.items():
+                by_reason.setdefault(why, []).append(key.to_user_string())
+            for why, names in sorted(by_reason.items(), key=lambda kv: sorted(kv[1])[0]):
+                names.sort()
+                more = f", … ({len(names) - listed} more)" if len(names) > listed else ""
+                lines.append(f"  {verb}: {', '.join(names[:listed])}{more} ({why})")
         if self.fresh:
             lines.append(f"  up to date: {len(self.fresh)} assets")
         return lines
