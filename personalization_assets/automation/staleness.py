@@ -18,7 +18,9 @@ A CLI run without a selection therefore goes in two phases (cli.py `run_material
    - an input's latest materialization is not the one it read (`input_event_pointer`) and carries another data
      version (a data version equal to the one read, e.g. a root that re-ran on unchanged landing, is not a
      change; Dagster's default version `INITIAL` never counts as equal), or
-   - an input is stale itself (it will be rebuilt in this run).
+   - an input is stale itself (it will be rebuilt in this run), or
+   - the retention run removed old partitions since it was built (it deletes hours of raw and consented tables in
+     place and records that in its own log only).
    An output of a step that cannot run a subset takes the whole step along.
    An asset whose input (not rebuilt in this run) has a failed blocking check is **held**, as Dagster holds it
    inside one run: it is not run and is reported with the check.
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+
+from personalization_assets.core.asset_keys import RETENTION_LOG
 
 FINGERPRINT_TAG = "personalization/platform_fingerprint"
 DATA_VERSION_TAG = "dagster/data_version"
@@ -146,6 +150,8 @@ def stale_assets(instance, graph, keys, fingerprint: str) -> StalePlan:
     run_ids = {r.event_log_entry.run_id for k, r in records.items() if r is not None and k in keys}
     prints = {run.run_id: run.tags.get(FINGERPRINT_TAG) for run in instance.get_runs(filters=dg.RunsFilter(run_ids=sorted(run_ids)))} if run_ids else {}
     blocked = _failed_blocking_checks(instance, graph, relevant)
+    built = [r.storage_id for k, r in records.items() if r is not None and k in keys]
+    removed = _retention_removals(instance, min(built)) if built else []
 
     # a step that cannot run a subset is decided as one: all its selected outputs run, or are held, or none
     def step_of(key):
@@ -165,7 +171,7 @@ def stale_assets(instance, graph, keys, fingerprint: str) -> StalePlan:
             if why_held:
                 held.update({k: why_held for k in step})
                 continue
-            why = next(((k, w) for k in step if (w := _why_stale(k, records, parents[k], stale, prints, fingerprint))), None)
+            why = next(((k, w) for k in step if (w := _why_stale(k, records, parents[k], stale, prints, fingerprint, removed))), None)
             if why:
                 first, reason = why
                 stale.update({k: reason if k == first else f"written by the same step as {first.to_user_string()}"
@@ -187,12 +193,31 @@ def _held_by(parents, blocked, stale, held) -> str | None:
     return None
 
 
-def _why_stale(key, records, parents, stale, prints, fingerprint) -> str | None:
+def _retention_removals(instance, after_storage_id: int) -> list[int]:
+    """Storage ids of the retention runs that removed partitions after `after_storage_id`. The retention job deletes old
+    hours of raw and consented tables in place (privacy/operations.py) and records it only in its own log, which no
+    asset reads: every asset built before such a run is stale (a rebuild drops what the deleted hours held)."""
+    out, cursor = [], None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=RETENTION_LOG, after_storage_id=after_storage_id), limit=1000, cursor=cursor)
+        for record in page.records:
+            removed = record.asset_materialization.metadata.get("partitions_removed")
+            if removed is None or getattr(removed, "value", removed):
+                out.append(record.storage_id)
+        if not page.has_more:
+            return out
+        cursor = page.cursor
+
+
+def _why_stale(key, records, parents, stale, prints, fingerprint, removed) -> str | None:
     record = records.get(key)
     if record is None:
         return "never materialized"
     if prints.get(record.event_log_entry.run_id) != fingerprint:
         return "last built by other code, policies or settings"
+    if any(storage_id > record.storage_id for storage_id in removed):
+        return "the retention run removed old partitions since"
     tags = record.asset_materialization.tags or {}
     for parent in sorted(parents, key=lambda p: p.to_user_string()):
         name = parent.to_user_string()

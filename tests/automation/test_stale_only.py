@@ -19,6 +19,7 @@ import dagster as dg
 import pytest
 
 from personalization_assets.automation import staleness
+from personalization_assets.core.asset_keys import RETENTION_LOG
 from personalization_assets.cli import run_materialize
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,13 @@ def after_middle():
     return None
 
 
-DEFS = dg.Definitions(assets=[root, mid0, middle, pair, after_b, after_middle])
+@dg.asset(key=RETENTION_LOG)
+def retention_log():
+    """Stands for the retention job's log asset (privacy/operations.py): deletes hours in place, read by nothing."""
+    return dg.MaterializeResult(metadata={"partitions_removed": int((_dir() / "removed").read_text())})
+
+
+DEFS = dg.Definitions(assets=[root, mid0, middle, pair, after_b, after_middle, retention_log])
 ALL_BUT_ROOT = {"mid0", "middle", "pair_a", "pair_b", "after_b", "after_middle"}
 
 
@@ -160,3 +167,17 @@ def test_a_selection_runs_what_it_names_even_when_up_to_date(world):
     _run(instance)
     ok, _, result, built = _run(instance, select="key:after_b")
     assert ok and built == {"after_b"} and result.plan is None
+
+
+def test_a_retention_run_that_removed_partitions_makes_everything_built_before_it_stale(world):
+    tmp_path, instance = world
+    _run(instance)
+    (tmp_path / "removed").write_text("0")
+    assert _run(instance, select="key:privacy/retention_log")[0]
+    assert _run(instance)[3] == {"root"}, "a retention run that removed nothing changes nothing"
+    (tmp_path / "removed").write_text("3")
+    assert _run(instance, select="key:privacy/retention_log")[0]
+    ok, _, result, built = _run(instance)
+    assert ok and built == {"root", *ALL_BUT_ROOT}
+    assert result.plan.stale[dg.AssetKey("mid0")] == "the retention run removed old partitions since"
+    assert _run(instance)[3] == {"root"}
