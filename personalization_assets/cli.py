@@ -288,11 +288,13 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     else:
         # no selection: the root steps (they find what landed), then only the steps whose inputs changed
         roots = staleness.root_keys(graph, keys)
-        results, plan = [execute(roots)], None
-        if results[0].success:  # downstream of a root whose blocking check failed is held by the plan
-            plan = staleness.stale_assets(instance, graph, keys - roots, fingerprint)
-            if plan.stale:
-                results.append(execute(set(plan.stale)))
+        results = [execute(roots)]
+        # what reads a root whose step failed, or whose blocking check failed, is held by the plan; the rest goes on
+        failed_steps = {ev.step_key for ev in results[0].all_events if ev.event_type_value == "STEP_FAILURE"}
+        failed = {k for k in roots if graph.assets_def_for_key(k).node_def.name in failed_steps}
+        plan = staleness.stale_assets(instance, graph, keys - roots, fingerprint, failed=failed)
+        if plan.stale:
+            results.append(execute(set(plan.stale)))
     outcome = MaterializeRuns(results, plan)
     layers = summarize(outcome.all_events, group_lookup(defs))
     text = format_summary(layers)

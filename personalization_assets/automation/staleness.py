@@ -114,7 +114,7 @@ class StalePlan:
 
 
 def _failed_blocking_checks(instance, graph, keys) -> dict[dg.AssetKey, str]:
-    """For each key: the name of a blocking check whose latest evaluation failed."""
+    """For each key with a blocking check whose latest evaluation failed: which."""
     specs = {}
     for key in keys:
         for spec in graph.assets_def_for_key(key).check_specs:
@@ -130,13 +130,14 @@ def _failed_blocking_checks(instance, graph, keys) -> dict[dg.AssetKey, str]:
         event = record.event.dagster_event if record.event is not None else None
         evaluation = event.event_specific_data if event is not None else None
         if getattr(evaluation, "severity", dg.AssetCheckSeverity.ERROR) == dg.AssetCheckSeverity.ERROR:
-            failed.setdefault(check_key.asset_key, check_key.name)
+            failed.setdefault(check_key.asset_key, f"blocking check {check_key.name} of {check_key.asset_key.to_user_string()} failed")
     return failed
 
 
-def stale_assets(instance, graph, keys, fingerprint: str) -> StalePlan:
+def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) -> StalePlan:
     """Which of `keys` must run (see the module docstring). Their inputs outside `keys` (the root steps, run just
-    before) are taken as they are now: latest materializations and latest check evaluations."""
+    before) are taken as they are now: latest materializations and latest check evaluations. `failed`: inputs whose
+    step failed just before (what reads them is held, as Dagster holds it inside one run)."""
     keys = set(keys)
     def inputs(key):  # an output of a step that runs whole reads its step's other outputs within the step
         assets_def = graph.assets_def_for_key(key)
@@ -149,7 +150,8 @@ def stale_assets(instance, graph, keys, fingerprint: str) -> StalePlan:
         records[rec.asset_entry.asset_key] = rec.asset_entry.last_materialization_record
     run_ids = {r.event_log_entry.run_id for k, r in records.items() if r is not None and k in keys}
     prints = {run.run_id: run.tags.get(FINGERPRINT_TAG) for run in instance.get_runs(filters=dg.RunsFilter(run_ids=sorted(run_ids)))} if run_ids else {}
-    blocked = _failed_blocking_checks(instance, graph, relevant)
+    blocked = {**_failed_blocking_checks(instance, graph, relevant),
+               **{k: f"the step of {k.to_user_string()} failed" for k in failed}}
     built = [r.storage_id for k, r in records.items() if r is not None and k in keys]
     removed = _retention_removals(instance, min(built)) if built else []
 
@@ -189,7 +191,7 @@ def _held_by(parents, blocked, stale, held) -> str | None:
         if parent in held:
             return f"{parent.to_user_string()} is held"
         if parent in blocked and parent not in stale:
-            return f"blocking check {blocked[parent]} of {parent.to_user_string()} failed"
+            return blocked[parent]
     return None
 
 

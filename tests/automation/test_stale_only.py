@@ -64,20 +64,34 @@ def after_middle():
     return None
 
 
+@dg.asset(key="other_root")
+def other_root():
+    if (_dir() / "make_other_root_fail").exists():
+        raise RuntimeError("the other source's landing cannot be read")
+    return dg.MaterializeResult(data_version=dg.DataVersion((_dir() / "other.txt").read_text()))
+
+
+@dg.asset(key="after_other", deps=["other_root"])
+def after_other():
+    return None
+
+
 @dg.asset(key=RETENTION_LOG)
 def retention_log():
     """Stands for the retention job's log asset (privacy/operations.py): deletes hours in place, read by nothing."""
     return dg.MaterializeResult(metadata={"partitions_removed": int((_dir() / "removed").read_text())})
 
 
-DEFS = dg.Definitions(assets=[root, mid0, middle, pair, after_b, after_middle, retention_log])
-ALL_BUT_ROOT = {"mid0", "middle", "pair_a", "pair_b", "after_b", "after_middle"}
+DEFS = dg.Definitions(assets=[root, mid0, middle, pair, after_b, after_middle, other_root, after_other, retention_log])
+ROOTS = {"root", "other_root"}
+ALL_BUT_ROOT = {"mid0", "middle", "pair_a", "pair_b", "after_b", "after_middle", "after_other"}
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     monkeypatch.setenv(DIR_ENV, str(tmp_path))
     (tmp_path / "landing.txt").write_text("v1")
+    (tmp_path / "other.txt").write_text("o1")
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         yield tmp_path, instance
@@ -93,11 +107,11 @@ def _run(instance, select=None):
 def test_a_run_with_nothing_new_runs_only_the_root_steps(world):
     _, instance = world
     ok, _, result, built = _run(instance)
-    assert ok and built == {"root", *ALL_BUT_ROOT} and len(result.run_ids) == 2
+    assert ok and built == {*ROOTS, *ALL_BUT_ROOT} and len(result.run_ids) == 2
     assert set(map(dg.AssetKey.to_user_string, result.plan.stale)) == ALL_BUT_ROOT  # never materialized
 
     ok, text, result, built = _run(instance)
-    assert ok and built == {"root"}, "the root re-ran on unchanged input: its data version is the same, nothing is stale"
+    assert ok and built == ROOTS, "the root re-ran on unchanged input: its data version is the same, nothing is stale"
     assert len(result.run_ids) == 1 and not result.plan.stale and "every asset is up to date" not in text
     assert {k.to_user_string() for k in result.plan.fresh} == ALL_BUT_ROOT
 
@@ -107,7 +121,7 @@ def test_a_changed_root_rebuilds_everything_downstream(world):
     _run(instance)
     (tmp_path / "landing.txt").write_text("v2")
     ok, _, result, built = _run(instance)
-    assert ok and built == {"root", *ALL_BUT_ROOT}
+    assert ok and built == {*ROOTS, *ALL_BUT_ROOT} - {"after_other"}, "after_other reads only the other, unchanged root"
     assert result.plan.stale[dg.AssetKey("mid0")] == "root changed"
 
 
@@ -117,11 +131,11 @@ def test_an_asset_rebuilt_alone_makes_exactly_its_downstream_stale_including_its
     assert _run(instance, select="key:mid0")[3] == {"mid0"}
     ok, _, result, built = _run(instance)
     # middle reads mid0, pair_a reads middle; pair_b is written by the same step, so after_b must follow too
-    assert ok and built == {"root", "middle", "pair_a", "pair_b", "after_b", "after_middle"}
+    assert ok and built == {*ROOTS, "middle", "pair_a", "pair_b", "after_b", "after_middle"}
     assert result.plan.stale[dg.AssetKey("middle")] == "mid0 changed"
     assert result.plan.stale[dg.AssetKey("pair_b")] == "written by the same step as pair_a"
     assert result.plan.stale[dg.AssetKey("after_b")] == "pair_b is rebuilt"
-    assert _run(instance)[3] == {"root"}  # and then it is settled
+    assert _run(instance)[3] == ROOTS  # and then it is settled
 
 
 def test_a_failed_blocking_check_holds_what_reads_the_asset_until_it_passes(world):
@@ -135,7 +149,7 @@ def test_a_failed_blocking_check_holds_what_reads_the_asset_until_it_passes(worl
     assert not ok and "middle" in built and "after_middle" not in built
 
     ok, text, result, built = _run(instance)  # nothing new, but middle's check still failed: no later run bypasses it
-    assert not ok and built == {"root"} and "(blocking check valid of middle failed)" in text
+    assert not ok and built == ROOTS and "(blocking check valid of middle failed)" in text
     held = {k.to_user_string(): why for k, why in result.plan.held.items()}
     assert held["after_middle"] == "blocking check valid of middle failed"
     assert held["pair_a"] == held["pair_b"] and "after_b" in held
@@ -144,7 +158,7 @@ def test_a_failed_blocking_check_holds_what_reads_the_asset_until_it_passes(worl
     (tmp_path / "make_check_fail").unlink()
     assert _run(instance, select="key:middle")[0]
     ok, _, _, built = _run(instance)
-    assert ok and built == {"root", "pair_a", "pair_b", "after_b", "after_middle"}
+    assert ok and built == {*ROOTS, "pair_a", "pair_b", "after_b", "after_middle"}
 
 
 def test_other_code_or_settings_rebuild_everything_the_fingerprint_covers(world, monkeypatch):
@@ -158,7 +172,7 @@ def test_other_code_or_settings_rebuild_everything_the_fingerprint_covers(world,
     monkeypatch.setenv("PERSONALIZATION_STALE_TEST_SECRET_KEY", "2")
     assert staleness.platform_fingerprint() == with_secret
     ok, _, result, built = _run(instance)
-    assert ok and built == {"root", *ALL_BUT_ROOT}
+    assert ok and built == {*ROOTS, *ALL_BUT_ROOT}
     assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies or settings"
 
 
@@ -174,10 +188,24 @@ def test_a_retention_run_that_removed_partitions_makes_everything_built_before_i
     _run(instance)
     (tmp_path / "removed").write_text("0")
     assert _run(instance, select="key:privacy/retention_log")[0]
-    assert _run(instance)[3] == {"root"}, "a retention run that removed nothing changes nothing"
+    assert _run(instance)[3] == ROOTS, "a retention run that removed nothing changes nothing"
     (tmp_path / "removed").write_text("3")
     assert _run(instance, select="key:privacy/retention_log")[0]
     ok, _, result, built = _run(instance)
-    assert ok and built == {"root", *ALL_BUT_ROOT}
+    assert ok and built == {*ROOTS, *ALL_BUT_ROOT}
     assert result.plan.stale[dg.AssetKey("mid0")] == "the retention run removed old partitions since"
-    assert _run(instance)[3] == {"root"}
+    assert _run(instance)[3] == ROOTS
+
+
+def test_a_root_step_that_fails_holds_what_reads_it_and_the_rest_goes_on(world):
+    tmp_path, instance = world
+    _run(instance)
+    (tmp_path / "make_other_root_fail").touch()
+    (tmp_path / "other.txt").write_text("o2")
+    (tmp_path / "landing.txt").write_text("v2")
+    ok, _, result, built = _run(instance)
+    assert not ok and built == {"root", *ALL_BUT_ROOT} - {"after_other"}
+    assert result.plan.held == {dg.AssetKey("after_other"): "the step of other_root failed"}
+    (tmp_path / "make_other_root_fail").unlink()
+    ok, _, result, built = _run(instance)
+    assert ok and built == {*ROOTS, "after_other"}
