@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from personalization_assets.automation import conditions, freshness
+from personalization_assets.automation import conditions, freshness, staleness
 from personalization_assets.settings import Settings
 
 # steps that find their own stale work and take `full_refresh: true` to rebuild everything
@@ -56,9 +56,11 @@ def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
 
     partitions = events_partitions(settings.events_start)
     carried = carried_downstream(platform)  # what a landing run takes along when it is due
+    # every run this code launches names the code, policies and settings it ran with (automation/staleness.py)
+    tags = staleness.run_tags()
     automation_sensors = [
         dg.AutomationConditionSensorDefinition(
-            f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5,
+            f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5, run_tags=tags,
             description=f"Evaluates the declarative automation conditions of the {name} layer (see automation/conditions.py).",
         )
         for name, selection in (
@@ -69,7 +71,7 @@ def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
             ("features_and_segments", dg.AssetSelection.groups("features", "warehouse", "segments", "exports")),
         )
     ]
-    full_refresh = dg.define_asset_job("full_refresh", selection=dg.AssetSelection.all() - OPERATIONS,
+    full_refresh = dg.define_asset_job("full_refresh", selection=dg.AssetSelection.all() - OPERATIONS, tags=tags,
                                        config={"ops": {op: {"config": {"full_refresh": True}} for op in INCREMENTAL_OPS}},
                                        description="Rebuild everything from the whole landing zone: the incremental steps forget "
                                        "what they read and rebuild every hour (`personalization materialize --full-refresh`).")
@@ -78,8 +80,8 @@ def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
                    key=lambda k: k.to_user_string())
     return dg.Definitions(
         jobs=[full_refresh],
-        schedules=build_schedules(partitions, dg.AssetSelection.groups("features", "segments", "warehouse"), carried),
-        sensors=[build_landing_sensor(partitions, carried), run_failure_alert, fail_dead_cli_runs_sensor, *automation_sensors,
+        schedules=build_schedules(partitions, dg.AssetSelection.groups("features", "segments", "warehouse"), carried, tags),
+        sensors=[build_landing_sensor(partitions, carried, tags), run_failure_alert, fail_dead_cli_runs_sensor, *automation_sensors,
                  *build_metrics_sensors(fresh)],
         resources={
             "alert_webhook": AlertWebhook(url=dg.EnvVar("PERSONALIZATION_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None),

@@ -21,7 +21,8 @@ from personalization_assets.resources import PlatformConfig
 from personalization_assets.core.storage import LandingZone
 
 
-def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection, carried: Carried | None = None) -> list:
+def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: dg.AssetSelection, carried: Carried | None = None,
+                    tags: dict[str, str] | None = None) -> list:
     @dg.schedule(
         name="landing_extraction_every_5_minutes",
         cron_schedule="*/5 * * * *",
@@ -34,7 +35,7 @@ def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: 
     )
     def landing_extraction(context: dg.ScheduleEvaluationContext, landing: LandingZone, platform: PlatformConfig):
         state = landing_state(landing, events_layout=getattr(platform, "events_layout", "auto"))
-        requests = run_requests_for(state, {}, context.instance, with_followers=True, carried=carried)
+        requests = run_requests_for(state, {}, context.instance, with_followers=True, carried=carried, tags=tags)
         if not requests:
             return dg.SkipReason("no changed landing files without an ingestion run")
         return requests
@@ -47,7 +48,7 @@ def build_schedules(partitions_def: dg.PartitionsDefinition, rebuild_selection: 
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Daily retention per privacy_policies/retention.yaml.",
     )
-    rebuild = dg.define_asset_job("segments_rebuild", selection=rebuild_selection,
+    rebuild = dg.define_asset_job("segments_rebuild", selection=rebuild_selection, tags=tags,
                                   description="Full rebuild of features and warehouse segments.")
     nightly = dg.ScheduleDefinition(
         name="segments_nightly_rebuild",

@@ -91,7 +91,7 @@ def _materialized_after_files(instance, pk: str | None, newest_file_ns: int, key
 
 
 def run_requests_for(state: dict, previous: dict, instance=None, with_followers: bool = False,
-                     carried: Carried | None = None) -> list[dg.RunRequest]:
+                     carried: Carried | None = None, tags: dict[str, str] | None = None) -> list[dg.RunRequest]:
     """The runs the landing zone's change asks for. `with_followers`: the events run brings the privacy state and the
     consented tier along; `carried` (with followers and an instance): also the features, warehouse and segments
     that are due (automation/carried.py)."""
@@ -110,7 +110,7 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
             if with_followers and carried is not None and instance is not None:
                 selection += carried.due(instance, written=[*selection, CONSENTED_EVENTS])
             requests.append(dg.RunRequest(run_key=tag, asset_selection=selection,
-                                          tags={DIGEST_TAG: tag, "personalization/trigger": "landing",
+                                          tags={**(tags or {}), DIGEST_TAG: tag, "personalization/trigger": "landing",
                                                 **({STREAMING_TAG: "1"} if with_followers else {})}))
     for directory, digest in state["sources"].items():
         if previous.get("sources", {}).get(directory) == digest:
@@ -126,13 +126,14 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
             dg.RunRequest(
                 run_key=tag,
                 asset_selection=[dg.AssetKey(["raw", table]), dg.AssetKey(["raw", f"{table}_quarantine"])],
-                tags={DIGEST_TAG: tag, "personalization/trigger": "landing"},
+                tags={**(tags or {}), DIGEST_TAG: tag, "personalization/trigger": "landing"},
             )
         )
     return requests
 
 
-def build_landing_sensor(partitions_def: dg.PartitionsDefinition, carried: Carried | None = None) -> dg.SensorDefinition:
+def build_landing_sensor(partitions_def: dg.PartitionsDefinition, carried: Carried | None = None,
+                         tags: dict[str, str] | None = None) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_arrival",
         description="Detects new or changed objects in the landing zone (local directory or S3 prefix, every layout) and "
@@ -151,7 +152,7 @@ def build_landing_sensor(partitions_def: dg.PartitionsDefinition, carried: Carri
     def landing_arrival(context: dg.SensorEvaluationContext, landing: LandingZone, platform: PlatformConfig):
         previous = json.loads(context.cursor) if context.cursor else {}
         state = landing_state(landing, events_layout=getattr(platform, "events_layout", "auto"))
-        requests = run_requests_for(state, previous, context.instance, with_followers=True, carried=carried)
+        requests = run_requests_for(state, previous, context.instance, with_followers=True, carried=carried, tags=tags)
         cursor = json.dumps({"events": state["events"], "sources": state["sources"]})
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new landing files"), cursor=cursor)

@@ -14,7 +14,8 @@ A CLI run without a selection therefore goes in two phases (cli.py `run_material
 2. every other selected asset runs if it is **stale** (`stale_assets`), in graph order:
    - it was never materialized, or
    - the run that last materialized it ran other code, policies or settings (`platform_fingerprint`, a tag on
-     every CLI run; a run without the tag — the daemon's, an older CLI's — counts as other code), or
+     every CLI run and on the runs the sensors, schedules and jobs launch; a run without the tag counts as other
+     code), or
    - an input's latest materialization is not the one it read (`input_event_pointer`) and carries another data
      version (a data version equal to the one read, e.g. a root that re-ran on unchanged landing, is not a
      change; Dagster's default version `INITIAL` never counts as equal), or
@@ -79,6 +80,12 @@ def platform_fingerprint() -> str:
         if name.startswith(("PERSONALIZATION_", "DBT_")) and not any(w in name for w in _SECRET_WORDS):
             h.update(f"env/{name}={os.environ[name]}\0".encode())
     return h.hexdigest()[:32]
+
+
+def run_tags() -> dict[str, str]:
+    """The tag the runs this code launches carry (the CLI's, the sensors' and the jobs'), so that a CLI run after a
+    daemon's run finds the assets built by the same code and settings instead of rebuilding them."""
+    return {FINGERPRINT_TAG: platform_fingerprint()}
 
 
 def root_keys(graph, keys) -> set[dg.AssetKey]:

@@ -7,6 +7,7 @@ import gzip
 
 import dagster as dg
 
+from personalization_assets.automation import staleness
 from personalization_assets.automation.sensors import STREAMING_TAG
 from tests.helpers import defs_for_env
 from tests.raw.hostile import line, msg
@@ -55,6 +56,12 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
         assert got == sorted([("", (*INGEST, *FOLLOWERS)), ("", ("raw/crm_profiles", "raw/crm_profiles_quarantine"))])
         events_run = next(r for r in requests if len(r.asset_selection) > 2)
         assert sorted(_selection(events_run)[OWN_ASSETS:]) == sorted((*FEATURES, *WAREHOUSE, *SEGMENTS))
+        # each run names the code and settings it runs with: a CLI run after it does not rebuild what it built
+        # (automation/staleness.py); so do the automation sensors' runs and the jobs
+        fingerprint = staleness.platform_fingerprint()
+        assert {r.tags.get(staleness.FINGERPRINT_TAG) for r in requests} == {fingerprint}
+        assert {s.run_tags.get(staleness.FINGERPRINT_TAG) for s in defs.sensors if s.name.startswith("automation_")} == {fingerprint}
+        assert defs.resolve_job_def("full_refresh").tags.get(staleness.FINGERPRINT_TAG) == fingerprint
         # same objects, next tick: nothing
         again, cursor2 = _tick(defs, instance, cursor)
         assert again == []
