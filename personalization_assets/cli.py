@@ -260,7 +260,8 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     job = defs.resolve_implicit_global_asset_job_def()
     keys = plan_selection(graph, keys, partitions if partitions or ranged else None)
     extra = incremental_run_config(defs, keys, full_refresh)
-    merged_ops = {**(run_config or {}).get("ops", {})}
+    user_ops = (run_config or {}).get("ops", {})
+    merged_ops = {**user_ops}
     for op, cfg in extra.get("ops", {}).items():
         merged_ops[op] = {"config": {**merged_ops.get(op, {}).get("config", {}), **cfg["config"]}}
     configured = bool(merged_ops)
@@ -268,7 +269,8 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     from personalization_assets.automation import staleness
 
     fingerprint = staleness.platform_fingerprint()
-    tags = {**tags, staleness.FINGERPRINT_TAG: fingerprint}
+    # a run given an explicit configuration (`--as-of`) built other tables than the default would: tagged so
+    tags = {**tags, staleness.FINGERPRINT_TAG: staleness.configured_fingerprint(fingerprint, user_ops) if user_ops else fingerprint}
 
     def execute(run_keys):
         import uuid

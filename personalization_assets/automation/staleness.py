@@ -33,13 +33,15 @@ configuration (`--as-of`) run what they name, as before.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from personalization_assets.core.asset_keys import RETENTION_LOG
+from personalization_assets.core.asset_keys import RETENTION_LOG, STALE_AFTER_METADATA
 
 FINGERPRINT_TAG = "personalization/platform_fingerprint"
 DATA_VERSION_TAG = "dagster/data_version"
@@ -51,6 +53,9 @@ UNVERSIONED = frozenset({"INITIAL", "NULL", ""})
 _SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv")
 _SKIP_DIRS = frozenset({"__pycache__", "target", "logs", "dbt_packages", ".pytest_cache"})
 _SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
+_SETTING_PREFIXES = ("PERSONALIZATION_", "DBT_", "SNOWFLAKE_")
+_LIBRARIES = ("dagster", "dagster-dbt", "dbt-core", "dbt-duckdb", "dbt-snowflake", "duckdb", "pyarrow", "pandas", "pandera",
+              "opendp", "numpy")
 
 
 def _source_files(root: Path) -> list[Path]:
@@ -65,8 +70,12 @@ def _source_files(root: Path) -> list[Path]:
 
 def platform_fingerprint() -> str:
     """A digest of what, besides the data, decides the tables: the package's code, the privacy policies, the dbt
-    project and the `PERSONALIZATION_*` / `DBT_*` settings (secrets left out: their names hold KEY, SECRET, ...;
-    the pseudonym key's version enters through the reference sources' input digest)."""
+    project, the versions of the libraries that compute them, and the settings: every `PERSONALIZATION_*`, `DBT_*`
+    and `SNOWFLAKE_*` variable (the content of a file one names, e.g. `PERSONALIZATION_ANOMALY_CONFIG`), secrets left
+    out (their names hold KEY, SECRET, PASSWORD, TOKEN or CREDENTIAL; the pseudonym key's version enters through the
+    reference sources' input digest, and the key rotation job re-keys the tables itself)."""
+    from importlib import metadata
+
     from personalization_assets.core.policies import policy_dir
     from personalization_assets.warehouse.project import DBT_PROJECT_DIR
 
@@ -76,10 +85,32 @@ def platform_fingerprint() -> str:
         for path in _source_files(root):
             h.update(f"{label}/{path.relative_to(root).as_posix()}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
+    for dist in _LIBRARIES:
+        try:
+            h.update(f"lib/{dist}={metadata.version(dist)}\0".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"lib/{dist}=absent\0".encode())
     for name in sorted(os.environ):
-        if name.startswith(("PERSONALIZATION_", "DBT_")) and not any(w in name for w in _SECRET_WORDS):
-            h.update(f"env/{name}={os.environ[name]}\0".encode())
+        if name.startswith(_SETTING_PREFIXES) and not any(w in name for w in _SECRET_WORDS):
+            value = os.environ[name]
+            h.update(f"env/{name}={value}\0".encode())
+            if _small_file(value):
+                h.update(hashlib.sha256(Path(value).read_bytes()).digest())
     return h.hexdigest()[:32]
+
+
+def _small_file(value: str) -> bool:
+    try:
+        return len(value) < 4096 and os.path.isfile(value) and os.path.getsize(value) <= 1 << 20
+    except (OSError, ValueError):
+        return False
+
+
+def configured_fingerprint(fingerprint: str, ops_config: dict) -> str:
+    """The tag of a run given an explicit configuration (`--as-of`): its tables are not what the default configuration
+    builds, so a later run without one finds them stale."""
+    digest = hashlib.sha256(json.dumps(ops_config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{fingerprint}+config:{digest}"
 
 
 def run_tags() -> dict[str, str]:
@@ -121,17 +152,15 @@ class StalePlan:
 
 
 def _failed_blocking_checks(instance, graph, keys) -> dict[dg.AssetKey, str]:
-    """For each key with a blocking check whose latest evaluation failed: which."""
-    specs = {}
-    for key in keys:
-        for spec in graph.assets_def_for_key(key).check_specs:
-            if spec.asset_key == key and spec.blocking:
-                specs[spec.key] = spec
+    """For each key with a blocking check whose latest completed evaluation failed with severity ERROR: which. (An
+    evaluation only planned since — a run still going, or one that stopped before the check — does not hide it.)"""
+    specs = [spec.key for key in keys for spec in graph.assets_def_for_key(key).check_specs
+             if spec.asset_key == key and spec.blocking]
     failed = {}
+    summaries = instance.event_log_storage.get_asset_check_summary_records(specs) if specs else {}
     for check_key in sorted(specs, key=lambda c: c.to_user_string()):
-        record = instance.get_latest_asset_check_evaluation_record(check_key)
-        # a check only planned (its run still going, or stopped before it) holds nothing here; as in a run, a failure
-        # of severity WARN does not hold
+        summary = summaries.get(check_key)
+        record = summary.last_completed_check_execution_record if summary is not None else None
         if record is None or record.status.value != "FAILED":
             continue
         event = record.event.dagster_event if record.event is not None else None
@@ -161,6 +190,8 @@ def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) ->
                **{k: f"the step of {k.to_user_string()} failed" for k in failed}}
     built = [r.storage_id for k, r in records.items() if r is not None and k in keys]
     removed = _retention_removals(instance, min(built)) if built else []
+    read = _versions_read(instance, records, parents)
+    context = _Context(records, prints, fingerprint, removed, read, blocked, datetime.now(timezone.utc))
 
     # a step that cannot run a subset is decided as one: all its selected outputs run, or are held, or none
     def step_of(key):
@@ -180,7 +211,7 @@ def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) ->
             if why_held:
                 held.update({k: why_held for k in step})
                 continue
-            why = next(((k, w) for k in step if (w := _why_stale(k, records, parents[k], stale, prints, fingerprint, removed))), None)
+            why = next(((k, w) for k in step if (w := _why_stale(k, parents[k], stale, context))), None)
             if why:
                 first, reason = why
                 stale.update({k: reason if k == first else f"written by the same step as {first.to_user_string()}"
@@ -219,26 +250,66 @@ def _retention_removals(instance, after_storage_id: int) -> list[int]:
         cursor = page.cursor
 
 
-def _why_stale(key, records, parents, stale, prints, fingerprint, removed) -> str | None:
-    record = records.get(key)
+@dataclass
+class _Context:
+    records: dict       # key -> its latest materialization record (or None)
+    prints: dict        # run id -> that run's fingerprint tag
+    fingerprint: str    # this code's
+    removed: list       # storage ids of retention runs that removed partitions
+    read: dict          # (key, parent) -> the data version of the parent's materialization the key read
+    blocked: dict       # key -> why what reads it is held (its blocking check failed, its step failed)
+    now: datetime
+
+
+def _versions_read(instance, records, parents) -> dict:
+    """For each key and input: the data version of the input's materialization the key read (its
+    `input_event_pointer`). Dagster's own `input_data_version` tag holds, for an input with fewer than 100
+    partitions, a hash of the per-partition versions instead: useless for an input versioned as a whole (raw/events)."""
+    wanted: dict[dg.AssetKey, dict[int, list]] = {}
+    for key, ps in parents.items():
+        record = records.get(key)
+        tags = (record.asset_materialization.tags or {}) if record is not None else {}
+        for parent in ps:
+            pointer = tags.get(INPUT_POINTER_TAG.format(parent.to_user_string()))
+            if pointer and pointer.isdigit():
+                wanted.setdefault(parent, {}).setdefault(int(pointer), []).append(key)
+    out = {}
+    for parent, by_pointer in wanted.items():
+        ids = sorted(by_pointer)
+        for i in range(0, len(ids), 500):
+            page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=parent, storage_ids=ids[i:i + 500]), limit=500)
+            for rec in page.records:
+                version = (rec.asset_materialization.tags or {}).get(DATA_VERSION_TAG, "")
+                for key in by_pointer.get(rec.storage_id, []):
+                    out[(key, parent)] = version
+    return out
+
+
+def _why_stale(key, parents, stale, ctx: _Context) -> str | None:
+    record = ctx.records.get(key)
     if record is None:
         return "never materialized"
-    if prints.get(record.event_log_entry.run_id) != fingerprint:
-        return "last built by other code, policies or settings"
-    if any(storage_id > record.storage_id for storage_id in removed):
+    if ctx.prints.get(record.event_log_entry.run_id) != ctx.fingerprint:
+        return "last built by other code, policies, settings or configuration"
+    if any(storage_id > record.storage_id for storage_id in ctx.removed):
         return "the retention run removed old partitions since"
+    if key in ctx.blocked:  # its own blocking check failed on its latest materialization: try again
+        return f"{ctx.blocked[key]}: run again"
+    due = record.asset_materialization.metadata.get(STALE_AFTER_METADATA)
+    if due is not None and ctx.now >= datetime.fromisoformat(str(getattr(due, "value", due))):
+        return f"due again since {getattr(due, 'value', due)}"
     tags = record.asset_materialization.tags or {}
     for parent in sorted(parents, key=lambda p: p.to_user_string()):
         name = parent.to_user_string()
         if parent in stale:
             return f"{name} is rebuilt"
-        current = records.get(parent)
+        current = ctx.records.get(parent)
         if current is None:
             continue  # nothing to read yet; its first materialization will be newer than this one's pointer
         if tags.get(INPUT_POINTER_TAG.format(name)) == str(current.storage_id):
             continue
         version = (current.asset_materialization.tags or {}).get(DATA_VERSION_TAG, "")
-        if version not in UNVERSIONED and tags.get(INPUT_VERSION_TAG.format(name)) == version:
+        if version not in UNVERSIONED and version in (tags.get(INPUT_VERSION_TAG.format(name)), ctx.read.get((key, parent))):
             continue
         return f"{name} changed"
     return None

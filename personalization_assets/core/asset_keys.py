@@ -8,6 +8,10 @@ import dagster as dg
 # only where the edge would close a cycle (raw ingestion drops erased subjects with privacy/suppression_list,
 # itself derived from raw data). tests/test_lineage.py checks that it is declared.
 SIDE_INPUTS_METADATA = "lineage/side_inputs"
+# Metadata key of a materialization that is due again at a time (ISO 8601) whatever its inputs: a DP export that kept
+# its previous release inside the release period. `personalization materialize` runs it again from then on
+# (automation/staleness.py).
+STALE_AFTER_METADATA = "personalization/stale_after"
 
 # raw
 RAW_EVENTS = dg.AssetKey(["raw", "events"])

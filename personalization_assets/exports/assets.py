@@ -19,7 +19,14 @@ import dagster as dg
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from personalization_assets.core.asset_keys import CONSENTED_CATALOG, CONTENT_AFFINITY, CONTENT_POPULARITY_DP, SEGMENT_SIZES_DP, USER_SEGMENTS
+from personalization_assets.core.asset_keys import (
+    CONSENTED_CATALOG,
+    CONTENT_AFFINITY,
+    CONTENT_POPULARITY_DP,
+    SEGMENT_SIZES_DP,
+    STALE_AFTER_METADATA,
+    USER_SEGMENTS,
+)
 from personalization_assets.core.platform import lock_dir
 from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, ReleaseOutcome, dp_counts, period_of, release_id
 from personalization_assets.core.policies import get_policy
@@ -95,6 +102,8 @@ def _release(context, lake: LakeStorage, platform: PlatformConfig, release_name:
         "accuracy_95": p["accuracy_95"], "budget_remaining": outcome.remaining, "budget_period": period_of(policy, now),
         "release_id": outcome.release_id, "reused_stored_release": outcome.reused,
         "release_period_open": recent is None, "next_release_not_before": next_due.isoformat(),
+        # the stored release was kept without reading the inputs: due again when the period comes round
+        **({} if recent is None else {STALE_AFTER_METADATA: next_due.isoformat()}),
         **({} if dropped is None else {"rows_dropped_outside_public_keys": dropped}), "path": written.path,
     })
 

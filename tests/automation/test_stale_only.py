@@ -9,7 +9,6 @@ Dagster instance:
 `pair_b` comes before `middle` in the key order but must run whenever `pair_a` does (the same step), and then so
 must `after_b`: the case that a one-pass plan gets wrong when `middle` turns stale after the step was looked at."""
 
-from __future__ import annotations
 
 import hashlib
 import os
@@ -19,7 +18,7 @@ import dagster as dg
 import pytest
 
 from personalization_assets.automation import staleness
-from personalization_assets.core.asset_keys import RETENTION_LOG
+from personalization_assets.core.asset_keys import RETENTION_LOG, STALE_AFTER_METADATA
 from personalization_assets.cli import run_materialize
 
 pytestmark = pytest.mark.integration
@@ -54,9 +53,13 @@ def pair():
     yield dg.MaterializeResult(asset_key="pair_b")
 
 
+class AfterConfig(dg.Config):
+    cutoff: str = "default"
+
+
 @dg.asset(key="after_b", deps=["pair_b"])
-def after_b():
-    return None
+def after_b(config: AfterConfig):
+    return dg.MaterializeResult(metadata={"cutoff": config.cutoff})
 
 
 @dg.asset(key="after_middle", deps=["middle"])
@@ -97,8 +100,8 @@ def world(tmp_path, monkeypatch):
         yield tmp_path, instance
 
 
-def _run(instance, select=None):
-    ok, text, result = run_materialize(select=select, defs=DEFS, instance=instance, echo=lambda *a, **k: None)
+def _run(instance, select=None, defs=DEFS, run_config=None):
+    ok, text, result = run_materialize(select=select, defs=defs, instance=instance, echo=lambda *a, **k: None, run_config=run_config)
     built = {ev.event_specific_data.materialization.asset_key.to_user_string()
              for ev in result.all_events if ev.event_type_value == "ASSET_MATERIALIZATION"}
     return ok, text, result, built
@@ -138,27 +141,32 @@ def test_an_asset_rebuilt_alone_makes_exactly_its_downstream_stale_including_its
     assert _run(instance)[3] == ROOTS  # and then it is settled
 
 
-def test_a_failed_blocking_check_holds_what_reads_the_asset_until_it_passes(world):
+def test_a_failed_blocking_check_holds_what_reads_the_asset_and_the_asset_is_tried_again(world):
     tmp_path, instance = world
     _run(instance)
     (tmp_path / "make_check_fail").touch()
     (tmp_path / "landing.txt").write_text("v2")
     ok, _, _, built = _run(instance)
-    # in the run, Dagster holds what follows middle's failed check; pair_b (root only) runs with its step... which
-    # Dagster skips as a whole because pair_a's input failed its check
-    assert not ok and "middle" in built and "after_middle" not in built
+    # in the run, Dagster holds what follows middle's failed check (the pair step as a whole: pair_a reads middle)
+    assert not ok and "middle" in built and not built & {"after_middle", "pair_a", "pair_b", "after_b"}
 
-    ok, text, result, built = _run(instance)  # nothing new, but middle's check still failed: no later run bypasses it
-    assert not ok and built == ROOTS and "(blocking check valid of middle failed)" in text
-    held = {k.to_user_string(): why for k, why in result.plan.held.items()}
-    assert held["after_middle"] == "blocking check valid of middle failed"
-    assert held["pair_a"] == held["pair_b"] and "after_b" in held
-    assert not result.plan.stale
+    # nothing new, but middle's check failed: middle is tried again, and what reads it is not run past the failure
+    ok, text, result, built = _run(instance)
+    assert not ok and built == {*ROOTS, "middle"}
+    assert result.plan.stale[dg.AssetKey("middle")] == "blocking check valid of middle failed: run again"
+    assert "(blocking check valid of middle failed: run again)" in text
+
+    # a failure held until the check passes, even when the failed asset is not run again (a selection elsewhere)
+    ok, _, result, _ = _run(instance, select="key:root")
+    plan = staleness.stale_assets(instance, DEFS.resolve_asset_graph(), {dg.AssetKey(k) for k in ALL_BUT_ROOT} - {dg.AssetKey("middle")},
+                                  staleness.platform_fingerprint())
+    assert plan.held[dg.AssetKey("after_middle")] == "blocking check valid of middle failed"
+    assert plan.held[dg.AssetKey("pair_a")] == plan.held[dg.AssetKey("pair_b")] and dg.AssetKey("after_b") in plan.held
 
     (tmp_path / "make_check_fail").unlink()
-    assert _run(instance, select="key:middle")[0]
     ok, _, _, built = _run(instance)
-    assert ok and built == {*ROOTS, "pair_a", "pair_b", "after_b", "after_middle"}
+    assert ok and built == {*ROOTS, "middle", "pair_a", "pair_b", "after_b", "after_middle"}
+    assert _run(instance)[3] == ROOTS
 
 
 def test_other_code_or_settings_rebuild_everything_the_fingerprint_covers(world, monkeypatch):
@@ -173,7 +181,7 @@ def test_other_code_or_settings_rebuild_everything_the_fingerprint_covers(world,
     assert staleness.platform_fingerprint() == with_secret
     ok, _, result, built = _run(instance)
     assert ok and built == {*ROOTS, *ALL_BUT_ROOT}
-    assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies or settings"
+    assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies, settings or configuration"
 
 
 def test_a_selection_runs_what_it_names_even_when_up_to_date(world):
@@ -209,3 +217,61 @@ def test_a_root_step_that_fails_holds_what_reads_it_and_the_rest_goes_on(world):
     (tmp_path / "make_other_root_fail").unlink()
     ok, _, result, built = _run(instance)
     assert ok and built == {*ROOTS, "after_other"}
+
+
+def test_a_run_given_a_configuration_leaves_what_it_built_stale_for_the_default_configuration(world):
+    _, instance = world
+    _run(instance)
+    ok, _, result, built = _run(instance, run_config={"ops": {"after_b": {"config": {"cutoff": "2026-11-01"}}}})
+    assert ok and result.plan is None  # an explicit configuration runs everything it names
+    ok, _, result, built = _run(instance)
+    assert ok and built == {*ROOTS, *ALL_BUT_ROOT}, "the tables of --as-of are not those of the default cutoff"
+    assert _run(instance)[3] == ROOTS
+
+
+# --- an input partitioned by hour and versioned as a whole (raw/events), with few partitions ---------------------------
+
+HOURS = dg.HourlyPartitionsDefinition(start_date="2026-11-28-00:00", end_date="2026-11-28-10:00")  # 10 partitions
+
+
+@dg.multi_asset(specs=[dg.AssetSpec("manifest"), dg.AssetSpec("events", partitions_def=HOURS, skippable=True, deps=["manifest"])])
+def ingest(context: dg.AssetExecutionContext):
+    content = (_dir() / "landing.txt").read_text()
+    version = dg.DataVersion(hashlib.sha256(content.encode()).hexdigest())
+    if content != (_dir() / "ingested.txt").read_text() if (_dir() / "ingested.txt").exists() else True:
+        (_dir() / "ingested.txt").write_text(content)
+        context.log_event(dg.AssetMaterialization(asset_key="events", partition="2026-11-28-03:00"))
+    yield dg.MaterializeResult(asset_key="manifest", data_version=version)
+    yield dg.MaterializeResult(asset_key="events", data_version=version)
+
+
+@dg.asset(key="reads_events", deps=["events"])
+def reads_events():
+    due = (_dir() / "due_at").read_text() if (_dir() / "due_at").exists() else None
+    return dg.MaterializeResult(metadata={STALE_AFTER_METADATA: due} if due else {})
+
+
+HOURLY = dg.Definitions(assets=[ingest, reads_events])
+
+
+def test_an_input_with_few_partitions_versioned_as_a_whole_settles(world):
+    """With fewer than 100 partitions Dagster records a hash of the per-partition versions as the input's version;
+    the version of the materialization the asset read is what compares."""
+    tmp_path, instance = world
+    assert _run(instance, defs=HOURLY)[3] == {"manifest", "events", "reads_events"}
+    assert _run(instance, defs=HOURLY)[3] == {"manifest", "events"}
+    (tmp_path / "landing.txt").write_text("v2")
+    assert _run(instance, defs=HOURLY)[3] == {"manifest", "events", "reads_events"}
+    assert _run(instance, defs=HOURLY)[3] == {"manifest", "events"}
+
+
+def test_a_materialization_due_again_at_a_time_runs_again_from_then_on(world):
+    tmp_path, instance = world
+    (tmp_path / "due_at").write_text("2999-01-01T00:00:00+00:00")
+    _run(instance, defs=HOURLY)
+    assert _run(instance, defs=HOURLY)[3] == {"manifest", "events"}, "not due yet"
+    (tmp_path / "due_at").write_text("2000-01-01T00:00:00+00:00")
+    _run(instance, defs=HOURLY, select="key:reads_events")
+    ok, _, result, built = _run(instance, defs=HOURLY)
+    assert ok and built == {"manifest", "events", "reads_events"}
+    assert result.plan.stale[dg.AssetKey("reads_events")] == "due again since 2000-01-01T00:00:00+00:00"

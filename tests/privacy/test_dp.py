@@ -6,6 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from personalization_assets.core.asset_keys import STALE_AFTER_METADATA
+
 from personalization_assets.privacy.dp import BudgetLedger, DpBudgetExceeded, dp_counts
 from personalization_assets.core.policies import DpRelease, get_policy
 from personalization_assets.core.storage import LakeStorage
@@ -112,6 +114,9 @@ def test_an_hourly_materialize_releases_each_export_once_per_release_period(data
         meta = materializations(materialize(defs, EXPORT))["exports/content_popularity_dp"]
         assert meta["epsilon_spent"] == 0 and meta["reused_stored_release"] is True, (tick, meta)
         assert meta["release_id"] == first["release_id"]
+        # kept without reading its inputs: due again when the period comes round, whatever the inputs then
+        # (`personalization materialize` without a selection runs it then: automation/staleness.py)
+        assert meta[STALE_AFTER_METADATA] == meta["next_release_not_before"] and STALE_AFTER_METADATA not in first
     assert _ledger(data_dir).spent(_this_month()) == pytest.approx(eps)
     assert lake.read_table("exports", "content_popularity_dp").equals(released)
 
