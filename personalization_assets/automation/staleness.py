@@ -35,8 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -132,7 +132,7 @@ def root_keys(graph, keys) -> set[dg.AssetKey]:
 @dataclass
 class StalePlan:
     stale: dict[dg.AssetKey, str] = field(default_factory=dict)   # key -> why it runs
-    held: dict[dg.AssetKey, str] = field(default_factory=dict)    # key -> the failed blocking check that holds it
+    held: dict[dg.AssetKey, str] = field(default_factory=dict)    # key -> what holds it (a failed check or step upstream)
     fresh: set[dg.AssetKey] = field(default_factory=set)          # up to date
 
     def describe(self, listed: int = 8) -> list[str]:
@@ -175,6 +175,7 @@ def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) ->
     before) are taken as they are now: latest materializations and latest check evaluations. `failed`: inputs whose
     step failed just before (what reads them is held, as Dagster holds it inside one run)."""
     keys = set(keys)
+
     def inputs(key):  # an output of a step that runs whole reads its step's other outputs within the step
         assets_def = graph.assets_def_for_key(key)
         return {p for p in graph.get(key).parent_keys if assets_def.can_subset or p not in assets_def.keys}
