@@ -54,6 +54,14 @@ _SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv")
 _SKIP_DIRS = frozenset({"__pycache__", "target", "logs", "dbt_packages", ".pytest_cache"})
 _SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
 _SETTING_PREFIXES = ("PERSONALIZATION_", "DBT_", "SNOWFLAKE_")
+# settings that say where things are or how fast to go, not what the tables hold (`make demo` sets the data dir that
+# the CLI otherwise defaults to: the same tables). A lake moved elsewhere is new input to the root steps anyway.
+_NOT_DECIDING = frozenset({
+    "PERSONALIZATION_DATA_DIR", "PERSONALIZATION_LANDING_READ_CONCURRENCY", "PERSONALIZATION_DUCKDB_MEMORY_LIMIT",
+    "PERSONALIZATION_ALERT_WEBHOOK_URL", "PERSONALIZATION_SECRETS_ARNS", "PERSONALIZATION_LOG_RECHECK_SEGMENTS",
+    "DBT_TARGET_PATH", "DBT_LOG_PATH",
+})
+_NOT_DECIDING_PREFIXES = ("PERSONALIZATION_COLLECTOR_",)  # the collector's own process (what it lands is input)
 _LIBRARIES = ("dagster", "dagster-dbt", "dbt-core", "dbt-duckdb", "dbt-snowflake", "duckdb", "pyarrow", "pandas", "pandera",
               "opendp", "numpy")
 
@@ -71,7 +79,8 @@ def _source_files(root: Path) -> list[Path]:
 def platform_fingerprint() -> str:
     """A digest of what, besides the data, decides the tables: the package's code, the privacy policies, the dbt
     project, the versions of the libraries that compute them, and the settings: every `PERSONALIZATION_*`, `DBT_*`
-    and `SNOWFLAKE_*` variable (the content of a file one names, e.g. `PERSONALIZATION_ANOMALY_CONFIG`), secrets left
+    and `SNOWFLAKE_*` variable but those of location and speed (`_NOT_DECIDING`), with the content of a file one
+    names (e.g. `PERSONALIZATION_ANOMALY_CONFIG`), secrets left
     out (their names hold KEY, SECRET, PASSWORD, TOKEN or CREDENTIAL; the pseudonym key's version enters through the
     reference sources' input digest, and the key rotation job re-keys the tables itself)."""
     from importlib import metadata
@@ -91,7 +100,8 @@ def platform_fingerprint() -> str:
         except metadata.PackageNotFoundError:
             h.update(f"lib/{dist}=absent\0".encode())
     for name in sorted(os.environ):
-        if name.startswith(_SETTING_PREFIXES) and not any(w in name for w in _SECRET_WORDS):
+        if (name.startswith(_SETTING_PREFIXES) and not any(w in name for w in _SECRET_WORDS)
+                and name not in _NOT_DECIDING and not name.startswith(_NOT_DECIDING_PREFIXES)):
             value = os.environ[name]
             h.update(f"env/{name}={value}\0".encode())
             if _small_file(value):

@@ -179,6 +179,17 @@ def test_other_code_or_settings_rebuild_everything_the_fingerprint_covers(world,
     with_secret = staleness.platform_fingerprint()
     monkeypatch.setenv("PERSONALIZATION_STALE_TEST_SECRET_KEY", "2")
     assert staleness.platform_fingerprint() == with_secret
+    # where the data lives or how fast it is read does not decide the tables (`make demo` sets the data dir the CLI
+    # defaults to); what a setting's file says does
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", "/elsewhere")
+    monkeypatch.setenv("PERSONALIZATION_LANDING_READ_CONCURRENCY", "3")
+    assert staleness.platform_fingerprint() == with_secret
+    config = _dir() / "anomalies.yaml"
+    config.write_text("a: 1\n")
+    monkeypatch.setenv("PERSONALIZATION_ANOMALY_CONFIG", str(config))
+    named = staleness.platform_fingerprint()
+    config.write_text("a: 2\n")
+    assert staleness.platform_fingerprint() != named
     ok, _, result, built = _run(instance)
     assert ok and built == {*ROOTS, *ALL_BUT_ROOT}
     assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies, settings or configuration"
