@@ -15,16 +15,20 @@ A CLI run without a selection therefore goes in two phases (cli.py `run_material
    - it was never materialized, or
    - the run that last materialized it ran other code, policies or settings (`platform_fingerprint`, a tag on
      every CLI run and on the runs the sensors, schedules and jobs launch; a run without the tag counts as other
-     code), or
+     code; a run given an explicit configuration such as `--as-of` carries the digest with it mixed in), or
    - an input's latest materialization is not the one it read (`input_event_pointer`) and carries another data
-     version (a data version equal to the one read, e.g. a root that re-ran on unchanged landing, is not a
-     change; Dagster's default version `INITIAL` never counts as equal), or
+     version than the one read (recorded by Dagster, or that of the materialization the pointer names: below 100
+     partitions Dagster records a hash of per-partition versions); e.g. a root that re-ran on unchanged landing
+     is no change; Dagster's default version `INITIAL` never counts as equal, or
    - an input is stale itself (it will be rebuilt in this run), or
    - the retention run removed old partitions since it was built (it deletes hours of raw and consented tables in
-     place and records that in its own log only).
+     place and records that in its own log only), or
+   - its own blocking check failed on its latest materialization (it is tried again), or
+   - its materialization is due again at a time that has come (`STALE_AFTER_METADATA`: a DP export that kept its
+     release inside the release period).
    An output of a step that cannot run a subset takes the whole step along.
-   An asset whose input (not rebuilt in this run) has a failed blocking check is **held**, as Dagster holds it
-   inside one run: it is not run and is reported with the check.
+   An asset whose input (not rebuilt in this run) has a failed blocking check, or whose root step failed just
+   before, is **held**, as Dagster holds it inside one run: it is not run and is reported with the reason.
 
 Everything else is reported as up to date. `--select`, `--partitions`, `--full-refresh` and an explicit
 configuration (`--as-of`) run what they name, as before.
