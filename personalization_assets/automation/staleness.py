@@ -54,8 +54,8 @@ INPUT_POINTER_TAG = "dagster/input_event_pointer/{}"
 # Dagster's version of a materialization that has none of its own: equal versions say nothing
 UNVERSIONED = frozenset({"INITIAL", "NULL", ""})
 
-_SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv")
-_SKIP_DIRS = frozenset({"__pycache__", "target", "logs", "dbt_packages", ".pytest_cache"})
+_SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv")  # the package's and the policies' files
+_SKIP_DIRS = frozenset({"__pycache__", ".pytest_cache"})
 _SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
 _SETTING_PREFIXES = ("PERSONALIZATION_", "DBT_", "SNOWFLAKE_")
 # settings that say where things are or how fast to go, not what the tables hold (`make demo` sets the data dir that
@@ -90,14 +90,15 @@ def platform_fingerprint() -> str:
     from importlib import metadata
 
     from personalization_assets.core.policies import policy_dir
-    from personalization_assets.warehouse.project import DBT_PROJECT_DIR
+    from personalization_assets.warehouse.assets import project_fingerprint
 
     package = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for label, root in (("package", package), ("policies", policy_dir()), ("dbt", DBT_PROJECT_DIR)):
+    for label, root in (("package", package), ("policies", policy_dir())):
         for path in _source_files(root):
             h.update(f"{label}/{path.relative_to(root).as_posix()}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
+    h.update(f"dbt/{project_fingerprint()}\0".encode())  # the dbt project's files, as its partial-parse cache keys them
     for dist in _LIBRARIES:
         try:
             h.update(f"lib/{dist}={metadata.version(dist)}\0".encode())

@@ -125,12 +125,14 @@ def project_fingerprint(project_dir: Path | None = None) -> str:
     """sha256 of the dbt project's files (relative path and bytes of every file outside target/, logs/ and hidden
     folders): which project a partial-parse state was saved for. ~30 small files: milliseconds."""
     root = Path(project_dir or dbt_project.project_dir)
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # not walked at all: target/ holds every invocation's folder (thousands of files)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not (Path(dirpath) == root and d in ("target", "logs"))]
+        files += [path for f in filenames if not f.startswith(".") and (path := Path(dirpath) / f).is_file()]
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if rel.parts[0] in ("target", "logs") or any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        h.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(files):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
