@@ -37,8 +37,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         warehouse.defs(settings),
         exports.defs(settings),
     )
-    data = dg.Definitions.merge(data, privacy.defs(settings, lineage=data))
-    defs = dg.Definitions.merge(data, automation.defs(settings, platform=data))
+    # every run this code launches (the privacy jobs' and the automation's) names the code, policies and settings it
+    # ran with, so a later `personalization materialize` does not rebuild what they built (automation/staleness.py)
+    run_tags = automation.staleness.run_tags()
+    data = dg.Definitions.merge(data, privacy.defs(settings, lineage=data, job_tags=run_tags))
+    defs = dg.Definitions.merge(data, automation.defs(settings, platform=data, run_tags=run_tags))
     inputs_of_step = automation.step_inputs(data)
     return defs.map_resolved_asset_specs(func=lambda spec: automation.automate(spec, inputs_of_step))
 

@@ -45,7 +45,7 @@ def automate(spec: dg.AssetSpec, inputs_of_step: dict[dg.AssetKey, frozenset[dg.
     )
 
 
-def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
+def defs(settings: Settings, platform: dg.Definitions, run_tags: dict[str, str] | None = None) -> dg.Definitions:
     from personalization_assets.automation.carried import carried_downstream
     from personalization_assets.automation.schedules import build_schedules
     from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
@@ -57,7 +57,7 @@ def defs(settings: Settings, platform: dg.Definitions) -> dg.Definitions:
     partitions = events_partitions(settings.events_start)
     carried = carried_downstream(platform)  # what a landing run takes along when it is due
     # every run this code launches names the code, policies and settings it ran with (automation/staleness.py)
-    tags = staleness.run_tags()
+    tags = run_tags if run_tags is not None else staleness.run_tags()
     automation_sensors = [
         dg.AutomationConditionSensorDefinition(
             f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5, run_tags=tags,

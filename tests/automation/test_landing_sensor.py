@@ -61,7 +61,8 @@ def test_new_objects_request_one_incremental_ingestion_run(landing):
         fingerprint = staleness.platform_fingerprint()
         assert {r.tags.get(staleness.FINGERPRINT_TAG) for r in requests} == {fingerprint}
         assert {s.run_tags.get(staleness.FINGERPRINT_TAG) for s in defs.sensors if s.name.startswith("automation_")} == {fingerprint}
-        assert defs.resolve_job_def("full_refresh").tags.get(staleness.FINGERPRINT_TAG) == fingerprint
+        for job in ("full_refresh", "privacy_requests", "retention", "rotate_pseudonym_keys"):
+            assert defs.resolve_job_def(job).tags.get(staleness.FINGERPRINT_TAG) == fingerprint, job
         # same objects, next tick: nothing
         again, cursor2 = _tick(defs, instance, cursor)
         assert again == []
