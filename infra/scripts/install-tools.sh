@@ -32,7 +32,7 @@ fi
 # the project venv's uv when `make install` put one there (6 s against 25 s with pip); pip otherwise or if it fails
 UV_PYTHON="$REPO_ROOT/.venv/bin/python"
 if ! { [[ -x "$UV_PYTHON" ]] && "$UV_PYTHON" -m uv --version >/dev/null 2>&1 \
-       && "$UV_PYTHON" -m uv pip install --quiet --python "$TOOLS_VENV/bin/python" "checkov==$CHECKOV_VERSION"; }; then
+       && "$UV_PYTHON" -m uv pip install --quiet --compile-bytecode --python "$TOOLS_VENV/bin/python" "checkov==$CHECKOV_VERSION"; }; then
   "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
 fi
