@@ -1,18 +1,24 @@
 """The platform's own graph: `personalization materialize` with no selection on a landing zone with nothing new runs
 the landing sources' ingestion and nothing else (the features and the warehouse are not rebuilt from unchanged
-inputs), and one more landed hour rebuilds exactly what reads raw/events (automation/staleness.py).
+inputs), one more landed hour rebuilds exactly what reads raw/events (automation/staleness.py), and two such commands
+started at once (a cron overlapping itself) both succeed and leave nothing stale and nothing recorded twice.
 
 Needs the ingestion steps' data versions (raw/assets.py): each ingestion re-runs on every invocation, so a version
 that followed the run (Dagster's default) would make everything downstream stale every time."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import dagster as dg
+import duckdb
 import pytest
 
 from personalization_assets.core.asset_keys import RAW_EVENTS
+from tests.conftest import ROOT
 from tests.helpers import generate
 from tests.incremental.conftest import run
 
@@ -39,12 +45,13 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     # it ingests those once more and rebuilds what follows — right, and the subject of the privacy tests, not this one
     shutil.rmtree(staging / "privacy_requests")
     shutil.copytree(staging, env.landing, dirs_exist_ok=True)
-    held_back = sorted((env.landing / "events").glob(f"date={END}/hour=23/*"))
-    assert held_back, "the generator wrote the last hour"
+    held_back = {hour: sorted((env.landing / "events").glob(f"date={END}/hour={hour}/*")) for hour in ("22", "23")}
+    assert all(held_back.values()), "the generator wrote the last two hours"
     parked = tmp_path / "parked"
-    parked.mkdir()
-    for f in held_back:
-        shutil.move(str(f), parked / f.name)
+    for hour, files in held_back.items():
+        (parked / hour).mkdir(parents=True)
+        for f in files:
+            shutil.move(str(f), parked / hour / f.name)
 
     ok, text, first = run(env, None)
     assert ok, text
@@ -61,8 +68,8 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     assert {k.to_user_string() for k in idle.plan.fresh} == roots
     assert _files(env.lake / "features") == before, "the features were not rewritten"
 
-    for f in held_back:
-        shutil.move(str(parked / f.name), f)
+    for f in held_back["22"]:
+        shutil.move(str(parked / "22" / f.name), f)
     ok, text, tick = run(env, None)
     assert ok, text
     from personalization_assets.definitions import build_definitions
@@ -77,4 +84,24 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     as_of = {ev.event_specific_data.materialization.metadata["as_of"].value for ev in tick.all_events
              if ev.event_type_value == "ASSET_MATERIALIZATION"
              and ev.event_specific_data.materialization.asset_key.to_user_string() == "features/events_clean"}
-    assert as_of == {f"{END}T23:00:00+00:00"}, "the features moved to the landed hour"
+    assert as_of == {f"{END}T22:00:00+00:00"}, "the features moved to the landed hour"
+
+    # the last hour lands and two commands start at once: the steps' locks serialize what both find stale
+    for f in held_back["23"]:
+        shutil.move(str(parked / "23" / f.name), f)
+    procs = [subprocess.Popen([sys.executable, "-m", "personalization_assets.cli", "materialize"], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(o[-3000:] for o in outs)
+    settled = run(env, None)[2]
+    assert not settled.plan.stale and not settled.plan.held, settled.plan.describe()
+    lake = env.lake.as_posix()
+    assert duckdb.sql(f"select distinct as_of from read_parquet('{lake}/features/user_rfm/**/*.parquet')").fetchall() \
+        == duckdb.sql(f"select timestamptz '{END}T23:00:00Z'").fetchall(), "the features moved to the last hour"
+    twice = duckdb.sql(f"select decision_id from read_parquet('{lake}/privacy/consent_ledger/**/*.parquet') "
+                       "group by 1 having count(*) > 1").fetchall()
+    assert not twice, f"consent decisions recorded twice: {twice[:5]}"
+    in_hour = duckdb.sql(f"select count(*), count(distinct message_id) from "
+                         f"read_parquet('{lake}/raw/events/date={END}/hour=23/*.parquet')").fetchall()[0]
+    assert in_hour[0] > 0 and in_hour[0] == in_hour[1], f"hour 23 ingested, once: {in_hour}"
