@@ -28,14 +28,16 @@ help:
 	@echo "make bench  - benchmarks (BENCH_EVENTS=1000000 by default)"
 
 # uv resolves and installs the same pinned set as pip (`pip freeze` identical, `pip check` clean): with checkov, 40 s
-# instead of 108 s from an empty cache; pip stays the fallback when uv cannot run or reach the index.
+# instead of 108 s from an empty cache; pip stays the fallback when uv cannot be installed, run or reach the index. uv
+# does not read pip's configuration (pip.conf, PIP_INDEX_URL): it resolves from PyPI (UV_INDEX_URL to change), and where
+# PyPI is reachable only through an index configured for pip, uv fails and pip installs.
 # --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set (this machine sets it) a venv without .pyc files
 # recompiles every module in every process (CLI runs, code servers, dbt): the test suite took 979-1064 s instead of ~800.
 UV_VERSION ?= 0.13.10
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]' || \
+	{ $(BIN)/python -m pip install --quiet uv==$(UV_VERSION) && \
+	  $(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'; } || \
 	  { echo "uv could not install the project: installing with pip"; $(BIN)/python -m pip install --quiet -e '.[dev]'; }
 	@touch $(STAMP)
 

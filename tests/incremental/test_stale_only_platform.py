@@ -89,11 +89,25 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     # the last hour lands and two commands start at once: the steps' locks serialize what both find stale
     for f in held_back["23"]:
         shutil.move(str(parked / "23" / f.name), f)
-    procs = [subprocess.Popen([sys.executable, "-m", "personalization_assets.cli", "materialize"], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    logs = [tmp_path / f"materialize-{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for log in logs:
+            with log.open("w") as out:  # a file, not a pipe: neither command can block on output nobody reads
+                procs.append(subprocess.Popen([sys.executable, "-m", "personalization_assets.cli", "materialize"], cwd=ROOT,
+                                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT))
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outs = [log.read_text() for log in logs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(o[-3000:] for o in outs)
+    # both planned before either had finished: each found the hour's work stale (not one idle after the other)
+    did = [o.split("What this run did beyond the landing sources:")[-1] for o in outs]
+    assert all("features/events_clean" in d and "runs:" in d for d in did), "\n----\n".join(d[:1500] for d in did)
     settled = run(env, None)[2]
     assert not settled.plan.stale and not settled.plan.held, settled.plan.describe()
     lake = env.lake.as_posix()
