@@ -15,6 +15,7 @@ from __future__ import annotations
 import dagster as dg
 
 from personalization_assets import automation, consented, exports, features, privacy, raw, warehouse
+from personalization_assets.automation import staleness
 from personalization_assets.core.policies import get_policy
 from personalization_assets.resources import build_resources
 from personalization_assets.settings import Settings, load_settings
@@ -39,7 +40,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     )
     # every run this code launches (the privacy jobs' and the automation's) names the code, policies and settings it
     # ran with, so a later `personalization materialize` does not rebuild what they built (automation/staleness.py)
-    run_tags = automation.staleness.run_tags()
+    run_tags = staleness.run_tags()
     data = dg.Definitions.merge(data, privacy.defs(settings, lineage=data, job_tags=run_tags))
     defs = dg.Definitions.merge(data, automation.defs(settings, platform=data, run_tags=run_tags))
     inputs_of_step = automation.step_inputs(data)

@@ -8,9 +8,11 @@ definitions of the data layers (the sensors target their assets). `automate` is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import dagster as dg
 
-from personalization_assets.automation import conditions, freshness, staleness
+from personalization_assets.automation import conditions, freshness
 from personalization_assets.settings import Settings
 
 # steps that find their own stale work and take `full_refresh: true` to rebuild everything
@@ -45,7 +47,7 @@ def automate(spec: dg.AssetSpec, inputs_of_step: dict[dg.AssetKey, frozenset[dg.
     )
 
 
-def defs(settings: Settings, platform: dg.Definitions, run_tags: dict[str, str] | None = None) -> dg.Definitions:
+def defs(settings: Settings, platform: dg.Definitions, run_tags: Mapping[str, str]) -> dg.Definitions:
     from personalization_assets.automation.carried import carried_downstream
     from personalization_assets.automation.schedules import build_schedules
     from personalization_assets.automation.sensors import AlertWebhook, build_landing_sensor, run_failure_alert
@@ -56,8 +58,8 @@ def defs(settings: Settings, platform: dg.Definitions, run_tags: dict[str, str] 
 
     partitions = events_partitions(settings.events_start)
     carried = carried_downstream(platform)  # what a landing run takes along when it is due
-    # every run this code launches names the code, policies and settings it ran with (automation/staleness.py)
-    tags = run_tags if run_tags is not None else staleness.run_tags()
+    # every run this code launches names the code, policies and settings it ran with (`run_tags`: automation/staleness.py)
+    tags = dict(run_tags)
     automation_sensors = [
         dg.AutomationConditionSensorDefinition(
             f"automation_{name}", target=selection, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5, run_tags=tags,

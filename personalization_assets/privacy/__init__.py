@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # Dagster is imported by defs(): the collector imports privac
     from personalization_assets.settings import Settings
 
 
-def defs(settings: Settings, lineage: dg.Definitions, job_tags: Mapping[str, str] | None = None) -> dg.Definitions:
+def defs(settings: Settings, lineage: dg.Definitions, job_tags: Mapping[str, str]) -> dg.Definitions:
     import dagster as dg
 
     from personalization_assets.core.asset_keys import ERASURE_LOG, IDENTITY_LINKS, KEY_ROTATION_LOG, RAW_REQUESTS, RETENTION_LOG, SUPPRESSION_LIST
