@@ -31,13 +31,16 @@ def _layer(name: str):
 @pytest.fixture
 def layer_defs(data_dir) -> dict[str, dg.Definitions]:
     """Every layer's definitions, built the way definitions.py builds them."""
+    from personalization_assets.automation import staleness
     from personalization_assets.resources import build_resources
 
     settings = load_settings()
     out = {name: _layer(name).defs(settings) for name in DATA_LAYERS}
     lineage = dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), *out.values())
-    out["privacy"] = _layer("privacy").defs(settings, lineage=lineage)
-    out["automation"] = _layer("automation").defs(settings, platform=dg.Definitions.merge(lineage, out["privacy"]))
+    run_tags = staleness.run_tags()  # the tag every run of this code carries (automation/staleness.py)
+    out["privacy"] = _layer("privacy").defs(settings, lineage=lineage, job_tags=run_tags)
+    out["automation"] = _layer("automation").defs(settings, platform=dg.Definitions.merge(lineage, out["privacy"]),
+                                                  run_tags=run_tags)
     return out
 
 
