@@ -26,6 +26,9 @@ from personalization_assets.privacy import ledger_checkpoint as lc
 
 SEGMENTS = 23
 WINDOW = 5
+# where an old segment is damaged: the first, the middle, the last before the newest. Where it is does not depend on
+# the store, so S3 (each segment an object on the moto server: ~6 s a case) takes the middle one only.
+WHERE_IN_THE_WINDOW = [("local", 0), ("local", SEGMENTS // 2), ("local", SEGMENTS - 2), ("s3", SEGMENTS // 2)]
 
 
 def _row(i: int) -> dict:
@@ -147,7 +150,7 @@ def test_a_steady_run_rewrites_only_the_checkpoint_block_of_its_new_segments(bui
     assert {p for p in after if after[p] != before.get(p)} == {"block=00000006"}
 
 
-@pytest.mark.parametrize("index", [0, SEGMENTS // 2, SEGMENTS - 2])
+@pytest.mark.parametrize("lake,index", WHERE_IN_THE_WINDOW, indirect=["lake"])
 def test_an_edited_old_segment_fails_within_the_bound(built, lake, index):
     log = built
     _rewrite(lake, log, log.segments()[index])
@@ -160,7 +163,7 @@ def test_an_edited_old_segment_fails_within_the_bound(built, lake, index):
     assert not _run(log, lake).status.ok, "a failed check is not checkpointed away"
 
 
-@pytest.mark.parametrize("index", [0, SEGMENTS // 2, SEGMENTS - 2])
+@pytest.mark.parametrize("lake,index", WHERE_IN_THE_WINDOW, indirect=["lake"])
 def test_a_removed_old_segment_fails_within_the_bound(built, lake, index):
     log = built
     segment = log.segments()[index]
