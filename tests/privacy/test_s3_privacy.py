@@ -17,7 +17,7 @@ def test_identifier_scan_on_s3(s3_env, tmp_path):
 
     # the same landing zone written locally (to collect the identifiers) and to S3 (to be processed)
     local = tmp_path / "landing"
-    kwargs = dict(users=150, events=6000, seed=21, bad_fraction=0.01, end=dt.date(2026, 11, 28), days=1)
+    kwargs = dict(users=100, events=3000, seed=21, bad_fraction=0.01, end=dt.date(2026, 11, 28), days=1)
     generate_landing_zone(pafs.LocalFileSystem(), str(local), **kwargs)
     s3 = pafs.S3FileSystem(endpoint_override=s3_env["endpoint"].split("://", 1)[1], scheme="http", access_key="testing",
                            secret_key="testing", region="us-east-1")
