@@ -202,6 +202,34 @@ def incremental_run_config(defs, keys, full_refresh: bool) -> dict:
     return {"ops": ops}
 
 
+PLAN_LEASE = "materialize_plan"  # lake table dir (raw layer) of the lock/lease; it holds no data
+PLAN_LEASE_WAIT_SECONDS = 6 * 3600  # how long a plain `materialize` waits for the one in progress
+
+
+@contextmanager
+def plan_lease(settings, echo=print):
+    """Held by a `personalization materialize` without a selection from before its landing steps until its stale steps
+    end: a file lock next to a local lake, an S3 lease (renewed while held, taken over once its holder died) in an S3
+    lake, as the logs' writers use. Runs with a selection, sensors and schedules do not take it (their steps' own
+    locks order them)."""
+    from personalization_assets.core.hash_chain import TableWriterLock
+    from personalization_assets.core.storage import LakeStorage
+
+    lake = LakeStorage(url=settings.lake_url, s3_endpoint_url=settings.s3_endpoint_url, aws_region=settings.aws_region,
+                       aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+                       aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    import pyarrow as pa
+
+    def waiting() -> None:
+        echo(f"Waiting for another `personalization materialize` on this lake to finish ({lake.uri(lake.table_dir('raw', PLAN_LEASE))}); "
+             "then only what landed since is new")
+
+    lock = TableWriterLock(lake=lake, name=PLAN_LEASE, schema=pa.schema([("unused", pa.string())]), table_layer="raw",
+                           lock_timeout=PLAN_LEASE_WAIT_SECONDS, on_wait=waiting)
+    with lock.exclusive():
+        yield
+
+
 def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING",
                     run_config: dict | None = None, full_refresh: bool = False):
     """Materialize the selection in one in-process run; returns (success, summary_text, result).
@@ -288,15 +316,18 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         # a selection, a partition range, a full refresh or an explicit configuration runs what it names
         results, plan = [execute(keys)], None
     else:
-        # no selection: the root steps (they find what landed), then only the steps whose inputs changed
-        roots = staleness.root_keys(graph, keys)
-        results = [execute(roots)]
-        # what reads a root whose step failed, or whose blocking check failed, is held by the plan; the rest goes on
-        failed_steps = {ev.step_key for ev in results[0].all_events if ev.event_type_value == "STEP_FAILURE"}
-        failed = {k for k in roots if graph.assets_def_for_key(k).node_def.name in failed_steps}
-        plan = staleness.stale_assets(instance, graph, keys - roots, fingerprint, failed=failed)
-        if plan.stale:
-            results.append(execute(set(plan.stale)))
+        # no selection: the root steps (they find what landed), then only the steps whose inputs changed. One such
+        # invocation at a time per lake: a second one (a cron overlapping itself) waits, then finds only what
+        # landed since, instead of running every stale step again behind the first one's locks
+        with plan_lease(settings, echo):
+            roots = staleness.root_keys(graph, keys)
+            results = [execute(roots)]
+            # what reads a root whose step failed, or whose blocking check failed, is held by the plan; the rest goes on
+            failed_steps = {ev.step_key for ev in results[0].all_events if ev.event_type_value == "STEP_FAILURE"}
+            failed = {k for k in roots if graph.assets_def_for_key(k).node_def.name in failed_steps}
+            plan = staleness.stale_assets(instance, graph, keys - roots, fingerprint, failed=failed)
+            if plan.stale:
+                results.append(execute(set(plan.stale)))
     outcome = MaterializeRuns(results, plan)
     layers = summarize(outcome.all_events, group_lookup(defs))
     text = format_summary(layers)

@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -120,6 +121,7 @@ class HashChainedLog:
     unique_key: str | None = None  # column whose values may be stored only once (e.g. "decision_id")
     lease_seconds: float = 60.0  # S3 writer lease lifetime (renewed every third of it while held)
     lock_timeout: float = 900.0  # how long `exclusive` waits for another writer
+    on_wait: Callable[[], None] | None = None  # called once when `exclusive` finds the lock held by another writer
     duckdb_config: dict | None = None  # memory limit and spill directory of the DuckDB aggregation (core.platform.duckdb_spill_config)
     last_append_seq: int = field(default=0, init=False)  # head seq after this handle's last append
 
@@ -261,7 +263,7 @@ class HashChainedLog:
         path = store.local_lock_path(f"{store.table_dir(self.layer, self.name)}/{LOCK_FILE}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as fh:
-            if not flock_within(fh, self.lock_timeout):
+            if not flock_within(fh, self.lock_timeout, on_wait=self.on_wait):
                 raise LogLockTimeout(f"{self.layer}/{self.name}: another writer held {path} for over {self.lock_timeout:.0f} s")
             try:
                 yield
@@ -283,10 +285,14 @@ class HashChainedLog:
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + self.lock_timeout
         etag = None
+        waited = False
         while etag is None:
             etag = store.put_conditional(relative, self._lease_body(owner), if_none_match=True)
             if etag is not None:
                 break
+            if not waited and self.on_wait is not None:
+                self.on_wait()
+            waited = True
             current = store.read_with_etag(relative)
             if current is not None:
                 try:

@@ -1,7 +1,8 @@
 """The platform's own graph: `personalization materialize` with no selection on a landing zone with nothing new runs
 the landing sources' ingestion and nothing else (the features and the warehouse are not rebuilt from unchanged
 inputs), one more landed hour rebuilds exactly what reads raw/events (automation/staleness.py), and two such commands
-started at once (a cron overlapping itself) both succeed and leave nothing stale and nothing recorded twice.
+started at once (a cron overlapping itself) both succeed, the hour's work done once (the second waits for the first, then
+finds nothing stale), and leave nothing stale and nothing recorded twice.
 
 Needs the ingestion steps' data versions (raw/assets.py): each ingestion re-runs on every invocation, so a version
 that followed the run (Dagster's default) would make everything downstream stale every time."""
@@ -86,7 +87,8 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
              and ev.event_specific_data.materialization.asset_key.to_user_string() == "features/events_clean"}
     assert as_of == {f"{END}T22:00:00+00:00"}, "the features moved to the landed hour"
 
-    # the last hour lands and two commands start at once: the steps' locks serialize what both find stale
+    # the last hour lands and two commands start at once: one does the hour's work, the other waits for it (the plan
+    # lease, cli.plan_lease) and then finds nothing stale, instead of running every stale step again behind it
     for f in held_back["23"]:
         shutil.move(str(parked / "23" / f.name), f)
     logs = [tmp_path / f"materialize-{i}.log" for i in range(2)]
@@ -105,9 +107,12 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
                 p.wait()
     outs = [log.read_text() for log in logs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(o[-3000:] for o in outs)
-    # both planned before either had finished: each found the hour's work stale (not one idle after the other)
     did = [o.split("What this run did beyond the landing sources:")[-1] for o in outs]
-    assert all("features/events_clean" in d and "runs:" in d for d in did), "\n----\n".join(d[:1500] for d in did)
+    worked = [i for i, d in enumerate(did) if "features/events_clean" in d and "runs:" in d]
+    assert len(worked) == 1, "one command does the hour's work, once:\n----\n" + "\n----\n".join(d[:1500] for d in did)
+    waiter = 1 - worked[0]
+    assert "Waiting for another `personalization materialize`" in outs[waiter], outs[waiter][-3000:]  # they overlapped
+    assert "up to date:" in did[waiter] and "runs:" not in did[waiter] and "held:" not in did[waiter], did[waiter][:1500]
     settled = run(env, None)[2]
     assert not settled.plan.stale and not settled.plan.held, settled.plan.describe()
     lake = env.lake.as_posix()
