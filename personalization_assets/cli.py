@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -202,7 +202,8 @@ def incremental_run_config(defs, keys, full_refresh: bool) -> dict:
     return {"ops": ops}
 
 
-PLAN_LEASE = "materialize_plan"  # lake table dir (raw layer) of the lock/lease; it holds no data
+PLAN_LEASE = "materialize_plan"  # lake table dirs (raw layer) of the lock/lease; they hold no data
+PLAN_QUEUE = "materialize_queue"  # held by the one command waiting for the plan lease
 PLAN_LEASE_WAIT_SECONDS = 6 * 3600  # how long a plain `materialize` waits for the one in progress
 
 
@@ -211,23 +212,42 @@ def plan_lease(settings, echo=print):
     """Held by a `personalization materialize` without a selection from before its landing steps until its stale steps
     end: a file lock next to a local lake, an S3 lease (renewed while held, taken over once its holder died) in an S3
     lake, as the logs' writers use. Runs with a selection, sensors and schedules do not take it (their steps' own
-    locks order them)."""
-    from personalization_assets.core.hash_chain import TableWriterLock
-    from personalization_assets.core.storage import LakeStorage
-
-    lake = LakeStorage(url=settings.lake_url, s3_endpoint_url=settings.s3_endpoint_url, aws_region=settings.aws_region,
-                       aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
-                       aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    locks order them). Yields True once held. Yields False, without waiting, when another command is already waiting
+    for it: that one runs its landing steps after the current one ends, so it brings in everything that landed before
+    this command started, and a cron overlapping itself queues one command, not one per tick."""
     import pyarrow as pa
 
-    def waiting() -> None:
-        echo(f"Waiting for another `personalization materialize` on this lake to finish ({lake.uri(lake.table_dir('raw', PLAN_LEASE))}); "
-             "then only what landed since is new")
+    from personalization_assets.core.hash_chain import LogLockTimeout, TableWriterLock
+    from personalization_assets.core.storage import LakeStorage
 
-    lock = TableWriterLock(lake=lake, name=PLAN_LEASE, schema=pa.schema([("unused", pa.string())]), table_layer="raw",
-                           lock_timeout=PLAN_LEASE_WAIT_SECONDS, on_wait=waiting)
-    with lock.exclusive():
-        yield
+    static = settings.has_static_aws_credentials  # as the lake resource (resources.build_resources): else the role's
+    lake = LakeStorage(url=settings.lake_url, s3_endpoint_url=settings.s3_endpoint_url, aws_region=settings.aws_region,
+                       aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") if static else None,
+                       aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") if static else None)
+    where = lake.uri(lake.table_dir("raw", PLAN_LEASE))
+
+    def lock(name: str, timeout: float, on_wait=None):
+        return TableWriterLock(lake=lake, name=name, schema=pa.schema([("unused", pa.string())]), table_layer="raw",
+                               lock_timeout=timeout, on_wait=on_wait, lease_seconds=120.0, poll_seconds=2.0).exclusive()
+
+    queued = lock(PLAN_QUEUE, 0)
+    try:
+        queued.__enter__()
+    except LogLockTimeout:
+        echo(f"Another `personalization materialize` is already waiting for the one in progress on this lake ({where}): "
+             "it will bring in what landed before this command started. Nothing to do here.")
+        yield False
+        return
+    try:
+        with lock(PLAN_LEASE, PLAN_LEASE_WAIT_SECONDS,
+                  on_wait=lambda: echo(f"Waiting for another `personalization materialize` on this lake to finish ({where}); "
+                                       "then only what landed since is new")):
+            queued.__exit__(None, None, None)
+            queued = None
+            yield True
+    finally:
+        if queued is not None:
+            queued.__exit__(None, None, None)
 
 
 def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING",
@@ -248,6 +268,7 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
     from personalization_assets.settings import load_settings
 
     settings = load_settings()
+    defs_given = defs  # definitions of the caller's own (tests): not the settings' lake, so no plan lease on it
     if defs is None:
         from personalization_assets.definitions import build_definitions
 
@@ -319,7 +340,9 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
         # no selection: the root steps (they find what landed), then only the steps whose inputs changed. One such
         # invocation at a time per lake: a second one (a cron overlapping itself) waits, then finds only what
         # landed since, instead of running every stale step again behind the first one's locks
-        with plan_lease(settings, echo):
+        with plan_lease(settings, echo) if defs_given is None else nullcontext(True) as holding:
+            if not holding:
+                return True, "Nothing done: another command is waiting to bring everything up to date.", MaterializeRuns([])
             roots = staleness.root_keys(graph, keys)
             results = [execute(roots)]
             # what reads a root whose step failed, or whose blocking check failed, is held by the plan; the rest goes on
@@ -388,6 +411,8 @@ def _cmd_materialize(args) -> int:
             print(f"FAILED step {e.step_key}: {e.event_specific_data.error.message.strip()[:500]}", file=sys.stderr)
         print(f"{_runs(result)} FAILED (see the UI: make dev)", file=sys.stderr)
         return 1
+    if not result.run_ids:  # another command waiting for the one in progress does the work
+        return 0
     _print_segment_sizes(result)
     print(f"{_runs(result)} succeeded. Browse the lineage: `make dev`, then open http://127.0.0.1:3000")
     return 0
@@ -472,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     ensure_dagster_home()
     args = build_parser().parse_args(argv)
+    from personalization_assets.core.hash_chain import LogLockTimeout
     from personalization_assets.settings import ConfigError
 
     try:
@@ -479,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except LogLockTimeout as exc:  # e.g. another `materialize` held the plan lease for PLAN_LEASE_WAIT_SECONDS
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

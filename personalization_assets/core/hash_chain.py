@@ -122,6 +122,7 @@ class HashChainedLog:
     lease_seconds: float = 60.0  # S3 writer lease lifetime (renewed every third of it while held)
     lock_timeout: float = 900.0  # how long `exclusive` waits for another writer
     on_wait: Callable[[], None] | None = None  # called once when `exclusive` finds the lock held by another writer
+    poll_seconds: float = 0.2  # S3: at most this long between two attempts to take a held lease
     duckdb_config: dict | None = None  # memory limit and spill directory of the DuckDB aggregation (core.platform.duckdb_spill_config)
     last_append_seq: int = field(default=0, init=False)  # head seq after this handle's last append
 
@@ -290,9 +291,6 @@ class HashChainedLog:
             etag = store.put_conditional(relative, self._lease_body(owner), if_none_match=True)
             if etag is not None:
                 break
-            if not waited and self.on_wait is not None:
-                self.on_wait()
-            waited = True
             current = store.read_with_etag(relative)
             if current is not None:
                 try:
@@ -306,16 +304,30 @@ class HashChainedLog:
             if time.monotonic() > deadline:
                 raise LogLockTimeout(f"{self.layer}/{self.name}: the writer lease {store.uri(relative)} was held for over "
                                      f"{self.lock_timeout:.0f} s")
-            time.sleep(random.uniform(0.02, 0.2))
+            if not waited and self.on_wait is not None:
+                self.on_wait()  # held by a live writer (an expired lease was taken over above without waiting)
+            waited = True
+            time.sleep(random.uniform(self.poll_seconds / 10, self.poll_seconds))
         state = {"etag": etag}
         stop = threading.Event()
 
         def renew():
             while not stop.wait(self.lease_seconds / 3):
-                new = store.put_conditional(relative, self._lease_body(owner), if_match=state["etag"])
-                if new is None:  # taken over after we stalled past expiry: the CAS + unique checks still hold
-                    return
-                state["etag"] = new
+                try:
+                    new = store.put_conditional(relative, self._lease_body(owner), if_match=state["etag"])
+                    if new is None:
+                        # 412: taken over after we stalled past expiry (the CAS + unique checks still hold); 409: a
+                        # conflicting request was in flight. Still ours? Renew on the version that is there now
+                        current = store.read_with_etag(relative)
+                        if current is None or json.loads(current[0]).get("owner") != owner:
+                            logging.getLogger(__name__).warning("%s/%s: the writer lease was taken over by another writer",
+                                                                self.layer, self.name)
+                            return
+                        new = store.put_conditional(relative, self._lease_body(owner), if_match=current[1])
+                    if new is not None:
+                        state["etag"] = new
+                except Exception as exc:  # noqa: BLE001 - a transient S3 error: try again next period (the lease lasts three)
+                    logging.getLogger(__name__).warning("%s/%s: renewing the writer lease failed (%s); retrying", self.layer, self.name, exc)
 
         renewer = threading.Thread(target=renew, name=f"lease-{self.name}", daemon=True)
         renewer.start()

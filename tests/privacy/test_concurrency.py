@@ -249,6 +249,58 @@ def test_writer_lock_serializes_read_decide_append_across_processes(tmp_path):
     assert waited > 1.5, f"append did not wait for the lock holder ({waited:.2f} s)"
 
 
+def test_s3_lease_renewal_survives_a_conflict_and_an_error(moto_server, monkeypatch):
+    """A renewal answered 409 (a conflicting request in flight) or failing with a transient error leaves the lease with
+    its holder: the renewer re-reads the lease (still its own) and renews on that version, or tries again next period.
+    The original renewer stopped for good on either, and a waiter took over a live holder once the lease expired."""
+    import threading
+    import uuid
+
+    import boto3
+
+    bucket = f"t-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
+    lake = LakeStorage(url=f"s3://{bucket}/lake", s3_endpoint_url=moto_server, aws_access_key_id="x", aws_secret_access_key="x")
+    from personalization_assets.core import storage
+
+    store_cls = storage._S3Backend
+    real_put = store_cls.put_conditional
+    faults = ["conflict", "error"]  # the first two renewals
+
+    def flaky_put(self, path, data, if_match, if_none_match):
+        if if_match and threading.current_thread().name.startswith("lease-") and faults:
+            fault = faults.pop(0)
+            if fault == "error":
+                raise ConnectionError("connection reset by peer")
+            return None  # what a 409 ConditionalRequestConflict comes back as
+        return real_put(self, path, data, if_match, if_none_match)
+
+    monkeypatch.setattr(store_cls, "put_conditional", flaky_put)
+    holder = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.5)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with holder.exclusive():  # once, released at once: this thread's S3 client is made (~2 s on a busy machine,
+            pass                  # longer than the lease lasts; a lease must not be born expired)
+        with holder.exclusive():
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30)
+        waiter = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lock_timeout=4.0)
+        with pytest.raises(LogLockTimeout):  # 4 s > 2 lease lifetimes, through both faults: the holder kept it
+            waiter.append([row(1)])
+        assert not faults, "both faults happened while the lease was held"
+    finally:
+        release.set()
+        t.join()
+    waiter.append([row(1)])
+    assert waiter.verify().rows == 1
+
+
 def test_s3_lease_blocks_while_live_and_is_taken_over_once_expired(moto_server):
     import uuid
 
