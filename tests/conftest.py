@@ -39,36 +39,37 @@ def tier_of_path(path: Path) -> str:
     return DIRECTORY_TIERS.get(rel.parts[0], DEFAULT_TIER) if len(rel.parts) > 1 else DEFAULT_TIER
 
 
-# The slowest modules, heaviest first (measured: per-module test time from `--junitxml` over a whole run, 2026-12-07;
-# the seconds are one worker's). `make test` hands whole modules to its workers (--dist loadfile) in collection order,
-# each worker taking the next module when it is free: starting with the longest ones keeps one long module from starting
-# last while the other workers idle. A module missing here keeps its place after these; the list only orders, it never
-# selects.
+# The slowest modules, heaviest first (measured: per-module test time from `--junitxml` over a clean-clone `make test`,
+# three workers, 2026-12-07 session 24; a module's seconds include its waits on subprocesses and locks). `make test`
+# hands whole modules to its workers (--dist loadfile) in collection order, each worker taking the next module when it
+# is free: starting with the longest ones keeps one long module from starting last while the other workers idle. A
+# module missing here keeps its place after these; the list only orders, it never selects.
 SLOW_FIRST = (
-    "tests/incremental/test_incremental_equals_full.py",  # 135 s
-    "tests/privacy/test_concurrency.py",  # 100 s
-    "tests/incremental/test_stale_only_platform.py",  # 77 s (with the two commands at once)
-    "tests/warehouse/test_prod_rehearsal.py",  # 74 s
-    "tests/raw/test_incremental_ingest.py",  # 73 s
-    "tests/privacy/test_consented_incremental.py",  # 67 s
-    "tests/warehouse/test_warehouse_local.py",  # 64 s
-    "tests/raw/test_batched_slow_path.py",  # 54 s
-    "tests/privacy/test_checkpoint_window.py",  # 51 s
-    "tests/warehouse/test_dbt_invocation_cost.py",  # 36 s
-    "tests/privacy/test_object_lock.py",  # 32 s
-    "tests/privacy/test_erasure_incremental.py",  # 29 s
-    "tests/bench/test_harness.py",  # 29 s
-    "tests/automation/test_stale_only.py",  # 28 s
-    "tests/privacy/test_dp.py",  # 28 s
-    "tests/privacy/test_end_to_end.py",  # 27 s
-    "tests/infra/test_checkov.py",  # 26 s
-    "tests/privacy/test_s3_privacy.py",  # 25 s
-    "tests/privacy/test_ledger_state_incremental.py",  # 24 s
-    "tests/ui/test_partition_metadata_ui.py",  # 22 s
-    "tests/ui/test_webserver_ui.py",  # 21 s
-    "tests/monitoring/test_anomaly_checks_consented.py",  # 21 s
-    "tests/automation/test_carried_run.py",  # 20 s
-    "tests/warehouse/test_warehouse_prod.py",  # 20 s
+    "tests/privacy/test_concurrency.py",  # 149 s
+    "tests/incremental/test_stale_only_platform.py",  # 147 s (the second of two commands waits for the first)
+    "tests/raw/test_incremental_ingest.py",  # 119 s
+    "tests/incremental/test_incremental_equals_full.py",  # 111 s
+    "tests/warehouse/test_prod_rehearsal.py",  # 110 s
+    "tests/privacy/test_consented_incremental.py",  # 105 s
+    "tests/raw/test_batched_slow_path.py",  # 96 s
+    "tests/warehouse/test_warehouse_local.py",  # 96 s
+    "tests/warehouse/test_dbt_invocation_cost.py",  # 75 s
+    "tests/privacy/test_object_lock.py",  # 67 s
+    "tests/privacy/test_checkpoint_window.py",  # 60 s
+    "tests/privacy/test_erasure_incremental.py",  # 59 s
+    "tests/privacy/test_s3_privacy.py",  # 55 s
+    "tests/privacy/test_end_to_end.py",  # 54 s
+    "tests/warehouse/test_warehouse_prod.py",  # 52 s
+    "tests/bench/test_harness.py",  # 50 s
+    "tests/privacy/test_ledger_state_incremental.py",  # 46 s
+    "tests/automation/test_stale_only.py",  # 44 s
+    "tests/automation/test_carried_run.py",  # 41 s
+    "tests/infra/test_checkov.py",  # 40 s
+    "tests/privacy/test_incremental_privacy.py",  # 40 s
+    "tests/monitoring/test_anomaly_checks_consented.py",  # 38 s
+    "tests/privacy/test_dp.py",  # 36 s
+    "tests/ui/test_partition_metadata_ui.py",  # 34 s
+    "tests/ui/test_webserver_ui.py",  # 34 s
 )
 
 

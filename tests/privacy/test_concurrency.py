@@ -249,33 +249,22 @@ def test_writer_lock_serializes_read_decide_append_across_processes(tmp_path):
     assert waited > 1.5, f"append did not wait for the lock holder ({waited:.2f} s)"
 
 
-def test_s3_lease_renewal_survives_a_conflict_and_an_error(moto_server, monkeypatch):
-    """A renewal answered 409 (a conflicting request in flight) or failing with a transient error leaves the lease with
-    its holder: the renewer re-reads the lease (still its own) and renews on that version, or tries again next period.
-    The original renewer stopped for good on either, and a waiter took over a live holder once the lease expired."""
-    import threading
+def _s3_lake(moto_server) -> LakeStorage:
     import uuid
 
     import boto3
 
     bucket = f"t-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
-    lake = LakeStorage(url=f"s3://{bucket}/lake", s3_endpoint_url=moto_server, aws_access_key_id="x", aws_secret_access_key="x")
-    from personalization_assets.core import storage
+    return LakeStorage(url=f"s3://{bucket}/lake", s3_endpoint_url=moto_server, aws_access_key_id="x", aws_secret_access_key="x")
 
-    store_cls = storage._S3Backend
-    real_put = store_cls.put_conditional
-    faults = ["conflict", "error"]  # the first two renewals
 
-    def flaky_put(self, path, data, if_match, if_none_match):
-        if if_match and threading.current_thread().name.startswith("lease-") and faults:
-            fault = faults.pop(0)
-            if fault == "error":
-                raise ConnectionError("connection reset by peer")
-            return None  # what a 409 ConditionalRequestConflict comes back as
-        return real_put(self, path, data, if_match, if_none_match)
+def _kept_while_held(lake: LakeStorage, waiter_timeout: float) -> HashChainedLog:
+    """A thread holds the ledger's S3 lease (lifetime 1.5 s) while a waiter tries to take it for `waiter_timeout` s,
+    longer than two lifetimes: the waiter must give up (only renewal keeps a lease that long). Returns the waiter,
+    once the holder let go."""
+    import threading
 
-    monkeypatch.setattr(store_cls, "put_conditional", flaky_put)
     holder = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.5)
     held, release = threading.Event(), threading.Event()
 
@@ -290,13 +279,37 @@ def test_s3_lease_renewal_survives_a_conflict_and_an_error(moto_server, monkeypa
     t.start()
     try:
         assert held.wait(30)
-        waiter = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lock_timeout=4.0)
-        with pytest.raises(LogLockTimeout):  # 4 s > 2 lease lifetimes, through both faults: the holder kept it
+        waiter = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lock_timeout=waiter_timeout)
+        with pytest.raises(LogLockTimeout):
             waiter.append([row(1)])
-        assert not faults, "both faults happened while the lease was held"
     finally:
         release.set()
         t.join()
+    return waiter
+
+
+def test_s3_lease_renewal_survives_a_conflict_and_an_error(moto_server, monkeypatch):
+    """A renewal answered 409 (a conflicting request in flight) or failing with a transient error leaves the lease with
+    its holder: the renewer re-reads the lease (still its own) and renews on that version, or tries again next period.
+    The original renewer stopped for good on either, and a waiter took over a live holder once the lease expired."""
+    import threading
+
+    from personalization_assets.core import storage
+
+    lake = _s3_lake(moto_server)
+    real_put = storage._S3Backend.put_conditional
+    faults = ["conflict", "error"]  # the first two renewals
+
+    def flaky_put(self, path, data, if_match, if_none_match):
+        if if_match and threading.current_thread().name.startswith("lease-") and faults:
+            if faults.pop(0) == "error":
+                raise ConnectionError("connection reset by peer")
+            return None  # what a 409 ConditionalRequestConflict comes back as
+        return real_put(self, path, data, if_match, if_none_match)
+
+    monkeypatch.setattr(storage._S3Backend, "put_conditional", flaky_put)
+    waiter = _kept_while_held(lake, waiter_timeout=4.0)
+    assert not faults, "both faults happened while the lease was held"
     waiter.append([row(1)])
     assert waiter.verify().rows == 1
 
@@ -328,42 +341,17 @@ def test_s3_lease_blocks_while_live_and_is_taken_over_once_expired(moto_server):
 
 
 def test_processes_opening_a_fresh_dagster_home_at_once_all_succeed(tmp_path):
-    """Four processes per fresh home, three homes: the original CLI failed in most homes (`table runs
+    """Four processes per fresh home, two homes: the original CLI failed in most homes (`table runs
     already exists`, duplicate alembic stamps)."""
-    homes = [tmp_path / f"home{h}" for h in range(3)]
-    results = collect(start_workers([["init"]] * 12, envs=[{"DAGSTER_HOME": str(homes[i % 3])} for i in range(12)]))
+    homes = [tmp_path / f"home{h}" for h in range(2)]
+    results = collect(start_workers([["init"]] * 8, envs=[{"DAGSTER_HOME": str(homes[i % 2])} for i in range(8)]))
     assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
-    for h in range(3):
+    for h in range(2):
         assert (tmp_path / f"home{h}" / "dagster.yaml").read_text().startswith("# Local Dagster instance")
 
 
 def test_s3_lease_is_renewed_while_held(moto_server):
     """A lease held longer than its lifetime stays with its holder (renewed in the background)."""
-    import threading
-    import uuid
-
-    import boto3
-
-    bucket = f"t-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=bucket)
-    lake = LakeStorage(url=f"s3://{bucket}/lake", s3_endpoint_url=moto_server, aws_access_key_id="x", aws_secret_access_key="x")
-    holder = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.5)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with holder.exclusive():
-            held.set()
-            release.wait(30)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert held.wait(30)
-        waiter = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lock_timeout=3.5)
-        with pytest.raises(LogLockTimeout):  # 3.5 s > 2 lease lifetimes: only renewal keeps it
-            waiter.append([row(1)])
-    finally:
-        release.set()
-        t.join()
+    waiter = _kept_while_held(_s3_lake(moto_server), waiter_timeout=3.5)
     waiter.append([row(1)])
     assert waiter.verify().rows == 1
