@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -230,24 +230,19 @@ def plan_lease(settings, echo=print):
         return TableWriterLock(lake=lake, name=name, schema=pa.schema([("unused", pa.string())]), table_layer="raw",
                                lock_timeout=timeout, on_wait=on_wait, lease_seconds=120.0, poll_seconds=2.0).exclusive()
 
-    queued = lock(PLAN_QUEUE, 0)
+    queued = ExitStack()  # the queue lock: held while this command waits for the plan lease, released once it holds it
     try:
-        queued.__enter__()
+        queued.enter_context(lock(PLAN_QUEUE, 0))
     except LogLockTimeout:
         echo(f"Another `personalization materialize` is already waiting for the one in progress on this lake ({where}): "
              "it will bring in what landed before this command started. Nothing to do here.")
         yield False
         return
-    try:
-        with lock(PLAN_LEASE, PLAN_LEASE_WAIT_SECONDS,
-                  on_wait=lambda: echo(f"Waiting for another `personalization materialize` on this lake to finish ({where}); "
-                                       "then only what landed since is new")):
-            queued.__exit__(None, None, None)
-            queued = None
-            yield True
-    finally:
-        if queued is not None:
-            queued.__exit__(None, None, None)
+    with queued, lock(PLAN_LEASE, PLAN_LEASE_WAIT_SECONDS,
+                      on_wait=lambda: echo(f"Waiting for another `personalization materialize` on this lake to finish ({where}); "
+                                           "then only what landed since is new")):
+        queued.close()
+        yield True
 
 
 def run_materialize(select: str | None = None, partitions: str | None = None, defs=None, instance=None, echo=print, log_level: str = "WARNING",

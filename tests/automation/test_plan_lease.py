@@ -1,6 +1,7 @@
 """The plan lease of a plain `personalization materialize` (cli.plan_lease), on a local lake and on S3 (moto on
 loopback): a second holder waits for the first, says so once, and enters only after the first left; a third, arriving
-while the second waits, does not queue behind it (the second already brings in what landed). The lock and the
+while the second waits, does not queue behind it (the second already brings in what landed); a fourth, arriving
+once the second runs, waits for it. The lock and the
 lease are the logs' writer lock (core/hash_chain.py): a lease whose holder died is taken over once it expired
 (tests/privacy/test_concurrency.py). The CLI-level attack (two commands at once: one does the work, the other then
 finds nothing stale) is tests/incremental/test_stale_only_platform.py."""
@@ -23,48 +24,62 @@ def settings(request, data_dir):
     return load_settings()
 
 
+class Command(threading.Thread):
+    """A plain `personalization materialize` in a thread: takes the plan lease, keeps what it said and whether (and when)
+    it held the lease, and holds it until released."""
+
+    def __init__(self, settings):
+        super().__init__(daemon=True)
+        self.settings, self.said = settings, []
+        self.spoke, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
+        self.held, self.at = None, None
+
+    def echo(self, msg: str) -> None:
+        self.said.append(msg)
+        self.spoke.set()
+
+    def run(self) -> None:
+        with cli.plan_lease(self.settings, echo=self.echo) as held:
+            self.held, self.at = held, time.monotonic()
+            self.entered.set()
+            if held:
+                self.release.wait(60)
+
+
+WAITING = "Waiting for another `personalization materialize`"
+QUEUED = "Another `personalization materialize` is already waiting"
+
+
 def test_a_second_plain_materialize_waits_for_the_first_and_a_third_does_not_queue(settings):
-    said: list[str] = []
-    told = threading.Event()
-    inside = threading.Event()
-    leave = threading.Event()
-    second_in: list[float] = []
-
-    def echo(msg: str) -> None:
-        said.append(msg)
-        told.set()
-
-    def first() -> None:
-        with cli.plan_lease(settings, echo=echo) as held:
-            assert held
-            inside.set()
-            leave.wait(60)
-
-    def second() -> None:
-        with cli.plan_lease(settings, echo=echo) as held:
-            second_in.append((held, time.monotonic()))
-
-    a = threading.Thread(target=first)
-    a.start()
-    assert inside.wait(60)
-    b = threading.Thread(target=second)
-    b.start()
-    assert told.wait(60), "the second never said it waits"
-    assert not second_in, "the second entered while the first held the lease"
-    assert len(said) == 1 and said[0].startswith("Waiting for another `personalization materialize`"), said
+    first = Command(settings)
+    first.start()
+    assert first.entered.wait(60) and first.held is True and not first.said
+    second = Command(settings)
+    second.start()
+    assert second.spoke.wait(60), "the second never said it waits"
+    assert not second.entered.is_set(), "the second entered while the first held the lease"
+    assert len(second.said) == 1 and second.said[0].startswith(WAITING), second.said
     # a third, while the second waits: nothing to add (the second runs after the first), so it does not wait
-    started = time.monotonic()
-    with cli.plan_lease(settings, echo=said.append) as held:
-        assert held is False
-    assert time.monotonic() - started < 30 and said[-1].startswith("Another `personalization materialize` is already waiting"), said
+    third = Command(settings)
+    third.start()
+    assert third.entered.wait(30) and third.held is False and third.said[0].startswith(QUEUED), third.said
     left = time.monotonic()
-    leave.set()
-    a.join(60)
-    b.join(60)
-    assert second_in and second_in[0][0] is True and second_in[0][1] >= left, "the second never entered, or before the first left"
-    assert len(said) == 2, said  # the wait said once, not on every poll
-    # nobody holds or waits now: the next one holds at once, and so does one after it (the queue was released)
-    for _ in range(2):
-        with cli.plan_lease(settings, echo=said.append) as held:
-            assert held is True
-    assert len(said) == 2, said
+    first.release.set()
+    assert second.entered.wait(60) and second.held is True and second.at >= left, "the second never entered, or before the first left"
+    # the second runs now and nobody waits: a fourth must wait for it (the queue went with the second's wait)
+    fourth = Command(settings)
+    fourth.start()
+    assert fourth.spoke.wait(60) and fourth.said[0].startswith(WAITING) and not fourth.entered.is_set(), fourth.said
+    left = time.monotonic()
+    second.release.set()
+    assert fourth.entered.wait(60) and fourth.held is True and fourth.at >= left
+    fourth.release.set()
+    for command in (first, second, third, fourth):
+        command.join(60)
+    assert len(second.said) == 1 and len(fourth.said) == 1, (second.said, fourth.said)  # said once, not on every poll
+    # nobody holds or waits now: the next one holds at once
+    alone = Command(settings)
+    alone.start()
+    assert alone.entered.wait(60) and alone.held is True and not alone.said
+    alone.release.set()
+    alone.join(60)
