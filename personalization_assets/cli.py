@@ -99,19 +99,22 @@ def open_instance():
     return instance
 
 
+def store_outside_a_run(store_cls, url: str, settings):
+    """A landing zone or lake of these settings for the CLI's own use, outside a Dagster run, with the credentials the
+    resources take (resources.build_resources): the static keys when both are set, else the default chain (a role)."""
+    static = settings.has_static_aws_credentials
+    return store_cls(url=url, s3_endpoint_url=settings.s3_endpoint_url, aws_region=settings.aws_region,
+                     aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") if static else None,
+                     aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") if static else None)
+
+
 def _cmd_generate(args) -> int:
     from personalization_assets.generator import generate_landing_zone
     from personalization_assets.core.storage import LandingZone
     from personalization_assets.settings import load_settings
 
     settings = load_settings()
-    landing = LandingZone(
-        url=settings.landing_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        aws_region=settings.aws_region,
-        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-    )
+    landing = store_outside_a_run(LandingZone, settings.landing_url, settings)
     # default: up to yesterday (UTC), so no generated event lies in the future of the run
     end = date.fromisoformat(args.end) if args.end else (datetime.now(timezone.utc) - timedelta(days=1)).date()
     summary = generate_landing_zone(
@@ -220,10 +223,7 @@ def plan_lease(settings, echo=print):
     from personalization_assets.core.hash_chain import LogLockTimeout, TableWriterLock
     from personalization_assets.core.storage import LakeStorage
 
-    static = settings.has_static_aws_credentials  # as the lake resource (resources.build_resources): else the role's
-    lake = LakeStorage(url=settings.lake_url, s3_endpoint_url=settings.s3_endpoint_url, aws_region=settings.aws_region,
-                       aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") if static else None,
-                       aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") if static else None)
+    lake = store_outside_a_run(LakeStorage, settings.lake_url, settings)
     where = lake.uri(lake.table_dir("raw", PLAN_LEASE))
 
     def lock(name: str, timeout: float, on_wait=None):
