@@ -271,10 +271,11 @@ class HashChainedLog:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _lease_body(self, owner: str) -> bytes:
+    def _lease_body(self, owner: str) -> tuple[bytes, float]:
+        """The lease object's bytes and the expiry they state (computed before the request that writes them)."""
         expires = time.time() + self.lease_seconds
         return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "expires_at": expires,
-                           "expires_at_utc": datetime.fromtimestamp(expires, timezone.utc).isoformat()}).encode()
+                           "expires_at_utc": datetime.fromtimestamp(expires, timezone.utc).isoformat()}).encode(), expires
 
     @contextmanager
     def _s3_lease(self):
@@ -288,19 +289,26 @@ class HashChainedLog:
         etag = None
         waited = False
         while etag is None:
-            etag = store.put_conditional(relative, self._lease_body(owner), if_none_match=True)
+            body, expires = self._lease_body(owner)
+            etag = store.put_conditional(relative, body, if_none_match=True)
+            if etag is None:
+                current = store.read_with_etag(relative)
+                if current is not None:
+                    try:
+                        expired = float(json.loads(current[0])["expires_at"]) < time.time()
+                    except (ValueError, KeyError, TypeError):
+                        expired = True  # unreadable lease: treat as abandoned
+                    if expired:
+                        body, expires = self._lease_body(owner)
+                        etag = store.put_conditional(relative, body, if_match=current[1])
+            if etag is not None and time.time() >= expires - self.lease_seconds / 3:
+                # the request took most of the lease's lifetime (or more): the lease may have been born expired, and
+                # another writer may have taken it over meanwhile. Renew it on our version before relying on it; 412:
+                # it is no longer ours, wait like any other writer
+                body, expires = self._lease_body(owner)
+                etag = store.put_conditional(relative, body, if_match=etag)
             if etag is not None:
                 break
-            current = store.read_with_etag(relative)
-            if current is not None:
-                try:
-                    expired = float(json.loads(current[0])["expires_at"]) < time.time()
-                except (ValueError, KeyError, TypeError):
-                    expired = True  # unreadable lease: treat as abandoned
-                if expired:
-                    etag = store.put_conditional(relative, self._lease_body(owner), if_match=current[1])
-                    if etag is not None:
-                        break
             if time.monotonic() > deadline:
                 raise LogLockTimeout(f"{self.layer}/{self.name}: the writer lease {store.uri(relative)} was held for over "
                                      f"{self.lock_timeout:.0f} s")
@@ -310,11 +318,16 @@ class HashChainedLog:
             time.sleep(random.uniform(self.poll_seconds / 10, self.poll_seconds))
         state = {"etag": etag}
         stop = threading.Event()
+        # the first renewal a third of the lifetime after the expiry the lease states was computed, not after this
+        # point: the requests that took it may have used part of that lifetime
+        first_wait = max(0.0, expires - self.lease_seconds * 2 / 3 - time.time())
 
         def renew():
-            while not stop.wait(self.lease_seconds / 3):
+            wait = first_wait
+            while not stop.wait(wait):
+                wait = self.lease_seconds / 3
                 try:
-                    new = store.put_conditional(relative, self._lease_body(owner), if_match=state["etag"])
+                    new = store.put_conditional(relative, self._lease_body(owner)[0], if_match=state["etag"])
                     if new is None:
                         # 412: taken over after we stalled past expiry (the CAS + unique checks still hold); 409: a
                         # conflicting request was in flight. Still ours? Renew on the version that is there now
@@ -323,7 +336,7 @@ class HashChainedLog:
                             logging.getLogger(__name__).warning("%s/%s: the writer lease was taken over by another writer",
                                                                 self.layer, self.name)
                             return
-                        new = store.put_conditional(relative, self._lease_body(owner), if_match=current[1])
+                        new = store.put_conditional(relative, self._lease_body(owner)[0], if_match=current[1])
                     if new is not None:
                         state["etag"] = new
                 except Exception as exc:  # noqa: BLE001 - a transient S3 error: try again next period (the lease lasts three)

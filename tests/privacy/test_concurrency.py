@@ -314,6 +314,53 @@ def test_s3_lease_renewal_survives_a_conflict_and_an_error(moto_server, monkeypa
     assert waiter.verify().rows == 1
 
 
+def test_an_s3_lease_born_expired_is_not_relied_on(moto_server, monkeypatch):
+    """The request creating a lease can take longer than the lease lives (its expiry is computed before the request).
+    Another writer then takes the expired lease over, legitimately; the slow writer must not enter as well when its
+    request finally returns. The original code did: both writers were inside at once."""
+    import threading
+
+    from personalization_assets.core import storage
+
+    lake = _s3_lake(moto_server)
+    real_put = storage._S3Backend.put_conditional
+    slow_create_done, other_inside = threading.Event(), threading.Event()
+
+    def slow_first_create(self, path, data, if_match, if_none_match):
+        etag = real_put(self, path, data, if_match, if_none_match)
+        if threading.current_thread().name == "slow-writer" and if_none_match and not slow_create_done.is_set():
+            slow_create_done.set()
+            assert other_inside.wait(30), "the other writer never took the expired lease over"
+        return etag
+
+    monkeypatch.setattr(storage._S3Backend, "put_conditional", slow_first_create)
+    inside, most_inside, guard = [0], [0], threading.Lock()
+
+    def critical_section(log: HashChainedLog, signal: threading.Event | None = None):
+        with log.exclusive():
+            with guard:
+                inside[0] += 1
+                most_inside[0] = max(most_inside[0], inside[0])
+            if signal is not None:
+                signal.set()
+            time.sleep(1.0)
+            with guard:
+                inside[0] -= 1
+
+    slow = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.0, lock_timeout=30)
+    t = threading.Thread(target=critical_section, args=(slow,), name="slow-writer")
+    t.start()
+    try:
+        assert slow_create_done.wait(30)
+        other = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.0, lock_timeout=30)
+        critical_section(other, signal=other_inside)
+    finally:
+        other_inside.set()
+        t.join(60)
+    assert not t.is_alive()
+    assert most_inside[0] == 1, "two writers held the lease at once"
+
+
 def test_s3_lease_blocks_while_live_and_is_taken_over_once_expired(moto_server):
     import uuid
 
