@@ -27,8 +27,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     shared = dg.Definitions(
         resources=build_resources(settings),
         # steps run in the run's own process: our steps are few and heavy (DuckDB uses the cores); the
-        # multiprocess executor's per-step process start (≈3 s each here) dominated small runs
-        executor=dg.in_process_executor,
+        # multiprocess executor's per-step process start (≈3 s each here) dominated small runs. Every run is tagged
+        # with the fingerprint of the code it runs, also when launched from the UI (automation/staleness.py)
+        executor=staleness.fingerprinting_executor,
     )
     data = dg.Definitions.merge(
         shared,

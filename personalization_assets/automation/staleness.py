@@ -14,7 +14,8 @@ A CLI run without a selection therefore goes in two phases (cli.py `run_material
 2. every other selected asset runs if it is **stale** (`stale_assets`), in graph order:
    - it was never materialized, or
    - the run that last materialized it ran other code, policies or settings (`platform_fingerprint`, a tag on
-     every CLI run and on the runs the sensors, schedules and jobs launch; a run without the tag counts as other
+     every CLI run and on the runs the sensors, schedules and jobs launch, and put by the platform's executor on any
+     other run, e.g. one launched from the UI, before its first step; a run without the tag counts as other
      code; a run given an explicit configuration such as `--as-of` carries the digest with it mixed in), or
    - an input's latest materialization is not the one it read (`input_event_pointer`) and carries another data
      version than the one read (recorded by Dagster, or that of the materialization the pointer names: below 100
@@ -132,6 +133,46 @@ def run_tags() -> dict[str, str]:
     """The tag the runs this code launches carry (the CLI's, the sensors' and the jobs'), so that a CLI run after a
     daemon's run finds the assets built by the same code and settings instead of rebuilding them."""
     return {FINGERPRINT_TAG: platform_fingerprint()}
+
+
+def run_fingerprint(run_config: dict | None) -> str:
+    """The tag of a run launched with `run_config` (`configured_fingerprint` when it configures any op, as the CLI tags
+    a run given `--as-of`)."""
+    fingerprint = platform_fingerprint()
+    ops = (run_config or {}).get("ops") or {}
+    return configured_fingerprint(fingerprint, ops) if ops else fingerprint
+
+
+class _FingerprintingExecutor(dg.Executor):
+    """Dagster's in-process executor that first tags its run with the fingerprint of the code, policies and settings
+    the run process loaded, when the launcher gave it none. Runs launched from the UI (a click on Materialize, a
+    backfill, the launchpad) or with `dagster asset materialize` carry no tag of ours; without it the next
+    `personalization materialize` counted what they built as built by other code, and rebuilt it and everything
+    after it. The run process computes the digest itself, from what it runs."""
+
+    def __init__(self, inner: dg.Executor):
+        self._inner = inner
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self):
+        return self._inner.step_dependency_config
+
+    def execute(self, plan_context, execution_plan):
+        run = plan_context.dagster_run
+        if FINGERPRINT_TAG not in run.tags:
+            plan_context.instance.add_run_tags(run.run_id, {FINGERPRINT_TAG: run_fingerprint(run.run_config)})
+        yield from self._inner.execute(plan_context, execution_plan)
+
+
+@dg.executor(name="in_process", config_schema=dg.in_process_executor.config_schema)
+def fingerprinting_executor(init_context):
+    """The platform's executor: in-process (our steps are few and heavy; DuckDB uses the cores), every run tagged
+    with `run_fingerprint` (`_FingerprintingExecutor`)."""
+    return _FingerprintingExecutor(dg.in_process_executor.executor_creation_fn(init_context))
 
 
 def root_keys(graph, keys) -> set[dg.AssetKey]:

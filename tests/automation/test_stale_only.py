@@ -86,6 +86,12 @@ def retention_log():
 
 
 DEFS = dg.Definitions(assets=[root, mid0, middle, pair, after_b, after_middle, other_root, after_other, retention_log])
+# the same graph with the platform's executor (definitions.py), which tags a run launched without our tag
+PLATFORM_EXECUTOR_DEFS = dg.Definitions(
+    assets=[root, mid0, middle, pair, after_b, after_middle, other_root, after_other, retention_log],
+    executor=staleness.fingerprinting_executor,
+    jobs=[dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all() - dg.AssetSelection.assets(RETENTION_LOG))],
+)
 ROOTS = {"root", "other_root"}
 ALL_BUT_ROOT = {"mid0", "middle", "pair_a", "pair_b", "after_b", "after_middle", "after_other"}
 
@@ -286,3 +292,33 @@ def test_a_materialization_due_again_at_a_time_runs_again_from_then_on(world):
     ok, _, result, built = _run(instance, defs=HOURLY)
     assert ok and built == {"manifest", "events", "reads_events"}
     assert result.plan.stale[dg.AssetKey("reads_events")] == "due again since 2000-01-01T00:00:00+00:00"
+
+
+def _platform_executor_job():
+    return PLATFORM_EXECUTOR_DEFS.resolve_job_def("materialize_all")
+
+
+def _launched_without_our_tag(instance, run_config=None) -> dg.DagsterRun:
+    """A run as the UI or `dagster asset materialize` launch one: the job's own executor, no tag of ours (not the
+    CLI's `execute_in_process`, which tags its runs itself)."""
+    with dg.execute_job(dg.reconstructable(_platform_executor_job), instance=instance, run_config=run_config) as result:
+        assert result.success
+        return instance.get_run_by_id(result.run_id)
+
+
+def test_what_a_run_launched_from_the_ui_built_is_not_rebuilt(world):
+    """Materialize all in the UI, then `personalization materialize`: nothing is stale. Runs without our tag counted as
+    built by other code, and the CLI rebuilt everything they had built."""
+    _, instance = world
+    _run(instance, defs=PLATFORM_EXECUTOR_DEFS)
+    run = _launched_without_our_tag(instance)
+    assert run.tags.get(staleness.FINGERPRINT_TAG) == staleness.platform_fingerprint(), "the run process tagged its run"
+    ok, _, result, built = _run(instance, defs=PLATFORM_EXECUTOR_DEFS)
+    assert ok and built == ROOTS and not result.plan.stale
+
+    # a run given a configuration builds what the default configuration would not: the next plain run rebuilds it
+    run = _launched_without_our_tag(instance, run_config={"ops": {"after_b": {"config": {"cutoff": "earlier"}}}})
+    assert run.tags[staleness.FINGERPRINT_TAG].startswith(staleness.platform_fingerprint() + "+config:")
+    ok, _, result, built = _run(instance, defs=PLATFORM_EXECUTOR_DEFS)
+    assert ok and "after_b" in built
+    assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies, settings or configuration"
