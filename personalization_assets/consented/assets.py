@@ -165,7 +165,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 kinds={"parquet", storage_kind}, deps=deps,
                 metadata={"privacy/tier": "consented",
                           "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "events_state", "partitioned": False,
-                                              "columns": ["key", "resolved_subject"]}},
+                                              "columns": ["key", "resolved_subject"], "writer_lock": cstate.STATE_LOCK}},
                 tags={"privacy/sensitivity": "pseudonymized"},
             ),
             dg.AssetSpec(

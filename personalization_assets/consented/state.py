@@ -42,6 +42,7 @@ from personalization_assets.core.partitions import PARTITION_FMT, partition_key_
 from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
+STATE_LOCK = {"layer": LAYER, "name": TABLE}  # held by every commit, and by the erasure and key rotation rewriting the state
 STATE_SCHEMA = pa.schema([
     ("record", pa.string()),
     ("hour", pa.string()),
@@ -352,9 +353,9 @@ def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None) -> str:
 def state_lock(lake: LakeStorage):
     """The state's writer lock (fcntl locally, an S3 lease in the lake): runs build their hours in parallel,
     and commit their part of the state one at a time (`commit`)."""
-    from personalization_assets.core.hash_chain import TableWriterLock
+    from personalization_assets.core.hash_chain import table_writer_lock
 
-    return TableWriterLock(lake=lake, name=TABLE, schema=STATE_SCHEMA, table_layer=LAYER).exclusive()
+    return table_writer_lock(lake, STATE_LOCK)
 
 
 def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table | str, fresh: pa.Table | str, p: Plan, policy) -> list[str]:

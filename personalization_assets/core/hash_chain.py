@@ -36,8 +36,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -518,3 +518,18 @@ class TableWriterLock(HashChainedLog):
 
     def _coordination(self) -> LakeStorage:
         return self.lake
+
+
+# the writer locks that are not logs hold no rows: the schema is a placeholder
+_LOCK_ONLY_SCHEMA = pa.schema([("unused", pa.string())])
+
+
+def table_writer_lock(lake: LakeStorage, spec: Mapping[str, str] | None, *, lock_timeout: float = 900.0,
+                      on_wait: Callable[[], None] | None = None):
+    """The writer lock named by `spec` ({"layer", "name"}): what a table's builder holds while it reads and rewrites the
+    table, declared as `writer_lock` in the table's `privacy/erasure` handler so that the privacy operations that
+    rewrite the table in place (erasure, key rotation) hold it too. A no-op for None."""
+    if not spec:
+        return nullcontext()
+    return TableWriterLock(lake=lake, name=spec["name"], schema=_LOCK_ONLY_SCHEMA, table_layer=spec["layer"],
+                           lock_timeout=lock_timeout, on_wait=on_wait).exclusive()

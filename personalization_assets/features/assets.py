@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from datetime import datetime
 
 import dagster as dg
-import pyarrow as pa
 from pydantic import Field
 
 from personalization_assets.checks.pandera_checks import model_check, table_schema
@@ -51,6 +50,9 @@ EVENTS_VIEW = "consented_events"
 SORT_RANGE_ROWS = person_ranges.RANGE_ROWS
 CONSENT_VIEW = "consent_state"
 WRITTEN_VIEW = "features_{table}_written"
+# one feature build at a time, and the privacy operations that rewrite features/* in place (erasure, key rotation)
+# wait for it: the published tables and the per-person state are one set
+BUILD_LOCK = {"layer": LAYER, "name": "feature_build"}
 STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
 DESCRIPTIONS = {
@@ -131,7 +133,7 @@ def _spec(table: str) -> dg.AssetSpec:
             "privacy/purpose": PURPOSE,
             # how the lineage-driven erasure (privacy/erasure.py) removes a subject before the next rebuild
             "privacy/erasure": {"kind": "lake", "layer": LAYER, "table": table, "partitioned": False,
-                                "columns": ERASURE_COLUMNS[table],
+                                "columns": ERASURE_COLUMNS[table], "writer_lock": BUILD_LOCK,
                                 # the per-person state the build folds forward (features/partials.py)
                                 **({"also": partials.erasure_also()} if table == "sessions" else {})},
         },
@@ -161,9 +163,9 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
 
 
 def _build_lock(lake: LakeStorage):
-    from personalization_assets.core.hash_chain import TableWriterLock
+    from personalization_assets.core.hash_chain import table_writer_lock
 
-    return TableWriterLock(lake=lake, name="feature_build", schema=pa.schema([("unused", pa.string())]), table_layer=LAYER).exclusive()
+    return table_writer_lock(lake, BUILD_LOCK)
 
 
 def _write(con, lake: LakeStorage, table: str, source: str) -> WriteResult:

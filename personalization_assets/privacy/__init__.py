@@ -22,7 +22,7 @@ def defs(settings: Settings, lineage: dg.Definitions, job_tags: Mapping[str, str
 
     from personalization_assets.core.asset_keys import ERASURE_LOG, IDENTITY_LINKS, KEY_ROTATION_LOG, RAW_REQUESTS, RETENTION_LOG, SUPPRESSION_LIST
     from personalization_assets.privacy.assets import build_privacy_assets
-    from personalization_assets.privacy.operations import build_erasure_asset, key_rotation_log, retention_log
+    from personalization_assets.privacy.operations import build_erasure_asset, build_key_rotation_asset, retention_log
 
     assets = build_privacy_assets()
     # the erasure plan is derived from the lineage of everything, this layer included
@@ -40,6 +40,6 @@ def defs(settings: Settings, lineage: dg.Definitions, job_tags: Mapping[str, str
     rotation = dg.define_asset_job("rotate_pseudonym_keys", selection=dg.AssetSelection.assets(KEY_ROTATION_LOG), tags=job_tags,
                                    description="Re-key every pseudonym to PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION (add the new key first).")
     return dg.Definitions(
-        assets=[*assets, build_erasure_asset(graph, warehouse_eraser_key="warehouse"), retention_log, key_rotation_log],
+        assets=[*assets, build_erasure_asset(graph, warehouse_eraser_key="warehouse"), retention_log, build_key_rotation_asset(graph)],
         jobs=[privacy_requests, retention, rotation],
     )

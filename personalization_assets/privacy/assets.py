@@ -357,11 +357,15 @@ class ConsentStateConfig(dg.Config):
     full_refresh: bool = False  # rebuild every subject (default: only subjects touched by new ledger rows or identity changes)
 
 
+# held by every consent_state build, and by the erasure and key rotation rewriting the state in place
+CONSENT_STATE_LOCK = {"layer": "privacy", "name": "consent_state_build"}
+
+
 def consent_state_lock(lake: LakeStorage):
     """consent_state's writer lock (fcntl locally, an S3 lease in the lake)."""
-    from personalization_assets.core.hash_chain import TableWriterLock
+    from personalization_assets.core.hash_chain import table_writer_lock
 
-    return TableWriterLock(lake=lake, name="consent_state_build", schema=pa.schema([("unused", pa.string())]), table_layer="privacy").exclusive()
+    return table_writer_lock(lake, CONSENT_STATE_LOCK)
 
 
 @dg.asset(
@@ -375,6 +379,7 @@ def consent_state_lock(lake: LakeStorage):
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[CONSENT_LEDGER, IDENTITY_LINKS, SUPPRESSION_LIST],
     metadata={"privacy/tier": "privacy", "dagster/column_schema": table_schema(ConsentState),
               "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "consent_state", "columns": ["consent_subject"],
+                                  "writer_lock": CONSENT_STATE_LOCK,
                                   "also": [{"layer": "privacy", "table": "consent_state_inputs", "columns": ["identifier", "consent_subject"]}]}},
     check_specs=[
         model_check(CONSENT_STATE, ConsentState, blocking=True).spec,

@@ -4,6 +4,7 @@ Each writes an append-only, hash-chained log in the privacy tier recording what 
 """
 
 import hashlib
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -51,6 +52,20 @@ def requests_digest(request_ids) -> str:
 
 def _log(lake, platform, name, schema) -> HashChainedLog:
     return HashChainedLog(lake=lake.log_store(), name=name, schema=schema, lock_dir=lock_dir(platform))
+
+
+# a privacy operation waits this long for a build holding a table's writer lock (a 100M-event feature build: ~20 min)
+BUILDER_LOCK_TIMEOUT = 6 * 3600.0
+
+
+def _builders_lock(context, lake: LakeStorage, spec):
+    """`hash_chain.table_writer_lock` for a privacy operation: it waits for the build in progress, and says so."""
+    from personalization_assets.core.hash_chain import table_writer_lock
+
+    def on_wait():
+        context.log.info(f"waiting for the build holding {spec['layer']}/{spec['name']} to finish")
+
+    return table_writer_lock(lake, spec, lock_timeout=BUILDER_LOCK_TIMEOUT, on_wait=on_wait)
 
 
 def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
@@ -118,12 +133,15 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
                     residual[t.asset] = eraser.erase(t.handler, subjects.pseudonyms, apply=False)
                 else:
                     total = erasure.TableScan()
-                    for h in erasure.lake_tables(t):
-                        name = erasure.table_name(h)
-                        known = state.known(t.asset, name) if state is not None else None
-                        scan = erasure.erase_from_table(lake, con, pz, t, h, subjects.pseudonyms, new_ids, known)
-                        verified[(t.asset, name)] = scan.verified
-                        total.add(scan)
+                    # the lock the target's builder holds while it rewrites the table set (a concurrent run): without
+                    # it, a build between this read and this write lost what it wrote, or kept a stale state
+                    with _builders_lock(context, lake, t.handler.get("writer_lock")):
+                        for h in erasure.lake_tables(t):
+                            name = erasure.table_name(h)
+                            known = state.known(t.asset, name) if state is not None else None
+                            scan = erasure.erase_from_table(lake, con, pz, t, h, subjects.pseudonyms, new_ids, known)
+                            verified[(t.asset, name)] = scan.verified
+                            total.add(scan)
                     removed[t.asset], residual[t.asset], scans[t.asset] = total.removed, total.residual, total
         # a temp file still there belongs to a live writer (a concurrent run): its content is unknown
         residual[TEMP_FILES] = len(lake.temp_files())
@@ -245,39 +263,58 @@ def rekey_table(table: pa.Table, chain, to_version: str) -> tuple[pa.Table, int]
     return table, changed
 
 
-@dg.asset(
-    key=KEY_ROTATION_LOG,
-    description="Key rotation: re-keys every pseudonym in the curated and privacy tiers to the active key version "
-    "(keys chain, so joins with new data are kept) and logs each table touched. The immutable logs keep their "
-    "original values; readers re-key them on the fly.",
-    group_name=GROUP, owners=OWNERS, kinds={"parquet"}, metadata={"privacy/tier": "privacy"},
-)
-def key_rotation_log(context: dg.AssetExecutionContext, lake: LakeStorage, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
-    chain = pseudonymizer.chain()
-    target = chain.active
-    now = datetime.now(timezone.utc)
-    rows = []
-    # one audit append for every sensitive table this run re-keys (the lake would otherwise record each read)
-    auditor(context, lake, platform, KEY_ROTATION_LOG).record(
-        [(f"{layer}/{table}", "*", None) for layer in ROTATION_LAYERS for table in _tables(lake, layer) if (layer, table) not in ROTATION_SKIP])
-    for layer in ROTATION_LAYERS:
-        tables = _tables(lake, layer)
-        for table in tables:
-            if (layer, table) in ROTATION_SKIP:
-                continue
-            parts = lake.partitions(layer, table)
-            for part in parts or [None]:
-                if not lake.exists(layer, table, part or None):
-                    continue
-                data = lake.read_table(layer, table, part or None)
-                new, n = rekey_table(data, chain, target)
-                if n:
-                    lake.write_table(layer, table, new, partition=part or None)
-                    rows.append({"layer": layer, "table": table, "partition": "/".join(f"{k}={v}" for k, v in (part or {}).items()),
-                                 "values_rekeyed": n, "to_version": target, "run_id": context.run.run_id, "rotated_at": now})
-    appended, head = _log(lake, platform, "key_rotation_log", ROTATION_SCHEMA).append(rows)
-    return dg.MaterializeResult(metadata={"to_version": target, "tables_rekeyed": appended, "rows_written": appended,
-                                          "values_rekeyed": sum(r["values_rekeyed"] for r in rows), "head_hash": head})
+def table_writer_locks(asset_graph) -> dict[str, dict]:
+    """{layer/table: writer lock spec} of every lake table whose builder declares the lock it holds (`writer_lock` in
+    its `privacy/erasure` handler, `also` tables included): what a privacy operation rewriting the table must hold."""
+    targets, _ = plan_targets(asset_graph, get_policy().erasure_exempt)
+    return {erasure.table_name(h): t.handler["writer_lock"] for t in targets
+            if t.handler["kind"] in ("raw", "quarantine", "lake") and t.handler.get("writer_lock")
+            for h in erasure.lake_tables(t)}
+
+
+def build_key_rotation_asset(asset_graph):
+    """The key rotation. `asset_graph`: the lineage, for the writer locks of the tables it rewrites."""
+    locks = table_writer_locks(asset_graph)
+
+    @dg.asset(
+        key=KEY_ROTATION_LOG,
+        description="Key rotation: re-keys every pseudonym in the curated and privacy tiers to the active key version "
+        "(keys chain, so joins with new data are kept) and logs each table touched. The immutable logs keep their "
+        "original values; readers re-key them on the fly.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet"}, metadata={"privacy/tier": "privacy"},
+    )
+    def key_rotation_log(context: dg.AssetExecutionContext, lake: LakeStorage, pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+        chain = pseudonymizer.chain()
+        target = chain.active
+        now = datetime.now(timezone.utc)
+        rows = []
+        # one audit append for every sensitive table this run re-keys (the lake would otherwise record each read)
+        auditor(context, lake, platform, KEY_ROTATION_LOG).record(
+            [(f"{layer}/{table}", "*", None) for layer in ROTATION_LAYERS for table in _tables(lake, layer) if (layer, table) not in ROTATION_SKIP])
+        for layer in ROTATION_LAYERS:
+            tables = [t for t in _tables(lake, layer) if (layer, t) not in ROTATION_SKIP]
+            # the writer locks of the layer's tables, held for the whole layer: a build never sees a table set half
+            # re-keyed (the features and their per-person state), nor writes between a read and its re-keyed write
+            specs = sorted({(s["layer"], s["name"]) for t in tables if (s := locks.get(f"{layer}/{t}"))})
+            with ExitStack() as held:
+                for spec_layer, spec_name in specs:
+                    held.enter_context(_builders_lock(context, lake, {"layer": spec_layer, "name": spec_name}))
+                for table in tables:
+                    parts = lake.partitions(layer, table)
+                    for part in parts or [None]:
+                        if not lake.exists(layer, table, part or None):
+                            continue
+                        data = lake.read_table(layer, table, part or None)
+                        new, n = rekey_table(data, chain, target)
+                        if n:
+                            lake.write_table(layer, table, new, partition=part or None)
+                            rows.append({"layer": layer, "table": table, "partition": "/".join(f"{k}={v}" for k, v in (part or {}).items()),
+                                         "values_rekeyed": n, "to_version": target, "run_id": context.run.run_id, "rotated_at": now})
+        appended, head = _log(lake, platform, "key_rotation_log", ROTATION_SCHEMA).append(rows)
+        return dg.MaterializeResult(metadata={"to_version": target, "tables_rekeyed": appended, "rows_written": appended,
+                                              "values_rekeyed": sum(r["values_rekeyed"] for r in rows), "head_hash": head})
+
+    return key_rotation_log
 
 
 def _tables(lake: LakeStorage, layer: str) -> list[str]:

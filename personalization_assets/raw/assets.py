@@ -49,15 +49,22 @@ SAMPLE_ROWS = 200_000
 STORAGE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
 
+# the events' ingestion holds it while it reads the manifest and merges into the hours: the erasure run, which rewrites
+# raw/events and its quarantine hour by hour, holds it too (else an hour merged meanwhile lost its new rows)
+INGESTION_LOCK = {"layer": "raw", "name": "landing_manifest"}
+_INGESTION_TABLES = ("events", "events_quarantine")
+
+
 def _erasure_handler(key: dg.AssetKey, partitioned: bool) -> dict:
     """How the lineage-driven erasure removes a subject from this raw table (see privacy/erasure.py)."""
     table = key.path[-1]
+    lock = {"writer_lock": INGESTION_LOCK} if table in _INGESTION_TABLES else {}
     if table.endswith("_quarantine"):
-        return {"kind": "quarantine", "table": table, "partitioned": partitioned}
+        return {"kind": "quarantine", "table": table, "partitioned": partitioned, **lock}
     if table == "content_catalog":
         return {"kind": "none", "reason": "the catalog holds no personal data"}
     columns = {"events": events_ingest.SUBJECT_COLUMNS, "crm_profiles": {"user_id": "id", "email": "email", "phone": "phone"}}
-    return {"kind": "raw", "table": table, "partitioned": partitioned, "columns": columns.get(table, {})}
+    return {"kind": "raw", "table": table, "partitioned": partitioned, "columns": columns.get(table, {}), **lock}
 
 
 def _spec(key: dg.AssetKey, description: str, model, storage_kind: str, partitions_def=None, extra_kinds=()) -> dg.AssetSpec:
@@ -184,9 +191,9 @@ def _stored_inputs(lake: LakeStorage, table: str) -> tuple[str | None, dict]:
 
 
 def ingestion_lock(lake: LakeStorage):
-    from personalization_assets.core.hash_chain import TableWriterLock
+    from personalization_assets.core.hash_chain import table_writer_lock
 
-    return TableWriterLock(lake=lake, name="landing_manifest", schema=ingest.MANIFEST_SCHEMA, table_layer="raw").exclusive()
+    return table_writer_lock(lake, INGESTION_LOCK)
 
 
 def _rebuild_hours(context) -> set[str] | None:

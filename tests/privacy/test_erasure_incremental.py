@@ -370,3 +370,49 @@ def test_without_fingerprints_every_partition_is_read_and_none_recorded(built, m
     assert "raw/events" in md["scope"]["tables_without_fingerprints"]
     state = built.resources["lake"].read_table("privacy", "erasure_state")
     assert "partition" not in state["record"].to_pylist()  # nothing verified by fingerprint: the next run reads all
+
+
+def test_the_erasure_and_the_rotation_wait_for_a_build_holding_the_tables_they_rewrite(built, monkeypatch):
+    """A build in progress (another run) holds its tables' writer lock while it reads and rewrites them; the erasure run
+    and the key rotation rewrite those tables in place, and hold that lock too. Without it, a build writing between
+    their read and their write lost its rows (a raw hour the ingestion merged into meanwhile) or kept a per-person
+    state that later builds reuse (features/state_*: a withdrawn subject's events back in the features)."""
+    import threading
+
+    from personalization_assets.consented.state import STATE_LOCK
+    from personalization_assets.core.hash_chain import table_writer_lock
+    from personalization_assets.features.assets import BUILD_LOCK
+    from personalization_assets.privacy import operations
+    from personalization_assets.raw.assets import INGESTION_LOCK
+
+    lake = built.resources["lake"]
+    # every table whose builder holds a lock declares it, for the erasure and the rotation to find
+    locks = operations.table_writer_locks(built.resolve_asset_graph())
+    assert locks["raw/events"] == locks["raw/events_quarantine"] == INGESTION_LOCK
+    assert locks["consented/events_state"] == STATE_LOCK
+    assert locks["features/events_clean"] == locks["features/state_persons"] == locks["features/state_subjects"] == BUILD_LOCK
+    monkeypatch.setattr(operations, "BUILDER_LOCK_TIMEOUT", 2.0)  # give up quickly instead of waiting for the build
+
+    def while_held(spec, selection):
+        held, release = threading.Event(), threading.Event()
+
+        def build():
+            with table_writer_lock(lake, spec):
+                held.set()
+                release.wait(60)
+
+        t = threading.Thread(target=build)
+        t.start()
+        try:
+            assert held.wait(30)
+            return materialize(built, selection, raise_on_error=False)
+        finally:
+            release.set()
+            t.join()
+
+    for spec, selection in ((INGESTION_LOCK, ERASE), (STATE_LOCK, "key:privacy/key_rotation_log")):
+        result = while_held(spec, selection)
+        assert not result.success, f"{selection} rewrote tables while a build held {spec['layer']}/{spec['name']}"
+        failure = "".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+        assert f"{spec['layer']}/{spec['name']}" in failure
+        assert materialize(built, selection).success  # the build done, it goes through
