@@ -217,6 +217,11 @@ def build_feature_assets() -> list:
         # one feature build at a time (two CLI runs, a retry racing the original): the published tables and the
         # per-person state are read and rewritten as one set (fcntl locally, an S3 lease in the lake)
         with _build_lock(lake), duckdb.get_connection() as con:
+            # range files of a build killed mid-write (a large one) hold events_clean rows: never left to wait for the
+            # next large build
+            swept = person_ranges.sweep_dead_range_folders(con)
+            if swept:
+                context.log.warning(f"removed {len(swept)} range folder(s) left by a killed feature build")
             lake.register(con, EVENTS_VIEW, "consented", "events", empty_schema=consented_events_schema())
             lake.register(con, CONSENT_VIEW, "privacy", "consent_state", empty_schema=consent_state_schema())
 

@@ -8,7 +8,8 @@ events_clean rows and on `as_of`. The part that does not depend on `as_of` is ke
 * `features/state_conversions` the person's conversion events (timestamp, price) — RFM's monetary/orders;
 * `features/state_subjects`   the person's distinct consent subjects — purpose_eligibility;
 * `features/state_persons`    per person: events and a fingerprint of the rows the state was computed from,
-  plus `state_key` (the session parameters and the state format). Written LAST; deleted first.
+  plus `state_key` (the session parameters, the state format and a digest of the code that computes the state).
+  Written LAST; deleted first.
 
 Each state row of a person is a pure function of that person's events_clean rows (message_id, consent_subject,
 type, event, timestamp, content_id, price, dwell_ms) and of `session_gap_minutes` / `max_session_hours`.
@@ -33,7 +34,10 @@ tables of features/sessions' `privacy/erasure` handler) and re-keyed by key rota
 
 from __future__ import annotations
 
+import hashlib
 import time
+from functools import cache
+from pathlib import Path
 
 from personalization_assets.core.storage import ROW_GROUP_ROWS
 from personalization_assets.features.params import FeatureParams
@@ -75,9 +79,22 @@ SESSION_COLUMNS = ("person_id", "session_id", "session_start", "session_end", "e
                    "landing_content_id", "converted")
 
 
+@cache
+def _code_digest() -> str:
+    """sha256 of the code a state row is computed by (this module, the feature SQL, the parameters): an upgrade that
+    changes how sessions, cells, conversions or subjects are computed must not reuse states computed the old way.
+    `STATE_FORMAT` alone relied on whoever changed the SQL to bump it."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in ("partials.py", "sql.py", "params.py"):
+        h.update(name.encode() + b"\0" + (here / name).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def state_key(p: FeatureParams) -> str:
     """What the stored state depends on besides the events: a change recomputes every person."""
-    return f"v{STATE_FORMAT};gap_minutes={p.session_gap_minutes};max_session_hours={p.max_session_hours}"
+    return (f"v{STATE_FORMAT};code={_code_digest()};gap_minutes={p.session_gap_minutes};"
+            f"max_session_hours={p.max_session_hours}")
 
 
 def erasure_also() -> list[dict]:
@@ -175,7 +192,7 @@ def _load_old_state(con, lake, key: str) -> str | None:
         lake.register(con, OLD.format(table=table), LAYER, table)
     keys = [r[0] for r in con.execute(f"select distinct state_key from {OLD.format(table='state_persons')}").fetchall()]
     if keys and keys != [key]:
-        return "session parameters or state format changed"
+        return "session parameters, state format or state code changed"
     return None
 
 

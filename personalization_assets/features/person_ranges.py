@@ -199,6 +199,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def sweep_dead_range_folders(con) -> list[Path]:
+    """`sweep_leftovers` in this connection's spill directory: every feature build starts with it, whatever its size
+    (the folders hold events_clean rows, pseudonyms included; only a large build used to remove them)."""
+    return sweep_leftovers(_temp_base(con))
+
+
 def sweep_leftovers(base: Path) -> list[Path]:
     """Remove range folders whose writing process is gone (killed mid-write). Returns those removed."""
     removed: list[Path] = []

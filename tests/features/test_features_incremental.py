@@ -305,7 +305,7 @@ def test_each_run_recomputes_exactly_the_persons_whose_rows_changed(scenario):
     the first run and a key rotation (every pseudonym changed) recompute everyone."""
     log = scenario["log"]
     assert log["batch1"]["md"]["state"] == log["after_crash"]["md"]["state"] == "rebuilt: no stored state"
-    assert log["new_gap"]["md"]["state"] == "rebuilt: session parameters or state format changed"
+    assert log["new_gap"]["md"]["state"] == "rebuilt: session parameters, state format or state code changed"
     for name, step in log.items():
         md = step["md"]
         assert md["persons"] == step["persons"], name
@@ -331,3 +331,19 @@ def test_every_features_lake_table_is_in_the_erasure_plan(scenario):
     declared = {h["table"] for h in _erasure_handlers() if h.get("layer") == "features"}
     assert present and present <= declared, present - declared
     assert {"state_sessions", "state_persons", "state_subjects"} <= present
+
+
+def test_the_state_key_names_the_code_that_computes_the_state(monkeypatch):
+    """An upgrade that changes how the state is computed (the session SQL, the conversion events, ...) recomputes every
+    person (a state_key mismatch, the `new_gap` step above); the key used to name only the parameters and a format
+    number that whoever changed the SQL had to remember to bump."""
+    from datetime import datetime, timezone
+
+    from personalization_assets.features import partials
+    from personalization_assets.features.params import FeatureParams
+
+    params = FeatureParams(as_of=datetime(2026, 11, 28, tzinfo=timezone.utc))
+    before = partials.state_key(params)
+    assert partials._code_digest() in before
+    monkeypatch.setattr(partials, "_code_digest", lambda: "0" * 16)  # what another version of the code computes
+    assert partials.state_key(params) != before

@@ -58,12 +58,18 @@ class Built:
     spill_dir: list  # what is left in DuckDB's temp directory
 
 
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+
+
 def _build(tmp_path, name: str, scenario, range_rows: int, monkeypatch) -> Built:
     lake = LakeStorage(url=str(tmp_path / name / "lake"))
     ev, consent_rows = scenario
     write_lake(lake, ev, consent_rows)
     spill = tmp_path / name / "duckdb"
     spill.mkdir(parents=True)
+    # the range files of a build killed mid-write: every build removes them first, one that uses no ranges too
+    (spill / f"sorted-ranges-{_dead_pid()}-killed" / "__range=0").mkdir(parents=True)
     monkeypatch.setattr(feature_assets, "SORT_RANGE_ROWS", range_rows)
     result = dg.materialize(
         build_feature_assets(),
@@ -87,7 +93,8 @@ def test_person_ranges_write_the_rows_and_order_of_one_sort(tmp_path, monkeypatc
     assert ranged.events_clean.to_pylist() == one.events_clean.to_pylist()
     keys = [(r["person_id"], r["timestamp"], r["message_id"]) for r in ranged.events_clean.to_pylist()]
     assert keys == sorted(keys)
-    assert [p for p in ranged.spill_dir if p.name.startswith("sorted-ranges-")] == []  # the range files are gone
+    for built in (one, ranged):  # the range files are gone, and so are those a killed build left
+        assert [p for p in built.spill_dir if p.name.startswith("sorted-ranges-")] == []
     # the per-person state and the derived tables, built a range of persons at a time, are the same tables
     assert one.partials["person_ranges"] == 1
     assert ranged.partials["person_ranges"] >= 8
@@ -126,3 +133,4 @@ def test_range_files_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_pat
     other.write_bytes(b"spill")
     assert person_ranges.sweep_leftovers(tmp_path) == [gone]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name, other.name])
+
