@@ -29,7 +29,9 @@ A CLI run without a selection therefore goes in two phases (cli.py `run_material
      release inside the release period).
    An output of a step that cannot run a subset takes the whole step along.
    An asset whose input (not rebuilt in this run) has a failed blocking check, or whose root step failed just
-   before, is **held**, as Dagster holds it inside one run: it is not run and is reported with the reason.
+   before, is **held**, as Dagster holds it inside one run: it is not run and is reported with the reason. An input
+   outside the selection with a failed blocking check, written by a step one of whose selected outputs is (the
+   consented hours: the plan holds the consented step's state), makes that output run again, and is then not holding.
 
 Everything else is reported as up to date. `--select`, `--partitions`, `--full-refresh` and an explicit
 configuration (`--as-of`) run what they name, as before.
@@ -255,6 +257,12 @@ def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) ->
         assets_def = graph.assets_def_for_key(key)
         return [k for k in assets_def.keys if k in keys] if not assets_def.can_subset else [key]
 
+    # a blocked asset outside the selection written by a step whose other output is selected (consented/events: the
+    # plan holds its step's state, not its hours): that output runs again, and the blocked asset with it
+    rebuilt_with = {b: outs for b in blocked if b not in keys and (outs := sorted(set(graph.assets_def_for_key(b).keys) & keys))}
+    for b, outs in rebuilt_with.items():
+        for out in outs:
+            context.blocked.setdefault(out, blocked[b])
     order = [k for k in graph.toposorted_asset_keys if k in keys]
     stale: dict[dg.AssetKey, str] = {}
     while True:  # until no step turns stale (a step's output may precede another step's input in the key order)
@@ -264,7 +272,7 @@ def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) ->
             if key in stale or key in held:
                 continue
             step = step_of(key)
-            why_held = next(filter(None, (_held_by(parents[k], blocked, stale, held) for k in step)), None)
+            why_held = next(filter(None, (_held_by(parents[k], blocked, stale, held, rebuilt_with) for k in step)), None)
             if why_held:
                 held.update({k: why_held for k in step})
                 continue
@@ -279,13 +287,15 @@ def stale_assets(instance, graph, keys, fingerprint: str, failed=frozenset()) ->
     return StalePlan(stale=stale, held=held, fresh=keys - set(stale) - set(held))
 
 
-def _held_by(parents, blocked, stale, held) -> str | None:
+def _held_by(parents, blocked, stale, held, rebuilt_with=None) -> str | None:
     """Why an asset may not run: an input that is not rebuilt in this run has a failed blocking check, or is held.
-    (An input rebuilt in this run has its checks evaluated again; Dagster holds the asset in the run if one fails.)"""
+    (An input rebuilt in this run has its checks evaluated again; Dagster holds the asset in the run if one fails.)
+    `rebuilt_with`: blocked inputs outside the selection rebuilt by the step of the selected outputs listed."""
     for parent in sorted(parents, key=lambda p: p.to_user_string()):
         if parent in held:
             return f"{parent.to_user_string()} is held"
-        if parent in blocked and parent not in stale:
+        rebuilt = parent in stale or any(o in stale for o in (rebuilt_with or {}).get(parent, ()))
+        if parent in blocked and not rebuilt:
             return blocked[parent]
     return None
 

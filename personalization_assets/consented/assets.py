@@ -137,15 +137,21 @@ def _requested_hours(context: dg.AssetExecutionContext, partitions_def: dg.Parti
     return [single] if single else None
 
 
-def _emit_check(context: dg.AssetExecutionContext, result: dg.AssetCheckResult):
-    """Yield the check result when the run selected the check; else (the state alone was requested, e.g. by
-    automation) record the same evaluation as a runtime event, so the check is never skipped."""
+def _emit_check(context: dg.AssetExecutionContext, result: dg.AssetCheckResult, failed: list[str]):
+    """Yield the check result when the run selected the check; else (the state alone was requested: every plain
+    `personalization materialize`, whose plan holds the state, not the hours; automation) record the same evaluation
+    as a runtime event, so the check is never skipped, and add a failed blocking one to `failed`: the step raises
+    once its outputs and checks are recorded (a logged evaluation does not block by itself; it used to be logged
+    without `blocking`, and the features and segments were built from the hours it failed on)."""
     key = dg.AssetCheckKey(CONSENTED_EVENTS, result.check_name)
     if key in context.selected_asset_check_keys:
         yield result
     else:
+        blocking = context.assets_def.get_spec_for_check_key(key).blocking
         context.log_event(dg.AssetCheckEvaluation(asset_key=CONSENTED_EVENTS, check_name=result.check_name, passed=result.passed,
-                                                  metadata=result.metadata or {}, severity=result.severity))
+                                                  metadata=result.metadata or {}, severity=result.severity, blocking=blocking))
+        if not result.passed and blocking and result.severity == dg.AssetCheckSeverity.ERROR:
+            failed.append(result.check_name)
 
 
 def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str) -> list:
@@ -365,12 +371,20 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 "build_mode": plan.mode, "hours_written": len(plan.build), "hours_deleted": len(plan.delete),
                 "key_version": key_version, **text_metadata(text_totals)})
         sample_table = pa.concat_tables(sample) if sample else CONSENTED_EVENT_SCHEMA.empty_table()
-        yield from _emit_check(context, model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(sample_table))
+        failed: list[str] = []
+        yield from _emit_check(context, model_check(CONSENTED_EVENTS, ConsentedEvent, blocking=True).evaluate(sample_table), failed)
         yield from _emit_check(context, dg.AssetCheckResult(asset_key=CONSENTED_EVENTS, check_name="consented_le_raw", passed=not violations,
-                                                            metadata={"violating_partitions": dg.MetadataValue.json(violations)}))
+                                                            metadata={"violating_partitions": dg.MetadataValue.json(violations)}), failed)
         # anomaly checks last (one evaluation per hour written): a blocking one that fails stops downstream assets
         results = anomalies.evaluate_run_partitions(context, CONSENTED_EVENTS, hour_stats, anomaly_config)
         yield from anomalies.emit_check_results(context, CONSENTED_EVENTS, results, anomaly_config)
+        if failed:
+            raise dg.Failure(
+                description=f"blocking check failed on {CONSENTED_EVENTS.to_user_string()}: {', '.join(failed)} (the hours are "
+                "written and each evaluation is recorded; downstream steps of this run do not run, and the next run "
+                "rebuilds this step)",
+                metadata={"failed_checks": dg.MetadataValue.json(failed)},
+            )
 
     @dg.asset(
         key=CONSENTED_CRM,

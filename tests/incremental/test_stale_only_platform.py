@@ -37,7 +37,7 @@ def _files(root) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_reads_it(incremental_env, tmp_path):
+def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_reads_it(incremental_env, tmp_path, monkeypatch):
     env = incremental_env
     staging = tmp_path / "staging"
     generate(staging, users=120, events=2_500, seed=5, bad_fraction=0.0, days=1, end=END)
@@ -46,7 +46,7 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     # it ingests those once more and rebuilds what follows — right, and the subject of the privacy tests, not this one
     shutil.rmtree(staging / "privacy_requests")
     shutil.copytree(staging, env.landing, dirs_exist_ok=True)
-    held_back = {hour: sorted((env.landing / "events").glob(f"date={END}/hour={hour}/*")) for hour in ("22", "23")}
+    held_back = {hour: sorted((env.landing / "events").glob(f"date={END}/hour={hour}/*")) for hour in ("21", "22", "23")}
     assert all(held_back.values()), "the generator wrote the last two hours"
     parked = tmp_path / "parked"
     for hour, files in held_back.items():
@@ -123,3 +123,30 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     in_hour = duckdb.sql(f"select count(*), count(distinct message_id) from "
                          f"read_parquet('{lake}/raw/events/date={END}/hour=23/*.parquet')").fetchall()[0]
     assert in_hour[0] > 0 and in_hour[0] == in_hour[1], f"hour 23 ingested, once: {in_hour}"
+
+    # a late hour lands, and a blocking check of consented/events fails on it (forced: the real violations it guards
+    # against cannot be produced from a landing). Plain runs select the consented step's state, not its hours, so the
+    # check's evaluation was logged without `blocking`: the features and segments were built from those hours, and
+    # every later run held them for good, the consented step never run again
+    import personalization_assets.consented.assets as consented_assets
+
+    for f in held_back["21"]:
+        shutil.move(str(parked / "21" / f.name), f)
+    real_emit = consented_assets._emit_check
+
+    def failing_check(context, result, failed):
+        if result.check_name == "consented_le_raw":
+            result = dg.AssetCheckResult(asset_key=result.asset_key, check_name=result.check_name, passed=False)
+        yield from real_emit(context, result, failed)
+
+    monkeypatch.setattr(consented_assets, "_emit_check", failing_check)
+    ok, text, failing = run(env, None)
+    assert not ok and "consented/events_state" in _built(failing), text
+    assert not {k for k in _built(failing) if k.startswith(("features/", "segments/"))}, "built past a failed blocking check"
+    monkeypatch.setattr(consented_assets, "_emit_check", real_emit)
+    ok, text, again = run(env, None)
+    assert ok, text
+    assert again.plan.stale[dg.AssetKey(["consented", "events_state"])] == \
+        "blocking check consented_le_raw of consented/events failed: run again", again.plan.describe()
+    assert {"features/events_clean", "segments/user_segments"} <= _built(again) and not again.plan.held
+    assert not run(env, None)[2].plan.stale
