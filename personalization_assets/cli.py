@@ -314,7 +314,8 @@ def run_materialize(select: str | None = None, partitions: str | None = None, de
 
     fingerprint = staleness.platform_fingerprint()
     # a run given an explicit configuration (`--as-of`) built other tables than the default would: tagged so
-    tags = {**tags, staleness.FINGERPRINT_TAG: staleness.configured_fingerprint(fingerprint, user_ops) if user_ops else fingerprint}
+    deciding = staleness.deciding_ops_config({"ops": user_ops})
+    tags = {**tags, staleness.FINGERPRINT_TAG: staleness.configured_fingerprint(fingerprint, deciding) if deciding else fingerprint}
 
     def execute(run_keys):
         import uuid

@@ -137,17 +137,32 @@ def run_tags() -> dict[str, str]:
     return {FINGERPRINT_TAG: platform_fingerprint()}
 
 
+# op config that decides how a step works, not what it builds (`--full-refresh` builds the same tables)
+_HOW_NOT_WHAT = frozenset({"full_refresh"})
+
+
+def deciding_ops_config(run_config: dict | None) -> dict:
+    """The run's op configuration without the fields that do not change what is built (`_HOW_NOT_WHAT`)."""
+    out = {}
+    for op, cfg in ((run_config or {}).get("ops") or {}).items():
+        fields = {k: v for k, v in ((cfg or {}).get("config") or {}).items() if k not in _HOW_NOT_WHAT}
+        rest = {k: v for k, v in (cfg or {}).items() if k != "config"}
+        if fields or rest:
+            out[op] = {**rest, **({"config": fields} if fields else {})}
+    return out
+
+
 def run_fingerprint(run_config: dict | None) -> str:
-    """The tag of a run launched with `run_config` (`configured_fingerprint` when it configures any op, as the CLI tags
-    a run given `--as-of`)."""
+    """The tag of a run launched with `run_config` (`configured_fingerprint` when it configures what an op builds, as
+    the CLI tags a run given `--as-of`)."""
     fingerprint = platform_fingerprint()
-    ops = (run_config or {}).get("ops") or {}
+    ops = deciding_ops_config(run_config)
     return configured_fingerprint(fingerprint, ops) if ops else fingerprint
 
 
 class _FingerprintingExecutor(dg.Executor):
     """Dagster's in-process executor that first tags its run with the fingerprint of the code, policies and settings
-    the run process loaded, when the launcher gave it none. Runs launched from the UI (a click on Materialize, a
+    the run process loaded, when the launcher gave it none or the run configures what an op builds. Runs launched from the UI (a click on Materialize, a
     backfill, the launchpad) or with `dagster asset materialize` carry no tag of ours; without it the next
     `personalization materialize` counted what they built as built by other code, and rebuilt it and everything
     after it. The run process computes the digest itself, from what it runs."""
@@ -165,7 +180,9 @@ class _FingerprintingExecutor(dg.Executor):
 
     def execute(self, plan_context, execution_plan):
         run = plan_context.dagster_run
-        if FINGERPRINT_TAG not in run.tags:
+        # a job's own tag (`run_tags`, computed when the code server loaded the definitions) knows nothing of the
+        # configuration a run of it was launched with (the launchpad): a configured run gets its configured tag
+        if FINGERPRINT_TAG not in run.tags or deciding_ops_config(run.run_config):
             plan_context.instance.add_run_tags(run.run_id, {FINGERPRINT_TAG: run_fingerprint(run.run_config)})
         yield from self._inner.execute(plan_context, execution_plan)
 

@@ -55,6 +55,7 @@ def pair():
 
 class AfterConfig(dg.Config):
     cutoff: str = "default"
+    full_refresh: bool = False  # as the platform's incremental steps have: how it builds, not what
 
 
 @dg.asset(key="after_b", deps=["pair_b"])
@@ -90,7 +91,9 @@ DEFS = dg.Definitions(assets=[root, mid0, middle, pair, after_b, after_middle, o
 PLATFORM_EXECUTOR_DEFS = dg.Definitions(
     assets=[root, mid0, middle, pair, after_b, after_middle, other_root, after_other, retention_log],
     executor=staleness.fingerprinting_executor,
-    jobs=[dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all() - dg.AssetSelection.assets(RETENTION_LOG))],
+    jobs=[dg.define_asset_job("materialize_all", selection=dg.AssetSelection.all() - dg.AssetSelection.assets(RETENTION_LOG)),
+          # a job of ours: its runs carry the tag the code server computed (`staleness.run_tags`), whatever their config
+          dg.define_asset_job("rebuild_after_b", selection=dg.AssetSelection.assets("after_b"), tags=staleness.run_tags())],
 )
 ROOTS = {"root", "other_root"}
 ALL_BUT_ROOT = {"mid0", "middle", "pair_a", "pair_b", "after_b", "after_middle", "after_other"}
@@ -298,10 +301,14 @@ def _platform_executor_job():
     return PLATFORM_EXECUTOR_DEFS.resolve_job_def("materialize_all")
 
 
-def _launched_without_our_tag(instance, run_config=None) -> dg.DagsterRun:
+def _rebuild_after_b_job():
+    return PLATFORM_EXECUTOR_DEFS.resolve_job_def("rebuild_after_b")
+
+
+def _launched_without_our_tag(instance, run_config=None, job=_platform_executor_job) -> dg.DagsterRun:
     """A run as the UI or `dagster asset materialize` launch one: the job's own executor, no tag of ours (not the
     CLI's `execute_in_process`, which tags its runs itself)."""
-    with dg.execute_job(dg.reconstructable(_platform_executor_job), instance=instance, run_config=run_config) as result:
+    with dg.execute_job(dg.reconstructable(job), instance=instance, run_config=run_config) as result:
         assert result.success
         return instance.get_run_by_id(result.run_id)
 
@@ -321,4 +328,23 @@ def test_what_a_run_launched_from_the_ui_built_is_not_rebuilt(world):
     assert run.tags[staleness.FINGERPRINT_TAG].startswith(staleness.platform_fingerprint() + "+config:")
     ok, _, result, built = _run(instance, defs=PLATFORM_EXECUTOR_DEFS)
     assert ok and "after_b" in built
+    assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies, settings or configuration"
+
+
+def test_a_job_launched_with_a_configuration_is_tagged_with_it(world):
+    """Our jobs carry the tag the code server computed when it loaded them; a run of one launched with a configuration
+    (the launchpad) built other tables than the default configuration would. It kept the plain tag, and the next
+    `personalization materialize` found its tables up to date for good. A field that changes how, not what
+    (`full_refresh`), leaves the plain tag."""
+    _, instance = world
+    _run(instance, defs=PLATFORM_EXECUTOR_DEFS)
+    plain = staleness.platform_fingerprint()
+    run = _launched_without_our_tag(instance, {"ops": {"after_b": {"config": {"full_refresh": True}}}}, job=_rebuild_after_b_job)
+    assert run.tags[staleness.FINGERPRINT_TAG] == plain
+    assert _run(instance, defs=PLATFORM_EXECUTOR_DEFS)[3] == ROOTS
+
+    run = _launched_without_our_tag(instance, {"ops": {"after_b": {"config": {"cutoff": "earlier"}}}}, job=_rebuild_after_b_job)
+    assert run.tags[staleness.FINGERPRINT_TAG].startswith(plain + "+config:")
+    ok, _, result, built = _run(instance, defs=PLATFORM_EXECUTOR_DEFS)
+    assert ok and built == {*ROOTS, "after_b"}
     assert result.plan.stale[dg.AssetKey("after_b")] == "last built by other code, policies, settings or configuration"
