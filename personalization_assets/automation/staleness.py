@@ -61,8 +61,9 @@ _SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".sql", ".csv")  # the pack
 _SKIP_DIRS = frozenset({"__pycache__", ".pytest_cache"})
 _SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL")
 _SETTING_PREFIXES = ("PERSONALIZATION_", "DBT_", "SNOWFLAKE_")
-# settings that say where things are or how fast to go, not what the tables hold (`make demo` sets the data dir that
-# the CLI otherwise defaults to: the same tables). A lake moved elsewhere is new input to the root steps anyway.
+# settings that say where things are or how fast to go, not what the tables hold. The data dir enters resolved
+# (`_local_data_dir`): `make demo` sets the one the CLI otherwise defaults to, spelled differently, the same tables.
+# A lake moved elsewhere is new input to the root steps anyway.
 _NOT_DECIDING = frozenset({
     "PERSONALIZATION_DATA_DIR", "PERSONALIZATION_LANDING_READ_CONCURRENCY", "PERSONALIZATION_DUCKDB_MEMORY_LIMIT",
     "PERSONALIZATION_ALERT_WEBHOOK_URL", "PERSONALIZATION_SECRETS_ARNS", "PERSONALIZATION_LOG_RECHECK_SEGMENTS",
@@ -107,6 +108,7 @@ def platform_fingerprint() -> str:
             h.update(f"lib/{dist}={metadata.version(dist)}\0".encode())
         except metadata.PackageNotFoundError:
             h.update(f"lib/{dist}=absent\0".encode())
+    h.update(f"data_dir/{_local_data_dir()}\0".encode())
     for name in sorted(os.environ):
         if (name.startswith(_SETTING_PREFIXES) and not any(w in name for w in _SECRET_WORDS)
                 and name not in _NOT_DECIDING and not name.startswith(_NOT_DECIDING_PREFIXES)):
@@ -115,6 +117,15 @@ def platform_fingerprint() -> str:
             if _small_file(value):
                 h.update(hashlib.sha256(Path(value).read_bytes()).digest())
     return h.hexdigest()[:32]
+
+
+def _local_data_dir() -> str:
+    """The data dir, resolved as settings.py resolves it, where it decides tables: locally the warehouse file (and
+    the development key) live there, so a run with another data dir has not built them even if the lake is the same.
+    '' in production (Snowflake; the dir holds only locks and caches)."""
+    if os.environ.get("PERSONALIZATION_ENV", "local") == "prod":
+        return ""
+    return str(Path(os.environ.get("PERSONALIZATION_DATA_DIR") or "./.data").expanduser().resolve())
 
 
 def _small_file(value: str) -> bool:

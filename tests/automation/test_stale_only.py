@@ -188,11 +188,22 @@ def test_other_code_or_settings_rebuild_everything_the_fingerprint_covers(world,
     with_secret = staleness.platform_fingerprint()
     monkeypatch.setenv("PERSONALIZATION_STALE_TEST_SECRET_KEY", "2")
     assert staleness.platform_fingerprint() == with_secret
-    # where the data lives or how fast it is read does not decide the tables (`make demo` sets the data dir the CLI
-    # defaults to); what a setting's file says does
-    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", "/elsewhere")
+    # how fast it is read does not decide the tables, nor how the data dir is spelled (`make demo` sets the one the CLI
+    # defaults to); another data dir does locally (the warehouse file lives there); what a setting's file says does
     monkeypatch.setenv("PERSONALIZATION_LANDING_READ_CONCURRENCY", "3")
     assert staleness.platform_fingerprint() == with_secret
+    monkeypatch.chdir(_dir())
+    monkeypatch.delenv("PERSONALIZATION_DATA_DIR", raising=False)
+    default_dir = staleness.platform_fingerprint()
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(_dir() / ".data"))
+    assert staleness.platform_fingerprint() == default_dir
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(_dir() / "elsewhere"))
+    assert staleness.platform_fingerprint() != default_dir
+    monkeypatch.setenv("PERSONALIZATION_ENV", "prod")
+    prod = staleness.platform_fingerprint()
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(_dir() / ".data"))
+    assert staleness.platform_fingerprint() == prod, "in production the data dir holds no table"
+    monkeypatch.delenv("PERSONALIZATION_ENV")
     config = _dir() / "anomalies.yaml"
     config.write_text("a: 1\n")
     monkeypatch.setenv("PERSONALIZATION_ANOMALY_CONFIG", str(config))
