@@ -118,6 +118,7 @@ class IngestOutcome:
     unaccounted_records: int = 0
     hours: dict = field(default_factory=dict)  # partition key -> HourStats
     full_refresh: bool = False
+    settings_changed: bool = False  # a full refresh because the ingestion settings differ from the stored hours'
     layouts: Counter = field(default_factory=Counter)
     # digest of the manifest as recorded at the end of the run: raw/events' data version (an object read, re-read
     # or forgotten changes a row; a run that found nothing new leaves it as it was)
@@ -131,7 +132,28 @@ class IngestOutcome:
             "objects_reference": self.objects_reference, "objects_unaccounted": len(self.objects_unaccounted),
             "records_read": self.records_read, "suppressed": self.suppressed, "rows_replaced": self.rows_removed,
             "unaccounted_records": self.unaccounted_records, "hours_touched": len(self.hours), "full_refresh": self.full_refresh,
+            "settings_changed": self.settings_changed,
         }
+
+
+EVENTS_FORMAT = "1"  # bump when the events' parsing or validation rules change: every object is read again once
+BASIS_META = b"personalization.ingest_basis"  # the manifest's footer: the settings its hours were read with
+
+
+def ingest_basis(platform) -> str:
+    """A digest of the settings that decide which rows an object files where: the line size limit, the horizon, the
+    future tolerance, the layout setting and `EVENTS_FORMAT`."""
+    return hashlib.sha256(f"{EVENTS_FORMAT}|{platform.max_line_bytes}|{platform.horizon_days}|{platform.max_future_minutes}|"
+                          f"{getattr(platform, 'events_layout', 'auto')}".encode()).hexdigest()[:32]
+
+
+def stored_basis(lake) -> str | None:
+    """The basis the stored manifest was written with (its footer only); None: no manifest, or one written before it
+    was recorded."""
+    if not lake.exists("raw", MANIFEST_TABLE):
+        return None
+    value = (lake.schema("raw", MANIFEST_TABLE).metadata or {}).get(BASIS_META)
+    return value.decode() if value else None
 
 
 def read_manifest(lake) -> pa.Table:
@@ -261,6 +283,16 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     manifest = read_manifest(lake)
     landed = {o.obj.path: o.obj.fingerprint for o in event_side}
     manifest_rows = {row["path"]: row for row in manifest.to_pylist()}
+    # the settings the stored hours were read with: other ones (a line size limit, the horizon, the future tolerance,
+    # the layout, the rules' format) would file other rows, so every object is read again (a full refresh), as a
+    # reference source is when its digest changes. A manifest written before this was recorded adopts the current basis.
+    basis = ingest_basis(platform)
+    stored = stored_basis(lake)
+    if stored is not None and stored != basis and manifest_rows and not full_refresh:
+        log("the ingestion settings changed since the stored hours were read (line size limit, horizon, future tolerance, "
+            "layout or the rules' format): the whole landing zone is read again")
+        full_refresh = True
+        outcome.full_refresh = outcome.settings_changed = True
     # The stored hours are rewritten in place, never emptied first: until a batch reaches an hour, readers see it as it
     # was. Before any hour changes, every object a run re-reads although the manifest has it unchanged is marked in
     # the manifest (durably): a run killed midway leaves the objects it had not reached marked, and the next run,
@@ -277,7 +309,7 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
         log(f"restarting an interrupted full refresh: {(changed + stray)[0]} changed since it started" if refresh else
             "resuming an interrupted full refresh (the manifest still marks the objects it had not re-read)")
     if refresh:  # started, or started over
-        _start_refresh(con, lake, manifest_rows, landed, outcome, log)
+        _start_refresh(con, lake, manifest_rows, landed, outcome, log, basis)
     outcome.full_refresh = full_refresh or interrupted  # the batches then keep only rows the refresh re-read
     to_read = []
     for o in event_side:
@@ -295,7 +327,7 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
             outcome.objects_unchanged += 1
     reread = {o.obj.path for o in to_read}
     _mark(manifest_rows, {p: landed[p] for p in reread if p in manifest_rows and not _mark_of(manifest_rows[p]["fingerprint"])},
-          REREAD_MARK, lake)
+          REREAD_MARK, lake, basis)
     previous_hours = {p: set(manifest_rows[p]["hours"] or []) for p in reread if p in manifest_rows}
     # Which stored rows of a rewritten hour stay. Incremental: all but those of objects still to be re-read
     # (`pending`). Full refresh: only those of objects already re-read by it (`done`, which a resumed refresh takes
@@ -313,13 +345,14 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
             if done is not None:
                 done |= {o.obj.path for o in batch}
             # progress is durable per batch: a rerun after a crash re-reads only what the manifest lacks or marks
-            _write_manifest(lake, manifest_rows)
+            _write_manifest(lake, manifest_rows, basis)
             originals.files.clear()
-    if not batches and (in_refresh or not lake.exists("raw", MANIFEST_TABLE)):
-        _write_manifest(lake, manifest_rows)
+    if not batches and (in_refresh or not lake.exists("raw", MANIFEST_TABLE) or stored != basis):
+        _write_manifest(lake, manifest_rows, basis)
     recorded = read_manifest(lake)  # what was durably recorded, not what we meant to record
     in_manifest = set(recorded["path"].to_pylist())
-    outcome.manifest_digest = table_digest(recorded)
+    # the basis too: the same objects read under other settings are other tables
+    outcome.manifest_digest = hashlib.sha256(f"{table_digest(recorded)}|{basis}".encode()).hexdigest()
     outcome.objects_unaccounted = [o.obj.path for o in event_side if o.obj.path not in in_manifest]
     return outcome
 
@@ -330,7 +363,7 @@ REFRESH_MARK = "refresh-pending:"  # a full refresh: every object, and the clean
 REREAD_MARK = "reread-pending:"    # the objects of hours asked for again (`rebuild_hours`)
 
 
-def _mark(manifest_rows: dict, fingerprints: dict[str, str], mark: str, lake) -> None:
+def _mark(manifest_rows: dict, fingerprints: dict[str, str], mark: str, lake, basis: str) -> None:
     """Set the manifest fingerprint of each path in `fingerprints` to `mark` + the given fingerprint and, if any row
     changed, write the manifest before anything else is written."""
     changed = False
@@ -340,10 +373,10 @@ def _mark(manifest_rows: dict, fingerprints: dict[str, str], mark: str, lake) ->
             manifest_rows[p] = {**row, "fingerprint": f"{mark}{fingerprint}"}
             changed = True
     if changed:
-        _write_manifest(lake, manifest_rows)
+        _write_manifest(lake, manifest_rows, basis)
 
 
-def _start_refresh(con, lake, manifest_rows: dict, landed: dict[str, str], outcome: IngestOutcome, log) -> None:
+def _start_refresh(con, lake, manifest_rows: dict, landed: dict[str, str], outcome: IngestOutcome, log, basis: str) -> None:
     """The start of a full refresh, before any batch. (1) Every object of the landing zone in the manifest is marked
     with its current fingerprint. (2) Every stored partition that is not a canonical hour some manifest row names is
     deleted unread (files no manifest row accounts for; `hour=5`, `hour=xx`, a file at the table root), and so is one
@@ -352,7 +385,7 @@ def _start_refresh(con, lake, manifest_rows: dict, landed: dict[str, str], outco
     leave every hour they fed (their rows dropped, the hour's duplicates decided again over what stays; the batches then
     rewrite those hours from the objects they re-read), then the manifest forgets them. Each step is idempotent, so a
     refresh that dies here starts over cleanly."""
-    _mark(manifest_rows, {p: fp for p, fp in landed.items() if p in manifest_rows}, REFRESH_MARK, lake)
+    _mark(manifest_rows, {p: fp for p, fp in landed.items() if p in manifest_rows}, REFRESH_MARK, lake, basis)
     accounted = {h for row in manifest_rows.values() for h in (row["hours"] or [])}
     for table in ("events", "events_quarantine"):
         for part in lake.partitions("raw", table):
@@ -368,7 +401,7 @@ def _start_refresh(con, lake, manifest_rows: dict, landed: dict[str, str], outco
                         set(), _NoOriginals(), None, None)
         for p in gone:
             del manifest_rows[p]
-        _write_manifest(lake, manifest_rows)
+        _write_manifest(lake, manifest_rows, basis)
 
 
 def _readable(lake, table: str, part: dict) -> bool:
@@ -425,8 +458,8 @@ def _unmarked(fingerprint: str | None) -> str | None:
     return fingerprint[len(mark):] if mark else fingerprint
 
 
-def _write_manifest(lake, rows: dict) -> None:
-    table = pa.Table.from_pylist([rows[p] for p in sorted(rows)], schema=MANIFEST_SCHEMA)
+def _write_manifest(lake, rows: dict, basis: str) -> None:
+    table = pa.Table.from_pylist([rows[p] for p in sorted(rows)], schema=MANIFEST_SCHEMA.with_metadata({BASIS_META: basis.encode()}))
     lake.write_table("raw", MANIFEST_TABLE, table)
 
 

@@ -79,6 +79,41 @@ def test_runs_read_only_new_objects_and_file_messages_by_received_at(landing, da
     assert (late.objects_read, sorted(late.hours)) == (1, ["2026-11-28-02:00"])
 
 
+def test_a_changed_ingestion_setting_reads_the_whole_landing_again_and_equals_a_full_refresh(landing, data_dir, monkeypatch):
+    """The line size limit decides which lines are rows and which are quarantined. Changed between runs, the run after
+    read only new objects (none): the stored hours kept what the old limit let through, for good, while a full
+    refresh gave other tables. A reference source re-reads on such a change; the events now do too."""
+    long_line = _m(1, 13, properties={"note": "x" * 3000})
+    _obj(landing, "events/date=2026-11-28/hour=13/a.jsonl.gz", [_m(0, 13), long_line, _m(2, 13)])
+    assert _run().records_read == 3 and len(_message_ids(data_dir, 13)) == 3
+    assert _run().objects_read == 0  # same settings: nothing read
+    monkeypatch.setenv("PERSONALIZATION_MAX_LINE_BYTES", "2048")
+    changed = _run()
+    assert changed.settings_changed and changed.full_refresh and changed.objects_read == 1
+    assert _message_ids(data_dir, 13) == Counter({"m-0": 1, "m-2": 1})
+    assert [r["reason"] for r in _quarantine(data_dir, 13)] == ["line_too_large"]
+    incremental = _tables(_lake(data_dir))
+    _run(full_refresh=True)
+    assert _tables(_lake(data_dir)) == incremental
+    again = _run()
+    assert not again.settings_changed and again.objects_read == 0
+
+
+def test_a_manifest_without_a_recorded_basis_adopts_the_current_one(landing, data_dir):
+    """A manifest written before the basis was recorded: the next run reads nothing again (a one-off full re-read of
+    every deployment's landing on upgrade would cost hours at scale) and records the basis."""
+    import pyarrow.parquet as pq
+
+    _obj(landing, "events/date=2026-11-28/hour=13/a.jsonl.gz", [_m(0, 13)])
+    _run()
+    path = _lake(data_dir) / "raw" / ingest.MANIFEST_TABLE / "data.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({}), path)
+    out = _run()
+    assert (out.objects_read, out.settings_changed) == (0, False)
+    assert ingest.BASIS_META in pq.read_schema(path).metadata
+
+
 def test_redelivered_replaced_and_copied_objects(landing, data_dir):
     _obj(landing, "events/date=2026-11-28/hour=13/a.jsonl.gz", [_m(0, 13), _m(1, 13)])
     _run()
@@ -447,8 +482,8 @@ def test_reconciliation_fails_when_a_record_or_object_goes_missing(landing, data
     monkeypatch.setattr(ingest, "_quarantine_table", real)
     real_write = ingest._write_manifest
 
-    def forgetful(lake, rows):
-        real_write(lake, {p: r for p, r in rows.items() if not p.endswith("c.jsonl")})
+    def forgetful(lake, rows, basis):
+        real_write(lake, {p: r for p, r in rows.items() if not p.endswith("c.jsonl")}, basis)
 
     (landing / "events/date=2026-11-28/hour=14").mkdir()
     (landing / "events/date=2026-11-28/hour=14/c.jsonl").write_bytes(line(_m(3, 14)))
