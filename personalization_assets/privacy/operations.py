@@ -81,7 +81,10 @@ def build_erasure_asset(asset_graph, warehouse_eraser_key: str | None = None):
         "sources (plan derived from the lineage), verifies absence, and appends what it did to a hash-chained log.",
         # it reads and rewrites every target: in a run that also builds them (the demo, a full refresh), it comes last
         group_name=GROUP, owners=OWNERS, kinds={"parquet"},
-        deps=[SUPPRESSION_LIST, *sorted({dg.AssetKey.from_user_string(t.asset) for t in targets} - {SUPPRESSION_LIST}, key=lambda k: k.path)],
+        # after every target it erases from; not after those with nothing to erase (`none`: the DP exports, the catalog):
+        # a failed DP export (budget spent) skipped the erasure in every run that built both, tick after tick
+        deps=[SUPPRESSION_LIST, *sorted({dg.AssetKey.from_user_string(t.asset) for t in targets if t.handler["kind"] != "none"}
+                                        - {SUPPRESSION_LIST}, key=lambda k: k.path)],
         metadata={"privacy/tier": "privacy", "erasure_plan": dg.MetadataValue.json([t.asset for t in targets]),
                   "retained_as_evidence": dg.MetadataValue.json(retained)},
         check_specs=[dg.AssetCheckSpec("subjects_absent_everywhere", asset=ERASURE_LOG, blocking=True,

@@ -338,3 +338,18 @@ def test_every_group_gets_its_own_laplace_noise_of_the_declared_scale():
     assert abs(sum(x == 0 for x in noise) / n - (1 - t) / (1 + t)) < 0.04
     lag = sum((a - mean) * (b - mean) for a, b in zip(noise, noise[1:])) / ((n - 1) * sample_var)
     assert abs(lag) < 0.1
+
+
+def test_a_spent_budget_fails_the_export_and_never_skips_the_erasure(data_dir):
+    """The erasure run came after every asset of its plan, the DP exports included, though they hold nothing to erase:
+    once the month's budget was spent, the failed export made Dagster skip the erasure in every run that built both
+    (every plain `personalization materialize`), and erasure requests waited for the next month."""
+    from tests.helpers import defs_for_env, materialize, materializations
+
+    lake = LakeStorage(url=str(data_dir / "lake"))
+    _write_export_inputs(lake)
+    policy = get_policy()
+    _ledger(data_dir).charge(DpRelease("setup", policy.dp_total_epsilon, 1), "setup", datetime.now(timezone.utc))
+    result = materialize(defs_for_env(), f"{EXPORT} or key:privacy/erasure_log", raise_on_error=False)
+    assert not result.success, "the export cannot release: the budget is spent"
+    assert "privacy/erasure_log" in materializations(result), "the erasure ran all the same"
