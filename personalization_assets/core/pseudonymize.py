@@ -23,7 +23,8 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
-from personalization_assets.core.pseudonym_keys import DEV_KEY_WARNING, parse_key_map
+from personalization_assets.core.pseudonym_keys import DEV_KEY_WARNING, KeyConfigError, parse_key_map
+from personalization_assets.core.storage import LakeStorage
 
 log = logging.getLogger(__name__)
 PSEUDONYM_RE = re.compile(r"^v(\d+):([0-9a-f]{64})$")
@@ -89,6 +90,8 @@ class Pseudonymizer(dg.ConfigurableResource):
     keys_json: Optional[str] = Field(default=None, description="Key map JSON; pass dg.EnvVar, never a literal.")
     keys_file: Optional[str] = Field(default=None, description="Local dev only: file holding a generated key map.")
     active_version: Optional[str] = Field(default=None, description="Active key version (default: highest).")
+    lake: Optional[LakeStorage] = Field(default=None, description="The lake whose pseudonyms these keys make: each key "
+                                        "version is checked against the key id the lake recorded for it (`check_key_ids`).")
 
     _chain: Optional[KeyChain] = PrivateAttr(default=None)
 
@@ -105,6 +108,8 @@ class Pseudonymizer(dg.ConfigurableResource):
                     "No pseudonymization key: set PERSONALIZATION_PSEUDONYM_KEYS (see README, configuration)."
                 )
             keys, active = parse_key_map(raw, self.active_version)
+            if self.lake is not None:
+                check_key_ids(self.lake, keys, "PERSONALIZATION_PSEUDONYM_KEYS" if self.keys_json else f"the development key file {self.keys_file}")
             self._chain = KeyChain(keys, active)
         return self._chain
 
@@ -123,6 +128,54 @@ class Pseudonymizer(dg.ConfigurableResource):
             out.append(cache[v])
         return out
 
+
+
+KEY_IDS = ("privacy", "pseudonym_key_ids")  # version -> key id of the key that version's pseudonyms were made with
+_KEY_ID_LABEL = b"personalization/pseudonym-key-id"
+
+
+def key_id(key: bytes) -> str:
+    """A public name of a key (HMAC of a fixed label under it: says nothing of the key, tells two keys apart)."""
+    return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+def check_key_ids(lake: LakeStorage, keys: dict[str, bytes], source: str) -> None:
+    """Every key version must be the key the lake's pseudonyms of that version were made with. A key replaced under
+    the same version (a secret rotated without a new version, another data dir's development key over the same lake)
+    made pseudonyms that match nothing stored: the suppression list no longer caught an erased subject's new events,
+    consent lookups missed. The first use of a version records its key id (`privacy/pseudonym_key_ids`); any other
+    key under it is refused with the fix."""
+    from personalization_assets.core.hash_chain import table_writer_lock
+
+    ids = {v: key_id(k) for v, k in keys.items()}
+
+    def recorded() -> dict[str, str]:
+        if not lake.exists(*KEY_IDS):
+            return {}
+        t = lake.read_table(*KEY_IDS)
+        return dict(zip(t["version"].to_pylist(), t["key_id"].to_pylist()))
+
+    def refuse(known: dict[str, str]) -> None:
+        wrong = sorted((v for v in ids if v in known and known[v] != ids[v]), key=int)
+        if wrong:
+            v = wrong[0]
+            raise KeyConfigError(
+                f"Pseudonymization key version {v} from {source} is not the key this lake's version-{v} pseudonyms were "
+                f"made with (key id {ids[v]}; the lake recorded {known[v]} in {'/'.join(KEY_IDS)}). Fix: restore the "
+                f"original key for version {v}; to change keys, add the new key under a new version, set "
+                "PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION to it and run the rotate_pseudonym_keys job.")
+
+    known = recorded()
+    refuse(known)
+    if set(ids) <= set(known):
+        return
+    with table_writer_lock(lake, {"layer": KEY_IDS[0], "name": f"{KEY_IDS[1]}_writer"}):
+        known = recorded()
+        refuse(known)
+        merged = {**{v: ids[v] for v in ids}, **known}
+        versions = sorted(merged, key=int)
+        lake.write_table(*KEY_IDS, pa.table({"version": pa.array(versions, pa.string()),
+                                             "key_id": pa.array([merged[v] for v in versions], pa.string())}))
 
 
 def rows_matching_pseudonyms(table: pa.Table, columns: dict[str, str], targets: set[str], pseudonymize) -> tuple[pa.Array, set[str]]:

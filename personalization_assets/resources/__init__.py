@@ -88,19 +88,22 @@ def build_resources(settings: Settings) -> dict:
             log_recheck_segments=settings.log_recheck_segments,
         ),
     }
-    resources["pseudonymizer"] = pseudonymizer(settings)
+    resources["pseudonymizer"] = pseudonymizer(settings, lake=resources["lake"])
     return resources
 
 
-def pseudonymizer(settings: Settings) -> Pseudonymizer:
+def pseudonymizer(settings: Settings, lake: LakeStorage | None = None) -> Pseudonymizer:
+    """`lake`: the lake the keys' pseudonyms are stored in, whose recorded key ids every key version is checked
+    against (`pseudonymize.check_key_ids`)."""
     if settings.pseudonym_keys_from_env:
         return Pseudonymizer(
             keys_json=dg.EnvVar("PERSONALIZATION_PSEUDONYM_KEYS"),
             active_version=dg.EnvVar("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") if settings.pseudonym_active_version_set else None,
+            lake=lake,
         )
     # local only (prod requires the env var, see settings.load_settings)
     _, created = ensure_dev_keys(settings.data_dir)
     path = settings.data_dir / DEV_KEY_FILE
     if created:
         logging.getLogger("personalization").warning(DEV_KEY_WARNING.format(path=path))
-    return Pseudonymizer(keys_file=str(path))
+    return Pseudonymizer(keys_file=str(path), lake=lake)

@@ -326,7 +326,11 @@ def test_prod_secrets_come_from_secrets_manager_through_dagster_aws(secrets_env,
     from personalization_assets.core.pseudonymize import Pseudonymizer
 
     expected = Pseudonymizer(keys_json=secrets_env["keys"], active_version="2")
-    with dg.build_resources({"pz": build_resources(settings)["pseudonymizer"]}) as resources:
+    from personalization_assets.resources import pseudonymizer
+
+    assert build_resources(settings)["pseudonymizer"].lake is not None  # the resources check the keys against the lake
+    # the keys alone here (this test's lake bucket does not exist): the resource as build_resources makes it, lake aside
+    with dg.build_resources({"pz": pseudonymizer(settings)}) as resources:
         assert resources.pz.chain().active == "2"
         got = resources.pz.pseudonymize_values(["user-42", None], "id")
     assert got == expected.pseudonymize_values(["user-42", None], "id") and got[0].startswith("v2:")

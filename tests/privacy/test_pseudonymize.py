@@ -83,3 +83,27 @@ def test_keychain_refuses_downgrade():
     chain = KeyChain({"1": bytes.fromhex(K1), "2": bytes.fromhex(K2)}, "1")
     with pytest.raises(ValueError):
         chain.rekey("v2:" + "0" * 64)
+
+
+@pytest.mark.integration
+def test_a_key_replaced_under_its_version_is_refused_with_the_fix(data_dir, monkeypatch):
+    """A key swapped under the same version (a secret rotated without a new version; another data dir's development
+    key over the same lake) made pseudonyms that match nothing stored: the suppression list stopped catching an erased
+    subject's new events, and nothing said so. Each version's key id is recorded on first use; another key under it is
+    refused, naming the fix; a new version next to the old key is what rotation means, and goes through."""
+    from tests.helpers import defs_for_env, generate, materialize
+
+    generate(data_dir / "landing", users=20, events=300, days=1, bad_fraction=0.0)
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": K1}))
+    assert materialize(defs_for_env(), "key:raw/crm_profiles").success
+
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": K2}))
+    result = materialize(defs_for_env(), "key:raw/crm_profiles", raise_on_error=False)
+    assert not result.success
+    failure = "".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+    assert "key version 1 from PERSONALIZATION_PSEUDONYM_KEYS is not the key" in failure and "rotate_pseudonym_keys" in failure
+    assert K2 not in failure and K1 not in failure
+
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": K1, "2": K2}))
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", "2")
+    assert materialize(defs_for_env(), "key:raw/crm_profiles").success
