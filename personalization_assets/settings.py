@@ -149,7 +149,9 @@ class EnvSettings(BaseSettings):
                                                            "readme_name": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"})
     aws_secret_access_key_set: bool = Field(False, validation_alias="AWS_SECRET_ACCESS_KEY", json_schema_extra={"readme": False})
     pseudonym_keys: str = Field("", validation_alias="PERSONALIZATION_PSEUDONYM_KEYS", repr=False,
-                                description="JSON map `{\"<version>\": \"<hex key>\"}` of HMAC keys (secret, ≥ 32 bytes each).",
+                                description="JSON map `{\"<version>\": \"<hex key>\"}` of HMAC keys (secret, ≥ 32 bytes each). A version's key is "
+                                "never replaced: the lake records each version's key id on first use and refuses another key under it; "
+                                "to change keys, add a new version and run `rotate_pseudonym_keys`.",
                                 json_schema_extra=_doc("generated dev key", "required (Secrets Manager)"))
     pseudonym_active_version: str | None = Field(None, validation_alias="PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION",
                                                  description="Key version used for new pseudonyms.",

@@ -22,8 +22,9 @@ def _write(landing, date, hour, name, n, start=0):
 
 def _tick(defs, instance, cursor=None):
     sensor = defs.resolve_sensor_def("landing_arrival")
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources)
-    result = sensor.evaluate_tick(ctx)
+    # a context manager: the resources hold nested ones (the pseudonymizer checks its keys against the lake)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as ctx:
+        result = sensor.evaluate_tick(ctx)
     return result.run_requests or [], result.cursor
 
 
@@ -100,14 +101,17 @@ def test_schedule_backstop_skips_objects_that_already_have_a_run(landing):
 
     with dg.instance_for_test() as instance:
         when = datetime(2026, 11, 28, 14, 5, tzinfo=timezone.utc)
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources, repository_def=defs.get_repository_def())
-        data = schedule.evaluate_tick(ctx)
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources,
+                                       repository_def=defs.get_repository_def()) as ctx:
+            data = schedule.evaluate_tick(ctx)
         assert [_selection(r)[:len(INGEST)] for r in data.run_requests] == [INGEST]
         req = data.run_requests[0]
         # a run for that digest exists (e.g. launched by the sensor): the schedule stays quiet
         job = defs.resolve_implicit_global_asset_job_def()
         instance.create_run_for_job(job_def=job, tags=req.tags, asset_selection=frozenset(req.asset_selection))
-        data2 = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources, repository_def=defs.get_repository_def()))
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when, resources=defs.resources,
+                                       repository_def=defs.get_repository_def()) as ctx:
+            data2 = schedule.evaluate_tick(ctx)
         assert not data2.run_requests
 
 
@@ -140,9 +144,9 @@ def test_every_request_of_the_sensor_and_the_schedule_is_launchable_by_its_job(l
     schedule = defs.resolve_schedule_def("landing_extraction_every_5_minutes")
     with dg.instance_for_test() as instance:
         sensor_requests, _ = _tick(defs, instance)
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 28, 14, 5, tzinfo=timezone.utc),
-                                        resources=defs.resources, repository_def=defs.get_repository_def())
-        schedule_requests = schedule.evaluate_tick(ctx).run_requests
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 28, 14, 5, tzinfo=timezone.utc),
+                                       resources=defs.resources, repository_def=defs.get_repository_def()) as ctx:
+            schedule_requests = schedule.evaluate_tick(ctx).run_requests
         for job_name, requests in ((sensor.job_name, sensor_requests), (schedule.job_name, schedule_requests)):
             job_keys = defs.resolve_job_def(job_name).asset_layer.selected_asset_keys
             assert requests and any(len(r.asset_selection) > 3 for r in requests)  # the streaming followers are requested
