@@ -7,6 +7,7 @@ what is wrong, e.g. ``privacy_policies/jurisdictions.yaml: jurisdictions.EU.purp
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -545,6 +546,18 @@ def _policy_error(label: str, exc: ValidationError) -> PolicyError:
     return PolicyError(f"{label}: {where}: {problem}" if where else f"{label}: {problem}")
 
 
+# the policy files whose content decides consent and what is kept of a record: part of the policy version
+DECIDING_POLICY_FILES = ("policy.yaml", "purposes.yaml", "jurisdictions.yaml", "classification.yaml")
+
+
+def _content_digest(directory: Path, names: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        path = directory / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
+    return h.hexdigest()[:12]
+
+
 class _Reader:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -574,7 +587,9 @@ def load_policy(directory: Path | str | None = None, raw_models: dict | None = N
     directory = Path(directory) if directory else policy_dir()
     r = _Reader(directory)
 
-    version = str(r.parse("policy.yaml").version)
+    # the declared version and a digest of the files that decide consent and pseudonymization: an edit nobody
+    # declared still rebuilds the consent state and the consented tier, which key their state on it
+    version = f"{r.parse('policy.yaml').version}+{_content_digest(directory, DECIDING_POLICY_FILES)}"
     purposes_file: PurposesFile = r.parse("purposes.yaml")
     purposes = {
         name: Purpose(name, tuple(c.lower() for c in spec.categories), spec.gpc_denies, dict(spec.privacy_request_types))

@@ -167,3 +167,18 @@ def test_each_policy_file_has_a_pydantic_model(policy_dir):
     for name, model in FILE_MODELS.items():
         assert issubclass(model, BaseModel), name
         assert model.model_json_schema()["properties"], name
+
+
+def test_an_undeclared_edit_of_a_deciding_policy_file_changes_the_policy_version(policy_dir):
+    """The consent state, the ledger's decisions and the consented tier key their state on the policy version. It was
+    the declared `version` of policy.yaml only: a jurisdiction's default turned from granted to denied without a bump
+    left every stored consent state as it was. The version now carries a digest of the files that decide consent."""
+    before = load_policy(policy_dir).version
+    declared = yaml.safe_load((policy_dir / "policy.yaml").read_text())["version"]
+    assert before.startswith(f"{declared}+")
+    jurisdictions = policy_dir / "jurisdictions.yaml"
+    jurisdictions.write_text(jurisdictions.read_text() + "\n# an edit nobody declared\n")
+    after = load_policy(policy_dir).version
+    assert after != before and after.startswith(f"{declared}+")
+    (policy_dir / "retention.yaml").write_text((policy_dir / "retention.yaml").read_text() + "\n# not about consent\n")
+    assert load_policy(policy_dir).version == after
