@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -140,6 +142,29 @@ def build_waits_behind(lock, build, written, wait_s: float = 6) -> tuple[object,
     worker.join(timeout=300)
     return out["result"], released
 
+
+
+@contextmanager
+def held_by_another_thread(take):
+    """For the with-block, another thread holds the lock `take()` returns (a context manager, entered in that thread:
+    another run's build or writer)."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with take():
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(30), "the other thread never took the lock"
+        yield
+    finally:
+        release.set()
+        t.join()
 
 
 def anomaly_config_file(tmp_path, edit) -> str:

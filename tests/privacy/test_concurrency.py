@@ -24,7 +24,7 @@ from personalization_assets.core.hash_chain import (
 from personalization_assets.core.policies import DpRelease, get_policy
 from personalization_assets.core.storage import LakeStorage
 from tests.conftest import ROOT
-from tests.helpers import defs_for_env, materialize
+from tests.helpers import defs_for_env, held_by_another_thread, materialize
 from tests.privacy.concurrency_worker import env_lake
 
 T = datetime(2026, 11, 28, tzinfo=timezone.utc)
@@ -263,28 +263,17 @@ def _kept_while_held(lake: LakeStorage, waiter_timeout: float) -> HashChainedLog
     """A thread holds the ledger's S3 lease (lifetime 1.5 s) while a waiter tries to take it for `waiter_timeout` s,
     longer than two lifetimes: the waiter must give up (only renewal keeps a lease that long). Returns the waiter,
     once the holder let go."""
-    import threading
-
     holder = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lease_seconds=1.5)
-    held, release = threading.Event(), threading.Event()
 
-    def hold():
+    def warmed():
         with holder.exclusive():  # once, released at once: this thread's S3 client is made (~2 s on a busy machine,
-            pass                  # longer than the lease lasts; a lease must not be born expired)
-        with holder.exclusive():
-            held.set()
-            release.wait(30)
+            pass                  # longer than the lease lasts)
+        return holder.exclusive()
 
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert held.wait(30)
+    with held_by_another_thread(warmed):
         waiter = HashChainedLog(lake=lake, name="consent_ledger", schema=LEDGER_SCHEMA, lock_timeout=waiter_timeout)
         with pytest.raises(LogLockTimeout):
             waiter.append([row(1)])
-    finally:
-        release.set()
-        t.join()
     return waiter
 
 

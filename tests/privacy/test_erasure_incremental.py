@@ -25,7 +25,7 @@ import pyarrow as pa
 import pytest
 
 from personalization_assets.core.storage import LakeStorage
-from tests.helpers import check_results, defs_for_env, generate, materializations, materialize
+from tests.helpers import check_results, defs_for_env, generate, held_by_another_thread, materializations, materialize
 
 BUILD = " or ".join(f"key:{k}" for k in (
     "raw/events", "raw/crm_profiles", "raw/privacy_requests", "privacy/identity_links", "privacy/consent_ledger",
@@ -377,8 +377,6 @@ def test_the_erasure_and_the_rotation_wait_for_a_build_holding_the_tables_they_r
     and the key rotation rewrite those tables in place, and hold that lock too. Without it, a build writing between
     their read and their write lost its rows (a raw hour the ingestion merged into meanwhile) or kept a per-person
     state that later builds reuse (features/state_*: a withdrawn subject's events back in the features)."""
-    import threading
-
     from personalization_assets.consented.state import STATE_LOCK
     from personalization_assets.core.hash_chain import table_writer_lock
     from personalization_assets.features.assets import BUILD_LOCK
@@ -393,25 +391,9 @@ def test_the_erasure_and_the_rotation_wait_for_a_build_holding_the_tables_they_r
     assert locks["features/events_clean"] == locks["features/state_persons"] == locks["features/state_subjects"] == BUILD_LOCK
     monkeypatch.setattr(operations, "BUILDER_LOCK_TIMEOUT", 2.0)  # give up quickly instead of waiting for the build
 
-    def while_held(spec, selection):
-        held, release = threading.Event(), threading.Event()
-
-        def build():
-            with table_writer_lock(lake, spec):
-                held.set()
-                release.wait(60)
-
-        t = threading.Thread(target=build)
-        t.start()
-        try:
-            assert held.wait(30)
-            return materialize(built, selection, raise_on_error=False)
-        finally:
-            release.set()
-            t.join()
-
     for spec, selection in ((INGESTION_LOCK, ERASE), (STATE_LOCK, "key:privacy/key_rotation_log")):
-        result = while_held(spec, selection)
+        with held_by_another_thread(lambda spec=spec: table_writer_lock(lake, spec)):  # a build in progress
+            result = materialize(built, selection, raise_on_error=False)
         assert not result.success, f"{selection} rewrote tables while a build held {spec['layer']}/{spec['name']}"
         failure = "".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
         assert f"{spec['layer']}/{spec['name']}" in failure
