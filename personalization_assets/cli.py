@@ -218,17 +218,15 @@ def plan_lease(settings, echo=print):
     locks order them). Yields True once held. Yields False, without waiting, when another command is already waiting
     for it: that one runs its landing steps after the current one ends, so it brings in everything that landed before
     this command started, and a cron overlapping itself queues one command, not one per tick."""
-    import pyarrow as pa
-
-    from personalization_assets.core.hash_chain import LogLockTimeout, TableWriterLock
+    from personalization_assets.core.hash_chain import LogLockTimeout, table_writer_lock
     from personalization_assets.core.storage import LakeStorage
 
     lake = store_outside_a_run(LakeStorage, settings.lake_url, settings)
     where = lake.uri(lake.table_dir("raw", PLAN_LEASE))
 
     def lock(name: str, timeout: float, on_wait=None):
-        return TableWriterLock(lake=lake, name=name, schema=pa.schema([("unused", pa.string())]), table_layer="raw",
-                               lock_timeout=timeout, on_wait=on_wait, lease_seconds=120.0, poll_seconds=2.0).exclusive()
+        return table_writer_lock(lake, {"layer": "raw", "name": name}, lock_timeout=timeout, on_wait=on_wait,
+                                 lease_seconds=120.0, poll_seconds=2.0)
 
     queued = ExitStack()  # the queue lock: held while this command waits for the plan lease, released once it holds it
     try:

@@ -173,10 +173,10 @@ def run_fingerprint(run_config: dict | None) -> str:
 
 class _FingerprintingExecutor(dg.Executor):
     """Dagster's in-process executor that first tags its run with the fingerprint of the code, policies and settings
-    the run process loaded, when the launcher gave it none or the run configures what an op builds. Runs launched from the UI (a click on Materialize, a
-    backfill, the launchpad) or with `dagster asset materialize` carry no tag of ours; without it the next
-    `personalization materialize` counted what they built as built by other code, and rebuilt it and everything
-    after it. The run process computes the digest itself, from what it runs."""
+    the run process loaded, when the launcher gave it none or the run configures what an op builds. Runs launched
+    from the UI (a click on Materialize, a backfill, the launchpad) or with `dagster asset materialize` carry no tag
+    of ours; without it the next `personalization materialize` counted what they built as built by other code, and
+    rebuilt it and everything after it. The run process computes the digest itself, from what it runs."""
 
     def __init__(self, inner: dg.Executor):
         self._inner = inner

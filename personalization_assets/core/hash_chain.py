@@ -524,12 +524,11 @@ class TableWriterLock(HashChainedLog):
 _LOCK_ONLY_SCHEMA = pa.schema([("unused", pa.string())])
 
 
-def table_writer_lock(lake: LakeStorage, spec: Mapping[str, str] | None, *, lock_timeout: float = 900.0,
-                      on_wait: Callable[[], None] | None = None):
-    """The writer lock named by `spec` ({"layer", "name"}): what a table's builder holds while it reads and rewrites the
-    table, declared as `writer_lock` in the table's `privacy/erasure` handler so that the privacy operations that
-    rewrite the table in place (erasure, key rotation) hold it too. A no-op for None."""
+def table_writer_lock(lake: LakeStorage, spec: Mapping[str, str] | None, **options):
+    """The writer lock named by `spec` ({"layer", "name"}), held (`options`: `lock_timeout`, `on_wait`, `lease_seconds`,
+    `poll_seconds` of `HashChainedLog`). A table's builder holds it while it reads and rewrites the table, and declares
+    it as `writer_lock` in the table's `privacy/erasure` handler so that the privacy operations that rewrite the table
+    in place (erasure, key rotation) hold it too. A no-op for None."""
     if not spec:
         return nullcontext()
-    return TableWriterLock(lake=lake, name=spec["name"], schema=_LOCK_ONLY_SCHEMA, table_layer=spec["layer"],
-                           lock_timeout=lock_timeout, on_wait=on_wait).exclusive()
+    return TableWriterLock(lake=lake, name=spec["name"], schema=_LOCK_ONLY_SCHEMA, table_layer=spec["layer"], **options).exclusive()

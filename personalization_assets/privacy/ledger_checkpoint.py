@@ -220,10 +220,9 @@ def checkpoint_lock(lake: LakeStorage, hlog: HashChainedLog):
     verification does not hold the log's writer lock (the access audit log: every step appends to it). Two at once
     are safe without it, but one could record a shorter block than the other's head, and the next runs would verify
     everything again to settle it."""
-    from personalization_assets.core.hash_chain import TableWriterLock
+    from personalization_assets.core.hash_chain import table_writer_lock
 
-    return TableWriterLock(lake=lake, name=checkpoint_table(hlog.name), schema=pa.schema([("unused", pa.string())]),
-                           table_layer=LAYER).exclusive()
+    return table_writer_lock(lake, {"layer": LAYER, "name": checkpoint_table(hlog.name)})
 
 
 def write_checkpoint(lake: LakeStorage, hlog: HashChainedLog, verified: Verification) -> None:
