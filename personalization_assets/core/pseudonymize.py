@@ -132,6 +132,9 @@ class Pseudonymizer(dg.ConfigurableResource):
 
 KEY_IDS = ("privacy", "pseudonym_key_ids")  # version -> key id of the key that version's pseudonyms were made with
 _KEY_ID_LABEL = b"personalization/pseudonym-key-id"
+# (lake, version, key id) found recorded by this process: a recorded version's key id never changes (the table only
+# gains versions), so each step of a run need not read it again (two requests per step on S3)
+_VERIFIED: set[tuple[str, str, str]] = set()
 
 
 def key_id(key: bytes) -> str:
@@ -148,6 +151,9 @@ def check_key_ids(lake: LakeStorage, keys: dict[str, bytes], source: str) -> Non
     from personalization_assets.core.hash_chain import table_writer_lock
 
     ids = {v: key_id(k) for v, k in keys.items()}
+    where = lake.uri(lake.table_dir(*KEY_IDS))
+    if all((where, v, i) in _VERIFIED for v, i in ids.items()):
+        return
 
     def recorded() -> dict[str, str]:
         if not lake.exists(*KEY_IDS):
@@ -167,15 +173,15 @@ def check_key_ids(lake: LakeStorage, keys: dict[str, bytes], source: str) -> Non
 
     known = recorded()
     refuse(known)
-    if set(ids) <= set(known):
-        return
-    with table_writer_lock(lake, {"layer": KEY_IDS[0], "name": f"{KEY_IDS[1]}_writer"}):
-        known = recorded()
-        refuse(known)
-        merged = {**{v: ids[v] for v in ids}, **known}
-        versions = sorted(merged, key=int)
-        lake.write_table(*KEY_IDS, pa.table({"version": pa.array(versions, pa.string()),
-                                             "key_id": pa.array([merged[v] for v in versions], pa.string())}))
+    if not set(ids) <= set(known):
+        with table_writer_lock(lake, {"layer": KEY_IDS[0], "name": f"{KEY_IDS[1]}_writer"}):
+            known = recorded()
+            refuse(known)
+            merged = {**{v: ids[v] for v in ids}, **known}
+            versions = sorted(merged, key=int)
+            lake.write_table(*KEY_IDS, pa.table({"version": pa.array(versions, pa.string()),
+                                                 "key_id": pa.array([merged[v] for v in versions], pa.string())}))
+    _VERIFIED.update((where, v, i) for v, i in ids.items())
 
 
 def rows_matching_pseudonyms(table: pa.Table, columns: dict[str, str], targets: set[str], pseudonymize) -> tuple[pa.Array, set[str]]:

@@ -46,7 +46,7 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     # it ingests those once more and rebuilds what follows — right, and the subject of the privacy tests, not this one
     shutil.rmtree(staging / "privacy_requests")
     shutil.copytree(staging, env.landing, dirs_exist_ok=True)
-    held_back = {hour: sorted((env.landing / "events").glob(f"date={END}/hour={hour}/*")) for hour in ("21", "22", "23")}
+    held_back = {hour: sorted((env.landing / "events").glob(f"date={END}/hour={hour}/*")) for hour in ("22", "23")}
     assert all(held_back.values()), "the generator wrote the last two hours"
     parked = tmp_path / "parked"
     for hour, files in held_back.items():
@@ -69,17 +69,41 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
     assert {k.to_user_string() for k in idle.plan.fresh} == roots
     assert _files(env.lake / "features") == before, "the features were not rewritten"
 
+    # the hour lands, and a blocking check of consented/events fails on it (forced: the real violations it guards
+    # against cannot be produced from a landing). Plain runs select the consented step's state, not its hours, so the
+    # check's evaluation was logged without `blocking`: the features and segments were built from those hours, and
+    # every later run held them for good, the consented step never run again
+    import personalization_assets.consented.assets as consented_assets
+
     for f in held_back["22"]:
         shutil.move(str(parked / "22" / f.name), f)
-    ok, text, tick = run(env, None)
-    assert ok, text
+    real_emit = consented_assets._emit_check
+
+    def failing_check(context, result, failed):
+        if result.check_name == "consented_le_raw":
+            result = dg.AssetCheckResult(asset_key=result.asset_key, check_name=result.check_name, passed=False)
+        yield from real_emit(context, result, failed)
+
+    monkeypatch.setattr(consented_assets, "_emit_check", failing_check)
+    ok, text, failing = run(env, None)
+    assert not ok and "consented/events_state" in _built(failing), text
+    assert not {k for k in _built(failing) if k.startswith(("features/", "segments/"))}, "built past a failed blocking check"
     from personalization_assets.definitions import build_definitions
 
     graph = build_definitions().resolve_asset_graph()
     reads_raw_events = {k.to_user_string() for k in dg.AssetSelection.assets(RAW_EVENTS).downstream().resolve(graph)}
-    stale = {k.to_user_string() for k in tick.plan.stale}
+    stale = {k.to_user_string() for k in failing.plan.stale}
     assert stale == reads_raw_events & roots, sorted(stale ^ (reads_raw_events & roots))
-    assert "consented/content_catalog" in {k.to_user_string() for k in tick.plan.fresh}  # its landing did not change
+    assert "consented/content_catalog" in {k.to_user_string() for k in failing.plan.fresh}  # its landing did not change
+
+    # the check passes again: the consented step runs again (its hours are not in the plan, its state is), and what
+    # follows it with it
+    monkeypatch.setattr(consented_assets, "_emit_check", real_emit)
+    ok, text, tick = run(env, None)
+    assert ok, text
+    assert tick.plan.stale[dg.AssetKey(["consented", "events_state"])] == \
+        "blocking check consented_le_raw of consented/events failed: run again", tick.plan.describe()
+    assert {"features/events_clean", "segments/user_segments"} <= _built(tick) and not tick.plan.held
     clean = run(env, None)[2]
     assert not clean.plan.stale
     as_of = {ev.event_specific_data.materialization.metadata["as_of"].value for ev in tick.all_events
@@ -124,29 +148,3 @@ def test_nothing_new_builds_nothing_downstream_and_a_new_hour_rebuilds_what_read
                          f"read_parquet('{lake}/raw/events/date={END}/hour=23/*.parquet')").fetchall()[0]
     assert in_hour[0] > 0 and in_hour[0] == in_hour[1], f"hour 23 ingested, once: {in_hour}"
 
-    # a late hour lands, and a blocking check of consented/events fails on it (forced: the real violations it guards
-    # against cannot be produced from a landing). Plain runs select the consented step's state, not its hours, so the
-    # check's evaluation was logged without `blocking`: the features and segments were built from those hours, and
-    # every later run held them for good, the consented step never run again
-    import personalization_assets.consented.assets as consented_assets
-
-    for f in held_back["21"]:
-        shutil.move(str(parked / "21" / f.name), f)
-    real_emit = consented_assets._emit_check
-
-    def failing_check(context, result, failed):
-        if result.check_name == "consented_le_raw":
-            result = dg.AssetCheckResult(asset_key=result.asset_key, check_name=result.check_name, passed=False)
-        yield from real_emit(context, result, failed)
-
-    monkeypatch.setattr(consented_assets, "_emit_check", failing_check)
-    ok, text, failing = run(env, None)
-    assert not ok and "consented/events_state" in _built(failing), text
-    assert not {k for k in _built(failing) if k.startswith(("features/", "segments/"))}, "built past a failed blocking check"
-    monkeypatch.setattr(consented_assets, "_emit_check", real_emit)
-    ok, text, again = run(env, None)
-    assert ok, text
-    assert again.plan.stale[dg.AssetKey(["consented", "events_state"])] == \
-        "blocking check consented_le_raw of consented/events failed: run again", again.plan.describe()
-    assert {"features/events_clean", "segments/user_segments"} <= _built(again) and not again.plan.held
-    assert not run(env, None)[2].plan.stale
