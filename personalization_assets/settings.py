@@ -104,6 +104,12 @@ class _Environ(PydanticBaseSettingsSource):
         return values
 
 
+def resolve_data_dir(value: str | Path | None) -> Path:
+    """`PERSONALIZATION_DATA_DIR` as every part reads it: `./.data` when unset, absolute (the same dir spelled
+    differently is one dir)."""
+    return Path(value or "./.data").expanduser().resolve()
+
+
 class EnvSettings(BaseSettings):
     """Every environment variable this module reads, one field each: the variable (`validation_alias`), its
     default, parsing and per-variable validation (a ConfigError naming the variable and the fix), and its row of
@@ -216,7 +222,7 @@ class EnvSettings(BaseSettings):
     @field_validator("data_dir", mode="before")
     @classmethod
     def _data_dir(cls, v):
-        return Path(v or "./.data").expanduser().resolve()
+        return resolve_data_dir(v)
 
     @field_validator("landing_url", "lake_url", "ledger_url", "ledger_retention_days", "secrets_arns", "duckdb_memory_limit", "events_start",
                      mode="before")

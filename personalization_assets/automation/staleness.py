@@ -120,12 +120,14 @@ def platform_fingerprint() -> str:
 
 
 def _local_data_dir() -> str:
-    """The data dir, resolved as settings.py resolves it, where it decides tables: locally the warehouse file (and
-    the development key) live there, so a run with another data dir has not built them even if the lake is the same.
+    """The data dir (`settings.resolve_data_dir`), where it decides tables: locally the warehouse file (and the
+    development key) live there, so a run with another data dir has not built them even if the lake is the same.
     '' in production (Snowflake; the dir holds only locks and caches)."""
+    from personalization_assets.settings import resolve_data_dir
+
     if os.environ.get("PERSONALIZATION_ENV", "local") == "prod":
         return ""
-    return str(Path(os.environ.get("PERSONALIZATION_DATA_DIR") or "./.data").expanduser().resolve())
+    return str(resolve_data_dir(os.environ.get("PERSONALIZATION_DATA_DIR")))
 
 
 def _small_file(value: str) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalization_assets.settings import ConfigError, _check_s3_url, load_settings
+from personalization_assets.settings import ConfigError, _check_s3_url, load_settings, resolve_data_dir
 
 WRITE_KEYS_ENV = "PERSONALIZATION_COLLECTOR_WRITE_KEYS"
 STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
@@ -73,7 +73,7 @@ def _landing_target(environ: Mapping[str, str]) -> LandingTarget:
         raise ConfigError("PERSONALIZATION_LANDING_URL is not set. Fix: in prod set it to s3://<bucket>/<prefix>, the landing "
                           "bucket ingestion reads (infra/terraform outputs).")
     _check_s3_url("PERSONALIZATION_LANDING_URL", url)
-    data_dir = Path(environ.get("PERSONALIZATION_DATA_DIR", "") or "./.data").expanduser().resolve()
+    data_dir = resolve_data_dir(environ.get("PERSONALIZATION_DATA_DIR"))
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return LandingTarget(url, environ.get("PERSONALIZATION_S3_ENDPOINT_URL") or None, region, data_dir)
 
