@@ -4,6 +4,7 @@ the subject's consent allows it, as of the event's time (events) or the features
 Reads the raw tables and the privacy layer's identity links, consent state and suppression list (declared
 dependencies); the features build on it."""
 
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
 
@@ -39,6 +40,7 @@ from personalization_assets.core.asset_keys import (
     SUPPRESSION_LIST,
 )
 from personalization_assets.core.audit import auditor
+from personalization_assets.core.hash_chain import partition_writer_lock, table_writer_lock
 from personalization_assets.core.partitions import partition_dict, partition_start
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonymize import Pseudonymizer
@@ -48,7 +50,7 @@ from personalization_assets.core.tracking_plan import RawContent, RawCrmProfile
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.privacy.identity import IDENTITY_SCHEMA
 from personalization_assets.privacy.models import ConsentedEvent
-from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
+from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA, LateSuppression
 from personalization_assets.privacy.transforms import (
     add_text_stats,
     apply_column_policies,
@@ -69,6 +71,33 @@ def _write_metadata(written, extra=None) -> dict:
 
 
 CONSENT_BATCH_ROWS = 400_000
+
+# how the erasure finds a subject's rows in consented/events. The hours are written by concurrent runs (backfills), so no
+# lock is held for a whole build: each hour's write holds that hour's lock (`partition_lock`), re-checking the
+# suppression list there, and so does the erasure rewriting the hour (`write_hour_checked`)
+EVENTS_ERASURE = {"kind": "lake", "layer": "consented", "table": "events", "partitioned": True, "partition_lock": True,
+                  "columns": ["user_pseudonym", "anonymous_pseudonym", "consent_subject", "email_pseudonym", "previous_pseudonym"]}
+
+
+# held by every consented/crm_profiles build, and by the erasure and the key rotation rewriting the profiles
+CRM_LOCK = {"layer": "consented", "name": "crm_profiles_build"}
+
+
+def write_hour_checked(lake: LakeStorage, pk: str, table: pa.Table, late: LateSuppression) -> int:
+    """Write one consented hour under its partition writer lock, without the rows of a subject whose erasure reached
+    the suppression list after this run read it; returns how many rows that removed."""
+    part = partition_dict(pk)
+    with partition_writer_lock(lake, "consented", "events", part):
+        table, removed = late.filter(table)
+        lake.write_table("consented", "events", table, partition=part)
+    return removed
+
+
+def delete_hour_locked(lake: LakeStorage, pk: str) -> None:
+    """Delete one consented hour under its partition writer lock (an erasure rewriting it meanwhile would put it back)."""
+    part = partition_dict(pk)
+    with partition_writer_lock(lake, "consented", "events", part):
+        lake.delete_partition("consented", "events", part)
 
 
 def _row_batches(lake: LakeStorage, partition_keys, max_rows: int):
@@ -184,8 +213,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 group_name=GROUP, owners=OWNERS, kinds={"parquet", storage_kind, "duckdb"}, deps=deps,
                 partitions_def=partitions_def, skippable=True,
                 metadata={"privacy/tier": "consented", "dagster/column_schema": table_schema(ConsentedEvent),
-                          "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "events", "partitioned": True,
-                                              "columns": ["user_pseudonym", "anonymous_pseudonym", "consent_subject", "email_pseudonym", "previous_pseudonym"]}},
+                          "privacy/erasure": EVENTS_ERASURE},
                 tags={"privacy/sensitivity": "pseudonymized"},
             ),
         ],
@@ -215,6 +243,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         key_version = pseudonymizer.chain().active
         retention = policy.retention.get("raw")
         with duckdb.get_connection() as con:
+            late = LateSuppression(lake, EVENTS_ERASURE["columns"])  # before the list is read
             _register_privacy_views(con, lake)
             prepare_lookups(con)
             cstate.current_signatures(con)
@@ -240,7 +269,12 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 raises here, before its hour is logged."""
                 while len(pending) > keep:
                     future, pk, hour_md = pending.pop(0)
-                    future.result()
+                    removed = future.result()
+                    if removed:  # an erasure processed meanwhile: the rows of its subjects were not written
+                        hour_md = {**hour_md, "dagster/row_count": hour_md["dagster/row_count"] - removed,
+                                   "rows_written": hour_md["rows_written"] - removed, "excluded_erased_during_run": removed}
+                        totals["written"] -= removed
+                        totals["suppressed"] += removed
                     if range_output:  # the run's output materializes each hour of its range: this hour's own figures on it
                         context.add_asset_metadata(hour_md, asset_key=CONSENTED_EVENTS, partition_key=pk)
                     else:
@@ -252,7 +286,8 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 the rows a patch keeps as stored were checked by the run that decided them."""
                 # the Parquet encoding (pyarrow, outside the GIL) runs in the writer thread while this thread logs the
                 # previous hour and prepares the next; an hour is logged only once its file is in place
-                future = writer.submit(lake.write_table, "consented", "events", part_out, partition=partition_dict(pk))
+                # in this step's context (contextvars): the writer thread's read of a changed suppression list is audited
+                future = writer.submit(contextvars.copy_context().run, write_hour_checked, lake, pk, part_out, late)
                 hour_stats[pk] = anomalies.partition_stats(part_out, hour_raw_rows, 0, anomaly_config.null_columns, ("consent_subject",))
                 # this hour's own figures on its own materialization, PII counts included (run totals: run tags)
                 hour_md = {"dagster/row_count": part_out.num_rows, "rows_written": part_out.num_rows, "raw_rows_read": hour_raw_rows,
@@ -334,7 +369,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             finally:
                 writer.shutdown(wait=True)  # on an error too: no write is still running once the step ends
             for pk in plan.delete:
-                lake.delete_partition("consented", "events", partition_dict(pk))
+                delete_hour_locked(lake, pk)
             if con.execute("select count(*) from __run_keys where hour is null").fetchall()[0][0]:
                 raise AssertionError("consented/events: a processed row's landing_hour is not the hour of its raw partition")
             # the state is written after every hour it describes: a run killed before this point leaves the old
@@ -394,10 +429,18 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"},
         deps=[RAW_CRM, CONSENT_STATE, IDENTITY_LINKS, SUPPRESSION_LIST],
         metadata={"privacy/tier": "consented",
-                  "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "crm_profiles", "columns": ["user_pseudonym", "email_pseudonym"]}},
+                  "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "crm_profiles", "columns": ["user_pseudonym", "email_pseudonym"],
+                                      "writer_lock": CRM_LOCK}},
     )
     def consented_crm_profiles(context: dg.AssetExecutionContext, config: ConsentedCrmConfig, lake: LakeStorage, duckdb: DuckDBResource,
                                pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+        # held while the privacy tables are read and the profiles written: the erasure rewriting them waits for it (a
+        # build that read the suppression list before an erasure wrote the erased user's profile back after it)
+        with table_writer_lock(lake, CRM_LOCK):
+            return _build_crm_profiles(context, config, lake, duckdb, pseudonymizer, platform)
+
+    def _build_crm_profiles(context: dg.AssetExecutionContext, config: ConsentedCrmConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                            pseudonymizer: Pseudonymizer, platform: PlatformConfig) -> dg.MaterializeResult:
         policy = get_policy()
         # consent is checked at the same cutoff the features use (one rule: features/params.py resolve_as_of)
         as_of, as_of_source = resolve_as_of(config.as_of, lake, context.log)

@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from personalization_assets.core.file_locks import flock_within
-from personalization_assets.core.storage import LOG_HEAD_FILE, LakeStorage
+from personalization_assets.core.storage import LOG_HEAD_FILE, LakeStorage, partition_path
 
 GENESIS = "0" * 64
 CHAIN_FIELDS = ("seq", "prev_hash", "row_hash")
@@ -532,3 +532,20 @@ def table_writer_lock(lake: LakeStorage, spec: Mapping[str, str] | None, **optio
     if not spec:
         return nullcontext()
     return TableWriterLock(lake=lake, name=spec["name"], schema=_LOCK_ONLY_SCHEMA, table_layer=spec["layer"], **options).exclusive()
+
+
+# where the partition writer locks of a layer's tables live: outside the tables' own folders (nothing there is a
+# partition, and no listing of the tables sees them)
+PARTITION_LOCKS = "_partition_locks"
+
+
+def partition_writer_lock(lake: LakeStorage, layer: str, table: str, partition: Mapping[str, str] | None, **options):
+    """The writer lock of ONE partition of a table (`options` as for `table_writer_lock`). For a table whose partitions
+    are written by concurrent runs (the consented hours: backfills run two at once), a table-wide lock held for the
+    whole build would serialize them; instead each write of a partition holds that partition's lock for the write
+    alone, and so does a privacy operation reading and rewriting the partition in place (`partition_lock` in the
+    table's `privacy/erasure` handler). The builder re-checks under it what may have changed since it decided the rows
+    (the suppression list: `privacy/suppression.LateSuppression`)."""
+    part = partition_path(partition) or "_whole"
+    return TableWriterLock(lake=lake, name=f"{PARTITION_LOCKS}/{table}/{part}", schema=_LOCK_ONLY_SCHEMA, table_layer=layer,
+                           **options).exclusive()

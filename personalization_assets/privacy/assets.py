@@ -86,6 +86,8 @@ class IdentityLinksConfig(dg.Config):
 
 
 IDENTITY_PARTIAL_BATCH_ROWS = 2_000_000  # raw rows per DuckDB pass when recomputing hour partials
+# held by every identity_links build, and by the erasure and the key rotation rewriting the links and their partials
+IDENTITY_LOCK = {"layer": "privacy", "name": "identity_links_build"}
 
 
 @dg.asset(
@@ -96,13 +98,24 @@ IDENTITY_PARTIAL_BATCH_ROWS = 2_000_000  # raw rows per DuckDB pass when recompu
     "forward from per-raw-hour partials (privacy/identity_partials): a run reads only the raw hours that changed.",
     group_name=GROUP, owners=OWNERS, kinds={"parquet", "duckdb"}, deps=[RAW_EVENTS, RAW_CRM],
     metadata={"privacy/tier": "privacy", "privacy/erasure": {"kind": "lake", "layer": "privacy", "table": "identity_links",
-                                                          "columns": ["identifier", "consent_subject"],
+                                                          "columns": ["identifier", "consent_subject"], "writer_lock": IDENTITY_LOCK,
                                                           "also": [{"layer": "privacy", "table": "identity_partials", "partitioned": True,
                                                                     "columns": ["identifier", "user_pseudonym"]}]}},
     tags={"privacy/sensitivity": "sensitive"},
 )
 def identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfig, lake: LakeStorage, duckdb: DuckDBResource,
                    pseudonymizer: Pseudonymizer, platform: PlatformConfig):
+    from personalization_assets.core.hash_chain import table_writer_lock
+
+    # held from the raw listing to the consumed record: the erasure and the rotation rewriting the links or their
+    # partials wait for it (a build that read a raw hour before the erasure rewrote it wrote the subject's partial back
+    # after the erasure had verified it), and two builds never interleave their partials and records
+    with table_writer_lock(lake, IDENTITY_LOCK):
+        return _build_identity_links(context, config, lake, duckdb, pseudonymizer, platform)
+
+
+def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLinksConfig, lake: LakeStorage, duckdb: DuckDBResource,
+                          pseudonymizer: Pseudonymizer, platform: PlatformConfig) -> dg.MaterializeResult:
     import numpy as np
 
     from personalization_assets.privacy import incremental as inc

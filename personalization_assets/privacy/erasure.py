@@ -12,6 +12,9 @@ declares in its metadata how to erase from it (`privacy/erasure`):
 * ``{"kind": "lake", "layer": ..., "table": ..., "partitioned": bool, "columns": [...]}`` rows where any
   pseudonym column (or list column) holds a suppressed pseudonym; `"also": [{"layer", "table", "partitioned",
   "columns"}]` names further tables the asset keeps for itself (privacy/identity_links' per-hour partials);
+  `"writer_lock": {"layer", "name"}`: the lock the table's builder holds for its whole build, which the erasure and
+  the key rotation hold while they rewrite the table; `"partition_lock": true`: the builder writes each partition
+  under that partition's own lock (concurrent runs write the table), which they hold while they rewrite the partition;
 * ``{"kind": "warehouse", "relation": ..., "columns": [...]}`` rows deleted in the warehouse;
 * ``{"kind": "none", "reason": ...}`` the asset holds no subject-level data (e.g. aggregates).
 
@@ -127,7 +130,8 @@ class Subjects:
     pseudonyms: set[str]
 
 
-def _lake_match(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa.Array:
+def lake_rows_matching(table: pa.Table, columns: list[str], pseudonyms: set[str]) -> pa.Array:
+    """Mask of the rows where any of `columns` (a list column: any element) holds one of `pseudonyms`."""
     value_set = pa.array(sorted(pseudonyms), pa.string())
     mask = pa.array([False] * table.num_rows)
     for col in columns:
@@ -181,7 +185,7 @@ def _mask(lake, con, pz: Pseudonymizer, target: Target, h: dict, table: pa.Table
     if kind == "quarantine":
         return quarantine_match_mask(con, table, pseudonyms, pz.pseudonymize_values)
     if kind == "lake":
-        return _lake_match(table, h["columns"], pseudonyms)
+        return lake_rows_matching(table, h["columns"], pseudonyms)
     raise ErasurePlanError(f"{target.asset}: handler kind {kind!r} is not a lake handler")
 
 
@@ -248,10 +252,13 @@ def erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, 
         table = _read_for_match(lake, layer, name, part, h)
         n = _count(_mask(lake, con, pz, target, h, table, ids)) if table.num_rows else 0
         if n:
-            table = lake.read_table(layer, name, part)  # the whole rows, to rewrite the partition without the subjects'
-            mask = _mask(lake, con, pz, target, h, table, ids)
-            n = _count(mask)
-            lake.write_table(layer, name, table.filter(pc.invert(mask)), partition=part)
+            # read and rewritten under the partition's writer lock when its builder writes it under that lock (hours
+            # written by concurrent runs): a write between this read and this write would be lost
+            with partition_lock(lake, h, part):
+                table = lake.read_table(layer, name, part)  # the whole rows, to rewrite the partition without the subjects'
+                mask = _mask(lake, con, pz, target, h, table, ids)
+                n = _count(mask)
+                lake.write_table(layer, name, table.filter(pc.invert(mask)), partition=part)
             scan.removed += n
             rewritten.append(path)
         elif fp is not None:
@@ -269,6 +276,22 @@ def erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, 
             if r == 0 and after[path] is not None:
                 scan.verified[path] = after[path]
     return scan
+
+
+def partition_lock(lake: LakeStorage, h: dict, partition: dict | None):
+    """The writer lock of one partition of the handler's table when its builder declares one (`partition_lock`: it
+    writes each partition under that lock, `hash_chain.partition_writer_lock`), else a no-op."""
+    from contextlib import nullcontext
+
+    from personalization_assets.core.hash_chain import partition_writer_lock
+
+    if not h.get("partition_lock"):
+        return nullcontext()
+    return partition_writer_lock(lake, h.get("layer", "raw"), h["table"], partition, lock_timeout=PARTITION_LOCK_TIMEOUT)
+
+
+# a builder holds a partition's writer lock for one partition's write: seconds, not a build
+PARTITION_LOCK_TIMEOUT = 900.0
 
 
 def partition_of(path: str) -> dict[str, str]:

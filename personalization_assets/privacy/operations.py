@@ -266,18 +266,23 @@ def rekey_table(table: pa.Table, chain, to_version: str) -> tuple[pa.Table, int]
     return table, changed
 
 
+def lake_table_handlers(asset_graph) -> dict[str, dict]:
+    """{layer/table: its erasure handler} of every lake table of the erasure plan (`also` tables included)."""
+    targets, _ = plan_targets(asset_graph, get_policy().erasure_exempt)
+    return {erasure.table_name(h): {**h, "writer_lock": t.handler.get("writer_lock")} for t in targets
+            if t.handler["kind"] in ("raw", "quarantine", "lake") for h in erasure.lake_tables(t)}
+
+
 def table_writer_locks(asset_graph) -> dict[str, dict]:
     """{layer/table: writer lock spec} of every lake table whose builder declares the lock it holds (`writer_lock` in
     its `privacy/erasure` handler, `also` tables included): what a privacy operation rewriting the table must hold."""
-    targets, _ = plan_targets(asset_graph, get_policy().erasure_exempt)
-    return {erasure.table_name(h): t.handler["writer_lock"] for t in targets
-            if t.handler["kind"] in ("raw", "quarantine", "lake") and t.handler.get("writer_lock")
-            for h in erasure.lake_tables(t)}
+    return {name: h["writer_lock"] for name, h in lake_table_handlers(asset_graph).items() if h.get("writer_lock")}
 
 
 def build_key_rotation_asset(asset_graph):
     """The key rotation. `asset_graph`: the lineage, for the writer locks of the tables it rewrites."""
     locks = table_writer_locks(asset_graph)
+    handlers = lake_table_handlers(asset_graph)
 
     @dg.asset(
         key=KEY_ROTATION_LOG,
@@ -307,10 +312,12 @@ def build_key_rotation_asset(asset_graph):
                     for part in parts or [None]:
                         if not lake.exists(layer, table, part or None):
                             continue
-                        data = lake.read_table(layer, table, part or None)
-                        new, n = rekey_table(data, chain, target)
-                        if n:
-                            lake.write_table(layer, table, new, partition=part or None)
+                        # a table whose partitions concurrent runs write (each under its partition's lock): that lock
+                        with erasure.partition_lock(lake, handlers.get(f"{layer}/{table}", {}), part or None):
+                            data = lake.read_table(layer, table, part or None)
+                            new, n = rekey_table(data, chain, target)
+                            if n:
+                                lake.write_table(layer, table, new, partition=part or None)
                             rows.append({"layer": layer, "table": table, "partition": "/".join(f"{k}={v}" for k, v in (part or {}).items()),
                                          "values_rekeyed": n, "to_version": target, "run_id": context.run.run_id, "rotated_at": now})
         appended, head = _log(lake, platform, "key_rotation_log", ROTATION_SCHEMA).append(rows)

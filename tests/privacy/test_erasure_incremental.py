@@ -377,8 +377,10 @@ def test_the_erasure_and_the_rotation_wait_for_a_build_holding_the_tables_they_r
     and the key rotation rewrite those tables in place, and hold that lock too. Without it, a build writing between
     their read and their write lost its rows (a raw hour the ingestion merged into meanwhile) or kept a per-person
     state that later builds reuse (features/state_*: a withdrawn subject's events back in the features)."""
+    from personalization_assets.consented.assets import CRM_LOCK
     from personalization_assets.consented.state import STATE_LOCK
     from personalization_assets.core.hash_chain import table_writer_lock
+    from personalization_assets.privacy.assets import IDENTITY_LOCK
     from personalization_assets.features.assets import BUILD_LOCK
     from personalization_assets.privacy import operations
     from personalization_assets.raw.assets import INGESTION_LOCK
@@ -389,6 +391,8 @@ def test_the_erasure_and_the_rotation_wait_for_a_build_holding_the_tables_they_r
     assert locks["raw/events"] == locks["raw/events_quarantine"] == INGESTION_LOCK
     assert locks["consented/events_state"] == STATE_LOCK
     assert locks["features/events_clean"] == locks["features/state_persons"] == locks["features/state_subjects"] == BUILD_LOCK
+    assert locks["privacy/identity_links"] == locks["privacy/identity_partials"] == IDENTITY_LOCK
+    assert locks["consented/crm_profiles"] == CRM_LOCK
     monkeypatch.setattr(operations, "BUILDER_LOCK_TIMEOUT", 2.0)  # give up quickly instead of waiting for the build
 
     for spec, selection in ((INGESTION_LOCK, ERASE), (STATE_LOCK, "key:privacy/key_rotation_log")):
@@ -398,3 +402,95 @@ def test_the_erasure_and_the_rotation_wait_for_a_build_holding_the_tables_they_r
         failure = "".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
         assert f"{spec['layer']}/{spec['name']}" in failure
         assert materialize(built, selection).success  # the build done, it goes through
+
+
+def _consented_hours_of(lake, pseudonym: str) -> list[dict]:
+    cols = ["user_pseudonym", "consent_subject"]
+    return [p for p in _hours(lake, "consented", "events")
+            if any(pseudonym in r.values() for r in lake.read_table("consented", "events", p, columns=cols).to_pylist())]
+
+
+def test_the_builds_without_a_lock_for_their_whole_build_hold_one_now(built):
+    """privacy/identity_links (and its hourly partials) and consented/crm_profiles were rewritten by their builds with
+    no lock: a build that read a raw hour or the suppression list before an erasure wrote the erased subject back
+    after the erasure had verified the table. Each build now holds its writer lock (declared for the erasure, above):
+    while another holder has it, the build waits."""
+    import threading
+
+    from personalization_assets.consented.assets import CRM_LOCK
+    from personalization_assets.core.hash_chain import table_writer_lock
+    from personalization_assets.privacy.assets import IDENTITY_LOCK
+
+    lake = built.resources["lake"]
+    for spec, selection in ((IDENTITY_LOCK, "key:privacy/identity_links"), (CRM_LOCK, "key:consented/crm_profiles")):
+        done: list = []
+        with held_by_another_thread(lambda spec=spec: table_writer_lock(lake, spec)):  # an erasure rewriting the table
+            build = threading.Thread(target=lambda selection=selection: done.append(materialize(built, selection).success))
+            build.start()
+            build.join(8)
+            assert not done, f"{selection} was built while another holder had {spec['layer']}/{spec['name']}"
+        build.join(120)
+        assert done == [True]
+
+
+def test_the_erasure_rewrites_a_consented_hour_under_the_hours_lock(built, data_dir, monkeypatch):
+    """The consented hours are written by concurrent runs, each hour under its own lock: the erasure rewriting an
+    hour holds that hour's lock (else a write between its read and its write is lost), and waits for it."""
+    from personalization_assets.core.hash_chain import partition_writer_lock
+    from personalization_assets.privacy import erasure
+
+    lake = built.resources["lake"]
+    user = _active_user(lake)
+    hour = _consented_hours_of(lake, _pz(user))[0]
+    _request(data_dir, "r-hour-lock", user)
+    materialize(built, REQUESTS)
+    monkeypatch.setattr(erasure, "PARTITION_LOCK_TIMEOUT", 2.0)
+    with held_by_another_thread(lambda: partition_writer_lock(lake, "consented", "events", hour)):  # a build writing the hour
+        result = materialize(built, ERASE, raise_on_error=False)
+    assert not result.success, "the erasure rewrote a consented hour while a build held the hour's lock"
+    failure = "".join(str(e.event_specific_data.error) for e in result.all_events if e.is_step_failure)
+    assert f"_partition_locks/events/date={hour['date']}/hour={hour['hour']}" in failure
+    _erase(built)
+    assert _consented_rows(lake, _pz(user)) == 0
+
+
+def test_a_build_that_read_the_list_before_an_erasure_does_not_write_the_subject_back(built, data_dir, monkeypatch):
+    """Another run's consented step read the suppression list and decided its hours; an erasure then ran to the end
+    (the subject removed from every hour, verified); the step writes its hours after that. Each hour's write re-checks
+    the list under the hour's lock: the erased subject's rows decided before the erasure are not written."""
+    import threading
+
+    from personalization_assets.consented import assets as consented_assets
+
+    lake = built.resources["lake"]
+    user = _active_user(lake)
+    pseudonym = _pz(user)
+    assert _consented_hours_of(lake, pseudonym)
+    real, reached, go = consented_assets.write_hour_checked, threading.Event(), threading.Event()
+
+    def stalled(*args, **kwargs):  # the step has decided its first hour from the list it read; it stalls before the write
+        if not reached.is_set():
+            reached.set()
+            assert go.wait(300)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(consented_assets, "write_hour_checked", stalled)
+    done: list = []
+    build = threading.Thread(target=lambda: done.append(materialize(
+        built, "key:consented/events_state", run_config={"ops": {"consented_events": {"config": {"full_refresh": True}}}})))
+    build.start()
+    try:
+        assert reached.wait(300), "the consented step never wrote an hour"
+        _request(data_dir, "r-during-build", user)
+        materialize(built, REQUESTS)
+        _erase(built)  # verified: the subject is in no hour now
+        assert _consented_rows(lake, pseudonym) == 0
+    finally:
+        go.set()
+        build.join(300)
+    assert done and done[0].success
+    md = [m for m in done[0].all_events if m.event_type_value == "ASSET_MATERIALIZATION"
+          and m.event_specific_data.materialization.asset_key.to_user_string() == "consented/events"]
+    removed = sum(v.value for m in md if (v := m.event_specific_data.materialization.metadata.get("excluded_erased_during_run")))
+    assert _consented_rows(lake, pseudonym) == 0, "the build wrote back rows of a subject erased after it read the list"
+    assert removed > 0  # and says so on the hours it wrote
