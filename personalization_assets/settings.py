@@ -163,7 +163,7 @@ class EnvSettings(BaseSettings):
                                                  description="Key version used for new pseudonyms.",
                                                  json_schema_extra=_doc("highest version", "required"))
     events_start: str = Field("2025-01-01", validation_alias="PERSONALIZATION_EVENTS_START",
-                              description="First hour of the `raw/events` partitions (UTC date).",
+                              description="First hour of the `raw/events` partitions (UTC date); a message received before it is quarantined. Changed, the next ingestion reads the whole landing zone again.",
                               json_schema_extra=_doc("2025-01-01", "set to your first landing date"))
     events_layout: str = Field("auto", validation_alias="PERSONALIZATION_EVENTS_LAYOUT",
                                description="Which event layouts of the landing zone are read: `auto` (every layout found), `hive` "

@@ -224,6 +224,9 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
     def valid_hour(hour) -> bool:
         return partitions_def.has_partition_key(hour.strftime(PARTITION_FMT))
 
+    # PERSONALIZATION_EVENTS_START, in the ingestion basis: moved earlier, the messages it quarantined become rows
+    first_hour = partitions_def.start.isoformat() if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition) else None
+
     @dg.multi_asset(
         name="raw_events",
         specs=[
@@ -257,7 +260,8 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
         with ingestion_lock(lake), duckdb.get_connection() as con:
             outcome = ingest.ingest_landing(
                 con, landing, lake, platform, run_id=context.run.run_id, suppressed=load_suppressed(lake), pseudonymizer=pseudonymizer,
-                full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour, log=context.log.info,
+                full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour,
+                first_hour=first_hour, log=context.log.info,
                 on_hour=on_hour)
         hour_stats: dict[str, dict] = {}
         in_range = set(context.partition_keys) if context.has_partition_key_range else set()

@@ -140,11 +140,12 @@ EVENTS_FORMAT = "1"  # bump when the events' parsing or validation rules change:
 BASIS_META = b"personalization.ingest_basis"  # the manifest's footer: the settings its hours were read with
 
 
-def ingest_basis(platform) -> str:
+def ingest_basis(platform, first_hour: str | None = None) -> str:
     """A digest of the settings that decide which rows an object files where: the line size limit, the horizon, the
-    future tolerance, the layout setting and `EVENTS_FORMAT`."""
-    return hashlib.sha256(f"{EVENTS_FORMAT}|{platform.max_line_bytes}|{platform.horizon_days}|{platform.max_future_minutes}|"
-                          f"{getattr(platform, 'events_layout', 'auto')}".encode()).hexdigest()[:32]
+    future tolerance, the layout setting, `EVENTS_FORMAT` and, when given, the first hour of the event partitions
+    (`PERSONALIZATION_EVENTS_START`: a message received before it is quarantined)."""
+    return hashlib.sha256((f"{EVENTS_FORMAT}|{platform.max_line_bytes}|{platform.horizon_days}|{platform.max_future_minutes}|"
+                           f"{getattr(platform, 'events_layout', 'auto')}" + (f"|{first_hour}" if first_hour else "")).encode()).hexdigest()[:32]
 
 
 def stored_basis(lake) -> str | None:
@@ -267,10 +268,11 @@ def _estimated(o) -> int:
 
 def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set[str] | None = None, pseudonymizer=None,
                    full_refresh: bool = False, rebuild_hours: set[str] | None = None,
-                   valid_hour: Callable[[datetime], bool] = lambda h: True, log=lambda msg: None,
+                   valid_hour: Callable[[datetime], bool] = lambda h: True, first_hour: str | None = None, log=lambda msg: None,
                    on_hour: Callable[[str, pa.Table], None] | None = None) -> IngestOutcome:
     """Bring raw/events up to date with the landing zone (see the module docstring). The caller holds the
-    ingestion lock. `on_hour(partition_key, rows)` sees each rewritten hour's rows once, when written."""
+    ingestion lock. `on_hour(partition_key, rows)` sees each rewritten hour's rows once, when written. `first_hour`:
+    the first hour `valid_hour` accepts (part of the ingestion basis: moved, it files other rows)."""
     outcome = IngestOutcome(full_refresh=full_refresh)
     objects = list_landing(landing)
     plan = plan_landing(objects, getattr(platform, "events_layout", "auto"))
@@ -286,11 +288,11 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     # the settings the stored hours were read with: other ones (a line size limit, the horizon, the future tolerance,
     # the layout, the rules' format) would file other rows, so every object is read again (a full refresh), as a
     # reference source is when its digest changes. A manifest written before this was recorded adopts the current basis.
-    basis = ingest_basis(platform)
+    basis = ingest_basis(platform, first_hour)
     stored = stored_basis(lake)
     if stored is not None and stored != basis and manifest_rows and not full_refresh:
         log("the ingestion settings changed since the stored hours were read (line size limit, horizon, future tolerance, "
-            "layout or the rules' format): the whole landing zone is read again")
+            "layout, first event hour or the rules' format): the whole landing zone is read again")
         full_refresh = True
         outcome.full_refresh = outcome.settings_changed = True
     # The stored hours are rewritten in place, never emptied first: until a batch reaches an hour, readers see it as it

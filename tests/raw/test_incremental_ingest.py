@@ -99,6 +99,29 @@ def test_a_changed_ingestion_setting_reads_the_whole_landing_again_and_equals_a_
     assert not again.settings_changed and again.objects_read == 0
 
 
+def test_an_earlier_events_start_reads_the_landing_again_and_files_what_it_quarantined(landing, data_dir, monkeypatch):
+    """PERSONALIZATION_EVENTS_START is the first event partition: a message received before it is quarantined. Moved
+    earlier, the run after read only new objects (none), and those messages stayed quarantined for good, while a full
+    refresh files them as rows. It is part of the ingestion basis now (through the real asset)."""
+    import pyarrow.parquet as pq
+
+    from tests.helpers import materialize
+
+    _obj(landing, "events/date=2026-11-28/hour=13/a.jsonl.gz", [_m(0, 13), _m(1, 13)])
+    monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-11-29")
+    materialize(defs_for_env(), "key:raw/events")
+
+    def quarantined() -> list[str]:
+        files = (_lake(data_dir) / "raw" / "events_quarantine").rglob("data.parquet")
+        return [r for f in files for r in pq.read_table(f)["reason"].to_pylist()]
+
+    assert quarantined() == ["received_at_outside_partitions"] * 2
+    monkeypatch.setenv("PERSONALIZATION_EVENTS_START", "2026-11-28")
+    materialize(defs_for_env(), "key:raw/events")
+    assert _message_ids(data_dir, 13) == Counter({"m-0": 1, "m-1": 1})
+    assert quarantined() == []
+
+
 def test_a_manifest_without_a_recorded_basis_adopts_the_current_one(landing, data_dir):
     """A manifest written before the basis was recorded: the next run reads nothing again (a one-off full re-read of
     every deployment's landing on upgrade would cost hours at scale) and records the basis."""
