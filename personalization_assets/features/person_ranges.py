@@ -30,6 +30,7 @@ session coverage check (features/checks.py) read a range's row groups only and h
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -67,6 +68,7 @@ def _quoted(value: str) -> str:
 # a range holds about this many rows: its sort stays within DuckDB's memory limit (2 GB by default) or spills little
 RANGE_ROWS = 4_000_000
 _PREFIX = "sorted-ranges-"
+_OWNER_LOCK = "_owner.lock"  # in each range folder, flocked by the build writing it
 _RANGE = "__range"
 
 T = TypeVar("T")
@@ -111,6 +113,10 @@ def _write_ranges(con, p: FeatureParams, events_view: str, persons_per_range: in
     base.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(base)
     folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
+    # held while the folder is in use: the kernel releases it when this process dies (SIGKILL included), which is how
+    # a later build knows the folder is a leftover (a PID can be reused: a run pod's PID is the same every time)
+    owner = open(folder / _OWNER_LOCK, "a")  # noqa: SIM115 - closed in the finally below
+    fcntl.flock(owner, fcntl.LOCK_EX)
     try:
         keyed = build_events_clean_keyed_sql(p, events_view)
         # the range files need no order (each range is sorted when read back), so DuckDB need not keep any
@@ -150,6 +156,7 @@ def _write_ranges(con, p: FeatureParams, events_view: str, persons_per_range: in
         return write(pa.RecordBatchReader.from_batches(first.schema, batches())), len(present)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        owner.close()
 
 
 def person_range_bounds(con, persons_sql: str, range_rows: int = RANGE_ROWS) -> list[str]:
@@ -205,14 +212,29 @@ def sweep_dead_range_folders(con) -> list[Path]:
     return sweep_leftovers(_temp_base(con))
 
 
+def _writer_gone(folder: Path, pid: int) -> bool:
+    """Whether the build that wrote `folder` is gone: its owner lock is free (taken here without waiting). A folder
+    without one (made by an older version, or its writer killed before taking it) is judged by its writer's PID."""
+    try:
+        fh = open(folder / _OWNER_LOCK, "r")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return pid != os.getpid() and not _pid_alive(pid)
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live build holds it (this process's own included: another open file)
+        return True
+
+
 def sweep_leftovers(base: Path) -> list[Path]:
-    """Remove range folders whose writing process is gone (killed mid-write). Returns those removed."""
+    """Remove range folders whose writing build is gone (killed mid-write). Returns those removed."""
     removed: list[Path] = []
     if not base.is_dir():
         return removed
     for entry in base.iterdir():
         m = re.fullmatch(re.escape(_PREFIX) + r"(\d+)-.*", entry.name)
-        if m and entry.is_dir() and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and entry.is_dir() and _writer_gone(entry, int(m.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

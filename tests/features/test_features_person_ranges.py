@@ -134,3 +134,20 @@ def test_range_files_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_pat
     assert person_ranges.sweep_leftovers(tmp_path) == [gone]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, mine.name, other.name])
 
+
+def test_a_range_folder_is_judged_by_its_owner_lock_not_by_a_pid_that_may_be_reused(tmp_path):
+    """A run pod's build has the same PID every time, and PIDs are reused: a killed build's folder named with a PID
+    that is alive again (or this process's own) was kept for good, pseudonyms included. Each folder holds an owner lock
+    its build holds while it is in use; a free one means the build is gone, whatever process has that PID now."""
+    import fcntl
+
+    reused = tmp_path / f"sorted-ranges-{os.getpid()}-x1"  # the PID is alive (ours) but its build was killed
+    live = tmp_path / "sorted-ranges-999999999-x2"  # no such PID, but a build holds the folder's lock
+    for folder in (reused, live):
+        (folder / "__range=0").mkdir(parents=True)
+        (folder / person_ranges._OWNER_LOCK).touch()
+    with open(live / person_ranges._OWNER_LOCK) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert person_ranges.sweep_leftovers(tmp_path) == [reused]
+    assert person_ranges.sweep_leftovers(tmp_path) == [live]
+
