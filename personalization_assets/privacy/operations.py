@@ -276,13 +276,18 @@ def lake_table_handlers(asset_graph) -> dict[str, dict]:
 def table_writer_locks(asset_graph) -> dict[str, dict]:
     """{layer/table: writer lock spec} of every lake table whose builder declares the lock it holds (`writer_lock` in
     its `privacy/erasure` handler, `also` tables included): what a privacy operation rewriting the table must hold."""
-    return {name: h["writer_lock"] for name, h in lake_table_handlers(asset_graph).items() if h.get("writer_lock")}
+    return writer_locks_of(lake_table_handlers(asset_graph))
+
+
+def writer_locks_of(handlers: dict[str, dict]) -> dict[str, dict]:
+    """{layer/table: writer lock spec} of the `lake_table_handlers` that declare one."""
+    return {name: h["writer_lock"] for name, h in handlers.items() if h.get("writer_lock")}
 
 
 def build_key_rotation_asset(asset_graph):
     """The key rotation. `asset_graph`: the lineage, for the writer locks of the tables it rewrites."""
-    locks = table_writer_locks(asset_graph)
     handlers = lake_table_handlers(asset_graph)
+    locks = writer_locks_of(handlers)
 
     @dg.asset(
         key=KEY_ROTATION_LOG,
