@@ -200,7 +200,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
                 kinds={"parquet", storage_kind}, deps=deps,
                 metadata={"privacy/tier": "consented",
                           "privacy/erasure": {"kind": "lake", "layer": "consented", "table": "events_state", "partitioned": False,
-                                              "columns": ["key", "resolved_subject"], "writer_lock": cstate.STATE_LOCK}},
+                                              "columns": cstate.ERASURE_COLUMNS, "writer_lock": cstate.STATE_LOCK}},
                 tags={"privacy/sensitivity": "pseudonymized"},
             ),
             dg.AssetSpec(
@@ -377,7 +377,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             # lock, into the state as other runs left it meanwhile (concurrent backfill runs keep each other's hours)
             # the per-run copies of the privacy tables are done with: free DuckDB's memory for the commit
             drop_privacy_views(con)
-            state_rows, written = cstate.commit(con, lake, state, plan, "__run_keys", policy)
+            state_rows, written = cstate.commit(con, lake, state, plan, "__run_keys", policy, late=late)
         from personalization_assets.raw.assets import record_run_totals
 
         text_totals_md = text_metadata(text_totals)

@@ -42,6 +42,9 @@ from personalization_assets.core.partitions import PARTITION_FMT, partition_key_
 from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
+# how the erasure finds a subject's rows in the state (its `privacy/erasure` handler), and the commit those of a
+# subject erased while the run was deciding
+ERASURE_COLUMNS = ["key", "resolved_subject"]
 STATE_LOCK = {"layer": LAYER, "name": TABLE}  # held by every commit, and by the erasure and key rotation rewriting the state
 STATE_SCHEMA = pa.schema([
     ("record", pa.string()),
@@ -392,17 +395,26 @@ def concurrently_dirty(con: duckdb.DuckDBPyConnection, snapshot: pa.Table | str,
     return sorted(((set(p.dirty) - rebuilt) | (other & set(p.raw))) - replaced)
 
 
-def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table | str, p: Plan, keys: pa.Table | str, policy):
+def commit(con: duckdb.DuckDBPyConnection, lake: LakeStorage, snapshot: pa.Table | str, p: Plan, keys: pa.Table | str, policy,
+           late=None):
     """Write this run's part of the state under the state lock, on top of the state as it is NOW (another run
     may have committed since `snapshot` was read: two backfill runs of disjoint ranges both keep their hours).
     `snapshot` and `keys` (hour, key, max_ts): Arrow tables or DuckDB tables by name. The new state is built in
-    DuckDB and streamed into its file. Returns (rows of the new state, write result)."""
+    DuckDB and streamed into its file. `late` (`suppression.LateSuppression`): identifiers that reached the suppression
+    list after this run read it; their rows are not stored (an erasure that ran meanwhile removed them from the state
+    it found, and verified it). Returns (rows of the new state, write result)."""
     with state_lock(lake):
         fresh = load_state_into(con, lake, "__state_fresh", copy=False)
         dirty = concurrently_dirty(con, snapshot, fresh, p, policy)
         merged = Plan(mode=p.mode, build=p.build, delete=p.delete, retire=p.retire, dirty=dirty, raw=p.raw, reasons=p.reasons,
                       patch=p.patch)
         out = new_state_table(con, fresh, merged, keys, policy, "__state_out")
+        erased = late.identifiers() if late is not None else set()
+        if erased:
+            con.register("__late_erased", pa.table({"identifier": pa.array(sorted(erased), pa.string())}))
+            con.execute(f"delete from {out} where " + " or ".join(
+                f"{c} in (select identifier from __late_erased)" for c in ERASURE_COLUMNS))
+            con.unregister("__late_erased")
         written = lake.write_table(LAYER, TABLE, con.sql(f"select * from {out}").to_arrow_reader(ROW_GROUP_ROWS).cast(STATE_SCHEMA))
         _drop(con, fresh)
         con.execute("drop table __state_out")

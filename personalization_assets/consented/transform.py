@@ -110,7 +110,9 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         )
         con.execute(f"create or replace temp table __purposes as {ASOF_PURPOSES_LOOKUP_SQL.format(events='__cev_subject', lookup='__subject_granted')}")
         email_out = output_column(cols, "trait_email")
-        suppress_cols = [c for c in (user_out, anon_out, email_out) if c]
+        # every identifier column the erasure looks at (consented/assets.py EVENTS_ERASURE), the previous id of an alias
+        # included: a row the erasure would remove is never written
+        suppress_cols = [c for c in (user_out, anon_out, email_out, output_column(cols, "previous_id")) if c]
         # coalesce: `NULL in (...)` is NULL, and a NULL flag would silently drop the row from both branches
         suppressed_expr = " or ".join(f'coalesce(c."{c}" in (select identifier from suppression), false)' for c in suppress_cols)
         produced = [c for c in con.sql("select * from __cev limit 0").columns if c != "__row"]

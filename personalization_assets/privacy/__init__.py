@@ -22,7 +22,7 @@ def defs(settings: Settings, lineage: dg.Definitions, job_tags: Mapping[str, str
 
     from personalization_assets.core.asset_keys import ERASURE_LOG, IDENTITY_LINKS, KEY_ROTATION_LOG, RAW_REQUESTS, RETENTION_LOG, SUPPRESSION_LIST
     from personalization_assets.privacy.assets import build_privacy_assets
-    from personalization_assets.privacy.operations import build_erasure_asset, build_key_rotation_asset, retention_log
+    from personalization_assets.privacy.operations import build_erasure_asset, build_key_rotation_asset, build_retention_asset, lake_table_handlers
 
     assets = build_privacy_assets()
     # the erasure plan is derived from the lineage of everything, this layer included
@@ -39,7 +39,9 @@ def defs(settings: Settings, lineage: dg.Definitions, job_tags: Mapping[str, str
                                     description="Delete partitions older than privacy_policies/retention.yaml allows.")
     rotation = dg.define_asset_job("rotate_pseudonym_keys", selection=dg.AssetSelection.assets(KEY_ROTATION_LOG), tags=job_tags,
                                    description="Re-key every pseudonym to PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION (add the new key first).")
+    handlers = lake_table_handlers(graph)  # the lake tables' erasure handlers: the locks their builders hold
     return dg.Definitions(
-        assets=[*assets, build_erasure_asset(graph, warehouse_eraser_key="warehouse"), retention_log, build_key_rotation_asset(graph)],
+        assets=[*assets, build_erasure_asset(graph, warehouse_eraser_key="warehouse"), build_retention_asset(handlers),
+                build_key_rotation_asset(handlers)],
         jobs=[privacy_requests, retention, rotation],
     )

@@ -255,6 +255,8 @@ def erase_from_table(lake: LakeStorage, con, pz: Pseudonymizer, target: Target, 
             # read and rewritten under the partition's writer lock when its builder writes it under that lock (hours
             # written by concurrent runs): a write between this read and this write would be lost
             with partition_lock(lake, h, part):
+                if not lake.exists(layer, name, part):
+                    continue  # deleted since the check (retention, a rebuild that dropped the hour): holds nothing
                 table = lake.read_table(layer, name, part)  # the whole rows, to rewrite the partition without the subjects'
                 mask = _mask(lake, con, pz, target, h, table, ids)
                 n = _count(mask)

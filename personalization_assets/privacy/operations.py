@@ -196,36 +196,57 @@ RETENTION_TABLES = {  # tier -> (layer, table, partitioned by hour) ; the landin
 }
 
 
-@dg.asset(
-    key=RETENTION_LOG,
-    description="Daily retention: deletes time partitions older than privacy_policies/retention.yaml allows and "
-    "appends what it removed to a hash-chained log.",
-    group_name=GROUP, owners=OWNERS, kinds={"parquet"},
-    metadata={"privacy/tier": "privacy"},
-)
-def retention_log(context: dg.AssetExecutionContext, lake: LakeStorage, platform: PlatformConfig):
-    policy = get_policy()
-    log = _log(lake, platform, "retention_log", RETENTION_SCHEMA)
-    now = datetime.now(timezone.utc)
-    rows = []
+def build_retention_asset(handlers: dict[str, dict]):
+    """The daily retention run. `handlers`: `lake_table_handlers` of the lineage, for the writer locks of the tables it
+    deletes from."""
+
+    @dg.asset(
+        key=RETENTION_LOG,
+        description="Daily retention: deletes time partitions older than privacy_policies/retention.yaml allows and "
+        "appends what it removed to a hash-chained log.",
+        group_name=GROUP, owners=OWNERS, kinds={"parquet"},
+        metadata={"privacy/tier": "privacy"},
+    )
+    def retention_log(context: dg.AssetExecutionContext, lake: LakeStorage, platform: PlatformConfig):
+        policy = get_policy()
+        log = _log(lake, platform, "retention_log", RETENTION_SCHEMA)
+        now = datetime.now(timezone.utc)
+        rows = []
+        try:
+            _delete_expired(context, lake, handlers, policy, now, rows)
+        finally:  # what was deleted is logged, also when a later table failed (a lock not obtained, a storage error)
+            appended, head = log.append(rows)
+        return dg.MaterializeResult(metadata={"partitions_removed": appended, "rows_written": appended,
+                                              "rows_removed": sum(r["rows_removed"] for r in rows), "head_hash": head})
+
+    return retention_log
+
+
+def _delete_expired(context, lake: LakeStorage, handlers: dict[str, dict], policy, now: datetime, rows: list[dict]) -> None:
+    """Delete every partition `retention.yaml` says is expired, appending a log row to `rows` for each deletion."""
     for tier, tables in RETENTION_TABLES.items():
         if tier not in policy.retention:
             continue
         days = policy.retention[tier].days
         cutoff = now - timedelta(days=days)
         for layer, table, _ in tables:
-            for part in lake.partitions(layer, table):
-                if "date" not in part:
-                    continue
-                start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
-                if start + timedelta(hours=1) <= cutoff:
-                    n = lake.parquet_metadata(layer, table, part).num_rows if lake.exists(layer, table, part) else 0  # footer only
-                    lake.delete_partition(layer, table, part)
+            handler = handlers.get(f"{layer}/{table}", {})
+            # the lock its builder holds (the ingestion's for raw hours), and each partition's own where concurrent
+            # runs write them (consented hours): an erasure or a build rewriting a partition meanwhile put it back
+            with _builders_lock(context, lake, handler.get("writer_lock")):
+                for part in lake.partitions(layer, table):
+                    if "date" not in part:
+                        continue
+                    start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
+                    if start + timedelta(hours=1) > cutoff:
+                        continue
+                    with erasure.partition_lock(lake, handler, part):
+                        if not lake.exists(layer, table, part):
+                            continue  # deleted meanwhile
+                        n = lake.parquet_metadata(layer, table, part).num_rows  # footer only
+                        lake.delete_partition(layer, table, part)
                     rows.append({"tier": tier, "table": f"{layer}/{table}", "partition": f"{part['date']}-{part.get('hour', '00')}:00",
                                  "rows_removed": n, "retention_days": days, "cutoff": cutoff, "run_id": context.run.run_id, "removed_at": now})
-    appended, head = log.append(rows)
-    return dg.MaterializeResult(metadata={"partitions_removed": appended, "rows_written": appended,
-                                          "rows_removed": sum(r["rows_removed"] for r in rows), "head_hash": head})
 
 
 ROTATION_LAYERS = ("consented", "features", "privacy")
@@ -284,9 +305,9 @@ def writer_locks_of(handlers: dict[str, dict]) -> dict[str, dict]:
     return {name: h["writer_lock"] for name, h in handlers.items() if h.get("writer_lock")}
 
 
-def build_key_rotation_asset(asset_graph):
-    """The key rotation. `asset_graph`: the lineage, for the writer locks of the tables it rewrites."""
-    handlers = lake_table_handlers(asset_graph)
+def build_key_rotation_asset(handlers: dict[str, dict]):
+    """The key rotation. `handlers`: `lake_table_handlers` of the lineage, for the writer locks of the tables it
+    rewrites."""
     locks = writer_locks_of(handlers)
 
     @dg.asset(
@@ -315,10 +336,10 @@ def build_key_rotation_asset(asset_graph):
                 for table in tables:
                     parts = lake.partitions(layer, table)
                     for part in parts or [None]:
-                        if not lake.exists(layer, table, part or None):
-                            continue
                         # a table whose partitions concurrent runs write (each under its partition's lock): that lock
                         with erasure.partition_lock(lake, handlers.get(f"{layer}/{table}", {}), part or None):
+                            if not lake.exists(layer, table, part or None):
+                                continue  # none, or deleted meanwhile (retention, a rebuild)
                             data = lake.read_table(layer, table, part or None)
                             new, n = rekey_table(data, chain, target)
                             if n:

@@ -494,3 +494,9 @@ def test_a_build_that_read_the_list_before_an_erasure_does_not_write_the_subject
     removed = sum(v.value for m in md if (v := m.event_specific_data.materialization.metadata.get("excluded_erased_during_run")))
     assert _consented_rows(lake, pseudonym) == 0, "the build wrote back rows of a subject erased after it read the list"
     assert removed > 0  # and says so on the hours it wrote
+    # nor its identifiers into the state it commits (under the state's lock, after the erasure verified the state)
+    erased = set(lake.read_table("privacy", "suppression_list")["identifier"].to_pylist())
+    state = lake.read_table("consented", "events_state", columns=["key", "resolved_subject"])
+    assert not erased & (set(state["key"].to_pylist()) | set(state["resolved_subject"].to_pylist())), \
+        "the build committed an erased subject's identifiers to consented/events_state"
+    assert _erase(built)["rows_removed_per_asset"] == {}, "the next erasure found the subject again"

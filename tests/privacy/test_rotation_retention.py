@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 
 from personalization_assets.cli import landing_partition_keys
-from tests.helpers import PIPELINE, check_results, defs_for_env, generate, materialize, materializations
+from tests.helpers import PIPELINE, check_results, defs_for_env, generate, held_by_another_thread, materialize, materializations
 
 
 def test_rotation_rekeys_curated_tier_and_new_data_still_joins(data_dir, monkeypatch):
@@ -48,7 +48,7 @@ def test_rotation_rekeys_curated_tier_and_new_data_still_joins(data_dir, monkeyp
     assert all(v.startswith("v2:") for v in state["consent_subject"].to_pylist())
 
 
-def test_retention_deletes_expired_partitions_and_logs_them(data_dir):
+def test_retention_deletes_expired_partitions_and_logs_them(data_dir, monkeypatch):
     old_end = (datetime.now(timezone.utc) - timedelta(days=45)).date().isoformat()
     recent_end = datetime.now(timezone.utc).date().isoformat()
     generate(data_dir / "landing" / "old", users=50, events=1500, days=1, bad_fraction=0.0, end=old_end)
@@ -70,14 +70,36 @@ def test_retention_deletes_expired_partitions_and_logs_them(data_dir):
     materialize(defs, "key:raw/events", (new_keys[0], new_keys[-1]))
     lake = defs.resources["lake"]
     before = lake.partitions("raw", "events")
+    # an expired consented hour (kept 13 months; a copy of a raw hour: retention reads no row)
+    expired = {"date": (datetime.now(timezone.utc) - timedelta(days=800)).date().isoformat(), "hour": "05"}
+    lake.write_table("consented", "events", lake.read_table("raw", "events", before[0]), partition=expired)
+    # retention holds the lock the builder of each table holds (the ingestion's for raw hours) and each consented hour's
+    # own: an erasure or a build rewriting a partition while retention deleted it put the expired partition back
+    from personalization_assets.core.hash_chain import partition_writer_lock, table_writer_lock
+    from personalization_assets.privacy import erasure, operations
+    from personalization_assets.raw.assets import INGESTION_LOCK
+
+    monkeypatch.setattr(operations, "BUILDER_LOCK_TIMEOUT", 2.0)
+    monkeypatch.setattr(erasure, "PARTITION_LOCK_TIMEOUT", 2.0)
+    for held, name in ((lambda: table_writer_lock(lake, INGESTION_LOCK), "raw/landing_manifest"),
+                       (lambda: partition_writer_lock(lake, "consented", "events", expired),
+                        f"_partition_locks/events/date={expired['date']}/hour={expired['hour']}")):
+        with held_by_another_thread(held):
+            failed = materialize(defs, "key:privacy/retention_log", raise_on_error=False)
+        assert not failed.success, f"retention deleted partitions while another writer held {name}"
+        assert name in "".join(str(e.event_specific_data.error) for e in failed.all_events if e.is_step_failure)
     result = materialize(defs, "key:privacy/retention_log")
+    assert not lake.exists("consented", "events", expired)
     after = lake.partitions("raw", "events")
     removed = [p for p in before if p not in after]
     cutoff = (datetime.now(timezone.utc) - timedelta(days=30)).strftime("%Y-%m-%d")
     assert removed and all(p["date"] < cutoff for p in removed)
     assert after and all(p["date"] >= cutoff for p in after)
     md = materializations(result)["privacy/retention_log"]
-    assert md["partitions_removed"] >= len(removed)
     log = [r for seg in lake.partitions("privacy", "retention_log") for r in lake.read_table("privacy", "retention_log", seg).to_pylist()]
+    # the run that failed on the consented hour's lock had deleted the raw hours: each deletion is logged, once
+    logged = [r["partition"] for r in log if r["table"] == "raw/events"]
+    assert sorted(logged) == sorted(f"{p['date']}-{p['hour']}:00" for p in removed)
+    assert md["partitions_removed"] == 1 and [r["table"] for r in log[-1:]] == ["consented/events"]
     assert {r["table"] for r in log} >= {"raw/events", "raw/events_quarantine"} and all(r["retention_days"] == 30 for r in log if r["table"] == "raw/events")
     assert sum(r["rows_removed"] for r in log if r["table"] == "raw/events") > 0
