@@ -120,7 +120,7 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
 
     from personalization_assets.privacy import incremental as inc
     from personalization_assets.privacy.identity_partials import PARTIAL_SCHEMA, PARTIALS_TABLE, RAW_COLUMNS, hour_partials, identity_from_partials
-    from personalization_assets.privacy.operations import rekey_table
+    from personalization_assets.privacy.operations import past_retention, rekey_table
 
     policy = get_policy()
     chain = pseudonymizer.chain()
@@ -133,7 +133,13 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
     stored = set(lake.partition_fingerprints(LAYER_PRIVACY, PARTIALS_TABLE))
     # an hour whose partial is missing (never written, removed by hand) is recomputed too
     changed = sorted(set(inc.changed_partitions(current, consumed, full)) | (set(current) - stored))
-    stale = [inc.partition_of(p) for p in sorted(stored - set(current))]
+    # the partial of a raw hour that is gone goes too (the landing no longer holds it), except when retention removed it:
+    # the links it holds attribute consent decisions the ledger keeps for years (an anonymous visitor's opt-out, then a
+    # login): dropped with the raw hour, the user fell back to the jurisdiction's default a month later
+    raw_days = policy.retention["raw"].days if "raw" in policy.retention else None
+    now = datetime.now(timezone.utc)
+    gone = [inc.partition_of(p) for p in sorted(stored - set(current))]
+    stale = [part for part in gone if raw_days is None or not past_retention(part, raw_days, now)]
     raw_columns = IDENTITY_COLUMNS + ["landing_hour"]
     reads = [("raw/events", "*", raw_columns)] if full or len(changed) > 500 else [("raw/events", p, raw_columns) for p in changed]
     auditor(context, lake, platform, IDENTITY_LINKS).record(
@@ -165,7 +171,7 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
             for path in batch:
                 lo, hi = int(np.searchsorted(keys, path, "left")), int(np.searchsorted(keys, path, "right"))
                 lake.write_table(LAYER_PRIVACY, PARTIALS_TABLE, body.slice(lo, hi - lo), partition=inc.partition_of(path))
-        for part in stale:  # the raw hour is gone (retention, erasure): so is what it contributed
+        for part in stale:  # the raw hour is gone, not by retention: so is what it contributed
             lake.delete_partition(LAYER_PRIVACY, PARTIALS_TABLE, part)
         lake.register(con, "__partials", LAYER_PRIVACY, PARTIALS_TABLE, empty_schema=PARTIAL_SCHEMA)
         lake.register(con, "raw_crm", "raw", "crm_profiles", empty_schema=RAW_CRM_SCHEMA)
@@ -190,6 +196,7 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
         "raw_hours_read": len(changed),
         "raw_rows_read": int(raw_rows),
         "partials_deleted": len(stale),
+        "partials_kept_past_raw_retention": len(gone) - len(stale),
         "partials_rekeyed": rekeyed,
     }))
 

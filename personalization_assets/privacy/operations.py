@@ -222,6 +222,13 @@ def build_retention_asset(handlers: dict[str, dict]):
     return retention_log
 
 
+def past_retention(part: dict, days: int, now: datetime) -> bool:
+    """Whether an hourly (or daily) partition {'date', 'hour'} is older than `days` allow at `now`: all of it before the
+    cutoff. The one rule of the retention run and of what outlives it (identity_links' partials)."""
+    start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
+    return start + timedelta(hours=1) <= now - timedelta(days=days)
+
+
 def _delete_expired(context, lake: LakeStorage, handlers: dict[str, dict], policy, now: datetime, rows: list[dict]) -> None:
     """Delete every partition `retention.yaml` says is expired, appending a log row to `rows` for each deletion."""
     for tier, tables in RETENTION_TABLES.items():
@@ -237,8 +244,7 @@ def _delete_expired(context, lake: LakeStorage, handlers: dict[str, dict], polic
                 for part in lake.partitions(layer, table):
                     if "date" not in part:
                         continue
-                    start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
-                    if start + timedelta(hours=1) > cutoff:
+                    if not past_retention(part, days, now):
                         continue
                     with erasure.partition_lock(lake, handler, part):
                         if not lake.exists(layer, table, part):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 
 from personalization_assets.cli import landing_partition_keys
@@ -103,3 +104,50 @@ def test_retention_deletes_expired_partitions_and_logs_them(data_dir, monkeypatc
     assert md["partitions_removed"] == 1 and [r["table"] for r in log[-1:]] == ["consented/events"]
     assert {r["table"] for r in log} >= {"raw/events", "raw/events_quarantine"} and all(r["retention_days"] == 30 for r in log if r["table"] == "raw/events")
     assert sum(r["rows_removed"] for r in log if r["table"] == "raw/events") > 0
+
+
+def test_identity_links_outlive_raw_retention_and_go_with_a_raw_hour_the_landing_no_longer_holds(data_dir, monkeypatch):
+    """An anonymous visitor's consent decision is attributed to the user they log in as through the identity link the
+    login made. The links were folded from per-raw-hour partials, each dropped with its raw hour: a month later retention
+    removed the login's hour, the link went, and the user fell back to the jurisdiction's default although the ledger
+    still held the visitor's opt-out. A partial now outlives raw retention; the partial of an hour gone for another
+    reason (the landing no longer holds it, then a full refresh) still goes."""
+    import gzip
+
+    from tests.raw.hostile import line, msg
+
+    now = datetime.now(timezone.utc)
+    old, recent = now - timedelta(days=45), now - timedelta(days=1)
+
+    def obj(when: datetime, name: str, message: dict) -> Path:
+        stamp = when.strftime("%Y-%m-%dT%H:05:00.000Z")
+        path = data_dir / "landing" / "events" / f"date={when:%Y-%m-%d}" / f"hour={when:%H}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(line({**message, "timestamp": stamp, "sentAt": stamp, "receivedAt": stamp}), mtime=0))
+        return path
+
+    obj(old, "login.jsonl.gz", msg(1, type="identify", event=None, anonymousId="anon-before-login", userId="user-u"))
+    later = obj(recent, "visit.jsonl.gz", msg(2, anonymousId="anon-later", userId="user-u"))
+    monkeypatch.setenv("PERSONALIZATION_EVENTS_START", (old - timedelta(days=1)).date().isoformat())
+    defs = defs_for_env()
+    lake, pz = defs.resources["lake"], defs.resources["pseudonymizer"]
+
+    def linked() -> set[str]:
+        links = lake.read_table("privacy", "identity_links")
+        user = pz.pseudonymize_values(["user-u"], "id")[0]
+        anons = {a: pz.pseudonymize_values([a], "id")[0] for a in ("anon-before-login", "anon-later")}
+        pairs = set(zip(links["identifier"].to_pylist(), links["consent_subject"].to_pylist()))
+        return {a for a, p in anons.items() if (p, user) in pairs}
+
+    build = "key:raw/events or key:privacy/identity_links"
+    materialize(defs, build)
+    assert linked() == {"anon-before-login", "anon-later"}
+    materialize(defs, "key:privacy/retention_log")  # the login's raw hour is 45 days old: removed
+    assert not lake.exists("raw", "events", {"date": f"{old:%Y-%m-%d}", "hour": f"{old:%H}"})
+    materialize(defs, build)
+    assert linked() == {"anon-before-login", "anon-later"}, "the login's link went with its raw hour"
+    materialize(defs, build, run_config={"ops": {"privacy__identity_links": {"config": {"full_refresh": True}}}})
+    assert linked() == {"anon-before-login", "anon-later"}
+    later.unlink()  # the recent hour's object is withdrawn from the landing zone, and raw is rebuilt
+    materialize(defs, build, run_config={"ops": {"raw_events": {"config": {"full_refresh": True}}}})
+    assert linked() == {"anon-before-login"}, "a raw hour gone for another reason than retention took its links along"
