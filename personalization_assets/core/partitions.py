@@ -35,3 +35,4 @@ def partition_key_for_path(path: str) -> str | None:
     if not m:
         return None
     return f"{m.group(1)}-{m.group(2)}:00"
+

@@ -120,7 +120,9 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
 
     from personalization_assets.privacy import incremental as inc
     from personalization_assets.privacy.identity_partials import PARTIAL_SCHEMA, PARTIALS_TABLE, RAW_COLUMNS, hour_partials, identity_from_partials
-    from personalization_assets.privacy.operations import past_retention, rekey_table
+    from personalization_assets.core.retention import partition_before
+    from personalization_assets.core.retention import read_cutoffs as retention_cutoffs
+    from personalization_assets.privacy.operations import rekey_table
 
     policy = get_policy()
     chain = pseudonymizer.chain()
@@ -136,10 +138,9 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
     # the partial of a raw hour that is gone goes too (the landing no longer holds it), except when retention removed it:
     # the links it holds attribute consent decisions the ledger keeps for years (an anonymous visitor's opt-out, then a
     # login): dropped with the raw hour, the user fell back to the jurisdiction's default a month later
-    raw_days = policy.retention["raw"].days if "raw" in policy.retention else None
-    now = datetime.now(timezone.utc)
+    raw_cutoff = retention_cutoffs(lake).get("raw")  # what the retention run removed (core/retention.py)
     gone = [inc.partition_of(p) for p in sorted(stored - set(current))]
-    stale = [part for part in gone if raw_days is None or not past_retention(part, raw_days, now)]
+    stale = [part for part in gone if not partition_before(part, raw_cutoff)]
     raw_columns = IDENTITY_COLUMNS + ["landing_hour"]
     reads = [("raw/events", "*", raw_columns)] if full or len(changed) > 500 else [("raw/events", p, raw_columns) for p in changed]
     auditor(context, lake, platform, IDENTITY_LINKS).record(

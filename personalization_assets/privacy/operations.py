@@ -20,7 +20,7 @@ from personalization_assets.privacy.erasure import ERASURE_LOG_SCHEMA, Subjects,
 from personalization_assets.core.hash_chain import HashChainedLog
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonymize import PSEUDONYM_RE, Pseudonymizer
-from personalization_assets.core.partitions import PARTITION_FMT
+from personalization_assets.core import retention as recorded
 from personalization_assets.resources import PlatformConfig
 from personalization_assets.core.storage import LakeStorage
 
@@ -222,20 +222,16 @@ def build_retention_asset(handlers: dict[str, dict]):
     return retention_log
 
 
-def past_retention(part: dict, days: int, now: datetime) -> bool:
-    """Whether an hourly (or daily) partition {'date', 'hour'} is older than `days` allow at `now`: all of it before the
-    cutoff. The one rule of the retention run and of what outlives it (identity_links' partials)."""
-    start = datetime.strptime(f"{part['date']}-{part.get('hour', '00')}:00", PARTITION_FMT).replace(tzinfo=timezone.utc)
-    return start + timedelta(hours=1) <= now - timedelta(days=days)
-
-
 def _delete_expired(context, lake: LakeStorage, handlers: dict[str, dict], policy, now: datetime, rows: list[dict]) -> None:
-    """Delete every partition `retention.yaml` says is expired, appending a log row to `rows` for each deletion."""
+    """Delete every partition `retention.yaml` says is expired, appending a log row to `rows` for each deletion. The
+    tiers' cutoffs are recorded first (`core/retention.py`): from then on nothing brings such an hour back."""
+    cutoffs = recorded.record_cutoffs(lake, {tier: now - timedelta(days=policy.retention[tier].days)
+                                             for tier in RETENTION_TABLES if tier in policy.retention})
     for tier, tables in RETENTION_TABLES.items():
         if tier not in policy.retention:
             continue
         days = policy.retention[tier].days
-        cutoff = now - timedelta(days=days)
+        cutoff = cutoffs[tier]
         for layer, table, _ in tables:
             handler = handlers.get(f"{layer}/{table}", {})
             # the lock its builder holds (the ingestion's for raw hours), and each partition's own where concurrent
@@ -244,7 +240,7 @@ def _delete_expired(context, lake: LakeStorage, handlers: dict[str, dict], polic
                 for part in lake.partitions(layer, table):
                     if "date" not in part:
                         continue
-                    if not past_retention(part, days, now):
+                    if not recorded.partition_before(part, cutoff):
                         continue
                     with erasure.partition_lock(lake, handler, part):
                         if not lake.exists(layer, table, part):

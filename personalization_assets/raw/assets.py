@@ -17,7 +17,14 @@ from personalization_assets.checks.pandera_checks import (
 )
 from personalization_assets.core.schemas import arrow_schema
 from personalization_assets.checks import anomalies
-from personalization_assets.core.asset_keys import RAW_EVENTS, RAW_EVENTS_QUARANTINE, RAW_MANIFEST, SIDE_INPUTS_METADATA, SUPPRESSION_LIST
+from personalization_assets.core.asset_keys import (
+    RAW_EVENTS,
+    RAW_EVENTS_QUARANTINE,
+    RAW_MANIFEST,
+    RETENTION_LOG,
+    SIDE_INPUTS_METADATA,
+    SUPPRESSION_LIST,
+)
 from personalization_assets.core.pseudonymize import (
     Pseudonymizer,
     rows_matching_pseudonyms,
@@ -26,6 +33,7 @@ from personalization_assets.core.quarantine_match import suppress_quarantine
 from personalization_assets.raw import events_ingest, ingest, reference_ingest
 from personalization_assets.raw.landing_files import direct_path
 from personalization_assets.raw.layouts import list_landing, plan_landing
+from personalization_assets.core import retention
 from personalization_assets.core.partitions import (
     PARTITION_FMT,
     partition_dict,
@@ -76,8 +84,10 @@ def _spec(key: dg.AssetKey, description: str, model, storage_kind: str, partitio
         kinds={"parquet", storage_kind, *extra_kinds},
         metadata={"dagster/column_schema": table_schema(model), "privacy/tier": "raw",
                   "privacy/erasure": _erasure_handler(key, partitions_def is not None),
-                  # read from its last materialization, not a dependency (see load_suppressed)
-                  SIDE_INPUTS_METADATA: [SUPPRESSION_LIST.to_user_string()]},
+                  # read from its last materialization, not a dependency (see load_suppressed); the events also read the
+                  # cutoffs the retention run recorded (raw_events' expired_hour)
+                  SIDE_INPUTS_METADATA: [SUPPRESSION_LIST.to_user_string()]
+                  + ([RETENTION_LOG.to_user_string()] if key in (RAW_EVENTS, RAW_EVENTS_QUARANTINE) else [])},
         tags={"privacy/sensitivity": "sensitive"},
         partitions_def=partitions_def,
     )
@@ -224,6 +234,12 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
     def valid_hour(hour) -> bool:
         return partitions_def.has_partition_key(hour.strftime(PARTITION_FMT))
 
+    def expired_hour(lake: LakeStorage):
+        """An hour the retention run has removed from raw (its recorded cutoff, a side input: core/retention.py): a
+        message received in one is quarantined, never brought back."""
+        cutoff = retention.read_cutoffs(lake).get("raw")
+        return lambda hour: retention.hour_before(hour, cutoff)
+
     # PERSONALIZATION_EVENTS_START, in the ingestion basis: moved earlier, the messages it quarantined become rows
     first_hour = partitions_def.start.isoformat() if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition) else None
 
@@ -261,7 +277,7 @@ def build_raw_assets(partitions_def: dg.PartitionsDefinition, storage_kind: str)
             outcome = ingest.ingest_landing(
                 con, landing, lake, platform, run_id=context.run.run_id, suppressed=load_suppressed(lake), pseudonymizer=pseudonymizer,
                 full_refresh=config.full_refresh, rebuild_hours=_rebuild_hours(context), valid_hour=valid_hour,
-                first_hour=first_hour, log=context.log.info,
+                first_hour=first_hour, expired_hour=expired_hour(lake), log=context.log.info,
                 on_hour=on_hour)
         hour_stats: dict[str, dict] = {}
         in_range = set(context.partition_keys) if context.has_partition_key_range else set()

@@ -52,7 +52,7 @@ from personalization_assets.raw.layouts import (
     list_landing,
     plan_landing,
 )
-from personalization_assets.core.partitions import PARTITION_FMT, partition_dict
+from personalization_assets.core.partitions import PARTITION_FMT, partition_dict, partition_start
 from personalization_assets.core.audit import record_partition_reads
 from personalization_assets.core.storage import partition_path
 from personalization_assets.core.tracking_plan import RawEvent
@@ -268,11 +268,13 @@ def _estimated(o) -> int:
 
 def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set[str] | None = None, pseudonymizer=None,
                    full_refresh: bool = False, rebuild_hours: set[str] | None = None,
-                   valid_hour: Callable[[datetime], bool] = lambda h: True, first_hour: str | None = None, log=lambda msg: None,
+                   valid_hour: Callable[[datetime], bool] = lambda h: True, first_hour: str | None = None,
+                   expired_hour: Callable[[datetime], bool] = lambda h: False, log=lambda msg: None,
                    on_hour: Callable[[str, pa.Table], None] | None = None) -> IngestOutcome:
     """Bring raw/events up to date with the landing zone (see the module docstring). The caller holds the
     ingestion lock. `on_hour(partition_key, rows)` sees each rewritten hour's rows once, when written. `first_hour`:
-    the first hour `valid_hour` accepts (part of the ingestion basis: moved, it files other rows)."""
+    the first hour `valid_hour` accepts (part of the ingestion basis: moved, it files other rows). `expired_hour`: an
+    hour raw retention has removed (a message received in one is quarantined as `past_retention`)."""
     outcome = IngestOutcome(full_refresh=full_refresh)
     objects = list_landing(landing)
     plan = plan_landing(objects, getattr(platform, "events_layout", "auto"))
@@ -342,7 +344,8 @@ def ingest_landing(con, landing, lake, platform, *, run_id: str, suppressed: set
     with _Prefetch(landing, batches, getattr(platform, "landing_read_concurrency", 1)) as prefetch:
         for i, batch in enumerate(batches):
             _ingest_batch(con, batch, landing, lake, platform, outcome, manifest_rows, pending, previous_hours, originals,
-                          suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done, loaded=prefetch.batch(i))
+                          suppressed, pseudonymizer, run_id, valid_hour, log, on_hour, done=done, loaded=prefetch.batch(i),
+                          expired_hour=expired_hour)
             pending -= {o.obj.path for o in batch}
             if done is not None:
                 done |= {o.obj.path for o in batch}
@@ -467,7 +470,8 @@ def _write_manifest(lake, rows: dict, basis: str) -> None:
 
 def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, manifest_rows: dict, pending: set[str],
                   previous_hours: dict, originals: _Originals, suppressed, pseudonymizer, run_id: str, valid_hour, log, on_hour=None,
-                  done: set[str] | None = None, *, loaded: Mapping[str, Callable[[], events_ingest.LandedFile]]) -> None:
+                  done: set[str] | None = None, *, loaded: Mapping[str, Callable[[], events_ingest.LandedFile]],
+                  expired_hour: Callable[[datetime], bool] = lambda h: False) -> None:
     """`loaded`: each event object's path -> a call returning its loaded file (`_Prefetch.batch`)."""
     events = [o for o in batch if isinstance(o, EventObject)]
     rejected = [o for o in batch if isinstance(o, RejectedObject)]
@@ -503,17 +507,25 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
                           pc.index_in(new_raw["source_file"], value_set=pa.array(paths, pa.string())))
             new_raw = new_raw.append_column("cdp_source_id", ids) if "cdp_source_id" not in new_raw.column_names else new_raw
             new_raw = order_like_model(new_raw)
-        # a receivedAt outside the event partitions (before PERSONALIZATION_EVENTS_START, or past the current hour)
+        # a receivedAt outside the event partitions (before PERSONALIZATION_EVENTS_START, or past the current hour), or in
+        # an hour raw retention has removed (a late object for it, a full refresh over a landing zone that keeps more
+        # than the raw tier: the hour came back, and its consented hour was rebuilt from the late rows alone)
         distinct = pc.unique(new_raw["landing_hour"])
         invalid = [h for h in distinct.to_pylist() if not valid_hour(h)]  # one test per distinct hour, not per row
+        expired = {h for h in distinct.to_pylist() if valid_hour(h) and expired_hour(h)}
         ok = np.ones(new_raw.num_rows, dtype=bool)
-        if invalid:
-            ok = pc.invert(pc.is_in(new_raw["landing_hour"], value_set=pa.array(invalid, distinct.type))).to_numpy(zero_copy_only=False)
+        if invalid or expired:
+            refused = pa.array(invalid + sorted(expired), distinct.type)
+            ok = pc.invert(pc.is_in(new_raw["landing_hour"], value_set=refused)).to_numpy(zero_copy_only=False)
         if not ok.all():
-            bad = new_raw.filter(pa.array(~ok)).select(["source_file", "line_no", "received_at"]).to_pylist()
+            bad = new_raw.filter(pa.array(~ok)).select(["source_file", "line_no", "received_at", "landing_hour"]).to_pylist()
             for b in bad:
-                r = Reject(int(b["line_no"]), "received_at_outside_partitions",
-                           f"receivedAt {b['received_at']} is outside the event partitions (PERSONALIZATION_EVENTS_START .. the current hour)")
+                if b["landing_hour"] in expired:
+                    r = Reject(int(b["line_no"]), "past_retention",
+                               f"receivedAt {b['received_at']} is in an hour raw retention has removed (privacy_policies/retention.yaml, tier raw)")
+                else:
+                    r = Reject(int(b["line_no"]), "received_at_outside_partitions",
+                               f"receivedAt {b['received_at']} is outside the event partitions (PERSONALIZATION_EVENTS_START .. the current hour)")
                 new_q.append((_hour_key(_clamp(object_hour[b["source_file"]], valid_hour)), b["source_file"], r,
                               originals.line(b["source_file"], r.line_no)))
             new_raw = new_raw.filter(pa.array(ok))
@@ -538,7 +550,8 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
     routed = 0
     for pk in sorted(touched):
         routed += _merge_hour(con, pk, raw_by_hour.get(pk), q_by_hour.get(pk, []), lake, outcome, per_object, stays,
-                              {o.obj.path for o in batch}, originals, suppressed, pseudonymizer, on_hour)
+                              {o.obj.path for o in batch}, originals, suppressed, pseudonymizer, on_hour,
+                              expired=expired_hour(partition_start(pk)))
     # every record read was filed under some hour (nothing lost between parsing and the merge)
     outcome.unaccounted_records += sum(read_by_path.values()) - routed
     now = datetime.now(timezone.utc)
@@ -613,7 +626,10 @@ def _stays(source_file, stays: tuple[str, pa.Array]):
 
 
 def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outcome: IngestOutcome, per_object, stays: tuple[str, pa.Array],
-                batch_paths: set[str], originals: _Originals, suppressed, pseudonymizer, on_hour=None) -> int:
+                batch_paths: set[str], originals: _Originals, suppressed, pseudonymizer, on_hour=None, expired: bool = False) -> int:
+    """Merge this batch's rows and quarantine rows of hour `pk` into the stored hour. `expired`: the hour is past raw
+    retention; it holds no rows (they were quarantined as past_retention), and no raw partition is written for it: an
+    empty one brought the hour back, and the consented step then rebuilt the consented hour (kept 13 months) empty."""
     part = partition_dict(pk)
     stats = outcome.hours.setdefault(pk, HourStats())
     before = removed = 0
@@ -678,6 +694,10 @@ def _merge_hour(con, pk: str, new_raw: pa.Table | None, new_q: list, lake, outco
     if raw_n == 0 and quarantine.num_rows == 0:
         lake.delete_partition("raw", "events", part)
         lake.delete_partition("raw", "events_quarantine", part)
+        raw_table = None
+    elif raw_n == 0 and expired:
+        lake.delete_partition("raw", "events", part)
+        lake.write_table("raw", "events_quarantine", quarantine, partition=part)
         raw_table = None
     else:
         raw_table = merged if merged is not None else _empty_raw(old_raw, new_raw)
