@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import duckdb
 import pyarrow as pa
 
 from personalization_assets.core.partitions import PARTITION_FMT, partition_key_for_path
+from personalization_assets.core.retention import hour_before
 from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
@@ -287,9 +288,9 @@ def _unbind(con: duckdb.DuckDBPyConnection, *names: str) -> None:
 
 
 def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | str, *, policy, active_key_version: str,
-         requested: list[str] | None, full_refresh: bool, valid_key, raw_retention_days: int | None,
-         now: datetime | None = None) -> Plan:
-    """Decide the hours to build/delete. Needs the privacy views loaded and `__sig_new` computed."""
+         requested: list[str] | None, full_refresh: bool, valid_key, raw_cutoff: datetime | None) -> Plan:
+    """Decide the hours to build/delete. Needs the privacy views loaded and `__sig_new` computed. `raw_cutoff`: the
+    raw cutoff the retention run recorded (core/retention.py): a raw hour gone before it was removed by retention."""
     raw = {pk: fp for pk, fp in raw_fingerprints(lake).items() if valid_key(pk)}
     _bind(con, "__state", state)
     stored_hours = {h: RawHour(s, v) for h, s, v in con.execute(
@@ -319,9 +320,8 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | st
 
     gone = (set(stored_hours) | present) - set(raw)
     retire: set[str] = set()
-    if raw_retention_days is not None:
-        cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=raw_retention_days)
-        expired = {h for h in gone if datetime.strptime(h, PARTITION_FMT).replace(tzinfo=timezone.utc) + timedelta(hours=1) <= cutoff}
+    if raw_cutoff is not None:  # what retention removed, from the cutoff it recorded: the data decides, not the clock
+        expired = {h for h in gone if hour_before(datetime.strptime(h, PARTITION_FMT), raw_cutoff)}
         retire = expired & set(stored_hours)  # leave the state once; the consented hour stays to its own retention
         gone -= expired
     delete = gone

@@ -328,8 +328,9 @@ def test_a_run_without_partition_tags_does_not_skip_what_is_downstream(first_lan
 
 
 def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landing):
-    """Raw lives 30 days, the consented tier 13 months: a raw hour the retention job removed leaves the state,
-    and its consented hour stays (deleting it would cut the consented retention to the raw one)."""
+    """Raw lives 30 days, the consented tier 13 months: a raw hour the retention job removed (before the raw cutoff it
+    recorded) leaves the state, and its consented hour stays (deleting it would cut the consented retention to the raw
+    one). One gone for another reason is deleted."""
     from datetime import datetime, timezone
 
     import duckdb
@@ -345,11 +346,12 @@ def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landin
     _register_privacy_views(con, lake)
     cstate.current_signatures(con)
     state = cstate.load_state(lake)
-    kwargs = dict(policy=get_policy(), active_key_version="1", requested=None, full_refresh=False, valid_key=lambda pk: True,
-                  raw_retention_days=30)
-    soon = cstate.plan(con, lake, state, now=datetime(2026, 12, 5, tzinfo=timezone.utc), **kwargs)
-    assert soon.delete == [H10] and soon.retire == [], "within the raw retention: the raw hour was removed on purpose"
-    later = cstate.plan(con, lake, state, now=datetime(2027, 1, 15, tzinfo=timezone.utc), **kwargs)
+    kwargs = dict(policy=get_policy(), active_key_version="1", requested=None, full_refresh=False, valid_key=lambda pk: True)
+    # the raw cutoff the retention run recorded decides, not the clock: the same lake, the same plan whenever it runs
+    soon = cstate.plan(con, lake, state, raw_cutoff=datetime(2026, 11, 28, 10, 30, tzinfo=timezone.utc), **kwargs)
+    assert soon.delete == [H10] and soon.retire == [], "not before the recorded cutoff: the raw hour was removed on purpose"
+    assert cstate.plan(con, lake, state, raw_cutoff=None, **kwargs).delete == [H10]  # retention never ran
+    later = cstate.plan(con, lake, state, raw_cutoff=datetime(2026, 11, 28, 11, tzinfo=timezone.utc), **kwargs)
     assert later.delete == [] and later.retire == [H10] and later.build == []
     after = cstate.new_state(con, state, later, pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())}), get_policy())
     assert H10 not in {r["hour"] for r in after.to_pylist() if r["record"] in ("hour", "key")}
