@@ -1,16 +1,25 @@
-"""Write-key authentication, as the Segment and RudderStack HTTP APIs do it.
+"""Who may do what at the collector: write keys for the tracking API, signed subject tokens for the
+preference center.
 
-Server SDKs send HTTP Basic auth with the write key as the user name and an empty password. Browser SDKs
-(analytics.js) send the key as `writeKey` in the JSON body instead, to avoid a CORS preflight. Keys are
-compared in constant time; the key itself is never logged or echoed.
+Write keys, as the Segment and RudderStack HTTP APIs do it: server SDKs send HTTP Basic auth with the write
+key as the user name and an empty password. Browser SDKs (analytics.js) send the key as `writeKey` in the
+JSON body instead, to avoid a CORS preflight. Keys are compared in constant time; the key itself is never
+logged or echoed. A write key sits in every page that loads analytics.js: it says which source an event
+comes from, never who the visitor is.
+
+Subject tokens (below): the only way the preference center learns that a visitor is a logged-in user.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import json
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 
 class AuthError(Exception):
@@ -49,3 +58,123 @@ def authenticate(headers: Mapping[str, str], body_write_key: object, keys: tuple
     if found < 0:
         raise AuthError("bad_write_key", "unknown write key")
     return found
+
+
+# -- the preference center's signed subject tokens ----------------------------------------------------------
+#
+# The center never believes a user id the request names (a query, form or JSON field, analytics.js's
+# `ajs_user_id` cookie: all forgeable). A logged-in visitor is identified only by a token that the customer's
+# own backend, which knows who is logged in, issues with `issue_subject_token` under the secret
+# PERSONALIZATION_PREFERENCE_TOKEN_SECRET. Format (version 1), for backends written in another language:
+#
+#     v1.<payload>.<mac>
+#     payload = base64url, no padding, of the UTF-8 JSON object {"sub": "<user id>", "exp": <unix seconds>}
+#     mac     = base64url, no padding, of HMAC-SHA256(key = the secret's UTF-8 bytes without surrounding
+#               whitespace, as the collector reads it; message = "v1." + payload)
+#
+# The MAC covers the version and the payload exactly as sent; it is checked (in constant time) before the
+# payload is decoded, then the expiry is enforced. A token lives at most MAX_SUBJECT_TOKEN_TTL_SECONDS: it
+# travels in a link once, so a leaked one must not be good for long.
+
+SUBJECT_TOKEN_VERSION = "v1"
+MAX_SUBJECT_TOKEN_TTL_SECONDS = 24 * 3600
+MAX_SUBJECT_TOKEN_CHARS = 2048
+MAX_USER_ID_CHARS = 512
+CLOCK_SKEW_SECONDS = 60  # between the issuing backend's clock and the collector's
+
+
+class TokenError(Exception):
+    """A subject token refused: `reason` is a stable code, `message` says why and what to do (never the token)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Subject:
+    user_id: str
+    expires_at: int  # unix seconds
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64url(text: str) -> bytes:
+    if not text or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: str | bytes, signed: str) -> bytes:
+    key = secret.strip().encode("utf-8") if isinstance(secret, str) else secret  # a trailing newline from a secret store
+    return hmac.new(key, signed.encode("ascii"), hashlib.sha256).digest()
+
+
+def issue_subject_token(secret: str | bytes, user_id: str, ttl_seconds: int, *, now: float | None = None) -> str:
+    """A signed token saying "this visitor is `user_id`" until now + `ttl_seconds` (1 s .. 24 h).
+
+    Called by the customer's backend for the logged-in user, which then links to
+    `https://<collector>/privacy/preferences?token=<token>`; `secret` is the collector's
+    PERSONALIZATION_PREFERENCE_TOKEN_SECRET. Never issue one for a user id taken from the browser.
+    """
+    if not (secret.strip() if isinstance(secret, str) else secret):
+        raise ValueError("secret is empty: pass the collector's PERSONALIZATION_PREFERENCE_TOKEN_SECRET")
+    if not isinstance(user_id, str):
+        raise TypeError(f"user_id must be a string, not {type(user_id).__name__}")
+    if not user_id.strip() or len(user_id) > MAX_USER_ID_CHARS:
+        raise ValueError(f"user_id must be a non-empty string of at most {MAX_USER_ID_CHARS} characters")
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or not 0 < ttl_seconds <= MAX_SUBJECT_TOKEN_TTL_SECONDS:
+        raise ValueError(f"ttl_seconds must be a whole number in 1..{MAX_SUBJECT_TOKEN_TTL_SECONDS}")
+    expires = int(time.time() if now is None else now) + ttl_seconds
+    payload = _b64url(json.dumps({"sub": user_id, "exp": expires}, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    signed = f"{SUBJECT_TOKEN_VERSION}.{payload}"
+    return f"{signed}.{_b64url(_mac(secret, signed))}"
+
+
+def _claims(payload: str) -> tuple[str, int] | None:
+    try:
+        claims = json.loads(_unb64url(payload).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user_id = claims.get("sub") if isinstance(claims, dict) else None
+    expires = claims.get("exp") if isinstance(claims, dict) else None
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID_CHARS:
+        return None
+    if isinstance(expires, bool) or not isinstance(expires, int):
+        return None
+    return user_id, expires
+
+
+def verify_subject_token(secret: str | bytes, token: str, *, now: float | None = None) -> Subject:
+    """The subject a token was issued for, or TokenError: malformed, unknown version, bad signature (another
+    secret, or a changed payload), expired, or a lifetime over the maximum."""
+    if not isinstance(token, str) or not token or len(token) > MAX_SUBJECT_TOKEN_CHARS or token.count(".") != 2:
+        raise TokenError("malformed_token", "the subject token is not of the form v1.<payload>.<mac>: ask your site for a new link")
+    version, payload, mac = token.split(".")
+    if version != SUBJECT_TOKEN_VERSION:
+        raise TokenError("unsupported_token_version", f"subject token version {version[:8]!r} is not supported (expected "
+                         f"{SUBJECT_TOKEN_VERSION}): issue tokens with issue_subject_token")
+    try:
+        _unb64url(mac)
+        _unb64url(payload)
+    except ValueError:
+        raise TokenError("malformed_token", "the subject token is not base64url: ask your site for a new link") from None
+    # compared as text: one MAC has exactly one encoding, so no variant of a token verifies too
+    if not hmac.compare_digest(mac.encode("ascii"), _b64url(_mac(secret, f"{version}.{payload}")).encode("ascii")):
+        raise TokenError("bad_token_signature", "the subject token's signature does not match: it was altered, or issued under "
+                         "another PERSONALIZATION_PREFERENCE_TOKEN_SECRET")
+    claims = _claims(payload)  # authentic from here on: only a bug on the issuing side can make it unreadable
+    if claims is None:
+        raise TokenError("malformed_token", 'the subject token\'s payload is not {"sub": <user id>, "exp": <unix seconds>}: '
+                         "issue tokens with issue_subject_token")
+    user_id, expires = claims
+    current = time.time() if now is None else now
+    if expires <= current:
+        raise TokenError("expired_token", "the subject token has expired: open the preference center again from your site")
+    if expires - current > MAX_SUBJECT_TOKEN_TTL_SECONDS + CLOCK_SKEW_SECONDS:
+        raise TokenError("token_lifetime_too_long", f"the subject token is valid for more than {MAX_SUBJECT_TOKEN_TTL_SECONDS} s: "
+                         "issue it with a shorter ttl_seconds")
+    return Subject(user_id=user_id, expires_at=expires)

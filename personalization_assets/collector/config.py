@@ -1,7 +1,9 @@
 """The collector's settings, read from the environment and validated at start-up.
 
-The write keys are a secret: they are read from `PERSONALIZATION_COLLECTOR_WRITE_KEYS` once, kept out of
-every repr, and never logged (requests are logged by key *index*, not by key).
+Two secrets, each read once, kept out of every repr and never logged: the write keys
+(`PERSONALIZATION_COLLECTOR_WRITE_KEYS`; requests are logged by key *index*, not by key) and the preference
+center's token secret (`PERSONALIZATION_PREFERENCE_TOKEN_SECRET`, optional: without it the center serves
+anonymous visitors only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
 DEDUP_HOURS_ENV = "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"
 CORS_ORIGINS_ENV = "PERSONALIZATION_COLLECTOR_CORS_ORIGINS"
 LINGER_MS_ENV = "PERSONALIZATION_COLLECTOR_LINGER_MS"
+PREFERENCE_TOKEN_SECRET_ENV = "PERSONALIZATION_PREFERENCE_TOKEN_SECRET"
+MIN_TOKEN_SECRET_CHARS = 32
 # Fault injection for the crash tests only (not a user setting):
 # "kill_before_writes=N,kill_after_writes=N,clock_offset_s=S".
 FAULTS_ENV = "_PERSONALIZATION_COLLECTOR_FAULTS"
@@ -53,6 +57,8 @@ class CollectorConfig:
     linger_ms: int
     write_keys: tuple[str, ...] = field(repr=False)
     faults: Faults = Faults()
+    # HMAC key of the preference center's subject tokens (collector/auth.py); None: anonymous visitors only
+    preference_token_secret: str | None = field(default=None, repr=False)
 
 
 def _parse_faults(raw: str) -> Faults:
@@ -116,10 +122,18 @@ def load_collector_config(environ: Mapping[str, str] | None = None) -> Collector
     except ValueError:
         raise ConfigError(f"{LINGER_MS_ENV}={linger_raw!r} is not a whole number of milliseconds in 0..5000. Fix: set it to how "
                           "long a write may wait for more requests to share its object (default 0).") from None
+    token_secret = environ.get(PREFERENCE_TOKEN_SECRET_ENV, "").strip() or None
+    if token_secret is not None and len(token_secret) < MIN_TOKEN_SECRET_CHARS:
+        raise ConfigError(f"{PREFERENCE_TOKEN_SECRET_ENV} is shorter than {MIN_TOKEN_SECRET_CHARS} characters. Fix: use a long random "
+                          "secret (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), shared only with the "
+                          "backend that issues the subject tokens; or unset it to serve anonymous visitors only.")
+    if token_secret is not None and token_secret in keys:
+        raise ConfigError(f"{PREFERENCE_TOKEN_SECRET_ENV} equals a write key. Fix: use a separate secret: write keys are "
+                          "public (analytics.js puts them in every page), so anyone could sign subject tokens with it.")
     origins = tuple(o.strip() for o in (environ.get(CORS_ORIGINS_ENV, "").strip() or "*").split(",") if o.strip())
     try:
         faults = _parse_faults(environ.get(FAULTS_ENV, ""))
     except ValueError:
         raise ConfigError(f"{FAULTS_ENV} is malformed. Fix: unset it (it is for the crash tests only).") from None
     return CollectorConfig(landing=landing, state_dir=state_dir, dedup_hours=dedup_hours, cors_origins=origins,
-                           linger_ms=linger_ms, write_keys=keys, faults=faults)
+                           linger_ms=linger_ms, write_keys=keys, faults=faults, preference_token_secret=token_secret)

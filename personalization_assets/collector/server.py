@@ -23,6 +23,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "
     logging.getLogger("personalization.collector").info(
         "collector writing to %s (%d write key(s); state in %s)", app.state.landing_uri, len(config.write_keys), config.state_dir
     )
+    visitors = ("logged-in users by signed subject token, and anonymous visitors" if config.preference_token_secret
+                else "anonymous visitors only: no PERSONALIZATION_PREFERENCE_TOKEN_SECRET")
     print(f"Collector listening on http://{host}:{port} -> {app.state.landing_uri} "
-          f"(preference center: http://{host}:{port}/privacy/preferences)", flush=True)
+          f"(preference center: http://{host}:{port}/privacy/preferences, for {visitors})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=10)

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from tests.conftest import ROOT, free_port
 
 WRITE_KEY = "test-write-key-0001"
 OTHER_KEY = "test-write-key-0002"
+# the preference center's subject-token secret, as the customer's backend and the collector share it
+TOKEN_SECRET = "test-preference-token-secret-0001-abcdefgh"
 
 
 @dataclass
@@ -88,20 +91,60 @@ def wait_healthy(c: Collector, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="session")
 def shared_collector(tmp_path_factory):
-    """One collector for the tests that only look at what it answers and writes (not at raw): (collector, landing)."""
+    """One collector for the tests that only look at what it answers and writes (not at raw): (collector, landing).
+    Its preference center has no token secret: it serves anonymous visitors only."""
     root = tmp_path_factory.mktemp("shared_collector")
     env = {"PERSONALIZATION_DATA_DIR": str(root / "data"), "PERSONALIZATION_LANDING_URL": str(root / "data" / "landing"),
-           "PERSONALIZATION_LAKE_URL": str(root / "data" / "lake"), "DAGSTER_HOME": str(root)}
+           "PERSONALIZATION_LAKE_URL": str(root / "data" / "lake"), "DAGSTER_HOME": str(root),
+           "PERSONALIZATION_PREFERENCE_TOKEN_SECRET": ""}
     c = start_collector(root / "collector.log", extra_env=env)
     yield c, root / "data" / "landing"
     c.stop()
 
 
+@dataclass
+class SignedCenter:
+    """A collector whose preference center verifies subject tokens under TOKEN_SECRET."""
+
+    collector: Collector
+    landing: Path
+    state_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.collector.url + "/privacy/preferences"
+
+
+@pytest.fixture(scope="session")
+def signed_collector(tmp_path_factory) -> SignedCenter:
+    root = tmp_path_factory.mktemp("signed_collector")
+    env = {"PERSONALIZATION_DATA_DIR": str(root / "data"), "PERSONALIZATION_LANDING_URL": str(root / "data" / "landing"),
+           "PERSONALIZATION_LAKE_URL": str(root / "data" / "lake"), "DAGSTER_HOME": str(root),
+           "PERSONALIZATION_COLLECTOR_STATE_DIR": str(root / "state"), "PERSONALIZATION_PREFERENCE_TOKEN_SECRET": TOKEN_SECRET}
+    c = start_collector(root / "collector.log", extra_env=env)
+    yield SignedCenter(c, root / "data" / "landing", root / "state")
+    c.stop()
+
+
 @pytest.fixture
 def collector(data_dir, tmp_path):
-    c = start_collector(tmp_path / "collector.log")
+    """A collector on the test's own data dir (for tests that materialize what it wrote); it verifies subject tokens."""
+    c = start_collector(tmp_path / "collector.log", extra_env={"PERSONALIZATION_PREFERENCE_TOKEN_SECRET": TOKEN_SECRET})
     yield c
     c.stop()
+
+
+def stored_choices(state_dir: Path) -> dict[str, tuple[dict[str, str], bool]]:
+    """The preference center's store as it is on disk: {"user:<id>" | "anon:<id>": ({purpose: status}, gpc)}."""
+    path = state_dir / "preferences.sqlite"
+    if not path.exists():
+        return {}
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = con.execute("select subject, purposes, gpc from subjects").fetchall()
+    finally:
+        con.close()
+    return {subject: (json.loads(purposes), bool(gpc)) for subject, purposes, gpc in rows}
 
 
 def landing_messages(landing: Path) -> list[dict]:

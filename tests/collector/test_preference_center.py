@@ -1,5 +1,6 @@
-"""Headless Chromium uses the preference center served by the collector: it shows the visitor's current choices,
-withdraws personalization with the keyboard, and sends `Sec-GPC: 1`. After the whole pipeline is materialized,
+"""Headless Chromium uses the preference center served by the collector: it arrives through the link the site's
+backend signed for its logged-in user (a subject token), sees the visitor's current choices, withdraws
+personalization with the keyboard, and sends `Sec-GPC: 1`. After the whole pipeline is materialized,
 the visitor's later events are absent from the consented tier, the visitor drops out of the segments and the
 advertising audience excludes them — while a control visitor with the same history and no change stays in.
 """
@@ -15,8 +16,9 @@ import duckdb
 import pytest
 from segment.analytics.client import Client as SegmentClient
 
+from personalization_assets.collector.auth import issue_subject_token
 from personalization_assets.core.tracking_plan import CONSENT_EVENT
-from tests.collector.conftest import WRITE_KEY, landing_messages
+from tests.collector.conftest import TOKEN_SECRET, WRITE_KEY, landing_messages
 from tests.helpers import check_results, defs_for_env, materialize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -61,15 +63,22 @@ def test_withdrawal_and_gpc_from_the_preference_center_take_effect_through_the_p
         _history(client, user, now - timedelta(minutes=40), 12, "before")
     client.flush()
 
+    # the site's backend, which knows who is logged in, links its user to the center with a signed subject token
+    token = issue_subject_token(TOKEN_SECRET, SUBJECT, 600)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         try:
             context = browser.new_context()
-            # the visitor is known by the analytics.js cookies (JSON-encoded values, as analytics.js writes them)
+            # analytics.js's cookies (JSON-encoded values, as it writes them): the anonymous id is this browser's;
+            # the user id cookie is not believed (any script can write it), the token is
             context.add_cookies([{"name": "ajs_anonymous_id", "value": f'"{SUBJECT}-anon"', "url": collector.url},
                                  {"name": "ajs_user_id", "value": f'"{SUBJECT}"', "url": collector.url}])
             page = context.new_page()
-            page.goto(collector.url + "/privacy/preferences")
+            page.goto(collector.url + "/privacy/preferences?token=" + token)
+            expect(page).to_have_url(collector.url + "/privacy/preferences")  # the token left the address bar
+            [kept] = [c for c in context.cookies() if c["name"] == "pc_subject_token"]
+            assert kept["httpOnly"] and kept["sameSite"] == "Lax" and kept["value"] == token
+            assert page.evaluate("document.cookie").find("pc_subject_token") < 0  # out of reach of the page's scripts
             # the current choices, from the consent event the SDK sent
             expect(page.get_by_label("Personalization")).to_be_checked()
             expect(page.get_by_label("Sale share")).to_be_checked()
@@ -151,36 +160,43 @@ def _consent_events_of(landing, anon: str) -> list[dict]:
 
 
 def test_without_javascript_the_form_post_records_the_choices_and_shows_them(shared_collector):
-    import uuid
+    import json
 
     import requests
 
     collector, landing = shared_collector
-    anon = f"form-{uuid.uuid4()}"
-    r = requests.post(collector.url + "/privacy/preferences", data={"anonymousId": anon, "purpose": ["analytics", "sale_share"]},
-                      allow_redirects=False, timeout=10)
-    assert r.status_code == 303 and anon in r.headers["location"]
+    session = requests.Session()
+    session.get(collector.url + "/privacy/preferences", timeout=10)  # the first visit sets the anonymous id cookie
+    anon = json.loads(session.cookies["ajs_anonymous_id"])
+    r = session.post(collector.url + "/privacy/preferences", data={"purpose": ["analytics", "sale_share"]},
+                     allow_redirects=False, timeout=10)
+    # the visitor is in the cookie: the redirect names nobody (nothing to encode, nothing to forge)
+    assert r.status_code == 303 and r.headers["location"] == "/privacy/preferences"
     [event] = _consent_events_of(landing, anon)
     prefs = event["context"]["consent"]["categoryPreferences"]
     assert prefs["analytics"] is True and prefs["personalization"] is False and prefs["data_sharing"] is True
     assert "gpc" not in event["context"]
-    page = requests.get(collector.url + r.headers["location"], timeout=10).text
+    page = session.get(collector.url + r.headers["location"], timeout=10).text
     boxes = {m.group(1): " checked" in m.group(0).replace("\n", " ")
              for m in re.finditer(r'<input type="checkbox" id="purpose-(\w+)"[^>]*>', page)}
     assert boxes == {"personalization": False, "analytics": True, "advertising": False, "sale_share": True}
 
 
 def test_the_preference_center_refuses_other_origins_and_unknown_purposes(shared_collector):
-    import uuid
+    import json
 
     import requests
 
     collector, landing = shared_collector
-    anon = f"xo-{uuid.uuid4()}"
-    r = requests.post(collector.url + "/privacy/preferences", json={"granted": [], "anonymousId": anon},
-                      headers={"Origin": "https://evil.example"}, timeout=10)
+    session = requests.Session()
+    session.get(collector.url + "/privacy/preferences", timeout=10)
+    anon = json.loads(session.cookies["ajs_anonymous_id"])
+    r = session.post(collector.url + "/privacy/preferences", json={"granted": []}, headers={"Origin": "https://evil.example"}, timeout=10)
     assert r.status_code == 403 and r.json()["code"] == "cross_origin"
-    r = requests.post(collector.url + "/privacy/preferences", json={"granted": ["mind_reading"], "anonymousId": anon}, timeout=10)
+    # a browser that sends no Origin still says where the request comes from
+    r = session.post(collector.url + "/privacy/preferences", data={"purpose": []}, headers={"Sec-Fetch-Site": "cross-site"}, timeout=10)
+    assert r.status_code == 403 and r.json()["code"] == "cross_origin"
+    r = session.post(collector.url + "/privacy/preferences", json={"granted": ["mind_reading"]}, timeout=10)
     assert r.status_code == 400 and r.json()["code"] == "unknown_purpose"
     assert _consent_events_of(landing, anon) == []
 
