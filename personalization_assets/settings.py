@@ -330,7 +330,7 @@ TRAILING_SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_COLLECTOR_DEDUP_HOURS", "48", "Collector: how long a messageId is remembered, so an SDK retry within this time is never stored twice.", "same"),
     SettingDoc("PERSONALIZATION_COLLECTOR_LINGER_MS", "0", "Collector: how long a write waits for more requests to share its landing object (fewer, larger objects; adds latency).", "e.g. 200 under steady light traffic"),
     SettingDoc("PERSONALIZATION_COLLECTOR_CORS_ORIGINS", "*", "Collector: origins allowed to post to `/v1/*` from a browser (comma-separated).", "your sites' origins"),
-    SettingDoc("PERSONALIZATION_PREFERENCE_TOKEN_SECRET", "(unset)", "Preference center: HMAC-SHA256 key (secret, at least 32 characters, not a write key) verifying the signed subject tokens your backend issues for a logged-in user (`issue_subject_token` in `personalization_assets/collector/auth.py`); unset, the center serves anonymous visitors only.", "required to serve logged-in users (Secrets Manager, shared with the issuing backend)"),
+    SettingDoc("PERSONALIZATION_PREFERENCE_TOKEN_SECRET", "(unset)", "Preference center: HS256 key (secret, at least 32 characters, not a write key) verifying the signed subject tokens (JWTs) your backend issues for a logged-in user (`issue_subject_token` in `personalization_assets/collector/auth.py`); unset, the center serves anonymous visitors only.", "required to serve logged-in users (Secrets Manager, shared with the issuing backend)"),
     SettingDoc("DAGSTER_HOME", "./.dagster_home", "Dagster instance directory (sqlite storage locally).", "set by the Helm chart (Postgres storage)"),
 )
 

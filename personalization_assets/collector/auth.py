@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import jwt
 
 
 class AuthError(Exception):
@@ -64,19 +64,19 @@ def authenticate(headers: Mapping[str, str], body_write_key: object, keys: tuple
 #
 # The center never believes a user id the request names (a query, form or JSON field, analytics.js's
 # `ajs_user_id` cookie: all forgeable). A logged-in visitor is identified only by a token that the customer's
-# own backend, which knows who is logged in, issues with `issue_subject_token` under the secret
-# PERSONALIZATION_PREFERENCE_TOKEN_SECRET. Format (version 1), for backends written in another language:
+# own backend, which knows who is logged in, issues under the secret PERSONALIZATION_PREFERENCE_TOKEN_SECRET:
+# a JSON Web Token (RFC 7519) signed with HS256, so any backend's JWT library issues it:
 #
-#     v1.<payload>.<mac>
-#     payload = base64url, no padding, of the UTF-8 JSON object {"sub": "<user id>", "exp": <unix seconds>}
-#     mac     = base64url, no padding, of HMAC-SHA256(key = the secret's UTF-8 bytes without surrounding
-#               whitespace, as the collector reads it; message = "v1." + payload)
+#     header  {"alg": "HS256", "typ": "JWT"}
+#     claims  {"sub": "<user id>", "exp": <unix seconds>, "aud": "personalization-preference-center"}
+#     key     the secret's UTF-8 bytes without surrounding whitespace, as the collector reads it
 #
-# The MAC covers the version and the payload exactly as sent; it is checked (in constant time) before the
-# payload is decoded, then the expiry is enforced. A token lives at most MAX_SUBJECT_TOKEN_TTL_SECONDS: it
+# PyJWT checks the signature (constant time) and refuses any other algorithm (`none` included); the audience keeps
+# a token the same secret signs for another purpose out. A token lives at most MAX_SUBJECT_TOKEN_TTL_SECONDS: it
 # travels in a link once, so a leaked one must not be good for long.
 
-SUBJECT_TOKEN_VERSION = "v1"
+SUBJECT_TOKEN_AUDIENCE = "personalization-preference-center"
+SUBJECT_TOKEN_ALGORITHM = "HS256"
 MAX_SUBJECT_TOKEN_TTL_SECONDS = 24 * 3600
 MAX_SUBJECT_TOKEN_CHARS = 2048
 MAX_USER_ID_CHARS = 512
@@ -98,23 +98,12 @@ class Subject:
     expires_at: int  # unix seconds
 
 
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    if not text or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: str | bytes, signed: str) -> bytes:
-    key = secret.strip().encode("utf-8") if isinstance(secret, str) else secret  # a trailing newline from a secret store
-    return hmac.new(key, signed.encode("ascii"), hashlib.sha256).digest()
+def _key(secret: str | bytes) -> bytes:
+    return secret.strip().encode("utf-8") if isinstance(secret, str) else secret  # a trailing newline from a secret store
 
 
 def issue_subject_token(secret: str | bytes, user_id: str, ttl_seconds: int, *, now: float | None = None) -> str:
-    """A signed token saying "this visitor is `user_id`" until now + `ttl_seconds` (1 s .. 24 h).
+    """A signed token saying "this visitor is `user_id`" until now + `ttl_seconds` (1 s .. 24 h): a JWT (HS256).
 
     Called by the customer's backend for the logged-in user, which then links to
     `https://<collector>/privacy/preferences?token=<token>`; `secret` is the collector's
@@ -129,48 +118,35 @@ def issue_subject_token(secret: str | bytes, user_id: str, ttl_seconds: int, *, 
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or not 0 < ttl_seconds <= MAX_SUBJECT_TOKEN_TTL_SECONDS:
         raise ValueError(f"ttl_seconds must be a whole number in 1..{MAX_SUBJECT_TOKEN_TTL_SECONDS}")
     expires = int(time.time() if now is None else now) + ttl_seconds
-    payload = _b64url(json.dumps({"sub": user_id, "exp": expires}, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    signed = f"{SUBJECT_TOKEN_VERSION}.{payload}"
-    return f"{signed}.{_b64url(_mac(secret, signed))}"
-
-
-def _claims(payload: str) -> tuple[str, int] | None:
-    try:
-        claims = json.loads(_unb64url(payload).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    user_id = claims.get("sub") if isinstance(claims, dict) else None
-    expires = claims.get("exp") if isinstance(claims, dict) else None
-    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID_CHARS:
-        return None
-    if isinstance(expires, bool) or not isinstance(expires, int):
-        return None
-    return user_id, expires
+    return jwt.encode({"sub": user_id, "exp": expires, "aud": SUBJECT_TOKEN_AUDIENCE}, _key(secret), algorithm=SUBJECT_TOKEN_ALGORITHM)
 
 
 def verify_subject_token(secret: str | bytes, token: str, *, now: float | None = None) -> Subject:
-    """The subject a token was issued for, or TokenError: malformed, unknown version, bad signature (another
-    secret, or a changed payload), expired, or a lifetime over the maximum."""
-    if not isinstance(token, str) or not token or len(token) > MAX_SUBJECT_TOKEN_CHARS or token.count(".") != 2:
-        raise TokenError("malformed_token", "the subject token is not of the form v1.<payload>.<mac>: ask your site for a new link")
-    version, payload, mac = token.split(".")
-    if version != SUBJECT_TOKEN_VERSION:
-        raise TokenError("unsupported_token_version", f"subject token version {version[:8]!r} is not supported (expected "
-                         f"{SUBJECT_TOKEN_VERSION}): issue tokens with issue_subject_token")
+    """The subject a token was issued for, or TokenError: malformed, another algorithm, bad signature (another
+    secret, or a changed payload), another audience, expired, or a lifetime over the maximum."""
+    if not isinstance(token, str) or not token or len(token) > MAX_SUBJECT_TOKEN_CHARS:
+        raise TokenError("malformed_token", "the subject token is not a JWT: ask your site for a new link")
     try:
-        _unb64url(mac)
-        _unb64url(payload)
-    except ValueError:
-        raise TokenError("malformed_token", "the subject token is not base64url: ask your site for a new link") from None
-    # compared as text: one MAC has exactly one encoding, so no variant of a token verifies too
-    if not hmac.compare_digest(mac.encode("ascii"), _b64url(_mac(secret, f"{version}.{payload}")).encode("ascii")):
+        # the expiry is checked below against `now` (the center's clock, or a test's)
+        claims = jwt.decode(token, _key(secret), algorithms=[SUBJECT_TOKEN_ALGORITHM], audience=SUBJECT_TOKEN_AUDIENCE,
+                            options={"require": ["sub", "exp", "aud"], "verify_exp": False})
+    except jwt.InvalidAlgorithmError:
+        raise TokenError("unsupported_token_algorithm", f"the subject token is not signed with {SUBJECT_TOKEN_ALGORITHM}: issue "
+                         "tokens with issue_subject_token") from None
+    except jwt.InvalidSignatureError:
         raise TokenError("bad_token_signature", "the subject token's signature does not match: it was altered, or issued under "
-                         "another PERSONALIZATION_PREFERENCE_TOKEN_SECRET")
-    claims = _claims(payload)  # authentic from here on: only a bug on the issuing side can make it unreadable
-    if claims is None:
-        raise TokenError("malformed_token", 'the subject token\'s payload is not {"sub": <user id>, "exp": <unix seconds>}: '
+                         "another PERSONALIZATION_PREFERENCE_TOKEN_SECRET") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("wrong_token_audience", f'the subject token is not for the preference center (its "aud" must be '
+                         f'"{SUBJECT_TOKEN_AUDIENCE}"): issue tokens with issue_subject_token') from None
+    except jwt.InvalidTokenError:
+        raise TokenError("malformed_token", 'the subject token is not a JWT with {"sub": <user id>, "exp": <unix seconds>}: ask '
+                         "your site for a new link") from None
+    user_id, expires = claims.get("sub"), claims.get("exp")
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID_CHARS \
+            or isinstance(expires, bool) or not isinstance(expires, int):
+        raise TokenError("malformed_token", 'the subject token\'s claims are not {"sub": <user id>, "exp": <unix seconds>}: '
                          "issue tokens with issue_subject_token")
-    user_id, expires = claims
     current = time.time() if now is None else now
     if expires <= current:
         raise TokenError("expired_token", "the subject token has expired: open the preference center again from your site")

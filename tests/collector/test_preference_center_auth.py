@@ -149,7 +149,7 @@ def test_a_valid_token_acts_for_its_user_only(signed_collector):
     # accepted once, kept in a cookie that scripts cannot read and other sites' requests do not carry, out of the URL
     assert r.status_code == 303 and r.headers["location"] == "/privacy/preferences", r.text
     set_cookie = r.headers["set-cookie"]
-    assert set_cookie.startswith("pc_subject_token=v1.") and "HttpOnly" in set_cookie and "SameSite=lax" in set_cookie
+    assert set_cookie.startswith("pc_subject_token=eyJ") and "HttpOnly" in set_cookie and "SameSite=lax" in set_cookie
     assert "Path=/privacy" in set_cookie and "Secure" not in set_cookie  # plain http here
     assert r.headers["referrer-policy"] == "no-referrer"
     page = session.get(center.url, timeout=10)
@@ -196,12 +196,14 @@ def _tampered(user: str) -> str:
     return f"{version}.{payload}.{mac}"
 
 
-def _v2(user: str) -> str:
-    return "v2." + issue_subject_token(TOKEN_SECRET, user, 600).split(".", 1)[1]
+def _alg_none(user: str) -> str:
+    """An unsigned JWT (`alg: none`) naming the victim."""
+    claims = {"sub": user, "exp": int(time.time()) + 600, "aud": "personalization-preference-center"}
+    return _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "." + _b64(json.dumps(claims).encode()) + "."
 
 
 BAD_TOKENS = [("expired", _expired, "expired_token"), ("another secret", _other_secret, "bad_token_signature"),
-              ("tampered payload", _tampered, "bad_token_signature"), ("unknown version", _v2, "unsupported_token_version"),
+              ("tampered payload", _tampered, "bad_token_signature"), ("unsigned (alg none)", _alg_none, "unsupported_token_algorithm"),
               ("not a token", lambda user: "hello", "malformed_token")]
 
 
