@@ -252,38 +252,3 @@ def test_decisions_in_duckdb_follow_the_preference_rule(events):
                 expected.add(("privacy_request", req["request_id"], req["identifier_pseudonym"], p.name, p.privacy_request_types[req["type"]],
                               c.decision_id("privacy_request", req["request_id"], p.name, req["identifier_kind"])))
     assert got == expected and n == len(expected)
-
-
-def test_a_decision_never_takes_effect_after_it_was_received(data_dir):
-    """A CMP grant sent by a client whose clock runs 20 h ahead (the collector accepts up to +24 h), then a withdrawal
-    an hour later: ordered by the client's timestamps, the grant took effect 19 h after the withdrawal and overrode it.
-    A decision's effective time is its event time, but never later than its receivedAt (through the real assets)."""
-    import gzip
-
-    from personalization_assets.core.tracking_plan import CONSENT_EVENT
-    from tests.helpers import defs_for_env, materialize
-    from tests.raw.hostile import line, msg
-
-    t = datetime(2026, 12, 1, 10, tzinfo=timezone.utc)
-
-    def iso(d: datetime) -> str:
-        return d.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-    def cmp(i: int, allowed: bool, timestamp: datetime, received: datetime) -> dict:
-        return msg(i, event=CONSENT_EVENT, userId="user-skew", anonymousId="anon-skew", timestamp=iso(timestamp),
-                   sentAt=iso(timestamp), receivedAt=iso(received),
-                   context={"consent": {"categoryPreferences": {"personalization": allowed}}, "location": {"country": "DE"}})
-
-    path = data_dir / "landing" / "events" / "date=2026-12-01" / "hour=10" / "cmp.jsonl.gz"
-    path.parent.mkdir(parents=True)
-    grant = cmp(1, True, t + timedelta(hours=20), t + timedelta(minutes=1))  # the client clock runs 20 h ahead
-    withdrawal = cmp(2, False, t + timedelta(minutes=50), t + timedelta(minutes=50))
-    path.write_bytes(gzip.compress(line(grant) + line(withdrawal), mtime=0))
-    defs = defs_for_env()
-    materialize(defs, " or ".join(f"key:{k}" for k in ("raw/events", "raw/crm_profiles", "raw/privacy_requests", "privacy/identity_links",
-                                                      "privacy/consent_ledger", "privacy/consent_state")))
-    lake, pz = defs.resources["lake"], defs.resources["pseudonymizer"]
-    user = pz.pseudonymize_values(["user-skew"], "id")[0]
-    state = [r for r in lake.read_table("privacy", "consent_state").to_pylist()
-             if r["consent_subject"] == user and r["purpose"] == "personalization" and r["status"] == "granted"]
-    assert [(r["valid_from"], r["valid_to"]) for r in state] == [(t + timedelta(minutes=1), t + timedelta(minutes=50))], state
