@@ -41,7 +41,6 @@ from personalization_assets.core.asset_keys import (
 )
 from personalization_assets.core.audit import auditor
 from personalization_assets.core.hash_chain import partition_writer_lock, table_writer_lock
-from personalization_assets.core.retention import read_cutoffs
 from personalization_assets.core.partitions import partition_dict, partition_start
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonymize import Pseudonymizer
@@ -257,7 +256,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
             range_output = events_selected and requested is not None and not config.full_refresh
             plan = cstate.plan(con, lake, state, policy=policy, active_key_version=key_version,
                                requested=requested, full_refresh=config.full_refresh,
-                               valid_key=valid_key, raw_cutoff=read_cutoffs(lake).get("raw"))
+                               valid_key=valid_key)
             state = cstate.snapshot_hours(con, state)
             context.log.info(f"consented/events ({plan.mode}): {len(plan.build)} hour(s) to build, {len(plan.delete)} to delete; "
                              f"stale: {plan.reasons}")

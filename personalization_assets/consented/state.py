@@ -39,7 +39,7 @@ import duckdb
 import pyarrow as pa
 
 from personalization_assets.core.partitions import PARTITION_FMT, partition_key_for_path
-from personalization_assets.core.retention import hour_before
+from personalization_assets.core.retention import hour_before, read_cutoffs
 from personalization_assets.core.storage import ROW_GROUP_ROWS, LakeStorage
 
 LAYER, TABLE = "consented", "events_state"
@@ -287,11 +287,18 @@ def _unbind(con: duckdb.DuckDBPyConnection, *names: str) -> None:
             pass
 
 
+RECORDED = object()  # `plan`'s raw_cutoff default: the one the retention run recorded, read after the raw listing
+
+
 def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | str, *, policy, active_key_version: str,
-         requested: list[str] | None, full_refresh: bool, valid_key, raw_cutoff: datetime | None) -> Plan:
+         requested: list[str] | None, full_refresh: bool, valid_key, raw_cutoff: datetime | None | object = RECORDED) -> Plan:
     """Decide the hours to build/delete. Needs the privacy views loaded and `__sig_new` computed. `raw_cutoff`: the
-    raw cutoff the retention run recorded (core/retention.py): a raw hour gone before it was removed by retention."""
+    raw cutoff the retention run recorded (core/retention.py): a raw hour gone before it was removed by retention.
+    Default: read from the lake AFTER raw is listed (read before, a retention run in between deleted raw hours the
+    plan would see gone and not before the cutoff it had read: deleted, not retired)."""
     raw = {pk: fp for pk, fp in raw_fingerprints(lake).items() if valid_key(pk)}
+    if raw_cutoff is RECORDED:
+        raw_cutoff = read_cutoffs(lake).get("raw")
     _bind(con, "__state", state)
     stored_hours = {h: RawHour(s, v) for h, s, v in con.execute(
         "select hour, raw_size, raw_version from __state where record = 'hour'").fetchall()}

@@ -139,16 +139,19 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
     # the links it holds attribute consent decisions the ledger keeps for years (an anonymous visitor's opt-out, then a
     # login): dropped with the raw hour, the user fell back to the jurisdiction's default a month later
     raw_cutoff = retention_cutoffs(lake).get("raw")  # what the retention run removed (core/retention.py)
-    gone = [inc.partition_of(p) for p in sorted(stored - set(current))]
-    stale = [part for part in gone if not partition_before(part, raw_cutoff)]
+    gone = sorted(stored - set(current))
+    stale_paths = {p for p in gone if not partition_before(inc.partition_of(p), raw_cutoff)}
+    stale = [inc.partition_of(p) for p in sorted(stale_paths)]
     raw_columns = IDENTITY_COLUMNS + ["landing_hour"]
     reads = [("raw/events", "*", raw_columns)] if full or len(changed) > 500 else [("raw/events", p, raw_columns) for p in changed]
     auditor(context, lake, platform, IDENTITY_LINKS).record(
         reads + [("raw/crm_profiles", None, CRM_IDENTITY_COLUMNS), (f"privacy/{PARTIALS_TABLE}", "*", None)])
     rekeyed = 0
-    if not full and recorded_key != active:
-        # the active key changed without the rotation job: bring the stored partials to the active version first
-        for path in sorted(set(current) - set(changed)):
+    if recorded_key != active:
+        # the active key changed without the rotation job: bring the stored partials this run does not recompute to the
+        # active version first — those kept past raw retention included (no raw hour recomputes them: left under the old
+        # version, their links matched nothing, and the erasure, which looks for active-version pseudonyms, missed them)
+        for path in sorted(stored - set(changed) - stale_paths):
             part = inc.partition_of(path)
             if lake.exists(LAYER_PRIVACY, PARTIALS_TABLE, part):
                 new, n = rekey_table(lake.read_table(LAYER_PRIVACY, PARTIALS_TABLE, part), chain, active)

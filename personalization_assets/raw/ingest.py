@@ -521,13 +521,17 @@ def _ingest_batch(con, batch, landing, lake, platform, outcome: IngestOutcome, m
             bad = new_raw.filter(pa.array(~ok)).select(["source_file", "line_no", "received_at", "landing_hour"]).to_pylist()
             for b in bad:
                 if b["landing_hour"] in expired:
+                    # recorded without its bytes: retention removed that hour's personal data, and the quarantine (filed
+                    # under the object's hour) would otherwise hold it again until the next retention run
                     r = Reject(int(b["line_no"]), "past_retention",
-                               f"receivedAt {b['received_at']} is in an hour raw retention has removed (privacy_policies/retention.yaml, tier raw)")
+                               f"receivedAt {b['received_at']} is in an hour raw retention has removed (privacy_policies/retention.yaml, "
+                               "tier raw); the message is not kept")
+                    original = None
                 else:
                     r = Reject(int(b["line_no"]), "received_at_outside_partitions",
                                f"receivedAt {b['received_at']} is outside the event partitions (PERSONALIZATION_EVENTS_START .. the current hour)")
-                new_q.append((_hour_key(_clamp(object_hour[b["source_file"]], valid_hour)), b["source_file"], r,
-                              originals.line(b["source_file"], r.line_no)))
+                    original = originals.line(b["source_file"], r.line_no)
+                new_q.append((_hour_key(_clamp(object_hour[b["source_file"]], valid_hour)), b["source_file"], r, original))
             new_raw = new_raw.filter(pa.array(ok))
     per_object = defaultdict(lambda: {"raw": 0, "q": 0, "s": 0, "hours": set()})
     touched: set[str] = set()

@@ -327,7 +327,7 @@ def test_a_run_without_partition_tags_does_not_skip_what_is_downstream(first_lan
     assert md["consented/events_state"]["hours_built"] == 0
 
 
-def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landing):
+def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landing, monkeypatch):
     """Raw lives 30 days, the consented tier 13 months: a raw hour the retention job removed (before the raw cutoff it
     recorded) leaves the state, and its consented hour stays (deleting it would cut the consented retention to the raw
     one). One gone for another reason is deleted."""
@@ -353,6 +353,13 @@ def test_raw_hour_removed_by_raw_retention_keeps_its_consented_hour(first_landin
     assert cstate.plan(con, lake, state, raw_cutoff=None, **kwargs).delete == [H10]  # retention never ran
     later = cstate.plan(con, lake, state, raw_cutoff=datetime(2026, 11, 28, 11, tzinfo=timezone.utc), **kwargs)
     assert later.delete == [] and later.retire == [H10] and later.build == []
+    # by default the plan reads the recorded cutoff itself, AFTER listing raw: read before, a retention run in between
+    # removed raw hours the plan then saw gone and not before the cutoff it had read (deleted instead of retired)
+    calls: list[str] = []
+    listing, cutoffs = cstate.raw_fingerprints, cstate.read_cutoffs
+    monkeypatch.setattr(cstate, "raw_fingerprints", lambda lake: calls.append("list raw") or listing(lake))
+    monkeypatch.setattr(cstate, "read_cutoffs", lambda lake: calls.append("read cutoff") or cutoffs(lake))
+    assert cstate.plan(con, lake, state, **kwargs).delete == [H10] and calls == ["list raw", "read cutoff"]
     after = cstate.new_state(con, state, later, pa.table({"hour": pa.array([], pa.string()), "key": pa.array([], pa.string())}), get_policy())
     assert H10 not in {r["hour"] for r in after.to_pylist() if r["record"] in ("hour", "key")}
     assert H11 in {r["hour"] for r in after.to_pylist() if r["record"] == "key"}

@@ -108,7 +108,7 @@ def test_retention_deletes_expired_partitions_and_logs_them(data_dir, monkeypatc
 
     # a late object for a removed hour, and a full refresh over a landing zone that still holds the old objects (a local
     # one has no lifecycle rule): neither brings a removed raw hour back; the messages are quarantined as past_retention
-    # (filed under their object's hour, itself past retention: the next retention run removes them). Past the cutoff the
+    # without their bytes (filed under their object's hour). Past the cutoff the
     # retention run recorded, not the clock's: before retention ran, the old hours were ingested above
     assert read_cutoffs(lake)["raw"] > datetime.strptime(f"{removed[0]['date']}", "%Y-%m-%d").replace(tzinfo=timezone.utc)
     late_hour = sorted(removed, key=lambda p: (p["date"], p["hour"]))[-1]
@@ -122,6 +122,8 @@ def test_retention_deletes_expired_partitions_and_logs_them(data_dir, monkeypatc
     quarantined = lake.read_table("raw", "events_quarantine", late_hour).to_pylist()
     assert {r["reason"] for r in quarantined} == {"past_retention"} and any(r["line_no"] == 1 and "late.jsonl" in r["source_file"]
                                                                           for r in quarantined)
+    # recorded (nothing unaccounted), without the bytes retention removed
+    assert all(r["original_bytes"] is None and r["original_text"] is None for r in quarantined)
 
 
 def test_identity_links_outlive_raw_retention_and_go_with_a_raw_hour_the_landing_no_longer_holds(data_dir, monkeypatch):
@@ -131,7 +133,9 @@ def test_identity_links_outlive_raw_retention_and_go_with_a_raw_hour_the_landing
     still held the visitor's opt-out. A partial now outlives raw retention; the partial of an hour gone for another
     reason (the landing no longer holds it, then a full refresh) still goes."""
     import gzip
+    import os
 
+    from personalization_assets.core.pseudonymize import Pseudonymizer
     from tests.raw.hostile import line, msg
 
     now = datetime.now(timezone.utc)
@@ -166,6 +170,17 @@ def test_identity_links_outlive_raw_retention_and_go_with_a_raw_hour_the_landing
     assert linked() == {"anon-before-login", "anon-later"}, "the login's link went with its raw hour"
     materialize(defs, build, run_config={"ops": {"privacy__identity_links": {"config": {"full_refresh": True}}}})
     assert linked() == {"anon-before-login", "anon-later"}
+    # a new active key without the rotation job: the build re-keys the stored partials it does not recompute, the kept
+    # one included (no raw hour recomputes it; left under the old key, its link matched nothing)
+    v1 = json.loads((data_dir / "dev_pseudonym_keys.json").read_text())["1"]
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_KEYS", json.dumps({"1": v1, "2": secrets.token_hex(32)}))
+    monkeypatch.setenv("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION", "2")
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+    pz = Pseudonymizer(keys_json=os.environ["PERSONALIZATION_PSEUDONYM_KEYS"], active_version="2")  # the resource holds EnvVars
+    materialize(defs, build)
+    assert linked() == {"anon-before-login", "anon-later"}, "the kept partial was left under the old key"
+    assert all(v.startswith("v2:") for v in lake.read_table("privacy", "identity_links")["identifier"].to_pylist())
     later.unlink()  # the recent hour's object is withdrawn from the landing zone, and raw is rebuilt
     materialize(defs, build, run_config={"ops": {"raw_events": {"config": {"full_refresh": True}}}})
     assert linked() == {"anon-before-login"}, "a raw hour gone for another reason than retention took its links along"
