@@ -66,6 +66,13 @@ class Tier:
     days: int
     noncurrent_days: int
     object_lock: str | None = None
+    # S3's expiration: `days`, or later (`lifecycle_days`) for a tier the retention job enforces, so the job always
+    # deletes first and records its cutoff; the rule is the backstop
+    lifecycle_days: int | None = None
+
+    @property
+    def expiration_days(self) -> int:
+        return self.lifecycle_days or self.days
 
 
 def load_tiers(policy_path: Path = POLICY_PATH) -> list[Tier]:
@@ -114,6 +121,11 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
             raise PolicyError(
                 f"{where}.noncurrent_days={noncurrent!r}; expected 1..{MAX_NONCURRENT_DAYS}"
             )
+        lifecycle = spec.get("lifecycle_days")
+        if lifecycle is not None and (not isinstance(lifecycle, int) or isinstance(lifecycle, bool) or lifecycle < days):
+            raise PolicyError(
+                f"{where}.lifecycle_days={lifecycle!r}; expected a whole number of days >= days ({days})"
+            )
         lock = spec.get("object_lock")
         if lock is not None and lock not in OBJECT_LOCK_MODES:
             raise PolicyError(f"{where}.object_lock={lock!r}; expected one of {list(OBJECT_LOCK_MODES)}")
@@ -122,7 +134,7 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
                 f"{where}.object_lock: only the {OBJECT_LOCK_BUCKET} bucket is created with Object Lock, and each of "
                 f"its tiers must set object_lock ({' or '.join(OBJECT_LOCK_MODES)})"
             )
-        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent, lock))
+        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent, lock, lifecycle))
     locked = [t for t in tiers if t.object_lock]
     if len(locked) > 1:
         raise PolicyError(
@@ -142,11 +154,11 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
         for parent in tiers:
             if parent is child or parent.bucket != child.bucket:
                 continue
-            if child.prefix.startswith(parent.prefix) and child.days > parent.days:
+            if child.prefix.startswith(parent.prefix) and child.expiration_days > parent.expiration_days:
                 raise PolicyError(
-                    f"{source}: tier {child.name} ({child.bucket}:{child.prefix!r}, {child.days} days) is nested in "
-                    f"tier {parent.name} ({parent.prefix!r}, {parent.days} days). S3 applies the shortest matching "
-                    f"expiration, so {child.name} would be deleted after {parent.days} days. Move {child.name} out of "
+                    f"{source}: tier {child.name} ({child.bucket}:{child.prefix!r}, {child.expiration_days} days) is nested in "
+                    f"tier {parent.name} ({parent.prefix!r}, {parent.expiration_days} days). S3 applies the shortest matching "
+                    f"expiration, so {child.name} would be deleted after {parent.expiration_days} days. Move {child.name} out of "
                     f"{parent.prefix!r} or shorten it."
                 )
     return tiers
@@ -194,7 +206,9 @@ def render(tiers: list[Tier]) -> str:
         for tier in bucket_tiers:
             lines += [
                 "",
-                f"  # Tier {tier.name}: keep {tier.days} days; old versions {tier.noncurrent_days} days after replacement/deletion.",
+                f"  # Tier {tier.name}: keep {tier.days} days; old versions {tier.noncurrent_days} days after replacement/deletion."
+                + (f" Expired by S3 after {tier.lifecycle_days} days: the retention job deletes first (a backstop)."
+                   if tier.lifecycle_days and tier.lifecycle_days != tier.days else ""),
                 "  rule {",
                 f'    id     = "retention-{tier.name}"',
                 '    status = "Enabled"',
@@ -204,7 +218,7 @@ def render(tiers: list[Tier]) -> str:
                 "    }",
                 "",
                 "    expiration {",
-                f"      days = {tier.days}",
+                f"      days = {tier.expiration_days}",
                 "    }",
                 "",
                 "    noncurrent_version_expiration {",

@@ -400,6 +400,8 @@ class ClassificationFile(_File):
 
 class RetentionTierSpec(_File):
     days: Annotated[int, _typed(int)]
+    # when S3's lifecycle rule expires the tier (>= days): the backstop of a tier the retention job enforces
+    lifecycle_days: Annotated[int | None, _typed(int, type(None))] = None
     bucket: Annotated[str, _one_of(("landing", "lake", "ledger"))] = Field(None, validate_default=True)
     prefix: Any = ""
     object_lock: Annotated[str | None, _one_of(OBJECT_LOCK_MODES, optional=True)] = None
@@ -410,6 +412,13 @@ class RetentionTierSpec(_File):
         if days < 1:
             raise _fail(f"must be >= 1, got {days}.")
         return days
+
+    @model_validator(mode="after")
+    def _lifecycle_after_days(self) -> RetentionTierSpec:
+        if self.lifecycle_days is not None and self.lifecycle_days < self.days:
+            raise _fail(f"must be >= days ({self.days}): S3 would delete before the retention job, got {self.lifecycle_days}.",
+                        "lifecycle_days")
+        return self
 
     @model_validator(mode="after")
     def _lock_only_on_ledger(self) -> RetentionTierSpec:

@@ -137,7 +137,8 @@ def policy_tiers(policy: dict) -> dict[str, dict]:
         name: {
             "bucket": spec["bucket"],
             "prefix": spec.get("prefix") or "",
-            "days": spec["days"],
+            # what S3 applies: the tier's days, or its later backstop (`lifecycle_days`) when the retention job enforces it
+            "days": spec.get("lifecycle_days", spec["days"]),
         }
         for name, spec in policy["tiers"].items()
     }
@@ -224,6 +225,18 @@ def test_lifecycle_rules_match_retention_policy(policy, storage_rules):
     assert compare(policy, storage_rules) == []
 
 
+def test_s3_expires_the_tiers_the_retention_job_enforces_only_after_it(policy):
+    """The retention job (privacy/operations.py RETENTION_TABLES) deletes at `days` and records its cutoff first; ingestion,
+    the identity links and the consented plan tell a raw hour retention removed (before that cutoff) from one gone for
+    another reason. S3 expiring at the same `days` removed hours before the job's next run, after its recorded cutoff: a
+    consented hour (kept 13 months) was then deleted with its raw hour. S3 is the backstop, later than the job."""
+    from personalization_assets.privacy.operations import RETENTION_TABLES
+
+    for tier in RETENTION_TABLES:
+        spec = policy["tiers"][tier]
+        assert spec.get("lifecycle_days", spec["days"]) > spec["days"], f"tier {tier}: S3 expires it with the retention job"
+
+
 def test_every_policy_tier_has_its_own_rule(policy, storage_rules):
     by_prefix = {
         (r.bucket, r.prefix): r for r in storage_rules if r.expiration_days is not None
@@ -280,7 +293,8 @@ def test_detects_changed_expiry(policy, storage_rules):
         for r in storage_rules
     ]
     problems = compare(policy, tampered)
-    assert any("tier consented" in p and "396" in p for p in problems), problems
+    expected = policy["tiers"]["consented"].get("lifecycle_days", policy["tiers"]["consented"]["days"]) + 1
+    assert any("tier consented" in p and str(expected) in p for p in problems), problems
 
 
 def test_detects_policy_change_without_regeneration(policy, storage_rules):
@@ -304,17 +318,16 @@ def test_detects_extra_rule_deleting_undeclared_data(policy, storage_rules):
 
 def test_detects_nested_tier_kept_longer_than_its_parent(policy, storage_rules):
     changed = copy.deepcopy(policy)
-    changed["tiers"]["quarantine"]["days"] = (
-        90  # nested in raw/ (30 days): S3 would delete at 30
-    )
+    changed["tiers"]["quarantine"].update(days=90, lifecycle_days=92)  # nested in raw/: S3 would delete with raw's rule
     rules = [
-        Rule(**{**r.__dict__, "expiration_days": 90})
+        Rule(**{**r.__dict__, "expiration_days": 92})
         if r.rule_id == "retention-quarantine"
         else r
         for r in storage_rules
     ]
     problems = compare(changed, rules)
-    assert any("tier quarantine" in p and "expire after 30" in p for p in problems), (
+    raw = policy["tiers"]["raw"].get("lifecycle_days", policy["tiers"]["raw"]["days"])
+    assert any("tier quarantine" in p and f"expire after {raw}" in p for p in problems), (
         problems
     )
 
@@ -327,7 +340,7 @@ def test_detects_missing_noncurrent_expiration(policy, storage_rules):
 def test_generator_refuses_nested_tier_longer_than_parent(policy):
     generator = _load_generator()
     changed = copy.deepcopy(policy)
-    changed["tiers"]["quarantine"]["days"] = 90
+    changed["tiers"]["quarantine"].update(days=90, lifecycle_days=92)
     with pytest.raises(generator.PolicyError, match="nested"):
         generator.parse_tiers(changed)
 

@@ -57,7 +57,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 
-  # Tier consented: keep 395 days; old versions 7 days after replacement/deletion.
+  # Tier consented: keep 395 days; old versions 7 days after replacement/deletion. Expired by S3 after 397 days: the retention job deletes first (a backstop).
   rule {
     id     = "retention-consented"
     status = "Enabled"
@@ -67,7 +67,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
 
     expiration {
-      days = 395
+      days = 397
     }
 
     noncurrent_version_expiration {
@@ -111,7 +111,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 
-  # Tier raw: keep 30 days; old versions 7 days after replacement/deletion.
+  # Tier raw: keep 30 days; old versions 7 days after replacement/deletion. Expired by S3 after 32 days: the retention job deletes first (a backstop).
   rule {
     id     = "retention-raw"
     status = "Enabled"
@@ -121,7 +121,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
 
     expiration {
-      days = 30
+      days = 32
     }
 
     noncurrent_version_expiration {
@@ -129,7 +129,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 
-  # Tier quarantine: keep 30 days; old versions 7 days after replacement/deletion.
+  # Tier quarantine: keep 30 days; old versions 7 days after replacement/deletion. Expired by S3 after 32 days: the retention job deletes first (a backstop).
   rule {
     id     = "retention-quarantine"
     status = "Enabled"
@@ -139,7 +139,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
 
     expiration {
-      days = 30
+      days = 32
     }
 
     noncurrent_version_expiration {
