@@ -21,6 +21,7 @@ from personalization_assets.consented.transform import (
     LOOKUPS,
     _required_output,
     consent_events,
+    consent_time_sql,
     kept_rows_by_hour,
     prepare_lookups,
     rows_carrying,
@@ -239,7 +240,7 @@ def build_consented_assets(partitions_def: dg.PartitionsDefinition, storage_kind
         columns = [c for c, cp in policy.columns["events"].items() if cp.action != "drop"]
         cols = policy.columns["events"]
         keys_sql = cstate.hour_keys_sql(_required_output(policy, "events", "user_id"), _required_output(policy, "events", "anonymous_id"),
-                                        output_column(cols, "trait_email"))
+                                        output_column(cols, "trait_email"), consent_time_sql("", cols))
         key_version = pseudonymizer.chain().active
         with duckdb.get_connection() as con:
             late = LateSuppression(lake, EVENTS_ERASURE["columns"])  # before the list is read

@@ -351,11 +351,13 @@ def plan(con: duckdb.DuckDBPyConnection, lake: LakeStorage, state: pa.Table | st
                 dirty=sorted(dirty), raw=raw, reasons=reasons, patch=sorted(patch & build))
 
 
-def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None) -> str:
-    """(landing_hour epoch µs, key) of the rows `consent_events` just processed (temp tables __cev, __cev_subject)."""
+def hour_keys_sql(user_col: str, anon_col: str, email_col: str | None, consent_time: str = '"timestamp"') -> str:
+    """(landing_hour epoch µs, key, max_ts) of the rows `consent_events` just processed (temp tables __cev, __cev_subject).
+    `consent_time`: the SQL of a __cev row's consent lookup instant (consented/transform.py consent_time_sql, unqualified):
+    max_ts is compared with the instant a subject's consent changed, so both are on the same clock."""
     cols = [user_col, anon_col] + ([email_col] if email_col else [])
-    parts = [f'select landing_hour, "{c}" as key, timestamp from __cev' for c in cols]
-    parts.append("select c.landing_hour, s.consent_subject, c.timestamp from __cev c join __cev_subject s using (__row)")
+    parts = [f'select landing_hour, "{c}" as key, {consent_time} as timestamp from __cev' for c in cols]
+    parts.append("select c.landing_hour, s.consent_subject, s.timestamp from __cev c join __cev_subject s using (__row)")
     return ("select epoch_us(landing_hour) as hour_us, key, max(epoch_us(timestamp)) as max_ts from ("
             + " union all ".join(parts) + ") where key is not null group by all")
 

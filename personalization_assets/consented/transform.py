@@ -63,6 +63,15 @@ def prepare_lookups(con: duckdb.DuckDBPyConnection) -> None:
                 "where identifier_kind = 'anonymous' and consent_subject <> identifier")
 
 
+def consent_time_sql(alias: str, cols) -> str:
+    """The instant consent is looked up at for an event: its `timestamp`, but never later than its `receivedAt`, as the
+    consent ledger decides a consent event's effective time (privacy/assets.py consent_inputs). A client clock running
+    ahead (the collector accepts +24 h) otherwise looked events up hours after the decisions made around them."""
+    received = output_column(cols, "received_at")
+    prefix = f"{alias}." if alias else ""
+    return f'least({prefix}"timestamp", {prefix}"{received}")' if received else f'{prefix}"timestamp"'
+
+
 def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: PrivacyPolicy, pz: Pseudonymizer,
                    keep_in: str | None = None) -> tuple[pa.Table | None, dict]:
     """One raw partition (or several hours) -> consented rows (ConsentedEvent) and counts for metadata.
@@ -102,7 +111,7 @@ def consent_events(con: duckdb.DuckDBPyConnection, raw: pa.Table, policy: Privac
         con.execute(
             f"""
             create or replace temp table __cev_subject as
-            select c.__row, c.timestamp,
+            select c.__row, {consent_time_sql("c", cols)} as timestamp,
                    coalesce(c."{user_out}", i.consent_subject, c."{anon_out}") as consent_subject
             from __cev c
             left join __anon_subject i on i.identifier = c."{anon_out}"

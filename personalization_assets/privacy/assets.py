@@ -216,7 +216,8 @@ class ConsentLedgerConfig(dg.Config):
 
 
 LEDGER_SEGMENT_ROWS = 500_000
-CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "consent_preferences", "gpc", "type", "event", "context_country", "context_region"]
+CONSENT_INPUT_COLUMNS = ["user_id", "anonymous_id", "message_id", "timestamp", "received_at", "consent_preferences", "gpc", "type", "event",
+                         "context_country", "context_region"]
 
 
 @dg.asset(
@@ -327,7 +328,10 @@ def _append_new_decisions(log: HashChainedLog, lake: LakeStorage, duckdb: DuckDB
             f"""create or replace temp view consent_inputs as
                select coalesce(u.pseudonym, a.pseudonym) as identifier_pseudonym,
                       case when r.user_id is not null then 'user' else 'anonymous' end as identifier_kind,
-                      r.message_id, r.timestamp, r.consent_preferences, coalesce(r.gpc, false) as gpc, r.is_consent_event,
+                      -- a decision takes effect at its event time, but never after it reached us: a client clock ahead
+                      -- (the collector accepts +24 h) made an earlier grant override a withdrawal made since
+                      r.message_id, least(r.timestamp, r.received_at) as timestamp, r.consent_preferences,
+                      coalesce(r.gpc, false) as gpc, r.is_consent_event,
                       coalesce(r.__jur_location, c.jurisdiction, '{unknown}') as jurisdiction,
                       case when r.__jur_location is not null then 'event_location'
                            when c.jurisdiction is not null then 'crm_country' else 'unknown' end as jurisdiction_source

@@ -252,3 +252,75 @@ def test_decisions_in_duckdb_follow_the_preference_rule(events):
                 expected.add(("privacy_request", req["request_id"], req["identifier_pseudonym"], p.name, p.privacy_request_types[req["type"]],
                               c.decision_id("privacy_request", req["request_id"], p.name, req["identifier_kind"])))
     assert got == expected and n == len(expected)
+
+
+def test_a_decision_never_takes_effect_after_it_was_received(data_dir):
+    """A CMP grant sent by a client whose clock runs 20 h ahead (the collector accepts up to +24 h), then a withdrawal
+    an hour later: ordered by the client's timestamps, the grant took effect 19 h after the withdrawal and overrode it.
+    A decision's effective time is its event time, but never later than its receivedAt (through the real assets)."""
+    import gzip
+
+    from personalization_assets.core.tracking_plan import CONSENT_EVENT
+    from tests.helpers import defs_for_env, materialize
+    from tests.raw.hostile import line, msg
+
+    t = datetime(2026, 12, 1, 10, tzinfo=timezone.utc)
+
+    def iso(d: datetime) -> str:
+        return d.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def cmp(i: int, allowed: bool, timestamp: datetime, received: datetime) -> dict:
+        return msg(i, event=CONSENT_EVENT, userId="user-skew", anonymousId="anon-skew", timestamp=iso(timestamp),
+                   sentAt=iso(timestamp), receivedAt=iso(received),
+                   context={"consent": {"categoryPreferences": {"personalization": allowed}}, "location": {"country": "DE"}})
+
+    path = data_dir / "landing" / "events" / "date=2026-12-01" / "hour=10" / "cmp.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    grant = cmp(1, True, t + timedelta(hours=20), t + timedelta(minutes=1))  # the client clock runs 20 h ahead
+    withdrawal = cmp(2, False, t + timedelta(minutes=50), t + timedelta(minutes=50))
+    path.write_bytes(gzip.compress(line(grant) + line(withdrawal), mtime=0))
+    defs = defs_for_env()
+    materialize(defs, " or ".join(f"key:{k}" for k in ("raw/events", "raw/crm_profiles", "raw/privacy_requests", "privacy/identity_links",
+                                                      "privacy/consent_ledger", "privacy/consent_state")))
+    lake, pz = defs.resources["lake"], defs.resources["pseudonymizer"]
+    user = pz.pseudonymize_values(["user-skew"], "id")[0]
+    state = [r for r in lake.read_table("privacy", "consent_state").to_pylist()
+             if r["consent_subject"] == user and r["purpose"] == "personalization" and r["status"] == "granted"]
+    assert [(r["valid_from"], r["valid_to"]) for r in state] == [(t + timedelta(minutes=1), t + timedelta(minutes=50))], state
+
+
+def test_an_event_made_while_consent_was_denied_stays_out_whatever_the_client_clock(data_dir):
+    """The consented tier looks consent up for an event at the same clock the ledger gives decisions: its timestamp, but
+    never after its receivedAt. A client 20 h ahead denies, views a page, then grants: with the decisions clamped but
+    the lookup at the event's own (ahead) timestamp, the page view made while consent was denied was looked up after
+    the grant and kept (through the real assets)."""
+    import gzip
+
+    from personalization_assets.core.tracking_plan import CONSENT_EVENT
+    from tests.helpers import defs_for_env, materialize
+    from tests.raw.hostile import line, msg
+
+    t, ahead = datetime(2026, 12, 1, 10, tzinfo=timezone.utc), timedelta(hours=20)
+
+    def iso(d: datetime) -> str:
+        return d.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def event(i: int, real: datetime, **kw) -> dict:
+        return msg(i, userId="user-ahead", anonymousId="anon-ahead", timestamp=iso(real + ahead), sentAt=iso(real + ahead),
+                   receivedAt=iso(real), **kw)
+
+    def cmp(allowed: bool) -> dict:
+        return {"event": CONSENT_EVENT, "context": {"consent": {"categoryPreferences": {"personalization": allowed}},
+                                                    "location": {"country": "DE"}}}
+
+    path = data_dir / "landing" / "events" / "date=2026-12-01" / "hour=10" / "ahead.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    messages = [event(1, t + timedelta(minutes=5), **cmp(False)), event(2, t + timedelta(minutes=30)),
+                event(3, t + timedelta(minutes=50), **cmp(True)), event(4, t + timedelta(minutes=55))]
+    path.write_bytes(gzip.compress(b"".join(line(m) for m in messages), mtime=0))
+    defs = defs_for_env()
+    materialize(defs, " or ".join(f"key:{k}" for k in ("raw/events", "raw/crm_profiles", "raw/privacy_requests", "privacy/identity_links",
+                                                      "privacy/consent_ledger", "privacy/consent_state", "privacy/suppression_list",
+                                                      "consented/events_state")))
+    kept = defs.resources["lake"].read_table("consented", "events", {"date": "2026-12-01", "hour": "10"})
+    assert sorted(kept["message_id"].to_pylist()) == ["m-3", "m-4"], "an event made while consent was denied was kept"

@@ -423,8 +423,12 @@ def test_a_decision_that_reasserts_the_status_in_force_rewrites_no_old_hour(firs
 
 WITHDRAW_1215 = {12: {"w.jsonl": [_grant("w-steady", 12, 15, "u-steady", prefs=NONE), _msg("m-steady-5", 12, 20, user="u-steady")]}}
 # a row of u-steady received at 11:30 (landing hour 11) whose event time is 12:30: a clock ahead by an hour, within
-# PERSONALIZATION_MAX_FUTURE_MINUTES; after the 12:15 withdrawal, so it must leave hour 11
+# PERSONALIZATION_MAX_FUTURE_MINUTES. It was made by 11:30 at the latest (it had been received): consent is looked up
+# at min(timestamp, receivedAt), as the ledger decides a consent event's time
 SKEWED = {11: {"skew.jsonl": [_msg("m-steady-skew", 12, 30, user="u-steady", received="2026-11-28T11:30:00.000Z")]}}
+# a withdrawal made at 11:20, received late (12:05, landing hour 12): before the skewed row was made
+WITHDRAW_1120_LATE = {12: {"w-late.jsonl": [_grant("w-steady-late", 11, 20, "u-steady", prefs=NONE,
+                                                   received="2026-11-28T12:05:00.000Z")]}}
 
 
 def _fresh_over(tmp_path: Path, monkeypatch, *landings: dict) -> list[tuple]:
@@ -451,8 +455,10 @@ def test_a_consent_change_rebuilds_no_hour_whose_rows_all_precede_it(first_landi
 
 
 def test_a_consent_change_rebuilds_an_old_landing_hour_holding_a_later_row(data_dir, tmp_path, monkeypatch):
-    """Rows are filed by receivedAt, consent applies at the event time: the hour-11 row timed 12:30 is after the
-    12:15 withdrawal, so hour 11 is rebuilt (a rule by landing hour would keep the row); hour 10 is not."""
+    """Rows are filed by receivedAt, consent applies at the event's time, never later than its receivedAt. The hour-11
+    row timed 12:30 (a clock an hour ahead) was received at 11:30: the 12:15 withdrawal comes after it, so hour 11 stays
+    (looked up at 12:30, the row used to leave: a device clock decided). A withdrawal made at 11:20 and received late,
+    in hour 12, does reach it: hour 11 is rebuilt and the row leaves. Each time the rows equal a build from scratch."""
     _env(monkeypatch, data_dir, {"1": KEY_V1})
     _write(data_dir / "landing", FIRST, [])
     _write(data_dir / "landing", SKEWED, [])
@@ -461,9 +467,16 @@ def test_a_consent_change_rebuilds_an_old_landing_hour_holding_a_later_row(data_
     assert "m-steady-skew" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
     _write(data_dir / "landing", WITHDRAW_1215, [])
     md = _tick(defs, (H12, H12))
-    assert md["hours_built_list"] == [H11, H12]
+    assert md["hours_built_list"] == [H12]
+    assert "m-steady-skew" in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
+    assert _rows(defs.resources["lake"]) == _fresh_over(tmp_path / "a", monkeypatch, FIRST, SKEWED, WITHDRAW_1215)
+    _env(monkeypatch, data_dir, {"1": KEY_V1})  # back to this lake (the fresh build used its own)
+    defs = defs_for_env()
+    _write(data_dir / "landing", WITHDRAW_1120_LATE, [])
+    md = _tick(defs, (H12, H12))
+    assert {H11, H12} <= set(md["hours_built_list"])
     assert "m-steady-skew" not in {r["message_id"] for r in _subject_rows(defs, user="u-steady")}
-    assert _rows(defs.resources["lake"]) == _fresh_over(tmp_path, monkeypatch, FIRST, SKEWED, WITHDRAW_1215)
+    assert _rows(defs.resources["lake"]) == _fresh_over(tmp_path / "b", monkeypatch, FIRST, SKEWED, WITHDRAW_1215, WITHDRAW_1120_LATE)
 
 
 def test_a_state_without_intervals_or_event_times_rebuilds_every_hour_of_a_changed_subject(first_landing, data_dir, tmp_path, monkeypatch):
