@@ -41,7 +41,7 @@ from personalization_assets.core.asset_keys import (
     SUPPRESSION_LIST,
 )
 from personalization_assets.core.audit import auditor
-from personalization_assets.core.hash_chain import partition_writer_lock, table_writer_lock
+from personalization_assets.core.hash_chain import table_writer_lock
 from personalization_assets.core.partitions import partition_dict, partition_start
 from personalization_assets.core.policies import get_policy
 from personalization_assets.core.pseudonymize import Pseudonymizer
@@ -51,6 +51,7 @@ from personalization_assets.core.tracking_plan import RawContent, RawCrmProfile
 from personalization_assets.privacy import consent as consent_lib
 from personalization_assets.privacy.identity import IDENTITY_SCHEMA
 from personalization_assets.privacy.models import ConsentedEvent
+from personalization_assets.privacy.erasure import partition_lock
 from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA, LateSuppression
 from personalization_assets.privacy.transforms import (
     add_text_stats,
@@ -88,7 +89,7 @@ def write_hour_checked(lake: LakeStorage, pk: str, table: pa.Table, late: LateSu
     """Write one consented hour under its partition writer lock, without the rows of a subject whose erasure reached
     the suppression list after this run read it; returns how many rows that removed."""
     part = partition_dict(pk)
-    with partition_writer_lock(lake, "consented", "events", part):
+    with partition_lock(lake, EVENTS_ERASURE, part):  # the lock the handler declares, which the erasure takes too
         table, removed = late.filter(table)
         lake.write_table("consented", "events", table, partition=part)
     return removed
@@ -97,7 +98,7 @@ def write_hour_checked(lake: LakeStorage, pk: str, table: pa.Table, late: LateSu
 def delete_hour_locked(lake: LakeStorage, pk: str) -> None:
     """Delete one consented hour under its partition writer lock (an erasure rewriting it meanwhile would put it back)."""
     part = partition_dict(pk)
-    with partition_writer_lock(lake, "consented", "events", part):
+    with partition_lock(lake, EVENTS_ERASURE, part):
         lake.delete_partition("consented", "events", part)
 
 

@@ -120,8 +120,7 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
 
     from personalization_assets.privacy import incremental as inc
     from personalization_assets.privacy.identity_partials import PARTIAL_SCHEMA, PARTIALS_TABLE, RAW_COLUMNS, hour_partials, identity_from_partials
-    from personalization_assets.core.retention import partition_before
-    from personalization_assets.core.retention import read_cutoffs as retention_cutoffs
+    from personalization_assets.core.retention import partition_before, read_cutoffs
     from personalization_assets.privacy.operations import rekey_table
 
     policy = get_policy()
@@ -138,7 +137,7 @@ def _build_identity_links(context: dg.AssetExecutionContext, config: IdentityLin
     # the partial of a raw hour that is gone goes too (the landing no longer holds it), except when retention removed it:
     # the links it holds attribute consent decisions the ledger keeps for years (an anonymous visitor's opt-out, then a
     # login): dropped with the raw hour, the user fell back to the jurisdiction's default a month later
-    raw_cutoff = retention_cutoffs(lake).get("raw")  # what the retention run removed (core/retention.py)
+    raw_cutoff = read_cutoffs(lake).get("raw")  # what the retention run removed (core/retention.py)
     gone = sorted(stored - set(current))
     stale_paths = {p for p in gone if not partition_before(inc.partition_of(p), raw_cutoff)}
     stale = [inc.partition_of(p) for p in sorted(stale_paths)]
