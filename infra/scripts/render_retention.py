@@ -18,6 +18,13 @@ S3 applies the SHORTEST expiration among all rules whose filter matches an objec
 inside another tier of the same bucket (raw/events_quarantine/ inside raw/) therefore cannot be kept
 longer than its parent: the generator refuses such a policy instead of emitting rules that would
 silently delete data earlier than the policy says.
+
+S3 expires an object by its age, not by the age of the data in it. That is right for a time-partitioned table (an
+hour's object is as old as its hour, give or take late data) and wrong for state rewritten only when it changes: the
+suppression list, unchanged for `days`, would be deleted and every erasure forgotten; a CRM snapshot or the landing
+manifest unchanged for 32 days likewise. A tier's `expire_prefixes` (relative to its prefix) name where its objects
+expire by age; the rest of the tier keeps current objects (its code rewrites or deletes them) and only purges old
+versions. Without `expire_prefixes`, the whole tier expires by age (the landing zone: objects the CDP delivered once).
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ class Tier:
     # S3's expiration: `days`, or later (`lifecycle_days`) for a tier the retention job enforces, so the job always
     # deletes first and records its cutoff; the rule is the backstop
     lifecycle_days: int | None = None
+    # where S3 expires current objects by age, relative to the bucket's base prefix: ("raw/events/",), or the tier's own
+    # prefix when the policy names none (the whole tier), or () (no current object expires by age)
+    expire: tuple[str, ...] = ()
 
     @property
     def expiration_days(self) -> int:
@@ -126,6 +136,18 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
             raise PolicyError(
                 f"{where}.lifecycle_days={lifecycle!r}; expected a whole number of days >= days ({days})"
             )
+        subs = spec.get("expire_prefixes")
+        if subs is None:
+            expire = (prefix,)
+        elif not isinstance(subs, list) or not all(
+            isinstance(x, str) and x and not x.startswith("/") and x.endswith("/") for x in subs
+        ):
+            raise PolicyError(
+                f"{where}.expire_prefixes={subs!r}; expected a list of relative prefixes ending with '/' "
+                "(the tables whose objects S3 expires by age), or [] for none"
+            )
+        else:
+            expire = tuple(prefix + x for x in subs)
         lock = spec.get("object_lock")
         if lock is not None and lock not in OBJECT_LOCK_MODES:
             raise PolicyError(f"{where}.object_lock={lock!r}; expected one of {list(OBJECT_LOCK_MODES)}")
@@ -134,7 +156,7 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
                 f"{where}.object_lock: only the {OBJECT_LOCK_BUCKET} bucket is created with Object Lock, and each of "
                 f"its tiers must set object_lock ({' or '.join(OBJECT_LOCK_MODES)})"
             )
-        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent, lock, lifecycle))
+        tiers.append(Tier(str(name), bucket, prefix, days, noncurrent, lock, lifecycle, expire))
     locked = [t for t in tiers if t.object_lock]
     if len(locked) > 1:
         raise PolicyError(
@@ -152,22 +174,31 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
         seen[key] = tier.name
     for child in tiers:
         for parent in tiers:
-            if parent is child or parent.bucket != child.bucket:
+            if parent is child or parent.bucket != child.bucket or not child.prefix.startswith(parent.prefix):
                 continue
-            if child.prefix.startswith(parent.prefix) and child.expiration_days > parent.expiration_days:
+            # the parent's expiring prefixes that reach into the child (S3: the shortest matching expiration wins)
+            reach = [p for p in parent.expire if child.prefix.startswith(p) or p.startswith(child.prefix)]
+            if reach and (not child.expire or child.expiration_days > parent.expiration_days):
                 raise PolicyError(
-                    f"{source}: tier {child.name} ({child.bucket}:{child.prefix!r}, {child.expiration_days} days) is nested in "
-                    f"tier {parent.name} ({parent.prefix!r}, {parent.expiration_days} days). S3 applies the shortest matching "
-                    f"expiration, so {child.name} would be deleted after {parent.expiration_days} days. Move {child.name} out of "
-                    f"{parent.prefix!r} or shorten it."
+                    f"{source}: tier {child.name} ({child.bucket}:{child.prefix!r}, "
+                    f"{f'{child.expiration_days} days' if child.expire else 'not expired by age'}) is nested in "
+                    f"tier {parent.name}, whose objects under {reach[0]!r} expire after {parent.expiration_days} days. S3 "
+                    f"applies the shortest matching expiration, so {child.name} would be deleted after "
+                    f"{parent.expiration_days} days. Move {child.name} out of {parent.prefix!r}, narrow "
+                    f"{parent.name}.expire_prefixes, or shorten {child.name}."
                 )
     return tiers
 
 
-def _hcl_prefix(tier: Tier) -> str:
-    """HCL expression of the rule's key prefix: the bucket's base prefix variable + the tier prefix."""
-    var = f"var.{BUCKET_PREFIX_VARS[tier.bucket]}"
-    return var if not tier.prefix else f'"${{{var}}}{tier.prefix}"'
+def _hcl_prefix(bucket: str, prefix: str) -> str:
+    """HCL expression of a rule's key prefix: the bucket's base prefix variable + the prefix in it."""
+    var = f"var.{BUCKET_PREFIX_VARS[bucket]}"
+    return var if not prefix else f'"${{{var}}}{prefix}"'
+
+
+def _rule_id(tier: Tier, prefix: str) -> str:
+    sub = prefix[len(tier.prefix):].strip("/").replace("/", "-")
+    return f"retention-{tier.name}" + (f"-{sub}" if sub else "")
 
 
 def render(tiers: list[Tier]) -> str:
@@ -204,28 +235,56 @@ def render(tiers: list[Tier]) -> str:
             "  }",
         ]
         for tier in bucket_tiers:
+            whole = tier.expire == (tier.prefix,)
+            expiry = (f"expired by S3 after {tier.expiration_days} days" +
+                      (" (the retention job deletes at its days and records its cutoff first: a backstop)"
+                       if tier.lifecycle_days and tier.lifecycle_days != tier.days else ""))
+            where = ("" if whole else
+                     f" Current objects expire by age only under {', '.join(repr(p) for p in tier.expire)}: {expiry};"
+                     " the rest is state its code rewrites, never expired by age." if tier.expire else
+                     " No current object expires by age (state its code rewrites or deletes).")
             lines += [
                 "",
                 f"  # Tier {tier.name}: keep {tier.days} days; old versions {tier.noncurrent_days} days after replacement/deletion."
-                + (f" Expired by S3 after {tier.lifecycle_days} days: the retention job deletes first (a backstop)."
-                   if tier.lifecycle_days and tier.lifecycle_days != tier.days else ""),
+                + (f" Whole tier {expiry}." if whole else where),
                 "  rule {",
-                f'    id     = "retention-{tier.name}"',
+                f'    id     = "{_rule_id(tier, tier.prefix)}"',
                 '    status = "Enabled"',
                 "",
                 "    filter {",
-                f"      prefix = {_hcl_prefix(tier)}",
+                f"      prefix = {_hcl_prefix(tier.bucket, tier.prefix)}",
                 "    }",
                 "",
-                "    expiration {",
-                f"      days = {tier.expiration_days}",
-                "    }",
-                "",
+            ]
+            if whole:
+                lines += [
+                    "    expiration {",
+                    f"      days = {tier.expiration_days}",
+                    "    }",
+                    "",
+                ]
+            lines += [
                 "    noncurrent_version_expiration {",
                 f"      noncurrent_days = {tier.noncurrent_days}",
                 "    }",
                 "  }",
             ]
+            for prefix in () if whole else tier.expire:
+                lines += [
+                    "",
+                    "  rule {",
+                    f'    id     = "{_rule_id(tier, prefix)}"',
+                    '    status = "Enabled"',
+                    "",
+                    "    filter {",
+                    f"      prefix = {_hcl_prefix(tier.bucket, prefix)}",
+                    "    }",
+                    "",
+                    "    expiration {",
+                    f"      days = {tier.expiration_days}",
+                    "    }",
+                    "  }",
+                ]
         lines.append("}")
     for tier in (t for t in tiers if t.object_lock):
         lines += [

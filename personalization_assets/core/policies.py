@@ -405,6 +405,16 @@ class RetentionTierSpec(_File):
     bucket: Annotated[str, _one_of(("landing", "lake", "ledger"))] = Field(None, validate_default=True)
     prefix: Any = ""
     object_lock: Annotated[str | None, _one_of(OBJECT_LOCK_MODES, optional=True)] = None
+    # where S3 expires current objects by age, relative to `prefix` (infra/scripts/render_retention.py); None: all of it
+    expire_prefixes: Annotated[list[str] | None, _typed(list, type(None))] = None
+
+    @field_validator("expire_prefixes")
+    @classmethod
+    def _relative_prefixes(cls, prefixes: list[str] | None) -> list[str] | None:
+        for p in prefixes or []:
+            if not isinstance(p, str) or not p or p.startswith("/") or not p.endswith("/"):
+                raise _fail(f"expected relative prefixes ending with '/' (e.g. events/), got {p!r}.")
+        return prefixes
 
     @field_validator("days")
     @classmethod

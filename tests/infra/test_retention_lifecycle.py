@@ -139,6 +139,9 @@ def policy_tiers(policy: dict) -> dict[str, dict]:
             "prefix": spec.get("prefix") or "",
             # what S3 applies: the tier's days, or its later backstop (`lifecycle_days`) when the retention job enforces it
             "days": spec.get("lifecycle_days", spec["days"]),
+            # where S3 expires current objects by age: the listed tables, else the whole tier
+            "expire": [(spec.get("prefix") or "") + sub for sub in spec["expire_prefixes"]]
+            if spec.get("expire_prefixes") is not None else [spec.get("prefix") or ""],
         }
         for name, spec in policy["tiers"].items()
     }
@@ -148,31 +151,31 @@ def compare(policy: dict, rules: list[Rule]) -> list[str]:
     """Every way the lifecycle rules disagree with the policy (empty list = consistent)."""
     problems: list[str] = []
     tiers = policy_tiers(policy)
+
+    def expiring(bucket: str, key_prefix: str) -> list[int]:
+        """Expirations of the rules matching every object under `key_prefix` (S3 applies the shortest)."""
+        return [r.expiration_days for r in rules
+                if r.bucket == bucket and r.expiration_days is not None and key_prefix.startswith(r.prefix)]
+
     for name, tier in tiers.items():
-        own = [
-            r
-            for r in rules
-            if r.bucket == tier["bucket"]
-            and r.prefix == tier["prefix"]
-            and r.expiration_days is not None
-        ]
-        if not own:
-            problems.append(
-                f"tier {name}: no expiration rule for {tier['bucket']}:{tier['prefix']!r}"
-            )
-        # Objects of this tier are matched by every rule whose prefix is a prefix of the tier's.
-        matching = [
-            r.expiration_days
-            for r in rules
-            if r.bucket == tier["bucket"]
-            and r.expiration_days is not None
-            and tier["prefix"].startswith(r.prefix)
-        ]
-        if matching and min(matching) != tier["days"]:
-            problems.append(
-                f"tier {name}: objects under {tier['bucket']}:{tier['prefix']!r} expire after {min(matching)} days "
-                f"(shortest matching rule), policy says {tier['days']}"
-            )
+        for prefix in tier["expire"]:
+            if not any(r.bucket == tier["bucket"] and r.prefix == prefix and r.expiration_days is not None for r in rules):
+                problems.append(f"tier {name}: no expiration rule for {tier['bucket']}:{prefix!r}")
+            matching = expiring(tier["bucket"], prefix)
+            if matching and min(matching) != tier["days"]:
+                problems.append(
+                    f"tier {name}: objects under {tier['bucket']}:{prefix!r} expire after {min(matching)} days "
+                    f"(shortest matching rule), policy says {tier['days']}"
+                )
+        if tier["prefix"] not in tier["expire"]:
+            # the rest of the tier is state: no rule may expire it by age (a rule covering the whole tier, or a
+            # parent tier's rule reaching into it)
+            whole = expiring(tier["bucket"], tier["prefix"])
+            if whole:
+                problems.append(
+                    f"tier {name}: every object under {tier['bucket']}:{tier['prefix']!r} expires after {min(whole)} days, "
+                    f"policy expires only {tier['expire']}"
+                )
         noncurrent = [
             r.noncurrent_days
             for r in rules
@@ -188,13 +191,11 @@ def compare(policy: dict, rules: list[Rule]) -> list[str]:
             problems.append(
                 f"tier {name}: old versions kept {min(noncurrent)} days > {MAX_NONCURRENT_DAYS} (erasure deadline)"
             )
+    declared = {(t["bucket"], p) for t in tiers.values() for p in t["expire"]}
     for rule in rules:
         if rule.expiration_days is None:
             continue
-        if not any(
-            t["bucket"] == rule.bucket and t["prefix"] == rule.prefix
-            for t in tiers.values()
-        ):
+        if (rule.bucket, rule.prefix) not in declared:
             problems.append(
                 f"rule {rule.rule_id} expires {rule.bucket}:{rule.prefix!r} after {rule.expiration_days} days but no "
                 "retention tier declares that prefix"
@@ -242,11 +243,37 @@ def test_every_policy_tier_has_its_own_rule(policy, storage_rules):
         (r.bucket, r.prefix): r for r in storage_rules if r.expiration_days is not None
     }
     for name, tier in policy_tiers(policy).items():
-        rule = by_prefix.get((tier["bucket"], tier["prefix"]))
-        assert rule is not None, f"tier {name} has no rule"
-        assert rule.expiration_days == tier["days"], (
-            f"tier {name}: rule says {rule.expiration_days}, policy {tier['days']}"
-        )
+        assert any(r.bucket == tier["bucket"] and r.prefix == tier["prefix"] and r.noncurrent_days for r in storage_rules), (
+            f"tier {name} has no rule purging its old versions")
+        for prefix in tier["expire"]:
+            rule = by_prefix.get((tier["bucket"], prefix))
+            assert rule is not None, f"tier {name} has no rule for {prefix!r}"
+            assert rule.expiration_days == tier["days"], (
+                f"tier {name}: rule says {rule.expiration_days}, policy {tier['days']}"
+            )
+
+
+def test_state_outside_the_time_partitions_is_never_expired_by_age(policy, storage_rules):
+    """S3 expires an object by its age. The suppression list is rewritten only when an erasure comes: expired after
+    `days` unchanged, every erasure would be forgotten (a CRM snapshot or the landing manifest after 32 days unchanged,
+    the consented state after 13 months). Only the time-partitioned tables named in `expire_prefixes` expire by age;
+    tests/privacy/test_end_to_end.py checks the same rules against every object of a materialized lake."""
+    for key in ("privacy/suppression_list/data.parquet", "privacy/pseudonym_key_ids/data.parquet",
+                "raw/crm_profiles/data.parquet", "raw/privacy_requests/data.parquet", "raw/landing_manifest/data.parquet",
+                "consented/events_state/data.parquet", "consented/crm_profiles/data.parquet",
+                "consented/content_catalog/data.parquet", "features/state_persons/data.parquet"):
+        assert lake_expiry(storage_rules, key) is None, f"{key} expires after {lake_expiry(storage_rules, key)} days"
+    for key, tier in (("raw/events/date=2026-12-01/hour=03/part-0.parquet", "raw"),
+                      ("raw/events_quarantine/date=2026-12-01/hour=03/part-0.parquet", "quarantine"),
+                      ("consented/events/date=2026-12-01/hour=03/part-0.parquet", "consented")):
+        spec = policy["tiers"][tier]
+        assert lake_expiry(storage_rules, key) == spec.get("lifecycle_days", spec["days"]), key
+
+
+def lake_expiry(rules: list[Rule], key: str, bucket: str = "lake") -> int | None:
+    """The days after which S3 expires the current object `key` (relative to the bucket's base prefix), if ever."""
+    days = [r.expiration_days for r in rules if r.bucket == bucket and r.expiration_days is not None and key.startswith(r.prefix)]
+    return min(days) if days else None
 
 
 def test_only_the_generated_file_sets_expiry_on_data_buckets():
@@ -288,7 +315,7 @@ def test_lifecycle_targets_the_buckets_of_the_storage_module():
 def test_detects_changed_expiry(policy, storage_rules):
     tampered = [
         Rule(**{**r.__dict__, "expiration_days": r.expiration_days + 1})
-        if r.rule_id == "retention-consented"
+        if r.rule_id == "retention-consented-events"
         else r
         for r in storage_rules
     ]
@@ -305,10 +332,21 @@ def test_detects_policy_change_without_regeneration(policy, storage_rules):
 
 
 def test_detects_missing_tier_rule(policy, storage_rules):
-    without = [r for r in storage_rules if r.rule_id != "retention-features"]
+    without = [r for r in storage_rules if r.rule_id != "retention-raw-events"]
     assert any(
-        "tier features: no expiration rule" in p for p in compare(policy, without)
+        "tier raw: no expiration rule" in p for p in compare(policy, without)
     )
+    without = [r for r in storage_rules if r.rule_id != "retention-features"]
+    assert any("tier features: old object versions never expire" in p for p in compare(policy, without))
+
+
+def test_detects_a_rule_expiring_a_tiers_state_by_age(policy, storage_rules):
+    """The rules before `expire_prefixes`: one expiration per tier, over the whole tier."""
+    whole = [Rule(**{**r.__dict__, "expiration_days": 32}) if r.rule_id == "retention-raw" else r for r in storage_rules]
+    assert any("tier raw: every object under lake:'raw/' expires after 32 days" in p for p in compare(policy, whole))
+    whole = [Rule(**{**r.__dict__, "expiration_days": 2190}) if r.rule_id == "retention-privacy" else r for r in storage_rules]
+    assert any("tier privacy: every object" in p for p in compare(policy, whole))
+    assert lake_expiry(whole, "privacy/suppression_list/data.parquet") == 2190
 
 
 def test_detects_extra_rule_deleting_undeclared_data(policy, storage_rules):
@@ -318,12 +356,15 @@ def test_detects_extra_rule_deleting_undeclared_data(policy, storage_rules):
 
 def test_detects_nested_tier_kept_longer_than_its_parent(policy, storage_rules):
     changed = copy.deepcopy(policy)
+    raw_days = policy["tiers"]["raw"].get("lifecycle_days", policy["tiers"]["raw"]["days"])
+    del changed["tiers"]["raw"]["expire_prefixes"]  # the whole raw/ tier expires by age
     changed["tiers"]["quarantine"].update(days=90, lifecycle_days=92)  # nested in raw/: S3 would delete with raw's rule
     rules = [
         Rule(**{**r.__dict__, "expiration_days": 92})
         if r.rule_id == "retention-quarantine"
+        else Rule(**{**r.__dict__, "expiration_days": raw_days}) if r.rule_id == "retention-raw"
         else r
-        for r in storage_rules
+        for r in storage_rules if r.rule_id != "retention-raw-events"
     ]
     problems = compare(changed, rules)
     raw = policy["tiers"]["raw"].get("lifecycle_days", policy["tiers"]["raw"]["days"])
@@ -341,6 +382,11 @@ def test_generator_refuses_nested_tier_longer_than_parent(policy):
     generator = _load_generator()
     changed = copy.deepcopy(policy)
     changed["tiers"]["quarantine"].update(days=90, lifecycle_days=92)
+    generator.parse_tiers(changed)  # raw/ expires only raw/events/ by age: the quarantine is not inside it
+    changed["tiers"]["raw"]["expire_prefixes"] = ["events"]
+    with pytest.raises(generator.PolicyError, match="expire_prefixes"):
+        generator.parse_tiers(changed)
+    del changed["tiers"]["raw"]["expire_prefixes"]  # the whole raw/ tier expires by age
     with pytest.raises(generator.PolicyError, match="nested"):
         generator.parse_tiers(changed)
 
@@ -349,7 +395,7 @@ def test_generator_output_round_trips_through_the_comparison(policy, tmp_path):
     """A policy change rendered by the generator is consistent; the old file is not."""
     generator = _load_generator()
     changed = copy.deepcopy(policy)
-    changed["tiers"]["consented"]["days"] = 200
+    changed["tiers"]["consented"].update(days=200, lifecycle_days=202)
     changed["tiers"]["features"]["days"] = 200
     path = tmp_path / "lifecycle.tf"
     path.write_text(generator.render(generator.parse_tiers(changed)), encoding="utf-8")

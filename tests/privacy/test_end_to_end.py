@@ -307,3 +307,20 @@ def test_planted_consent_stories_in_features(own_world):
             assert identity[junk]["is_junk"] and identity[junk]["component_size"] == 1
         users = [u for u in pz.pseudonymize_values(case["linked_user_ids"], "id") if u in identity]
         assert len({identity[u]["person_id"] for u in users}) == len(users)
+
+
+def test_s3_lifecycle_expires_by_age_only_the_time_partitions_of_a_real_lake(world):
+    """Every object of a materialized lake against the generated S3 lifecycle rules (infra/terraform): S3 expires an
+    object by its age, so a rule may only reach objects of an hour's partition (as old as its data). The suppression
+    list, the CRM snapshot, the landing manifest or the consented state, unchanged for a tier's days, would otherwise
+    be deleted: erasures forgotten, state lost."""
+    from tests.infra.test_retention_lifecycle import STORAGE, lake_expiry, load_module, parse_rules
+
+    rules = parse_rules(load_module(STORAGE))
+    root = world["root"] / "data" / "lake"
+    keys = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    expiring = [k for k in keys if lake_expiry(rules, k) is not None]
+    state = [k for k in expiring if not any(part.startswith("date=") for part in k.split("/")[:-1])]
+    assert state == [], f"S3 would expire state by its age: {state[:10]}"
+    assert {k.split("/")[0] + "/" + k.split("/")[1] for k in expiring} >= {"raw/events", "raw/events_quarantine", "consented/events"}
+    assert any(k.startswith("privacy/suppression_list/") for k in keys)  # the world has erasures: the list is there

@@ -20,7 +20,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "landing" {
     }
   }
 
-  # Tier landing: keep 30 days; old versions 7 days after replacement/deletion.
+  # Tier landing: keep 30 days; old versions 7 days after replacement/deletion. Whole tier expired by S3 after 30 days.
   rule {
     id     = "retention-landing"
     status = "Enabled"
@@ -57,7 +57,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 
-  # Tier consented: keep 395 days; old versions 7 days after replacement/deletion. Expired by S3 after 397 days: the retention job deletes first (a backstop).
+  # Tier consented: keep 395 days; old versions 7 days after replacement/deletion. Current objects expire by age only under 'consented/events/': expired by S3 after 397 days (the retention job deletes at its days and records its cutoff first: a backstop); the rest is state its code rewrites, never expired by age.
   rule {
     id     = "retention-consented"
     status = "Enabled"
@@ -66,16 +66,25 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
       prefix = "${var.lake_prefix}consented/"
     }
 
-    expiration {
-      days = 397
-    }
-
     noncurrent_version_expiration {
       noncurrent_days = 7
     }
   }
 
-  # Tier features: keep 395 days; old versions 7 days after replacement/deletion.
+  rule {
+    id     = "retention-consented-events"
+    status = "Enabled"
+
+    filter {
+      prefix = "${var.lake_prefix}consented/events/"
+    }
+
+    expiration {
+      days = 397
+    }
+  }
+
+  # Tier features: keep 395 days; old versions 7 days after replacement/deletion. No current object expires by age (state its code rewrites or deletes).
   rule {
     id     = "retention-features"
     status = "Enabled"
@@ -84,16 +93,12 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
       prefix = "${var.lake_prefix}features/"
     }
 
-    expiration {
-      days = 395
-    }
-
     noncurrent_version_expiration {
       noncurrent_days = 7
     }
   }
 
-  # Tier privacy: keep 2190 days; old versions 7 days after replacement/deletion.
+  # Tier privacy: keep 2190 days; old versions 7 days after replacement/deletion. Current objects expire by age only under 'privacy/identity_partials/': expired by S3 after 2190 days; the rest is state its code rewrites, never expired by age.
   rule {
     id     = "retention-privacy"
     status = "Enabled"
@@ -102,16 +107,25 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
       prefix = "${var.lake_prefix}privacy/"
     }
 
-    expiration {
-      days = 2190
-    }
-
     noncurrent_version_expiration {
       noncurrent_days = 7
     }
   }
 
-  # Tier raw: keep 30 days; old versions 7 days after replacement/deletion. Expired by S3 after 32 days: the retention job deletes first (a backstop).
+  rule {
+    id     = "retention-privacy-identity_partials"
+    status = "Enabled"
+
+    filter {
+      prefix = "${var.lake_prefix}privacy/identity_partials/"
+    }
+
+    expiration {
+      days = 2190
+    }
+  }
+
+  # Tier raw: keep 30 days; old versions 7 days after replacement/deletion. Current objects expire by age only under 'raw/events/': expired by S3 after 32 days (the retention job deletes at its days and records its cutoff first: a backstop); the rest is state its code rewrites, never expired by age.
   rule {
     id     = "retention-raw"
     status = "Enabled"
@@ -120,16 +134,25 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
       prefix = "${var.lake_prefix}raw/"
     }
 
-    expiration {
-      days = 32
-    }
-
     noncurrent_version_expiration {
       noncurrent_days = 7
     }
   }
 
-  # Tier quarantine: keep 30 days; old versions 7 days after replacement/deletion. Expired by S3 after 32 days: the retention job deletes first (a backstop).
+  rule {
+    id     = "retention-raw-events"
+    status = "Enabled"
+
+    filter {
+      prefix = "${var.lake_prefix}raw/events/"
+    }
+
+    expiration {
+      days = 32
+    }
+  }
+
+  # Tier quarantine: keep 30 days; old versions 7 days after replacement/deletion. Whole tier expired by S3 after 32 days (the retention job deletes at its days and records its cutoff first: a backstop).
   rule {
     id     = "retention-quarantine"
     status = "Enabled"
@@ -166,7 +189,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "ledger" {
     }
   }
 
-  # Tier privacy_logs: keep 2190 days; old versions 7 days after replacement/deletion.
+  # Tier privacy_logs: keep 2190 days; old versions 7 days after replacement/deletion. Whole tier expired by S3 after 2190 days.
   rule {
     id     = "retention-privacy_logs"
     status = "Enabled"
