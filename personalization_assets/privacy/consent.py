@@ -297,17 +297,24 @@ def create_consent_state(con: duckdb.DuckDBPyConnection, policy: PrivacyPolicy, 
                 from decisions d join (select distinct purpose from __defaults where gpc_denies) g using (purpose)
                 where d.source = 'gpc_signal' group by 1, 2
             ),
+            instants as (
+                -- decisions of one subject and purpose at the same instant (a user and their device, two sources in one
+                -- millisecond) have no order in time: a denial among them wins (fail closed), whatever order they were
+                -- received or appended in, so the state does not depend on arrival or on message ids
+                select consent_subject, purpose, effective_at,
+                       case when bool_or(status = 'denied') then 'denied' else 'granted' end as status,
+                       coalesce(arg_max(source, seq) filter (where status = 'denied'), arg_max(source, seq)) as source
+                from decisions group by 1, 2, 3
+            ),
             ordered as (
-                select d.*, lead(d.effective_at) over (partition by d.consent_subject, d.purpose order by d.effective_at, d.seq) as next_at,
-                       row_number() over (partition by d.consent_subject, d.purpose order by d.effective_at, d.seq) as rn
-                from decisions d
+                select d.*, lead(d.effective_at) over (partition by d.consent_subject, d.purpose order by d.effective_at) as next_at
+                from instants d
             ),
             decided as (
                 select o.consent_subject, o.purpose,
                        case when st.gpc_at is not null and o.effective_at >= st.gpc_at then 'denied' else o.status end as status,
                        o.effective_at as valid_from, o.next_at as valid_to, 'decision' as basis, o.source
                 from ordered o left join sticky st using (consent_subject, purpose)
-                where o.next_at is null or o.next_at > o.effective_at  -- same-instant decisions: the later seq wins
             ),
             firsts as (
                 select consent_subject, purpose, min(effective_at) as first_at from decisions group by 1, 2

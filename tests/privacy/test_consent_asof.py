@@ -54,11 +54,11 @@ def kept(decisions, event_minutes, jurisdiction="EU"):
 
 
 def expected(decisions, minute):
-    latest = None
-    for seq, (m, decision, _) in sorted(enumerate(decisions), key=lambda x: (x[1][0], x[0])):
-        if m <= minute:
-            latest = decision
-    return latest == "granted"  # no decision yet: EU personalization is opt-in, no record = deny
+    """The latest instant at or before `minute` decides; decisions at one instant have no order: any denial wins."""
+    at = [m for m, _, _ in decisions if m <= minute]
+    if not at:
+        return False  # no decision yet: EU personalization is opt-in, no record = deny
+    return all(d == "granted" for m, d, _ in decisions if m == max(at))
 
 
 decision_st = st.tuples(st.integers(0, 500), st.sampled_from(["granted", "denied", "withdrawn"]), st.just("cmp_event"))
@@ -111,6 +111,28 @@ def test_the_per_subject_lookup_gives_the_as_of_join(states, events):
     joined = {r: p for r, p in con.sql(c.ASOF_PURPOSES_SQL.format(events="ev")).fetchall() if p}
     looked_up = dict(con.sql(c.ASOF_PURPOSES_LOOKUP_SQL.format(events="ev", lookup="lookup")).fetchall())
     assert looked_up == joined
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(decision_st, min_size=2, max_size=8), st.randoms(use_true_random=False))
+def test_decisions_at_one_instant_give_one_state_in_any_append_order(decisions, rnd):
+    """Decisions of a subject and purpose in the same millisecond (a user and their device; a CMP event and a privacy
+    request) have no order in time. The state took the later ledger seq, i.e. the arrival order or, within one
+    build, the random message id: two deployments fed the same events disagreed. A denial among them wins."""
+    decisions = [(m % 3, d, src) for m, d, src in decisions]  # crowd them onto three instants
+    shuffled = decisions[:]
+    rnd.shuffle(shuffled)
+    _, state = kept(decisions, [0])
+    _, again = kept(shuffled, [0])
+    key = lambda r: (r["purpose"], r["valid_from"])  # noqa: E731
+    assert sorted(state.to_pylist(), key=key) == sorted(again.to_pylist(), key=key)
+
+
+def test_a_denial_wins_over_a_grant_at_the_same_instant():
+    for order in ([(10, "granted", "cmp_event"), (10, "denied", "cmp_event")], [(10, "denied", "cmp_event"), (10, "granted", "cmp_event")]):
+        got, state = kept(order, [9, 10, 11])
+        assert got == [False, False, False], order
+        assert [r["status"] for r in state.to_pylist() if r["purpose"] == "personalization" and r["basis"] == "decision"] == ["denied"]
 
 
 def test_withdrawal_applies_from_its_time_and_earlier_events_stay():
