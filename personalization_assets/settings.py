@@ -328,6 +328,7 @@ TRAILING_SETTINGS_DOC: tuple[SettingDoc, ...] = (
     SettingDoc("PERSONALIZATION_COLLECTOR_WRITE_KEYS", "(unset)", "Collector: comma-separated write keys accepted as HTTP Basic user name (secret; `personalization collect` refuses to start without one).", "required for the collector (Secrets Manager)"),
     SettingDoc("PERSONALIZATION_COLLECTOR_STATE_DIR", "$DATA_DIR/collector", "Collector: directory of its durable messageId index and preference store (must survive restarts).", "a persistent volume"),
     SettingDoc("PERSONALIZATION_COLLECTOR_DEDUP_HOURS", "48", "Collector: how long a messageId is remembered, so an SDK retry within this time is never stored twice.", "same"),
+    SettingDoc("PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS", "60", "Collector: how often the preference center's store looks for a changed suppression list and forgets the erased subjects on it (it also does at start).", "same"),
     SettingDoc("PERSONALIZATION_COLLECTOR_LINGER_MS", "0", "Collector: how long a write waits for more requests to share its landing object (fewer, larger objects; adds latency).", "e.g. 200 under steady light traffic"),
     SettingDoc("PERSONALIZATION_COLLECTOR_CORS_ORIGINS", "*", "Collector: origins allowed to post to `/v1/*` from a browser (comma-separated).", "your sites' origins"),
     SettingDoc("PERSONALIZATION_PREFERENCE_TOKEN_SECRET", "(unset)", "Preference center: HS256 key (secret, at least 32 characters, not a write key) verifying the signed subject tokens (JWTs) your backend issues for a logged-in user (`issue_subject_token` in `personalization_assets/collector/auth.py`); unset, the center serves anonymous visitors only.", "required to serve logged-in users (Secrets Manager, shared with the issuing backend)"),
@@ -477,8 +478,9 @@ def _ledger_settings(raw: EnvSettings, ledger_url: str) -> tuple[str | None, int
     return mode, days
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate all settings. Raises ConfigError naming the bad setting and the fix."""
+def load_settings(environ: Mapping[str, str] | None = None, warehouse: bool = True) -> Settings:
+    """Read and validate all settings. Raises ConfigError naming the bad setting and the fix. `warehouse=False`: for a
+    process that never reaches Snowflake (the collector), whose settings are then not required."""
     environ = os.environ if environ is None else environ
     secrets_loaded: tuple[str, ...] = ()
     if (environ.get("PERSONALIZATION_SECRETS_ARNS") or "").strip():
@@ -498,7 +500,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                     "(the buckets come from infra/terraform outputs)."
                 )
             _check_s3_url(name, value)
-        missing = [n for n in SNOWFLAKE_REQUIRED if not environ.get(n)]
+        missing = [n for n in SNOWFLAKE_REQUIRED if not environ.get(n)] if warehouse else []
         if missing:
             raise ConfigError(
                 f"Snowflake setting(s) {', '.join(missing)} not set. Fix: export them (in production they come from AWS "

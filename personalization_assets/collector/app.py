@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import socket
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -15,11 +18,14 @@ from personalization_assets.collector.config import CollectorConfig
 from personalization_assets.collector.dedup import DedupIndex
 from personalization_assets.collector.metrics import CollectorMetrics
 from personalization_assets.collector.pages import preferences_get, preferences_post
-from personalization_assets.collector.preference_store import PreferenceStore
+from personalization_assets.collector.preference_store import PreferenceStore, SuppressionFeed
 from personalization_assets.collector.tracking_api import track_endpoint
 from personalization_assets.collector.writer import LandingWriter
 from personalization_assets.core.policies import get_policy
-from personalization_assets.core.storage import LandingZone
+from personalization_assets.core.storage import LakeStorage, LandingZone
+
+log = logging.getLogger("personalization.collector")
+READER = "collector/preference_center"  # the store's reads of the suppression list, in the access audit log
 
 
 def landing_zone(config: CollectorConfig) -> LandingZone:
@@ -43,21 +49,85 @@ async def metrics(request: Request) -> Response:
     return Response(m.render(), media_type=m.content_type)
 
 
+def key_chain(config: CollectorConfig, lake: LakeStorage):
+    """The platform's pseudonymization keys, checked against the key ids the lake recorded (never recording one: the
+    collector only uses keys the platform has used)."""
+    import os
+
+    from personalization_assets.core.pseudonym_keys import DEV_KEY_FILE, ensure_dev_keys, parse_key_map
+    from personalization_assets.core.pseudonymize import KeyChain, check_key_ids
+
+    settings = config.platform
+    if settings.pseudonym_keys_from_env:
+        raw, source = os.environ["PERSONALIZATION_PSEUDONYM_KEYS"], "PERSONALIZATION_PSEUDONYM_KEYS"
+    else:  # local only: the data dir's development key, as the platform's runs use it
+        ensure_dev_keys(settings.data_dir)
+        path = settings.data_dir / DEV_KEY_FILE
+        raw, source = path.read_text(), f"the development key file {path}"
+    keys, active = parse_key_map(raw, os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") or None)
+    check_key_ids(lake, keys, source, record=False)
+    return KeyChain(keys, active)
+
+
+def platform_lake(config: CollectorConfig) -> LakeStorage:
+    import os
+
+    s = config.platform
+    return LakeStorage(url=s.lake_url, logs_url=s.ledger_url, logs_object_lock_mode=s.ledger_object_lock,
+                       logs_object_lock_days=s.ledger_retention_days, sensitive_tables=list(get_policy().sensitive_assets),
+                       lock_dir=str(s.data_dir / "locks"), s3_endpoint_url=s.s3_endpoint_url, aws_region=s.aws_region,
+                       aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+                       aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+
+
+def suppression_feed(lake: LakeStorage) -> SuppressionFeed:
+    from personalization_assets.core.audit import AccessAuditor
+
+    auditor = AccessAuditor(lake=lake, policy=get_policy(), reader=READER, run_id=f"collector:{socket.gethostname()}",
+                            lock_dir=lake.lock_dir)
+    return SuppressionFeed(lake, lambda: auditor.record([("privacy/suppression_list", None, ["identifier"])]))
+
+
+def forget_erased(store: PreferenceStore, feed: SuppressionFeed) -> None:
+    """One look at the suppression list: when it changed, the store forgets every subject on it."""
+    ids = feed.poll()
+    if ids is not None:
+        n = store.forget(ids)
+        if n:
+            log.info("preference store: %d rows of erased subjects deleted", n)
+
+
 def create_app(config: CollectorConfig) -> Starlette:
     policy = get_policy()
     landing = landing_zone(config)
     metrics_ = CollectorMetrics()
-    store = PreferenceStore(config.state_dir / "preferences.sqlite", policy)
+    lake = platform_lake(config)
+    store = PreferenceStore(config.state_dir / "preferences.sqlite", policy, key_chain(config, lake))
+    feed = suppression_feed(lake)
+    forget_erased(store, feed)  # before the first request: an erased subject is never shown, also after a restart
     index = DedupIndex(config.state_dir / "dedup.sqlite", config.dedup_hours)
     writer = LandingWriter(landing, index, metrics_, faults=config.faults, on_written=store.observe,
                            linger_ms=config.linger_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        async def follow_erasures():
+            while True:
+                await asyncio.sleep(config.erasure_poll_seconds)
+                try:
+                    await asyncio.to_thread(forget_erased, store, feed)
+                except Exception:  # a storage error now is retried at the next poll; it never stops the collector
+                    log.exception("preference store: the suppression list could not be read; retrying in %ss",
+                                  config.erasure_poll_seconds)
+
         writer.start()
+        follower = asyncio.create_task(follow_erasures())
         try:
             yield
         finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
             await writer.stop()
             store.close()
 

@@ -3,7 +3,9 @@
 Two secrets, each read once, kept out of every repr and never logged: the write keys
 (`PERSONALIZATION_COLLECTOR_WRITE_KEYS`; requests are logged by key *index*, not by key) and the preference
 center's token secret (`PERSONALIZATION_PREFERENCE_TOKEN_SECRET`, optional: without it the center serves
-anonymous visitors only).
+anonymous visitors only). The pseudonymization keys (`PERSONALIZATION_PSEUDONYM_KEYS`, required in prod as for the
+platform) key the preference center's store, which holds no raw identifier; the store reads the lake's suppression
+list (`PERSONALIZATION_LAKE_URL`) and records that read in the access audit log (`PERSONALIZATION_LEDGER_URL`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalization_assets.settings import ConfigError, _check_s3_url, load_settings, resolve_data_dir
+from personalization_assets.settings import ConfigError, Settings, load_settings
 
 WRITE_KEYS_ENV = "PERSONALIZATION_COLLECTOR_WRITE_KEYS"
 STATE_DIR_ENV = "PERSONALIZATION_COLLECTOR_STATE_DIR"
 DEDUP_HOURS_ENV = "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"
 CORS_ORIGINS_ENV = "PERSONALIZATION_COLLECTOR_CORS_ORIGINS"
 LINGER_MS_ENV = "PERSONALIZATION_COLLECTOR_LINGER_MS"
+ERASURE_POLL_ENV = "PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS"
 PREFERENCE_TOKEN_SECRET_ENV = "PERSONALIZATION_PREFERENCE_TOKEN_SECRET"
 MIN_TOKEN_SECRET_CHARS = 32
 # Fault injection for the crash tests only (not a user setting):
@@ -59,6 +62,9 @@ class CollectorConfig:
     faults: Faults = Faults()
     # HMAC key of the preference center's subject tokens (collector/auth.py); None: anonymous visitors only
     preference_token_secret: str | None = field(default=None, repr=False)
+    # the lake, ledger and key settings of the preference center's store (None in unit tests of the tracking API only)
+    platform: Settings | None = None
+    erasure_poll_seconds: float = 60.0  # how often the store looks for a changed suppression list
 
 
 def _parse_faults(raw: str) -> Faults:
@@ -67,27 +73,18 @@ def _parse_faults(raw: str) -> Faults:
                   clock_offset_s=float(values.get("clock_offset_s", 0)))
 
 
-def _landing_target(environ: Mapping[str, str]) -> LandingTarget:
-    """Locally the platform's own settings; in prod only the landing zone's (a collector pod needs no
-    Snowflake or pseudonymization secrets, so it is not asked for them)."""
-    env = environ.get("PERSONALIZATION_ENV", "local").strip().lower() or "local"
-    if env != "prod":
-        s = load_settings(environ)
-        return LandingTarget(s.landing_url, s.s3_endpoint_url, s.aws_region, s.data_dir)
-    url = environ.get("PERSONALIZATION_LANDING_URL", "").strip()
-    if not url:
-        raise ConfigError("PERSONALIZATION_LANDING_URL is not set. Fix: in prod set it to s3://<bucket>/<prefix>, the landing "
-                          "bucket ingestion reads (infra/terraform outputs).")
-    _check_s3_url("PERSONALIZATION_LANDING_URL", url)
-    data_dir = resolve_data_dir(environ.get("PERSONALIZATION_DATA_DIR"))
-    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return LandingTarget(url, environ.get("PERSONALIZATION_S3_ENDPOINT_URL") or None, region, data_dir)
+def _platform_settings(environ: Mapping[str, str]) -> Settings:
+    """The platform's settings without the warehouse's: the landing zone it writes; the lake, the ledger and the
+    pseudonymization keys for the preference center's store, which keeps no raw identifier and follows the
+    suppression list (collector/preference_store.py). In prod each of them is required and named when missing."""
+    return load_settings(environ, warehouse=False)
 
 
 def load_collector_config(environ: Mapping[str, str] | None = None) -> CollectorConfig:
     """Validate the collector's settings; a ConfigError names the setting and the fix."""
     environ = os.environ if environ is None else environ
-    landing = _landing_target(environ)
+    platform = _platform_settings(environ)
+    landing = LandingTarget(platform.landing_url, platform.s3_endpoint_url, platform.aws_region, platform.data_dir)
     keys = tuple(k.strip() for k in environ.get(WRITE_KEYS_ENV, "").split(",") if k.strip())
     if not keys:
         raise ConfigError(
@@ -130,10 +127,19 @@ def load_collector_config(environ: Mapping[str, str] | None = None) -> Collector
     if token_secret is not None and token_secret in keys:
         raise ConfigError(f"{PREFERENCE_TOKEN_SECRET_ENV} equals a write key. Fix: use a separate secret: write keys are "
                           "public (analytics.js puts them in every page), so anyone could sign subject tokens with it.")
+    poll_raw = environ.get(ERASURE_POLL_ENV, "").strip() or "60"
+    try:
+        erasure_poll = float(poll_raw)
+        if not 1 <= erasure_poll <= 3600:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{ERASURE_POLL_ENV}={poll_raw!r} is not a number of seconds in 1..3600. Fix: set it to how often "
+                          "the preference center checks the suppression list for erased subjects (default 60).") from None
     origins = tuple(o.strip() for o in (environ.get(CORS_ORIGINS_ENV, "").strip() or "*").split(",") if o.strip())
     try:
         faults = _parse_faults(environ.get(FAULTS_ENV, ""))
     except ValueError:
         raise ConfigError(f"{FAULTS_ENV} is malformed. Fix: unset it (it is for the crash tests only).") from None
     return CollectorConfig(landing=landing, state_dir=state_dir, dedup_hours=dedup_hours, cors_origins=origins,
-                           linger_ms=linger_ms, write_keys=keys, faults=faults, preference_token_secret=token_secret)
+                           linger_ms=linger_ms, write_keys=keys, faults=faults, preference_token_secret=token_secret,
+                           platform=platform, erasure_poll_seconds=erasure_poll)

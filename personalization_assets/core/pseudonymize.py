@@ -142,12 +142,13 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:16]
 
 
-def check_key_ids(lake: LakeStorage, keys: dict[str, bytes], source: str) -> None:
+def check_key_ids(lake: LakeStorage, keys: dict[str, bytes], source: str, record: bool = True) -> None:
     """Every key version must be the key the lake's pseudonyms of that version were made with. A key replaced under
     the same version (a secret rotated without a new version, another data dir's development key over the same lake)
     made pseudonyms that match nothing stored: the suppression list no longer caught an erased subject's new events,
     consent lookups missed. The first use of a version records its key id (`privacy/pseudonym_key_ids`); any other
-    key under it is refused with the fix."""
+    key under it is refused with the fix. `record=False` (a reader of the lake that writes none of it: the collector)
+    refuses a wrong key and records nothing."""
     from personalization_assets.core.hash_chain import table_writer_lock
 
     ids = {v: key_id(k) for v, k in keys.items()}
@@ -173,6 +174,8 @@ def check_key_ids(lake: LakeStorage, keys: dict[str, bytes], source: str) -> Non
 
     known = recorded()
     refuse(known)
+    if not record:
+        return
     if not set(ids) <= set(known):
         with table_writer_lock(lake, {"layer": KEY_IDS[0], "name": f"{KEY_IDS[1]}_writer"}):
             known = recorded()

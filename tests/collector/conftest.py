@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -134,17 +135,54 @@ def collector(data_dir, tmp_path):
     c.stop()
 
 
-def stored_choices(state_dir: Path) -> dict[str, tuple[dict[str, str], bool]]:
-    """The preference center's store as it is on disk: {"user:<id>" | "anon:<id>": ({purpose: status}, gpc)}."""
+class StoredChoices(dict):
+    """The preference center's store as it is on disk, keyed as stored ("user:" | "anon:" + pseudonym); a lookup by
+    "user:<raw id>" computes the pseudonym with the data dir's key, as the center does. No raw id is stored."""
+
+    def __init__(self, rows: dict, data_dir: Path):
+        super().__init__(rows)
+        self.data_dir = data_dir
+
+    def _key(self, key: str) -> str:
+        kind, _, value = key.partition(":")
+        if re.fullmatch(r"v\d+:[0-9a-f]{64}", value):
+            return key
+        from personalization_assets.core.pseudonym_keys import DEV_KEY_FILE, parse_key_map
+        from personalization_assets.core.pseudonymize import KeyChain, normalize
+
+        keys, active = parse_key_map((self.data_dir / DEV_KEY_FILE).read_text())
+        return f"{kind}:{KeyChain(keys, active).pseudonym(normalize(value, 'id'))}"
+
+    def __getitem__(self, key):
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key):
+        return super().__contains__(self._key(key))
+
+
+def stored_choices(state_dir: Path, data_dir: Path | None = None) -> StoredChoices:
+    """The preference center's store as it is on disk: {"user:<pseudonym>" | "anon:<pseudonym>": ({purpose: status}, gpc)}
+    (GPC's sticky denials applied, as the center shows them); `data_dir`: the collector's (default: the `data` folder
+    next to the state dir, else the state dir's parent)."""
+    from personalization_assets.core.policies import get_policy
+
+    data_dir = data_dir or (state_dir.parent / "data" if (state_dir.parent / "data").exists() else state_dir.parent)
     path = state_dir / "preferences.sqlite"
     if not path.exists():
-        return {}
+        return StoredChoices({}, data_dir)
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = con.execute("select subject, purposes, gpc from subjects").fetchall()
+        rows = con.execute("select subject, purposes, gpc_at from choices").fetchall()
     finally:
         con.close()
-    return {subject: (json.loads(purposes), bool(gpc)) for subject, purposes, gpc in rows}
+    sticky = {p.name for p in get_policy().purposes.values() if p.gpc_denies}
+    out = {}
+    for subject, purposes, gpc_at in rows:
+        view = {p: v[0] for p, v in json.loads(purposes).items()}
+        if gpc_at:
+            view.update({p: "denied" for p in sticky})
+        out[subject] = (view, gpc_at is not None)
+    return StoredChoices(out, data_dir)
 
 
 def landing_messages(landing: Path) -> list[dict]:

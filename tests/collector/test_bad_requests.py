@@ -91,7 +91,7 @@ def test_the_collector_refuses_to_start_without_write_keys(tmp_path):
     assert "PERSONALIZATION_COLLECTOR_WRITE_KEYS" in proc.stderr and "Fix" in proc.stderr
 
 
-def test_config_errors_name_the_setting_and_a_prod_collector_needs_only_the_landing_zone(tmp_path):
+def test_config_errors_name_the_setting_and_a_prod_collector_needs_no_warehouse(tmp_path):
     import pytest as _pytest
 
     from personalization_assets.collector.config import load_collector_config
@@ -100,14 +100,23 @@ def test_config_errors_name_the_setting_and_a_prod_collector_needs_only_the_land
     base = {"PERSONALIZATION_DATA_DIR": str(tmp_path), "PERSONALIZATION_COLLECTOR_WRITE_KEYS": "a-long-key-1,another-key-2"}
     assert load_collector_config(base).write_keys == ("a-long-key-1", "another-key-2")
     assert "a-long-key-1" not in repr(load_collector_config(base))
+    prod_urls = {"PERSONALIZATION_ENV": "prod", "PERSONALIZATION_LANDING_URL": "s3://landing/cdp", "PERSONALIZATION_LAKE_URL": "s3://lake/p",
+                 "PERSONALIZATION_LEDGER_URL": "s3://ledger/p"}
+    keys = '{"1": "' + "ab" * 32 + '"}'
     for change, setting in [({"PERSONALIZATION_COLLECTOR_WRITE_KEYS": " , "}, "PERSONALIZATION_COLLECTOR_WRITE_KEYS"),
                             ({"PERSONALIZATION_COLLECTOR_WRITE_KEYS": "short"}, "PERSONALIZATION_COLLECTOR_WRITE_KEYS"),
                             ({"PERSONALIZATION_COLLECTOR_DEDUP_HOURS": "0"}, "PERSONALIZATION_COLLECTOR_DEDUP_HOURS"),
+                            ({"PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS": "0"}, "PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS"),
                             ({"PERSONALIZATION_ENV": "prod"}, "PERSONALIZATION_LANDING_URL"),
-                            ({"PERSONALIZATION_ENV": "prod", "PERSONALIZATION_LANDING_URL": "/tmp/x"}, "PERSONALIZATION_LANDING_URL")]:
+                            ({"PERSONALIZATION_ENV": "prod", "PERSONALIZATION_LANDING_URL": "/tmp/x"}, "PERSONALIZATION_LANDING_URL"),
+                            # the preference center's store: pseudonyms, the suppression list, the audit of that read
+                            ({**prod_urls, "PERSONALIZATION_LAKE_URL": ""}, "PERSONALIZATION_LAKE_URL"),
+                            ({**prod_urls, "PERSONALIZATION_LEDGER_URL": ""}, "PERSONALIZATION_LEDGER_URL"),
+                            (prod_urls, "PERSONALIZATION_PSEUDONYM_KEYS")]:
         with _pytest.raises(ConfigError) as exc:
             load_collector_config({**base, **change})
         assert setting in str(exc.value) and "Fix" in str(exc.value)
-    # no Snowflake, no pseudonymization keys: the collector pod is not given those secrets
-    prod = load_collector_config({**base, "PERSONALIZATION_ENV": "prod", "PERSONALIZATION_LANDING_URL": "s3://landing/cdp"})
-    assert prod.landing.url == "s3://landing/cdp"
+    # no Snowflake settings: the collector pod is not given those secrets
+    prod = load_collector_config({**base, **prod_urls, "PERSONALIZATION_PSEUDONYM_KEYS": keys})
+    assert prod.landing.url == "s3://landing/cdp" and prod.platform.lake_url == "s3://lake/p"
+    assert "ab" * 32 not in repr(prod)

@@ -1,0 +1,186 @@
+"""The preference center's store holds personal data: it keeps no raw identifier, an erasure reaches it, and it
+orders decisions by time as the consent ledger does.
+
+The end-to-end test runs a real collector on loopback fed by the Segment SDK, a privacy request landed as a file and
+the platform's own assets (raw/events, raw/privacy_requests, privacy/identity_links, privacy/suppression_list)
+materialized by Dagster; the collector then forgets every identifier the platform linked to the erased subject —
+including an anonymous id linked only by a later `identify` it never saw in a consent event — and nobody else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+import requests
+from segment.analytics.client import Client as SegmentClient
+
+from personalization_assets.collector.preference_store import PreferenceStore
+from personalization_assets.core.policies import get_policy
+from personalization_assets.core.pseudonymize import KeyChain, normalize
+from personalization_assets.core.tracking_plan import CONSENT_EVENT
+from tests.collector.conftest import WRITE_KEY, start_collector, stored_choices
+from tests.helpers import defs_for_env, materialize
+
+ALL_GRANTED = {c: True for c in ("personalization", "analytics", "performance", "advertising", "marketing", "data_sharing")}
+EVERYTHING = {"personalization", "analytics", "advertising", "sale_share"}
+
+
+def _on_disk(state_dir) -> bytes:
+    """Every byte of the store's files (database, write-ahead log, shared memory)."""
+    return b"".join(p.read_bytes() for p in state_dir.glob("preferences.sqlite*"))
+
+
+def _wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_an_erasure_reaches_the_preference_store_through_the_platforms_identity_links(data_dir, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    erased, email, anon, late_anon = f"erased-{tag}", f"erased-{tag}@example.com", f"anon-e-{tag}", f"anon-late-{tag}"
+    kept, kept_anon = f"kept-{tag}", f"anon-k-{tag}"
+    state_dir = data_dir / "collector"
+    c = start_collector(tmp_path / "collector.log", extra_env={"PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS": "1"})
+    try:
+        client = SegmentClient(write_key=WRITE_KEY, host=c.url, upload_size=100, upload_interval=0.05, max_retries=3)
+        now = datetime.now(timezone.utc) - timedelta(minutes=30)
+        consent = {"consent": {"categoryPreferences": ALL_GRANTED}, "location": {"country": "DE"}}
+        for user, a in ((erased, anon), (kept, kept_anon)):
+            client.identify(user_id=user, anonymous_id=a, traits={"email": email if user == erased else f"{user}@example.com"},
+                            timestamp=now, message_id=f"{user}-identify")
+            client.track(user_id=user, anonymous_id=a, event=CONSENT_EVENT, context=consent, timestamp=now + timedelta(seconds=1),
+                         message_id=f"{user}-cmp")
+        # a second device: consent recorded anonymously; it is linked to the user only by a later identify
+        client.track(anonymous_id=late_anon, event=CONSENT_EVENT, context=consent, timestamp=now + timedelta(seconds=2),
+                     message_id=f"{late_anon}-cmp")
+        client.identify(user_id=erased, anonymous_id=late_anon, timestamp=now + timedelta(seconds=3), message_id=f"{late_anon}-identify")
+        client.flush()
+        stored = stored_choices(state_dir, data_dir)
+        for subject in (f"user:{erased}", f"anon:{anon}", f"anon:{late_anon}", f"user:{kept}", f"anon:{kept_anon}"):
+            assert stored[subject][0] == dict.fromkeys(EVERYTHING, "granted"), subject
+        raw = _on_disk(state_dir)
+        assert all(v.encode() not in raw for v in (erased, email, anon, late_anon, kept, kept_anon))  # pseudonyms only
+
+        # the data-subject request arrives as a file, by email only; the platform resolves who that is
+        requests_dir = data_dir / "landing" / "privacy_requests"
+        requests_dir.mkdir(parents=True)
+        (requests_dir / "dsr.jsonl").write_text(json.dumps({"request_id": f"dsr-{tag}", "type": "erasure", "email": email,
+                                                            "received_at": datetime.now(timezone.utc).isoformat(), "jurisdiction": "EU"}) + "\n")
+        from personalization_assets.cli import landing_partition_keys
+
+        defs = defs_for_env()
+        keys = landing_partition_keys(defs, None)
+        materialize(defs, "key:raw/events", (keys[0], keys[-1]))
+        materialize(defs, "key:raw/privacy_requests or key:privacy/identity_links or key:privacy/suppression_list")
+
+        gone = (f"user:{erased}", f"anon:{anon}", f"anon:{late_anon}")
+        assert _wait(lambda: not any(s in stored_choices(state_dir, data_dir) for s in gone)), c.log.read_text()[-2000:]
+        stored = stored_choices(state_dir, data_dir)
+        assert stored[f"user:{kept}"][0] == stored[f"anon:{kept_anon}"][0] == dict.fromkeys(EVERYTHING, "granted")
+        pz = defs.resources["pseudonymizer"]
+        erased_pseudonyms = pz.pseudonymize_values([erased, anon, late_anon], "id")
+        time.sleep(0.5)
+        raw = _on_disk(state_dir)
+        assert all(p.encode() not in raw for p in erased_pseudonyms)  # overwritten, not left in free pages or the log
+
+        # the center shows the erased visitor nothing of theirs
+        page = requests.get(c.url + "/privacy/preferences", cookies={"ajs_anonymous_id": json.dumps(anon)}, timeout=10)
+        assert page.status_code == 200 and re.findall(r"<input[^>]*\bchecked\b", page.text) == []
+        kept_page = requests.get(c.url + "/privacy/preferences", cookies={"ajs_anonymous_id": json.dumps(kept_anon)}, timeout=10)
+        assert len(re.findall(r"<input[^>]*\bchecked\b", kept_page.text)) == len(EVERYTHING)  # the check can see a choice
+        # the read of the suppression list is in the access audit log, under the collector's declared purpose
+        con = duckdb.connect()
+        defs.resources["lake"].register(con, "audit", "privacy", "access_audit_log")
+        assert con.execute("select purpose from audit where reader = 'collector/preference_center' "
+                           "and asset = 'privacy/suppression_list'").fetchall()[:1] == [("privacy_request",)]
+
+        # a later consent event of the erased subject is not recorded (ingestion drops it likewise)
+        client.track(user_id=erased, anonymous_id=anon, event=CONSENT_EVENT, context=consent, message_id=f"{erased}-again")
+        client.track(user_id=kept, event=CONSENT_EVENT, context={"consent": {"categoryPreferences": {**ALL_GRANTED, "analytics": False}}},
+                     message_id=f"{kept}-again")
+        client.flush()
+        client.shutdown()
+        stored = stored_choices(state_dir, data_dir)
+        assert stored[f"user:{kept}"][0]["analytics"] == "denied"  # written after the erased subject's event
+        assert f"user:{erased}" not in stored and f"anon:{anon}" not in stored
+    finally:
+        c.stop()
+    # a restarted collector forgets them before its first request too (its first poll is at start)
+    c = start_collector(tmp_path / "collector2.log", extra_env={"PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS": "3600"})
+    try:
+        assert f"user:{erased}" not in stored_choices(state_dir, data_dir)
+    finally:
+        c.stop()
+
+
+def _chain(*versions: str, active: str | None = None) -> KeyChain:
+    keys = {v: bytes([int(v)]) * 32 for v in versions}
+    return KeyChain(keys, active or max(versions, key=int))
+
+
+def _consent(user: str, at: datetime, categories: dict, received: datetime | None = None, gpc: bool = False) -> dict:
+    context = {"consent": {"categoryPreferences": categories}}
+    if gpc:
+        context["gpc"] = True
+    return {"type": "track", "event": CONSENT_EVENT, "userId": user, "timestamp": at.isoformat(),
+            "receivedAt": (received or at).isoformat(), "context": context}
+
+
+T0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+DENY_P = {**ALL_GRANTED, "personalization": False}
+
+
+def test_the_store_orders_decisions_by_time_not_arrival(tmp_path):
+    store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), _chain("1"))
+    store.observe([_consent("u", T0 + timedelta(minutes=10), DENY_P)])
+    store.observe([_consent("u", T0, ALL_GRANTED)])  # older, arrives late: changes nothing
+    assert store.current("u", None)[0]["personalization"] == "denied"
+    # a client clock ahead: the grant takes effect when it was received, before the withdrawal at +10 min
+    store.observe([_consent("v", T0 + timedelta(hours=20), ALL_GRANTED, received=T0 + timedelta(minutes=5))])
+    store.observe([_consent("v", T0 + timedelta(minutes=10), DENY_P)])
+    assert store.current("v", None)[0]["personalization"] == "denied"
+    # the same instant, either order: the denial wins (the consent state's rule)
+    for first, second, who in ((ALL_GRANTED, DENY_P, "w1"), (DENY_P, ALL_GRANTED, "w2")):
+        store.observe([_consent(who, T0, first)])
+        store.observe([_consent(who, T0, second)])
+        assert store.current(who, None)[0]["personalization"] == "denied", who
+    # GPC stays: a later grant does not lift it
+    store.observe([_consent("g", T0, {}, gpc=True)])
+    store.observe([_consent("g", T0 + timedelta(minutes=1), ALL_GRANTED)])
+    view, gpc = store.current("g", None)
+    assert gpc and view["sale_share"] == "denied" and view["personalization"] == "granted"
+    store.close()
+
+
+def test_a_store_of_raw_ids_is_pseudonymized_when_opened_and_a_rotation_keeps_it(tmp_path):
+    path = tmp_path / "p.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("create table subjects (subject text primary key, purposes text not null, gpc integer not null, updated_at text not null)")
+    old.execute("insert into subjects values ('user:jane.raw@example.com', ?, 0, ?)",
+                (json.dumps({"personalization": "granted"}), T0.isoformat()))
+    old.commit()
+    old.close()
+    store = PreferenceStore(path, get_policy(), _chain("1"))
+    assert store.current("jane.raw@example.com", None)[0] == {"personalization": "granted"}
+    store.close()
+    assert b"jane.raw" not in b"".join(p.read_bytes() for p in tmp_path.glob("p.sqlite*"))
+
+    # the key rotates (version 2 active): the row is forwarded along the chain, no raw id needed
+    store = PreferenceStore(path, get_policy(), _chain("1", "2"))
+    assert store.current("jane.raw@example.com", None)[0] == {"personalization": "granted"}
+    v1 = _chain("1").pseudonym(normalize("jane.raw@example.com", "id"))
+    assert store.forget({v1}) == 1  # a suppression list still under the old version reaches it too
+    assert store.current("jane.raw@example.com", None) == ({}, False)
+    store.observe([_consent("jane.raw@example.com", T0 + timedelta(days=1), ALL_GRANTED)])
+    assert store.current("jane.raw@example.com", None) == ({}, False)  # erased: not recorded again
+    store.close()
