@@ -42,12 +42,17 @@ def read_cutoffs(lake) -> dict[str, datetime]:
 
 def record_cutoffs(lake, cutoffs: dict[str, datetime]) -> dict[str, datetime]:
     """Record `cutoffs`, each kept only if later than the recorded one (a cutoff never moves back: a retention.yaml
-    lengthened later cannot bring deleted hours back). Returns the cutoffs now recorded."""
-    merged = read_cutoffs(lake)
-    for tier, cutoff in cutoffs.items():
-        if tier not in merged or cutoff > merged[tier]:
-            merged[tier] = cutoff
-    tiers = sorted(merged)
-    lake.write_table(LAYER, TABLE, pa.table({"tier": pa.array(tiers, pa.string()),
-                                             "cutoff": pa.array([merged[t] for t in tiers], pa.timestamp("us", tz="UTC"))}))
+    lengthened later cannot bring deleted hours back). Returns the cutoffs now recorded. A read-modify-write under the
+    table's writer lock: two retention runs at once (a manual run beside the daily schedule) would each write back the
+    table they read, and the second would drop a cutoff only the first recorded, or move one back."""
+    from personalization_assets.core.hash_chain import table_writer_lock
+
+    with table_writer_lock(lake, {"layer": LAYER, "name": TABLE}):
+        merged = read_cutoffs(lake)
+        for tier, cutoff in cutoffs.items():
+            if tier not in merged or cutoff > merged[tier]:
+                merged[tier] = cutoff
+        tiers = sorted(merged)
+        lake.write_table(LAYER, TABLE, pa.table({"tier": pa.array(tiers, pa.string()),
+                                                 "cutoff": pa.array([merged[t] for t in tiers], pa.timestamp("us", tz="UTC"))}))
     return merged

@@ -184,3 +184,22 @@ def test_identity_links_outlive_raw_retention_and_go_with_a_raw_hour_the_landing
     later.unlink()  # the recent hour's object is withdrawn from the landing zone, and raw is rebuilt
     materialize(defs, build, run_config={"ops": {"raw_events": {"config": {"full_refresh": True}}}})
     assert linked() == {"anon-before-login"}, "a raw hour gone for another reason than retention took its links along"
+
+
+def test_two_retention_runs_recording_cutoffs_at_once_keep_both(tmp_path):
+    """`record_cutoffs` reads the recorded cutoffs, merges and writes them back. Two runs at once (a manual run beside
+    the schedule) each wrote back what they had read: the second dropped a cutoff only the first recorded (a raw hour
+    then came back with a late object). It now holds the table's writer lock for the whole read-modify-write."""
+    from personalization_assets.core.hash_chain import table_writer_lock
+    from personalization_assets.core.retention import LAYER, TABLE, record_cutoffs
+    from personalization_assets.core.storage import LakeStorage
+    from tests.helpers import build_waits_behind
+
+    lake = LakeStorage(url=str(tmp_path / "lake"), lock_dir=str(tmp_path / "locks"))
+    t = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    record_cutoffs(lake, {"raw": t})
+    merged, _ = build_waits_behind(table_writer_lock(lake, {"layer": LAYER, "name": TABLE}),
+                                   lambda: record_cutoffs(lake, {"consented": t - timedelta(days=365)}),
+                                   written=lambda: "consented" in read_cutoffs(lake), wait_s=2)
+    assert set(merged) == set(read_cutoffs(lake)) == {"raw", "consented"}
+    assert record_cutoffs(lake, {"raw": t - timedelta(days=1)})["raw"] == t  # never moves back
