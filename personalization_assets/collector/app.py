@@ -38,9 +38,13 @@ def landing_zone(config: CollectorConfig) -> LandingZone:
 
 
 async def health(request: Request) -> JSONResponse:
-    writer = request.app.state.writer
-    ok = writer.running
-    return JSONResponse({"status": "ok" if ok else "writer stopped", "landing": request.app.state.landing_uri},
+    """200 while the writer runs (the tracking API works); the preference center's store is reported, not gating:
+    a lake that cannot be read stops the center (503 on its pages), never the collection of events."""
+    state = request.app.state
+    ok = state.writer.running
+    return JSONResponse({"status": "ok" if ok else "writer stopped", "landing": state.landing_uri,
+                         "preference_center": "ready" if state.store.ready and not state.privacy.problem else
+                         f"waiting: {state.privacy.problem or 'the suppression list was not read yet'}"},
                         status_code=200 if ok else 503)
 
 
@@ -49,13 +53,11 @@ async def metrics(request: Request) -> Response:
     return Response(m.render(), media_type=m.content_type)
 
 
-def key_chain(config: CollectorConfig, lake: LakeStorage):
-    """The platform's pseudonymization keys, checked against the key ids the lake recorded (never recording one: the
-    collector only uses keys the platform has used)."""
+def key_material(config: CollectorConfig) -> tuple[dict[str, bytes], str, str]:
+    """The platform's pseudonymization keys: (keys, active version, where they came from)."""
     import os
 
     from personalization_assets.core.pseudonym_keys import DEV_KEY_FILE, ensure_dev_keys, parse_key_map
-    from personalization_assets.core.pseudonymize import KeyChain, check_key_ids
 
     settings = config.platform
     if settings.pseudonym_keys_from_env:
@@ -65,8 +67,7 @@ def key_chain(config: CollectorConfig, lake: LakeStorage):
         path = settings.data_dir / DEV_KEY_FILE
         raw, source = path.read_text(), f"the development key file {path}"
     keys, active = parse_key_map(raw, os.environ.get("PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION") or None)
-    check_key_ids(lake, keys, source, record=False)
-    return KeyChain(keys, active)
+    return keys, active, source
 
 
 def platform_lake(config: CollectorConfig) -> LakeStorage:
@@ -80,31 +81,50 @@ def platform_lake(config: CollectorConfig) -> LakeStorage:
                        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
 
 
-def suppression_feed(lake: LakeStorage) -> SuppressionFeed:
-    from personalization_assets.core.audit import AccessAuditor
+class PrivacySync:
+    """What keeps the preference store right against the platform: each `run` checks the keys against the key ids the
+    lake recorded (without recording any: the collector only uses keys the platform used) and applies the suppression
+    list if it changed (the read audited). A failure is kept in `problem` (reported by /health, counted in
+    `collector_preference_sync_failures_total`) and retried at the next run; the last success's time is a gauge."""
 
-    auditor = AccessAuditor(lake=lake, policy=get_policy(), reader=READER, run_id=f"collector:{socket.gethostname()}",
-                            lock_dir=lake.lock_dir)
-    return SuppressionFeed(lake, lambda: auditor.record([("privacy/suppression_list", None, ["identifier"])]))
+    def __init__(self, config: CollectorConfig, lake: LakeStorage, store: PreferenceStore, metrics: CollectorMetrics):
+        from personalization_assets.core.audit import AccessAuditor
 
+        self.lake, self.store, self.metrics = lake, store, metrics
+        self.keys, _, self.source = key_material(config)
+        auditor = AccessAuditor(lake=lake, policy=get_policy(), reader=READER, run_id=f"collector:{socket.gethostname()}",
+                                lock_dir=lake.lock_dir)
+        self.feed = SuppressionFeed(lake, lambda: auditor.record([("privacy/suppression_list", None, ["identifier"])]))
+        self.problem: str | None = None
 
-def forget_erased(store: PreferenceStore, feed: SuppressionFeed) -> None:
-    """One look at the suppression list: when it changed, the store forgets every subject on it."""
-    ids = feed.poll()
-    if ids is not None:
-        n = store.forget(ids)
-        if n:
-            log.info("preference store: %d rows of erased subjects deleted", n)
+    def run(self) -> None:
+        from personalization_assets.core.pseudonymize import check_key_ids
+
+        try:
+            check_key_ids(self.lake, self.keys, self.source, record=False)
+            deleted: list[int] = []
+            self.feed.sync(lambda ids: deleted.append(self.store.forget(ids)))
+        except Exception as exc:
+            self.problem = f"{type(exc).__name__}: {exc}"
+            self.metrics.preference_sync_failures.inc()
+            log.error("preference store: the suppression list was not applied (retried every poll): %s", self.problem)
+            return
+        self.problem = None
+        self.metrics.preference_synced.set(self.feed.applied_at or 0)
+        if deleted and deleted[0]:
+            log.info("preference store: %d rows of erased subjects deleted", deleted[0])
 
 
 def create_app(config: CollectorConfig) -> Starlette:
+    from personalization_assets.core.pseudonymize import KeyChain
+
     policy = get_policy()
     landing = landing_zone(config)
     metrics_ = CollectorMetrics()
     lake = platform_lake(config)
-    store = PreferenceStore(config.state_dir / "preferences.sqlite", policy, key_chain(config, lake))
-    feed = suppression_feed(lake)
-    forget_erased(store, feed)  # before the first request: an erased subject is never shown, also after a restart
+    keys, active, _ = key_material(config)
+    store = PreferenceStore(config.state_dir / "preferences.sqlite", policy, KeyChain(keys, active))
+    privacy = PrivacySync(config, lake, store, metrics_)
     index = DedupIndex(config.state_dir / "dedup.sqlite", config.dedup_hours)
     writer = LandingWriter(landing, index, metrics_, faults=config.faults, on_written=store.observe,
                            linger_ms=config.linger_ms)
@@ -112,13 +132,11 @@ def create_app(config: CollectorConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         async def follow_erasures():
+            # at once, then every poll: until the list was read once the center answers 503 and consent events wait,
+            # so an erased subject is never shown or recorded, also after a restart; the tracking API is up meanwhile
             while True:
+                await asyncio.to_thread(privacy.run)
                 await asyncio.sleep(config.erasure_poll_seconds)
-                try:
-                    await asyncio.to_thread(forget_erased, store, feed)
-                except Exception:  # a storage error now is retried at the next poll; it never stops the collector
-                    log.exception("preference store: the suppression list could not be read; retrying in %ss",
-                                  config.erasure_poll_seconds)
 
         writer.start()
         follower = asyncio.create_task(follow_erasures())
@@ -152,6 +170,7 @@ def create_app(config: CollectorConfig) -> Starlette:
         target.state.metrics = metrics_
         target.state.writer = writer
         target.state.store = store
+        target.state.privacy = privacy
         target.state.policy = policy
         target.state.landing_uri = landing.uri("events")
     return app

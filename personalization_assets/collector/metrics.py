@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -23,6 +23,10 @@ class CollectorMetrics:
         self.request_seconds = Histogram("collector_request_seconds", "Request latency until the answer, by endpoint.",
                                          ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.objects = Counter("collector_objects_written", "Landing objects written.", registry=r)
+        self.preference_sync_failures = Counter("collector_preference_sync_failures", "Attempts to apply the suppression list "
+                                                "to the preference center's store that failed (retried every poll).", registry=r)
+        self.preference_synced = Gauge("collector_preference_synced_timestamp_seconds", "When the preference center's store "
+                                       "last applied (or found unchanged) the suppression list.", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -169,8 +169,21 @@ def _consent_message(request: Request, visitor: Visitor, categories: dict | None
                          user_agent=request.headers.get("user-agent"))
 
 
+def _unavailable(request: Request, html: bool) -> Response | None:
+    """503 until the store has applied the suppression list (and while applying it fails): an erased subject's
+    choices are never shown, nor a change recorded, from a store that does not know who is erased."""
+    state = request.app.state
+    if state.store.ready and not state.privacy.problem:
+        return None
+    exc = Refused(503, "preference_center_unavailable", "The preference center is not available right now (it has not "
+                  "read the platform's list of erased subjects yet). Try again in a minute.")
+    return _refusal(request, exc, html=html)
+
+
 async def preferences_get(request: Request) -> Response:
     state = request.app.state
+    if (busy := _unavailable(request, html=True)) is not None:
+        return busy
     try:
         _refuse_named_ids(request, set(request.query_params) - {"token"}, "the query string")
         token = request.query_params.get("token")
@@ -214,6 +227,8 @@ def _same_origin(request: Request) -> bool:
 
 async def preferences_post(request: Request):
     state = request.app.state
+    if (busy := _unavailable(request, html=False)) is not None:
+        return busy
     if not _same_origin(request):
         state.metrics.rejects.labels("cross_origin").inc()
         return JSONResponse({"code": "cross_origin", "message": "preferences can only be changed from this page"}, status_code=403,

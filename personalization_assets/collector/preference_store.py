@@ -38,11 +38,19 @@ from personalization_assets.core.tracking_plan import CONSENT_EVENT
 log = logging.getLogger("personalization.collector")
 
 KINDS = {"userId": "user", "anonymousId": "anon"}
+# pending consent events kept until the suppression list was first read (then applied); beyond this many the oldest
+# go, logged and counted: the store is a display cache, the consent ledger keeps every decision
+MAX_PENDING = 100_000
+
+
+class NewerKeyError(RuntimeError):
+    """The suppression list holds pseudonyms of a key version newer than the collector's active one."""
 _SUBJECT_RE = re.compile(r"^(user|anon):(v\d+:[0-9a-f]{64})$")
 
 
 def _instant(value) -> str | None:
-    """A message time as a sortable UTC string (microseconds), or None when it is not an ISO-8601 instant."""
+    """A message time as a sortable UTC string (microseconds), or None when it is not an ISO-8601 instant with an
+    explicit offset (ingestion quarantines a timestamp without one: `timestamp_without_offset`)."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -50,15 +58,27 @@ def _instant(value) -> str | None:
     except ValueError:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        return None
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def decided_at(message: dict) -> str | None:
     """When a consent event's decision takes effect: its timestamp, but never later than its receivedAt (the
-    ledger's consent clock: a client clock running ahead cannot push a decision past one made after it)."""
+    ledger's consent clock: a client clock running ahead cannot push a decision past one made after it). None when
+    either is present but not an instant ingestion accepts: the message is quarantined there, so not shown here."""
     received, stamped = _instant(message.get("receivedAt")), _instant(message.get("timestamp"))
+    if (message.get("timestamp") is not None and stamped is None) or (message.get("receivedAt") is not None and received is None):
+        return None
     return min(t for t in (received, stamped) if t) if received or stamped else None
+
+
+def _traits_email(message: dict):
+    """`traits.email`, else `context.traits.email` (ingestion's `trait_email` and its fallback)."""
+    for holder in (message, message.get("context") if isinstance(message.get("context"), dict) else {}):
+        traits = holder.get("traits") if isinstance(holder, dict) else None
+        if isinstance(traits, dict) and traits.get("email") is not None:
+            return traits["email"]
+    return None
 
 
 class PreferenceStore:
@@ -67,6 +87,11 @@ class PreferenceStore:
         self.chain = chain
         self._lock = threading.Lock()
         self._suppressed: set[str] = set()  # pseudonyms (active version) of erased subjects, from the last `forget`
+        # False until the suppression list was read once: consent events wait (an erased subject's new device would
+        # otherwise be recorded before the store knows they are erased)
+        self.ready = False
+        self._pending: list[dict] = []
+        self.pending_dropped = 0
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("pragma journal_mode=wal")
         self._conn.execute("pragma secure_delete=on")  # a deleted row's bytes are zeroed, not left in free pages (Debian's build
@@ -91,6 +116,18 @@ class PreferenceStore:
 
     def _subjects(self, message: dict) -> list[str]:
         return [s for field, kind in KINDS.items() if (s := self._subject(kind, message.get(field)))]
+
+    def _erased(self, message: dict) -> bool:
+        """Whether ingestion drops the message as an erased subject's: any of its identifiers on the suppression list
+        (raw/dedup.py SUBJECT_COLUMNS: userId, anonymousId, previousId, traits.email)."""
+        if not self._suppressed:
+            return False
+        values = [(message.get(f), "id") for f in ("userId", "anonymousId", "previousId")] + [(_traits_email(message), "email")]
+        for value, kind in values:
+            n = normalize(value, kind) if isinstance(value, str) else None
+            if n and self.chain.pseudonym(n) in self._suppressed:
+                return True
+        return False
 
     def _active(self, pseudonym: str) -> str | None:
         """`pseudonym` forwarded to the active key version (None: made with a version newer than the active one)."""
@@ -126,28 +163,42 @@ class PreferenceStore:
         )
 
     def observe(self, messages: list[dict]) -> None:
-        """Apply the consent events among durable messages."""
+        """Apply the consent events among durable messages (kept pending until the suppression list was read once)."""
         consent = [m for m in messages if m.get("type") == "track" and m.get("event") == CONSENT_EVENT]
         with self._lock:
-            self._conn.execute("begin")
-            try:
-                for m in consent:
-                    at = decided_at(m)
-                    if at is None:
-                        continue
-                    context = m.get("context") if isinstance(m.get("context"), dict) else {}
-                    prefs = (context.get("consent") or {}).get("categoryPreferences") if isinstance(context.get("consent"), dict) else None
-                    gpc = context.get("gpc") is True
-                    decided = effective(prefs, gpc, self.policy) if isinstance(prefs, dict) else (
-                        effective({}, gpc, self.policy) if gpc else {})
-                    for subject in self._subjects(m):
-                        if subject.split(":", 1)[1] in self._suppressed:
-                            continue  # erased: ingestion drops their events, the center keeps nothing of them
-                        self._apply(subject, decided, gpc, at)
-                self._conn.execute("commit")
-            except BaseException:
-                self._conn.execute("rollback")
-                raise
+            if not self.ready:
+                self._pending.extend(consent)
+                if len(self._pending) > MAX_PENDING:
+                    over = len(self._pending) - MAX_PENDING
+                    del self._pending[:over]
+                    self.pending_dropped += over
+                    log.error("preference store: %d consent events dropped from the display store while the suppression "
+                              "list cannot be read (the consent ledger has them)", over)
+                return
+            self._observe(consent)
+
+    def _observe(self, consent: list[dict]) -> None:
+        if not consent:
+            return
+        self._conn.execute("begin")
+        try:
+            for m in consent:
+                at = decided_at(m)
+                if at is None:
+                    continue
+                context = m.get("context") if isinstance(m.get("context"), dict) else {}
+                prefs = (context.get("consent") or {}).get("categoryPreferences") if isinstance(context.get("consent"), dict) else None
+                gpc = context.get("gpc") is True
+                decided = effective(prefs, gpc, self.policy) if isinstance(prefs, dict) else (
+                    effective({}, gpc, self.policy) if gpc else {})
+                if self._erased(m):
+                    continue  # ingestion drops the whole message (any identifier erased): the center keeps nothing
+                for subject in self._subjects(m):
+                    self._apply(subject, decided, gpc, at)
+            self._conn.execute("commit")
+        except BaseException:
+            self._conn.execute("rollback")
+            raise
 
     def current(self, user_id: str | None, anonymous_id: str | None) -> tuple[dict[str, str], bool]:
         """({purpose: granted|denied}, gpc) for the visitor: the user id's record, else the anonymous id's."""
@@ -197,24 +248,42 @@ class PreferenceStore:
     # --- erasure ------------------------------------------------------------------------------------------------
 
     def forget(self, identifiers: set[str]) -> int:
-        """Delete the rows of every identifier on the suppression list (`identifiers`: its pseudonyms, any key
-        version) and refuse their later consent events. Returns the rows deleted."""
+        """Delete the rows of every identifier on the suppression list (`identifiers`: its pseudonyms, any key version
+        up to the active one) and refuse their later consent events; the first call also applies the consent events
+        kept pending until then. Returns the rows deleted. Raises NewerKeyError, changing nothing, when the list was
+        re-keyed to a version newer than the collector's keys (its pseudonyms would match nobody here)."""
+        newer = sorted({m.group(1) for i in identifiers if i and (m := PSEUDONYM_RE.match(i))
+                        and int(m.group(1)) > int(self.chain.active)}, key=int)
+        if newer:
+            raise NewerKeyError(
+                f"the suppression list holds pseudonyms of key version {newer[-1]}, newer than this collector's active "
+                f"version {self.chain.active}. Fix: restart the collector with the platform's key map "
+                "(PERSONALIZATION_PSEUDONYM_KEYS and PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION as the platform's); until "
+                "then it keeps refusing the subjects of the list it read before.")
         wanted = {a for i in identifiers if i and (a := self._active(i))}
         with self._lock:
             self._suppressed = wanted
-            if not wanted:
-                return 0
-            doomed = [s for (s,) in self._conn.execute("select subject from choices") if s.split(":", 1)[1] in wanted]
-            if doomed:
-                self._conn.execute("begin")
-                try:
-                    self._conn.executemany("delete from choices where subject = ?", [(s,) for s in doomed])
-                    self._conn.execute("commit")
-                except BaseException:
-                    self._conn.execute("rollback")
-                    raise
-                self._conn.execute("pragma wal_checkpoint(truncate)")  # the deleted rows leave the write-ahead log too
-            return len(doomed)
+            deleted = self._delete_subjects(wanted)
+            if not self.ready:
+                self.ready = True
+                pending, self._pending = self._pending, []
+                self._observe(pending)
+            return deleted
+
+    def _delete_subjects(self, wanted: set[str]) -> int:
+        if not wanted:
+            return 0
+        doomed = [s for (s,) in self._conn.execute("select subject from choices") if s.split(":", 1)[1] in wanted]
+        if doomed:
+            self._conn.execute("begin")
+            try:
+                self._conn.executemany("delete from choices where subject = ?", [(s,) for s in doomed])
+                self._conn.execute("commit")
+            except BaseException:
+                self._conn.execute("rollback")
+                raise
+            self._conn.execute("pragma wal_checkpoint(truncate)")  # the deleted rows leave the write-ahead log too
+        return len(doomed)
 
     # --- the store before pseudonyms --------------------------------------------------------------------------
 
@@ -247,23 +316,31 @@ class PreferenceStore:
 
 
 class SuppressionFeed:
-    """The suppression list as the collector sees it: `poll` reads it when its fingerprint changed since the last
-    read (a listing, no data read otherwise), records the read in the access audit log first, and returns its
-    identifiers; None when unchanged."""
+    """The suppression list as the collector sees it: `sync` reads it when its fingerprint changed since the last
+    list it applied (a listing, no data read otherwise), records the read in the access audit log first, and hands
+    its identifiers to `apply`; the list counts as applied only once `apply` returned, so a failure is retried at
+    the next sync."""
 
     def __init__(self, lake, record_read: Callable[[], None]):
         self.lake = lake
         self.record_read = record_read
-        self._seen: dict | None = None
+        self._applied: dict | None = None
+        self.applied_at: float | None = None  # when a list was last applied (or found unchanged): time.time()
 
-    def poll(self) -> set[str] | None:
+    def sync(self, apply: Callable[[set[str]], object]) -> bool:
+        """Apply the list if it changed; returns whether it did."""
+        import time
+
         now = dict(self.lake.partition_fingerprints("privacy", "suppression_list"))
-        if now == self._seen:
-            return None
+        if now == self._applied:
+            self.applied_at = time.time()
+            return False
         ids: set[str] = set()
         if now:
             self.record_read()
             table = self.lake.read_table("privacy", "suppression_list", columns=["identifier"])
             ids = {i for i in table["identifier"].to_pylist() if i}
-        self._seen = now
-        return ids
+        apply(ids)
+        self._applied = now
+        self.applied_at = time.time()
+        return True

@@ -82,7 +82,9 @@ def wait_healthy(c: Collector, timeout: float = 60) -> None:
         if c.proc.poll() is not None:
             raise AssertionError(f"collector exited with {c.proc.returncode}:\n{c.log.read_text()[-3000:]}")
         try:
-            if requests.get(c.url + "/health", timeout=1).status_code == 200:
+            answer = requests.get(c.url + "/health", timeout=1)
+            # the tracking API is up at 200; the preference center once its store read the suppression list
+            if answer.status_code == 200 and answer.json().get("preference_center") == "ready":
                 return
         except requests.RequestException:
             pass

@@ -142,6 +142,7 @@ DENY_P = {**ALL_GRANTED, "personalization": False}
 
 def test_the_store_orders_decisions_by_time_not_arrival(tmp_path):
     store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), _chain("1"))
+    store.forget(set())  # the suppression list read (empty): the store records from now on
     store.observe([_consent("u", T0 + timedelta(minutes=10), DENY_P)])
     store.observe([_consent("u", T0, ALL_GRANTED)])  # older, arrives late: changes nothing
     assert store.current("u", None)[0]["personalization"] == "denied"
@@ -177,6 +178,7 @@ def test_a_store_of_raw_ids_is_pseudonymized_when_opened_and_a_rotation_keeps_it
 
     # the key rotates (version 2 active): the row is forwarded along the chain, no raw id needed
     store = PreferenceStore(path, get_policy(), _chain("1", "2"))
+    store.forget(set())
     assert store.current("jane.raw@example.com", None)[0] == {"personalization": "granted"}
     v1 = _chain("1").pseudonym(normalize("jane.raw@example.com", "id"))
     assert store.forget({v1}) == 1  # a suppression list still under the old version reaches it too
@@ -184,3 +186,115 @@ def test_a_store_of_raw_ids_is_pseudonymized_when_opened_and_a_rotation_keeps_it
     store.observe([_consent("jane.raw@example.com", T0 + timedelta(days=1), ALL_GRANTED)])
     assert store.current("jane.raw@example.com", None) == ({}, False)  # erased: not recorded again
     store.close()
+
+
+def test_a_message_ingestion_drops_as_an_erased_subjects_is_not_recorded_under_any_of_its_ids(tmp_path):
+    """Ingestion drops a whole message when any of its identifiers is erased (userId, anonymousId, previousId,
+    traits.email). The store skipped only the erased id: an erased user's new device, or a new device sending the
+    erased email in context.traits, got a row no erasure would ever reach (ingestion never links that device)."""
+    chain = _chain("1")
+    store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), chain)
+    erased_user, erased_email = chain.pseudonym(normalize("gone", "id")), chain.pseudonym(normalize("Gone@Example.com", "email"))
+    store.forget({erased_user, erased_email})
+    new_device = {**_consent("gone", T0, ALL_GRANTED), "anonymousId": "fresh-device"}
+    by_email = {**_consent("x", T0, ALL_GRANTED), "anonymousId": "other-device"}
+    del by_email["userId"]
+    by_email["context"]["traits"] = {"email": " gone@example.com "}
+    previous = {**_consent("y", T0, ALL_GRANTED), "anonymousId": "third-device", "previousId": "gone"}
+    store.observe([new_device, by_email, previous, _consent("kept", T0, ALL_GRANTED)])
+    for anon in ("fresh-device", "other-device", "third-device"):
+        assert store.current(None, anon) == ({}, False), anon
+    assert store.current("y", None) == ({}, False)
+    assert store.current("kept", None)[0]["personalization"] == "granted"
+    # a timestamp ingestion quarantines (no offset) is not shown either
+    store.observe([{**_consent("naive", T0, ALL_GRANTED), "timestamp": "2026-12-01T11:00:00"}])
+    assert store.current("naive", None) == ({}, False)
+    store.close()
+
+
+def test_consent_events_wait_until_the_list_was_read_and_a_failed_apply_is_retried(tmp_path):
+    """Before the suppression list was read the store does not know who is erased: consent events wait (then apply,
+    the erased ones skipped). A sync whose apply failed (a locked store, a storage error) is retried at the next one:
+    the feed counted the list as seen before applying it, so a failure left erased subjects shown until a restart."""
+    import pyarrow as pa
+
+    from personalization_assets.collector.preference_store import SuppressionFeed
+    from personalization_assets.core.storage import LakeStorage
+    from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
+
+    chain = _chain("1")
+    store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), chain)
+    store.observe([_consent("gone", T0, ALL_GRANTED), _consent("kept", T0, ALL_GRANTED)])
+    assert not store.ready and store.current("kept", None) == ({}, False)
+    lake = LakeStorage(url=str(tmp_path / "lake"), lock_dir=str(tmp_path / "locks"))
+    lake.write_table("privacy", "suppression_list", pa.Table.from_pylist(
+        [{"request_id": "r", "identifier": chain.pseudonym("gone"), "identifier_kind": "user", "requested_at": T0}],
+        schema=SUPPRESSION_SCHEMA))
+    reads = []
+    feed = SuppressionFeed(lake, lambda: reads.append(1))
+
+    def failing(ids):
+        raise OSError("database is locked")
+
+    try:
+        feed.sync(failing)
+    except OSError:
+        pass
+    assert not store.ready
+    assert feed.sync(store.forget) is True  # the same list, applied now
+    assert store.current("gone", None) == ({}, False) and store.current("kept", None)[0]["personalization"] == "granted"
+    assert feed.sync(store.forget) is False and len(reads) == 2  # unchanged: listed, not read again
+    store.close()
+
+
+def test_a_list_rekeyed_past_the_collectors_keys_is_refused_and_the_old_refusals_stay(tmp_path):
+    """The rotation job re-keys the suppression list; a collector still on the old key map cannot match those
+    pseudonyms: applying them would empty its refusals and record erased subjects again."""
+    import pytest
+
+    from personalization_assets.collector.preference_store import NewerKeyError
+
+    old = _chain("1")
+    store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), old)
+    store.forget({old.pseudonym("gone")})
+    with pytest.raises(NewerKeyError, match="PERSONALIZATION_PSEUDONYM_KEYS"):
+        store.forget({_chain("1", "2").pseudonym("gone")})
+    store.observe([_consent("gone", T0, ALL_GRANTED)])
+    assert store.current("gone", None) == ({}, False)
+    store.close()
+
+
+def test_events_are_collected_while_the_lake_cannot_be_read_and_the_center_waits_for_it(data_dir, tmp_path):
+    """The store's reads of the lake never stop the collection of events: with an unreadable suppression list the
+    tracking API answers 200, /health says what the center waits for, the center answers 503, and the consent events
+    received meanwhile are applied once the list can be read."""
+    lake_list = data_dir / "lake" / "privacy" / "suppression_list"
+    lake_list.mkdir(parents=True)
+    (lake_list / "data.parquet").write_bytes(b"not parquet at all")
+    c = start_collector(tmp_path / "collector.log", wait=False,
+                        extra_env={"PERSONALIZATION_COLLECTOR_ERASURE_POLL_SECONDS": "1"})
+    try:
+        assert _wait(lambda: _health(c) is not None and "waiting" in _health(c)["preference_center"]), c.log.read_text()[-2000:]
+        client = SegmentClient(write_key=WRITE_KEY, host=c.url, upload_size=10, upload_interval=0.05, max_retries=3)
+        client.track(user_id="meanwhile", event=CONSENT_EVENT, context={"consent": {"categoryPreferences": ALL_GRANTED}},
+                     message_id="meanwhile-cmp")
+        client.flush()
+        client.shutdown()
+        assert any(p.name.endswith(".jsonl.gz") for p in (data_dir / "landing" / "events").rglob("*"))  # collected
+        page = requests.get(c.url + "/privacy/preferences", timeout=10)
+        assert page.status_code == 503 and "not available" in page.text
+        assert c.metrics()["collector_preference_sync_failures_total"] >= 1
+
+        (lake_list / "data.parquet").unlink()  # the list readable again (none yet)
+        assert _wait(lambda: (_health(c) or {}).get("preference_center") == "ready"), c.log.read_text()[-2000:]
+        assert stored_choices(data_dir / "collector", data_dir)["user:meanwhile"][0]["personalization"] == "granted"
+        assert requests.get(c.url + "/privacy/preferences", timeout=10).status_code == 200
+    finally:
+        c.stop()
+
+
+def _health(c) -> dict | None:
+    try:
+        return requests.get(c.url + "/health", timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return None
