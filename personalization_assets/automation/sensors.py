@@ -54,9 +54,14 @@ def files_digest(files: list[FileInfo]) -> str:
     return h.hexdigest()[:20]
 
 
+EMPTY_DIGEST = files_digest([])  # a reference source without a file
+
+
 def landing_state(landing: LandingZone, valid_partitions=None, events_layout: str = "auto") -> dict[str, dict[str, str]]:
     """Digest of the landing objects: the events side as one (ingestion reads only the objects its manifest
-    lacks, and files each message under its own receivedAt hour) and each reference source."""
+    lacks, and files each message under its own receivedAt hour) and each reference source — an empty one too
+    (`EMPTY_DIGEST`): a source whose last file left the landing zone (its 30-day lifecycle) must be ingested again,
+    to an empty table, or its raw snapshot (CRM contacts, requests) would be kept for ever."""
     from personalization_assets.raw.layouts import list_landing, plan_landing
 
     plan = plan_landing(list_landing(landing), events_layout)
@@ -64,8 +69,8 @@ def landing_state(landing: LandingZone, valid_partitions=None, events_layout: st
     sources, newest_sources = {}, {}
     for directory in REFERENCE_SOURCES:
         files = list(plan.reference.get(directory, [])) + [r.obj for r in plan.rejected if r.source == directory]
+        sources[directory] = files_digest(files)
         if files:
-            sources[directory] = files_digest(files)
             newest_sources[directory] = max(f.mtime_ns for f in files)
     return {
         "events": {EVENTS_STATE: files_digest(event_side)} if event_side else {},
@@ -113,13 +118,22 @@ def run_requests_for(state: dict, previous: dict, instance=None, with_followers:
                                           tags={**(tags or {}), DIGEST_TAG: tag, "personalization/trigger": "landing",
                                                 **({STREAMING_TAG: "1"} if with_followers else {})}))
     for directory, digest in state["sources"].items():
-        if previous.get("sources", {}).get(directory) == digest:
-            continue
-        tag = f"{directory}:{digest}"
-        if instance is not None and _already_requested(instance, tag):
+        before = previous.get("sources", {}).get(directory)
+        if before == digest:
             continue
         table = REFERENCE_SOURCES[directory]
-        if (instance is not None and directory not in previous.get("sources", {})
+        if digest == EMPTY_DIGEST:
+            # the source's last file is gone: its table is rebuilt empty. Seen go (files before): a run per emptying;
+            # no digest before (a fresh cursor, the schedule backstop, a cursor from before empty sources were
+            # digested): only if the table was ever built, once per tag
+            if before is None and not (instance is not None and _materialized_after_files(instance, None, 0, dg.AssetKey(["raw", table]))):
+                continue
+            tag = f"{directory}:{digest}" + (f":after:{before}" if before else "")
+        else:
+            tag = f"{directory}:{digest}"
+        if instance is not None and _already_requested(instance, tag):
+            continue
+        if (digest != EMPTY_DIGEST and instance is not None and before is None
                 and _materialized_after_files(instance, None, state.get("newest_sources_ns", {}).get(directory, 0), dg.AssetKey(["raw", table]))):
             continue
         requests.append(

@@ -212,3 +212,58 @@ def test_live_runs_beyond_the_listing_limit_count_as_writing_the_carried_assets(
             instance.create_run_for_job(job_def=job, asset_selection=frozenset(_keys(INGEST)))
         assert not _live_run_touches(instance, keys, limit=4)
         assert _live_run_touches(instance, keys, limit=3)
+
+
+CRM_HEADER = "user_id,email,phone,first_name,last_name,country,birth_date,signup_at,plan,updated_at\n"
+CRM_ROW = "u-1,jane@example.com,+4915112345678,Jane,Doe,DE,1990-01-01,2026-01-01T00:00:00Z,free,2026-11-01T00:00:00Z\n"
+
+
+def test_a_reference_source_whose_last_file_left_the_landing_zone_is_ingested_again_to_an_empty_table(landing):
+    """The landing zone expires a CRM export after 30 days; the raw snapshot (names, emails, phones) is rebuilt from the
+    files there are. The sensor requested a reference source only when its digest changed and digested only sources
+    with files: once the last export was gone nothing ever rebuilt raw/crm_profiles, and S3 no longer expires it by
+    age (retention.yaml expire_prefixes), so the contacts were kept for ever."""
+    import duckdb
+
+    from tests.helpers import materialize
+
+    crm = landing / "crm"
+    crm.mkdir()
+    (crm / "export-1.csv").write_text(CRM_HEADER + CRM_ROW)
+    defs = defs_for_env()
+    lake = defs.resources["lake"]
+
+    def rows() -> int:
+        con = duckdb.connect()
+        lake.register(con, "crm", "raw", "crm_profiles")
+        return con.execute("select count(*) from crm").fetchone()[0]
+
+    with dg.instance_for_test() as instance:
+        first, cursor = _tick(defs, instance)
+        assert [_selection(r) for r in first] == [("raw/crm_profiles", "raw/crm_profiles_quarantine")]  # no catalog, no requests
+        materialize(defs, "key:raw/crm_profiles", instance=instance)
+        assert rows() == 1
+        (crm / "export-1.csv").unlink()  # expired by the landing zone's lifecycle
+        emptied, cursor = _tick(defs, instance, cursor)
+        assert [_selection(r) for r in emptied] == [("raw/crm_profiles", "raw/crm_profiles_quarantine")]
+        materialize(defs, "key:raw/crm_profiles", instance=instance)
+        assert rows() == 0
+        assert _tick(defs, instance, cursor)[0] == []
+        # the schedule backstop (no cursor) asks once for the emptied source the table was built from, then never again
+        backstop = run_requests_backstop(defs, instance)
+        assert [_selection(r) for r in backstop] == [("raw/crm_profiles", "raw/crm_profiles_quarantine")]
+        job = defs.resolve_implicit_global_asset_job_def()
+        instance.create_run_for_job(job_def=job, tags=backstop[0].tags, asset_selection=frozenset(backstop[0].asset_selection))
+        assert run_requests_backstop(defs, instance) == []
+        # a new export, then it expires too: one more run each time (a run key of its own, not the first emptying's)
+        (crm / "export-2.csv").write_text(CRM_HEADER + CRM_ROW)
+        arrived, cursor = _tick(defs, instance, cursor)
+        (crm / "export-2.csv").unlink()
+        again, _ = _tick(defs, instance, cursor)
+        assert len(arrived) == len(again) == 1 and again[0].run_key not in {emptied[0].run_key, arrived[0].run_key}
+
+
+def run_requests_backstop(defs, instance):
+    from personalization_assets.automation.sensors import landing_state, run_requests_for
+
+    return [r for r in run_requests_for(landing_state(defs.resources["landing"]), {}, instance) if "crm" in r.run_key]
