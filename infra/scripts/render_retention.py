@@ -146,6 +146,8 @@ def parse_tiers(doc: dict, source: str = "retention.yaml") -> list[Tier]:
                 f"{where}.expire_prefixes={subs!r}; expected a list of relative prefixes ending with '/' "
                 "(the tables whose objects S3 expires by age), or [] for none"
             )
+        elif len(set(subs)) != len(subs):
+            raise PolicyError(f"{where}.expire_prefixes={subs!r} names a prefix twice (S3 refuses two rules with one id)")
         else:
             expire = tuple(prefix + x for x in subs)
         lock = spec.get("object_lock")

@@ -386,6 +386,9 @@ def test_generator_refuses_nested_tier_longer_than_parent(policy):
     changed["tiers"]["raw"]["expire_prefixes"] = ["events"]
     with pytest.raises(generator.PolicyError, match="expire_prefixes"):
         generator.parse_tiers(changed)
+    changed["tiers"]["raw"]["expire_prefixes"] = ["events/", "events/"]
+    with pytest.raises(generator.PolicyError, match="twice"):
+        generator.parse_tiers(changed)
     del changed["tiers"]["raw"]["expire_prefixes"]  # the whole raw/ tier expires by age
     with pytest.raises(generator.PolicyError, match="nested"):
         generator.parse_tiers(changed)
