@@ -65,15 +65,16 @@ def test_crm_and_catalog_hidden_names_are_read_or_quarantined(landing):
 def test_landing_sensor_sees_every_reference_object(landing):
     """A privacy request dropped as `_x.jsonl` (or any object the reference asset would quarantine) changes the
     landing digest, so the arrival sensor requests the run that reads it."""
-    from personalization_assets.automation.sensors import landing_state
+    from personalization_assets.automation.sensors import EMPTY_DIGEST, landing_state
     from personalization_assets.core.storage import LandingZone
 
     zone = LandingZone(url=str(landing))
-    assert landing_state(zone)["sources"] == {}
+    # every source has a digest, an empty one too (its last file gone, its table must be rebuilt empty)
+    assert landing_state(zone)["sources"] == dict.fromkeys(("crm", "catalog", "privacy_requests"), EMPTY_DIGEST)
     (landing / "privacy_requests").mkdir()
     (landing / "privacy_requests" / "_x.jsonl").write_text(_request("r1", "a@x.example"))
     first = landing_state(zone)["sources"]
-    assert set(first) == {"privacy_requests"}
+    assert {k for k, v in first.items() if v != EMPTY_DIGEST} == {"privacy_requests"}
     (landing / "privacy_requests" / ".DS_Store").write_bytes(b"junk")
     assert landing_state(zone)["sources"]["privacy_requests"] != first["privacy_requests"]
 
