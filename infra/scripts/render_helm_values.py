@@ -9,11 +9,20 @@ and refuses to write a file that still contains a placeholder.
     terraform -chdir=infra/terraform/environments/prod output -json deployment_settings > settings.json
     python infra/scripts/render_helm_values.py --settings settings.json --image-tag "$GIT_SHA" -o values.env.yaml
     helm upgrade --install dagster dagster/dagster --version 1.13.27 -n dagster -f values.env.yaml
+
+With --collector-output it also renders the event collector's manifests (infra/helm/collector.yaml): the image, the
+buckets, the Object Lock mode and the active pseudonymization key version are copied from the code location just
+rendered (one source: they cannot drift apart), plus its IRSA role and the VPC CIDR its proxy-header trust is limited to:
+
+    python infra/scripts/render_helm_values.py --settings settings.json --image-tag "$GIT_SHA" -o values.env.yaml \
+        --collector-output collector.env.yaml
+    kubectl apply -f collector.env.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import sys
@@ -24,6 +33,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_VALUES = REPO_ROOT / "infra" / "helm" / "values.yaml"
+COLLECTOR_MANIFEST = REPO_ROOT / "infra" / "helm" / "collector.yaml"
 PLACEHOLDER = "REPLACE_ME"
 DEPLOYMENT_NAME = "personalization"
 
@@ -44,6 +54,23 @@ REQUIRED_SETTINGS = (
     "snowflake_warehouse",
     "snowflake_database",
     "snowflake_schema",
+)
+# What the collector manifest needs besides the rendered values (terraform output deployment_settings).
+COLLECTOR_REQUIRED_SETTINGS = (
+    "collector_role_arn",
+    "collector_service_account_name",
+    "vpc_cidr",
+)
+COLLECTOR_NAME = "personalization-collector"
+COLLECTOR_CONTAINER = "collector"
+# The collector sees the platform as the code location does: these come from its rendered env, never twice.
+SHARED_WITH_CODE_LOCATION = (
+    "PERSONALIZATION_LANDING_URL",
+    "PERSONALIZATION_LAKE_URL",
+    "PERSONALIZATION_LEDGER_URL",
+    "PERSONALIZATION_LEDGER_OBJECT_LOCK",
+    "PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION",
+    "AWS_REGION",
 )
 # Immutable, traceable tags only (git sha, semver); never "latest".
 TAG_PATTERN = re.compile(r"^(?!latest$)[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -124,6 +151,71 @@ def render(base: dict, settings: dict, image_tag: str) -> dict:
     return values
 
 
+def _one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d.get("kind") == kind and d.get("metadata", {}).get("name") == name]
+    if len(found) != 1:
+        raise RenderError(f"the collector manifest must define exactly one {kind} named {name!r}")
+    return found[0]
+
+
+def render_collector(docs: list[dict], values: dict, settings: dict) -> list[dict]:
+    """The collector manifests (collector.yaml) for one environment. `values` are the Helm values `render` returned:
+    the collector gets the code location's image and platform settings (SHARED_WITH_CODE_LOCATION) from them."""
+    missing = [key for key in COLLECTOR_REQUIRED_SETTINGS if settings.get(key) in (None, "")]
+    if missing:
+        raise RenderError(
+            f"settings lack {', '.join(missing)} for the collector (terraform output -json deployment_settings)"
+        )
+    try:
+        cidr = ipaddress.ip_network(str(settings["vpc_cidr"]))
+    except ValueError:
+        raise RenderError(f"vpc_cidr={settings['vpc_cidr']!r} is not a CIDR block") from None
+    if cidr.prefixlen == 0:
+        raise RenderError("vpc_cidr must be the VPC's block: trusting 0.0.0.0/0 lets any client forge its address")
+    if not str(settings["collector_role_arn"]).startswith("arn:"):
+        raise RenderError(f"collector_role_arn={settings['collector_role_arn']!r} is not an IAM role ARN")
+    left = placeholders(values)
+    if left:
+        raise RenderError(f"render the Helm values first: placeholders left in them: {', '.join(left)}")
+    code = [d for d in values["dagster-user-deployments"]["deployments"] if d.get("name") == DEPLOYMENT_NAME]
+    if len(code) != 1:
+        raise RenderError(f"values must define exactly one user deployment named {DEPLOYMENT_NAME!r}")
+    image, code_env = code[0]["image"], code[0]["env"]
+    absent = [name for name in SHARED_WITH_CODE_LOCATION if code_env.get(name) in (None, "")]
+    if absent:
+        raise RenderError(f"the code location sets no {', '.join(absent)}: the collector must see the same platform")
+
+    docs = json.loads(json.dumps(docs))  # deep copy
+    account = _one(docs, "ServiceAccount", COLLECTOR_NAME)
+    if settings["collector_service_account_name"] != account["metadata"]["name"]:
+        raise RenderError(
+            f"the collector role trusts service account {settings['collector_service_account_name']!r}, "
+            f"but collector.yaml names it {account['metadata']['name']!r}"
+        )
+    account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] = settings["collector_role_arn"]
+    statefulset = _one(docs, "StatefulSet", COLLECTOR_NAME)
+    containers = [c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == COLLECTOR_CONTAINER]
+    if len(containers) != 1:
+        raise RenderError(f"the collector StatefulSet must have one container named {COLLECTOR_CONTAINER!r}")
+    container = containers[0]
+    container["image"] = f"{image['repository']}:{image['tag']}"
+    container["imagePullPolicy"] = image.get("pullPolicy", container.get("imagePullPolicy"))
+    wanted = {name: str(code_env[name]) for name in SHARED_WITH_CODE_LOCATION}
+    wanted["FORWARDED_ALLOW_IPS"] = str(cidr)
+    for entry in container["env"]:
+        if entry["name"] in wanted:
+            if "value" not in entry:
+                raise RenderError(f"the collector's {entry['name']} must be a plain value, not {sorted(entry)}")
+            entry["value"] = wanted.pop(entry["name"])
+    if wanted:
+        raise RenderError(f"the collector container has no env entry {', '.join(sorted(wanted))}")
+
+    left = placeholders(docs)
+    if left:
+        raise RenderError(f"placeholders left in the collector manifest: {', '.join(left)}")
+    return docs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -139,12 +231,24 @@ def main(argv: list[str] | None = None) -> int:
         "--values", type=Path, default=BASE_VALUES, help="base values file"
     )
     parser.add_argument("-o", "--output", required=True, type=Path)
+    parser.add_argument(
+        "--collector-output",
+        type=Path,
+        help="also render the event collector's manifests (infra/helm/collector.yaml) to this file",
+    )
+    parser.add_argument(
+        "--collector-manifest", type=Path, default=COLLECTOR_MANIFEST, help="base collector manifests"
+    )
     args = parser.parse_args(argv)
     try:
         base = yaml.safe_load(args.values.read_text(encoding="utf-8"))
         settings = json.loads(args.settings.read_text(encoding="utf-8"))
         rendered = render(base, settings, args.image_tag)
-    except (RenderError, OSError, json.JSONDecodeError) as exc:
+        collector = None
+        if args.collector_output:
+            docs = [d for d in yaml.safe_load_all(args.collector_manifest.read_text(encoding="utf-8")) if d]
+            collector = render_collector(docs, rendered, settings)
+    except (RenderError, OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.output.write_text(
@@ -153,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         encoding="utf-8",
     )
     print(f"wrote {args.output}")
+    if collector is not None:
+        args.collector_output.write_text(
+            "# Rendered by infra/scripts/render_helm_values.py from infra/helm/collector.yaml; do not edit, re-render instead.\n"
+            + yaml.safe_dump_all(collector, sort_keys=False, default_flow_style=False),
+            encoding="utf-8",
+        )
+        print(f"wrote {args.collector_output}")
     return 0
 
 

@@ -18,6 +18,8 @@ from .conftest import INFRA, REPO_ROOT, require_tool
 
 GATE_COMMAND = ["-d", "infra", "--skip-download", "--quiet", "--compact", "-o", "json"]
 SKIP_PATTERN = re.compile(r"#\s*checkov:skip=(CKV\w*_\d+):?(.*)")
+# Kubernetes manifests cannot carry skip comments: checkov reads `checkov.io/skip<N>: "<CHECK>=<reason>"` annotations
+ANNOTATION_SKIP_PATTERN = re.compile(r"checkov\.io/skip\d+:\s*[\"']?(CKV\w*_\d+)=([^\"']*)")
 MIN_REASON_CHARS = 40
 
 
@@ -95,14 +97,15 @@ def test_every_skip_is_justified_in_place(checkov):
     for check in skipped:
         reason = (check.get("suppress_comment") or "").strip()
         if not reason:
-            # checkov does not report the comment text for every framework (Dockerfiles): read it from
-            # the suppression comment in the scanned file.
-            source = INFRA / check["file_path"].lstrip("/")
+            # checkov does not report the comment text for every framework (Dockerfiles, Kubernetes
+            # annotations): read it from the suppression comment or annotation in the scanned file (its path is
+            # relative to infra/, or to the repository for Kubernetes manifests).
+            relative = check["file_path"].lstrip("/")
+            source = INFRA / relative if (INFRA / relative).is_file() else REPO_ROOT / relative
             reasons = [
                 m.group(2).strip()
-                for m in map(
-                    SKIP_PATTERN.search, source.read_text(encoding="utf-8").splitlines()
-                )
+                for line in source.read_text(encoding="utf-8").splitlines()
+                for m in (SKIP_PATTERN.search(line), ANNOTATION_SKIP_PATTERN.search(line))
                 if m and m.group(1) == check["check_id"]
             ]
             reason = reasons[0] if reasons else ""
@@ -123,7 +126,7 @@ def test_skip_comments_in_sources_all_have_reasons():
         for number, line in enumerate(
             path.read_text(encoding="utf-8", errors="ignore").splitlines(), 1
         ):
-            match = SKIP_PATTERN.search(line)
+            match = SKIP_PATTERN.search(line) or ANNOTATION_SKIP_PATTERN.search(line)
             if match:
                 found += 1
                 assert len(match.group(2).strip()) >= MIN_REASON_CHARS, (

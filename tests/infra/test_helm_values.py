@@ -33,6 +33,10 @@ SETTINGS = {
     "snowflake_warehouse": "PERSONALIZATION_PIPELINE_WH",
     "snowflake_database": "PERSONALIZATION",
     "snowflake_schema": "CONSENTED",
+    # the event collector (infra/helm/collector.yaml)
+    "collector_role_arn": "arn:aws:iam::123456789012:role/personalization-prod-collector",
+    "collector_service_account_name": "personalization-collector",
+    "vpc_cidr": "10.40.0.0/16",
 }
 
 
@@ -331,43 +335,52 @@ def test_terraform_outputs_every_setting_the_renderer_needs(renderer):
         name: body for block in env.get("output", []) for name, body in block.items()
     }
     settings_expr = outputs["deployment_settings"]["value"]
-    assert set(renderer.REQUIRED_SETTINGS) <= set(settings_expr), sorted(
-        set(renderer.REQUIRED_SETTINGS) - set(settings_expr)
-    )
+    needed = set(renderer.REQUIRED_SETTINGS) | set(renderer.COLLECTOR_REQUIRED_SETTINGS)
+    assert needed <= set(settings_expr), sorted(needed - set(settings_expr))
+    assert set(SETTINGS) == set(settings_expr), "SETTINGS above must mirror the Terraform output"
 
 
-def test_external_secrets_template_renders_to_valid_manifests():
-    template = (INFRA / "helm" / "external-secrets.yaml.tftpl").read_text()
-    variables = {
-        "namespace": "dagster",
-        "aws_region": "eu-west-1",
-        "run_service_account": "personalization-runs",
-        "postgres_sync_service_account": "dagster-db-secret-reader",
-        "db_secret_reader_role_arn": "arn:aws:iam::123456789012:role/x",
-        "postgres_password_secret_name": "personalization-prod/dagster-postgres-password",
-        "pseudonym_keys_secret_name": "personalization-prod/pseudonym-keys",
-        "snowflake_secret_name": "personalization-prod/snowflake",
-    }
-    rendered = template
-    for key, value in variables.items():
-        rendered = rendered.replace("${" + key + "}", value)
-    assert "${" not in rendered, (
-        "template uses a variable the test (and outputs.tf) does not pass"
-    )
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    targets = {
-        d["spec"]["target"]["name"] for d in docs if d["kind"] == "ExternalSecret"
-    }
-    values = yaml.safe_load(VALUES.read_text())
-    wanted = {s["name"] for s in _deployment(values)["envSecrets"]} | {
-        values["global"]["postgresqlSecretName"]
-    }
-    assert targets == wanted
-    env = load_module(TERRAFORM / "environments" / "example")
-    outputs = {
-        name: body for block in env.get("output", []) for name, body in block.items()
-    }
-    passed = outputs["external_secrets_manifest"]["value"]
-    passed_keys = set(re.findall(r"[{,]\s*(\w+)\s*=", passed.split("{", 2)[-1]))
-    template_keys = set(re.findall(r"\$\{(\w+)\}", template))
-    assert template_keys == passed_keys == set(variables), (template_keys, passed_keys)
+def test_render_writes_the_collector_manifests(renderer, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(SETTINGS))
+    out, collector = tmp_path / "values.env.yaml", tmp_path / "collector.env.yaml"
+    argv = ["--settings", str(settings), "--image-tag", "3f2c1ab", "-o", str(out)]
+    assert renderer.main(argv + ["--collector-output", str(collector)]) == 0
+    docs = [d for d in yaml.safe_load_all(collector.read_text()) if d]
+    assert renderer.placeholders(docs) == []
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == SETTINGS["collector_role_arn"]
+    assert "REPLACE_ME" not in collector.read_text()
+    # a settings file from before the collector existed: the values render, the collector is refused
+    old = {k: v for k, v in SETTINGS.items() if k not in ("collector_role_arn", "vpc_cidr")}
+    settings.write_text(json.dumps(old))
+    assert renderer.main(argv) == 0
+    assert renderer.main(argv + ["--collector-output", str(tmp_path / "c2.yaml")]) == 2
+    assert not (tmp_path / "c2.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"collector_role_arn": ""}, "collector_role_arn"),
+        ({"collector_role_arn": "personalization-prod-collector"}, "not an IAM role ARN"),
+        ({"collector_service_account_name": "someone-else"}, "trusts service account"),
+        ({"vpc_cidr": "0.0.0.0/0"}, "forge"),
+    ],
+)
+def test_render_collector_refuses_bad_settings(values, renderer, change, message):
+    docs = [d for d in yaml.safe_load_all((INFRA / "helm" / "collector.yaml").read_text()) if d]
+    rendered = renderer.render(values, SETTINGS, "3f2c1ab")
+    with pytest.raises(renderer.RenderError, match=message):
+        renderer.render_collector(docs, rendered, {**SETTINGS, **change})
+
+
+def test_render_collector_needs_the_rendered_values(values, renderer):
+    """The collector copies the code location's image and platform settings: from unrendered values it refuses."""
+    docs = [d for d in yaml.safe_load_all((INFRA / "helm" / "collector.yaml").read_text()) if d]
+    with pytest.raises(renderer.RenderError, match="render the Helm values first"):
+        renderer.render_collector(docs, values, SETTINGS)
+    rendered = renderer.render(values, SETTINGS, "3f2c1ab")
+    del rendered["dagster-user-deployments"]["deployments"][0]["env"]["PERSONALIZATION_LEDGER_URL"]
+    with pytest.raises(renderer.RenderError, match="PERSONALIZATION_LEDGER_URL"):
+        renderer.render_collector(docs, rendered, SETTINGS)

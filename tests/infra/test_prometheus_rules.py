@@ -167,3 +167,68 @@ def test_every_topic_has_an_alert_with_documented_threshold(rules):
         assert alert["alert"] in readme, (
             f"{alert['alert']} is not documented in infra/monitoring/README.md"
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# the event collector's metrics: scraped from its pod, a contract with collector/metrics.py itself
+# ------------------------------------------------------------------------------------------------
+
+COLLECTOR_METRIC = re.compile(r"\b(collector_[a-z_]+)\b")
+
+
+def _collector_contract() -> dict[str, set[str]]:
+    """{exported series name: label names} of the collector's real registry (counters as `_total`, histograms as
+    `_bucket`/`_count`/`_sum`), read from its metric objects: labelled metrics export nothing until used."""
+    from personalization_assets.collector.metrics import CollectorMetrics
+
+    out: dict[str, set[str]] = {}
+    for metric in vars(CollectorMetrics()).values():
+        kind = getattr(metric, "_type", None)
+        if kind is None:
+            continue
+        name, labels = metric._name, set(metric._labelnames)
+        if kind == "counter":
+            out[f"{name}_total"] = labels
+        elif kind == "histogram":
+            out.update({f"{name}_bucket": labels | {"le"}, f"{name}_count": labels, f"{name}_sum": labels})
+        else:
+            out[name] = labels
+    return out
+
+
+def test_collector_rules_use_only_what_the_collector_exports(rules):
+    contract = _collector_contract()
+    assert "collector_rejects_total" in contract and contract["collector_rejects_total"] == {"reason"}
+    used = set()
+    for rule in rules:
+        expr = rule["expr"]
+        for name in COLLECTOR_METRIC.findall(expr):
+            assert name in contract, f"{rule.get('alert') or rule.get('record')}: the collector exports no {name}"
+            used.add(name)
+        for metric, labels in re.findall(r"\b(collector_[a-z_]+)\{([^}]*)\}", expr):
+            names = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", labels))
+            assert names <= contract[metric], f"{metric} has no label(s) {names - contract[metric]}"
+    assert used, "no alert watches the collector"
+    tests = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]
+    for case in tests:
+        for series in case.get("input_series", []):
+            name, _, labels = series["series"].partition("{")
+            if name.startswith("collector_"):
+                assert name in contract, f"alerts_test.yml feeds {name}, which the collector does not export"
+                names = set(re.findall(r"(\w+)\s*=", labels))
+                assert names <= contract[name], f"alerts_test.yml: {name} has no label(s) {names - contract[name]}"
+    readme = README.read_text(encoding="utf-8")
+    documented = {n for n in contract if not n.endswith(("_bucket", "_count", "_sum"))} | {
+        n[: -len("_bucket")] for n in contract if n.endswith("_bucket")
+    }
+    missing = sorted(n for n in documented if n not in readme)
+    assert not missing, f"infra/monitoring/README.md does not document {missing}"
+
+
+def test_collector_alerts_fire_and_stay_quiet():
+    tests = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]
+    cases = [t for case in tests for t in case.get("alert_rule_test", [])]
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] if g["name"] == "personalization-collector" for r in g["rules"]}
+    assert alerts == {"PersonalizationCollectorWritesFailing", "PersonalizationCollectorDown", "PersonalizationPreferenceCenterNotSynced"}
+    assert alerts <= {t["alertname"] for t in cases if t.get("exp_alerts")}, "each collector alert has a case where it fires"
+    assert alerts <= {t["alertname"] for t in cases if t.get("exp_alerts") == []}, "and one where it stays quiet"

@@ -106,6 +106,52 @@ def test_environment_calls_every_module_with_local_sources():
     assert backend["encrypt"] is True and backend["use_lockfile"] is True
 
 
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [t for k, v in node.items() for t in [str(k), *_strings(v)]]
+    if isinstance(node, list):
+        return [t for v in node for t in _strings(v)]
+    return [str(node)]
+
+
+def test_module_wiring_is_consistent():
+    """What `terraform validate` would say about the wiring (it needs the providers, which cannot be downloaded
+    everywhere this suite runs): every module argument is a declared variable, every variable without a default is
+    passed, every `module.<m>.<output>` exists, and every `var.`/`local.` reference is declared."""
+    env_dir = TERRAFORM / "environments" / "example"
+    parsed = {env_dir: load_module(env_dir), **{p: load_module(p) for p in sorted(MODULES.iterdir()) if p.is_dir()}}
+    env = parsed[env_dir]
+    env_text = _strings(env)
+    for name, call in module_calls(env).items():
+        module = parsed[MODULES / name]
+        variables = _variables(module)
+        passed = set(call) - {"source", "providers", "depends_on", "count", "for_each"}
+        assert passed <= set(variables), f"module {name}: unknown arguments {sorted(passed - set(variables))}"
+        required = {v for v, spec in variables.items() if "default" not in spec}
+        assert required <= passed, f"module {name}: required variables not passed {sorted(required - passed)}"
+        outputs = {o for block in module.get("output", []) for o in block}
+        used = {m for t in env_text for m in re.findall(rf"\bmodule\.{name}\.(\w+)", t)}
+        assert used <= outputs, f"module {name} has no output(s) {sorted(used - outputs)}"
+    for root, module in parsed.items():
+        text = _strings(module)
+        declared_vars = set(_variables(module))
+        used_vars = {m for t in text for m in re.findall(r"\$\{[^}]*?\bvar\.(\w+)", t)} | {
+            m for t in text for m in re.findall(r"(?<![\w.])var\.(\w+)", t) if "${" in t
+        }
+        assert used_vars <= declared_vars, f"{root.name}: undeclared variables {sorted(used_vars - declared_vars)}"
+        declared_locals = set(_locals(module))
+        used_locals = {m for t in text if "${" in t for m in re.findall(r"(?<![\w.])local\.(\w+)", t)}
+        assert used_locals <= declared_locals, f"{root.name}: undeclared locals {sorted(used_locals - declared_locals)}"
+
+
+def test_module_wiring_check_can_fail(tmp_path):
+    """The wiring check above reads what it claims to: an argument the module does not declare is visible."""
+    env = load_module(TERRAFORM / "environments" / "example")
+    call = dict(module_calls(env)["iam"])
+    call["no_such_variable"] = "x"
+    assert not set(call) - {"source"} <= set(_variables(load_module(MODULES / "iam")))
+
+
 # ------------------------------------------------------------------------------------------------
 # storage
 # ------------------------------------------------------------------------------------------------
@@ -293,13 +339,27 @@ def test_only_the_alb_accepts_ingress_from_outside_the_vpc():
         for name, rule in ingress.items()
         if "cidr_ipv4" in rule and rule["cidr_ipv4"] != "${var.vpc_cidr}"
     }
-    assert set(external) == {"alb_https"}, (
+    # the Dagster UI ALB (VPN ranges) and the event collector ALB (public: SDKs post from anywhere), 443 only
+    assert set(external) == {"alb_https", "collector_alb_https"}, (
         f"unexpected external ingress: {sorted(external)}"
     )
-    alb = external["alb_https"]
-    assert (alb["from_port"], alb["to_port"], alb["ip_protocol"]) == (443, 443, "tcp")
+    for name, alb in external.items():
+        assert (alb["from_port"], alb["to_port"], alb["ip_protocol"]) == (443, 443, "tcp"), name
+    assert external["alb_https"]["security_group_id"] == "${aws_security_group.alb.id}"
+    assert external["collector_alb_https"]["security_group_id"] == "${aws_security_group.collector_alb.id}"
+    assert external["collector_alb_https"]["cidr_ipv4"] == "${each.value}"
     variables = _variables(network)
     assert "0.0.0.0/0" in variables["ui_allowed_cidrs"]["validation"][0]["condition"]
+    # each ALB reaches the nodes on its own NodePort only
+    egress = resources(network, "aws_vpc_security_group_egress_rule")
+    assert egress["alb_to_webserver"]["from_port"] == egress["alb_to_webserver"]["to_port"] == "${var.webserver_node_port}"
+    collector = egress["collector_alb_to_collector"]
+    assert collector["from_port"] == collector["to_port"] == "${var.collector_node_port}"
+    node_ingress = {n: r for n, r in ingress.items() if r.get("security_group_id") == "${aws_security_group.nodes.id}"}
+    assert {(r["referenced_security_group_id"], r["from_port"]) for r in node_ingress.values()} == {
+        ("${aws_security_group.alb.id}", "${var.webserver_node_port}"),
+        ("${aws_security_group.collector_alb.id}", "${var.collector_node_port}"),
+    }
     for subnet in resources(network, "aws_subnet").values():
         assert subnet["map_public_ip_on_launch"] is False
     s3 = resources(network, "aws_vpc_endpoint")["s3"]
@@ -309,13 +369,17 @@ def test_only_the_alb_accepts_ingress_from_outside_the_vpc():
 def test_alb_listener_is_https_with_acm_and_modern_tls():
     eks = load_module(MODULES / "eks")
     listeners = resources(eks, "aws_lb_listener")
-    assert set(listeners) == {"https"}, "no plain-HTTP listener"
-    https = listeners["https"]
-    assert https["port"] == 443 and https["protocol"] == "HTTPS"
-    assert https["certificate_arn"] == "${var.certificate_arn}"
-    assert "TLS13" in https["ssl_policy"]
-    lb = resources(eks, "aws_lb")["ui"]
-    assert lb["drop_invalid_header_fields"] is True
+    # one HTTPS listener per load balancer (UI, event collector), no plain-HTTP listener anywhere
+    assert set(listeners) == {"https", "collector_https"}, "no plain-HTTP listener"
+    certificates = {"https": "${var.certificate_arn}", "collector_https": "${var.collector_certificate_arn}"}
+    for name, https in listeners.items():
+        assert https["port"] == 443 and https["protocol"] == "HTTPS", name
+        assert https["certificate_arn"] == certificates[name]
+        assert "TLS13" in https["ssl_policy"]
+    assert listeners["collector_https"]["load_balancer_arn"] == "${aws_lb.collector.arn}"
+    for lb in resources(eks, "aws_lb").values():
+        assert lb["drop_invalid_header_fields"] is True
+        assert lb["access_logs"][0]["enabled"] is True
     assert _variables(eks)["alb_internal"]["default"] is True
 
 

@@ -19,7 +19,13 @@ locals {
   postgres_sync_service_account = "dagster-db-secret-reader"
   run_role_arn                  = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:role/${local.run_role_name}"
 
+  # The event collector (infra/helm/collector.yaml): its IRSA role, service account and NodePort.
+  collector_role_name       = "${local.name}-collector"
+  collector_service_account = "personalization-collector"
+  collector_role_arn        = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:role/${local.collector_role_name}"
+
   webserver_node_port = 30080
+  collector_node_port = 30088
 }
 
 module "network" {
@@ -32,6 +38,9 @@ module "network" {
   single_nat_gateway  = var.single_nat_gateway
   ui_allowed_cidrs    = var.ui_allowed_cidrs
   webserver_node_port = local.webserver_node_port
+
+  collector_allowed_cidrs = var.collector_allowed_cidrs
+  collector_node_port     = local.collector_node_port
 }
 
 module "storage" {
@@ -43,6 +52,7 @@ module "storage" {
   ledger_prefix                 = var.ledger_prefix
   pii_principal_arns            = concat([local.run_role_arn], var.break_glass_role_arns)
   landing_writer_principal_arns = var.cdp_writer_principal_arns
+  collector_principal_arns      = [local.collector_role_arn]
 }
 
 module "secrets" {
@@ -86,6 +96,41 @@ resource "aws_acm_certificate_validation" "ui" {
   validation_record_fqdns = [for record in aws_route53_record.ui_validation : record.fqdn]
 }
 
+################################################################################
+# TLS certificate and DNS name of the event collector (public: SDKs post to it)
+################################################################################
+
+resource "aws_acm_certificate" "collector" {
+  domain_name       = var.collector_domain_name
+  validation_method = "DNS"
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_route53_record" "collector_validation" {
+  for_each = {
+    for dvo in aws_acm_certificate.collector.domain_validation_options : dvo.domain_name => {
+      name   = dvo.resource_record_name
+      record = dvo.resource_record_value
+      type   = dvo.resource_record_type
+    }
+  }
+
+  zone_id         = var.route53_zone_id
+  name            = each.value.name
+  type            = each.value.type
+  records         = [each.value.record]
+  ttl             = 300
+  allow_overwrite = true
+}
+
+resource "aws_acm_certificate_validation" "collector" {
+  certificate_arn         = aws_acm_certificate.collector.arn
+  validation_record_fqdns = [for record in aws_route53_record.collector_validation : record.fqdn]
+}
+
 module "eks" {
   source = "../../modules/eks"
 
@@ -103,6 +148,11 @@ module "eks" {
   certificate_arn        = aws_acm_certificate_validation.ui.certificate_arn
   access_log_bucket      = module.storage.log_bucket_name
   webserver_node_port    = local.webserver_node_port
+
+  collector_certificate_arn       = aws_acm_certificate_validation.collector.certificate_arn
+  collector_alb_security_group_id = module.network.collector_alb_security_group_id
+  collector_node_port             = local.collector_node_port
+  collector_access_log_prefix     = module.storage.collector_alb_log_prefix
 }
 
 resource "aws_route53_record" "ui" {
@@ -113,6 +163,18 @@ resource "aws_route53_record" "ui" {
   alias {
     name                   = module.eks.alb_dns_name
     zone_id                = module.eks.alb_zone_id
+    evaluate_target_health = true
+  }
+}
+
+resource "aws_route53_record" "collector" {
+  zone_id = var.route53_zone_id
+  name    = var.collector_domain_name
+  type    = "A"
+
+  alias {
+    name                   = module.eks.collector_alb_dns_name
+    zone_id                = module.eks.collector_alb_zone_id
     evaluate_target_health = true
   }
 }
@@ -141,6 +203,9 @@ module "iam" {
   db_secret_arn                         = module.eks.postgres_password_secret_arn
   db_secret_kms_key_arn                 = module.eks.platform_kms_key_arn
   analyst_principal_arns                = var.analyst_principal_arns
+  collector_role_name                   = local.collector_role_name
+  collector_service_account_name        = local.collector_service_account
+  collector_secret_arns                 = module.secrets.collector_secret_arns
 }
 
 module "snowflake" {

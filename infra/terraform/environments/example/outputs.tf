@@ -28,6 +28,26 @@ output "ui_url" {
   value       = "https://${var.ui_domain_name}"
 }
 
+output "collector_url" {
+  description = "Public URL of the event collector: SDKs post to <this>/v1/..., the preference center is <this>/privacy/preferences."
+  value       = "https://${var.collector_domain_name}"
+}
+
+output "collector_role_arn" {
+  description = "IRSA role of the collector service account (creates its own landing objects only)."
+  value       = module.iam.collector_role_arn
+}
+
+output "collector_write_keys_secret_name" {
+  description = "Put the collector's comma-separated write keys here (docs/DEPLOYMENT.md, step 12)."
+  value       = module.secrets.collector_write_keys_secret_name
+}
+
+output "collector_preference_token_secret_name" {
+  description = "Put the preference center's token secret here (docs/DEPLOYMENT.md, step 12)."
+  value       = module.secrets.collector_preference_token_secret_name
+}
+
 output "run_role_arn" {
   description = "IRSA role of the run service account."
   value       = module.iam.run_role_arn
@@ -91,11 +111,15 @@ output "deployment_settings" {
     snowflake_warehouse      = module.snowflake.pipeline_warehouse
     snowflake_database       = module.snowflake.database
     snowflake_schema         = module.snowflake.default_schema
+    # the event collector (infra/helm/collector.yaml, rendered with --collector-output)
+    collector_role_arn             = module.iam.collector_role_arn
+    collector_service_account_name = module.iam.collector_service_account_name
+    vpc_cidr                       = module.network.vpc_cidr
   }
 }
 
 output "external_secrets_manifest" {
-  description = "SecretStores and ExternalSecrets that copy the three secrets into Kubernetes: terraform output -raw external_secrets_manifest | kubectl apply -f -"
+  description = "SecretStores and ExternalSecrets that copy the secrets into Kubernetes (Postgres, the two app secrets, the collector's two): terraform output -raw external_secrets_manifest | kubectl apply -f -"
   value = templatefile("${path.module}/../../../helm/external-secrets.yaml.tftpl", {
     namespace                     = local.namespace
     aws_region                    = var.aws_region
@@ -105,5 +129,9 @@ output "external_secrets_manifest" {
     postgres_password_secret_name = module.eks.postgres_password_secret_name
     pseudonym_keys_secret_name    = module.secrets.pseudonym_keys_secret_name
     snowflake_secret_name         = module.secrets.snowflake_secret_name
+
+    collector_service_account              = local.collector_service_account
+    collector_write_keys_secret_name       = module.secrets.collector_write_keys_secret_name
+    collector_preference_token_secret_name = module.secrets.collector_preference_token_secret_name
   })
 }

@@ -71,8 +71,19 @@ variable "ui_domain_name" {
   type        = string
 }
 
+variable "collector_domain_name" {
+  description = "Public host name of the event collector and preference center, e.g. collect.example.com (SDKs post to https://<this>/v1/...)."
+  type        = string
+}
+
+variable "collector_allowed_cidrs" {
+  description = "Ranges allowed to reach the event collector over HTTPS. Browser and app SDKs post from anywhere: the internet by default."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
 variable "route53_zone_id" {
-  description = "Route 53 hosted zone of ui_domain_name (certificate validation and the alias record)."
+  description = "Route 53 hosted zone of ui_domain_name and collector_domain_name (certificate validation and the alias records)."
   type        = string
 }
 

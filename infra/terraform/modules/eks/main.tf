@@ -1,6 +1,6 @@
 # EKS cluster for Dagster: private API endpoint, secrets envelope-encrypted with KMS, all control-plane
 # logs, IRSA, two managed node groups:
-#   system (on-demand) : webserver, daemon, code server, add-ons. Label personalization.io/pool=system.
+#   system (on-demand) : webserver, daemon, code server, event collector, add-ons. Label personalization.io/pool=system.
 #   runs   (spot)      : one pod per Dagster run (K8sRunLauncher). Label personalization.io/pool=runs,
 #                        taint personalization.io/runs=true:NoSchedule so nothing else lands there;
 #                        scales from 0 with the cluster autoscaler.

@@ -87,3 +87,18 @@ output "alb_zone_id" {
   description = "Hosted zone of the UI load balancer (alias record)."
   value       = aws_lb.ui.zone_id
 }
+
+output "collector_alb_dns_name" {
+  description = "DNS name of the event collector load balancer (alias record target)."
+  value       = aws_lb.collector.dns_name
+}
+
+output "collector_alb_zone_id" {
+  description = "Hosted zone of the event collector load balancer (alias record)."
+  value       = aws_lb.collector.zone_id
+}
+
+output "ebs_csi_role_arn" {
+  description = "IRSA role of the EBS CSI driver add-on (kube-system/ebs-csi-controller-sa): provisions the collector's state volume."
+  value       = aws_iam_role.ebs_csi.arn
+}

@@ -171,6 +171,40 @@ variable "webserver_node_port" {
   default     = 30080
 }
 
+variable "collector_certificate_arn" {
+  description = "ACM certificate (in this Region) for the event collector's host name, served by the collector ALB on 443."
+  type        = string
+}
+
+variable "collector_alb_security_group_id" {
+  description = "Security group of the collector ALB from modules/network."
+  type        = string
+}
+
+variable "collector_alb_internal" {
+  description = "Internal collector ALB (only server-side senders inside the VPC or peered networks). Default false: browser and app SDKs post from the internet."
+  type        = bool
+  default     = false
+}
+
+variable "collector_node_port" {
+  description = "NodePort of the collector Service the collector ALB targets (infra/helm/collector.yaml)."
+  type        = number
+  default     = 30088
+}
+
+variable "collector_internal_paths" {
+  description = "Paths of the collector the public listener answers with 404: its health and metrics endpoints (personalization_assets/collector/app.py), for the ALB health check, the kubelet and Prometheus only."
+  type        = list(string)
+  default     = ["/health", "/health/*", "/metrics", "/metrics/*"]
+}
+
+variable "collector_access_log_prefix" {
+  description = "Prefix of the collector ALB's access logs in access_log_bucket (modules/storage output collector_alb_log_prefix, which expires it early)."
+  type        = string
+  default     = "alb-collector"
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)

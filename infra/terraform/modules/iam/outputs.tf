@@ -17,3 +17,13 @@ output "run_service_account_name" {
   description = "Kubernetes service account bound to the run role."
   value       = var.run_service_account_name
 }
+
+output "collector_role_arn" {
+  description = "IRSA role of the collector service account: eks.amazonaws.com/role-arn of the ServiceAccount in infra/helm/collector.yaml."
+  value       = aws_iam_role.collector.arn
+}
+
+output "collector_service_account_name" {
+  description = "Kubernetes service account bound to the collector role."
+  value       = var.collector_service_account_name
+}

@@ -18,6 +18,11 @@ variable "db_secret_reader_role_name" {
   type        = string
 }
 
+variable "collector_role_name" {
+  description = "Name of the IAM role of the event collector (IRSA). Passed in so the landing bucket policy can exempt its ARN without a dependency cycle."
+  type        = string
+}
+
 variable "oidc_provider_arn" {
   description = "ARN of the IAM OIDC provider of the EKS cluster (IRSA)."
   type        = string
@@ -43,6 +48,12 @@ variable "run_service_account_name" {
   description = "Kubernetes service account of the user-code deployment and of every run pod it launches (dagster-user-deployments.serviceAccount.name in infra/helm/values.yaml)."
   type        = string
   default     = "personalization-runs"
+}
+
+variable "collector_service_account_name" {
+  description = "Kubernetes service account of the event collector StatefulSet (infra/helm/collector.yaml); External Secrets also reads the collector's two secrets through it."
+  type        = string
+  default     = "personalization-collector"
 }
 
 variable "db_secret_reader_service_account_name" {
@@ -96,6 +107,16 @@ variable "secret_arns" {
   validation {
     condition     = length(var.secret_arns) == 2
     error_message = "The run role reads exactly two secrets: the pseudonym key map and the Snowflake credentials."
+  }
+}
+
+variable "collector_secret_arns" {
+  description = "ARNs of exactly the collector's two secrets (write keys, preference-token secret) the collector role may read."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.collector_secret_arns) == 2
+    error_message = "The collector role reads exactly two secrets: the write keys and the preference-token secret."
   }
 }
 

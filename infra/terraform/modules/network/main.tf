@@ -1,8 +1,8 @@
 # VPC for the platform: private subnets for EKS nodes, pods and RDS; public subnets only for the NAT
 # gateways (and an internet-facing ALB if one is ever wanted; the default ALB is internal). S3 traffic
 # stays on the gateway endpoint; STS, Secrets Manager, ECR and CloudWatch Logs go through interface
-# endpoints. Nothing in the VPC accepts traffic from the internet: the only ingress to Dagster is the
-# ALB security group on 443 from var.ui_allowed_cidrs.
+# endpoints. Nothing in the VPC accepts traffic from the internet except two load balancers on 443:
+# the Dagster UI ALB from var.ui_allowed_cidrs, and the event collector ALB from var.collector_allowed_cidrs.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
@@ -252,7 +252,7 @@ resource "aws_vpc_security_group_egress_rule" "alb_to_webserver" {
 }
 
 # Extra security group of the EKS nodes (besides the cluster security group EKS manages): opens the
-# webserver NodePort to the ALB and nothing else.
+# webserver NodePort to the UI ALB and the collector NodePort to the collector ALB, nothing else.
 resource "aws_security_group" "nodes" {
   #checkov:skip=CKV2_AWS_5:Attached to every EKS node through the launch templates in modules/eks (aws_launch_template.node); checkov's graph does not follow module variables.
   name        = "${var.name}-eks-nodes-extra"
@@ -268,6 +268,50 @@ resource "aws_vpc_security_group_ingress_rule" "nodes_from_alb" {
   ip_protocol                  = "tcp"
   from_port                    = var.webserver_node_port
   to_port                      = var.webserver_node_port
+}
+
+################################################################################
+# Security groups of the event collector's entry point (public: SDKs in browsers and apps post to it)
+################################################################################
+
+# HTTPS on 443 from var.collector_allowed_cidrs (default: the internet) to the collector ALB, which forwards
+# only to the collector NodePort. The collector authenticates every write (write keys) and every preference
+# change (signed subject tokens, same-origin posts); the UI ALB above stays separate and internal.
+resource "aws_security_group" "collector_alb" {
+  #checkov:skip=CKV2_AWS_5:Attached to the collector ALB in modules/eks (aws_lb.collector) through the collector_alb_security_group_id output; checkov's graph does not follow module variables.
+  name        = "${var.name}-collector-alb"
+  description = "Event collector load balancer: HTTPS 443 from collector_allowed_cidrs; forwards only to the collector NodePort"
+  vpc_id      = aws_vpc.this.id
+  tags        = merge(var.tags, { Name = "${var.name}-collector-alb" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "collector_alb_https" {
+  for_each = toset(var.collector_allowed_cidrs)
+
+  security_group_id = aws_security_group.collector_alb.id
+  description       = "HTTPS to the event collector from ${each.value}"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+}
+
+resource "aws_vpc_security_group_egress_rule" "collector_alb_to_collector" {
+  security_group_id            = aws_security_group.collector_alb.id
+  description                  = "Collector ALB to the collector NodePort on the nodes"
+  referenced_security_group_id = aws_security_group.nodes.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.collector_node_port
+  to_port                      = var.collector_node_port
+}
+
+resource "aws_vpc_security_group_ingress_rule" "nodes_from_collector_alb" {
+  security_group_id            = aws_security_group.nodes.id
+  description                  = "Event collector NodePort from the collector ALB"
+  referenced_security_group_id = aws_security_group.collector_alb.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.collector_node_port
+  to_port                      = var.collector_node_port
 }
 
 ################################################################################

@@ -29,7 +29,7 @@ output "alb_security_group_id" {
 }
 
 output "node_security_group_id" {
-  description = "Extra security group for EKS nodes (webserver NodePort from the ALB)."
+  description = "Extra security group for EKS nodes (webserver NodePort from the UI ALB, collector NodePort from the collector ALB)."
   value       = aws_security_group.nodes.id
 }
 
@@ -41,4 +41,14 @@ output "logs_kms_key_arn" {
 output "webserver_node_port" {
   description = "NodePort the ALB forwards to (infra/helm/webserver-service.yaml)."
   value       = var.webserver_node_port
+}
+
+output "collector_alb_security_group_id" {
+  description = "Security group of the event collector load balancer."
+  value       = aws_security_group.collector_alb.id
+}
+
+output "collector_node_port" {
+  description = "NodePort the collector ALB forwards to (infra/helm/collector.yaml)."
+  value       = var.collector_node_port
 }

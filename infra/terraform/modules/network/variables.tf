@@ -51,6 +51,23 @@ variable "webserver_node_port" {
   default     = 30080
 }
 
+variable "collector_allowed_cidrs" {
+  description = "CIDRs allowed to reach the event collector load balancer on 443. SDKs in browsers and apps post from anywhere, hence the internet by default; narrow it when only your servers send."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = length(var.collector_allowed_cidrs) > 0 && alltrue([for c in var.collector_allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "collector_allowed_cidrs must list at least one valid IPv4 CIDR."
+  }
+}
+
+variable "collector_node_port" {
+  description = "NodePort of the event collector Service (infra/helm/collector.yaml, personalization-collector-alb); the only port the collector ALB may reach on the nodes."
+  type        = number
+  default     = 30088
+}
+
 variable "interface_endpoints" {
   description = "AWS services reached through interface VPC endpoints instead of the NAT gateway (IRSA token exchange, secrets, image pulls, logs)."
   type        = list(string)

@@ -12,7 +12,10 @@
 # * Lifecycle rules (expiry per tier prefix, noncurrent versions, incomplete uploads) are generated
 #   from privacy_policies/retention.yaml into lifecycle.generated.tf: do not add expiry rules here.
 # * The PII tiers (landing, lake raw/ and privacy/) are fenced by the bucket policy: only
-#   var.pii_principal_arns may read or write them, whatever IAM policies say.
+#   var.pii_principal_arns may read or write them, whatever IAM policies say. The landing objects also
+#   admit the CDP writer (var.landing_writer_principal_arns). The event collector (var.collector_principal_arns)
+#   passes the fences too, and its IAM policy (modules/iam) confines it with explicit denies to its own landing
+#   objects, two lake tables (privacy/suppression_list, privacy/pseudonym_key_ids) and the access audit log.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
@@ -41,6 +44,8 @@ locals {
     }
   }
   log_bucket_name = "${var.name}-access-logs-${local.account_id}"
+  # ALB access-log prefixes: alb/ (Dagster UI), alb-collector/ (event collector: end users' requests)
+  collector_alb_log_prefix = "alb-collector"
 
   # Object ARNs of the PII areas fenced by the bucket policies.
   pii_object_arns = {
@@ -320,7 +325,7 @@ data "aws_iam_policy_document" "data_bucket" {
       condition {
         test     = "ArnNotLike"
         variable = "aws:PrincipalArn"
-        values   = concat(var.pii_principal_arns, each.key == "landing" ? var.landing_writer_principal_arns : [])
+        values   = concat(var.pii_principal_arns, var.collector_principal_arns, each.key == "landing" ? var.landing_writer_principal_arns : [])
       }
     }
   }
@@ -478,6 +483,26 @@ resource "aws_s3_bucket_lifecycle_configuration" "logs" {
       days_after_initiation = 1
     }
   }
+
+  # The event collector's ALB logs every end user's request (client IP, user agent, the preference center's
+  # URLs): personal data of data subjects, kept no longer than the events themselves. S3 applies the shorter
+  # of two matching expirations, so this prefix expires after var.collector_access_log_retention_days.
+  rule {
+    id     = "expire-collector-access-logs"
+    status = "Enabled"
+
+    filter {
+      prefix = "${local.collector_alb_log_prefix}/"
+    }
+
+    expiration {
+      days = var.collector_access_log_retention_days
+    }
+
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+  }
 }
 
 data "aws_iam_policy_document" "logs" {
@@ -525,7 +550,7 @@ data "aws_iam_policy_document" "logs" {
   statement {
     sid       = "AlbAccessLogDeliveryService"
     actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.logs.arn}/alb/AWSLogs/${local.account_id}/*"]
+    resources = [for p in ["alb", local.collector_alb_log_prefix] : "${aws_s3_bucket.logs.arn}/${p}/AWSLogs/${local.account_id}/*"]
 
     principals {
       type        = "Service"
@@ -536,7 +561,7 @@ data "aws_iam_policy_document" "logs" {
   statement {
     sid       = "AlbAccessLogDeliveryLegacyRegions"
     actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.logs.arn}/alb/AWSLogs/${local.account_id}/*"]
+    resources = [for p in ["alb", local.collector_alb_log_prefix] : "${aws_s3_bucket.logs.arn}/${p}/AWSLogs/${local.account_id}/*"]
 
     principals {
       type        = "AWS"

@@ -64,6 +64,11 @@ output "data_kms_key_arn" {
 }
 
 output "log_bucket_name" {
-  description = "Bucket receiving S3 server access logs (s3/) and ALB access logs (alb/)."
+  description = "Bucket receiving S3 server access logs (s3/) and ALB access logs (alb/; the collector's under collector_alb_log_prefix)."
   value       = aws_s3_bucket.logs.id
+}
+
+output "collector_alb_log_prefix" {
+  description = "Prefix of the event collector ALB's access logs in the log bucket (expired after collector_access_log_retention_days)."
+  value       = local.collector_alb_log_prefix
 }

@@ -53,6 +53,12 @@ variable "landing_writer_principal_arns" {
   default     = []
 }
 
+variable "collector_principal_arns" {
+  description = "IAM principal ARNs of the event collector (modules/iam collector role). Exempted from the PII fences; what it may do is its IAM policy's, which denies explicitly everything but its own landing objects (events/*/collector-*), reading privacy/suppression_list and privacy/pseudonym_key_ids, and appending to the access audit log."
+  type        = list(string)
+  default     = []
+}
+
 variable "access_log_retention_days" {
   description = "Days to keep S3 server access logs and ALB access logs in the log bucket (security evidence; not personal data of data subjects)."
   type        = number
@@ -61,6 +67,17 @@ variable "access_log_retention_days" {
   validation {
     condition     = var.access_log_retention_days >= 90
     error_message = "Keep access logs at least 90 days."
+  }
+}
+
+variable "collector_access_log_retention_days" {
+  description = "Days to keep the event collector ALB's access logs (alb-collector/ in the log bucket): they hold end users' IP addresses, user agents and request URLs, so they are kept no longer than the landing data (retention.yaml, landing)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.collector_access_log_retention_days >= 7 && var.collector_access_log_retention_days <= 90
+    error_message = "Keep the collector's access logs 7-90 days."
   }
 }
 
