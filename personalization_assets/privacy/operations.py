@@ -193,6 +193,9 @@ RETENTION_TABLES = {  # tier -> (layer, table, partitioned by hour) ; the landin
     "raw": [("raw", "events", True)],
     "quarantine": [("raw", "events_quarantine", True)],
     "consented": [("consented", "events", True)],
+    # the identity partials outlive raw retention (they attribute consent decisions the ledger keeps), for the privacy
+    # tier's years; a key rotation rewrites them, which restarts S3's age of each object: the job deletes them by hour
+    "privacy": [("privacy", "identity_partials", True)],
 }
 
 

@@ -326,7 +326,7 @@ def test_detects_changed_expiry(policy, storage_rules):
 
 def test_detects_policy_change_without_regeneration(policy, storage_rules):
     changed = copy.deepcopy(policy)
-    changed["tiers"]["privacy"]["days"] = 3650
+    changed["tiers"]["privacy"].update(days=3650, lifecycle_days=3652)
     problems = compare(changed, storage_rules)
     assert any("tier privacy" in p for p in problems), problems
 

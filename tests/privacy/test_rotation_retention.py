@@ -7,6 +7,8 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow as pa
+
 
 from personalization_assets.cli import landing_partition_keys
 from personalization_assets.core.retention import read_cutoffs
@@ -75,6 +77,14 @@ def test_retention_deletes_expired_partitions_and_logs_them(data_dir, monkeypatc
     # an expired consented hour (kept 13 months; a copy of a raw hour: retention reads no row)
     expired = {"date": (datetime.now(timezone.utc) - timedelta(days=800)).date().isoformat(), "hour": "05"}
     lake.write_table("consented", "events", lake.read_table("raw", "events", before[0]), partition=expired)
+    # an identity partial past the privacy tier's 6 years: a key rotation rewrote it (S3's age of the object restarted,
+    # so S3 alone would keep it for ever); the job deletes it by its hour
+    from personalization_assets.privacy.identity_partials import PARTIAL_SCHEMA
+
+    ancient = {"date": (datetime.now(timezone.utc) - timedelta(days=2200)).date().isoformat(), "hour": "07"}
+    lake.write_table("privacy", "identity_partials", pa.Table.from_pylist(
+        [{"row_kind": "link", "identifier": "v1:" + "c" * 64, "identifier_kind": "anonymous", "user_pseudonym": "v1:" + "d" * 64}],
+        schema=PARTIAL_SCHEMA), partition=ancient)
     # retention holds the lock the builder of each table holds (the ingestion's for raw hours) and each consented hour's
     # own: an erasure or a build rewriting a partition while retention deleted it put the expired partition back
     from personalization_assets.core.hash_chain import partition_writer_lock, table_writer_lock
@@ -102,7 +112,9 @@ def test_retention_deletes_expired_partitions_and_logs_them(data_dir, monkeypatc
     # the run that failed on the consented hour's lock had deleted the raw hours: each deletion is logged, once
     logged = [r["partition"] for r in log if r["table"] == "raw/events"]
     assert sorted(logged) == sorted(f"{p['date']}-{p['hour']}:00" for p in removed)
-    assert md["partitions_removed"] == 1 and [r["table"] for r in log[-1:]] == ["consented/events"]
+    assert not lake.exists("privacy", "identity_partials", ancient)
+    assert md["partitions_removed"] == 2 and [r["table"] for r in log[-2:]] == ["consented/events", "privacy/identity_partials"]
+    assert log[-1]["retention_days"] == 2190
     assert {r["table"] for r in log} >= {"raw/events", "raw/events_quarantine"} and all(r["retention_days"] == 30 for r in log if r["table"] == "raw/events")
     assert sum(r["rows_removed"] for r in log if r["table"] == "raw/events") > 0
 

@@ -98,7 +98,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 
-  # Tier privacy: keep 2190 days; old versions 7 days after replacement/deletion. Current objects expire by age only under 'privacy/identity_partials/': expired by S3 after 2190 days; the rest is state its code rewrites, never expired by age.
+  # Tier privacy: keep 2190 days; old versions 7 days after replacement/deletion. Current objects expire by age only under 'privacy/identity_partials/': expired by S3 after 2192 days (the retention job deletes at its days and records its cutoff first: a backstop); the rest is state its code rewrites, never expired by age.
   rule {
     id     = "retention-privacy"
     status = "Enabled"
@@ -121,7 +121,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
 
     expiration {
-      days = 2190
+      days = 2192
     }
   }
 
