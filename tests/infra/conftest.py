@@ -51,6 +51,22 @@ def require_tool(name: str, candidates: list[Path | str], install_hint: str) -> 
     pytest.skip(message)
 
 
+def load_script(name: str):
+    """An `infra/scripts/<name>.py` module, loaded once per process (registered in sys.modules: dataclasses resolve
+    their annotations through it)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, INFRA / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def tf_files() -> list[Path]:
     return sorted(p for p in TERRAFORM.rglob("*.tf") if ".terraform" not in p.parts)
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import gzip
-import importlib.util
 import ipaddress
 import json
 import re
-import sys
 import time
 
 import pytest
 import yaml
 
-from .conftest import INFRA, REPO_ROOT, TERRAFORM, data_sources, load_module, module_calls, resources
+from .conftest import INFRA, REPO_ROOT, TERRAFORM, data_sources, load_module, load_script, module_calls, resources
 from .test_helm_values import SETTINGS
 
 # Starlette's TestClient (used to run the real app with its lifespan, in-process) warns that it will move to httpx2.
@@ -132,14 +130,7 @@ def docs() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def renderer():
-    if "render_helm_values" in sys.modules:
-        return sys.modules["render_helm_values"]
-    path = REPO_ROOT / "infra" / "scripts" / "render_helm_values.py"
-    spec = importlib.util.spec_from_file_location("render_helm_values", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("render_helm_values")
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,12 @@ with infra/dagster/dagster.prod.yaml, and renders into a complete environment fi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import sys
 
 import pytest
 import yaml
 
-from .conftest import INFRA, REPO_ROOT, TERRAFORM, load_module, module_calls
+from .conftest import INFRA, TERRAFORM, load_module, load_script, module_calls
 
 VALUES = INFRA / "helm" / "values.yaml"
 PROD_YAML = INFRA / "dagster" / "dagster.prod.yaml"
@@ -52,12 +49,7 @@ def prod() -> dict:
 
 @pytest.fixture(scope="module")
 def renderer():
-    path = REPO_ROOT / "infra" / "scripts" / "render_helm_values.py"
-    spec = importlib.util.spec_from_file_location("render_helm_values", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("render_helm_values")
 
 
 def _deployment(values: dict) -> dict:

@@ -11,15 +11,13 @@ the comparison catches a mismatch.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
-import sys
 from dataclasses import dataclass
 
 import pytest
 import yaml
 
-from .conftest import REPO_ROOT, TERRAFORM, load_module, load_tf, resources
+from .conftest import REPO_ROOT, TERRAFORM, load_module, load_script, load_tf, resources
 
 POLICY = REPO_ROOT / "privacy_policies" / "retention.yaml"
 STORAGE = TERRAFORM / "modules" / "storage"
@@ -31,16 +29,7 @@ MAX_NONCURRENT_DAYS = 30
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location(
-        "render_retention", REPO_ROOT / "infra" / "scripts" / "render_retention.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = (
-        module  # dataclasses resolve annotations through sys.modules
-    )
-    spec.loader.exec_module(module)
-    return module
+    return load_script("render_retention")
 
 
 @dataclass(frozen=True)
