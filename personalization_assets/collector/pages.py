@@ -18,6 +18,7 @@ signal (once per subject).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -201,10 +202,10 @@ async def preferences_get(request: Request) -> Response:
     if not visitor.user_id and not visitor.anonymous_id:
         new_cookie = str(uuid.uuid4())
         visitor = Visitor(None, new_cookie)
-    purposes, gpc_recorded = state.store.current(visitor.user_id, visitor.anonymous_id)
+    purposes, gpc_recorded = await asyncio.to_thread(state.store.current, visitor.user_id, visitor.anonymous_id)
     if _gpc(request) and not gpc_recorded:
         await _record(request, _consent_message(request, visitor, None, True))
-        purposes, gpc_recorded = state.store.current(visitor.user_id, visitor.anonymous_id)
+        purposes, gpc_recorded = await asyncio.to_thread(state.store.current, visitor.user_id, visitor.anonymous_id)
     html = _TEMPLATES.get_template("preferences.html").render(
         purposes=purpose_views(state.policy), state=purposes, gpc=gpc_recorded or _gpc(request), signed_in=visitor.user_id is not None,
     )
@@ -271,7 +272,7 @@ async def preferences_post(request: Request):
                             headers=HEADERS)
     categories = categories_for({p: True for p in granted}, state.policy)
     await _record(request, _consent_message(request, visitor, categories, _gpc(request)))
-    purposes, gpc_now = state.store.current(visitor.user_id, visitor.anonymous_id)
+    purposes, gpc_now = await asyncio.to_thread(state.store.current, visitor.user_id, visitor.anonymous_id)
     state.metrics.requests.labels("preferences", "200").inc()
     if is_json:
         return JSONResponse({"purposes": purposes, "gpc": gpc_now}, headers=HEADERS)

@@ -8,15 +8,20 @@ The store holds personal data, so it follows the platform's rules for it:
 
 * **No raw identifier.** A row is keyed by the identifier's pseudonym under the platform's keys (`user:` or `anon:` +
   `v<version>:<hmac>`, as ingestion pseudonymizes `userId` and `anonymousId`, trimmed the same way); a visitor is
-  looked up by computing it. A store written before kept raw ids: they are pseudonymized when it is opened, and the
-  file is vacuumed so they do not linger in free pages (`secure_delete` is on for every later delete).
+  looked up by computing it. A store written before kept raw ids: they are pseudonymized by `prepare` (the first
+  sync), and the file is vacuumed so they do not linger in free pages (`secure_delete` is on for every delete).
 * **Erasure reaches it.** `forget` deletes the rows of every identifier on the suppression list (the user, each
   identifier ever linked to them, whatever key version either side was made with: pseudonyms chain across
-  versions), and no later consent event of theirs is recorded: ingestion drops their events likewise. The collector
-  calls it whenever the list changes (`SuppressionFeed`).
+  versions) and every row a message carrying one of them wrote (`links`: an erased user's other device, whose message
+  ingestion dropped, so the platform never linked it); no later message ingestion drops as theirs is recorded. The
+  collector calls it whenever the list changes (`SuppressionFeed`).
 * **Time, not arrival, orders decisions** (the ledger's rule): a decision takes effect at its `timestamp`, never after
   its `receivedAt`; a purpose keeps the latest one, a denial winning at the same instant; an older decision that
   arrives late changes nothing. A GPC signal is sticky.
+* **Never in the way of the tracking API.** Work that grows with the store (re-keying after a rotation, the old
+  store's migration, deleting erased subjects, applying pending events) runs in the sync thread in batches, each in
+  its own transaction (a kill keeps the progress), releasing the lock between batches; a flush without a consent
+  event does not take the lock.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,14 +44,17 @@ from personalization_assets.core.tracking_plan import CONSENT_EVENT
 log = logging.getLogger("personalization.collector")
 
 KINDS = {"userId": "user", "anonymousId": "anon"}
-# pending consent events kept until the suppression list was first read (then applied); beyond this many the oldest
-# go, logged and counted: the store is a display cache, the consent ledger keeps every decision
-MAX_PENDING = 100_000
+# the identifiers ingestion drops a message for when any is erased (raw/dedup.py SUBJECT_COLUMNS), with their kinds
+ERASURE_FIELDS = (("userId", "id"), ("anonymousId", "id"), ("previousId", "id"), ("traits.email", "email"))
+# consent events kept (compacted: a few hundred bytes each) until the suppression list was first applied; beyond this
+# many the oldest go, logged and counted: the store is a display cache, the consent ledger keeps every decision
+MAX_PENDING = 200_000
+BATCH = 1_000  # rows or events per transaction of the sync thread's work (the lock is released between batches)
+_SUBJECT_RE = re.compile(r"^(user|anon):(v\d+:[0-9a-f]{64})$")
 
 
 class NewerKeyError(RuntimeError):
     """The suppression list holds pseudonyms of a key version newer than the collector's active one."""
-_SUBJECT_RE = re.compile(r"^(user|anon):(v\d+:[0-9a-f]{64})$")
 
 
 def _instant(value) -> str | None:
@@ -72,13 +81,30 @@ def decided_at(message: dict) -> str | None:
     return min(t for t in (received, stamped) if t) if received or stamped else None
 
 
-def _traits_email(message: dict):
-    """`traits.email`, else `context.traits.email` (ingestion's `trait_email` and its fallback)."""
-    for holder in (message, message.get("context") if isinstance(message.get("context"), dict) else {}):
-        traits = holder.get("traits") if isinstance(holder, dict) else None
-        if isinstance(traits, dict) and traits.get("email") is not None:
-            return traits["email"]
-    return None
+def _field(message: dict, name: str):
+    if name == "traits.email":  # ingestion's `trait_email`: traits.email, else context.traits.email
+        for holder in (message, message.get("context") if isinstance(message.get("context"), dict) else {}):
+            traits = holder.get("traits") if isinstance(holder, dict) else None
+            if isinstance(traits, dict) and traits.get("email") is not None:
+                return traits["email"]
+        return None
+    return message.get(name)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the store keeps of one consent event: no raw identifier, a few hundred bytes."""
+
+    at: str
+    pseudonyms: tuple[str, ...]  # every identifier ingestion would suppress the message for (active key version)
+    subjects: tuple[str, ...]  # the rows it decides: "user:<pseudonym>", "anon:<pseudonym>"
+    decided: dict
+    gpc: bool
+
+
+def _newer(a: list, b: list) -> bool:
+    """Whether decision `a` ([status, at]) replaces `b`: later, or a denial at the same instant."""
+    return a[1] > b[1] or (a[1] == b[1] and a[0] == "denied")
 
 
 class PreferenceStore:
@@ -87,50 +113,36 @@ class PreferenceStore:
         self.chain = chain
         self._lock = threading.Lock()
         self._suppressed: set[str] = set()  # pseudonyms (active version) of erased subjects, from the last `forget`
-        # False until the suppression list was read once: consent events wait (an erased subject's new device would
-        # otherwise be recorded before the store knows they are erased)
+        self._cleared: set[str] = set()  # those whose rows this process has deleted (a failed batch is redone)
+        # False until the suppression list was applied once: consent events wait (an erased subject's new device would
+        # otherwise be recorded before the store knows they are erased) and the center answers 503
         self.ready = False
-        self._pending: list[dict] = []
+        self.prepared = False  # `prepare` ran: no raw id, no row of an older key version left
+        self._pending: list[Decision] = []
         self.pending_dropped = 0
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("pragma journal_mode=wal")
-        self._conn.execute("pragma secure_delete=on")  # a deleted row's bytes are zeroed, not left in free pages (Debian's build
-        # defaults to it; others may not)
-        self._conn.execute(
-            "create table if not exists choices (subject text primary key, purposes text not null, gpc_at text, "
-            "updated_at text not null)"
-        )
-        self._migrate_raw_ids()
-        with self._lock:
-            self._rekey_all()  # the keys are read once per process: rows of an older version are forwarded now
+        # a deleted row's bytes are zeroed, not left in free pages (Debian's build defaults to it; others may not)
+        self._conn.execute("pragma secure_delete=on")
+        self._conn.execute("create table if not exists choices (subject text primary key, purposes text not null, gpc_at text, "
+                           "updated_at text not null)")
+        # every identifier pseudonym of a message -> each row that message wrote (for the erasure)
+        self._conn.execute("create table if not exists links (pseudonym text not null, subject text not null, "
+                           "primary key (pseudonym, subject)) without rowid")
+        self._conn.execute("create index if not exists links_by_subject on links (subject)")
 
     # --- keys ---------------------------------------------------------------------------------------------------
 
-    def _pseudonym(self, value) -> str | None:
-        n = normalize(value, "id") if isinstance(value, str) else None
+    def _pseudonym(self, value, kind: str = "id") -> str | None:
+        n = normalize(value, kind) if isinstance(value, str) else None
         return self.chain.pseudonym(n) if n else None
 
     def _subject(self, kind: str, value) -> str | None:
         p = self._pseudonym(value)
         return f"{kind}:{p}" if p else None
 
-    def _subjects(self, message: dict) -> list[str]:
-        return [s for field, kind in KINDS.items() if (s := self._subject(kind, message.get(field)))]
-
-    def _erased(self, message: dict) -> bool:
-        """Whether ingestion drops the message as an erased subject's: any of its identifiers on the suppression list
-        (raw/dedup.py SUBJECT_COLUMNS: userId, anonymousId, previousId, traits.email)."""
-        if not self._suppressed:
-            return False
-        values = [(message.get(f), "id") for f in ("userId", "anonymousId", "previousId")] + [(_traits_email(message), "email")]
-        for value, kind in values:
-            n = normalize(value, kind) if isinstance(value, str) else None
-            if n and self.chain.pseudonym(n) in self._suppressed:
-                return True
-        return False
-
     def _active(self, pseudonym: str) -> str | None:
-        """`pseudonym` forwarded to the active key version (None: made with a version newer than the active one)."""
+        """`pseudonym` forwarded to the active key version (None: not a pseudonym, or of a newer version)."""
         m = PSEUDONYM_RE.match(pseudonym)
         if not m:
             return None
@@ -141,64 +153,81 @@ class PreferenceStore:
         except (ValueError, KeyError):
             return None
 
+    def decision(self, message: dict) -> Decision | None:
+        """The store's view of a consent event; None for any other message or one ingestion would not accept."""
+        if message.get("type") != "track" or message.get("event") != CONSENT_EVENT:
+            return None
+        at = decided_at(message)
+        if at is None:
+            return None
+        context = message.get("context") if isinstance(message.get("context"), dict) else {}
+        prefs = (context.get("consent") or {}).get("categoryPreferences") if isinstance(context.get("consent"), dict) else None
+        gpc = context.get("gpc") is True
+        decided = effective(prefs, gpc, self.policy) if isinstance(prefs, dict) else (effective({}, gpc, self.policy) if gpc else {})
+        pseudonyms = tuple(dict.fromkeys(p for name, kind in ERASURE_FIELDS if (p := self._pseudonym(_field(message, name), kind))))
+        subjects = tuple(s for field, kind in KINDS.items() if (s := self._subject(kind, message.get(field))))
+        return Decision(at, pseudonyms, subjects, decided, gpc) if subjects else None
+
     # --- rows ---------------------------------------------------------------------------------------------------
 
     def _get(self, subject: str) -> tuple[dict, str | None] | None:
         row = self._conn.execute("select purposes, gpc_at from choices where subject = ?", (subject,)).fetchone()
         return (json.loads(row[0]), row[1]) if row else None
 
-    def _apply(self, subject: str, decided: dict[str, str], gpc: bool, at: str) -> None:
-        old = self._get(subject)
-        purposes, gpc_at = old if old else ({}, None)
-        for purpose, status in decided.items():
-            kept = purposes.get(purpose)
-            if kept is None or at > kept[1] or (at == kept[1] and status == "denied"):
-                purposes[purpose] = [status, at]
-        if gpc:
-            gpc_at = min(gpc_at, at) if gpc_at else at
+    def _put(self, subject: str, purposes: dict, gpc_at: str | None) -> None:
+        updated = max([v[1] for v in purposes.values()] + ([gpc_at] if gpc_at else []) + [""])
         self._conn.execute(
             "insert into choices values (?, ?, ?, ?) on conflict(subject) do update set purposes = excluded.purposes, "
             "gpc_at = excluded.gpc_at, updated_at = excluded.updated_at",
-            (subject, json.dumps(purposes, sort_keys=True), gpc_at, max([at] + [v[1] for v in purposes.values()])),
-        )
+            (subject, json.dumps(purposes, sort_keys=True), gpc_at, updated))
+
+    def _merge(self, subject: str, purposes: dict, gpc_at: str | None) -> None:
+        """Fold decisions into the subject's row: each purpose keeps its latest, GPC its first signal."""
+        old = self._get(subject)
+        if old:
+            for purpose, kept in old[0].items():
+                if purpose not in purposes or _newer(kept, purposes[purpose]):
+                    purposes[purpose] = kept
+            gpc_at = min(t for t in (gpc_at, old[1]) if t) if (gpc_at or old[1]) else None
+        self._put(subject, purposes, gpc_at)
+
+    def _transaction(self, work: Callable[[], None]) -> None:
+        self._conn.execute("begin")
+        try:
+            work()
+            self._conn.execute("commit")
+        except BaseException:
+            self._conn.execute("rollback")
+            raise
+
+    def _observe(self, decisions: list[Decision]) -> None:
+        def work():
+            for d in decisions:
+                if self._suppressed.intersection(d.pseudonyms):
+                    continue  # ingestion drops the whole message (any identifier erased): the center keeps nothing
+                for subject in d.subjects:
+                    self._merge(subject, {p: [s, d.at] for p, s in d.decided.items()}, d.at if d.gpc else None)
+                    self._conn.executemany("insert or ignore into links values (?, ?)", [(p, subject) for p in d.pseudonyms])
+
+        if decisions:
+            self._transaction(work)
 
     def observe(self, messages: list[dict]) -> None:
-        """Apply the consent events among durable messages (kept pending until the suppression list was read once)."""
-        consent = [m for m in messages if m.get("type") == "track" and m.get("event") == CONSENT_EVENT]
+        """Apply the consent events among durable messages (kept pending until the suppression list was applied)."""
+        decisions = [d for m in messages if (d := self.decision(m))]
+        if not decisions:
+            return  # most flushes: no consent event, no lock
         with self._lock:
             if not self.ready:
-                self._pending.extend(consent)
+                self._pending.extend(decisions)
                 if len(self._pending) > MAX_PENDING:
                     over = len(self._pending) - MAX_PENDING
                     del self._pending[:over]
                     self.pending_dropped += over
                     log.error("preference store: %d consent events dropped from the display store while the suppression "
-                              "list cannot be read (the consent ledger has them)", over)
+                              "list cannot be applied (the consent ledger has them)", over)
                 return
-            self._observe(consent)
-
-    def _observe(self, consent: list[dict]) -> None:
-        if not consent:
-            return
-        self._conn.execute("begin")
-        try:
-            for m in consent:
-                at = decided_at(m)
-                if at is None:
-                    continue
-                context = m.get("context") if isinstance(m.get("context"), dict) else {}
-                prefs = (context.get("consent") or {}).get("categoryPreferences") if isinstance(context.get("consent"), dict) else None
-                gpc = context.get("gpc") is True
-                decided = effective(prefs, gpc, self.policy) if isinstance(prefs, dict) else (
-                    effective({}, gpc, self.policy) if gpc else {})
-                if self._erased(m):
-                    continue  # ingestion drops the whole message (any identifier erased): the center keeps nothing
-                for subject in self._subjects(m):
-                    self._apply(subject, decided, gpc, at)
-            self._conn.execute("commit")
-        except BaseException:
-            self._conn.execute("rollback")
-            raise
+            self._observe(decisions)
 
     def current(self, user_id: str | None, anonymous_id: str | None) -> tuple[dict[str, str], bool]:
         """({purpose: granted|denied}, gpc) for the visitor: the user id's record, else the anonymous id's."""
@@ -213,45 +242,57 @@ class PreferenceStore:
                     return view, gpc_at is not None
         return {}, False
 
-    def _rekey_all(self) -> None:
-        """Forward every row made with an older key version to the active one (the chain needs no raw id)."""
-        stale = [s for (s,) in self._conn.execute("select subject from choices")
-                 if (m := _SUBJECT_RE.match(s)) and not m.group(2).startswith(f"v{self.chain.active}:")]
-        if not stale:
-            return
-        self._conn.execute("begin")
-        try:
-            for subject in stale:
-                kind, pseudonym = subject.split(":", 1)
-                new = self._active(pseudonym)
-                row = self._conn.execute("select purposes, gpc_at, updated_at from choices where subject = ?", (subject,)).fetchone()
-                self._conn.execute("delete from choices where subject = ?", (subject,))
-                if new is None or row is None:
-                    continue
-                target = f"{kind}:{new}"
-                purposes, gpc_at = json.loads(row[0]), row[1]
-                merged = self._get(target)
-                if merged:  # the visitor came back under the new key meanwhile: one row, each purpose's latest
-                    for purpose, (status, at) in merged[0].items():
-                        kept = purposes.get(purpose)
-                        if kept is None or at > kept[1] or (at == kept[1] and status == "denied"):
-                            purposes[purpose] = [status, at]
-                    gpc_at = min(t for t in (gpc_at, merged[1]) if t) if (gpc_at or merged[1]) else None
-                self._conn.execute(
-                    "insert or replace into choices values (?, ?, ?, ?)",
-                    (target, json.dumps(purposes, sort_keys=True), gpc_at, row[2]))
-            self._conn.execute("commit")
-        except BaseException:
-            self._conn.execute("rollback")
-            raise
+    # --- the sync thread's work -------------------------------------------------------------------------------
 
-    # --- erasure ------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Before the first `forget` (the sync thread): a store of raw ids pseudonymized, every row and link of an older
+        key version forwarded to the active one. In batches of their own transactions; the center waits meanwhile."""
+        self._migrate_raw_ids()
+        active = f"v{self.chain.active}:"
+        while True:
+            with self._lock:
+                stale = [s for (s,) in self._conn.execute(
+                    "select subject from choices where substr(subject, instr(subject, ':') + 1, ?) <> ? limit ?",
+                    (len(active), active, BATCH))]
+                if not stale:
+                    break
+                self._transaction(lambda: self._rekey_rows(stale))
+        while True:
+            with self._lock:
+                rows = self._conn.execute("select pseudonym, subject from links where substr(pseudonym, 1, ?) <> ? "
+                                          "or substr(subject, instr(subject, ':') + 1, ?) <> ? limit ?",
+                                          (len(active), active, len(active), active, BATCH)).fetchall()
+                if not rows:
+                    break
+                self._transaction(lambda: self._rekey_links(rows))
+        self.prepared = True
+
+    def _forward_subject(self, subject: str) -> str | None:
+        m = _SUBJECT_RE.match(subject)
+        new = self._active(m.group(2)) if m else None
+        return f"{m.group(1)}:{new}" if new else None
+
+    def _rekey_rows(self, stale: list[str]) -> None:
+        for subject in stale:
+            row = self._get(subject)
+            self._conn.execute("delete from choices where subject = ?", (subject,))
+            target = self._forward_subject(subject)
+            if row and target:  # the visitor may be there under the new key already: one row, each purpose's latest
+                self._merge(target, row[0], row[1])
+
+    def _rekey_links(self, rows: list[tuple[str, str]]) -> None:
+        for pseudonym, subject in rows:
+            self._conn.execute("delete from links where pseudonym = ? and subject = ?", (pseudonym, subject))
+            p, s = self._active(pseudonym), self._forward_subject(subject)
+            if p and s:
+                self._conn.execute("insert or ignore into links values (?, ?)", (p, s))
 
     def forget(self, identifiers: set[str]) -> int:
-        """Delete the rows of every identifier on the suppression list (`identifiers`: its pseudonyms, any key version
-        up to the active one) and refuse their later consent events; the first call also applies the consent events
-        kept pending until then. Returns the rows deleted. Raises NewerKeyError, changing nothing, when the list was
-        re-keyed to a version newer than the collector's keys (its pseudonyms would match nobody here)."""
+        """Apply the suppression list (`identifiers`: its pseudonyms, any key version up to the active one): refuse
+        from now on every message carrying one; delete the rows of each identifier new since the last list and every
+        row a message carrying one wrote; the first call also applies the consent events kept pending. Returns the
+        rows deleted. Raises NewerKeyError, changing nothing, when the list was re-keyed to a version newer than the
+        collector's keys (its pseudonyms would match nobody here)."""
         newer = sorted({m.group(1) for i in identifiers if i and (m := PSEUDONYM_RE.match(i))
                         and int(m.group(1)) > int(self.chain.active)}, key=int)
         if newer:
@@ -260,54 +301,65 @@ class PreferenceStore:
                 f"version {self.chain.active}. Fix: restart the collector with the platform's key map "
                 "(PERSONALIZATION_PSEUDONYM_KEYS and PERSONALIZATION_PSEUDONYM_ACTIVE_VERSION as the platform's); until "
                 "then it keeps refusing the subjects of the list it read before.")
+        if not self.prepared:
+            self.prepare()
         wanted = {a for i in identifiers if i and (a := self._active(i))}
         with self._lock:
-            self._suppressed = wanted
-            deleted = self._delete_subjects(wanted)
-            if not self.ready:
-                self.ready = True
-                pending, self._pending = self._pending, []
-                self._observe(pending)
-            return deleted
+            self._suppressed = wanted  # refused at once; their rows go below, batch by batch
+            fresh = sorted(wanted - self._cleared)
+        deleted = 0
+        for start in range(0, len(fresh), BATCH):
+            batch = fresh[start:start + BATCH]
+            with self._lock:
+                deleted += self._delete_for(batch)
+                self._cleared.update(batch)
+        if deleted:
+            with self._lock:
+                self._conn.execute("pragma wal_checkpoint(truncate)")  # the deleted rows leave the write-ahead log too
+        while not self.ready:
+            with self._lock:
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                self._observe(batch)
+                if not self._pending:
+                    self.ready = True
+        return deleted
 
-    def _delete_subjects(self, wanted: set[str]) -> int:
-        if not wanted:
-            return 0
-        doomed = [s for (s,) in self._conn.execute("select subject from choices") if s.split(":", 1)[1] in wanted]
-        if doomed:
-            self._conn.execute("begin")
-            try:
-                self._conn.executemany("delete from choices where subject = ?", [(s,) for s in doomed])
-                self._conn.execute("commit")
-            except BaseException:
-                self._conn.execute("rollback")
-                raise
-            self._conn.execute("pragma wal_checkpoint(truncate)")  # the deleted rows leave the write-ahead log too
-        return len(doomed)
+    def _delete_for(self, pseudonyms: list[str]) -> int:
+        subjects: set[str] = set()
+        for p in pseudonyms:
+            subjects.update((f"user:{p}", f"anon:{p}"))
+            subjects.update(s for (s,) in self._conn.execute("select subject from links where pseudonym = ?", (p,)))
+        present = [s for s in subjects if self._conn.execute("select 1 from choices where subject = ?", (s,)).fetchone()]
+
+        def work():
+            self._conn.executemany("delete from choices where subject = ?", [(s,) for s in present])
+            self._conn.executemany("delete from links where subject = ?", [(s,) for s in subjects])
+
+        self._transaction(work)
+        return len(present)
 
     # --- the store before pseudonyms --------------------------------------------------------------------------
 
     def _migrate_raw_ids(self) -> None:
         """A store written before pseudonyms (table `subjects`, keyed `user:<raw id>`): each row pseudonymized and
         merged, the table dropped and the file vacuumed, so no raw id stays on disk."""
-        if not self._conn.execute("select 1 from sqlite_master where type = 'table' and name = 'subjects'").fetchone():
-            return
-        rows = self._conn.execute("select subject, purposes, gpc, updated_at from subjects").fetchall()
-        self._conn.execute("begin")
-        try:
-            for subject, purposes, gpc, updated_at in rows:
-                kind, _, raw = subject.partition(":")
-                target = self._subject(kind, raw) if kind in ("user", "anon") else None
-                at = _instant(updated_at) or _instant(datetime.now(timezone.utc).isoformat())
-                if target:
-                    self._apply(target, {p: s for p, s in json.loads(purposes).items()}, bool(gpc), at)
-            self._conn.execute("drop table subjects")
-            self._conn.execute("commit")
-        except BaseException:
-            self._conn.execute("rollback")
-            raise
-        self._conn.execute("pragma wal_checkpoint(truncate)")
-        self._conn.execute("vacuum")
+        with self._lock:
+            if not self._conn.execute("select 1 from sqlite_master where type = 'table' and name = 'subjects'").fetchone():
+                return
+            rows = self._conn.execute("select subject, purposes, gpc, updated_at from subjects").fetchall()
+
+            def work():
+                for subject, purposes, gpc, updated_at in rows:
+                    kind, _, raw = subject.partition(":")
+                    target = self._subject(kind, raw) if kind in ("user", "anon") else None
+                    at = _instant(updated_at) or _instant(datetime.now(timezone.utc).isoformat())
+                    if target:
+                        self._merge(target, {p: [s, at] for p, s in json.loads(purposes).items()}, at if gpc else None)
+                self._conn.execute("drop table subjects")
+
+            self._transaction(work)
+            self._conn.execute("pragma wal_checkpoint(truncate)")
+            self._conn.execute("vacuum")
         log.info("preference store: %d rows keyed by raw identifiers pseudonymized", len(rows))
 
     def close(self) -> None:
@@ -319,12 +371,14 @@ class SuppressionFeed:
     """The suppression list as the collector sees it: `sync` reads it when its fingerprint changed since the last
     list it applied (a listing, no data read otherwise), records the read in the access audit log first, and hands
     its identifiers to `apply`; the list counts as applied only once `apply` returned, so a failure is retried at
-    the next sync."""
+    the next sync — except a NewerKeyError, which the same list with the same keys would raise again: it is raised
+    again without reading (or auditing) the list until the list changes."""
 
     def __init__(self, lake, record_read: Callable[[], None]):
         self.lake = lake
         self.record_read = record_read
         self._applied: dict | None = None
+        self._refused: tuple[dict, NewerKeyError] | None = None
         self.applied_at: float | None = None  # when a list was last applied (or found unchanged): time.time()
 
     def sync(self, apply: Callable[[set[str]], object]) -> bool:
@@ -335,12 +389,18 @@ class SuppressionFeed:
         if now == self._applied:
             self.applied_at = time.time()
             return False
+        if self._refused and self._refused[0] == now:
+            raise self._refused[1]
         ids: set[str] = set()
         if now:
             self.record_read()
             table = self.lake.read_table("privacy", "suppression_list", columns=["identifier"])
             ids = {i for i in table["identifier"].to_pylist() if i}
-        apply(ids)
-        self._applied = now
+        try:
+            apply(ids)
+        except NewerKeyError as exc:
+            self._refused = (now, exc)
+            raise
+        self._applied, self._refused = now, None
         self.applied_at = time.time()
         return True

@@ -172,6 +172,7 @@ def test_a_store_of_raw_ids_is_pseudonymized_when_opened_and_a_rotation_keeps_it
     old.commit()
     old.close()
     store = PreferenceStore(path, get_policy(), _chain("1"))
+    store.forget(set())  # the first sync: the old store is pseudonymized before the center serves it
     assert store.current("jane.raw@example.com", None)[0] == {"personalization": "granted"}
     store.close()
     assert b"jane.raw" not in b"".join(p.read_bytes() for p in tmp_path.glob("p.sqlite*"))
@@ -298,3 +299,73 @@ def _health(c) -> dict | None:
         return requests.get(c.url + "/health", timeout=2).json()
     except (requests.RequestException, ValueError):
         return None
+
+
+def test_an_erased_users_other_device_goes_with_them(tmp_path):
+    """A consent event carrying the user and a new device landed before the erasure reached the list, and is ingested
+    after: ingestion drops it, so the platform never links that device and the list never names it. The store
+    deleted only the rows of listed ids: the device kept its row for good. Every row a message wrote is linked to
+    each of the message's identifiers (pseudonyms), and goes when any of them is listed."""
+    chain = _chain("1")
+    store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), chain)
+    store.forget(set())
+    store.observe([{**_consent("user-u", T0, ALL_GRANTED), "anonymousId": "new-device-a2"},
+                   {**_consent("other", T0, ALL_GRANTED), "anonymousId": "other-device"}])
+    assert store.current(None, "new-device-a2")[0]["analytics"] == "granted"
+    assert store.forget({chain.pseudonym("user-u")}) == 2
+    assert store.current(None, "new-device-a2") == ({}, False) and store.current("user-u", None) == ({}, False)
+    assert store.current(None, "other-device")[0]["analytics"] == "granted"
+    store.close()
+
+
+def test_the_store_opens_at_once_and_its_slow_work_runs_in_the_sync_thread(tmp_path):
+    """Re-keying every row after a rotation (70 s for 1M rows) ran in the constructor, before the server listened:
+    past the startup probe the pod was killed and redid it from the start. It runs in `prepare` (the sync thread), in
+    batches of their own transactions; a flush without a consent event does not wait for the lock either."""
+    import threading
+
+    path = tmp_path / "p.sqlite"
+    store = PreferenceStore(path, get_policy(), _chain("1"))
+    store.forget(set())
+    store.observe([_consent(f"u{i}", T0, ALL_GRANTED) for i in range(2500)])
+    store.close()
+    rotated = PreferenceStore(path, get_policy(), _chain("1", "2"))
+    versions = {s.split(":", 2)[1] for (s,) in rotated._conn.execute("select subject from choices")}
+    assert versions == {"v1"} and not rotated.ready  # nothing re-keyed yet: the center waits, the tracking API serves
+    rotated.observe([{"type": "track", "event": "Page Viewed", "userId": "u1"}])  # no consent event: returns
+    with rotated._lock:  # held (a batch of the sync thread's work): a flush without a consent event does not wait
+        done = threading.Event()
+        threading.Thread(target=lambda: (rotated.observe([{"type": "identify", "userId": "x"}]), done.set())).start()
+        assert done.wait(2)
+    rotated.forget(set())
+    assert {s.split(":", 2)[1] for (s,) in rotated._conn.execute("select subject from choices")} == {"v2"}
+    assert rotated.current("u7", None)[0]["analytics"] == "granted"
+    # pending events keep no raw identifier (a few hundred bytes each, not the whole message)
+    fresh = PreferenceStore(tmp_path / "q.sqlite", get_policy(), _chain("1"))
+    fresh.observe([{**_consent("raw-user-id", T0, ALL_GRANTED), "properties": {"blob": "x" * 20_000}}])
+    assert "raw-user-id" not in repr(fresh._pending) and len(repr(fresh._pending)) < 2_000
+    rotated.close()
+    fresh.close()
+
+
+def test_a_list_refused_for_its_key_version_is_not_read_again_until_it_changes(tmp_path):
+    """Each poll read and audited the same re-keyed list again (a write-once audit segment a minute, locked 6 years)."""
+    import pyarrow as pa
+    import pytest
+
+    from personalization_assets.collector.preference_store import NewerKeyError, SuppressionFeed
+    from personalization_assets.core.storage import LakeStorage
+    from personalization_assets.privacy.suppression import SUPPRESSION_SCHEMA
+
+    lake = LakeStorage(url=str(tmp_path / "lake"), lock_dir=str(tmp_path / "locks"))
+    lake.write_table("privacy", "suppression_list", pa.Table.from_pylist(
+        [{"request_id": "r", "identifier": _chain("1", "2").pseudonym("gone"), "identifier_kind": "user", "requested_at": T0}],
+        schema=SUPPRESSION_SCHEMA))
+    store = PreferenceStore(tmp_path / "p.sqlite", get_policy(), _chain("1"))
+    reads = []
+    feed = SuppressionFeed(lake, lambda: reads.append(1))
+    for _ in range(3):
+        with pytest.raises(NewerKeyError):
+            feed.sync(store.forget)
+    assert len(reads) == 1
+    store.close()
