@@ -87,11 +87,10 @@ class PrivacySync:
     list if it changed (the read audited). A failure is kept in `problem` (reported by /health, counted in
     `collector_preference_sync_failures_total`) and retried at the next run; the last success's time is a gauge."""
 
-    def __init__(self, config: CollectorConfig, lake: LakeStorage, store: PreferenceStore, metrics: CollectorMetrics):
+    def __init__(self, lake: LakeStorage, store: PreferenceStore, metrics: CollectorMetrics, keys: dict[str, bytes], source: str):
         from personalization_assets.core.audit import AccessAuditor
 
-        self.lake, self.store, self.metrics = lake, store, metrics
-        self.keys, _, self.source = key_material(config)
+        self.lake, self.store, self.metrics, self.keys, self.source = lake, store, metrics, keys, source
         auditor = AccessAuditor(lake=lake, policy=get_policy(), reader=READER, run_id=f"collector:{socket.gethostname()}",
                                 lock_dir=lake.lock_dir)
         self.feed = SuppressionFeed(lake, lambda: auditor.record([("privacy/suppression_list", None, ["identifier"])]))
@@ -122,9 +121,9 @@ def create_app(config: CollectorConfig) -> Starlette:
     landing = landing_zone(config)
     metrics_ = CollectorMetrics()
     lake = platform_lake(config)
-    keys, active, _ = key_material(config)
+    keys, active, source = key_material(config)
     store = PreferenceStore(config.state_dir / "preferences.sqlite", policy, KeyChain(keys, active))
-    privacy = PrivacySync(config, lake, store, metrics_)
+    privacy = PrivacySync(lake, store, metrics_, keys, source)
     index = DedupIndex(config.state_dir / "dedup.sqlite", config.dedup_hours)
     writer = LandingWriter(landing, index, metrics_, faults=config.faults, on_written=store.observe,
                            linger_ms=config.linger_ms)
