@@ -158,8 +158,9 @@ class PreferenceStore:
         if message.get("type") != "track" or message.get("event") != CONSENT_EVENT:
             return None
         at = decided_at(message)
-        if at is None:
-            return None
+        if at is None or any(message.get(f) is not None and not isinstance(message.get(f), str)
+                             for f in ("userId", "anonymousId", "previousId")):
+            return None  # ingestion quarantines it (a time without offset, an id of another JSON type: no coercion)
         context = message.get("context") if isinstance(message.get("context"), dict) else {}
         prefs = (context.get("consent") or {}).get("categoryPreferences") if isinstance(context.get("consent"), dict) else None
         gpc = context.get("gpc") is True

@@ -210,6 +210,10 @@ def test_a_message_ingestion_drops_as_an_erased_subjects_is_not_recorded_under_a
     # a timestamp ingestion quarantines (no offset) is not shown either
     store.observe([{**_consent("naive", T0, ALL_GRANTED), "timestamp": "2026-12-01T11:00:00"}])
     assert store.current("naive", None) == ({}, False)
+    # nor one with an id of another JSON type (ingestion quarantines it as wrong_type, whole)
+    store.observe([{**_consent("typed", T0, ALL_GRANTED), "anonymousId": 12345}, {**_consent(None, T0, ALL_GRANTED), "anonymousId": "dev-n",
+                                                                                  "userId": 42}])
+    assert store.current("typed", None) == ({}, False) and store.current(None, "dev-n") == ({}, False)
     store.close()
 
 
