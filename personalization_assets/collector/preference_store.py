@@ -39,13 +39,11 @@ from pathlib import Path
 from personalization_assets.collector.preferences import effective
 from personalization_assets.core.policies import PrivacyPolicy
 from personalization_assets.core.pseudonymize import PSEUDONYM_RE, KeyChain, normalize
-from personalization_assets.core.tracking_plan import CONSENT_EVENT
+from personalization_assets.core.tracking_plan import CONSENT_EVENT, RawEvent
 
 log = logging.getLogger("personalization.collector")
 
 KINDS = {"userId": "user", "anonymousId": "anon"}
-# the identifiers ingestion drops a message for when any is erased (raw/dedup.py SUBJECT_COLUMNS), with their kinds
-ERASURE_FIELDS = (("userId", "id"), ("anonymousId", "id"), ("previousId", "id"), ("traits.email", "email"))
 # consent events kept (compacted: a few hundred bytes each) until the suppression list was first applied; beyond this
 # many the oldest go, logged and counted: the store is a display cache, the consent ledger keeps every decision
 MAX_PENDING = 200_000
@@ -81,14 +79,29 @@ def decided_at(message: dict) -> str | None:
     return min(t for t in (received, stamped) if t) if received or stamped else None
 
 
-def _field(message: dict, name: str):
-    if name == "traits.email":  # ingestion's `trait_email`: traits.email, else context.traits.email
-        for holder in (message, message.get("context") if isinstance(message.get("context"), dict) else {}):
-            traits = holder.get("traits") if isinstance(holder, dict) else None
-            if isinstance(traits, dict) and traits.get("email") is not None:
-                return traits["email"]
-        return None
-    return message.get(name)
+def _erasure_fields() -> tuple[tuple[tuple[str, ...], str], ...]:
+    """The identifiers ingestion drops a message for when any is erased (raw/dedup.py SUBJECT_COLUMNS), each as its
+    JSON paths in a message (the tracking plan's `json`, then `fallback`: traits.email, else context.traits.email) and
+    its normalization kind."""
+    from personalization_assets.raw.dedup import SUBJECT_COLUMNS
+
+    columns = RawEvent.to_schema().columns
+    return tuple((tuple(p for p in (columns[c].metadata["json"], columns[c].metadata.get("fallback")) if p), kind)
+                 for c, kind in SUBJECT_COLUMNS.items())
+
+
+ERASURE_FIELDS = _erasure_fields()
+
+
+def _field(message: dict, paths: tuple[str, ...]):
+    """The value at the first of `paths` (dotted) that holds one, as ingestion's extraction reads it."""
+    for path in paths:
+        value = message
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,7 @@ class PreferenceStore:
         prefs = (context.get("consent") or {}).get("categoryPreferences") if isinstance(context.get("consent"), dict) else None
         gpc = context.get("gpc") is True
         decided = effective(prefs, gpc, self.policy) if isinstance(prefs, dict) else (effective({}, gpc, self.policy) if gpc else {})
-        pseudonyms = tuple(dict.fromkeys(p for name, kind in ERASURE_FIELDS if (p := self._pseudonym(_field(message, name), kind))))
+        pseudonyms = tuple(dict.fromkeys(p for paths, kind in ERASURE_FIELDS if (p := self._pseudonym(_field(message, paths), kind))))
         subjects = tuple(s for field, kind in KINDS.items() if (s := self._subject(kind, message.get(field))))
         return Decision(at, pseudonyms, subjects, decided, gpc) if subjects else None
 
